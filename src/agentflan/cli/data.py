@@ -1,0 +1,220 @@
+"""`agentflan data convert | stats | inspect | formats`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agentflan.errors import AgentflanError
+from agentflan.io import READERS, WRITERS, convert, read
+from agentflan.schema import Trajectory
+
+
+def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`key=value` reader options; values are parsed as JSON when they can be."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--option")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _progress(enabled: bool, label: str) -> Any:
+    def wrap(stream: Iterator[Trajectory]) -> Iterator[Trajectory]:
+        if not enabled:
+            yield from stream
+            return
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        cols = (SpinnerColumn(), TextColumn(label), BarColumn(), TextColumn("{task.completed} records"),
+                TimeElapsedColumn())
+        with Progress(*cols, transient=True, console=_err()) as bar:
+            task = bar.add_task(label, total=None)
+            for traj in stream:
+                bar.advance(task)
+                yield traj
+    return wrap
+
+
+def _err() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(e: AgentflanError) -> None:
+    raise click.ClickException(str(e)) from e
+
+
+@click.group()
+def data() -> None:
+    """Convert, summarise and inspect agent and chat datasets."""
+
+
+@data.command("convert")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--from", "fmt", type=click.Choice(READERS.names()), help="Input format (detected if omitted).")
+@click.option("--to", "to", type=click.Choice(WRITERS.names()), default="native", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Output file: .jsonl or .json (+.gz/.zst), .parquet for --to parquet.")
+@click.option("--on-error", type=click.Choice(["raise", "skip", "quarantine"]), default="quarantine",
+              show_default=True, help="What to do with a bad record.")
+@click.option("--quarantine", type=click.Path(path_type=Path), help="Quarantine file (default: beside the output).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Reader option, e.g. dfs_retries=strip, include_give_up=true, task=os, dataset=mine.")
+@click.option("--report", type=click.Path(path_type=Path), help="Also write the accounting report as JSON.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path, on_error: str,
+                quarantine: Path | None, options: tuple[str, ...], report: Path | None,
+                progress: bool | None) -> None:
+    """Convert INPUTS (files, globs, directories, hf://datasets/... URLs) into one output file.
+
+    Every input record is accounted for: converted, quarantined (raw record and reason written to
+    the quarantine file), skipped, or dropped by a documented reader rule.
+    """
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        result = convert(list(inputs), output, to=to, fmt=fmt, on_error=on_error,  # type: ignore[arg-type]
+                         quarantine=quarantine, reader_options=_options(options),
+                         progress=_progress(show, f"{fmt or 'auto'} -> {to}"))
+    except AgentflanError as e:
+        _fail(e)
+        return
+    r, w = result.read, result.write
+    click.echo(f"read {r.records} records from {r.files} file(s) as {result.reader}: "
+               f"{r.converted} converted, {r.quarantined} quarantined, {r.skipped} skipped, "
+               f"{sum(r.dropped.values())} dropped")
+    for reason, n in sorted(r.dropped.items()):
+        click.echo(f"  dropped {n}: {reason}")
+    for reason, n in sorted(r.rejected.items()):
+        click.echo(f"  rejected {n}: {reason}")
+    click.echo(f"wrote {w.written} records to {output} as {result.writer}")
+    for reason, n in sorted(w.unwritable.items()):
+        click.echo(f"  not writable as {to}, {n}: {reason}")
+    for kind, n in sorted(w.lossy.items()):
+        click.echo(f"  lossy in {to}, {n}: {kind}")
+    if result.quarantine:
+        click.echo(f"quarantine: {result.quarantine}")
+    info = WRITERS.get(to)().dataset_info(output)
+    if info:
+        click.echo("LLaMA-Factory dataset_info.json entry:\n" + json.dumps(info, indent=2))
+    if report:
+        report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if not r.balanced():  # pragma: no cover - an internal invariant
+        raise click.ClickException("record accounting does not balance; this is a bug")
+
+
+@data.command("stats")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--from", "fmt", type=click.Choice(READERS.names()), help="Input format (detected if omitted).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option.")
+def stats_cmd(inputs: tuple[str, ...], fmt: str | None, as_json: bool, options: tuple[str, ...]) -> None:
+    """Summarise a dataset: records, turns, roles, tool calls, capabilities, loss, per source."""
+    from agentflan.io import make_reader
+    from agentflan.stats import compute_stats
+
+    try:
+        reader = make_reader(list(inputs), fmt, on_error="skip", **_options(options))
+        result = compute_stats(reader.read(list(inputs)))
+    except AgentflanError as e:
+        _fail(e)
+        return
+    result["reading"] = reader.report.to_dict()
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    _print_stats(result, f"{', '.join(inputs)} ({reader.name})")
+
+
+def _print_stats(s: dict[str, Any], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=title, show_header=True)
+    t.add_column("metric")
+    t.add_column("value", overflow="fold")
+    rd = s["reading"]
+    t.add_row("records read / converted", f"{rd['records']} / {rd['converted']}")
+    if rd["dropped"] or rd["rejected_by_reason"]:
+        t.add_row("dropped / rejected", f"{rd['dropped']} / {rd['rejected_by_reason']}")
+    t.add_row("messages", str(s["messages"]))
+    t.add_row("roles", ", ".join(f"{k} {v}" for k, v in s["roles"].items()))
+    d = s["turns_per_record"]
+    t.add_row("turns per record", f"min {d['min']}, median {d['median']}, mean {d['mean']}, p90 {d['p90']}, max {d['max']}")
+    d = s["chars_per_record"]
+    t.add_row("chars per record", f"median {d['median']}, mean {d['mean']}, max {d['max']}")
+    t.add_row("tool calls", f"{s['tool_calls']} ({s['distinct_tools_called']} distinct tools, "
+              f"{s['records_with_tool_calls']} records with calls, {s['tool_call_parse_errors']} parse errors)")
+    t.add_row("records offering tools", str(s["records_offering_tools"]))
+    t.add_row("loss-bearing turns", f"{s['loss_bearing_turns']} (untrained assistant turns: "
+              f"{s['untrained_assistant_turns']})")
+    t.add_row("capabilities", ", ".join(f"{k} {v}" for k, v in s["capabilities"].items()) or "-")
+    t.add_row("tags", ", ".join(f"{k} {v}" for k, v in s["tags"].items()) or "-")
+    t.add_row("validation warnings", ", ".join(f"{k} {v}" for k, v in s["validation"].items()) or "-")
+    top = ", ".join(f"{k} {v}" for k, v in itertools.islice(s["top_tools"].items(), 5))
+    t.add_row("top tools", top or "-")
+    console.print(t)
+    ps = Table(title="per source")
+    for col in ("source", "records", "messages", "tool_calls", "tool_results", "trained_turns"):
+        ps.add_column(col)
+    for name, row in s["per_source"].items():
+        ps.add_row(name, *(str(row.get(c, 0)) for c in ("records", "messages", "tool_calls", "tool_results",
+                                                          "trained_turns")))
+    console.print(ps)
+
+
+@data.command("inspect")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--from", "fmt", type=click.Choice(READERS.names()), help="Input format (detected if omitted).")
+@click.option("-i", "--index", default=0, show_default=True, help="Which record (0-based, after conversion).")
+@click.option("--id", "record_id", help="Pick the record with this id instead of --index.")
+@click.option("--plain", is_flag=True, help="Plain text with ⟦trained⟧ markers instead of colours.")
+@click.option("--max-chars", default=2000, show_default=True, help="Clip long messages (0: never).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option.")
+def inspect_cmd(inputs: tuple[str, ...], fmt: str | None, index: int, record_id: str | None, plain: bool,
+                max_chars: int, options: tuple[str, ...]) -> None:
+    """Show one record as agentflan sees it, trained spans marked."""
+    from agentflan.render import render_rich, render_text
+
+    try:
+        stream = read(list(inputs), fmt, on_error="skip", **_options(options))
+        if record_id is not None:
+            traj = next((t for t in stream if t.id == record_id), None)
+        else:
+            traj = next(itertools.islice(stream, index, None), None)
+    except AgentflanError as e:
+        _fail(e)
+        return
+    if traj is None:
+        raise click.ClickException(f"no record {'with id ' + record_id if record_id else f'at index {index}'}")
+    clip = max_chars or None
+    if plain or not sys.stdout.isatty():
+        click.echo(render_text(traj, max_chars=clip))
+    else:
+        from rich.console import Console
+
+        Console().print(render_rich(traj, max_chars=clip))
+
+
+@data.command("formats")
+def formats_cmd() -> None:
+    """List the readers (--from) and writers (--to)."""
+    click.echo("readers (--from):")
+    for name in READERS.names():
+        click.echo(f"  {name:16} {READERS.doc(name)}")
+    click.echo("writers (--to):")
+    for name in WRITERS.names():
+        click.echo(f"  {name:16} {WRITERS.doc(name)}")

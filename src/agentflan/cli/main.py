@@ -1,0 +1,31 @@
+"""The `agentflan` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from agentflan import __version__
+from agentflan.cli.data import data
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="agentflan")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def cli(verbose: int) -> None:
+    """agentflan: Agent-FLAN data, training and evaluation for tool-using LLM agents."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+cli.add_command(data)
+
+
+def main() -> None:
+    cli(prog_name="agentflan")
+
+
+if __name__ == "__main__":
+    main()

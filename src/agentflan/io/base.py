@@ -1,0 +1,253 @@
+"""The reader contract: one raw record in, one trajectory out, or an accounted reason why not.
+
+Every record a reader sees ends in exactly one of: converted, quarantined (raw record and reason
+written to a quarantine file), skipped (counted with its reason, not written) or dropped (a
+deliberate, documented filter such as ToolBench give-ups). `ReadReport.balanced()` is the
+invariant `records == converted + quarantined + skipped + dropped`; tests check it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, ClassVar, Literal
+
+from pydantic import ValidationError
+
+from agentflan.errors import Drop, ParseError
+from agentflan.io.files import RawRecord, expand, iter_records
+from agentflan.schema import Source, Trajectory, check, errors
+
+OnError = Literal["raise", "skip", "quarantine"]
+
+
+@dataclass
+class ReadReport:
+    """What happened to every record a reader saw."""
+
+    records: int = 0
+    converted: int = 0
+    quarantined: int = 0
+    skipped: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    """Quarantined or skipped records by reason."""
+    warnings: Counter[str] = field(default_factory=Counter)
+    files: int = 0
+
+    def balanced(self) -> bool:
+        return self.records == self.converted + self.quarantined + self.skipped + sum(self.dropped.values())
+
+    def merge(self, other: ReadReport) -> None:
+        self.records += other.records
+        self.converted += other.converted
+        self.quarantined += other.quarantined
+        self.skipped += other.skipped
+        self.dropped.update(other.dropped)
+        self.rejected.update(other.rejected)
+        self.warnings.update(other.warnings)
+        self.files += other.files
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "records": self.records,
+            "converted": self.converted,
+            "quarantined": self.quarantined,
+            "skipped": self.skipped,
+            "dropped": dict(sorted(self.dropped.items())),
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "warnings": dict(sorted(self.warnings.items())),
+            "balanced": self.balanced(),
+        }
+
+
+class Quarantine:
+    """Appends rejected raw records with their reason to a JSONL file (opened on first use)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._f: IO[str] | None = None
+        self.count = 0
+
+    def add(self, raw: RawRecord, err: ParseError) -> None:
+        if self._f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        entry = {"origin": raw.origin, "reason": err.reason, "field": err.field, "error": err.message,
+                 "record": raw.value if raw.error is None else raw.text}
+        self._f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+@dataclass(frozen=True)
+class RecordContext:
+    """Where a record is, for ids, `Source` and error messages."""
+
+    raw: RawRecord
+    reader: str
+    dataset: str | None
+
+    def source(self, original_id: str | None = None) -> Source:
+        return Source(format=self.reader, path=self.raw.path, line=self.raw.line,
+                      original_id=original_id, dataset=self.dataset or self.reader)
+
+    def default_id(self) -> str:
+        """`<stem>:<index>`, or `<parent>/<stem>` for one-record files (ToolBench answers)."""
+        p = Path(self.raw.path.split("://", 1)[-1])
+        stem = p.name.split(".")[0]
+        return f"{stem}:{self.raw.index}"
+
+    def file_id(self) -> str:
+        p = Path(self.raw.path.split("://", 1)[-1])
+        return f"{p.parent.name}/{p.name.split('.')[0]}"
+
+
+class Reader(ABC):
+    """Turns raw records of one source format into trajectories.
+
+    Subclasses implement `parse`; `read` streams files, validates each trajectory with
+    `agentflan.schema.check` and applies the error policy.
+
+    Args:
+        on_error: `raise` stops at the first bad record with its file, line and field;
+            `skip` counts it; `quarantine` (default) also writes it to `quarantine`.
+        quarantine: Where quarantined records go (required for `quarantine`, else they are counted
+            as skipped).
+        dataset: Name used for per-source statistics (default: the reader name).
+        allow_parse_errors: Keep tool calls that failed to parse (with `parse_error` set).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, *, on_error: OnError = "quarantine", quarantine: Quarantine | None = None,
+                 dataset: str | None = None, allow_parse_errors: bool = False,
+                 limit: int | None = None) -> None:
+        self.on_error = on_error
+        self.quarantine = quarantine
+        self.dataset = dataset
+        self.allow_parse_errors = allow_parse_errors
+        self.limit = limit
+        self.report = ReadReport()
+
+    @abstractmethod
+    def parse(self, record: Any, ctx: RecordContext) -> Trajectory:
+        """Map one raw record to a trajectory; raise `ParseError` (bad input) or `Drop` (filtered)."""
+
+    def read(self, paths: str | Sequence[str]) -> Iterator[Trajectory]:
+        """Stream the trajectories of every file matched by `paths`."""
+        for path in expand(paths):
+            self.report.files += 1
+            for raw in iter_records(path):
+                if self.limit is not None and self.report.records >= self.limit:
+                    return
+                traj = self._convert(raw)
+                if traj is not None:
+                    yield traj
+
+    def _convert(self, raw: RawRecord) -> Trajectory | None:
+        self.report.records += 1
+        ctx = RecordContext(raw, self.name, self.dataset)
+        try:
+            if raw.error is not None:
+                raise ParseError(raw.error, reason="malformed_json")
+            traj = self.parse(raw.value, ctx)
+            issues = check(traj, allow_parse_errors=self.allow_parse_errors)
+            bad = errors(issues)
+            if bad:
+                extra = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
+                raise ParseError(f"{bad[0]}{extra}", reason=bad[0].code,
+                                 field=bad[0].field and f"messages[{bad[0].index}].{bad[0].field}")
+            self.report.warnings.update(i.code for i in issues)
+        except Drop as d:
+            self.report.dropped[d.reason] += 1
+            return None
+        except ValidationError as e:
+            self._reject(raw, _from_validation(e))
+            return None
+        except ParseError as e:
+            self._reject(raw, e)
+            return None
+        self.report.converted += 1
+        return traj
+
+    def _reject(self, raw: RawRecord, err: ParseError) -> None:
+        err.origin = raw.origin
+        if self.on_error == "raise":
+            raise err
+        self.report.rejected[err.reason] += 1
+        if self.on_error == "quarantine" and self.quarantine is not None:
+            self.quarantine.add(raw, err)
+            self.report.quarantined += 1
+        else:
+            self.report.skipped += 1
+
+
+def _from_validation(e: ValidationError) -> ParseError:
+    first = e.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return ParseError(f"{first['msg']}{more}", reason="schema", field=loc)
+
+
+# ---- helpers shared by readers ------------------------------------------------------------------
+
+def require_key(record: Any, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+    """`record[key]`, checked for presence and type, with an error naming the field."""
+    path = f"{where}.{key}" if where else key
+    if not isinstance(record, dict):
+        raise ParseError(f"expected an object, found {type(record).__name__}", reason="wrong_type",
+                         field=where or None)
+    if key not in record:
+        keys = ", ".join(sorted(map(str, record))) or "none"
+        raise ParseError(f"missing key {key!r} (available keys: {keys})", reason="missing_key", field=path)
+    value = record[key]
+    if not isinstance(value, kind):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ParseError(f"expected {want}, found {type(value).__name__}", reason="wrong_type", field=path)
+    return value
+
+
+def parse_tools(value: Any, where: str = "tools") -> list[Any]:
+    """Tool specs from a list or a JSON string, unwrapping `{"type": "function", "function": ...}`."""
+    from agentflan.schema import ToolSpec
+
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ParseError(f"tools is not valid JSON: {e.msg}", reason="bad_tools", field=where) from e
+    if not isinstance(value, list):
+        raise ParseError(f"tools must be a list, found {type(value).__name__}", reason="bad_tools", field=where)
+    out = []
+    for i, spec in enumerate(value):
+        if isinstance(spec, dict) and spec.get("type") == "function" and isinstance(spec.get("function"), dict):
+            spec = spec["function"]
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ParseError("tool spec without a name", reason="bad_tools", field=f"{where}[{i}]")
+        extra = {k: v for k, v in spec.items() if k not in ("name", "description", "parameters")}
+        out.append(ToolSpec(name=spec["name"], description=spec.get("description") or "",
+                            parameters=spec.get("parameters") or {"type": "object", "properties": {}},
+                            metadata=extra))
+    return out
+
+
+def as_text(value: Any, where: str) -> str:
+    """A message content that must be a string (None becomes "")."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ParseError(f"expected a string, found {type(value).__name__}", reason="wrong_type", field=where)
+    return value

@@ -1,0 +1,94 @@
+"""Task files that hold prompts, not trajectories: ToolBench queries and AgentBench DB tasks.
+
+They become prompt-only trajectories (system + user, no assistant turn) with the tools offered
+and the reference kept in `metadata`, ready for evaluation or for generating trajectories.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from agentflan.errors import ParseError
+from agentflan.io.base import Reader, RecordContext, as_text, require_key
+from agentflan.schema import Message, SystemMessage, ToolSpec, Trajectory, UserMessage
+
+
+def toolbench_function_name(tool_name: str, api_name: str) -> str:
+    """ToolBench's function naming: `<api>_for_<tool>`, lower snake case."""
+    def norm(s: str) -> str:
+        s = re.sub(r"[^0-9a-zA-Z_]+", "_", s.strip()).strip("_").lower()
+        return s or "unnamed"
+    return f"{norm(api_name)}_for_{norm(tool_name)}"
+
+
+class ToolBenchQueryReader(Reader):
+    """ToolBench instruction files (`query`, `api_list`, `relevant APIs`, `query_id`)."""
+
+    name: ClassVar[str] = "toolbench_query"
+
+    def parse(self, record: Any, ctx: RecordContext) -> Trajectory:
+        query = as_text(require_key(record, "query", str), "query")
+        tools = []
+        for j, api in enumerate(record.get("api_list") or []):
+            where = f"api_list[{j}]"
+            tool = require_key(api, "tool_name", str, where)
+            api_name = require_key(api, "api_name", str, where)
+            props: dict[str, Any] = {}
+            required = []
+            for kind in ("required_parameters", "optional_parameters"):
+                for p in api.get(kind) or []:
+                    if not isinstance(p, dict) or "name" not in p:
+                        raise ParseError("parameter without a name", reason="bad_tools", field=f"{where}.{kind}")
+                    props[p["name"]] = {"type": str(p.get("type", "string")).lower(),
+                                        "description": p.get("description", "")}
+                    if kind == "required_parameters":
+                        required.append(p["name"])
+            tools.append(ToolSpec(
+                name=toolbench_function_name(tool, api_name),
+                description=(api.get("api_description") or "").strip(),
+                parameters={"type": "object", "properties": props, "required": required},
+                metadata={k: api[k] for k in ("category_name", "tool_name", "api_name", "method") if k in api}))
+        meta: dict[str, Any] = {}
+        if "relevant APIs" in record:
+            meta["relevant_apis"] = [toolbench_function_name(t, a) for t, a in record["relevant APIs"]]
+        rid = record.get("query_id")
+        return Trajectory(id=f"query:{rid}" if rid is not None else ctx.default_id(),
+                          messages=[UserMessage(content=query)], tools=tools,
+                          source=ctx.source(str(rid) if rid is not None else None),
+                          lineage=[f"read:{self.name}"], tags={"kind": "prompt"}, metadata=meta)
+
+
+DB_SYSTEM = (
+    "I will ask you a question, then you should help me operate a MySQL database with SQL to answer "
+    "the question.\nYou have to explain the problem and your solution to me and write down your "
+    "thoughts.\nAfter thinking and explaining thoroughly, every round you can choose to operate or "
+    "to answer.\nyour operation should be like this:\nAction: Operation\n```sql\nSELECT * FROM table "
+    "WHERE condition;\n```\nIf you think you have got the answer, you should answer like this:\n"
+    "Action: Answer\nFinal Answer: [\"ANSWER1\", \"ANSWER2\", ...]"
+)
+
+
+class DBBenchReader(Reader):
+    """AgentBench DB tasks (`description`, `label`, `table`, `type`, optional `add_description`)."""
+
+    name: ClassVar[str] = "dbbench"
+
+    def parse(self, record: Any, ctx: RecordContext) -> Trajectory:
+        description = as_text(require_key(record, "description", str), "description")
+        table = require_key(record, "table", dict)
+        name = require_key(table, "table_name", str, "table")
+        info = require_key(table, "table_info", dict, "table")
+        columns = require_key(info, "columns", list, "table.table_info")
+        kinds = record.get("type") or ["other"]
+        prompt = f"{description}\n{record.get('add_description') or ''}".rstrip()
+        prompt += f"\nThe name of this table is {name}, and the headers of this table are " + ", ".join(
+            str(c.get("name")) for c in columns if isinstance(c, dict)) + "."
+        messages: list[Message] = [SystemMessage(content=DB_SYSTEM), UserMessage(content=prompt)]
+        from agentflan.formats.agentinstruct import DIALECTS
+
+        return Trajectory(
+            id=ctx.default_id(), messages=messages, tools=list(DIALECTS["db"].tools),
+            source=ctx.source(), lineage=[f"read:{self.name}"],
+            tags={"kind": "prompt", "task": "db", "db_type": str(kinds[0])},
+            metadata={k: record[k] for k in ("label", "table", "type", "answer_md5", "sql") if k in record})

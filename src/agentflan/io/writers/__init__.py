@@ -1,0 +1,27 @@
+"""Writers by format name."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agentflan.registry import Registry
+
+if TYPE_CHECKING:
+    from agentflan.io.writers.base import Writer
+
+WRITERS: Registry[type[Writer]] = Registry("writer")
+_W = "agentflan.io.writers"
+for _name, _target, _doc in [
+    ("native", f"{_W}.native:NativeWriter", "agentflan JSONL (lossless)"),
+    ("parquet", f"{_W}.native:ParquetWriter", "agentflan Parquet (lossless, typed columns)"),
+    ("openai", f"{_W}.chat:OpenAIWriter", "OpenAI messages + tools (TRL, vLLM)"),
+    ("sharegpt", f"{_W}.chat:ShareGPTWriter", "LLaMA-Factory ShareGPT with tools"),
+    ("alpaca", f"{_W}.chat:AlpacaWriter", "Alpaca instruction/input/output"),
+    ("agentflan", f"{_W}.chat:AgentFlanWriter", "the Agent-FLAN release record"),
+    ("toolbench", f"{_W}.agent:ToolBenchWriter", "ToolLLaMA training JSON"),
+    ("react", f"{_W}.agent:ReactWriter", "FireAct-style ReAct messages"),
+    ("agentinstruct", f"{_W}.agent:AgentInstructWriter", "AgentInstruct conversations"),
+]:
+    WRITERS.register(_name, _target, _doc)
+
+__all__ = ["WRITERS"]

@@ -1,0 +1,99 @@
+"""Writers back to agent trajectory formats: `toolbench` (ToolLLaMA JSON), `react`, `agentinstruct`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from agentflan.formats.agentinstruct import DIALECTS
+from agentflan.formats.react import OBSERVATION_PREFIX, render_bracket, render_toolllama
+from agentflan.io.readers.toolbench import API_LIST_MARKER
+from agentflan.io.writers.base import Unwritable, Writer
+from agentflan.io.writers.chat import call_arguments
+from agentflan.schema import AssistantMessage, SystemMessage, ToolMessage, Trajectory, UserMessage
+
+
+def _single_call(m: AssistantMessage) -> None:
+    if len(m.tool_calls) > 1:
+        raise Unwritable("parallel_calls", "the format has one action per turn")
+
+
+class ToolBenchWriter(Writer):
+    """ToolLLaMA training JSON: `conversations` from system/user/assistant/function.
+
+    Assistant turns are `\\nThought: ...\\nAction: name\\nAction Input: {json}`; the tools go into the
+    system prompt after "Specifically, you have access to the following APIs:" as ToolBench does.
+    """
+
+    name: ClassVar[str] = "toolbench"
+
+    def record(self, traj: Trajectory) -> dict[str, Any]:
+        conv: list[dict[str, str]] = []
+        api_list = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
+                               for t in traj.tools], ensure_ascii=False)
+        if not isinstance(traj.messages[0], SystemMessage):
+            conv.append({"from": "system", "value": f"{API_LIST_MARKER} {api_list}"})
+        for i, m in enumerate(traj.messages):
+            if isinstance(m, SystemMessage):
+                value = f"{m.content}\n{API_LIST_MARKER} {api_list}" if i == 0 else m.content
+                conv.append({"from": "system", "value": value})
+            elif isinstance(m, UserMessage):
+                conv.append({"from": "user", "value": m.content})
+            elif isinstance(m, AssistantMessage):
+                _single_call(m)
+                if not m.loss:
+                    self.report.lossy["loss_flags"] += 1
+                c = m.tool_calls[0] if m.tool_calls else None
+                value = render_toolllama(m.content, c.name, raw_arguments=call_arguments(c)) if c else m.content
+                conv.append({"from": "assistant", "value": value})
+            else:
+                conv.append({"from": "function", "value": m.content})
+        return {"id": traj.id, "conversations": conv}
+
+
+class ReactWriter(Writer):
+    """FireAct-style ReAct in OpenAI messages (`Action: name[arg]`, `Observation: ...`)."""
+
+    name: ClassVar[str] = "react"
+
+    def record(self, traj: Trajectory) -> dict[str, Any]:
+        msgs: list[dict[str, Any]] = []
+        for m in traj.messages:
+            if isinstance(m, AssistantMessage):
+                _single_call(m)
+                c = m.tool_calls[0] if m.tool_calls else None
+                content = render_bracket(m.content, c.name if c else None, c.arguments if c else {})
+                out: dict[str, Any] = {"role": "assistant", "content": content}
+                if not m.loss:
+                    out["loss"] = False
+                msgs.append(out)
+            elif isinstance(m, ToolMessage):
+                msgs.append({"role": "user", "content": f"{OBSERVATION_PREFIX} {m.content}"})
+            else:
+                msgs.append({"role": m.role, "content": m.content})
+        return {"messages": msgs}
+
+
+class AgentInstructWriter(Writer):
+    """AgentInstruct `conversations` (human/gpt with `loss`), actions in the task's dialect.
+
+    Needs the `task` tag (set by the agentinstruct reader) to choose the dialect.
+    """
+
+    name: ClassVar[str] = "agentinstruct"
+
+    def record(self, traj: Trajectory) -> dict[str, Any]:
+        task = traj.tags.get("task")
+        if task not in DIALECTS:
+            raise Unwritable("no_agentinstruct_task", "trajectory has no AgentInstruct task tag")
+        dialect = DIALECTS[task]
+        conv: list[dict[str, Any]] = []
+        for m in traj.messages:
+            if isinstance(m, AssistantMessage):
+                _single_call(m)
+                c = m.tool_calls[0] if m.tool_calls else None
+                value = dialect.render(m.content, c.name if c else None, c.arguments if c else {})
+                conv.append({"from": "gpt", "loss": m.loss, "value": value})
+            else:
+                conv.append({"from": "human", "loss": None, "value": m.content})
+        return {"id": traj.id, "conversations": conv}

@@ -1,0 +1,137 @@
+"""Lossless writers: `native` JSONL and `parquet` (typed columns, nested values as JSON strings).
+
+Parquet keeps `messages` and `tools` as typed lists of structs so that Arrow tools can query
+roles, contents and tool names, but stores tool-call `arguments`, tool `parameters`, `tags` and
+every `metadata` as JSON strings: their shapes differ from record to record and Arrow would
+otherwise unify them into sparse structs (mangling them). `from_row` is the exact inverse.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from agentflan.errors import ConfigError, require
+from agentflan.io.files import base_suffix
+from agentflan.io.writers.base import WriteReport, Writer
+from agentflan.schema import Trajectory
+
+
+class NativeWriter(Writer):
+    name: ClassVar[str] = "native"
+
+    def record(self, traj: Trajectory) -> dict[str, Any]:
+        return traj.to_json_dict()
+
+
+def _js(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _arrow_schema() -> Any:
+    import pyarrow as pa
+
+    call = pa.struct([("id", pa.string()), ("name", pa.string()), ("arguments", pa.string()),
+                      ("raw", pa.string()), ("parse_error", pa.string())])
+    message = pa.struct([
+        ("role", pa.string()), ("content", pa.string()), ("reasoning", pa.string()),
+        ("tool_calls", pa.list_(call)), ("tool_call_id", pa.string()), ("name", pa.string()),
+        ("loss", pa.bool_()), ("capability", pa.string()), ("metadata", pa.string())])
+    tool = pa.struct([("name", pa.string()), ("description", pa.string()), ("parameters", pa.string()),
+                      ("metadata", pa.string())])
+    source = pa.struct([("format", pa.string()), ("path", pa.string()), ("line", pa.int64()),
+                        ("original_id", pa.string()), ("dataset", pa.string())])
+    return pa.schema([("schema_version", pa.int32()), ("id", pa.string()), ("messages", pa.list_(message)),
+                      ("tools", pa.list_(tool)), ("source", source), ("lineage", pa.list_(pa.string())),
+                      ("tags", pa.string()), ("metadata", pa.string())])
+
+
+def to_row(traj: Trajectory) -> dict[str, Any]:
+    d = traj.model_dump(mode="json")
+    for m in d["messages"]:
+        m["metadata"] = _js(m.get("metadata", {}))
+        for c in m.get("tool_calls") or []:
+            c["arguments"] = _js(c["arguments"])
+    for t in d["tools"]:
+        t["parameters"] = _js(t["parameters"])
+        t["metadata"] = _js(t["metadata"])
+    d["tags"] = _js(d["tags"])
+    d["metadata"] = _js(d["metadata"])
+    return d
+
+
+_ROLE_FIELDS = {
+    "system": {"role", "content", "loss", "metadata"},
+    "user": {"role", "content", "loss", "metadata"},
+    "assistant": {"role", "content", "reasoning", "tool_calls", "loss", "capability", "metadata"},
+    "tool": {"role", "content", "tool_call_id", "name", "loss", "metadata"},
+}
+
+
+def from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Invert `to_row`: a dict that `Trajectory.model_validate` accepts."""
+    d = dict(row)
+    messages = []
+    for m in d.get("messages") or []:
+        keep = _ROLE_FIELDS.get(m.get("role"), set(m))
+        m = {k: v for k, v in m.items() if k in keep and v is not None}
+        if isinstance(m.get("metadata"), str):
+            m["metadata"] = json.loads(m["metadata"])
+        calls = []
+        for c in m.get("tool_calls") or []:
+            c = {k: v for k, v in c.items() if v is not None}
+            if isinstance(c.get("arguments"), str):
+                c["arguments"] = json.loads(c["arguments"])
+            calls.append(c)
+        if "tool_calls" in m:
+            m["tool_calls"] = calls
+        messages.append(m)
+    d["messages"] = messages
+    tools = []
+    for t in d.get("tools") or []:
+        t = dict(t)
+        for k in ("parameters", "metadata"):
+            if isinstance(t.get(k), str):
+                t[k] = json.loads(t[k])
+        tools.append(t)
+    d["tools"] = tools
+    for k in ("tags", "metadata"):
+        if isinstance(d.get(k), str):
+            d[k] = json.loads(d[k])
+    if isinstance(d.get("source"), dict):
+        d["source"] = {k: v for k, v in d["source"].items() if v is not None}
+    return d
+
+
+class ParquetWriter(Writer):
+    name: ClassVar[str] = "parquet"
+    suffixes: ClassVar[tuple[str, ...]] = (".parquet",)
+    batch_size: ClassVar[int] = 1024
+
+    def record(self, traj: Trajectory) -> dict[str, Any]:
+        return to_row(traj)
+
+    def write(self, trajectories: Iterable[Trajectory], path: str | Path) -> WriteReport:
+        require("pyarrow", "parquet")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        if base_suffix(str(path)) != ".parquet" or path.name.lower().endswith((".gz", ".zst")):
+            raise ConfigError(f"the parquet writer writes .parquet files (compressed internally), not {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        schema = _arrow_schema()
+        batch: list[dict[str, Any]] = []
+        with pq.ParquetWriter(path, schema, compression="zstd") as out:
+            for traj in trajectories:
+                batch.append(self.record(traj))
+                if len(batch) >= self.batch_size:
+                    out.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    self.report.written += len(batch)
+                    batch = []
+            if batch or self.report.written == 0:
+                out.write_table(pa.Table.from_pylist(batch, schema=schema))
+                self.report.written += len(batch)
+        return self.report

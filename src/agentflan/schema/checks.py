@@ -1,0 +1,122 @@
+"""Structural validation of a trajectory: every problem at once, not just the first.
+
+Errors make a record unusable for training or evaluation (readers quarantine it); warnings are
+counted in statistics but the record is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agentflan.schema.trajectory import (
+    AssistantMessage,
+    SystemMessage,
+    ToolMessage,
+    Trajectory,
+    UserMessage,
+)
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found in a trajectory."""
+
+    code: str
+    message: str
+    index: int | None = None
+    """Message index the problem is at, if it is at one."""
+    field: str | None = None
+    level: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = f"messages[{self.index}]" if self.index is not None else "trajectory"
+        if self.field:
+            where += f".{self.field}"
+        return f"{where}: {self.message} [{self.code}]"
+
+
+def check(traj: Trajectory, *, allow_parse_errors: bool = False) -> list[Issue]:
+    """Return every structural problem of `traj`.
+
+    Args:
+        traj: The trajectory to check.
+        allow_parse_errors: Report tool calls that failed to parse as warnings, not errors
+            (for hallucination data, where a malformed call is the point).
+    """
+    issues: list[Issue] = []
+    msgs = traj.messages
+    if not any(not isinstance(m, SystemMessage) for m in msgs):
+        issues.append(Issue("empty", "conversation has no user, assistant or tool message"))
+        return issues
+
+    declared = traj.tool_names()
+    pending: dict[str, str] = {}  # call id -> tool name, calls still waiting for a result
+    seen_ids: set[str] = set()
+    first_turn = next(i for i, m in enumerate(msgs) if not isinstance(m, SystemMessage))
+    if not isinstance(msgs[first_turn], UserMessage):
+        issues.append(
+            Issue("first_turn_not_user", f"first turn is {msgs[first_turn].role!r}, not 'user'",
+                  first_turn, "role", "warning")
+        )
+
+    for i, m in enumerate(msgs):
+        if isinstance(m, SystemMessage) and i != 0:
+            issues.append(Issue("system_not_first", "system message after the first position", i,
+                                "role", "warning"))
+        if m.loss and not isinstance(m, AssistantMessage):
+            issues.append(Issue("loss_on_non_assistant", f"loss=true on a {m.role} message", i,
+                                "loss", "warning"))
+        if isinstance(m, AssistantMessage):
+            if not m.content.strip() and not m.tool_calls and not (m.reasoning or "").strip():
+                issues.append(Issue("empty_assistant", "assistant message has no text and no tool call",
+                                    i, "content"))
+            for j, call in enumerate(m.tool_calls):
+                where = f"tool_calls[{j}]"
+                if call.id in seen_ids:
+                    issues.append(Issue("duplicate_call_id", f"tool call id {call.id!r} used twice", i,
+                                        f"{where}.id"))
+                seen_ids.add(call.id)
+                pending[call.id] = call.name
+                if call.parse_error is not None:
+                    issues.append(Issue("tool_call_parse_error",
+                                        f"tool call could not be parsed: {call.parse_error}", i,
+                                        f"{where}.arguments",
+                                        "warning" if allow_parse_errors else "error"))
+                if call.name not in declared:
+                    offered = ", ".join(sorted(declared)) or "no tools declared"
+                    issues.append(Issue("undeclared_tool",
+                                        f"call to tool {call.name!r}, which was not offered ({offered})",
+                                        i, f"{where}.name"))
+        elif isinstance(m, ToolMessage):
+            if m.tool_call_id is None:
+                if not pending:
+                    issues.append(Issue("orphan_tool_result", "tool result without a preceding call",
+                                        i, "tool_call_id"))
+                else:
+                    pending.pop(next(iter(pending)))
+            elif m.tool_call_id in pending:
+                pending.pop(m.tool_call_id)
+            else:
+                issues.append(Issue("orphan_tool_result",
+                                    f"tool result for unknown or already answered call {m.tool_call_id!r}",
+                                    i, "tool_call_id"))
+        elif isinstance(m, UserMessage) and pending and i + 1 < len(msgs):
+            # A user turn while calls are unanswered: the results never came back.
+            issues.append(Issue("unanswered_call", f"{len(pending)} tool call(s) left without a result",
+                                i, None, "warning"))
+            pending.clear()
+
+    final_tool = traj.tags.get("final_tool")
+    pending.pop(next((k for k, v in pending.items() if v == final_tool), ""), None)
+    if pending and not isinstance(msgs[-1], AssistantMessage):
+        issues.append(Issue("unanswered_call", f"{len(pending)} tool call(s) left without a result",
+                            None, None, "warning"))
+    for name, value in traj.tags.items():
+        if not name:
+            issues.append(Issue("bad_tag", f"empty tag name (value {value!r})", None, "tags"))
+    return issues
+
+
+def errors(issues: list[Issue]) -> list[Issue]:
+    return [i for i in issues if i.level == "error"]
