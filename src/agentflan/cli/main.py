@@ -9,6 +9,7 @@ import click
 
 from agentflan import __version__
 from agentflan.cli.data import data
+from agentflan.cli.demo import demo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,6 +22,7 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(data)
+cli.add_command(demo)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from agentflan.errors import ParseError
 
 _TOOLLLAMA = re.compile(
-    r"^\s*(?:Thought:\s?(?P<thought>.*?))?\s*\nAction:\s*(?P<name>.*?)\s*\nAction Input:\s?(?P<args>.*)\Z",
+    r"^\n?(?:Thought: ?(?P<thought>.*?))?\nAction: ?(?P<name>[^\n]*?) *\nAction Input: ?(?P<args>.*)\Z",
     re.DOTALL,
 )
 _BRACKET = re.compile(
@@ -53,7 +53,7 @@ def parse_toolllama(text: str) -> ReactStep:
                          reason="unparseable_action")
     args_text = m.group("args").strip()
     arguments, error = parse_json_arguments(args_text)
-    return ReactStep(thought=(m.group("thought") or "").strip(), name=m.group("name"),
+    return ReactStep(thought=m.group("thought") or "", name=m.group("name"),
                      arguments=arguments, raw_arguments=args_text, parse_error=error)
 
 

@@ -207,4 +207,6 @@ def _split_api_list(system: str, where: str) -> tuple[str, list[Any]]:
         except (ValueError, SyntaxError) as e:
             raise ParseError("the API list in the system prompt is neither JSON nor a Python literal",
                              reason="bad_tools", field=where) from e
-    return system[:at].rstrip(), parse_tools(value, where)
+    head = system[:at]
+    # the toolbench writer joins prompt and list with one newline; ToolBench itself with none
+    return (head[:-1] if head.endswith("\n") else head), parse_tools(value, where)

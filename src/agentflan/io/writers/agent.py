@@ -9,7 +9,7 @@ from agentflan.formats.agentinstruct import DIALECTS
 from agentflan.formats.react import OBSERVATION_PREFIX, render_bracket, render_toolllama
 from agentflan.io.readers.toolbench import API_LIST_MARKER
 from agentflan.io.writers.base import Unwritable, Writer
-from agentflan.io.writers.chat import call_arguments
+from agentflan.io.writers.chat import call_arguments, function_specs
 from agentflan.schema import AssistantMessage, SystemMessage, ToolMessage, Trajectory, UserMessage
 
 
@@ -29,8 +29,7 @@ class ToolBenchWriter(Writer):
 
     def record(self, traj: Trajectory) -> dict[str, Any]:
         conv: list[dict[str, str]] = []
-        api_list = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
-                               for t in traj.tools], ensure_ascii=False)
+        api_list = json.dumps(function_specs(traj), ensure_ascii=False)
         if not isinstance(traj.messages[0], SystemMessage):
             conv.append({"from": "system", "value": f"{API_LIST_MARKER} {api_list}"})
         for i, m in enumerate(traj.messages):

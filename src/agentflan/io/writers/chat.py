@@ -12,15 +12,30 @@ from agentflan.schema import AssistantMessage, SystemMessage, ToolCall, ToolMess
 
 
 def call_arguments(call: ToolCall) -> str:
-    """Arguments as the JSON string tool-call formats store (the raw text if it never parsed)."""
-    if call.parse_error is not None and call.raw is not None:
-        return call.raw
+    """Arguments as the JSON string tool-call formats store.
+
+    The source text (`raw`) is reused when it never parsed, or when it still says exactly what
+    `arguments` says (keeps e.g. ToolBench's indentation); otherwise the arguments are dumped.
+    """
+    if call.raw is not None:
+        if call.parse_error is not None:
+            return call.raw
+        try:
+            if json.loads(call.raw) == call.arguments:
+                return call.raw
+        except json.JSONDecodeError:
+            pass
     return json.dumps(call.arguments, ensure_ascii=False)
 
 
+def function_specs(traj: Trajectory) -> list[dict[str, Any]]:
+    """Tool specs as function objects; keys the source had beyond the schema are kept."""
+    return [{"name": t.name, "description": t.description, "parameters": t.parameters, **t.metadata}
+            for t in traj.tools]
+
+
 def openai_tools(traj: Trajectory) -> list[dict[str, Any]]:
-    return [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                              "parameters": t.parameters}} for t in traj.tools]
+    return [{"type": "function", "function": f} for f in function_specs(traj)]
 
 
 class OpenAIWriter(Writer):
@@ -114,8 +129,7 @@ class ShareGPTWriter(Writer):
         if system is not None:
             rec["system"] = system
         if traj.tools:
-            rec["tools"] = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
-                                       for t in traj.tools], ensure_ascii=False)
+            rec["tools"] = json.dumps(function_specs(traj), ensure_ascii=False)
         return rec
 
     def dataset_info(self, path: Path) -> dict[str, Any]:
@@ -169,9 +183,7 @@ class AgentFlanWriter(Writer):
         conv: list[dict[str, Any]] = []
         tools_text = ""
         if traj.tools:
-            tools_text = AGENTFLAN_TOOLS_HEADER + "\n" + json.dumps(
-                [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in traj.tools],
-                ensure_ascii=False)
+            tools_text = AGENTFLAN_TOOLS_HEADER + "\n" + json.dumps(function_specs(traj), ensure_ascii=False)
             if not isinstance(traj.messages[0], SystemMessage):
                 conv.append({"role": "system", "content": tools_text, "loss": False})
         for i, m in enumerate(traj.messages):

@@ -1,0 +1,43 @@
+# agentflan: `make demo` runs the main job on the built-in default, `make test` runs the tests.
+# Both create .venv and install what they need on a fresh machine (package registries only).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.agentflan-installed
+# Tests never touch the network or the user's caches.
+TEST_ENV := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: install demo test test-slow check lint typecheck bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,parquet]"
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/agentflan demo -o out/demo
+
+test: $(STAMP)
+	$(TEST_ENV) HF_HOME=$$(mktemp -d) $(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(TEST_ENV) HF_HOME=$$(mktemp -d) $(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint typecheck
+
+bench: $(STAMP)
+	$(PY) bench/convert_throughput.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real samples in ../shared/data, an offline guard, tmp outputs."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AGENTFLAN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public samples; skipped in a user's clone, a failure in CI (CI=true)."""
+    if not SHARED_DATA.is_dir():
+        msg = f"real sample data not found at {SHARED_DATA} (the ../shared folder beside the repository)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg + "; CI must run with ../shared present")
+        pytest.skip(msg)
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Unit tests may only talk to loopback."""
+    if request.node.get_closest_marker("network"):
+        return
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: object) -> object:
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1")) or self.family == socket.AF_UNIX:
+            return real_connect(self, address)  # type: ignore[arg-type]
+        raise RuntimeError(f"test tried to open a network connection to {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
