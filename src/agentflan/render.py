@@ -41,7 +41,7 @@ def render_text(traj: Trajectory, *, max_chars: int | None = 2000) -> str:
     lines = _header(traj)
     lines.append(f"legend: {TRAIN_OPEN}trained{TRAIN_CLOSE}, everything else is context (loss off)")
     for i, m in enumerate(traj.messages):
-        label = m.role
+        label: str = m.role
         if isinstance(m, ToolMessage):
             label = f"tool {m.name or '?'} (for {m.tool_call_id or '?'})"
         if isinstance(m, AssistantMessage) and m.capability:
@@ -67,7 +67,7 @@ def render_rich(traj: Trajectory, *, max_chars: int | None = 2000) -> Any:
     parts: list[Any] = [Text("\n".join(_header(traj)), style="bold")]
     parts.append(Text.assemble(("legend: ", "dim"), ("trained", "bold green"), (" / context", "dim")))
     for i, m in enumerate(traj.messages):
-        label = m.role if not isinstance(m, ToolMessage) else f"tool {m.name or '?'}"
+        label: str = m.role if not isinstance(m, ToolMessage) else f"tool {m.name or '?'}"
         if isinstance(m, AssistantMessage) and m.capability:
             label += f" [{m.capability}]"
         parts.append(Text(f"--- [{i}] {label}", style="cyan"))

@@ -270,8 +270,7 @@ DIALECTS: dict[str, Dialect] = {
         frozenset({"answer"}), re.compile(r"^\s*Action:", re.MULTILINE), _db_parse, _db_render),
     "kg": Dialect(
         "kg",
-        tuple(_spec(n, f"Knowledge-base function {n}", *p) for n, p in _KG_PARAMS.items())
-        + (_spec("final_answer", "Give the variable holding the answer", "answer"),),
+        (*tuple(_spec(n, f"Knowledge-base function {n}", *p) for n, p in _KG_PARAMS.items()), _spec("final_answer", "Give the variable holding the answer", "answer")),
         frozenset({"final_answer"}), re.compile(r"^\s*(Action|Final Answer):", re.MULTILINE),
         _kg_parse, _kg_render),
     "webshop": Dialect(

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentflan.io.base import OnError, Quarantine, ReadReport, Reader
+from agentflan.io.base import OnError, Quarantine, Reader, ReadReport
 from agentflan.io.detect import detect
 from agentflan.io.readers import READERS
 from agentflan.io.writers import WRITERS
-from agentflan.io.writers.base import WriteReport, Writer
+from agentflan.io.writers.base import Writer, WriteReport
 from agentflan.schema import Trajectory
 
 
@@ -27,8 +27,7 @@ def make_reader(paths: str | Sequence[str], fmt: str | None = None, *, on_error:
 def read(paths: str | Sequence[str], fmt: str | None = None, **kwargs: Any) -> Iterator[Trajectory]:
     """Stream trajectories from `paths`; bad records are skipped (or quarantined) and counted.
 
-    Examples:
-        >>> trajs = list(read("data/*.jsonl", "react", on_error="raise"))  # doctest: +SKIP
+    For example `list(read("data/*.jsonl", "react", on_error="raise"))`.
     """
     reader = make_reader(paths, fmt, **kwargs)
     try:

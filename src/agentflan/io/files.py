@@ -115,7 +115,7 @@ def open_binary(path: str) -> IO[bytes]:
     if low.endswith(".zst"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)  # type: ignore[return-value]
+        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
     return raw
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 Capability = Literal["reasoning", "retrieval", "understanding", "instruction_following"]
 CAPABILITIES: tuple[str, ...] = ("reasoning", "retrieval", "understanding", "instruction_following")

@@ -64,17 +64,17 @@ class OpenAIReader(Reader):
                 call_id = m.get("tool_call_id")
                 split = _split_parallel_results(text, pending) if call_id is None else None
                 if split is not None:
-                    for call, result in zip(list(pending), split, strict=False):
-                        messages.append(ToolMessage(content=result, name=call.name, tool_call_id=call.id))
-                        pending.remove(call)
+                    for open_call, result in zip(list(pending), split, strict=False):
+                        messages.append(ToolMessage(content=result, name=open_call.name, tool_call_id=open_call.id))
+                        pending.remove(open_call)
                     continue
-                call = next((c for c in pending if c.id == call_id), None) if call_id else None
-                if call is None and call_id is None and pending:
-                    call = pending[0]
-                if call is not None:
-                    pending.remove(call)
-                messages.append(ToolMessage(content=text, name=m.get("name") or (call.name if call else None),
-                                            tool_call_id=call_id or (call.id if call else None)))
+                answered = next((c for c in pending if c.id == call_id), None) if call_id else None
+                if answered is None and call_id is None and pending:
+                    answered = pending[0]
+                if answered is not None:
+                    pending.remove(answered)
+                messages.append(ToolMessage(content=text, name=m.get("name") or (answered.name if answered else None),
+                                            tool_call_id=call_id or (answered.id if answered else None)))
             else:
                 raise ParseError(f"unknown role {role!r} (expected system, user, assistant, tool)",
                                  reason="unknown_role", field=f"{loc}.role")

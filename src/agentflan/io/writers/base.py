@@ -116,10 +116,10 @@ def _open_write(path: Path) -> tuple[IO[str], IO[bytes]]:
     if low.endswith(".gz"):
         # no file name and mtime=0 in the header keep the bytes identical between runs
         gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
-        return io.TextIOWrapper(gz, encoding="utf-8"), raw  # type: ignore[arg-type]
+        return io.TextIOWrapper(gz, encoding="utf-8"), raw
     if low.endswith(".zst"):
         import zstandard
 
         zw = zstandard.ZstdCompressor().stream_writer(raw, closefd=False)
-        return io.TextIOWrapper(zw, encoding="utf-8"), raw  # type: ignore[arg-type]
+        return io.TextIOWrapper(zw, encoding="utf-8"), raw
     return io.TextIOWrapper(raw, encoding="utf-8"), raw

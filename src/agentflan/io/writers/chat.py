@@ -116,7 +116,7 @@ class ShareGPTWriter(Writer):
                 if conv and conv[-1]["from"] == "observation":
                     prev = conv[-1]["value"]
                     items = json.loads(prev) if conv[-1].get("_merged") else [prev]
-                    conv[-1] = {"from": "observation", "value": json.dumps(items + [m.content], ensure_ascii=False),
+                    conv[-1] = {"from": "observation", "value": json.dumps([*items, m.content], ensure_ascii=False),
                                 "_merged": "1"}
                 else:
                     conv.append({"from": "observation", "value": m.content})
@@ -152,6 +152,8 @@ class AlpacaWriter(Writer):
                 isinstance(u, UserMessage) and isinstance(a, AssistantMessage) and not a.tool_calls
                 for u, a in zip(msgs[::2], msgs[1::2], strict=True)):
             raise Unwritable("not_user_assistant_pairs", "alpaca holds only user/assistant pairs without tools")
+        if traj.tools:
+            self.report.lossy["tools_offered"] += 1
         pairs = [(u.content, a.content) for u, a in zip(msgs[::2], msgs[1::2], strict=True)]
         prompt, output = pairs[-1]
         instruction, extra = prompt, ""

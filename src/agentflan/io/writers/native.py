@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from agentflan.errors import ConfigError, require
 from agentflan.io.files import base_suffix
-from agentflan.io.writers.base import WriteReport, Writer
+from agentflan.io.writers.base import Writer, WriteReport
 from agentflan.schema import Trajectory
 
 
