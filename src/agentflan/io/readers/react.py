@@ -48,6 +48,7 @@ class ReactReader(Reader):
         self.tool_names = tools or ["search", "lookup", "finish"]
         self.arg_names = {**DEFAULT_BRACKET_ARGS, **(arg_names or {})}
         self.final_tool = final_tool
+        self._specs = self.specs()
 
     def specs(self) -> list[ToolSpec]:
         out = []
@@ -94,5 +95,5 @@ class ReactReader(Reader):
                                  reason="unknown_role", field=f"{loc}.role")
         rid = record.get("id")
         return Trajectory(id=str(rid) if rid is not None else ctx.default_id(), messages=messages,
-                          tools=self.specs(), source=ctx.source(str(rid) if rid is not None else None),
+                          tools=list(self._specs), source=ctx.source(str(rid) if rid is not None else None),
                           lineage=[f"read:{self.name}"], tags={"final_tool": self.final_tool})

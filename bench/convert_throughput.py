@@ -1,0 +1,116 @@
+"""Convert throughput and peak memory, against a plain JSON load+dump of the same files.
+
+Each measurement runs in a fresh subprocess so that its peak RSS is its own. The baseline does the
+least any converter must do (decode every record, encode it again) with the standard library; the
+ratio says what schema validation, parsing of actions and accounting cost on top.
+
+    python bench/convert_throughput.py [--shared ../shared/data] [--repeat 3] [--scale 50]
+
+Results are appended to docs/benchmarks.md with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, resource, sys, time
+mode, src, fmt, to, out = sys.argv[1:6]
+if mode == "agentflan":
+    from agentflan.io import convert  # imports are not timed
+t = time.perf_counter()
+if mode == "agentflan":
+    r = convert(src, out, fmt=fmt, to=to)
+    n = r.read.records
+else:
+    n = 0
+    with open(out, "w") as w:
+        if src.endswith(".jsonl"):
+            for line in open(src):
+                w.write(json.dumps(json.loads(line), ensure_ascii=False) + "\n"); n += 1
+        else:
+            for rec in json.load(open(src)):
+                w.write(json.dumps(rec, ensure_ascii=False) + "\n"); n += 1
+dt = time.perf_counter() - t
+print(json.dumps({"records": n, "seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run(mode: str, src: Path, fmt: str, to: str, tmp: Path) -> dict[str, float]:
+    out = tmp / f"out-{mode}.jsonl"
+    p = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), fmt, to, str(out)],
+                       capture_output=True, text=True, check=True)
+    return json.loads(p.stdout)  # type: ignore[no-any-return]
+
+
+def replicate(src: Path, times: int, dest: Path) -> Path:
+    """A corpus `times` larger: every record repeated with a new id."""
+    with dest.open("w") as w:
+        lines = src.read_text().splitlines()
+        for k in range(times):
+            for i, line in enumerate(lines):
+                rec = json.loads(line)
+                rec["id"] = f"rep{k}-{i}"
+                w.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--scale", type=int, default=50)
+    ap.add_argument("--no-write", action="store_true", help="print only, do not append to docs/benchmarks.md")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        cases = [
+            ("alpaca_en_demo.json (largest file)", args.shared / "llamafactory/alpaca_en_demo.json", "alpaca", "native"),
+            ("glaive_toolcall_en_demo.json", args.shared / "llamafactory/glaive_toolcall_en_demo.json", "sharegpt", "native"),
+            ("hotpotqa_react.jsonl", args.shared / "fireact/hotpotqa_react.jsonl", "react", "native"),
+            (f"hotpotqa_react x{args.scale}", replicate(args.shared / "fireact/hotpotqa_react.jsonl", args.scale,
+                                                       tmp / "big.jsonl"), "react", "native"),
+        ]
+        rows = []
+        for label, src, fmt, to in cases:
+            best: dict[str, dict[str, float]] = {}
+            for mode in ("agentflan", "baseline"):
+                runs = [run(mode, src, fmt, to, tmp) for _ in range(args.repeat)]
+                best[mode] = min(runs, key=lambda r: r["seconds"])
+            a, b = best["agentflan"], best["baseline"]
+            rows.append((label, fmt, src.stat().st_size / 1e6, int(a["records"]), a["records"] / a["seconds"],
+                         a["peak_rss_mb"], b["records"] / b["seconds"], b["peak_rss_mb"],
+                         (a["records"] / a["seconds"]) / (b["records"] / b["seconds"])))
+    header = ("| input | --from | MB | records | agentflan rec/s | agentflan peak RSS MB | json load+dump rec/s "
+              "| baseline peak RSS MB | speed ratio |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [header] + [f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]} | {r[4]:,.0f} | {r[5]:.0f} | {r[6]:,.0f} | {r[7]:.0f} "
+                        f"| {r[8]:.2f} |" for r in rows]
+    table = "\n".join(lines)
+    print(table)
+    if args.no_write:
+        return
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    doc = REPO / "docs" / "benchmarks.md"
+    if not doc.exists():
+        doc.write_text("# Benchmarks\n\nEvery number here comes from a script in `bench/`; the command and the "
+                       "machine are given with each table.\n")
+    with doc.open("a") as f:
+        f.write(f"\n## Convert throughput ({time.strftime('%Y-%m-%d')})\n\n"
+                f"Command: `python bench/convert_throughput.py --repeat {args.repeat} --scale {args.scale}`  \n"
+                f"Machine: {machine}. Best of {args.repeat} runs, each in a fresh process (peak RSS is the "
+                f"whole process, interpreter and imports included). Baseline: `json.loads` + `json.dumps` of "
+                f"the same records, the least a converter must do.\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
