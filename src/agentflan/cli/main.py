@@ -10,6 +10,7 @@ import click
 from agentflan import __version__
 from agentflan.cli.data import data
 from agentflan.cli.demo import demo
+from agentflan.cli.recipes import recipes
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,7 @@ def cli(verbose: int) -> None:
 
 cli.add_command(data)
 cli.add_command(demo)
+cli.add_command(recipes)
 
 
 def main() -> None:

@@ -176,7 +176,8 @@ class AgentFlanWriter(Writer):
 
     No tool role exists in the release: tool calls are written in ReAct text
     (`Thought:/Action:/Action Input:`), tool results as user turns, and the offered tools are
-    listed in the system prompt (a system message is added if there is none).
+    listed in the system prompt (a system message is added if there is none). Trajectories that
+    are already text (T-FLAN, ReAct renderings) are written as they are.
     """
 
     name: ClassVar[str] = "agentflan"
@@ -184,7 +185,9 @@ class AgentFlanWriter(Writer):
     def record(self, traj: Trajectory) -> dict[str, Any]:
         conv: list[dict[str, Any]] = []
         tools_text = ""
-        if traj.tools:
+        structured = any(isinstance(m, ToolMessage) or (isinstance(m, AssistantMessage) and m.tool_calls)
+                         for m in traj.messages)
+        if traj.tools and structured:  # text renderings (T-FLAN, ReAct) state their tools themselves
             tools_text = AGENTFLAN_TOOLS_HEADER + "\n" + json.dumps(function_specs(traj), ensure_ascii=False)
             if not isinstance(traj.messages[0], SystemMessage):
                 conv.append({"role": "system", "content": tools_text, "loss": False})

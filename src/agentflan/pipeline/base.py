@@ -1,0 +1,147 @@
+"""The step contract: a step maps a stream of trajectories to a stream of trajectories.
+
+Randomness never comes from global state or stream position: `unit(seed, *keys)` hashes the
+recipe seed with stable keys (step name, trajectory id, turn index) into [0, 1). Decisions
+therefore do not depend on how the data is sharded or ordered, which is what makes a
+multi-process build byte-identical to a single-process one.
+
+Each step counts what it keeps, changes and drops (`StepStats`); drops carry a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from agentflan.registry import Registry
+from agentflan.schema import Trajectory
+
+
+def unit(seed: int, *keys: object) -> float:
+    """A uniform number in [0, 1) determined by `seed` and `keys` alone.
+
+    Examples:
+        >>> unit(1, "split", "a") == unit(1, "split", "a")
+        True
+        >>> 0.0 <= unit(1, "x") < 1.0
+        True
+    """
+    h = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64
+
+
+def first_query(traj: Trajectory) -> str | None:
+    """The user's request: the first user turn, without ToolBench's trailing "Begin!"."""
+    from agentflan.schema import UserMessage
+
+    user = next((m for m in traj.messages if isinstance(m, UserMessage)), None)
+    if user is None:
+        return None
+    text = re.sub(r"\s*Begin!\s*$", "", user.content.strip())
+    return text or None
+
+
+def rng_for(seed: int, *keys: object) -> random.Random:
+    """A `random.Random` seeded from `seed` and `keys` (stable across processes and runs)."""
+    return random.Random(int(unit(seed, *keys) * 2**53))
+
+
+class StepConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StepStats:
+    """Counters of one step: `in`, `out`, `changed`, `dropped:<reason>`, and step-specific ones."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def inc(self, key: str, n: int = 1) -> None:
+        self.counts[key] += n
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+
+@dataclass
+class StepContext:
+    seed: int
+    stats: StepStats = field(default_factory=StepStats)
+    resources: dict[str, Any] = field(default_factory=dict)
+    """Shared inputs prepared by the build (e.g. a tool pool for negatives)."""
+
+
+class Step(ABC):
+    """A pipeline step with a typed config. Subclasses set `name` and `Config`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[StepConfig]] = StepConfig
+    two_pass: ClassVar[bool] = False
+    """True when the step must see all its input before emitting (e.g. exact balancing)."""
+    parallel_safe: ClassVar[bool] = False
+    """True when each trajectory is processed on its own (no state across trajectories), so the
+    executor may run the step on shards in several processes."""
+
+    def __init__(self, config: StepConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
+        """Transform the stream; count with `ctx.stats`."""
+
+    def lineage(self, traj: Trajectory) -> None:
+        traj.lineage.append(self.name)
+
+
+class MapStep(Step):
+    """One trajectory in, one (or none, with a reason) out."""
+
+    parallel_safe: ClassVar[bool] = True
+
+    @abstractmethod
+    def apply(self, traj: Trajectory, ctx: StepContext) -> Trajectory | str:
+        """The new trajectory, or a drop reason."""
+
+    def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
+        for traj in data:
+            ctx.stats.inc("in")
+            result = self.apply(traj, ctx)
+            if isinstance(result, str):
+                ctx.stats.inc(f"dropped:{result}")
+                continue
+            self.lineage(result)
+            ctx.stats.inc("out")
+            yield result
+
+
+def make_steps(entries: list[dict[str, Any]]) -> list[Step]:
+    """Steps from recipe entries `{type: <name>, ...config}`."""
+    steps = []
+    for entry in entries:
+        args = dict(entry)
+        cls = STEPS.get(args.pop("type"))
+        steps.append(cls(cls.Config.model_validate(args)))
+    return steps
+
+
+STEPS: Registry[type[Step]] = Registry("step")
+_S = "agentflan.pipeline.steps"
+for _name, _target, _doc in [
+    ("split", f"{_S}.split:SplitStep", "keep a hash range of trajectories by id (e.g. 60/30/10)"),
+    ("align", f"{_S}.align:AlignStep", "T-FLAN: agent trajectory -> natural multi-turn chat"),
+    ("react", f"{_S}.react:ReactFormatStep", "render in ReAct/JSON with randomized format instructions"),
+    ("instruct", f"{_S}.instruct:InstructStep", "single-turn format-following samples (JSON and string 1:1)"),
+    ("capabilities", f"{_S}.capabilities:CapabilitiesStep", "label every trained assistant turn"),
+    ("balance", f"{_S}.balance:BalanceStep", "thin supervision per capability by ratio"),
+    ("filter", f"{_S}.filter:FilterStep", "schema validity, token length, exact and near duplicates"),
+    ("sample", f"{_S}.filter:SampleStep", "keep at most N trajectories (hash order)"),
+]:
+    STEPS.register(_name, _target, _doc)

@@ -1,0 +1,275 @@
+"""Data recipes: YAML validated into typed models, every error reported at once with its key path.
+
+A recipe names its `sources` (a reader and paths each), its `outputs` (each a list of steps over
+some sources, or a `negatives` generator) and how to `mix` them into one training file. Strings
+may use `${var}` from the `vars:` section; `base:` includes another recipe (packaged name or
+path) under this one; command-line overrides are dotted `key=value` pairs (`~key` deletes).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agentflan.errors import ConfigError
+from agentflan.io.readers import READERS
+from agentflan.io.writers import WRITERS
+from agentflan.pipeline.base import STEPS, Step, make_steps
+from agentflan.pipeline.negatives import NegativesConfig
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SourceConfig(_Model):
+    reader: str
+    paths: list[str]
+    on_error: Literal["raise", "skip", "quarantine"] = "quarantine"
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Reader options (e.g. `dfs_retries: strip`)."""
+    optional: bool = False
+    """When no input file matches, build with this source empty (a warning) instead of failing."""
+    role: Literal["agent", "chat"] = "agent"
+    """`chat` sources are general chat data: the mix balances them against the agent data."""
+
+
+class StepsOutput(_Model):
+    kind: Literal["steps"] = "steps"
+    from_: list[str] = Field(alias="from")
+    steps: list[dict[str, Any]] = Field(default_factory=list)
+    """Each `{type: <step name>, ...config}`; see `agentflan recipes steps`."""
+
+
+class NegativesOutput(_Model):
+    kind: Literal["negatives"]
+    chat_from: list[str]
+    """General chat for `tools_not_needed`."""
+    tools_from: list[str]
+    """Agent sources whose offered tools form the pool of real tools."""
+    queries_from: list[str]
+    """Agent sources whose requests need a tool, for `no_tools_offered` (e.g. ToolBench, not QA)."""
+    config: NegativesConfig = Field(default_factory=NegativesConfig)
+
+    def sources(self) -> list[str]:
+        return list(dict.fromkeys([*self.chat_from, *self.tools_from, *self.queries_from]))
+
+
+Output = Annotated[StepsOutput | NegativesOutput, Field(discriminator="kind")]
+
+
+class MixConfig(_Model):
+    name: str = "train"
+    weights: dict[str, float] = Field(default_factory=dict)
+    """Repeat factor per output (0.5 halves it, 2 doubles it); unlisted outputs: 1."""
+    exclude: list[str] = Field(default_factory=list)
+    chat_ratio: float | None = 1.0
+    """Chat records per agent record in the mix (the paper mixes 1:1); None keeps them as they are."""
+    chat_outputs: list[str] = Field(default_factory=list)
+    """Outputs that count as general chat (default: those built only from `role: chat` sources)."""
+
+
+class DataRecipe(_Model):
+    kind: Literal["data"] = "data"
+    name: str
+    description: str = ""
+    seed: int = 17
+    vars: dict[str, Any] = Field(default_factory=dict)
+    sources: dict[str, SourceConfig]
+    outputs: dict[str, Output]
+    mix: MixConfig | None = Field(default_factory=MixConfig)
+    write: list[str] = Field(default_factory=lambda: ["native", "agentflan"])
+    """Writers for every output and the mix (`native` is always written: the build reads it)."""
+    workers: int = Field(1, ge=1)
+    executor: Literal["local", "ray"] = "local"
+    report: bool = True
+
+    @model_validator(mode="after")
+    def _references(self) -> DataRecipe:
+        problems = []
+        for name, out in self.outputs.items():
+            refs = out.from_ if isinstance(out, StepsOutput) else out.sources()
+            problems += [f"outputs.{name}: unknown source {r!r}" for r in refs if r not in self.sources]
+        if self.mix:
+            known = set(self.outputs)
+            problems += [f"mix: unknown output {o!r}" for o in [*self.mix.weights, *self.mix.exclude,
+                                                                  *self.mix.chat_outputs] if o not in known]
+        problems += [f"write: unknown writer {w!r}" for w in self.write if w not in WRITERS]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def steps_of(self, output: str) -> list[Step]:
+        out = self.outputs[output]
+        assert isinstance(out, StepsOutput)
+        return make_steps(out.steps)
+
+    def chat_outputs(self) -> set[str]:
+        if self.mix and self.mix.chat_outputs:
+            return set(self.mix.chat_outputs)
+        return {name for name, out in self.outputs.items() if isinstance(out, StepsOutput)
+                and all(self.sources[s].role == "chat" for s in out.from_)}
+
+
+def packaged_recipes() -> dict[str, Path]:
+    root = importlib.resources.files("agentflan") / "recipes" / "data"
+    return {p.name.removesuffix(".yaml"): Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def _resolve_path(ref: str, relative_to: Path | None) -> Path:
+    if relative_to is not None and (relative_to / ref).exists():
+        return relative_to / ref
+    if Path(ref).exists():
+        return Path(ref)
+    packaged = packaged_recipes()
+    if ref in packaged:
+        return packaged[ref]
+    raise ConfigError(f"no recipe {ref!r}: not a file, not a packaged recipe ({', '.join(sorted(packaged))})")
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"recipe include cycle: {' -> '.join(map(str, (*seen, path)))}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping, found {type(data).__name__}")
+    base = data.pop("base", None)
+    if base:
+        parent = _load_yaml(_resolve_path(str(base), path.parent), (*seen, path.resolve()))
+        data = _merge(parent, data)
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if v is None:  # `key: null` in a recipe that has a base removes the key
+            out.pop(k, None)
+        else:
+            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` (YAML-parsed value) and `~a.b` (delete) overrides.
+
+    Examples:
+        >>> apply_overrides({"a": {"b": 1}}, ["a.b=2", "c=[x, y]"])
+        {'a': {'b': 2}, 'c': ['x', 'y']}
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        delete = item.startswith("~")
+        if delete:
+            key, value = item[1:], None
+        elif "=" in item:
+            key, raw = item.split("=", 1)
+            value = yaml.safe_load(raw) if raw else ""
+        else:
+            raise ConfigError(f"override {item!r}: expected key=value or ~key")
+        parts = key.split(".")
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                if delete:
+                    raise ConfigError(f"override {item!r}: {p!r} does not exist")
+                node[p] = {}
+            node = node[p]
+        if delete:
+            if parts[-1] not in node:
+                raise ConfigError(f"override {item!r}: {key!r} does not exist")
+            del node[parts[-1]]
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][\w]*)\}")
+
+
+def _interpolate(value: Any, variables: dict[str, Any], path: str, errors: list[str]) -> Any:
+    if isinstance(value, str):
+        whole = _VAR.fullmatch(value)
+        if whole and isinstance(variables.get(whole.group(1)), list):
+            return list(variables[whole.group(1)])  # a list variable used as a whole value
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in variables:
+                errors.append(f"{path}: unknown variable ${{{m.group(1)}}} (vars: {', '.join(sorted(variables))})")
+                return m.group(0)
+            return str(variables[m.group(1)])
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, variables, f"{path}.{k}" if path else str(k), errors) for k, v in value.items()}
+    if isinstance(value, list):
+        out: list[Any] = []
+        for i, v in enumerate(value):
+            item = _interpolate(v, variables, f"{path}[{i}]", errors)
+            out.extend(item if isinstance(v, str) and isinstance(item, list) else [item])
+        return out
+    return value
+
+
+def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> tuple[DataRecipe, dict[str, Any]]:
+    """Load, override, interpolate and validate a data recipe; return it and its resolved dict.
+
+    Raises:
+        ConfigError: With every problem found, each with its key path.
+    """
+    path = _resolve_path(str(ref), None)
+    data = apply_overrides(_load_yaml(path), overrides or [])
+    for src in (data.get("sources") or {}).values():
+        if isinstance(src, dict) and isinstance(src.get("paths"), str):
+            src["paths"] = [src["paths"]]
+    for out in (data.get("outputs") or {}).values():
+        if isinstance(out, dict):
+            out.setdefault("kind", "steps")
+    errors: list[str] = []
+    variables = dict(data.get("vars") or {})
+    variables.setdefault("recipe_dir", str(path.parent))
+    resolved = {k: (_interpolate(v, variables, k, errors) if k != "vars" else v) for k, v in data.items()}
+    errors += _check_components(resolved)
+    try:
+        recipe = DataRecipe.model_validate(resolved)
+    except ValidationError as e:
+        errors += [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        recipe = None
+    if errors:
+        raise ConfigError(f"{path}: {len(errors)} problem(s) in the recipe:\n  " + "\n  ".join(errors))
+    assert recipe is not None
+    return recipe, resolved
+
+
+def _check_components(data: dict[str, Any]) -> list[str]:
+    """Readers and steps exist and each step's arguments validate against its Config."""
+    errors = []
+    for name, src in (data.get("sources") or {}).items():
+        if isinstance(src, dict) and src.get("reader") not in READERS:
+            errors.append(f"sources.{name}.reader: unknown reader {src.get('reader')!r} "
+                          f"(known: {', '.join(READERS.names())})")
+    for name, out in (data.get("outputs") or {}).items():
+        if not isinstance(out, dict) or out.get("kind", "steps") != "steps":
+            continue
+        for i, entry in enumerate(out.get("steps") or []):
+            where = f"outputs.{name}.steps[{i}]"
+            if not isinstance(entry, dict) or "type" not in entry:
+                errors.append(f"{where}: each step is a mapping with a `type`")
+                continue
+            args = {k: v for k, v in entry.items() if k != "type"}
+            try:
+                cls = STEPS.get(str(entry["type"]))
+                cls.Config.model_validate(args)
+            except ConfigError as e:
+                errors.append(f"{where}.type: {e}")
+            except ValidationError as e:
+                errors += [f"{where}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+    return errors

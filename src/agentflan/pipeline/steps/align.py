@@ -1,0 +1,42 @@
+"""`align`: T-FLAN chat alignment (Agent-FLAN's first fix). See `agentflan.formats.tflan`."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from agentflan.formats.tflan import AlignOptions, align
+from agentflan.pipeline.base import MapStep, StepConfig, StepContext, rng_for
+from agentflan.schema import AssistantMessage, Trajectory
+
+
+class AlignConfig(StepConfig):
+    cot: bool = True
+    """Keep thoughts as reasoning turns ("cot"); False keeps only tool choice, arguments and answers."""
+    decompose: bool = True
+    """Separate elicited turns for thought, tool and arguments (capability-labelled). False keeps
+    each step in one assistant turn (natural chat with inline chain of thought)."""
+    require_tool_calls: bool = True
+    """Drop trajectories without any tool call (`no_tool_calls`): there is nothing to align."""
+
+
+class AlignStep(MapStep):
+    name: ClassVar[str] = "align"
+    Config = AlignConfig
+
+    def apply(self, traj: Trajectory, ctx: StepContext) -> Trajectory | str:
+        cfg = self.config
+        assert isinstance(cfg, AlignConfig)
+        if traj.tags.get("format") == "tflan":
+            return "already_aligned"
+        has_calls = any(isinstance(m, AssistantMessage) and m.tool_calls for m in traj.messages)
+        if cfg.require_tool_calls and not has_calls:
+            return "no_tool_calls"
+        out = align(traj, rng_for(ctx.seed, self.name, traj.id), AlignOptions(cot=cfg.cot, decompose=cfg.decompose))
+        ctx.stats.inc("turns_in", len(traj.messages))
+        ctx.stats.inc("turns_out", len(out.messages))
+        return out
+
+    def lineage(self, traj: Trajectory) -> None:
+        cfg = self.config
+        assert isinstance(cfg, AlignConfig)
+        traj.lineage.append("align" + (":cot" if cfg.cot else "") + ("" if cfg.decompose else ":inline"))

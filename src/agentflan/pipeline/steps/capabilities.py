@@ -1,0 +1,38 @@
+"""`capabilities`: make sure every trained assistant turn carries a capability label.
+
+`align` and `instruct` label their turns as they create them. For anything else: a trained turn
+without tool calls is `reasoning` (a plain answer or thought); a turn that still holds a tool call
+or agent-format text mixes all capabilities and is labelled `unlabelled:mixed` in statistics (it
+cannot be decomposed without `align`, and `balance` leaves it alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import ClassVar
+
+from agentflan.pipeline.base import Step, StepContext
+from agentflan.schema import AssistantMessage, Trajectory
+from agentflan.tokens import approx_tokens
+
+
+class CapabilitiesStep(Step):
+    name: ClassVar[str] = "capabilities"
+    parallel_safe: ClassVar[bool] = True
+
+    def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
+        for traj in data:
+            ctx.stats.inc("in")
+            agent_text = traj.tags.get("format") in ("react", "json", "source")
+            for m in traj.messages:
+                if not isinstance(m, AssistantMessage) or not m.loss:
+                    continue
+                if m.capability is None and not m.tool_calls and not agent_text:
+                    m.capability = "reasoning"
+                    ctx.stats.inc("labelled")
+                label = m.capability or "unlabelled:mixed"
+                ctx.stats.inc(f"turns:{label}")
+                ctx.stats.inc(f"approx_tokens:{label}", approx_tokens(m.content))
+            self.lineage(traj)
+            ctx.stats.inc("out")
+            yield traj

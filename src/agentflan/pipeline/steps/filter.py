@@ -1,0 +1,146 @@
+"""`filter` (validity, length, exact and near duplicates) and `sample` (at most N, by hash)."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import re
+from collections.abc import Iterable, Iterator
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from agentflan.pipeline.base import Step, StepConfig, StepContext, unit
+from agentflan.schema import AssistantMessage, Trajectory, check, errors
+from agentflan.tokens import token_counter
+
+
+class FilterConfig(StepConfig):
+    valid: bool = True
+    """Drop trajectories with structural errors (`invalid:<code>`)."""
+    max_tokens: int | None = Field(None, gt=0)
+    """Drop trajectories longer than this (`too_long`); counted with `tokenizer` if set."""
+    tokenizer: str | None = None
+    """A Hugging Face tokenizer name or path; approximate counts when unset."""
+    min_trained_turns: int = 1
+    dedup: Literal["none", "exact", "near"] = "exact"
+    near_threshold: float = Field(0.85, gt=0.0, le=1.0)
+    """Estimated Jaccard similarity of word 5-gram shingles above which a record is a near duplicate."""
+
+
+class FilterStep(Step):
+    name: ClassVar[str] = "filter"
+    Config = FilterConfig
+
+    def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
+        cfg = self.config
+        assert isinstance(cfg, FilterConfig)
+        count = token_counter(cfg.tokenizer) if cfg.max_tokens else None
+        seen: set[bytes] = set()
+        lsh = _MinHashLSH(cfg.near_threshold) if cfg.dedup == "near" else None
+        for traj in data:
+            ctx.stats.inc("in")
+            reason = self._reason(traj, cfg, count, seen, lsh)
+            if reason:
+                ctx.stats.inc(f"dropped:{reason}")
+                continue
+            self.lineage(traj)
+            ctx.stats.inc("out")
+            yield traj
+
+    def _reason(self, traj: Trajectory, cfg: FilterConfig, count: object, seen: set[bytes],
+                lsh: _MinHashLSH | None) -> str | None:
+        if cfg.valid:
+            bad = errors(check(traj, allow_parse_errors=True))
+            if bad:
+                return f"invalid:{bad[0].code}"
+        trained = sum(isinstance(m, AssistantMessage) and m.loss for m in traj.messages)
+        if trained < cfg.min_trained_turns:
+            return "too_few_trained_turns"
+        if count is not None and cfg.max_tokens is not None:
+            total = sum(count(m.content) for m in traj.messages)  # type: ignore[operator]
+            if total > cfg.max_tokens:
+                return "too_long"
+        if cfg.dedup != "none":
+            text = _content(traj)
+            key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+            if key in seen:
+                return "duplicate"
+            seen.add(key)
+            if lsh is not None and lsh.seen_similar(text):
+                return "near_duplicate"
+        return None
+
+
+def _content(traj: Trajectory) -> str:
+    parts = []
+    for m in traj.messages:
+        parts.append(f"{m.role}\x00{' '.join(m.content.split())}")
+        if isinstance(m, AssistantMessage):
+            parts.extend(f"{c.name}\x00{json.dumps(c.arguments, sort_keys=True)}" for c in m.tool_calls)
+    return "\x01".join(parts)
+
+
+class _MinHashLSH:
+    """MinHash (64 permutations) with LSH banding (16 bands x 4 rows) over word 5-gram shingles."""
+
+    PERMS, BANDS = 64, 16
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.buckets: list[dict[bytes, list[tuple[int, ...]]]] = [{} for _ in range(self.BANDS)]
+
+    def _signature(self, text: str) -> tuple[int, ...]:
+        words = re.findall(r"\w+", text.lower())
+        shingles = {" ".join(words[i:i + 5]) for i in range(max(1, len(words) - 4))}
+        hashes = [int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big") for s in shingles]
+        mask = (1 << 61) - 1
+        return tuple(min(((h * (2 * k + 1) + k * 0x9E3779B97F4A7C15) & mask) for h in hashes)
+                     for k in range(self.PERMS))
+
+    def seen_similar(self, text: str) -> bool:
+        sig = self._signature(text)
+        rows = self.PERMS // self.BANDS
+        candidates: list[tuple[int, ...]] = []
+        keys = []
+        for b in range(self.BANDS):
+            key = hashlib.blake2b(repr(sig[b * rows:(b + 1) * rows]).encode(), digest_size=8).digest()
+            keys.append(key)
+            candidates.extend(self.buckets[b].get(key, []))
+        for other in candidates:
+            if sum(a == o for a, o in zip(sig, other, strict=True)) / self.PERMS >= self.threshold:
+                return True
+        for b, key in enumerate(keys):
+            self.buckets[b].setdefault(key, []).append(sig)
+        return False
+
+
+class SampleConfig(StepConfig):
+    n: int = Field(gt=0)
+    """Keep at most this many trajectories: those with the smallest hash of (seed, id)."""
+
+
+class SampleStep(Step):
+    name: ClassVar[str] = "sample"
+    Config = SampleConfig
+    two_pass: ClassVar[bool] = True
+
+    def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
+        cfg = self.config
+        assert isinstance(cfg, SampleConfig)
+        heap: list[tuple[float, str, str]] = []  # (-u, id, json): a max-heap of the n smallest
+        for traj in data:
+            ctx.stats.inc("in")
+            item = (-unit(ctx.seed, self.name, traj.id), traj.id, traj.model_dump_json())
+            if len(heap) < cfg.n:
+                heapq.heappush(heap, item)
+            else:
+                heapq.heappushpop(heap, item)
+        kept = sorted(heap, key=lambda it: (-it[0], it[1]))
+        ctx.stats.inc("dropped:over_n", ctx.stats.counts["in"] - len(kept))
+        for _, _, js in kept:
+            traj = Trajectory.model_validate_json(js)
+            traj.lineage.append(f"sample:{cfg.n}")
+            ctx.stats.inc("out")
+            yield traj
