@@ -202,8 +202,7 @@ def align(traj: Trajectory, rng: random.Random, options: AlignOptions = AlignOpt
     meta = dict(traj.metadata)
     if final_key:
         meta["final_answer_key"] = final_key
-    return traj.model_copy(update={"messages": out, "tags": tags, "metadata": meta,
-                                   "lineage": list(traj.lineage)})
+    return traj.model_copy(update={"messages": out, "tags": tags, "metadata": meta})
 
 
 def parse(traj: Trajectory) -> Trajectory:

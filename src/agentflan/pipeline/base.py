@@ -97,8 +97,13 @@ class Step(ABC):
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         """Transform the stream; count with `ctx.stats`."""
 
-    def lineage(self, traj: Trajectory) -> None:
-        traj.lineage.append(self.name)
+    def label(self) -> str:
+        """What the step records in `Trajectory.lineage` (its name, plus key options)."""
+        return self.name
+
+    def stamp(self, traj: Trajectory) -> Trajectory:
+        """A shallow copy of `traj` with this step appended to its lineage (inputs are never mutated)."""
+        return traj.model_copy(update={"lineage": [*traj.lineage, self.label()]})
 
 
 class MapStep(Step):
@@ -117,9 +122,8 @@ class MapStep(Step):
             if isinstance(result, str):
                 ctx.stats.inc(f"dropped:{result}")
                 continue
-            self.lineage(result)
             ctx.stats.inc("out")
-            yield result
+            yield self.stamp(result)
 
 
 def make_steps(entries: list[dict[str, Any]]) -> list[Step]:

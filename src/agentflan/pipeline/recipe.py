@@ -243,6 +243,7 @@ def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> tuple[Da
     except ValidationError as e:
         errors += [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
         recipe = None
+    errors = list(dict.fromkeys(errors))  # the model's own reference check may repeat ours
     if errors:
         raise ConfigError(f"{path}: {len(errors)} problem(s) in the recipe:\n  " + "\n  ".join(errors))
     assert recipe is not None
@@ -252,10 +253,18 @@ def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> tuple[Da
 def _check_components(data: dict[str, Any]) -> list[str]:
     """Readers and steps exist and each step's arguments validate against its Config."""
     errors = []
-    for name, src in (data.get("sources") or {}).items():
-        if isinstance(src, dict) and src.get("reader") not in READERS:
-            errors.append(f"sources.{name}.reader: unknown reader {src.get('reader')!r} "
-                          f"(known: {', '.join(READERS.names())})")
+    sources = data.get("sources") or {}
+    for name, src in sources.items():
+        if isinstance(src, dict):
+            try:
+                READERS.get(str(src.get("reader")))
+            except ConfigError as e:
+                errors.append(f"sources.{name}.reader: {e}")
+    for name, out in (data.get("outputs") or {}).items():
+        if isinstance(out, dict):
+            refs = [r for key in ("from", "chat_from", "tools_from", "queries_from") for r in out.get(key) or []]
+            errors += [f"outputs.{name}: unknown source {r!r} (sources: {', '.join(sources)})"
+                       for r in refs if r not in sources]
     for name, out in (data.get("outputs") or {}).items():
         if not isinstance(out, dict) or out.get("kind", "steps") != "steps":
             continue

@@ -36,7 +36,7 @@ class AlignStep(MapStep):
         ctx.stats.inc("turns_out", len(out.messages))
         return out
 
-    def lineage(self, traj: Trajectory) -> None:
+    def label(self) -> str:
         cfg = self.config
         assert isinstance(cfg, AlignConfig)
-        traj.lineage.append("align" + (":cot" if cfg.cot else "") + ("" if cfg.decompose else ":inline"))
+        return "align" + (":cot" if cfg.cot else "") + ("" if cfg.decompose else ":inline")

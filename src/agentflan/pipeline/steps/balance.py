@@ -105,9 +105,8 @@ class BalanceStep(Step):
                 if trained == 0 and cfg.drop_untrained:
                     ctx.stats.inc("dropped:no_trained_turns")
                     continue
-                self.lineage(traj)
                 ctx.stats.inc("out")
-                yield traj
+                yield self.stamp(traj)
 
     def _sample(self, data: Iterable[Trajectory], ctx: StepContext, cfg: BalanceConfig) -> Iterator[Trajectory]:
         rate = cfg.sample_rate or 1.0
@@ -116,19 +115,17 @@ class BalanceStep(Step):
             if unit(ctx.seed, self.name, "sample", traj.id) >= rate:
                 ctx.stats.inc("dropped:subsampled")
                 continue
-            self.lineage(traj)
             ctx.stats.inc("out")
-            yield traj
+            yield self.stamp(traj)
 
-    def lineage(self, traj: Trajectory) -> None:
+    def label(self) -> str:
         cfg = self.config
         assert isinstance(cfg, BalanceConfig)
         if cfg.mode == "sample":
-            traj.lineage.append(f"balance:sample={cfg.sample_rate:g}")
-        else:
-            label = cfg.ratios if isinstance(cfg.ratios, str) else ",".join(
-                f"{k}={v:g}" for k, v in sorted(cfg.ratios.items()))
-            traj.lineage.append(f"balance:{label}")
+            return f"balance:sample={cfg.sample_rate:g}"
+        ratios = cfg.ratios if isinstance(cfg.ratios, str) else ",".join(
+            f"{k}={v:g}" for k, v in sorted(cfg.ratios.items()))
+        return f"balance:{ratios}"
 
 
 def _threshold(values: array[float], p: float) -> float:

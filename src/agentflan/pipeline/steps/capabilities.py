@@ -24,15 +24,15 @@ class CapabilitiesStep(Step):
         for traj in data:
             ctx.stats.inc("in")
             agent_text = traj.tags.get("format") in ("react", "json", "source")
+            messages = []
             for m in traj.messages:
-                if not isinstance(m, AssistantMessage) or not m.loss:
-                    continue
-                if m.capability is None and not m.tool_calls and not agent_text:
-                    m.capability = "reasoning"
-                    ctx.stats.inc("labelled")
-                label = m.capability or "unlabelled:mixed"
-                ctx.stats.inc(f"turns:{label}")
-                ctx.stats.inc(f"approx_tokens:{label}", approx_tokens(m.content))
-            self.lineage(traj)
+                if isinstance(m, AssistantMessage) and m.loss:
+                    if m.capability is None and not m.tool_calls and not agent_text:
+                        m = m.model_copy(update={"capability": "reasoning"})
+                        ctx.stats.inc("labelled")
+                    label = m.capability or "unlabelled:mixed"
+                    ctx.stats.inc(f"turns:{label}")
+                    ctx.stats.inc(f"approx_tokens:{label}", approx_tokens(m.content))
+                messages.append(m)
             ctx.stats.inc("out")
-            yield traj
+            yield self.stamp(traj.model_copy(update={"messages": messages}))

@@ -45,9 +45,8 @@ class FilterStep(Step):
             if reason:
                 ctx.stats.inc(f"dropped:{reason}")
                 continue
-            self.lineage(traj)
             ctx.stats.inc("out")
-            yield traj
+            yield self.stamp(traj)
 
     def _reason(self, traj: Trajectory, cfg: FilterConfig, count: object, seen: set[bytes],
                 lsh: _MinHashLSH | None) -> str | None:
@@ -140,7 +139,10 @@ class SampleStep(Step):
         kept = sorted(heap, key=lambda it: (-it[0], it[1]))
         ctx.stats.inc("dropped:over_n", ctx.stats.counts["in"] - len(kept))
         for _, _, js in kept:
-            traj = Trajectory.model_validate_json(js)
-            traj.lineage.append(f"sample:{cfg.n}")
             ctx.stats.inc("out")
-            yield traj
+            yield self.stamp(Trajectory.model_validate_json(js))
+
+    def label(self) -> str:
+        cfg = self.config
+        assert isinstance(cfg, SampleConfig)
+        return f"sample:{cfg.n}"

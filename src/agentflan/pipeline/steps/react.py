@@ -47,9 +47,9 @@ class ReactFormatStep(MapStep):
             ctx.stats.inc(f"format:{spec.style}")
             ctx.stats.inc(f"action_key:{spec.action_key}")
         return traj.model_copy(update={"messages": messages, "metadata": meta,
-                                       "tags": {**traj.tags, "format": fmt}, "lineage": list(traj.lineage)})
+                                       "tags": {**traj.tags, "format": fmt}})
 
-    def lineage(self, traj: Trajectory) -> None:
+    def label(self) -> str:
         cfg = self.config
         assert isinstance(cfg, ReactConfig)
-        traj.lineage.append(f"react:{cfg.style}")
+        return f"react:{cfg.style}"

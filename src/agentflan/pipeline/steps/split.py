@@ -38,7 +38,7 @@ class SplitStep(MapStep):
         u = unit(ctx.seed, cfg.salt, traj.id)
         return traj if cfg.start <= u < cfg.end else "outside_split"
 
-    def lineage(self, traj: Trajectory) -> None:
+    def label(self) -> str:
         cfg = self.config
         assert isinstance(cfg, SplitConfig)
-        traj.lineage.append(f"split[{cfg.start:g},{cfg.end:g})")
+        return f"split[{cfg.start:g},{cfg.end:g})"

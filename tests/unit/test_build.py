@@ -1,0 +1,130 @@
+"""`agentflan data build` on the real samples: layout, validity, ratios, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agentflan.pipeline import build as build_mod
+from agentflan.pipeline.build import build
+from agentflan.pipeline.recipe import load_recipe
+from agentflan.schema import AssistantMessage, Trajectory, check, errors
+
+RELEASE_SPLITS = ["agent_instruct_react", "agent_instruct_tflan", "toolbench_instruct_j1s1", "toolbench_negative",
+                  "toolbench_react_10p", "toolbench_tflan_60p_r10r5u7", "toolbench_tflan_cot_30p"]
+
+
+def _build(shared_data: Path, out: Path, name: str = "agent-flan", workers: int = 1, **kw):
+    recipe, resolved = load_recipe(name, [f"vars.data_dir={shared_data}"])
+    return build(recipe, resolved, out, workers=workers, **kw)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".state" not in p.parts and p.suffix != ".png"}
+
+
+@pytest.fixture(scope="module")
+def built(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("agent-flan")
+    _build(shared_data, out)
+    return out
+
+
+def test_all_splits_written_in_release_and_native_format(built):
+    for name in [*RELEASE_SPLITS, "general", "train"]:
+        assert (built / "native" / f"{name}.jsonl").exists(), name
+        assert (built / "agentflan" / f"{name}.jsonl").exists(), name
+    for path in (built / "agentflan").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)  # line by line, as the release must be read
+            assert set(rec) == {"id", "conversation"}
+            assert all(set(m) == {"role", "content", "loss"} for m in rec["conversation"])
+            assert {m["role"] for m in rec["conversation"]} <= {"system", "user", "assistant"}
+    assert (built / "resolved_recipe.yaml").exists() and json.loads((built / "versions.json").read_text())["agentflan"]
+    assert (built / "report.md").exists() and (built / "charts" / "capability_balance.png").exists()
+
+
+def test_every_output_record_validates(built):
+    n = 0
+    for path in (built / "native").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            t = Trajectory.model_validate_json(line)
+            assert errors(check(t)) == [], (path.name, t.id)
+            n += 1
+    assert n > 1000
+
+
+def test_realized_ratios_match_requested(built):
+    stats = json.loads((built / "stats.json").read_text())
+    bal = stats["outputs"]["agent_instruct_tflan"]["balance"]
+    for cap, v in bal.items():
+        assert abs(v["realized_turns"] - v["requested"]) <= 0.02, cap
+    for cap, v in stats["outputs"]["toolbench_tflan_60p_r10r5u7"]["balance"].items():
+        # tiny sample: exact to one turn
+        assert abs(v["turns_after"] - v["requested"] * v["turns_before"]) <= 0.5 + 1e-9, cap
+
+
+def test_build_report_accounts_for_everything(built):
+    stats = json.loads((built / "stats.json").read_text())
+    tb = stats["sources"]["toolbench"]
+    assert tb["balanced"] and tb["quarantined"] == 1 and tb["dropped"] == {"toolbench_give_up": 4,
+                                                                          "toolbench_invalid": 2}
+    neg = stats["outputs"]["toolbench_negative"]["negatives"]
+    assert neg["tools_not_needed / source"] == 380 and neg["no_tools_offered / template"] == 8
+    mix = stats["mix"]
+    assert mix["records"] == sum(mix["records_per_output"].values())
+    chat = mix["records_per_output"]["general"]
+    agent = mix["records"] - chat
+    assert abs(chat - agent) <= 0.02 * agent  # general chat 1:1
+
+
+def test_train_file_is_a_shuffle_of_the_outputs(built):
+    train = [json.loads(line)["id"] for line in (built / "native" / "train.jsonl").read_text().splitlines()]
+    assert len(train) == len(set(train))
+    tflan = [json.loads(line)["id"] for line in (built / "native" / "agent_instruct_tflan.jsonl").read_text().splitlines()]
+    positions = sorted(train.index(t) for t in tflan[:50])
+    assert positions != list(range(positions[0], positions[0] + 50))  # interleaved, not concatenated
+
+
+def test_same_inputs_same_bytes_with_more_workers(shared_data, built, tmp_path):
+    _build(shared_data, tmp_path / "w2", workers=2)
+    assert _files(tmp_path / "w2") == _files(built)
+
+
+def test_crashed_build_resumes_to_identical_bytes(shared_data, built, tmp_path, monkeypatch):
+    out = tmp_path / "crash"
+    real = build_mod._run_output
+    calls = []
+
+    def crash_on_third(recipe, name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 3:
+            (out / "native" / f".{name}.jsonl.tmp").write_text('{"partial": ')  # half-written file
+            raise KeyboardInterrupt
+        return real(recipe, name, *args, **kwargs)
+
+    monkeypatch.setattr(build_mod, "_run_output", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _build(shared_data, out)
+    monkeypatch.setattr(build_mod, "_run_output", real)
+    result = _build(shared_data, out)
+    assert len([s for s in result.stages_skipped if s.startswith("output.")]) == 2
+    assert _files(out) == _files(built)
+
+
+@pytest.mark.parametrize("name", ["agenttuning", "agent-flan-no-negatives", "agent-flan-no-balance",
+                                  "agent-flan-no-align"])
+def test_baseline_and_ablations_build_from_the_same_inputs(shared_data, tmp_path, name):
+    _build(shared_data, tmp_path / name, name)
+    stats = json.loads((tmp_path / name / "stats.json").read_text())
+    assert stats["mix"]["records"] > 500
+    if name == "agenttuning":
+        train = (tmp_path / name / "native" / "train.jsonl").read_text().splitlines()
+        assert not any(json.loads(line).get("tags", {}).get("format") == "tflan" for line in train)
+        assert all(not m.get("capability") or m["capability"] == "reasoning"
+                   for line in train for m in json.loads(line)["messages"] if m["role"] == "assistant")
+        assert any(isinstance(m, AssistantMessage) and "Action Input:" in m.content
+                   for line in train for m in Trajectory.model_validate_json(line).messages)

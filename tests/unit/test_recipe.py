@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from agentflan.cli.main import cli
+from agentflan.errors import ConfigError
+from agentflan.pipeline.recipe import apply_overrides, load_recipe, packaged_recipes
+
+
+@pytest.mark.parametrize("name", sorted(packaged_recipes()))
+def test_packaged_recipes_validate_and_carry_their_command(name):
+    recipe, resolved = load_recipe(name)
+    assert recipe.name == name
+    first = packaged_recipes()[name].read_text().splitlines()[0]
+    assert first.startswith(f"# agentflan data build {name} ")
+    for out in recipe.outputs:
+        if recipe.outputs[out].kind == "steps":
+            recipe.steps_of(out)  # every step config instantiates
+
+
+def test_release_layout_of_agent_flan():
+    recipe, _ = load_recipe("agent-flan")
+    assert set(recipe.outputs) == {"agent_instruct_react", "agent_instruct_tflan", "toolbench_instruct_j1s1",
+                                   "toolbench_negative", "toolbench_react_10p", "toolbench_tflan_60p_r10r5u7",
+                                   "toolbench_tflan_cot_30p", "general"}
+    assert recipe.chat_outputs() == {"general"}
+
+
+def test_ablations_differ_from_agent_flan_only_where_named():
+    base, _ = load_recipe("agent-flan")
+    no_neg, _ = load_recipe("agent-flan-no-negatives")
+    assert set(base.outputs) - set(no_neg.outputs) == {"toolbench_negative"}
+    no_bal, _ = load_recipe("agent-flan-no-balance")
+    assert all(s["type"] != "balance" for s in no_bal.outputs["toolbench_tflan_60p_r10r5u7"].steps)
+    assert no_bal.outputs["toolbench_tflan_60p_r10r5u7"].from_ == ["toolbench"]
+    tuning, _ = load_recipe("agenttuning")
+    assert not any(s["type"] in ("align", "balance") for o in tuning.outputs.values() if o.kind == "steps"
+                   for s in o.steps)
+    assert not any(o.kind == "negatives" for o in tuning.outputs.values())
+
+
+def test_every_problem_is_reported_with_its_key_path(tmp_path):
+    bad = {"name": "bad", "sources": {"a": {"reader": "toolbenchh", "paths": ["x"]}},
+           "outputs": {"o": {"from": ["a", "missing"], "steps": [
+               {"type": "balance", "ratios": {"retrieval": 2}}, {"type": "alignn"}, {"cot": True}]}},
+           "seed": "abc"}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError) as info:
+        load_recipe(p)
+    msg = str(info.value)
+    for fragment in ("sources.a.reader: unknown reader 'toolbenchh'", "did you mean toolbench",
+                     "outputs.o.steps[0]", "outputs.o.steps[1].type: unknown step 'alignn'",
+                     "outputs.o.steps[2]: each step is a mapping with a `type`", "seed",
+                     "outputs.o: unknown source 'missing'"):
+        assert fragment in msg, fragment
+
+
+def test_overrides_vars_and_lists(tmp_path):
+    recipe, resolved = load_recipe("agent-flan", ["vars.data_dir=/data", "seed=3", "~outputs.general",
+                                                  "mix.chat_ratio=0.5"])
+    assert recipe.seed == 3 and "general" not in recipe.outputs
+    assert recipe.sources["toolbench"].paths == ["/data/toolbench/answer/*/*.json"]
+    assert recipe.mix.chat_ratio == 0.5
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "vars": {"files": ["a.jsonl", "b.jsonl"]},
+                                 "sources": {"s": {"reader": "react", "paths": ["${files}", "c.jsonl"]}},
+                                 "outputs": {"o": {"from": ["s"]}}}))
+    recipe, _ = load_recipe(p)
+    assert recipe.sources["s"].paths == ["a.jsonl", "b.jsonl", "c.jsonl"]
+    with pytest.raises(ConfigError, match="unknown variable"):
+        load_recipe(p, ['sources.s.paths=["${nope}"]'])
+
+
+def test_apply_overrides_errors():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["justakey"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        apply_overrides({"a": {}}, ["~a.b"])
+
+
+def test_recipes_cli(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["recipes"])
+    assert res.exit_code == 0 and "agenttuning" in res.output and "$ agentflan data build" in res.output
+    res = runner.invoke(cli, ["recipes", "cp", "agent-flan", str(tmp_path)])
+    assert res.exit_code == 0 and (tmp_path / "agent-flan.yaml").exists()
+    res = runner.invoke(cli, ["data", "build", str(tmp_path / "agent-flan.yaml"), "-o", str(tmp_path / "o"),
+                              "--dry-run", "vars.data_dir=/x"])
+    assert res.exit_code == 0 and "/x/toolbench/answer" in res.output
