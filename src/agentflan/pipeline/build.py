@@ -177,6 +177,8 @@ def _lines(paths: list[Path]) -> Iterator[str]:
 
 
 CHUNK = 256
+BUCKET_BYTES = 16 * 2**20
+MAX_BUCKETS = 1024
 _PREFIX_CACHE: dict[str, list[Step]] = {}
 
 
@@ -298,8 +300,9 @@ def mix_plan(recipe: DataRecipe, counts: dict[str, int]) -> dict[str, float]:
 def _mix(recipe: DataRecipe, out_dir: Path, counts: dict[str, int]) -> dict[str, Any]:
     assert recipe.mix is not None
     factors = mix_plan(recipe, counts)
-    total_expected = sum(f * counts[o] for o, f in factors.items())
-    n_buckets = max(1, math.ceil(total_expected / 50_000))
+    # buckets of about BUCKET_BYTES each: the shuffle holds one bucket in memory at a time
+    expected_bytes = sum(f * (out_dir / "native" / f"{o}.jsonl").stat().st_size for o, f in factors.items())
+    n_buckets = min(MAX_BUCKETS, max(1, math.ceil(expected_bytes / BUCKET_BYTES)))
     written: dict[str, int] = {}
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         buckets = [open(Path(tmp) / f"b{i}.jsonl", "w", encoding="utf-8") for i in range(n_buckets)]  # noqa: SIM115

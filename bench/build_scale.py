@@ -1,0 +1,148 @@
+"""Build throughput and peak memory of `agentflan data build agent-flan` as the corpus grows.
+
+The corpus is the shared samples replicated k times with new ids (ToolBench answer files copied
+under new names, FireAct lines with new ids, chat records with a replica marker appended to the
+first user turn so that exact-duplicate removal does not simply discard them). Each build runs in
+a fresh process; peak RSS is that process's (and its workers') maximum resident set.
+
+    python bench/build_scale.py [--scales 1 10 50] [--workers 1 2] [--kill-test]
+
+Results are appended to docs/benchmarks.md with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def replicate(shared: Path, k: int, dest: Path) -> Path:
+    for f in sorted((shared / "toolbench/answer").glob("*/*.json")):
+        for r in range(k):
+            target = dest / "toolbench/answer" / f.parent.name / f"r{r}_{f.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
+    (dest / "fireact").mkdir(parents=True, exist_ok=True)
+    lines = (shared / "fireact/hotpotqa_react.jsonl").read_text().splitlines()
+    with (dest / "fireact/hotpotqa_react.jsonl").open("w") as w:
+        for r in range(k):
+            for i, line in enumerate(lines):
+                rec = json.loads(line)
+                rec["id"] = f"r{r}-{i}"
+                w.write(json.dumps(rec) + "\n")
+    (dest / "llamafactory").mkdir(parents=True, exist_ok=True)
+    for name, key in (("alpaca_en_demo.json", "instruction"), ("glaive_toolcall_en_demo.json", "conversations")):
+        recs = json.loads((shared / "llamafactory" / name).read_text())
+        out = []
+        for r in range(k):
+            for rec in recs:
+                rec = json.loads(json.dumps(rec))
+                if r:
+                    if key == "instruction":
+                        rec["instruction"] += f" [r{r}]"
+                    else:
+                        rec["conversations"][0]["value"] += f" [r{r}]"
+                out.append(rec)
+        (dest / "llamafactory" / name).write_text(json.dumps(out))
+    return dest
+
+
+def run_build(data: Path, out: Path, workers: int) -> tuple[float, float]:
+    cmd = [sys.executable, "-c",
+           "import resource, sys, time; from agentflan.cli.main import main; t = time.perf_counter();\n"
+           "try:\n    main()\nexcept SystemExit:\n    pass\n"
+           "print('BENCH', time.perf_counter() - t, max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+           "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024, file=sys.stderr)",
+           "data", "build", "agent-flan", "-o", str(out), f"vars.data_dir={data}", "--workers", str(workers),
+           "--no-resume"]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    line = next(x for x in p.stderr.splitlines() if x.startswith("BENCH"))
+    _, secs, rss = line.split()
+    return float(secs), float(rss)
+
+
+def count_input(data: Path) -> int:
+    n = len(list((data / "toolbench/answer").glob("*/*.json")))
+    n += sum(1 for _ in (data / "fireact/hotpotqa_react.jsonl").open())
+    n += sum(len(json.loads((data / "llamafactory" / f).read_text()))
+             for f in ("alpaca_en_demo.json", "glaive_toolcall_en_demo.json"))
+    return n
+
+
+def kill_test(data: Path, tmp: Path) -> str:
+    ref = tmp / "ref"
+    run_build(data, ref, 1)
+    out = tmp / "killed"
+    base = [sys.executable, "-m", "agentflan.cli.main", "data", "build", "agent-flan", "-o", str(out),
+            f"vars.data_dir={data}"]
+    p = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / ".state").glob("output.*.done"))) < 2:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done_before = sorted(x.name for x in (out / ".state").glob("*.done"))
+    subprocess.run(base, check=True, capture_output=True)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(x.relative_to(root)): x.read_bytes() for x in sorted(root.rglob("*"))
+                if x.is_file() and ".state" not in x.parts and x.suffix != ".png"}
+    same = files(out) == files(ref)
+    return (f"killed with SIGKILL after {len(done_before)} stages were marked done; the rerun resumed and "
+            f"its {len(files(out))} files are {'byte-identical' if same else 'DIFFERENT'} to an uninterrupted build")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--scales", type=int, nargs="+", default=[1, 10, 50])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--kill-test", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    kill = None
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for k in args.scales:
+            data = replicate(args.shared, k, tmp / f"data{k}")
+            n = count_input(data)
+            for w in args.workers:
+                secs, rss = run_build(data, tmp / f"out{k}-{w}", w)
+                train = sum(1 for _ in (tmp / f"out{k}-{w}" / "native" / "train.jsonl").open())
+                rows.append((k, n, w, secs, n / secs, rss, train))
+                print(rows[-1], flush=True)
+                shutil.rmtree(tmp / f"out{k}-{w}")
+        if args.kill_test:
+            kill = kill_test(tmp / f"data{args.scales[-1]}", tmp / "kill")
+            print(kill)
+    table = ["| scale | input records | workers | seconds | input records/s | peak RSS MB | train records |",
+             "|---|---|---|---|---|---|---|"]
+    table += [f"| x{k} | {n:,} | {w} | {s:.1f} | {r:,.0f} | {m:.0f} | {t:,} |" for k, n, w, s, r, m, t in rows]
+    text = "\n".join(table)
+    print(text)
+    if args.no_write:
+        return
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    cmd = "python bench/build_scale.py --scales " + " ".join(map(str, args.scales)) + " --workers " + " ".join(
+        map(str, args.workers)) + (" --kill-test" if args.kill_test else "")
+    with (REPO / "docs" / "benchmarks.md").open("a") as f:
+        f.write(f"\n## Build throughput and memory vs corpus size ({time.strftime('%Y-%m-%d')})\n\n"
+                f"Command: `{cmd}`  \nMachine: {machine}. Recipe `agent-flan` on the shared samples replicated "
+                f"k times with new ids; whole build (ingest, 8 outputs, mix, report with charts) in a fresh "
+                f"process.\n\n{text}\n" + (f"\nResume: {kill}.\n" if kill else ""))
+
+
+if __name__ == "__main__":
+    main()
