@@ -11,7 +11,7 @@ from agentflan.pipeline.recipe import apply_overrides, load_recipe, packaged_rec
 
 @pytest.mark.parametrize("name", sorted(packaged_recipes()))
 def test_packaged_recipes_validate_and_carry_their_command(name):
-    recipe, resolved = load_recipe(name)
+    recipe, _ = load_recipe(name)
     assert recipe.name == name
     first = packaged_recipes()[name].read_text().splitlines()[0]
     assert first.startswith(f"# agentflan data build {name} ")
@@ -59,7 +59,7 @@ def test_every_problem_is_reported_with_its_key_path(tmp_path):
 
 
 def test_overrides_vars_and_lists(tmp_path):
-    recipe, resolved = load_recipe("agent-flan", ["vars.data_dir=/data", "seed=3", "~outputs.general",
+    recipe, _ = load_recipe("agent-flan", ["vars.data_dir=/data", "seed=3", "~outputs.general",
                                                   "mix.chat_ratio=0.5"])
     assert recipe.seed == 3 and "general" not in recipe.outputs
     assert recipe.sources["toolbench"].paths == ["/data/toolbench/answer/*/*.json"]

@@ -82,7 +82,7 @@ def test_random_formats_round_trip_and_vary():
     specs = {random_spec(random.Random(i)) for i in range(200)}
     assert len({s.action_key for s in specs}) == 5 and len({s.input_key for s in specs}) == 5
     assert {s.style for s in specs} == {"react", "json"}
-    for spec in list(specs)[:50] + [FormatSpec()]:
+    for spec in [*list(specs)[:50], FormatSpec()]:
         text = render_step(spec, "I think", "get_x", {"a": [1, "b"]})
         assert parse_step(spec, text) == ("I think", "get_x", {"a": [1, "b"]})
 
@@ -95,7 +95,7 @@ def test_react_step_states_the_format_it_uses(fireact):
         system = t.messages[0].content
         assert spec.action_key in system and spec.input_key in system and spec.final_action in system
         first = next(m for m in t.messages if isinstance(m, AssistantMessage))
-        thought, name, args = parse_step(spec, first.content)
+        _, name, args = parse_step(spec, first.content)
         orig = next(o for o in fireact if o.id == t.id)
         call = next(m for m in orig.messages if isinstance(m, AssistantMessage)).tool_calls[0]
         assert (name, args) == (call.name, call.arguments) or name == spec.final_action
@@ -135,7 +135,7 @@ def test_filter_dedup_and_near_dup():
     a.messages[1].content = long_text
     b = a.model_copy(deep=True, update={"id": "b"})
     b.messages[1].content = long_text + " extra"
-    out, ctxs = _run([{"type": "filter", "dedup": "near"}], [a, b, near])
+    out, _ = _run([{"type": "filter", "dedup": "near"}], [a, b, near])
     assert [t.id for t in out] == ["a", "near"]
 
 
@@ -164,6 +164,6 @@ def test_every_step_is_registered_with_a_config():
 
 def test_capabilities_labels_plain_turns():
     t = episodes()[2]
-    out, ctxs = _run([{"type": "capabilities"}], [t.model_copy(deep=True)])
+    out, _ = _run([{"type": "capabilities"}], [t.model_copy(deep=True)])
     assert [m.capability for m in out[0].messages if isinstance(m, AssistantMessage)] == ["reasoning"]
     assert isinstance(out[0], Trajectory)

@@ -10,6 +10,7 @@ import click
 from agentflan import __version__
 from agentflan.cli.data import data
 from agentflan.cli.demo import demo
+from agentflan.cli.env import env
 from agentflan.cli.recipes import recipes
 
 
@@ -24,6 +25,7 @@ def cli(verbose: int) -> None:
 
 cli.add_command(data)
 cli.add_command(demo)
+cli.add_command(env)
 cli.add_command(recipes)
 
 

@@ -202,7 +202,7 @@ def repair_wikisql(query: str, columns: list[str], table: str) -> str:
     """
     out = re.sub(r'"([^"]+)"', lambda m: _q(m.group(1)), query)
     for col in sorted(columns, key=len, reverse=True):
-        out = re.sub(rf"(?<![`\w]){re.escape(col)}(?![`\w])", lambda _m, c=col: _q(c), out)
+        out = re.sub(rf"(?<![`\w]){re.escape(col)}(?![`\w])", _q(col).replace("\\", "\\\\"), out)
     return out.rstrip().rstrip(";")
 
 

@@ -289,7 +289,7 @@ DIALECTS: dict[str, Dialect] = {
 
 def dialect_for(record_id: str, task: str | None = None) -> Dialect:
     """The dialect of a record: `task` if given, else the prefix of ids like `os_12`."""
-    name = task or record_id.rsplit("_", 1)[0]
+    name = task or record_id.split("_", 1)[0]
     if name not in DIALECTS:
         raise ParseError(
             f"cannot tell the AgentInstruct task of id {record_id!r} (known: {', '.join(DIALECTS)}); "

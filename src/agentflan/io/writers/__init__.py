@@ -19,6 +19,7 @@ for _name, _target, _doc in [
     ("alpaca", f"{_W}.chat:AlpacaWriter", "Alpaca instruction/input/output"),
     ("agentflan", f"{_W}.chat:AgentFlanWriter", "the Agent-FLAN release record"),
     ("toolbench", f"{_W}.agent:ToolBenchWriter", "ToolLLaMA training JSON"),
+    ("toolbench_answer", f"{_W}.agent:ToolBenchAnswerWriter", "ToolBench DFS answer records"),
     ("react", f"{_W}.agent:ReactWriter", "FireAct-style ReAct messages"),
     ("agentinstruct", f"{_W}.agent:AgentInstructWriter", "AgentInstruct conversations"),
 ]:

@@ -96,3 +96,40 @@ class AgentInstructWriter(Writer):
             else:
                 conv.append({"from": "human", "loss": None, "value": m.content})
         return {"id": traj.id, "conversations": conv}
+
+
+class ToolBenchAnswerWriter(Writer):
+    """ToolBench DFS answer records (`answer_generation`): what ToolBench's `answer/` files hold.
+
+    `train_messages` holds the whole successful path once (ToolBench also stores its prefixes;
+    readers take the last entry). The terminal tool call becomes `final_answer` and `finish_type`.
+    """
+
+    name: ClassVar[str] = "toolbench_answer"
+
+    def record(self, traj: Trajectory) -> dict[str, Any]:
+        final_tool = traj.tags.get("final_tool", "Finish")
+        msgs: list[dict[str, Any]] = []
+        final: dict[str, Any] = {}
+        n_calls = 0
+        for m in traj.messages:
+            if isinstance(m, AssistantMessage):
+                _single_call(m)
+                out: dict[str, Any] = {"role": "assistant", "content": m.content or None}
+                if m.tool_calls:
+                    c = m.tool_calls[0]
+                    out["function_call"] = {"name": c.name, "arguments": call_arguments(c)}
+                    n_calls += c.name != final_tool
+                    if c.name == final_tool:
+                        final = c.arguments
+                msgs.append(out)
+            elif isinstance(m, ToolMessage):
+                msgs.append({"role": "function", "name": m.name, "content": m.content})
+            else:
+                msgs.append({"role": m.role, "content": m.content})
+        query = next((m.content for m in traj.messages if isinstance(m, UserMessage)), "")
+        finish_type = "give_up" if final.get("return_type") == "give_up_and_restart" else "give_answer"
+        return {"answer_generation": {
+            "valid_data": True, "query": query, "query_count": n_calls, "total_tokens": 0,
+            "function": function_specs(traj), "train_messages": [msgs], "chain": [],
+            "final_answer": json.dumps(final, ensure_ascii=False), "finish_type": finish_type}}

@@ -1,0 +1,176 @@
+"""Seeded DB tasks in AgentBench's format, with a scripted SQL expert.
+
+Train and held-out tasks use different tables and templates. Every expected value is computed by
+running the gold SQL on the task's own table (SELECT kinds: the label; INSERT/UPDATE/DELETE: the
+AgentBench table hash of the resulting state), so tasks are correct by construction.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agentflan.envs.base import Expert, Task
+from agentflan.envs.db import DB_TOOLS, _q, table_hash
+from agentflan.schema import AssistantMessage, ToolCall
+
+_FIRST = ["Ana", "Bilal", "Chen", "Dara", "Elif", "Femi", "Goran", "Hana", "Ivo", "Jun", "Kemal", "Lina", "Mato",
+          "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sami", "Tove"]
+_LAST = ["Berg", "Costa", "Diaz", "Eriksen", "Fischer", "Garcia", "Horvat", "Ito", "Jensen", "Kowal", "Lopez", "Moreau"]
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    columns: tuple[str, ...]
+    row: Callable[[random.Random, int], list[Any]]
+
+
+def _employee(rng: random.Random, i: int) -> list[Any]:
+    return [f"{rng.choice(_FIRST)} {rng.choice(_LAST)} {i}", rng.choice(["Sales", "R&D", "Support", "Finance"]),
+            str(rng.randrange(30_000, 120_000, 500)), rng.choice(["Lyon", "Porto", "Graz", "Tartu", "Split"]),
+            str(rng.randint(21, 64))]
+
+
+def _product(rng: random.Random, i: int) -> list[Any]:
+    return [f"{rng.choice(['Desk', 'Lamp', 'Chair', 'Shelf', 'Mug', 'Pen'])} {i}",
+            rng.choice(["Office", "Home", "Kitchen"]), f"{rng.randint(2, 400)}.{rng.choice(['00', '50', '99'])}",
+            str(rng.randint(0, 300))]
+
+
+def _student(rng: random.Random, i: int) -> list[Any]:
+    return [f"{rng.choice(_FIRST)} {rng.choice(_LAST)} {i}", str(rng.randint(7, 12)), str(rng.randint(40, 100)),
+            rng.choice(["Chess", "Robotics", "Drama", "Choir", "Football"])]
+
+
+def _flight(rng: random.Random, i: int) -> list[Any]:
+    cities = ["Oslo", "Lisbon", "Riga", "Naples", "Bergen", "Malaga"]
+    o, d = rng.sample(cities, 2)
+    return [f"AF{100 + i}", o, d, str(rng.randint(45, 360)), str(rng.randint(40, 600))]
+
+
+SCHEMAS = {
+    "employees": Schema("Employees", ("Name", "Department", "Salary", "City", "Age"), _employee),
+    "products": Schema("Product Catalog", ("Product", "Category", "Price", "Stock"), _product),
+    "students": Schema("Student Records", ("Name", "Grade", "Score", "Club"), _student),
+    "flights": Schema("Flight Schedule", ("Flight", "Origin", "Destination", "Duration min", "Price"), _flight),
+}
+
+
+@dataclass(frozen=True)
+class DBTemplate:
+    name: str
+    split: str
+    kind: str
+    schema: str
+    make: Callable[[random.Random, list[list[Any]], str], tuple[str, str, str]]
+    """(question, gold SQL, the expert's thought)."""
+
+
+def _col(rows: list[list[Any]], i: int, rng: random.Random) -> Any:
+    return rng.choice(rows)[i]
+
+
+def _t(schema: str) -> str:
+    return _q(SCHEMAS[schema].name)
+
+
+TEMPLATES = [
+    DBTemplate("count_department", "train", "select", "employees", lambda rng, rows, t: (
+        (d := _col(rows, 1, rng)) and f"How many employees work in the {d} department?",
+        f"SELECT COUNT(*) FROM {t} WHERE `Department` = '{d}'", "I count the rows of that department.")),
+    DBTemplate("max_salary", "train", "select", "employees", lambda rng, rows, t: (
+        (c := _col(rows, 3, rng)) and f"What is the highest salary among employees in {c}?",
+        f"SELECT MAX(CAST(`Salary` AS INTEGER)) FROM {t} WHERE `City` = '{c}'",
+        "Salaries are stored as text, so I cast them before taking the maximum.")),
+    DBTemplate("product_price", "train", "select", "products", lambda rng, rows, t: (
+        (p := _col(rows, 0, rng)) and f"What is the price of {p}?",
+        f"SELECT `Price` FROM {t} WHERE `Product` = '{p}'", "I look up the product's price.")),
+    DBTemplate("insert_product", "train", "insert", "products", lambda rng, rows, t: (
+        (p := f"Stool {rng.randint(500, 999)}") and f"Add a new product {p} in the Home category priced 35.00 "
+                                                    f"with 12 in stock.",
+        f"INSERT INTO {t} (`Product`, `Category`, `Price`, `Stock`) VALUES ('{p}', 'Home', '35.00', '12')",
+        "I insert the new row with all four columns.")),
+    DBTemplate("update_city", "train", "update", "employees", lambda rng, rows, t: (
+        (n := _col(rows, 0, rng)) and f"{n} moved to Tartu. Update their city.",
+        f"UPDATE {t} SET `City` = 'Tartu' WHERE `Name` = '{n}'", "I update that employee's city.")),
+    DBTemplate("avg_score", "heldout", "select", "students", lambda rng, rows, t: (
+        (c := _col(rows, 3, rng)) and f"What is the average score of the {c} club members?",
+        f"SELECT ROUND(AVG(CAST(`Score` AS REAL)), 2) FROM {t} WHERE `Club` = '{c}'",
+        "I average the scores of that club, cast to numbers.")),
+    DBTemplate("shortest_flight", "heldout", "select", "flights", lambda rng, rows, t: (
+        (o := _col(rows, 1, rng)) and f"What is the shortest flight duration in minutes from {o}?",
+        f"SELECT MIN(CAST(`Duration min` AS INTEGER)) FROM {t} WHERE `Origin` = '{o}'",
+        "I take the minimum duration among flights from that city.")),
+    DBTemplate("student_club", "heldout", "select", "students", lambda rng, rows, t: (
+        (n := _col(rows, 0, rng)) and f"Which club is {n} in?", f"SELECT `Club` FROM {t} WHERE `Name` = '{n}'",
+        "I look up the student's club.")),
+    DBTemplate("delete_flight", "heldout", "delete", "flights", lambda rng, rows, t: (
+        (f := _col(rows, 0, rng)) and f"Flight {f} was cancelled. Remove it from the schedule.",
+        f"DELETE FROM {t} WHERE `Flight` = '{f}'", "I delete the cancelled flight's row.")),
+    DBTemplate("update_score", "heldout", "update", "students", lambda rng, rows, t: (
+        (n := _col(rows, 0, rng)) and f"Correct the score of {n} to 88.",
+        f"UPDATE {t} SET `Score` = '88' WHERE `Name` = '{n}'", "I set the corrected score.")),
+]
+SPLIT_SEED = {"train": 3_000_017, "heldout": 4_000_037}
+
+
+def _db(schema: Schema, rows: list[list[Any]]) -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:")
+    conn.execute(f"CREATE TABLE {_q(schema.name)} (" + ", ".join(f"{_q(c)} TEXT" for c in schema.columns) + ")")
+    conn.executemany(f"INSERT INTO {_q(schema.name)} VALUES ({', '.join('?' for _ in schema.columns)})", rows)
+    return conn
+
+
+def generate(n: int, split: str, seed: int = 0) -> list[Task]:
+    rng = random.Random(seed * 7919 + SPLIT_SEED[split])
+    templates = [t for t in TEMPLATES if t.split == split]
+    tasks = []
+    for i in range(n):
+        tpl = templates[i % len(templates)]
+        schema = SCHEMAS[tpl.schema]
+        rows = [schema.row(rng, k) for k in range(rng.randint(8, 25))]
+        question, sql, thought = tpl.make(rng, rows, _q(schema.name))
+        conn = _db(schema, rows)
+        expected: dict[str, Any] = {"gold_sql": [sql], "thought": thought}
+        if tpl.kind == "select":
+            expected["label"] = [v for row in conn.execute(sql).fetchall() for v in row]
+        else:
+            conn.execute(sql)
+            expected["answer_md5"] = table_hash(conn, schema.name, list(schema.columns))
+        conn.close()
+        tasks.append(Task(id=f"db-{split}-{seed}-{i:05d}", env="db", split=split, kind=tpl.kind,
+                          query=question, tools=list(DB_TOOLS), expected=expected, template=tpl.name,
+                          data={"table": {"name": schema.name, "rows": rows,
+                                          "columns": [{"name": c, "type": "TEXT"} for c in schema.columns]}}))
+    return tasks
+
+
+def expert_for(task: Task) -> Expert:
+    """Run the task's SQL (the gold query, or a derived one for AgentBench tasks), then answer."""
+    from agentflan.envs.db import derive_select_sql
+
+    if task.kind == "select":
+        sql = task.expected["gold_sql"][0] if task.split != "dev" else derive_select_sql(task)
+        statements = [sql] if sql else []
+    else:
+        statements = list(task.expected["gold_sql"])
+    thought = task.expected.get("thought") or "I write one SQL statement for this."
+    values: list[Any] = []
+    for k, sql in enumerate(statements):
+        obs = yield AssistantMessage(content=thought if k == 0 else "Next statement.", tool_calls=[
+            ToolCall(id=f"call_{k}", name="operation", arguments={"sql": sql})])
+        if task.kind == "select" and obs is not None:
+            text = obs.content.split(" [only the first", 1)[0]
+            try:
+                values = [v for row in ast.literal_eval(text) for v in row]
+            except (ValueError, SyntaxError):
+                values = []
+    answer = [] if task.kind != "select" else (values or ["none"])
+    yield AssistantMessage(content="The result answers the question." if task.kind == "select"
+                           else "The change is done.", tool_calls=[
+        ToolCall(id=f"call_{len(statements)}", name="answer", arguments={"answer": answer})])

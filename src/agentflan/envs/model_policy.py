@@ -1,0 +1,83 @@
+"""A policy backed by any OpenAI-compatible chat endpoint with tool calling (vLLM, OpenAI, ...).
+
+`payload` and `parse` are pure functions (tested without a server); `ModelPolicy` sends the
+request with retries. The evaluation harness reuses them for model clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from typing import Any, ClassVar
+
+from agentflan.envs.base import Policy
+from agentflan.formats.react import parse_json_arguments
+from agentflan.io.writers.chat import call_arguments
+from agentflan.schema import AssistantMessage, Message, ToolCall, ToolMessage, ToolSpec
+
+
+def payload(model: str, messages: list[Message], tools: list[ToolSpec], temperature: float = 0.0,
+            max_tokens: int = 512) -> dict[str, Any]:
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if isinstance(m, AssistantMessage):
+            msg: dict[str, Any] = {"role": "assistant", "content": m.content or None}
+            if m.tool_calls:
+                msg["tool_calls"] = [{"id": c.id, "type": "function",
+                                      "function": {"name": c.name, "arguments": call_arguments(c)}}
+                                     for c in m.tool_calls]
+            out.append(msg)
+        elif isinstance(m, ToolMessage):
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id or "", "content": m.content})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    body: dict[str, Any] = {"model": model, "messages": out, "temperature": temperature, "max_tokens": max_tokens}
+    if tools:
+        body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                           "parameters": t.parameters}} for t in tools]
+    return body
+
+
+def parse(response: dict[str, Any]) -> AssistantMessage:
+    """The assistant message of a chat-completions response; unparseable arguments are kept."""
+    msg = response["choices"][0]["message"]
+    calls = []
+    for i, tc in enumerate(msg.get("tool_calls") or []):
+        fn = tc.get("function", {})
+        raw = fn.get("arguments", "{}")
+        args, err = parse_json_arguments(raw) if isinstance(raw, str) else (raw, None)
+        calls.append(ToolCall(id=tc.get("id") or f"call_m{i}", name=fn.get("name", ""), arguments=args,
+                              raw=raw if isinstance(raw, str) else None, parse_error=err))
+    return AssistantMessage(content=msg.get("content") or "", reasoning=msg.get("reasoning_content"), tool_calls=calls)
+
+
+class ModelPolicy(Policy):
+    name: ClassVar[str] = "model"
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.0,
+                 timeout_s: float = 120.0, retries: int = 3) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.key = os.environ.get(api_key_env, "")
+        self.temperature = temperature
+        self.timeout_s = timeout_s
+        self.retries = retries
+
+    def act(self, messages: list[Message], tools: list[ToolSpec]) -> AssistantMessage:
+        body = json.dumps(payload(self.model, messages, tools, self.temperature)).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return parse(json.loads(resp.read()))
+            except (urllib.error.URLError, TimeoutError, ConnectionError, KeyError, json.JSONDecodeError) as e:
+                last = f"{type(e).__name__}: {e}"
+                time.sleep(min(2**attempt, 10))
+        return AssistantMessage(content=f"(model request failed: {last})")
