@@ -77,15 +77,18 @@ def test_fsspec_url_inputs(samples):
     assert len(list(read("memory://datasets/org/agent/train/part-1.jsonl", "react", on_error="raise"))) == 1
 
 
-def test_hf_url_without_huggingface_hub_says_what_to_install(monkeypatch):
+def test_hf_url_offline_or_without_huggingface_hub_is_a_clear_error(monkeypatch):
+    """The real hub path: with huggingface_hub, offline listing fails with the URL named; without it,
+    the error says which extra to install. Either way nothing is downloaded."""
     import importlib.util
 
-    if importlib.util.find_spec("huggingface_hub") is not None:
-        pytest.skip("huggingface_hub is installed here")
-    from agentflan.errors import MissingDependencyError
+    from agentflan.errors import AgentflanError
 
-    with pytest.raises(MissingDependencyError, match=r"agentflan\[hf\]"):
-        list(read("hf://datasets/internlm/Agent-FLAN/data/*.jsonl", "agentflan"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    url = "hf://datasets/internlm/Agent-FLAN/data/*.jsonl"
+    expected = "agentflan\\[hf\\]" if importlib.util.find_spec("huggingface_hub") is None else "cannot list"
+    with pytest.raises(AgentflanError, match=expected):
+        list(read(url, "agentflan"))
 
 
 @pytest.mark.parametrize("to", ["native", "openai", "sharegpt", "agentflan", "toolbench", "parquet"])

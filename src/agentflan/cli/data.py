@@ -184,8 +184,14 @@ def _print_stats(s: dict[str, Any], title: str) -> None:
 @click.option("--plain", is_flag=True, help="Plain text with ⟦trained⟧ markers instead of colours.")
 @click.option("--max-chars", default=2000, show_default=True, help="Clip long messages (0: never).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option.")
+@click.option("--tokenizer", help="Show the tokenized sample: trained tokens highlighted (a path, hub id, "
+                                  "gguf:smollm2-135m-instruct, or tiny).")
+@click.option("--template", type=click.Choice(["agentflan", "llama2", "hf"]), default="hf", show_default=True,
+              help="Chat template for --tokenizer.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="With --tokenizer: also write an HTML view.")
 def inspect_cmd(inputs: tuple[str, ...], fmt: str | None, index: int, record_id: str | None, plain: bool,
-                max_chars: int, options: tuple[str, ...]) -> None:
+                max_chars: int, options: tuple[str, ...], tokenizer: str | None, template: str,
+                html_path: Path | None) -> None:
     """Show one record as agentflan sees it, trained spans marked."""
     from agentflan.render import render_rich, render_text
 
@@ -201,6 +207,9 @@ def inspect_cmd(inputs: tuple[str, ...], fmt: str | None, index: int, record_id:
     if traj is None:
         raise click.ClickException(f"no record {'with id ' + record_id if record_id else f'at index {index}'}")
     clip = max_chars or None
+    if tokenizer:
+        _inspect_tokens(traj, tokenizer, template, plain or not sys.stdout.isatty(), html_path)
+        return
     if plain or not sys.stdout.isatty():
         click.echo(render_text(traj, max_chars=clip))
     else:
@@ -251,3 +260,38 @@ def build_cmd(recipe: str, overrides: tuple[str, ...], output: Path, workers: in
     if result.stages_skipped:
         click.echo(f"resumed: {len(result.stages_skipped)} stage(s) already done ({', '.join(result.stages_skipped)})")
     click.echo(f"done: {output}")
+
+
+def _inspect_tokens(traj: Trajectory, tokenizer_name: str, template_name: str, plain: bool,
+                    html_path: Path | None) -> None:
+    """The sample as the trainer sees it: decoded token runs, trained ones marked."""
+    import html
+
+    from agentflan.formats.templates import get_template, with_tools_in_system
+    from agentflan.training.masking import encode, show_trained, token_runs
+    from agentflan.training.models import ModelConfig, load_tokenizer
+
+    texts = [m.content for m in with_tools_in_system(traj.messages, traj.tools)]
+    tok = load_tokenizer(ModelConfig(name_or_path=tokenizer_name), texts)
+    enc = encode(traj, get_template(template_name, tok), tok)
+    click.echo(f"{len(enc.input_ids)} tokens, {enc.trained} trained (template {template_name})")
+    if plain:
+        click.echo(show_trained(enc, tok))
+    else:
+        from rich.console import Console
+        from rich.text import Text
+
+        text = Text()
+        for ids, trained in token_runs(enc):
+            text.append(tok.decode(ids), style="bold green on grey11" if trained else "dim")
+        Console().print(text)
+    if html_path:
+        body = "".join(f"<mark>{html.escape(tok.decode(ids))}</mark>" if trained else html.escape(tok.decode(ids))
+                       for ids, trained in token_runs(enc))
+        html_path.write_text(
+            "<!doctype html><meta charset=utf-8><title>agentflan inspect</title><style>body{font-family:monospace;"
+            "white-space:pre-wrap;color:#888}mark{background:#cfe8cf;color:#000}</style>"
+            f"<p>{html.escape(traj.id)}: {len(enc.input_ids)} tokens, {enc.trained} trained "
+            f"(highlighted), template {template_name}</p>{body}\n")
+        click.echo(f"HTML: {html_path}")
+

@@ -12,6 +12,7 @@ from agentflan.cli.data import data
 from agentflan.cli.demo import demo
 from agentflan.cli.env import env
 from agentflan.cli.recipes import recipes
+from agentflan.cli.train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +28,7 @@ cli.add_command(data)
 cli.add_command(demo)
 cli.add_command(env)
 cli.add_command(recipes)
+cli.add_command(train)
 
 
 def main() -> None:

@@ -92,10 +92,14 @@ def _fs(url: str) -> tuple[Any, str]:
 def _expand_url(url: str) -> list[str]:
     fs, path = _fs(url)
     protocol = url.split("://", 1)[0]
-    if fs.isdir(path):
-        names = [p for p in fs.find(path) if base_suffix(p) in _DATA_SUFFIXES]
-    else:
-        names = fs.glob(path) if glob.has_magic(path) else ([path] if fs.exists(path) else [])
+    try:
+        if fs.isdir(path):
+            names = [p for p in fs.find(path) if base_suffix(p) in _DATA_SUFFIXES]
+        else:
+            names = fs.glob(path) if glob.has_magic(path) else ([path] if fs.exists(path) else [])
+    except Exception as e:  # network, auth, offline mode: each filesystem raises its own types
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise ConfigError(f"cannot list {url!r}{offline}: {type(e).__name__}: {e}") from e
     if not names:
         raise ConfigError(f"no input files match {url!r}")
     return [f"{protocol}://{n.split('://', 1)[-1]}" for n in sorted(names)]

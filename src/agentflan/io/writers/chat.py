@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agentflan.formats.react import render_toolllama
+from agentflan.formats.templates import with_tools_in_system
 from agentflan.io.writers.base import Unwritable, Writer
 from agentflan.schema import AssistantMessage, SystemMessage, ToolCall, ToolMessage, Trajectory, UserMessage
 
@@ -168,9 +169,6 @@ class AlpacaWriter(Writer):
         return rec
 
 
-AGENTFLAN_TOOLS_HEADER = "You can use the following tools:"
-
-
 class AgentFlanWriter(Writer):
     """The released Agent-FLAN record: `{"id", "conversation": [{"role", "content", "loss"}]}`.
 
@@ -184,17 +182,9 @@ class AgentFlanWriter(Writer):
 
     def record(self, traj: Trajectory) -> dict[str, Any]:
         conv: list[dict[str, Any]] = []
-        tools_text = ""
-        structured = any(isinstance(m, ToolMessage) or (isinstance(m, AssistantMessage) and m.tool_calls)
-                         for m in traj.messages)
-        if traj.tools and structured:  # text renderings (T-FLAN, ReAct) state their tools themselves
-            tools_text = AGENTFLAN_TOOLS_HEADER + "\n" + json.dumps(function_specs(traj), ensure_ascii=False)
-            if not isinstance(traj.messages[0], SystemMessage):
-                conv.append({"role": "system", "content": tools_text, "loss": False})
-        for i, m in enumerate(traj.messages):
+        for m in with_tools_in_system(traj.messages, traj.tools):
             if isinstance(m, SystemMessage):
-                content = f"{m.content}\n{tools_text}" if i == 0 and tools_text else m.content
-                conv.append({"role": "system", "content": content, "loss": m.loss})
+                conv.append({"role": "system", "content": m.content, "loss": m.loss})
             elif isinstance(m, AssistantMessage):
                 if m.tool_calls:
                     content = "\n".join(render_toolllama(m.content if k == 0 else "", c.name, raw_arguments=call_arguments(c))

@@ -1,0 +1,76 @@
+"""`agentflan train RECIPE [key=value ...]`, in this process or under `accelerate launch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from agentflan.errors import AgentflanError
+
+LAUNCH_CONFIGS = ("ddp", "zero2", "zero3", "fsdp")
+
+
+def accelerate_config(name: str) -> Path:
+    if Path(name).exists():
+        return Path(name)
+    path = resources.files("agentflan") / "recipes" / "accelerate" / f"{name}.yaml"
+    if not path.is_file():
+        raise click.BadParameter(f"{name!r}: a file, or one of {', '.join(LAUNCH_CONFIGS)}")
+    return Path(str(path))
+
+
+@click.command("train")
+@click.argument("recipe")
+@click.argument("overrides", nargs=-1)
+@click.option("--launcher", type=click.Choice(["none", "accelerate", "torchrun"]), default="none",
+              show_default=True, help="Run here, under `accelerate launch` (DDP, DeepSpeed, FSDP on GPUs), or "
+                                      "under `torchrun` (DDP; on CPU with the gloo backend).")
+@click.option("--accelerate-config", default="ddp", show_default=True,
+              help=f"A shipped config ({', '.join(LAUNCH_CONFIGS)}) or a YAML file.")
+@click.option("--num-processes", type=int, help="Processes (accelerate: overrides the config; torchrun: default 2).")
+@click.option("--dry-run", is_flag=True, help="Validate, tokenize and report the data; do not train.")
+def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_config: str,
+          num_processes: int | None, dry_run: bool) -> None:
+    """Fine-tune a model as RECIPE says (a packaged name or a YAML file)."""
+    from agentflan.training.sft import load_train_recipe, prepare, run
+
+    try:
+        rec = load_train_recipe(recipe, list(overrides))
+        if dry_run:
+            stats = prepare(rec)[2]
+            click.echo(json.dumps(stats, indent=2))
+            return
+        if launcher == "accelerate":
+            exe = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+            cmd = [exe, "launch", "--config_file", str(accelerate_config_path(accelerate_config))]
+            if num_processes:
+                cmd += ["--num_processes", str(num_processes)]
+            cmd += ["-m", "agentflan.training.launch", recipe, *overrides]
+            click.echo("$ " + " ".join(cmd), err=True)
+            raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
+        if launcher == "torchrun":
+            import torch
+
+            backend = [] if torch.cuda.is_available() else ["trl.ddp_backend=gloo"]
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={num_processes or 2}", "-m", "agentflan.training.launch", recipe,
+                   *overrides, *backend]
+            click.echo("$ " + " ".join(cmd), err=True)
+            raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
+        metrics = run(rec)
+    except AgentflanError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"trained {metrics['global_step']} steps, loss {metrics['train_loss']:.4f}, "
+               f"{metrics['tokens_per_second']:.0f} tokens/s, peak RSS {metrics['peak_rss_mb']:.0f} MB -> "
+               f"{rec.output_dir}/final")
+
+
+def accelerate_config_path(name: str) -> Path:
+    return accelerate_config(name)

@@ -1,0 +1,269 @@
+"""Templates, masks, packing and training on a tiny random model (offline, CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="training extras not installed (pip install 'agentflan[train]')")
+
+from agentflan.formats.jinja import jinja_for  # noqa: E402
+from agentflan.formats.templates import (  # noqa: E402
+    AgentFlanTemplate,
+    HFTemplate,
+    Llama2Template,
+    TemplateError,
+    get_template,
+    with_tools_in_system,
+)
+from agentflan.formats.tflan import align  # noqa: E402
+from agentflan.io import read  # noqa: E402
+from agentflan.samples import episodes  # noqa: E402
+from agentflan.schema import AssistantMessage, SystemMessage, UserMessage  # noqa: E402
+from agentflan.training.collator import BlockCausalCollator  # noqa: E402
+from agentflan.training.masking import IGNORE, NoTrainableTokens, encode, encode_segments  # noqa: E402
+from agentflan.training.models import tiny_model, tiny_tokenizer  # noqa: E402
+from agentflan.training.packing import pack  # noqa: E402
+
+SOURCES = [("toolbench/answer/*/*.json", "toolbench"), ("fireact/hotpotqa_react.jsonl", "react"),
+           ("llamafactory/glaive_toolcall_en_demo.json", "sharegpt"),
+           ("llamafactory/reason_tool_use_demo_50.jsonl", "openai"),
+           ("llamafactory/alpaca_en_demo.json", "alpaca")]
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data):
+    trajs = []
+    for rel, fmt in SOURCES:
+        trajs += list(read(str(shared_data / rel), fmt))[:25]
+    trajs += [align(t, random.Random(0)) for t in trajs[:40] if any(
+        isinstance(m, AssistantMessage) and m.tool_calls for m in t.messages)]
+    return trajs
+
+
+@pytest.fixture(scope="module")
+def tok(corpus):
+    texts = [m.content for t in corpus for m in with_tools_in_system(t.messages, t.tools)]
+    return tiny_tokenizer(texts)
+
+
+def _expected_trained_text(template, traj):
+    msgs = traj.messages if template.name == "hf" else with_tools_in_system(traj.messages, traj.tools)
+    return "".join(s for s, trained in template.render(msgs, traj.tools or None) if trained)
+
+
+@pytest.mark.parametrize("name", ["agentflan", "llama2", "hf"])
+def test_labels_are_ignore_exactly_outside_trained_spans(corpus, tok, name):
+    template = get_template(name, tok)
+    checked = 0
+    for t in corpus:
+        try:
+            enc = encode(t, template, tok)
+        except NoTrainableTokens:
+            assert not any(isinstance(m, AssistantMessage) and m.loss for m in t.messages)
+            continue
+        trained_ids = [i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
+        assert all(lab in (IGNORE, i) for i, lab in zip(enc.input_ids, enc.labels, strict=True))
+        # the decoded trained tokens are the trained text (token boundaries may add a few characters)
+        decoded = tok.decode(trained_ids)
+        expected = _expected_trained_text(template, t)
+        assert expected.replace(" ", "")[:200] in decoded.replace(" ", "") or \
+            decoded.replace(" ", "") in expected.replace(" ", "")
+        untrained = tok.decode([i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab == IGNORE])
+        for m in t.messages:
+            if not isinstance(m, AssistantMessage) and len(m.content) > 20:
+                assert m.content.strip()[:20].replace(" ", "") in untrained.replace(" ", "")
+        checked += 1
+    assert checked > 50
+
+
+def test_stop_marker_is_trained_and_observations_are_not(tok):
+    t = episodes()[0]
+    segs = AgentFlanTemplate().render(with_tools_in_system(t.messages, t.tools))
+    trained = [s for s, on in segs if on]
+    assert all(s.endswith("\u0d3f") for s in trained)
+    assert not any("\"unit\": \"km\"" in s for s, on in segs if on)  # the tool result is context only
+    enc = encode(t, AgentFlanTemplate(), tok)
+    stop_id = tok.convert_tokens_to_ids("\u0d3f")
+    positions = [i for i, x in enumerate(enc.input_ids) if x == stop_id]
+    assert positions and all(enc.labels[p] == stop_id for p in positions)
+
+
+def test_per_message_loss_flags_are_respected(tok):
+    t = episodes()[1].model_copy(deep=True)
+    t.messages[2].loss = False  # first step untrained
+    segs = AgentFlanTemplate().render(t.messages)
+    assert not any("days between" in s for s, on in segs if on)
+    assert any("14 + 3 = 17" in s for s, on in segs if on)
+
+
+def test_agentflan_template_exact_strings():
+    msgs = [SystemMessage(content="S"), UserMessage(content="Q"), AssistantMessage(content="A")]
+    text = AgentFlanTemplate().text(msgs, add_generation_prompt=False)
+    assert text == "<|Human|>\u0d46S\n <|Human|>\u0d46Q\n <|Assistant|>\u0d46A\u0d3f\n "
+    assert AgentFlanTemplate().text(msgs[:2], add_generation_prompt=True).endswith("<|Assistant|>\u0d46")
+
+
+def test_llama2_template_format():
+    msgs = [SystemMessage(content="S"), UserMessage(content="Q"), AssistantMessage(content="A"),
+            UserMessage(content="obs"), UserMessage(content="Q2"), AssistantMessage(content="B")]
+    assert Llama2Template().text(msgs) == (
+        "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nQ [/INST] A </s><s>[INST] obs\n\nQ2 [/INST] B </s>")
+
+
+@pytest.mark.parametrize("name", ["agentflan", "llama2"])
+def test_saved_jinja_renders_exactly_what_was_trained(corpus, tok, name):
+    from transformers import PreTrainedTokenizerFast
+
+    serving = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer)
+    serving.chat_template = jinja_for(name)
+    template = get_template(name)
+    for t in corpus:
+        if any(m.role == "tool" or (isinstance(m, AssistantMessage) and m.tool_calls) for m in t.messages):
+            continue  # serving templates take text turns (T-FLAN, ReAct renderings, chat)
+        msgs = [{"role": m.role, "content": m.content} for m in t.messages]
+        assert serving.apply_chat_template(msgs, tokenize=False) == template.text(t.messages)
+
+
+def test_hf_template_parity_with_apply_chat_template(corpus, tok):
+    template = HFTemplate(tok)
+    from agentflan.formats.templates import hf_messages, hf_tools
+
+    for t in corpus[:60]:
+        ours = template.text(t.messages, t.tools)
+        theirs = tok.apply_chat_template(hf_messages(t.messages), tools=hf_tools(t.tools), tokenize=False)
+        assert ours == theirs
+
+
+def test_non_prefix_preserving_template_is_refused(tok):
+    from transformers import PreTrainedTokenizerFast
+
+    bad = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer)
+    # renders only the last two messages: earlier turns disappear, so prefixes are not preserved
+    bad.chat_template = "{% for m in messages[-2:] %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    with pytest.raises(TemplateError, match="not prefix-preserving"):
+        HFTemplate(bad).render(episodes()[1].messages)
+
+
+def test_no_trainable_tokens_after_truncation_is_an_error(tok):
+    t = episodes()[0]
+    with pytest.raises(NoTrainableTokens, match="truncation"):
+        encode(t, AgentFlanTemplate(), tok, max_length=10)
+    with pytest.raises(NoTrainableTokens):
+        encode_segments([("just context", False)], tok)
+
+
+def test_packing_is_exact_and_efficient():
+    samples = [{"input_ids": [i] * n, "labels": [i] * n} for i, n in enumerate([5, 3, 8, 2, 6, 1, 7])]
+    rows, st = pack(samples, 8)
+    assert sorted(sum(r["seq_lengths"]) for r in rows) == sorted(sum(r["seq_lengths"]) for r in rows)
+    assert sum(len(r["input_ids"]) for r in rows) == 32 and st.rows == 4 and st.efficiency == 1.0
+    for r in rows:
+        start = 0
+        for n in r["seq_lengths"]:
+            assert r["position_ids"][start:start + n] == list(range(n))
+            assert r["labels"][start] == IGNORE
+            start += n
+
+
+def _loss(model, batch):
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+@pytest.mark.parametrize("block_mask", [False, True])
+def test_packed_and_unpacked_give_the_same_loss(corpus, tok, block_mask):
+    model = tiny_model(len(tok))
+    model.eval()
+    samples = []
+    for t in corpus[::7][:16]:
+        try:
+            enc = encode(t, AgentFlanTemplate(), tok, max_length=200)
+        except NoTrainableTokens:
+            continue
+        samples.append({"input_ids": enc.input_ids, "labels": [IGNORE, *enc.labels[1:]]})
+    collate = BlockCausalCollator(tok.pad_token_id, block_mask)
+    unpacked = collate(samples)
+    assert len(samples) >= 6
+    rows, _ = pack(samples, 512)
+    packed = collate(rows)
+    assert packed["input_ids"].shape[0] < unpacked["input_ids"].shape[0]
+    assert _loss(model, packed) == pytest.approx(_loss(model, unpacked), rel=1e-4)
+
+
+def _recipe(tmp_path, corpus_path, **trl):
+    from agentflan.training.sft import TrainRecipe
+
+    return TrainRecipe.model_validate({
+        "name": "t", "model": {"name_or_path": "tiny"}, "output_dir": str(tmp_path / "run"),
+        "data": {"paths": [str(corpus_path)], "template": "agentflan", "max_length": 256},
+        "trl": {"per_device_train_batch_size": 4, "learning_rate": 3e-3, "use_cpu": True, "logging_steps": 1,
+                **trl}})
+
+
+@pytest.fixture(scope="module")
+def corpus_file(corpus, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(t.to_json_dict()) + "\n" for t in corpus))
+    return path
+
+
+def test_five_steps_lower_the_loss_and_save_everything(tmp_path, corpus_file):
+    from agentflan.training.sft import run
+
+    m = run(_recipe(tmp_path, corpus_file, max_steps=5))
+    losses = [h["loss"] for h in m["log_history"] if "loss" in h]
+    assert len(losses) == 5 and losses[-1] < losses[0]
+    out = tmp_path / "run"
+    assert (out / "final" / "model.safetensors").exists() and (out / "loss.png").exists()
+    assert "agentflan" in (out / "final" / "README.md").read_text()
+    assert "\u0d3f" in (out / "final" / "chat_template.jinja").read_text()
+    assert m["data"]["packing_efficiency"] > 0.8 and m["data"]["reading"]["balanced"]
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, corpus_file):
+    from agentflan.training.sft import run
+
+    first = run(_recipe(tmp_path, corpus_file, max_steps=4, save_strategy="steps", save_steps=2))
+    assert first["global_step"] == 4 and (tmp_path / "run" / "checkpoint-4").exists()
+    recipe = _recipe(tmp_path, corpus_file, max_steps=6, save_strategy="steps", save_steps=2)
+    recipe.resume = True
+    second = run(recipe)
+    assert second["global_step"] == 6
+    old = [h for h in first["log_history"] if "loss" in h]
+    new = [h for h in second["log_history"] if "loss" in h]
+    assert new[:4] == old  # steps 1-4 come from the checkpoint's state, not from training again
+    assert [h["step"] for h in new[4:]] == [5, 6]
+
+
+def test_lora_trains_and_merges(tmp_path, corpus_file):
+    from agentflan.training.sft import run
+
+    recipe = _recipe(tmp_path, corpus_file, max_steps=3)
+    recipe.peft = recipe.peft.__class__(r=4, alpha=8) if recipe.peft else None
+    from agentflan.training.sft import PeftSection
+
+    recipe.peft = PeftSection(r=4, alpha=8)
+    m = run(recipe)
+    assert m["global_step"] == 3 and (tmp_path / "run" / "merged" / "config.json").exists()
+    assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
+
+
+def test_ddp_on_cpu_with_two_processes(tmp_path, corpus_file):
+    """`agentflan train --launcher torchrun`: two processes, gloo, one set of outputs."""
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({
+        "name": "ddp", "model": {"name_or_path": "tiny"}, "output_dir": str(tmp_path / "run"),
+        "data": {"paths": [str(corpus_file)], "template": "agentflan", "max_length": 256},
+        "trl": {"per_device_train_batch_size": 2, "max_steps": 3, "use_cpu": True, "save_strategy": "no"}}))
+    proc = subprocess.run([sys.executable, "-m", "agentflan.cli.main", "train", str(recipe), "--launcher", "torchrun",
+                           "--num-processes", "2"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_step"] == 3
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
