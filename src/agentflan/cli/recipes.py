@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from agentflan.pipeline.recipe import packaged_recipes
+from agentflan.pipeline.recipe import packaged_recipes as _data_recipes
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Data and training recipes shipped with agentflan, by name."""
+    from importlib import resources
+
+    root = resources.files("agentflan") / "recipes" / "train"
+    train = {p.name.removesuffix(".yaml"): Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+    return {**_data_recipes(), **train}
 
 
 @click.group("recipes", invoke_without_command=True)
@@ -20,7 +29,7 @@ def recipes(ctx: click.Context) -> None:
 
 @recipes.command("list")
 def list_cmd() -> None:
-    """Packaged recipes with their launch command."""
+    """Packaged data and training recipes with their launch command."""
     import yaml
 
     for name, path in sorted(packaged_recipes().items()):
