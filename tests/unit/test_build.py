@@ -128,3 +128,16 @@ def test_baseline_and_ablations_build_from_the_same_inputs(shared_data, tmp_path
                    for line in train for m in json.loads(line)["messages"] if m["role"] == "assistant")
         assert any(isinstance(m, AssistantMessage) and "Action Input:" in m.content
                    for line in train for m in Trajectory.model_validate_json(line).messages)
+
+
+@pytest.mark.slow
+def test_ray_executor_builds_the_same_bytes(shared_data, built, tmp_path):
+    """The per-trajectory steps on Ray Data (a local instance) give the local build's bytes."""
+    pytest.importorskip("ray", reason="pip install 'agentflan[ray]'")
+    recipe, resolved = load_recipe("agent-flan", [f"vars.data_dir={shared_data}", "executor=ray"])
+    build(recipe, resolved, tmp_path / "ray", workers=2)
+    ours = _files(tmp_path / "ray")
+    ref = _files(built)
+    ours.pop("resolved_recipe.yaml")
+    ref.pop("resolved_recipe.yaml")
+    assert ours == ref

@@ -21,12 +21,11 @@ from typing import Any, Literal
 from agentflan.errors import ParseError
 from agentflan.formats.agentinstruct import DIALECTS
 from agentflan.formats.react import render_bracket, render_toolllama
-from agentflan.formats.tflan import GIVE_UP_ANSWER
+from agentflan.formats.tflan import final_answer
 from agentflan.schema import (
     AssistantMessage,
     Message,
     SystemMessage,
-    ToolCall,
     ToolMessage,
     ToolSpec,
     Trajectory,
@@ -125,17 +124,6 @@ def parse_step(spec: FormatSpec, text: str) -> tuple[str, str, dict[str, Any]]:
     return m.group("t") or "", m.group("n").strip(), args if isinstance(args, dict) else {"input": args}
 
 
-def _answer(call: ToolCall) -> str:
-    args = call.arguments
-    if args.get("return_type") == "give_up_and_restart":
-        return GIVE_UP_ANSWER
-    for key in ("final_answer", "answer"):
-        if key in args:
-            v = args[key]
-            return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-    return json.dumps(args, ensure_ascii=False) if args else ""
-
-
 def render_with_spec(traj: Trajectory, spec: FormatSpec) -> list[Message]:
     """The whole trajectory as text turns in `spec` (observations as user turns)."""
     final_tool = traj.tags.get("final_tool")
@@ -154,7 +142,7 @@ def render_with_spec(traj: Trajectory, spec: FormatSpec) -> list[Message]:
                 thought = m.content if k == 0 else ""
                 if c.name == final_tool:
                     finals.add(c.id)
-                    parts.append(render_step(spec, thought, spec.final_action, {spec.answer_key: _answer(c)}))
+                    parts.append(render_step(spec, thought, spec.final_action, {spec.answer_key: final_answer(c)[0]}))
                 else:
                     parts.append(render_step(spec, thought, c.name, c.arguments))
             out.append(AssistantMessage(content="\n".join(parts), loss=m.loss))

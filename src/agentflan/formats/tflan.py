@@ -121,7 +121,7 @@ class AlignOptions:
     tools_in_system: bool = True
 
 
-def _final_answer(call: ToolCall) -> tuple[str, str | None]:
+def final_answer(call: ToolCall) -> tuple[str, str | None]:
     """(answer text, the argument it came from) of a terminal call."""
     args = call.arguments
     if args.get("return_type") == "give_up_and_restart":
@@ -184,7 +184,7 @@ def align(traj: Trajectory, rng: random.Random, options: AlignOptions = AlignOpt
                 assistant(f"{rng.choice(ARGS_LEAD)}```json\n{args}\n```", "understanding", m.loss)
             for call in finals:
                 final_ids.add(call.id)
-                answer, final_key = _final_answer(call)
+                answer, final_key = final_answer(call)
                 if out and isinstance(out[-1], AssistantMessage):
                     out.append(UserMessage(content=rng.choice(ELICIT_FINAL)))
                 assistant(answer or m.content or GIVE_UP_ANSWER, "reasoning", m.loss)

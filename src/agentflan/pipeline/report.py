@@ -157,10 +157,7 @@ def _charts(r: dict[str, Any], turns: dict[str, list[int]], folder: Path) -> lis
     ax.barh(names, [r["outputs"][n]["records"] for n in names], color="#4c72b0")
     ax.set_xlabel("records")
     ax.set_title("Records per output")
-    fig.tight_layout()
-    files.append(folder / "records_per_output.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    files.append(_save(plt, fig, folder / "records_per_output.png"))
 
     bal = [(n, cap, v) for n, o in r["outputs"].items() for cap, v in o["balance"].items()]
     if bal:
@@ -173,10 +170,7 @@ def _charts(r: dict[str, Any], turns: dict[str, list[int]], folder: Path) -> lis
         ax.set_ylabel("share of turns keeping loss")
         ax.set_title("Capability balance: requested vs realized")
         ax.legend()
-        fig.tight_layout()
-        files.append(folder / "capability_balance.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        files.append(_save(plt, fig, folder / "capability_balance.png"))
 
     caps = ["reasoning", "retrieval", "understanding", "instruction_following", "unlabelled"]
     fig, ax = plt.subplots(figsize=(9, 4))
@@ -188,10 +182,7 @@ def _charts(r: dict[str, Any], turns: dict[str, list[int]], folder: Path) -> lis
     ax.set_xlabel("trained tokens (approx)")
     ax.set_title("Trained tokens per capability")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    files.append(folder / "trained_tokens.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    files.append(_save(plt, fig, folder / "trained_tokens.png"))
 
     fig, ax = plt.subplots(figsize=(9, 4))
     for n, values in turns.items():
@@ -201,8 +192,12 @@ def _charts(r: dict[str, Any], turns: dict[str, list[int]], folder: Path) -> lis
     ax.set_ylabel("records")
     ax.set_title("Conversation length")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    files.append(folder / "turns.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    files.append(_save(plt, fig, folder / "turns.png"))
     return files
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version stamp: same bytes every build
+    plt.close(fig)
+    return path
