@@ -46,7 +46,7 @@ def demo(output: Path, steps: int, no_train: bool) -> None:
 
     train = load_train_recipe("tiny-cpu-smoke", [f"data.paths=[{output / 'data' / 'native' / 'train.jsonl'}]",
                                                  f"output_dir={output / 'run'}", f"trl.max_steps={steps}",
-                                                 "trl.save_strategy=\"no\"", "trl.disable_tqdm=true", "trl.logging_steps=10",
+                                                 "trl.save_strategy=\"no\"", "trl.disable_tqdm=true", f"trl.logging_steps={max(1, min(10, steps // 3))}",
                                                  "data_recipe=builtin"])
     metrics = run(train)
     losses = [h["loss"] for h in metrics["log_history"] if "loss" in h]
