@@ -75,6 +75,12 @@ def _col(rows: list[list[Any]], i: int, rng: random.Random) -> Any:
     return rng.choice(rows)[i]
 
 
+def _pick(rows: list[list[Any]], i: int, rng: random.Random, changes: Callable[[list[Any]], bool]) -> Any:
+    """Column `i` of a random row the update really changes (a no-op update would pass unsolved)."""
+    candidates = [r for r in rows if changes(r)] or rows
+    return rng.choice(candidates)[i]
+
+
 def _t(schema: str) -> str:
     return _q(SCHEMAS[schema].name)
 
@@ -96,7 +102,7 @@ TEMPLATES = [
         f"INSERT INTO {t} (`Product`, `Category`, `Price`, `Stock`) VALUES ('{p}', 'Home', '35.00', '12')",
         "I insert the new row with all four columns.")),
     DBTemplate("update_city", "train", "update", "employees", lambda rng, rows, t: (
-        (n := _col(rows, 0, rng)) and f"{n} moved to Tartu. Update their city.",
+        (n := _pick(rows, 0, rng, lambda r: r[3] != "Tartu")) and f"{n} moved to Tartu. Update their city.",
         f"UPDATE {t} SET `City` = 'Tartu' WHERE `Name` = '{n}'", "I update that employee's city.")),
     DBTemplate("avg_score", "heldout", "select", "students", lambda rng, rows, t: (
         (c := _col(rows, 3, rng)) and f"What is the average score of the {c} club members?",
@@ -113,7 +119,7 @@ TEMPLATES = [
         (f := _col(rows, 0, rng)) and f"Flight {f} was cancelled. Remove it from the schedule.",
         f"DELETE FROM {t} WHERE `Flight` = '{f}'", "I delete the cancelled flight's row.")),
     DBTemplate("update_score", "heldout", "update", "students", lambda rng, rows, t: (
-        (n := _col(rows, 0, rng)) and f"Correct the score of {n} to 88.",
+        (n := _pick(rows, 0, rng, lambda r: r[2] != "88")) and f"Correct the score of {n} to 88.",
         f"UPDATE {t} SET `Score` = '88' WHERE `Name` = '{n}'", "I set the corrected score.")),
 ]
 SPLIT_SEED = {"train": 3_000_017, "heldout": 4_000_037}
