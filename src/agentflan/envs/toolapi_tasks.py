@@ -255,7 +255,7 @@ def _expert_currency(task: Task) -> Expert:
     yield finish(1, "The exchange returned the amount.", f"{d['amount']} USD is {_fmt(r)} {d['code']}.")
 
 
-_WORDS = ["ready", "acknowledged", "blue", "sunrise", "done", "yes"]
+_WORDS = ["ready", "acknowledged", "blue", "sunrise", "lantern", "copper"]
 
 
 def _make_echo(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
