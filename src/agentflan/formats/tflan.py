@@ -170,7 +170,8 @@ def align(traj: Trajectory, rng: random.Random, options: AlignOptions = AlignOpt
                     names[call.id] = call.name
                     args = json.dumps(call.arguments, ensure_ascii=False, indent=2)
                     parts.append(f"{rng.choice(RETRIEVAL).format(name=call.name)}\n```json\n{args}\n```")
-                out.append(AssistantMessage(content="\n\n".join(parts), loss=m.loss))
+                # one turn holds thought, tool choice and arguments: no single capability
+                out.append(AssistantMessage(content="\n\n".join(parts), loss=m.loss, metadata={"inline_call": True}))
                 regular = []
             elif thought and (options.cot or not m.tool_calls):
                 assistant(m.content, "reasoning", m.loss)

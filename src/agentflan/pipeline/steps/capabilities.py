@@ -3,7 +3,8 @@
 `align` and `instruct` label their turns as they create them. For anything else: a trained turn
 without tool calls is `reasoning` (a plain answer or thought); a turn that still holds a tool call
 or agent-format text mixes all capabilities and is labelled `unlabelled:mixed` in statistics (it
-cannot be decomposed without `align`, and `balance` leaves it alone).
+cannot be decomposed without `align`, and `balance` leaves it alone); so does an inline T-FLAN
+step (`align` with `decompose: false`), which holds thought, tool and arguments in one turn.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class CapabilitiesStep(Step):
             messages = []
             for m in traj.messages:
                 if isinstance(m, AssistantMessage) and m.loss:
-                    if m.capability is None and not m.tool_calls and not agent_text:
+                    if m.capability is None and not m.tool_calls and not agent_text \
+                            and not m.metadata.get("inline_call"):
                         m = m.model_copy(update={"capability": "reasoning"})
                         ctx.stats.inc("labelled")
                     label = m.capability or "unlabelled:mixed"
