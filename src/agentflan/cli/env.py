@@ -52,8 +52,8 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
 
 @env.command("play")
 @click.argument("name")
-@click.option("--policy", type=click.Choice(["expert", "random", "replay", "model"]), default="expert",
-              show_default=True)
+@click.option("--policy", type=click.Choice(["expert", "random", "replay", "model", "local"]), default="expert",
+              show_default=True, help="model: an OpenAI-compatible endpoint; local: a transformers model folder.")
 @click.option("--split", type=click.Choice(["train", "heldout", "dev"]), default="train", show_default=True)
 @click.option("--index", type=int, default=0, show_default=True, help="Which generated task.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -62,7 +62,7 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
 @click.option("--replay", "replay_file", type=click.Path(exists=True, path_type=Path),
               help="A trajectory file whose record --index is replayed (any readable format).")
 @click.option("--base-url", help="OpenAI-compatible endpoint for --policy model.")
-@click.option("--model", "model_name", help="Model name for --policy model.")
+@click.option("--model", "model_name", help="Model name for --policy model, model folder for --policy local.")
 def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_file: Path | None,
              replay_file: Path | None, base_url: str | None, model_name: str | None) -> None:
     """Play one episode of env NAME and print it readably, with the verdict."""
@@ -92,6 +92,12 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
         from agentflan.io import read
 
         chosen = ReplayPolicy(next(itertools.islice(read(str(replay_file), on_error="raise"), index, None)))
+    elif policy == "local":
+        if not model_name:
+            raise click.UsageError("--policy local needs --model FOLDER (e.g. runs/x/final or runs/x/merged)")
+        from agentflan.envs.model_policy import LocalModelPolicy
+
+        chosen = LocalModelPolicy(model_name)
     else:
         if not base_url or not model_name:
             raise click.UsageError("--policy model needs --base-url and --model")

@@ -1,13 +1,16 @@
-"""A policy backed by any OpenAI-compatible chat endpoint with tool calling (vLLM, OpenAI, ...).
+"""Model-backed policies: any OpenAI-compatible chat endpoint with tool calling (vLLM, OpenAI,
+`transformers serve`, ...) and a local transformers model.
 
-`payload` and `parse` are pure functions (tested without a server); `ModelPolicy` sends the
-request with retries. The evaluation harness reuses them for model clients.
+`payload`, `parse` and `parse_text_reply` are pure functions (tested without a server or a model);
+`ModelPolicy` sends requests with retries; `LocalModelPolicy` generates with the model's own chat
+template, so a model trained by `agentflan train` plays with the template it was trained with.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -81,3 +84,66 @@ class ModelPolicy(Policy):
                 last = f"{type(e).__name__}: {e}"
                 time.sleep(min(2**attempt, 10))
         return AssistantMessage(content=f"(model request failed: {last})")
+
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+
+
+def parse_text_reply(text: str) -> AssistantMessage:
+    """Tool calls in a local model's text: `<tool_call>{json}</tool_call>` blocks (Qwen, SmolLM2,
+    Hermes style), or the whole reply as one JSON object `{"name": ..., "arguments": ...}`;
+    anything else is a plain answer. Malformed calls are kept with `parse_error`."""
+    blocks = _TOOL_CALL.findall(text)
+    if not blocks and text.strip().startswith("{"):
+        blocks = [text.strip()]
+    calls = []
+    for i, block in enumerate(blocks):
+        try:
+            obj = json.loads(block)
+        except json.JSONDecodeError as e:
+            calls.append(ToolCall(id=f"call_l{i}", name="", raw=block, parse_error=f"invalid JSON: {e.msg}"))
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            continue
+        args = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(args, str):
+            args, err = parse_json_arguments(args)
+        else:
+            err = None
+        calls.append(ToolCall(id=f"call_l{i}", name=obj["name"], arguments=args if isinstance(args, dict) else {},
+                              raw=block, parse_error=err))
+    content = _TOOL_CALL.sub("", text).strip() if calls else text.strip()
+    if calls and content.startswith("{"):
+        content = ""
+    return AssistantMessage(content=content, tool_calls=calls)
+
+
+class LocalModelPolicy(Policy):
+    """A local transformers model: the tokenizer's chat template (tools passed through), greedy
+    decoding, tool calls parsed from the text (`parse_text_reply`)."""
+
+    name: ClassVar[str] = "local"
+
+    def __init__(self, path: str, *, max_new_tokens: int = 256) -> None:
+        from agentflan.errors import require
+
+        require("transformers", "train")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path)
+        self.model.eval()
+        self.max_new_tokens = max_new_tokens
+
+    def act(self, messages: list[Message], tools: list[ToolSpec]) -> AssistantMessage:
+        import torch
+
+        from agentflan.formats.templates import hf_messages, hf_tools
+
+        ids = self.tokenizer.apply_chat_template(hf_messages(messages), tools=hf_tools(tools),
+                                                 add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = self.model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        text = self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        return parse_text_reply(text)
