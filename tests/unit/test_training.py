@@ -328,3 +328,14 @@ def test_smollm2_template_parity_and_masks(corpus):
             continue
         assert tok.decode([i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]).count(
             "<|im_end|>") == sum(isinstance(m, AssistantMessage) and m.loss for m in t.messages)
+
+
+@pytest.mark.parametrize("name", ["ddp", "zero2", "zero3", "fsdp"])
+def test_shipped_accelerate_configs_load(name):
+    pytest.importorskip("accelerate")
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from agentflan.cli.train import accelerate_config_file
+
+    config = load_config_from_file(str(accelerate_config_file(name)))
+    assert config.num_processes == 8 and config.mixed_precision == "bf16"

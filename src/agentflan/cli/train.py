@@ -17,7 +17,7 @@ from agentflan.errors import AgentflanError
 LAUNCH_CONFIGS = ("ddp", "zero2", "zero3", "fsdp")
 
 
-def accelerate_config(name: str) -> Path:
+def accelerate_config_file(name: str) -> Path:
     if Path(name).exists():
         return Path(name)
     path = resources.files("agentflan") / "recipes" / "accelerate" / f"{name}.yaml"
@@ -49,7 +49,7 @@ def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_con
             return
         if launcher == "accelerate":
             exe = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
-            cmd = [exe, "launch", "--config_file", str(accelerate_config_path(accelerate_config))]
+            cmd = [exe, "launch", "--config_file", str(accelerate_config_file(accelerate_config))]
             if num_processes:
                 cmd += ["--num_processes", str(num_processes)]
             cmd += ["-m", "agentflan.training.launch", recipe, *overrides]
@@ -71,6 +71,3 @@ def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_con
                f"{metrics['tokens_per_second']:.0f} tokens/s, peak RSS {metrics['peak_rss_mb']:.0f} MB -> "
                f"{rec.output_dir}/final")
 
-
-def accelerate_config_path(name: str) -> Path:
-    return accelerate_config(name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -240,5 +240,3 @@ def system_prompt(env_name: str) -> SystemMessage:
 def user(query: str) -> UserMessage:
     return UserMessage(content=query)
 
-
-PolicyFactory = Callable[[Task], Policy]
