@@ -230,7 +230,7 @@ def run_episode(env: Environment, task: Task, policy: Policy, *, max_steps: int 
     return Episode(traj, verdict, steps)
 
 
-def system_prompt(env_name: str) -> SystemMessage:
+def system_prompt() -> SystemMessage:
     return SystemMessage(content=(
         "You are a helpful assistant that can call tools. Call a tool only when the request needs it; "
         f"when you know the answer, call {FINISH} with return_type give_answer and the answer in final_answer. "

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from agentflan.envs.base import Policy
 from agentflan.formats.react import parse_json_arguments
-from agentflan.io.writers.chat import call_arguments
+from agentflan.io.writers.chat import tool_call_dicts
 from agentflan.schema import AssistantMessage, Message, ToolCall, ToolMessage, ToolSpec
 
 
@@ -29,9 +29,7 @@ def payload(model: str, messages: list[Message], tools: list[ToolSpec], temperat
         if isinstance(m, AssistantMessage):
             msg: dict[str, Any] = {"role": "assistant", "content": m.content or None}
             if m.tool_calls:
-                msg["tool_calls"] = [{"id": c.id, "type": "function",
-                                      "function": {"name": c.name, "arguments": call_arguments(c)}}
-                                     for c in m.tool_calls]
+                msg["tool_calls"] = tool_call_dicts(m.tool_calls)
             out.append(msg)
         elif isinstance(m, ToolMessage):
             out.append({"role": "tool", "tool_call_id": m.tool_call_id or "", "content": m.content})

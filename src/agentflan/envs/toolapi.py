@@ -299,7 +299,7 @@ class ToolAPIEnvironment(Environment):
     def reset(self, task: Task) -> list[Message]:
         inventory = Inventory(task.data.get("inventory", {}))
         self.apis = {a.function_name: a for a in build_apis(knowledge_base(), inventory)}
-        return [system_prompt(self.name), user(task.query)]
+        return [system_prompt(), user(task.query)]
 
     def step(self, call: ToolCall) -> ToolMessage:
         api = self.apis.get(call.name)

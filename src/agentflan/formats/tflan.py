@@ -25,6 +25,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from agentflan.errors import ParseError
 from agentflan.schema import (
@@ -267,12 +268,7 @@ def parse(traj: Trajectory) -> Trajectory:
                 if not block or not calls:
                     raise ParseError("argument turn has no ```json block", reason="unparseable_action",
                                      field=f"messages[{i}].content")
-                try:
-                    args = json.loads(block.group(1))
-                except json.JSONDecodeError as e:
-                    raise ParseError(f"arguments are not valid JSON: {e.msg}", reason="unparseable_action",
-                                     field=f"messages[{i}].content") from e
-                calls[-1] = calls[-1].model_copy(update={"arguments": args if isinstance(args, dict) else {"input": args}})
+                calls[-1] = calls[-1].model_copy(update={"arguments": _json_args(block.group(1), i)})
                 pending.append(calls[-1])
             elif final_tool and (expect == "final" or _is_last_assistant(msgs, i)):
                 calls.append(ToolCall(id=f"call_{n}", name=final_tool, arguments={final_key: m.content}))
@@ -283,13 +279,7 @@ def parse(traj: Trajectory) -> Trajectory:
                 head = _INLINE.split(m.content, maxsplit=1)[0]
                 thought = head[:-2] if head.endswith("\n\n") else head
                 for name, args_text in inline:
-                    try:
-                        args = json.loads(args_text)
-                    except json.JSONDecodeError as e:
-                        raise ParseError(f"arguments are not valid JSON: {e.msg}", reason="unparseable_action",
-                                         field=f"messages[{i}].content") from e
-                    calls.append(ToolCall(id=f"call_{n}", name=name, arguments=args if isinstance(args, dict)
-                                          else {"input": args}))
+                    calls.append(ToolCall(id=f"call_{n}", name=name, arguments=_json_args(args_text, i)))
                     pending.append(calls[-1])
                     n += 1
             else:
@@ -302,6 +292,16 @@ def parse(traj: Trajectory) -> Trajectory:
     flush()
     tags = {k: v for k, v in traj.tags.items() if k not in ("format", "cot", "decomposed")}
     return traj.model_copy(update={"messages": out, "tags": tags})
+
+
+def _json_args(text: str, index: int) -> dict[str, Any]:
+    """Arguments from a JSON block of message `index` (a non-object value becomes `{"input": v}`)."""
+    try:
+        args = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ParseError(f"arguments are not valid JSON: {e.msg}", reason="unparseable_action",
+                         field=f"messages[{index}].content") from e
+    return args if isinstance(args, dict) else {"input": args}
 
 
 def _is_last_assistant(msgs: list[Message], i: int) -> bool:

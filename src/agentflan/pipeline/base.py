@@ -11,6 +11,7 @@ Each step counts what it keeps, changes and drops (`StepStats`); drops carry a r
 from __future__ import annotations
 
 import hashlib
+import heapq
 import random
 import re
 from abc import ABC, abstractmethod
@@ -124,6 +125,30 @@ class MapStep(Step):
                 continue
             ctx.stats.inc("out")
             yield self.stamp(result)
+
+
+class SmallestN:
+    """Keeps the `n` trajectories with the smallest keys: bounded memory, independent of order.
+
+    Ties are broken by id, then by arrival, so trajectories themselves are never compared.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.heap: list[tuple[float, str, int, Trajectory]] = []  # max-heap of the n smallest, by -key
+        self._seq = 0
+
+    def offer(self, key: float, tid: str, traj: Trajectory) -> None:
+        self._seq += 1
+        item = (-key, tid, -self._seq, traj)
+        if len(self.heap) < self.n:
+            heapq.heappush(self.heap, item)
+        elif item > self.heap[0]:
+            heapq.heapreplace(self.heap, item)
+
+    def items(self) -> list[Trajectory]:
+        """The kept trajectories, smallest key first."""
+        return [t for *_, t in sorted(self.heap, key=lambda x: (-x[0], x[1], -x[2]))]
 
 
 def make_steps(entries: list[dict[str, Any]]) -> list[Step]:

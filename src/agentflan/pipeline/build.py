@@ -26,7 +26,6 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from multiprocessing import Pool
@@ -426,5 +425,5 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
 def _map(fn: Callable[[Any], Any], items: list[Any], workers: int) -> list[Any]:
     if workers <= 1 or len(items) <= 1:
         return [fn(i) for i in items]
-    with ProcessPoolExecutor(min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
+    with Pool(min(workers, len(items))) as pool:
+        return pool.map(fn, items)

@@ -19,7 +19,6 @@ Candidates are chosen by hash (the `n` smallest hashes of (seed, id)), so memory
 
 from __future__ import annotations
 
-import heapq
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -29,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentflan.formats.tflan import tools_prompt
-from agentflan.pipeline.base import StepStats, first_query, rng_for, unit
+from agentflan.pipeline.base import SmallestN, StepStats, first_query, rng_for, unit
 from agentflan.pipeline.teacher import Teacher, TeacherConfig, TeacherError
 from agentflan.schema import AssistantMessage, Source, SystemMessage, ToolSpec, Trajectory, UserMessage
 
@@ -99,26 +98,6 @@ def tool_words(tool: ToolSpec) -> set[str]:
     return content_words(f"{tool.name} {tool.description} {params}")
 
 
-class _Bottom:
-    """Keeps the `n` items with the smallest keys (bounded memory, order independent)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.heap: list[tuple[float, str, int, Trajectory]] = []
-        self._seq = 0
-
-    def offer(self, key: float, tid: str, traj: Trajectory) -> None:
-        self._seq += 1  # a tie-break that never compares trajectories
-        item = (-key, tid, -self._seq, traj)
-        if len(self.heap) < self.n:
-            heapq.heappush(self.heap, item)
-        elif item > self.heap[0]:
-            heapq.heapreplace(self.heap, item)
-
-    def items(self) -> list[Trajectory]:
-        return [t for *_, t in sorted(self.heap, key=lambda x: (-x[0], x[1], -x[2]))]
-
-
 def _first_exchange(traj: Trajectory) -> tuple[str, str] | None:
     msgs = [m for m in traj.messages if not isinstance(m, SystemMessage)]
     if len(msgs) >= 2 and isinstance(msgs[0], UserMessage) and isinstance(msgs[1], AssistantMessage) \
@@ -145,12 +124,12 @@ def build_negatives(chat: Iterable[Trajectory], tool_sources: Iterable[Trajector
         for t in traj.tools:
             if t.name != traj.tags.get("final_tool"):
                 pool.setdefault(t.name, t)
-    requests = _Bottom(n_no)
+    requests = SmallestN(n_no)
     for traj in queries:
         stats.inc("queries_in")
         if n_no and first_query(traj):
             requests.offer(unit(seed, "negatives:query", traj.id), traj.id, traj)
-    chats = _Bottom(n_nt * 3)  # spare candidates for queries that no pooled tool avoids
+    chats = SmallestN(n_nt * 3)  # spare candidates for queries that no pooled tool avoids
     for traj in chat:
         stats.inc("chat_in")
         if n_nt and not traj.tools and _first_exchange(traj):

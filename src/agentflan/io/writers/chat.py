@@ -29,6 +29,12 @@ def call_arguments(call: ToolCall) -> str:
     return json.dumps(call.arguments, ensure_ascii=False)
 
 
+def tool_call_dicts(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """Tool calls as OpenAI chat messages hold them (arguments as a JSON string)."""
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": call_arguments(c)}}
+            for c in calls]
+
+
 def function_specs(traj: Trajectory) -> list[dict[str, Any]]:
     """Tool specs as function objects; keys the source had beyond the schema are kept."""
     return [{"name": t.name, "description": t.description, "parameters": t.parameters, **t.metadata}
@@ -58,9 +64,7 @@ class OpenAIWriter(Writer):
                 if m.reasoning is not None:
                     out["reasoning_content"] = m.reasoning
                 if m.tool_calls:
-                    out["tool_calls"] = [{"id": c.id, "type": "function",
-                                          "function": {"name": c.name, "arguments": call_arguments(c)}}
-                                         for c in m.tool_calls]
+                    out["tool_calls"] = tool_call_dicts(m.tool_calls)
                 out["weight"] = int(m.loss)
                 msgs.append(out)
             elif isinstance(m, ToolMessage):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -11,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from agentflan.pipeline.base import Step, StepConfig, StepContext, unit
+from agentflan.pipeline.base import SmallestN, Step, StepConfig, StepContext, unit
 from agentflan.schema import AssistantMessage, Trajectory, check, errors
 from agentflan.tokens import token_counter
 
@@ -128,19 +127,15 @@ class SampleStep(Step):
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         cfg = self.config
         assert isinstance(cfg, SampleConfig)
-        heap: list[tuple[float, str, str]] = []  # (-u, id, json): a max-heap of the n smallest
+        keep = SmallestN(cfg.n)
         for traj in data:
             ctx.stats.inc("in")
-            item = (-unit(ctx.seed, self.name, traj.id), traj.id, traj.model_dump_json())
-            if len(heap) < cfg.n:
-                heapq.heappush(heap, item)
-            else:
-                heapq.heappushpop(heap, item)
-        kept = sorted(heap, key=lambda it: (-it[0], it[1]))
+            keep.offer(unit(ctx.seed, self.name, traj.id), traj.id, traj)
+        kept = keep.items()
         ctx.stats.inc("dropped:over_n", ctx.stats.counts["in"] - len(kept))
-        for _, _, js in kept:
+        for traj in kept:
             ctx.stats.inc("out")
-            yield self.stamp(Trajectory.model_validate_json(js))
+            yield self.stamp(traj)
 
     def label(self) -> str:
         cfg = self.config
