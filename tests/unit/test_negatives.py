@@ -30,7 +30,7 @@ def test_tools_not_needed_are_verifiably_irrelevant(data):
     out = list(build_negatives(chat, tools, queries, NegativesConfig(kinds=["tools_not_needed"], n=100), 5, stats))
     assert len(out) == 100
     for t in out:
-        assert t.tags == {"negative_kind": "tools_not_needed", "response_origin": "source"}
+        assert t.tags == {"negative_kind": "tools_not_needed", "response_origin": "source", "protocol": "tflan"}
         query = t.messages[1].content
         assert 2 <= len(t.tools) <= 5
         assert all(not (tool_words(tool) & content_words(query)) for tool in t.tools)

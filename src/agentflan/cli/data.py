@@ -267,11 +267,12 @@ def _inspect_tokens(traj: Trajectory, tokenizer_name: str, template_name: str, p
     """The sample as the trainer sees it: decoded token runs, trained ones marked."""
     import html
 
-    from agentflan.formats.templates import get_template, with_tools_in_system
+    from agentflan.formats.protocols import training_view
+    from agentflan.formats.templates import AgentFlanTemplate, get_template
     from agentflan.training.masking import encode, show_trained, token_runs
     from agentflan.training.models import ModelConfig, load_tokenizer
 
-    texts = [m.content for m in with_tools_in_system(traj.messages, traj.tools)]
+    texts = [m.content for m in training_view(traj, AgentFlanTemplate())[0]]
     tok = load_tokenizer(ModelConfig(name_or_path=tokenizer_name), texts)
     enc = encode(traj, get_template(template_name, tok), tok)
     click.echo(f"{len(enc.input_ids)} tokens, {enc.trained} trained (template {template_name})")

@@ -11,7 +11,9 @@ from agentflan import __version__
 from agentflan.cli.data import data
 from agentflan.cli.demo import demo
 from agentflan.cli.env import env
+from agentflan.cli.evaluate import eval_cmd, score_cmd
 from agentflan.cli.recipes import recipes
+from agentflan.cli.serve import serve
 from agentflan.cli.train import train
 
 
@@ -27,7 +29,10 @@ def cli(verbose: int) -> None:
 cli.add_command(data)
 cli.add_command(demo)
 cli.add_command(env)
+cli.add_command(eval_cmd)
+cli.add_command(score_cmd)
 cli.add_command(recipes)
+cli.add_command(serve)
 cli.add_command(train)
 
 

@@ -29,10 +29,12 @@ from agentflan.schema import Message, SystemMessage, ToolCall, ToolMessage, Tool
 
 DB_TOOLS: list[ToolSpec] = list(DIALECTS["db"].tools)
 SYSTEM = (
-    "I will ask you a question, then you should help me operate a SQL database (SQLite) to answer the "
-    "question. Explain your reasoning, then either run one SQL statement with the `operation` tool, or "
-    "give the final answer with the `answer` tool as a list of values. For a task that changes the "
-    "table, answer with an empty list once the change is done.")
+    "I will ask you a question, then you should help me operate a SQL database to answer the question. "
+    "Explain the problem and your reasoning, run one SQL statement at a time, and answer with the list of "
+    "values that answers the question. If the question is about modifying the database, the answer can be "
+    "an empty list once the change is done.")
+"""The task, stated without a reply format: each protocol states its own (`agentinstruct:db` states
+AgentBench's, `formats.protocols.AGENTBENCH_DB_PROMPT`)."""
 _DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "zipfile", "sqlar_compress",
                      "sqlar_uncompress"}
 
@@ -85,6 +87,16 @@ class DBEnvironment(Environment):
 
     def tools(self, task: Task) -> list[ToolSpec]:
         return list(DB_TOOLS)
+
+    def tags(self, task: Task) -> dict[str, str]:
+        return {**super().tags(task), "task": "db"}
+
+    def final_call(self, answer: str, call_id: str) -> ToolCall:
+        try:
+            value: Any = json.loads(answer)
+        except json.JSONDecodeError:
+            value = answer
+        return ToolCall(id=call_id, name="answer", arguments={"answer": value if isinstance(value, list) else [value]})
 
     def reset(self, task: Task) -> list[Message]:
         self.close()

@@ -50,6 +50,11 @@ def first_query(traj: Trajectory) -> str | None:
     return text or None
 
 
+def render_key(seed: int, traj_id: str) -> str:
+    """The protocol key (phrasing, drawn formats) of a record rendered by a data step."""
+    return f"{seed}:{traj_id}"
+
+
 def rng_for(seed: int, *keys: object) -> random.Random:
     """A `random.Random` seeded from `seed` and `keys` (stable across processes and runs)."""
     return random.Random(int(unit(seed, *keys) * 2**53))

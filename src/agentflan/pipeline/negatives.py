@@ -160,7 +160,8 @@ def build_negatives(chat: Iterable[Trajectory], tool_sources: Iterable[Trajector
             id=f"neg-tnn-{traj.id}", tools=chosen, lineage=[*traj.lineage, "negatives:tools_not_needed"],
             source=Source(format=traj.source.format, dataset=traj.source.dataset, path=traj.source.path,
                           line=traj.source.line, original_id=traj.id),
-            tags={"negative_kind": "tools_not_needed", "response_origin": "source"},
+            # the tools are listed as T-FLAN lists them: training shows the text as it is
+            tags={"negative_kind": "tools_not_needed", "response_origin": "source", "protocol": "tflan"},
             metadata={"parent": traj.id, "irrelevance_check": "lexical: no query content word in tool text"},
             messages=[SystemMessage(content=f"{CHAT_SYSTEM}\n\n{tools_prompt(chosen)}"), UserMessage(content=query),
                       AssistantMessage(content=answer, capability="reasoning")])

@@ -1,20 +1,24 @@
 """From rendered segments to `input_ids` and `labels` (-100 everywhere but the trained spans).
 
-The tokenizer's offsets map every token to its characters; a token is trained when any of its
-characters lies in a trained segment, so stop markers glued to the last word are trained too. A
-sample left with no trained token after truncation is never passed on silently: it raises
-`NoTrainableTokens` (the caller counts it as a drop).
+Every segment a template renders is tokenized on its own and the pieces are concatenated, so no
+token ever straddles a segment boundary. Two things follow: a token is trained exactly when its
+segment is, and a serving prompt (the segments up to the generation prompt, `prompt_ids`) is
+token for token a prefix of what training showed: a tokenizer that would merge the end of the
+generation prompt with the start of the reply (say `\u0d46` with `{`) cannot make training and
+serving disagree. Segment boundaries never depend on loss flags. A sample left with no trained
+token after truncation is never passed on silently: it raises `NoTrainableTokens` (the caller
+counts it as a drop).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
 from agentflan.errors import AgentflanError
-from agentflan.formats.templates import ChatTemplate, Segment, with_tools_in_system
-from agentflan.schema import Trajectory
+from agentflan.formats.protocols import training_view
+from agentflan.formats.templates import ChatTemplate, Segment
+from agentflan.schema import Message, ToolSpec, Trajectory
 
 IGNORE = -100
 
@@ -34,29 +38,25 @@ class Encoded:
         return sum(label != IGNORE for label in self.labels)
 
 
+def tokenize_segments(segments: list[Segment], tokenizer: Any) -> tuple[list[int], list[bool]]:
+    """Token ids of the segments, each tokenized on its own, and whether each token is trained."""
+    pieces = [(text, trained) for text, trained in segments if text]
+    if not pieces:
+        return [], []
+    batch = tokenizer([text for text, _ in pieces], add_special_tokens=False)["input_ids"]
+    ids: list[int] = []
+    flags: list[bool] = []
+    for piece, (_, trained) in zip(batch, pieces, strict=True):
+        ids += piece
+        flags += [trained] * len(piece)
+    return ids, flags
+
+
 def encode_segments(segments: list[Segment], tokenizer: Any, *, max_length: int | None = None,
                     add_bos: bool = False) -> Encoded:
-    """Tokenize `segments` as one text; label exactly the tokens inside trained segments."""
-    text = "".join(s for s, _ in segments)
-    starts, trained = [], []
-    pos = 0
-    for s, t in segments:
-        starts.append(pos)
-        trained.append(t)
-        pos += len(s)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    labels: list[int] = []
-    for tid, (a, b) in zip(ids, enc["offset_mapping"], strict=True):
-        hit = False
-        if b > a:
-            k = bisect_right(starts, a) - 1
-            while k < len(starts) and starts[k] < b:
-                if trained[k] and starts[k] + len(segments[k][0]) > a:
-                    hit = True
-                    break
-                k += 1
-        labels.append(tid if hit else IGNORE)
+    """Tokenize `segments` (see the module docstring); label exactly the tokens of trained segments."""
+    ids, flags = tokenize_segments(segments, tokenizer)
+    labels = [tid if trained else IGNORE for tid, trained in zip(ids, flags, strict=True)]
     if add_bos and tokenizer.bos_token_id is not None:
         ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE, *labels]
     truncated = False
@@ -70,10 +70,20 @@ def encode_segments(segments: list[Segment], tokenizer: Any, *, max_length: int 
 
 
 def encode(traj: Trajectory, template: ChatTemplate, tokenizer: Any, *, max_length: int | None = None) -> Encoded:
-    """Render and tokenize one trajectory with its loss mask."""
-    messages = traj.messages if template.name == "hf" else with_tools_in_system(traj.messages, traj.tools)
-    segments = template.render(messages, traj.tools or None)
+    """Render (protocol, then template: `protocols.training_view`) and tokenize one trajectory
+    with its loss mask."""
+    messages, tools, _ = training_view(traj, template)
+    segments = template.render(messages, tools)
     return encode_segments(segments, tokenizer, max_length=max_length, add_bos=template.add_bos)
+
+
+def prompt_ids(template: ChatTemplate, tokenizer: Any, messages: list[Message], tools: list[ToolSpec] | None = None) -> list[int]:
+    """The token ids of a generation prompt, tokenized exactly as `encode` tokenizes training data
+    (so that serving prompts are token-for-token prefixes of what training showed)."""
+    ids, _ = tokenize_segments(template.render(messages, tools, add_generation_prompt=True), tokenizer)
+    if template.add_bos and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id, *ids]
+    return ids
 
 
 def token_runs(encoded: Encoded) -> list[tuple[list[int], bool]]:

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,50 @@ from agentflan.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INFO_FILE = "agentflan.json"
+"""Written beside every model `agentflan train` saves (see `ModelInfo`)."""
+
+
+@dataclass
+class ModelInfo:
+    """What `agentflan train` records beside a model: the template and the protocols it was trained on."""
+
+    template: str = "hf"
+    protocols: dict[str, int] = field(default_factory=dict)
+    """Trained records per protocol (`tflan`, `react:random`, `agentinstruct:db`, `chat`, ...)."""
+    base_model: str | None = None
+    trained: bool = False
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelInfo:
+        f = Path(path) / INFO_FILE
+        if not f.is_file():
+            return cls()
+        data = json.loads(f.read_text(encoding="utf-8"))
+        return cls(template=data.get("template", "hf"), protocols=dict(data.get("protocols", {})),
+                   base_model=data.get("base_model"), trained=True)
+
+    def episode_protocols(self, env: str | None = None) -> list[str]:
+        """The trained protocols an episode can be played in (most trained first; `native` when
+        the model was not trained by agentflan), limited to those that fit `env`."""
+        from agentflan.formats.protocols import get_protocol
+
+        out = []
+        for name, _ in sorted(self.protocols.items(), key=lambda kv: (-kv[1], kv[0])):
+            if name in ("chat", "source") or name.startswith("instruct"):
+                continue
+            try:
+                proto = get_protocol(name)
+            except ConfigError:
+                continue
+            if not proto.episodic or (name.startswith("agentinstruct:") and env is not None
+                                      and name != f"agentinstruct:{env}"):
+                continue
+            if name == "fireact":  # HotpotQA's one-argument actions fit no environment here
+                continue
+            out.append(name)
+        return out or ["native"]
+
 
 
 class ModelConfig(BaseModel):
@@ -70,6 +115,17 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
     tok.save_pretrained(tmp)
     tmp.rename(dest)
     return dest
+
+
+def check_model_folder(path: str) -> None:
+    """A model to load from disk must be a folder with a `config.json`: a missing or wrong local
+    path is an error here, never a Hugging Face Hub lookup."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"model folder {path!r} does not exist (give the folder `agentflan train` wrote, "
+                          "e.g. runs/NAME/final or runs/NAME/merged)")
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{path!r} is not a model folder (no config.json in it)")
 
 
 def resolve(cfg: ModelConfig) -> str:

@@ -24,16 +24,33 @@ def save_outputs(recipe: Any, trainer: Any, tokenizer: Any, metrics: dict[str, A
     if not trainer.is_world_process_zero():
         return
     tokenizer.save_pretrained(str(final))
+    info = model_info(recipe, metrics)
+    write_model_info(final, info)
     if recipe.peft and recipe.merge_lora:
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(str(out / "merged"))
         tokenizer.save_pretrained(str(out / "merged"))
+        write_model_info(out / "merged", info)
         metrics["merged"] = str(out / "merged")
     curve = loss_curve(metrics["log_history"], out / "loss.png")
     if curve:
         metrics["loss_curve"] = str(curve)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     (final / "README.md").write_text(model_card(recipe, metrics))
+
+
+def model_info(recipe: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What `eval`, `serve` and `env play` need to prompt the model as it was trained: its chat
+    template and the protocols (with record counts) of its training data."""
+    data = metrics.get("data", {})
+    return {"agentflan": __version__, "template": recipe.data.template, "protocols": data.get("protocols", {}),
+            "base_model": recipe.model.name_or_path, "data": recipe.data.paths, "data_recipe": recipe.data_recipe}
+
+
+def write_model_info(folder: Path, info: dict[str, Any]) -> None:
+    from agentflan.training.models import INFO_FILE
+
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
@@ -77,6 +94,8 @@ Fine-tuned with [agentflan](https://pypi.org/project/agentflan/) {__version__} (
 `{recipe.model.name_or_path}` on `{', '.join(recipe.data.paths)}`{f" (data recipe `{recipe.data_recipe}`)" if recipe.data_recipe else ""}.
 
 - chat template: `{recipe.data.template}` (saved with the tokenizer: serve with the same template)
+- trained protocols: {", ".join(f"`{k}` ({v})" for k, v in sorted(d.get("protocols", {}).items(), key=lambda kv: -kv[1])) or "-"}
+  (`agentflan.json`; `agentflan eval`, `agentflan serve` and `agentflan env play` prompt in them)
 - max length {recipe.data.max_length}, packing {recipe.data.packing} (efficiency {d.get('packing_efficiency', '?')})
 - {d.get('samples', '?')} samples, {d.get('trained_tokens', '?')} trained tokens, {d.get('dropped:no_trainable_tokens', 0)} dropped without trained tokens
 - training loss {metrics.get('train_loss'):.4f} after {metrics.get('global_step')} steps on {metrics.get('device')}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,7 +101,8 @@ def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> Tr
 
 def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     """Tokenizer, training rows and data statistics (steps 1-3)."""
-    from agentflan.formats.templates import get_template, with_tools_in_system
+    from agentflan.formats.protocols import training_view
+    from agentflan.formats.templates import AgentFlanTemplate, get_template
     from agentflan.io import make_reader
     from agentflan.training.masking import NoTrainableTokens, encode
     from agentflan.training.models import load_tokenizer
@@ -111,12 +113,13 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
     if not trajs:
         raise ConfigError(f"no training data in {recipe.data.paths}")
     if tokenizer is None:
-        texts = [m.content for t in trajs[:2000] for m in with_tools_in_system(t.messages, t.tools)]
+        texts = [m.content for t in trajs[:2000] for m in training_view(t, AgentFlanTemplate())[0]]
         tokenizer = load_tokenizer(recipe.model, texts)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     template = get_template(recipe.data.template, tokenizer)
     samples, dropped, truncated = [], 0, 0
+    protocols: Counter[str] = Counter()
     for t in trajs:
         try:
             enc = encode(t, template, tokenizer, max_length=recipe.data.max_length)
@@ -124,6 +127,7 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
             dropped += 1
             continue
         truncated += enc.truncated
+        protocols[training_view(t, template)[2]] += 1
         samples.append({"input_ids": enc.input_ids, "labels": enc.labels})
     if not samples:
         raise ConfigError("no sample has a trained token: check the loss flags and max_length")
@@ -137,7 +141,7 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
              "trained_tokens": sum(sum(x != -100 for x in s["labels"]) for s in samples),
              "packing": recipe.data.packing, "packing_efficiency": round(st.efficiency, 4),
              "padding_waste": round(1 - st.efficiency, 4), "template": template.name,
-             "reading": reader.report.to_dict()}
+             "protocols": dict(sorted(protocols.items())), "reading": reader.report.to_dict()}
     return tokenizer, rows, stats
 
 

@@ -6,43 +6,19 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agentflan.formats.react import render_toolllama
-from agentflan.formats.templates import with_tools_in_system
+from agentflan.formats.openai import call_arguments, function_spec, openai_message, openai_tools, tool_call_dicts
+from agentflan.formats.protocols import training_view
+from agentflan.formats.templates import AgentFlanTemplate
 from agentflan.io.writers.base import Unwritable, Writer
-from agentflan.schema import AssistantMessage, SystemMessage, ToolCall, ToolMessage, Trajectory, UserMessage
+from agentflan.schema import AssistantMessage, SystemMessage, ToolMessage, Trajectory, UserMessage
 
-
-def call_arguments(call: ToolCall) -> str:
-    """Arguments as the JSON string tool-call formats store.
-
-    The source text (`raw`) is reused when it never parsed, or when it still says exactly what
-    `arguments` says (keeps e.g. ToolBench's indentation); otherwise the arguments are dumped.
-    """
-    if call.raw is not None:
-        if call.parse_error is not None:
-            return call.raw
-        try:
-            if json.loads(call.raw) == call.arguments:
-                return call.raw
-        except json.JSONDecodeError:
-            pass
-    return json.dumps(call.arguments, ensure_ascii=False)
-
-
-def tool_call_dicts(calls: list[ToolCall]) -> list[dict[str, Any]]:
-    """Tool calls as OpenAI chat messages hold them (arguments as a JSON string)."""
-    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": call_arguments(c)}}
-            for c in calls]
+__all__ = ["AgentFlanWriter", "AlpacaWriter", "OpenAIWriter", "ShareGPTWriter", "call_arguments", "function_specs",
+           "tool_call_dicts"]
 
 
 def function_specs(traj: Trajectory) -> list[dict[str, Any]]:
     """Tool specs as function objects; keys the source had beyond the schema are kept."""
-    return [{"name": t.name, "description": t.description, "parameters": t.parameters, **t.metadata}
-            for t in traj.tools]
-
-
-def openai_tools(traj: Trajectory) -> list[dict[str, Any]]:
-    return [{"type": "function", "function": f} for f in function_specs(traj)]
+    return [function_spec(t, extra=True) for t in traj.tools]
 
 
 class OpenAIWriter(Writer):
@@ -55,32 +31,15 @@ class OpenAIWriter(Writer):
     name: ClassVar[str] = "openai"
 
     def record(self, traj: Trajectory) -> dict[str, Any]:
-        msgs: list[dict[str, Any]] = []
         for m in traj.messages:
             if m.metadata:
                 self.report.lossy["message_metadata"] += 1
-            if isinstance(m, AssistantMessage):
-                out: dict[str, Any] = {"role": "assistant", "content": m.content}
-                if m.reasoning is not None:
-                    out["reasoning_content"] = m.reasoning
-                if m.tool_calls:
-                    out["tool_calls"] = tool_call_dicts(m.tool_calls)
-                out["weight"] = int(m.loss)
-                msgs.append(out)
-            elif isinstance(m, ToolMessage):
-                tm: dict[str, Any] = {"role": "tool", "content": m.content}
-                if m.tool_call_id is not None:
-                    tm["tool_call_id"] = m.tool_call_id
-                if m.name is not None:
-                    tm["name"] = m.name
-                msgs.append(tm)
-            else:
-                if m.loss:
-                    self.report.lossy["loss_on_non_assistant"] += 1
-                msgs.append({"role": m.role, "content": m.content})
+            if m.loss and not isinstance(m, AssistantMessage):
+                self.report.lossy["loss_on_non_assistant"] += 1
+        msgs = [openai_message(m, weight=isinstance(m, AssistantMessage)) for m in traj.messages]
         rec: dict[str, Any] = {"id": traj.id, "messages": msgs}
         if traj.tools:
-            rec["tools"] = openai_tools(traj)
+            rec["tools"] = openai_tools(traj.tools, extra=True)
         return rec
 
 
@@ -176,26 +135,18 @@ class AlpacaWriter(Writer):
 class AgentFlanWriter(Writer):
     """The released Agent-FLAN record: `{"id", "conversation": [{"role", "content", "loss"}]}`.
 
-    No tool role exists in the release: tool calls are written in ReAct text
-    (`Thought:/Action:/Action Input:`), tool results as user turns, and the offered tools are
-    listed in the system prompt (a system message is added if there is none). Trajectories that
-    are already text (T-FLAN, ReAct renderings) are written as they are.
+    No tool role exists in the release: a structured trajectory is written as training shows it
+    to the release's template (`protocols.training_view`: the `react` protocol, tools and format in
+    the system prompt, calls as ReAct text, results as user turns). Trajectories that are already
+    text (T-FLAN, ReAct renderings) are written as they are.
     """
 
     name: ClassVar[str] = "agentflan"
 
     def record(self, traj: Trajectory) -> dict[str, Any]:
         conv: list[dict[str, Any]] = []
-        for m in with_tools_in_system(traj.messages, traj.tools):
-            if isinstance(m, SystemMessage):
-                conv.append({"role": "system", "content": m.content, "loss": m.loss})
-            elif isinstance(m, AssistantMessage):
-                if m.tool_calls:
-                    content = "\n".join(render_toolllama(m.content if k == 0 else "", c.name, raw_arguments=call_arguments(c))
-                                        for k, c in enumerate(m.tool_calls)).lstrip("\n")
-                else:
-                    content = m.content
-                conv.append({"role": "assistant", "content": content, "loss": m.loss})
-            else:  # user turns and tool results (observations are user turns in the release)
-                conv.append({"role": "user", "content": m.content, "loss": m.loss})
+        messages, _, _ = training_view(traj, AgentFlanTemplate())
+        for m in messages:
+            role = "user" if m.role == "tool" else m.role
+            conv.append({"role": role, "content": m.content, "loss": m.loss})
         return {"id": traj.id, "conversation": conv}
