@@ -193,7 +193,7 @@ class OpenAIClient:
             if e.code in RETRY_STATUS or e.code >= 500:
                 raise _Retry(f"HTTP {e.code}: {detail}", e.code, _retry_after(e.headers.get("Retry-After"))) from None
             raise RequestError(f"{self.url}: HTTP {e.code}: {detail}", url=self.url, status=e.code) from None
-        except (TimeoutError, socket.timeout) as e:
+        except TimeoutError as e:
             raise _Retry(f"timed out after {self.config.timeout_s:g} s ({e})") from None
         except urllib.error.URLError as e:
             if isinstance(e.reason, (TimeoutError, socket.timeout)):

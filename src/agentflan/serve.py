@@ -20,8 +20,7 @@ Streaming (`stream: true`) sends the finished reply as server-sent events (the r
 to be parsed, so it is not streamed token by token).
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI resolves the endpoints' annotations at runtime
 import json
 import logging
 import queue
@@ -165,7 +164,7 @@ class Server:
         from agentflan.io.base import RecordContext
         from agentflan.io.files import RawRecord
         from agentflan.io.readers.openai import OpenAIReader
-        from agentflan.schema import errors, check
+        from agentflan.schema import check, errors
 
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             raise HTTPError(400, "`messages` must be a non-empty list", param="messages")
@@ -269,11 +268,18 @@ def stream_chunks(response: dict[str, Any]) -> Iterator[str]:
 
 def create_app(server: Server) -> Any:
     """The FastAPI application around `server`."""
+    from contextlib import asynccontextmanager
+
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, StreamingResponse
 
-    app = FastAPI(title="agentflan serve", version="1")
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        yield
+        server.close()
+
+    app = FastAPI(title="agentflan serve", version="1", lifespan=lifespan)
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
@@ -305,9 +311,5 @@ def create_app(server: Server) -> Any:
         if body.get("stream"):
             return StreamingResponse(stream_chunks(response), media_type="text/event-stream")
         return response
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
-        server.close()
 
     return app

@@ -131,9 +131,8 @@ def test_serving_prompts_equal_training_prompts(episodes, tok, template_name, en
             msgs, tools, rendered_as = training_view(trained, template)
             assert rendered_as == proto.name
             if tools is None:  # tools are stated in the text, from the first turn on
-                head = msgs[0].content if msgs[0].role == "system" else msgs[0].content
-                assert all(t.name in head for t in traj.tools if t.name != traj.tags["final_tool"]) \
-                    or name.startswith("agentinstruct") or name.startswith("instruct")
+                assert all(t.name in msgs[0].content for t in traj.tools if t.name != traj.tags["final_tool"]) \
+                    or name.startswith("agentinstruct")
             full = encode(trained, template, tokenizer).input_ids
             generated = [j for j, m in enumerate(msgs) if isinstance(m, AssistantMessage) and m.loss]
             expected = [prompt_ids(template, tokenizer, msgs[:j], tools) for j in generated]

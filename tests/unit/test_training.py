@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="training extras not installed (pip install 'agentflan[train]')")
 
 from agentflan.formats.jinja import jinja_for  # noqa: E402
+from agentflan.formats.protocols import training_view  # noqa: E402
 from agentflan.formats.templates import (  # noqa: E402
     AgentFlanTemplate,
     HFTemplate,
@@ -16,7 +17,6 @@ from agentflan.formats.templates import (  # noqa: E402
     TemplateError,
     get_template,
 )
-from agentflan.formats.protocols import training_view  # noqa: E402
 from agentflan.formats.tflan import align  # noqa: E402
 from agentflan.io import read  # noqa: E402
 from agentflan.samples import episodes  # noqa: E402

@@ -76,7 +76,7 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
     import itertools
 
     from agentflan.envs import get_env
-    from agentflan.envs.base import Episode, ExpertPolicy, Policy, RandomPolicy, ReplayPolicy, play
+    from agentflan.envs.base import Agent, Episode, ExpertPolicy, RandomPolicy, ReplayPolicy, play
     from agentflan.eval.envs import load_tasks
     from agentflan.render import render_text
 
@@ -89,7 +89,7 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
         if index >= len(tasks) or index < 0:
             raise click.BadParameter(f"there is no task {index} (the source has {len(tasks)})", param_hint="--index")
         task = tasks[index]
-        agent: Policy | object
+        agent: Agent
         engine = None
         if policy == "expert":
             agent = ExpertPolicy(info.expert(task))
@@ -117,7 +117,7 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
                                  batch_size=1, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
                                  concurrency=1, timeout_s=timeout_s, retries=retries)
             agent = get_protocol(default_protocols(engine, name, protocols)[0], getattr(engine, "template", None))
-        gen = play(info.make(), task, agent)  # type: ignore[arg-type]
+        gen = play(info.make(), task, agent)
         last_prompt = None
         try:
             prompt = next(gen)

@@ -153,7 +153,7 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
                 pname = proto.name
             run = run_env(env, tasks, agent_for, engine, out / f"{env}-{_safe(pname)}", protocol_name=pname,
                           agent_name=name, config={**base_config, "n": len(tasks)}, max_steps=max_steps, resume=resume,
-                          progress=lambda k, t=task_bar: bar.advance(t, k))
+                          progress=_advance(bar, task_bar))
             run.summary["run"] = name
             runs.append(run)
     summaries = [r.summary for r in runs]
@@ -171,6 +171,10 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
                    "run the same command again to resume them", err=True)
         return EXIT_PARTIAL
     return 0
+
+
+def _advance(bar: Any, task: Any) -> Any:
+    return lambda k: bar.advance(task, k)
 
 
 def _stderr_console() -> Any:

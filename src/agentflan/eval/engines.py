@@ -126,15 +126,15 @@ class HFEngine(Engine):
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             width = max(len(encoded[i]) for i in chunk)
-            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            batch = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for r, i in enumerate(chunk):  # left padding: every prompt ends where generation starts
-                ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
+                batch[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[r, width - len(encoded[i]):] = 1
             stops = sorted({s for i in chunk for s in prompts[i].stop} | set(self.end_stops))
             with torch.no_grad():
                 out = self.model.generate(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), do_sample=False,
+                    input_ids=batch.to(self.device), attention_mask=mask.to(self.device), do_sample=False,
                     max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id, stop_strings=stops,
                     tokenizer=self.tokenizer, temperature=None, top_p=None, top_k=None)
             self.calls += 1
@@ -215,7 +215,7 @@ class VLLMEngine(Engine):
         if not torch.cuda.is_available():
             raise MissingDependencyError("--engine vllm needs a CUDA GPU; use --engine hf on CPU")
         from transformers import AutoTokenizer
-        from vllm import LLM
+        from vllm import LLM  # type: ignore[import-not-found]
 
         from agentflan.formats.templates import get_template
 

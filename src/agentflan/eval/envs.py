@@ -41,7 +41,7 @@ def load_tasks(env: str, *, split: str = "heldout", n: int = 100, seed: int = 0,
         path = Path(tasks_file)
         if not path.is_file():
             raise ConfigError(f"task file {path} does not exist")
-        tasks = []
+        tasks: list[Task] = []
         with path.open(encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if len(tasks) >= n:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def rate(k: int, n: int) -> dict[str, float | int]:
     """A proportion with its standard error (binomial, sqrt(p(1-p)/n))."""
     p = k / n if n else 0.0

@@ -576,8 +576,8 @@ class TFlanProtocol(Protocol):
     answer. Only the first call of a step is executed (T-FLAN's parallel-call turns are data only).
     """
 
-    def __init__(self, options: AlignOptions = AlignOptions()) -> None:
-        self.options = options
+    def __init__(self, options: AlignOptions | None = None) -> None:
+        self.options = options = options or AlignOptions()
         self.name = "tflan" + ("" if options.decompose else ":inline") + ("" if options.cot else ":nocot")
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
@@ -681,7 +681,7 @@ class InstructProtocol(TextProtocol):
         system = f"{tools_prompt(tools)}\n\n{JSON_INSTRUCTION if self.style == 'json' else STRING_INSTRUCTION}"
         user = query if not history else f"{query}\n\nSteps so far:\n" + "\n".join(history)
         out: list[Message] = [SystemMessage(content=system), UserMessage(content=user)]
-        if target is not None:
+        if isinstance(target, AssistantMessage):
             call = target.tool_calls[0]
             out.append(AssistantMessage(content=instruct_reply(self.style, call.name, call.arguments),
                                         capability="instruction_following", loss=target.loss))

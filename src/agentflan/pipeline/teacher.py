@@ -51,4 +51,4 @@ class Teacher:
 
 def _content(response: dict[str, object]) -> str:
     message = response["choices"][0]["message"]  # type: ignore[index]
-    return str(message.get("content") or "")  # type: ignore[union-attr]
+    return str(message.get("content") or "")

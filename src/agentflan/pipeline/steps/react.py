@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from agentflan.formats.protocols import TOOLLLAMA_SPEC, Protocol, ReactProtocol, SourceProtocol
+from agentflan.formats.agent_text import TOOLLLAMA_SPEC
+from agentflan.formats.protocols import Protocol, ReactProtocol, SourceProtocol
 from agentflan.pipeline.base import MapStep, StepConfig, StepContext, render_key
 from agentflan.schema import AssistantMessage, Trajectory
 
@@ -49,7 +50,7 @@ class ReactFormatStep(MapStep):
             return "no_tool_calls"
         out = self.protocol().apply(traj, render_key(ctx.seed, traj.id))
         spec = out.metadata.get("format_spec")
-        fmt = "source" if cfg.style == "source" else spec["style"]
+        fmt = spec["style"] if spec and cfg.style != "source" else "source"
         if spec:
             ctx.stats.inc(f"format:{spec['style']}")
             ctx.stats.inc(f"action_key:{spec['action_key']}")
