@@ -220,3 +220,34 @@ def test_transcripts_keep_every_generated_text(tmp_path):
     raw = [t for m in traj.messages if isinstance(m, AssistantMessage) for t in m.metadata.get("raw", [])]
     assert raw and raw == [t for a in rec["actions"] for t in a["texts"]]
     assert rec["protocol"] == "tflan" and rec["task"]["id"] == rec["task_id"]
+
+
+def test_prefix_cached_decoding_equals_generate():
+    """The lockstep decoder with a prefix cache generates exactly what `model.generate` does."""
+    torch = pytest.importorskip("torch")
+    from agentflan.eval.decode import PrefixCache, greedy
+    from agentflan.training.models import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model(300).eval()
+    g = torch.Generator().manual_seed(1)
+    base = torch.randint(3, 300, (40,), generator=g).tolist()
+    prompts = [base + torch.randint(3, 300, (n,), generator=g).tolist() for n in (5, 17, 1, 30)]
+
+    def reference(p):
+        with torch.no_grad():
+            out = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                 max_new_tokens=12, do_sample=False, pad_token_id=2)
+        return out[0, len(p):].tolist()
+
+    expected = [reference(p) for p in prompts]
+    never = lambda i, new: False  # noqa: E731
+    cache = PrefixCache()
+    assert greedy(model, prompts, max_new_tokens=12, pad_id=2, stop_ids=set(), stopped=never, cache=None) == expected
+    assert greedy(model, prompts[:2], max_new_tokens=12, pad_id=2, stop_ids=set(), stopped=never, cache=cache) \
+        == expected[:2]
+    # the next turn extends what was generated: its prefix comes from the cache, the result does not change
+    longer = [prompts[0] + expected[0] + [7, 8, 9], prompts[3]]
+    again = greedy(model, longer, max_new_tokens=12, pad_id=2, stop_ids=set(), stopped=never, cache=cache)
+    assert again == [reference(p) for p in longer]
+    assert cache.hits >= 2 and cache.reused_tokens >= len(prompts[0]) + 40

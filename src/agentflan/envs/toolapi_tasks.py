@@ -5,7 +5,7 @@ result), `stateful` (the inventory changes and is checked), `no_tool` (a request
 tools need not serve: any call fails it), `unserviceable` (no offered tool can serve it: the
 answer must say so, without calls). Train and held-out templates are disjoint, and so are their
 tool groups (`TRAIN_TOOLS` vs `HELDOUT_TOOLS`) and seeds. Every task offers the tools it needs plus
-distractor tool groups of the same split.
+a distractor tool group of the same split (`DISTRACTORS`).
 
 The expert solves a task by really calling the tools and reading the observations: it is a
 generator that yields assistant messages (a thought and a call) and receives each result.
@@ -330,6 +330,12 @@ BY_NAME = {t.name: t for t in TEMPLATES}
 SPLIT_SEED = {"train": 1_000_003, "heldout": 2_000_003}
 
 
+DISTRACTORS = 1
+"""Tool groups offered beside the ones a task needs. One keeps a prompt near 400 tokens (every API
+is listed with its JSON schema): two doubled the cost of every training and evaluation step on a
+CPU for little extra retrieval difficulty."""
+
+
 def generate(n: int, split: str, seed: int = 0) -> list[Task]:
     """`n` tasks of `split`, cycling through its templates; same arguments, same tasks."""
     kb = knowledge_base()
@@ -341,7 +347,7 @@ def generate(n: int, split: str, seed: int = 0) -> list[Task]:
     for i in range(n):
         tpl = templates[i % len(templates)]
         data, expected = tpl.make(rng, kb)
-        distractors = rng.sample([g for g in groups if g not in tpl.tools], k=min(2, len(groups) - len(tpl.tools)))
+        distractors = rng.sample([g for g in groups if g not in tpl.tools], k=min(DISTRACTORS, len(groups) - len(tpl.tools)))
         offered = [*tpl.tools, *distractors]
         tools = [a.spec() for a in apis if a.tool in offered]
         text = rng.choice(tpl.texts)

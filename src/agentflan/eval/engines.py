@@ -75,7 +75,7 @@ class HFEngine(Engine):
 
     def __init__(self, path: str | Path, *, template: str | None = None, batch_size: int = 16,
                  max_new_tokens: int = 256, device: str = "cpu", dtype: str = "float32",
-                 model: Any = None, tokenizer: Any = None) -> None:
+                 model: Any = None, tokenizer: Any = None, prefix_cache_gb: float = 2.0) -> None:
         require("transformers", "train")
         from agentflan.formats.templates import get_template
         from agentflan.training.models import check_model_folder
@@ -102,6 +102,11 @@ class HFEngine(Engine):
         self.tokens_generated = 0
         self.calls = 0
         self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
+        from agentflan.eval.decode import PrefixCache
+
+        self.cache = PrefixCache(int(prefix_cache_gb * 2**30)) if prefix_cache_gb > 0 else None
+        self.stop_ids = {i for s in self.end_stops for i in [tokenizer.convert_tokens_to_ids(s)]
+                         if isinstance(i, int) and i != tokenizer.unk_token_id}
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "model": self.path, "template": self.template.name,
@@ -112,9 +117,36 @@ class HFEngine(Engine):
 
         return prompt_ids(self.template, self.tokenizer, prompt.messages, prompt.tools)
 
-    def generate(self, prompts: list[Prompt]) -> list[Result]:
+    def _greedy(self, prompts: list[list[int]], stops: list[str]) -> list[list[int]]:
+        """New tokens per prompt: the prefix-cached lockstep decoder (`eval.decode`), or
+        `model.generate` when the cache is off."""
         import torch
 
+        longest = max(len(s) for s in stops) if stops else 0
+
+        def stopped(i: int, new: list[int]) -> bool:
+            tail = self.tokenizer.decode(new[-(longest + 8):], skip_special_tokens=False)
+            return any(s in tail for s in stops)
+
+        if self.cache is not None:
+            from agentflan.eval.decode import greedy
+
+            return greedy(self.model, prompts, max_new_tokens=self.max_new_tokens, pad_id=self.pad_id,
+                          stop_ids=self.stop_ids, stopped=stopped, cache=self.cache, device=self.device)
+        width = max(len(p) for p in prompts)
+        batch = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+            batch[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=batch.to(self.device), attention_mask=mask.to(self.device), do_sample=False,
+                max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id, stop_strings=stops,
+                tokenizer=self.tokenizer, temperature=None, top_p=None, top_k=None)
+        return [out[r, width:].tolist() for r in range(len(prompts))]
+
+    def generate(self, prompts: list[Prompt]) -> list[Result]:
         encoded = [self.prompt_ids(p) for p in prompts]
         results: list[Result | None] = [None] * len(prompts)
         limit = self.context - 1 if self.context else None
@@ -125,21 +157,10 @@ class HFEngine(Engine):
         order = sorted((i for i in range(len(prompts)) if results[i] is None), key=lambda i: (-len(encoded[i]), i))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            width = max(len(encoded[i]) for i in chunk)
-            batch = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, i in enumerate(chunk):  # left padding: every prompt ends where generation starts
-                batch[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[r, width - len(encoded[i]):] = 1
             stops = sorted({s for i in chunk for s in prompts[i].stop} | set(self.end_stops))
-            with torch.no_grad():
-                out = self.model.generate(
-                    input_ids=batch.to(self.device), attention_mask=mask.to(self.device), do_sample=False,
-                    max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id, stop_strings=stops,
-                    tokenizer=self.tokenizer, temperature=None, top_p=None, top_k=None)
+            news = self._greedy([encoded[i] for i in chunk], stops)
             self.calls += 1
-            for r, i in enumerate(chunk):
-                new = out[r, width:].tolist()
+            for i, new in zip(chunk, news, strict=True):
                 text = self.tokenizer.decode(new, skip_special_tokens=False)
                 cut, stop = cut_at_stops(text, prompts[i].stop, self.end_stops)
                 n = len(self.tokenizer(cut, add_special_tokens=False)["input_ids"]) if cut else 0

@@ -131,6 +131,9 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
         samples.append({"input_ids": enc.input_ids, "labels": enc.labels})
     if not samples:
         raise ConfigError("no sample has a trained token: check the loss flags and max_length")
+    if dropped > 0.1 * len(trajs):
+        log.warning("%d of %d trajectories have no trained token within max_length=%d and are not trained on; "
+                    "raise data.max_length", dropped, len(trajs), recipe.data.max_length)
     batch = int(recipe.trl.get("per_device_train_batch_size", 8))
     if recipe.data.packing:
         rows, st = pack(samples, recipe.data.max_length)
