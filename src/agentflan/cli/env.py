@@ -63,8 +63,11 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
               help="A trajectory file whose record --index is replayed (any readable format).")
 @click.option("--base-url", help="OpenAI-compatible endpoint for --policy model.")
 @click.option("--model", "model_name", help="Model name for --policy model, model folder for --policy local.")
+@click.option("--engine", type=click.Choice(["sqlite", "mysql"]), default="sqlite", show_default=True,
+              help="db only: mysql runs the episode on a throw-away MariaDB server (apt-get install mariadb-server; "
+                   "pip install 'agentflan[mysql]'), as AgentBench runs on MySQL.")
 def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_file: Path | None,
-             replay_file: Path | None, base_url: str | None, model_name: str | None) -> None:
+             replay_file: Path | None, base_url: str | None, model_name: str | None, engine: str) -> None:
     """Play one episode of env NAME and print it readably, with the verdict."""
     import itertools
     import json
@@ -104,7 +107,18 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
         from agentflan.envs.model_policy import ModelPolicy
 
         chosen = ModelPolicy(base_url, model_name)
-    episode = run_episode(info.make(), task, chosen)
+    if engine != "sqlite" and name != "db":
+        raise click.UsageError("--engine applies to the db environment only")
+    try:
+        if engine != "sqlite":
+            from agentflan.envs.db import DBEnvironment
+
+            environment = DBEnvironment(engine=engine)
+        else:
+            environment = info.make()
+        episode = run_episode(environment, task, chosen)
+    except AgentflanError as e:
+        raise click.ClickException(str(e)) from e
     click.echo(render_text(episode.trajectory, max_chars=1500))
     verdict = "SUCCESS" if episode.verdict.success else "FAILURE"
     click.echo(f"\n== {verdict}: {episode.verdict.reason} ({episode.steps} assistant turns)")
