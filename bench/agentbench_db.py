@@ -79,7 +79,7 @@ def variants(label: list[Any]) -> list[Any]:
     text = [str(v) for v in label]
     out: list[Any] = [list(label), text, str(text), json.dumps(text), str([(v,) for v in text]),
                       [v.upper() for v in text], [v.lower() for v in text], [v.title() for v in text],
-                      list(reversed(text)), text + text[:1], text[:1] * 3, text[:-1] or [""], text + ["extra"],
+                      list(reversed(text)), text + text[:1], text[:1] * 3, text[:-1] or [""], [*text, "extra"],
                       [f" {v} " for v in text], [f"'{v}'" for v in text], ", ".join(text), text[0], [None],
                       [], "", None, "None", ["null"], ["NaN"], ["inf"], ["0"], [0], "[]", "[None]", "[(None,)]",
                       [tuple(text)], "['unterminated", str(tuple(text)), "[1+1]"]

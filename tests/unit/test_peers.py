@@ -14,11 +14,11 @@ import pytest
 
 pytest.importorskip("trl", reason="training extras not installed (pip install 'agentflan[train]')")
 
-from agentflan.envs.synth import synth  # noqa: E402
-from agentflan.formats.templates import HFTemplate, with_tools_in_system  # noqa: E402
-from agentflan.io import WRITERS, read  # noqa: E402
-from agentflan.io.writers.chat import USER_SIDE  # noqa: E402
-from agentflan.schema import (  # noqa: E402
+from agentflan.envs.synth import synth
+from agentflan.formats.templates import HFTemplate, with_tools_in_system
+from agentflan.io import WRITERS, read
+from agentflan.io.writers.chat import USER_SIDE
+from agentflan.schema import (
     AssistantMessage,
     Source,
     SystemMessage,
@@ -27,9 +27,9 @@ from agentflan.schema import (  # noqa: E402
     Trajectory,
     UserMessage,
 )
-from agentflan.training.export import export_tokenized  # noqa: E402
-from agentflan.training.masking import IGNORE, encode  # noqa: E402
-from agentflan.training.models import tiny_model, tiny_tokenizer  # noqa: E402
+from agentflan.training.export import export_tokenized
+from agentflan.training.masking import IGNORE, encode
+from agentflan.training.models import tiny_model, tiny_tokenizer
 
 # ChatML that knows tools, with `{% generation %}` around what an assistant turn says (what TRL's
 # assistant_only_loss masks with), and prefix-preserving (what our HF template masks with).

@@ -110,12 +110,10 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
     if engine != "sqlite" and name != "db":
         raise click.UsageError("--engine applies to the db environment only")
     try:
-        if engine != "sqlite":
-            from agentflan.envs.db import DBEnvironment
+        from agentflan.envs.base import Environment
+        from agentflan.envs.db import DBEnvironment
 
-            environment = DBEnvironment(engine=engine)
-        else:
-            environment = info.make()
+        environment: Environment = DBEnvironment(engine=engine) if engine != "sqlite" else info.make()
         episode = run_episode(environment, task, chosen)
     except AgentflanError as e:
         raise click.ClickException(str(e)) from e

@@ -279,7 +279,7 @@ def _die_with_parent() -> None:
 
 def _message(e: Exception) -> str:
     """A server error as mysql-connector prints it (`1064 (42000): ...` without the SQLSTATE)."""
-    args = getattr(e, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(e, "args", ()))
     if len(args) >= 2 and isinstance(args[0], int):
         return f"{args[0]}: {args[1]}"
     return str(e)
