@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
 import os
 import sys
 import tempfile
@@ -31,17 +33,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     args = ap.parse_args()
-    import importlib.util
-
     from datasets import load_dataset
+    from tests.unit.test_peers import TOOL_CHATML, _trainer
 
     from agentflan.envs.synth import synth
     from agentflan.formats.templates import HFTemplate, with_tools_in_system
     from agentflan.io import WRITERS, read
     from agentflan.training.export import export_tokenized
-    from agentflan.training.masking import NoTrainableTokens, encode
+    from agentflan.training.masking import encode
     from agentflan.training.models import tiny_tokenizer
-    from tests.unit.test_peers import TOOL_CHATML, _trainer
 
     work = Path(tempfile.mkdtemp(prefix="agentflan-peers-"))
     synth("db", 200, "train", work / "env", seed=0)
@@ -77,10 +77,7 @@ def main() -> None:
                            work, assistant_only_loss=True)
         same = 0
         for t, row in zip(trajs, trainer.train_dataset, strict=True):
-            try:
-                same += row["labels"] == encode(t, ours, tok).labels
-            except NoTrainableTokens:
-                pass
+            same += _trainable(t, ours, tok) and row["labels"] == encode(t, ours, tok).labels
         untrained = hf_rep.lossy.get("untrained_assistant_turns", 0)
         hf_cell = f"{len(trainer.train_dataset)} / {same}" + (f" ({untrained} untrained turns)" if untrained else "")
         tok_rep = export_tokenized(trajs, work / f"{key}.tok.jsonl", ours, tok)
@@ -104,7 +101,6 @@ def _trainable(traj: object, template: object, tok: object) -> bool:
 
 def _llamafactory(tok: object, work: Path):  # type: ignore[no-untyped-def]
     """A function loading one dataset_info entry with LLaMA-Factory's `get_dataset`: trainable rows."""
-    import importlib.machinery
     import json
     import types
 
@@ -136,6 +132,4 @@ def _llamafactory(tok: object, work: Path):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    import importlib.util
-
     main()

@@ -118,6 +118,8 @@ def test_verify_scores_the_submitted_value_as_agentbench_takes_it():
     assert env.verify(task, None, answer("[2, 1]")).success
     assert not env.verify(task, None, answer(["1"])).success
     assert not env.verify(task, None, [AssistantMessage(tool_calls=[ToolCall(id="a", name="answer")])]).success
+    text_reply = env.verify(task, "[1, 2]", [AssistantMessage(content="[1, 2]")])
+    assert not text_reply.success and "text reply is not scored" in text_reply.reason
     env.close()
 
 

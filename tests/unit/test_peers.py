@@ -191,6 +191,9 @@ def test_sharegpt_records_follow_llamafactory_rules_or_are_counted(corpus, tmp_p
     assert report.written == len(recs) == len(corpus) + 2
     assert dict(report.unwritable) == {"assistant_first": 1, "call_without_result": 1, "no_assistant_turn": 1,
                                        "system_inside_conversation": 1, "unparsed_tool_call": 1}
+    unwritten = WRITERS.get("sharegpt")()
+    unwritten.write([t for t in _edge_cases() if t.id == "assistant-first"], tmp_path / "none.json")
+    assert unwritten.report.lossy == {}  # what a record would have lost is not counted when it is not written
     by_id = {r["id"]: r for r in recs}
     parallel = by_id["parallel"]["conversations"]
     assert json.loads(parallel[1]["value"]) == [{"name": "f", "arguments": {"x": 0}}, {"name": "f", "arguments": {"x": 1}}]

@@ -429,10 +429,9 @@ class DBEnvironment(Environment):
             ok = got == task.expected["answer_md5"]
             return Verdict(ok, "table state matches" if ok else "table state differs", {"hash": got})
         given, answer = submitted_answer(transcript, self.final_tool)
-        if not given:
-            if final_answer is None:
-                return Verdict(False, "no answer given")
-            answer = final_answer  # a plain-text reply (no answer call): scored as the text it is
+        if not given:  # AgentBench scores only what its answer tool submits, never free text
+            return Verdict(False, "no answer given" if final_answer is None else
+                           f"no `{self.final_tool}` call with an answer (a text reply is not scored)")
         ok = answers_match(answer, task.expected["label"])
         return Verdict(ok, "answer matches" if ok else f"answer {answer!r} != {task.expected['label']!r}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -99,7 +100,7 @@ USER_SIDE = ("human", "observation")
 class ShareGPTWriter(Writer):
     """LLaMA-Factory ShareGPT: `conversations` (human/gpt/function_call/observation), `system`, `tools`.
 
-    Every record written is one LLaMA-Factory's converter accepts (its rules, in `datasets.converter`:
+    Every record written is one LLaMA-Factory's converter accepts (its rules, in `data/converter.py`:
     turns alternate user side (human, observation) and assistant side (gpt, function_call), starting
     with the user side and ending with the assistant side; a function_call holds JSON). To get there:
 
@@ -129,6 +130,7 @@ class ShareGPTWriter(Writer):
     def record(self, traj: Trajectory) -> dict[str, Any]:
         turns: list[tuple[str, Any]] = []
         system = None
+        lossy: Counter[str] = Counter()  # counted only if the record is written
         for i, m in enumerate(traj.messages):
             if isinstance(m, SystemMessage):
                 if i:
@@ -139,27 +141,28 @@ class ShareGPTWriter(Writer):
                 turns.append(("human", m.content))
             elif isinstance(m, AssistantMessage):
                 if not m.loss:
-                    self.report.lossy["loss_flags"] += 1
+                    lossy["loss_flags"] += 1
                 if m.reasoning:
-                    self.report.lossy["reasoning"] += 1
+                    lossy["reasoning"] += 1
                 if m.tool_calls:
                     if any(c.parse_error is not None for c in m.tool_calls):
                         raise Unwritable("unparsed_tool_call", f"message {i}: a tool call whose arguments never parsed")
                     if m.content.strip():
-                        self.report.lossy["thought_before_call"] += 1
+                        lossy["thought_before_call"] += 1
                     turns.append(("function_call", [{"name": c.name, "arguments": c.arguments} for c in m.tool_calls]))
                 else:
                     turns.append(("gpt", m.content))
             elif isinstance(m, ToolMessage):
                 turns.append(("observation", m.content))
-        conv = [self._merge(group) for group in _runs(turns)]
+        conv = [_merge(group, lossy) for group in _runs(turns)]
         while conv and conv[-1]["from"] in USER_SIDE:
             conv.pop()
-            self.report.lossy["trailing_turns_dropped"] += 1
+            lossy["trailing_turns_dropped"] += 1
         if not conv:
             raise Unwritable("no_assistant_turn", "LLaMA-Factory needs a final assistant turn")
         if conv[0]["from"] not in USER_SIDE:
             raise Unwritable("assistant_first", "LLaMA-Factory needs a user turn before the first assistant turn")
+        self.report.lossy.update(lossy)
         rec: dict[str, Any] = {"id": traj.id, "conversations": conv}
         if system is not None:
             rec["system"] = system
@@ -168,31 +171,6 @@ class ShareGPTWriter(Writer):
             rec["tools"] = json.dumps(function_specs(traj, object_parameters=True), ensure_ascii=False)
             self.columns.add("tools")
         return rec
-
-    def _merge(self, group: list[tuple[str, Any]]) -> dict[str, str]:
-        """One turn from a run of turns of one side."""
-        tags = [tag for tag, _ in group]
-        if tags[0] in USER_SIDE:
-            if len(group) == 1:
-                return {"from": tags[0], "value": group[0][1]}
-            if set(tags) == {"observation"}:  # results of parallel calls
-                return {"from": "observation", "value": json.dumps([v for _, v in group], ensure_ascii=False)}
-            self.report.lossy["merged_turns"] += 1
-            return {"from": tags[0], "value": "\n\n".join(v for _, v in group)}
-        if "function_call" not in tags:
-            if len(group) > 1:
-                self.report.lossy["merged_turns"] += 1
-            return {"from": "gpt", "value": "\n\n".join(v for _, v in group)}
-        first_call = tags.index("function_call")
-        if "gpt" in tags[first_call:]:
-            raise Unwritable("call_without_result", "an assistant answer follows a tool call that has no result")
-        thoughts = sum(bool(v.strip()) for _, v in group[:first_call])
-        if thoughts:
-            self.report.lossy["thought_before_call"] += thoughts
-        calls = [c for _, v in group[first_call:] for c in v]
-        if len(group) - first_call > 1:
-            self.report.lossy["merged_calls"] += 1
-        return {"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)}
 
     def dataset_info(self, path: Path) -> dict[str, Any] | None:
         """The `dataset_info.json` entry for `path`, named after the file, with an absolute `file_name`
@@ -204,6 +182,32 @@ class ShareGPTWriter(Writer):
             "file_name": str(path.resolve()), "formatting": "sharegpt", "columns": columns,
             "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                      "observation_tag": "observation", "function_tag": "function_call"}}}
+
+
+def _merge(group: list[tuple[str, Any]], lossy: Counter[str]) -> dict[str, str]:
+    """One turn from a run of turns of one side."""
+    tags = [tag for tag, _ in group]
+    if tags[0] in USER_SIDE:
+        if len(group) == 1:
+            return {"from": tags[0], "value": group[0][1]}
+        if set(tags) == {"observation"}:  # results of parallel calls
+            return {"from": "observation", "value": json.dumps([v for _, v in group], ensure_ascii=False)}
+        lossy["merged_turns"] += 1
+        return {"from": tags[0], "value": "\n\n".join(v for _, v in group)}
+    if "function_call" not in tags:
+        if len(group) > 1:
+            lossy["merged_turns"] += 1
+        return {"from": "gpt", "value": "\n\n".join(v for _, v in group)}
+    first_call = tags.index("function_call")
+    if "gpt" in tags[first_call:]:
+        raise Unwritable("call_without_result", "an assistant answer follows a tool call that has no result")
+    thoughts = sum(bool(v.strip()) for _, v in group[:first_call])
+    if thoughts:
+        lossy["thought_before_call"] += thoughts
+    calls = [c for _, v in group[first_call:] for c in v]
+    if len(group) - first_call > 1:
+        lossy["merged_calls"] += 1
+    return {"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)}
 
 
 def _runs(turns: list[tuple[str, Any]]) -> list[list[tuple[str, Any]]]:
@@ -234,17 +238,19 @@ class HFChatWriter(Writer):
 
     def record(self, traj: Trajectory) -> dict[str, Any]:
         msgs = hf_messages(traj.messages)
+        lossy: Counter[str] = Counter()
         for d, m in zip(msgs, traj.messages, strict=True):
             d["train"] = m.loss
             if m.metadata:
-                self.report.lossy["message_metadata"] += 1
+                lossy["message_metadata"] += 1
             if isinstance(m, AssistantMessage):
                 if m.reasoning is not None:
-                    self.report.lossy["reasoning"] += 1
+                    lossy["reasoning"] += 1
                 if not m.loss:
-                    self.report.lossy["untrained_assistant_turns"] += 1
+                    lossy["untrained_assistant_turns"] += 1
                 if any(c.parse_error is not None for c in m.tool_calls):
                     raise Unwritable("unparsed_tool_call", "a tool call whose arguments never parsed has no object form")
+        self.report.lossy.update(lossy)
         rec: dict[str, Any] = {"id": traj.id, "messages": msgs}
         tools = hf_tools(traj.tools)
         if tools:
