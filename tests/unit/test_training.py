@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="training extras not installed (pip install 'agentflan[train]')")
 
 from agentflan.formats.jinja import jinja_for  # noqa: E402
-from agentflan.formats.protocols import training_view  # noqa: E402
+from agentflan.formats.protocols import training_texts, training_view  # noqa: E402
 from agentflan.formats.templates import (  # noqa: E402
     AgentFlanTemplate,
     HFTemplate,
@@ -44,8 +44,7 @@ def corpus(shared_data):
 
 @pytest.fixture(scope="module")
 def tok(corpus):
-    texts = [m.content for t in corpus for m in training_view(t, AgentFlanTemplate())[0]]
-    return tiny_tokenizer(texts)
+    return tiny_tokenizer(training_texts(corpus, limit=len(corpus)))
 
 
 def _expected_trained_text(template, traj):

@@ -74,10 +74,13 @@ def data() -> None:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Reader option, e.g. dfs_retries=strip, include_give_up=true, task=os, dataset=mine.")
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the accounting report as JSON.")
+@click.option("--dataset-info", "dataset_info", type=click.Path(path_type=Path),
+              help="--to sharegpt: add the entry to this LLaMA-Factory dataset_info.json (created if absent), "
+                   "file_name relative to its folder.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path, on_error: str,
                 quarantine: Path | None, options: tuple[str, ...], report: Path | None,
-                progress: bool | None) -> None:
+                dataset_info: Path | None, progress: bool | None) -> None:
     """Convert INPUTS (files, globs, directories, hf://datasets/... URLs) into one output file.
 
     Every input record is accounted for: converted, quarantined (raw record and reason written to
@@ -106,13 +109,32 @@ def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path,
         click.echo(f"  lossy in {to}, {n}: {kind}")
     if result.quarantine:
         click.echo(f"quarantine: {result.quarantine}")
-    info = WRITERS.get(to)().dataset_info(output)
+    info = result.dataset_info
     if info:
         click.echo("LLaMA-Factory dataset_info.json entry:\n" + json.dumps(info, indent=2))
+        if dataset_info:
+            _merge_dataset_info(dataset_info, info)
+            click.echo(f"added to {dataset_info}")
+    elif dataset_info:
+        raise click.ClickException(f"--to {to} writing {output.name} has no dataset_info entry "
+                                   "(only --to sharegpt, uncompressed: LLaMA-Factory does not read .gz/.zst)")
     if report:
         report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if not r.balanced():  # pragma: no cover - an internal invariant
         raise click.ClickException("record accounting does not balance; this is a bug")
+
+
+def _merge_dataset_info(path: Path, entry: dict[str, Any]) -> None:
+    """Add `entry` to a LLaMA-Factory dataset_info.json; `file_name` made relative to its folder, as
+    LLaMA-Factory resolves it (joined to `dataset_dir`, the folder of dataset_info.json)."""
+    import os
+
+    infos = json.loads(path.read_text()) if path.exists() else {}
+    for spec in entry.values():
+        spec["file_name"] = os.path.relpath(spec["file_name"], path.resolve().parent)
+    infos.update(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(infos, indent=2, ensure_ascii=False) + "\n")
 
 
 @data.command("stats")
@@ -218,6 +240,40 @@ def inspect_cmd(inputs: tuple[str, ...], fmt: str | None, index: int, record_id:
         Console().print(render_rich(traj, max_chars=clip))
 
 
+@data.command("tokenize")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--from", "fmt", type=click.Choice(READERS.names()), help="Input format (detected if omitted).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .jsonl/.json (+.gz/.zst).")
+@click.option("--tokenizer", required=True, help="Tokenizer: a path, hub id, gguf:smollm2-135m-instruct, or tiny.")
+@click.option("--template", type=click.Choice(["agentflan", "llama2", "hf"]), default="hf", show_default=True)
+@click.option("--max-length", type=int, help="Truncate samples to this many tokens.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option.")
+def tokenize_cmd(inputs: tuple[str, ...], fmt: str | None, output: Path, tokenizer: str, template: str,
+                 max_length: int | None, options: tuple[str, ...]) -> None:
+    """Write INPUTS pre-tokenized with their loss masks: `input_ids` + `labels` rows.
+
+    TRL's SFTTrainer trains on `labels` as they are, so per-message loss (untrained turns, negative
+    samples) survives exactly; pass the same tokenizer to the trainer.
+    """
+    from agentflan.formats.protocols import training_texts
+    from agentflan.formats.templates import get_template
+    from agentflan.training.export import export_tokenized
+    from agentflan.training.models import ModelConfig, load_tokenizer
+
+    try:
+        trajs = list(read(list(inputs), fmt, on_error="skip", **_options(options)))
+        tok = load_tokenizer(ModelConfig(name_or_path=tokenizer), training_texts(trajs))
+        rep = export_tokenized(trajs, output, get_template(template, tok), tok, max_length)
+    except AgentflanError as e:
+        _fail(e)
+        return
+    click.echo(f"wrote {rep.written} tokenized samples to {output} (template {template}, tokenizer {tokenizer})")
+    for reason, n in sorted(rep.unwritable.items()):
+        click.echo(f"  not written, {n}: {reason}")
+    for kind, n in sorted(rep.lossy.items()):
+        click.echo(f"  {kind}: {n}")
+
+
 @data.command("formats")
 def formats_cmd() -> None:
     """List the readers (--from) and writers (--to)."""
@@ -267,13 +323,12 @@ def _inspect_tokens(traj: Trajectory, tokenizer_name: str, template_name: str, p
     """The sample as the trainer sees it: decoded token runs, trained ones marked."""
     import html
 
-    from agentflan.formats.protocols import training_view
-    from agentflan.formats.templates import AgentFlanTemplate, get_template
+    from agentflan.formats.protocols import training_texts
+    from agentflan.formats.templates import get_template
     from agentflan.training.masking import encode, show_trained, token_runs
     from agentflan.training.models import ModelConfig, load_tokenizer
 
-    texts = [m.content for m in training_view(traj, AgentFlanTemplate())[0]]
-    tok = load_tokenizer(ModelConfig(name_or_path=tokenizer_name), texts)
+    tok = load_tokenizer(ModelConfig(name_or_path=tokenizer_name), training_texts([traj]))
     enc = encode(traj, get_template(template_name, tok), tok)
     click.echo(f"{len(enc.input_ids)} tokens, {enc.trained} trained (template {template_name})")
     if plain:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from agentflan.cli.evaluate import engine_options
+from agentflan.cli.evaluate import db_engine_option, engine_options
 from agentflan.errors import AgentflanError
 
 
@@ -63,9 +63,11 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
 @click.option("--replay", "replay_file", type=click.Path(exists=True, path_type=Path),
               help="A trajectory file whose record --index is replayed (any readable format).")
 @click.option("--show-prompt", is_flag=True, help="Also print the last prompt as the model saw it (protocol rendering).")
+@db_engine_option
 @engine_options
 def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_file: Path | None,
-             replay_file: Path | None, show_prompt: bool, model: str | None, base_url: str | None, engine_name: str,
+             replay_file: Path | None, show_prompt: bool, db_engine: str, model: str | None, base_url: str | None,
+             engine_name: str,
              protocols: tuple[str, ...], batch_size: int, max_new_tokens: int, device: str, dtype: str,
              concurrency: int, timeout_s: float, retries: int) -> None:
     """Play one episode of env NAME and print it readably, with the verdict.
@@ -77,7 +79,7 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
 
     from agentflan.envs import get_env
     from agentflan.envs.base import Agent, Episode, ExpertPolicy, RandomPolicy, ReplayPolicy, play
-    from agentflan.eval.envs import load_tasks
+    from agentflan.eval.envs import load_tasks, make_env
     from agentflan.render import render_text
 
     try:
@@ -117,7 +119,7 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
                                  batch_size=1, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
                                  concurrency=1, timeout_s=timeout_s, retries=retries)
             agent = get_protocol(default_protocols(engine, name, protocols)[0], getattr(engine, "template", None))
-        gen = play(info.make(), task, agent)
+        gen = play(make_env(name, db_engine), task, agent)
         last_prompt = None
         try:
             prompt = next(gen)

@@ -39,6 +39,12 @@ def engine_options(f: Any) -> Any:
     return f
 
 
+def db_engine_option(f: Any) -> Any:
+    return click.option("--db-engine", type=click.Choice(["sqlite", "mysql"]), default="sqlite", show_default=True,
+                        help="db only: mysql plays each episode on a throw-away MariaDB server (apt-get install "
+                             "mariadb-server; pip install 'agentflan[mysql]'), as AgentBench runs on MySQL.")(f)
+
+
 def make_engine(model: str | None, base_url: str | None, engine_name: str, *, batch_size: int, max_new_tokens: int,
                 device: str, dtype: str, concurrency: int, timeout_s: float, retries: int,
                 cache: str | None = None) -> Any:
@@ -84,10 +90,12 @@ def _safe(name: str) -> str:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder (default out/eval/<model>).")
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming episodes already logged.")
 @click.option("--list-protocols", is_flag=True, help="List the protocols and exit.")
+@db_engine_option
 def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, engine_name: str,
              protocols: tuple[str, ...], batch_size: int, max_new_tokens: int, device: str, dtype: str,
              concurrency: int, timeout_s: float, retries: int, policy: str, count: int, split: str, seed: int,
-             tasks_file: Path | None, max_steps: int, output: Path | None, no_resume: bool, list_protocols: bool) -> None:
+             tasks_file: Path | None, max_steps: int, output: Path | None, no_resume: bool, list_protocols: bool,
+             db_engine: str) -> None:
     """Play held-out tasks of SUITES (toolapi, db; default both) and score them.
 
     Each (suite, protocol) run is logged to OUTPUT/<suite>-<protocol>/episodes.jsonl with every
@@ -108,7 +116,7 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
     try:
         code = _run_eval(suites, model, base_url, engine_name, protocols, batch_size, max_new_tokens, device, dtype,
                          concurrency, timeout_s, retries, policy, count, split, seed, tasks_file, max_steps, output,
-                         not no_resume)
+                         not no_resume, db_engine)
     except AgentflanError as e:
         raise click.ClickException(str(e)) from e
     if code:
@@ -118,7 +126,7 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
 def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, engine_name: str,
               protocols: tuple[str, ...], batch_size: int, max_new_tokens: int, device: str, dtype: str,
               concurrency: int, timeout_s: float, retries: int, policy: str, count: int, split: str, seed: int,
-              tasks_file: Path | None, max_steps: int, output: Path | None, resume: bool) -> int:
+              tasks_file: Path | None, max_steps: int, output: Path | None, resume: bool, db_engine: str = "sqlite") -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from agentflan.eval.envs import load_tasks, model_agent, run_env, scripted_agent
@@ -140,6 +148,7 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
             plan.append((env, proto_name, tasks))
     runs = []
     base_config = {"model": model, "base_url": base_url, "policy": policy, "split": split, "seed": seed,
+                   "db_engine": db_engine,
                    "tasks_file": str(tasks_file) if tasks_file else None, "max_new_tokens": max_new_tokens,
                    "engine": engine.describe() if engine is not None else None, "versions": versions()}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -153,6 +162,7 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
                 pname = proto.name
             run = run_env(env, tasks, agent_for, engine, out / f"{env}-{_safe(pname)}", protocol_name=pname,
                           agent_name=name, config={**base_config, "n": len(tasks)}, max_steps=max_steps, resume=resume,
+                          db_engine=db_engine if env == "db" else "sqlite",
                           progress=_advance(bar, task_bar))
             run.summary["run"] = name
             runs.append(run)

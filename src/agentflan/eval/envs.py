@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from agentflan.envs import get_env
-from agentflan.envs.base import Agent, Episode, ExpertPolicy, Policy, RandomPolicy, Task, final_answer_of, play
+from agentflan.envs.base import (
+    Agent,
+    Environment,
+    Episode,
+    ExpertPolicy,
+    Policy,
+    RandomPolicy,
+    Task,
+    final_answer_of,
+    play,
+)
 from agentflan.errors import ConfigError
 from agentflan.eval.driver import drive
 from agentflan.eval.engines import Engine
@@ -56,9 +66,21 @@ def load_tasks(env: str, *, split: str = "heldout", n: int = 100, seed: int = 0,
     return get_env(env).generate(n, split, seed)
 
 
-def record(env: str, protocol: str, agent: str, task: Task, ep: Episode) -> dict[str, Any]:
+def make_env(env: str, db_engine: str = "sqlite") -> Environment:
+    """A fresh environment (`db_engine` chooses the db environment's SQL engine)."""
+    if env == "db" and db_engine != "sqlite":
+        from agentflan.envs.db import DBEnvironment
+
+        return DBEnvironment(engine=db_engine)
+    if db_engine != "sqlite":
+        raise ConfigError("--db-engine applies to the db environment only")
+    return get_env(env).make()
+
+
+def record(env: str, protocol: str, agent: str, task: Task, ep: Episode, db_engine: str = "sqlite") -> dict[str, Any]:
     """The log record of one episode."""
     return {"suite": "env", "env": env, "protocol": protocol, "agent": agent, "task_id": task.id,
+            **({"db_engine": db_engine} if db_engine != "sqlite" else {}),
             "kind": task.kind, "task": task.model_dump(mode="json"),
             "verdict": {"success": ep.verdict.success, "reason": ep.verdict.reason} if ep.verdict else None,
             "error": ep.error, "steps": ep.steps, "actions": ep.actions,
@@ -79,7 +101,7 @@ class EnvRun:
 
 def run_env(env: str, tasks: list[Task], agent_for: Callable[[Task], Agent], engine: Engine | None, out: Path, *,
             protocol_name: str, agent_name: str, config: dict[str, Any], max_steps: int = 12,
-            resume: bool = True, progress: Callable[[int], None] | None = None) -> EnvRun:
+            resume: bool = True, progress: Callable[[int], None] | None = None, db_engine: str = "sqlite") -> EnvRun:
     """Play every task, append each finished episode to `out/episodes.jsonl`, summarize."""
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "episodes.jsonl"
@@ -96,7 +118,6 @@ def run_env(env: str, tasks: list[Task], agent_for: Callable[[Task], Agent], eng
     elif log_path.exists():
         log_path.unlink()
     cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    info = get_env(env)
     todo = [t for t in tasks if t.id not in done]
     run = EnvRun(env, protocol_name, out, resumed=len(tasks) - len(todo))
     if progress is not None and run.resumed:
@@ -104,14 +125,14 @@ def run_env(env: str, tasks: list[Task], agent_for: Callable[[Task], Agent], eng
     fresh: dict[str, dict[str, Any]] = {}
     with log_path.open("a", encoding="utf-8") as log:
         def on_done(i: int, ep: Episode) -> None:
-            rec = record(env, protocol_name, agent_name, todo[i], ep)
+            rec = record(env, protocol_name, agent_name, todo[i], ep, db_engine)
             fresh[todo[i].id] = rec
             log.write(json.dumps(rec, ensure_ascii=False) + "\n")
             log.flush()
             if progress is not None:
                 progress(1)
 
-        gens = (play(info.make(), t, agent_for(t), max_steps=max_steps) for t in todo)
+        gens = (play(make_env(env, db_engine), t, agent_for(t), max_steps=max_steps) for t in todo)
         if engine is None:  # scripted policies never prompt a model
             for i, gen in enumerate(gens):
                 try:
@@ -165,10 +186,9 @@ def rescore(rec: dict[str, Any]) -> dict[str, Any]:
     answer. Returns `{"success", "reason", "observations_match"}` (None for an errored episode)."""
     if rec.get("error") is not None:
         return {"success": None, "reason": "error", "observations_match": True}
-    info = get_env(rec["env"])
     task = Task.model_validate(rec["task"])
     traj = Trajectory.model_validate(rec["transcript"])
-    env = info.make()
+    env = make_env(rec["env"], rec.get("db_engine", "sqlite"))
     try:
         messages = env.reset(task)
         recorded = traj.messages[len(messages):]

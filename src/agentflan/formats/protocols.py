@@ -802,3 +802,12 @@ def _native(template: Any) -> Protocol:
         if template is not None:
             template._native_protocol = cached
     return cached
+
+
+def training_texts(trajs: Any, limit: int = 2000) -> list[str]:
+    """The text of every turn of (at most `limit`) trajectories as training shows it to a text
+    template: what a tokenizer built from the data (`tiny`) must cover."""
+    from agentflan.formats.templates import AgentFlanTemplate
+
+    template = AgentFlanTemplate()
+    return [m.content for t in list(trajs)[:limit] for m in training_view(t, template)[0]]

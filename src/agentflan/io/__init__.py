@@ -44,6 +44,8 @@ class ConvertResult:
     read: ReadReport
     write: WriteReport
     quarantine: Path | None
+    dataset_info: dict[str, Any] | None = None
+    """The writer's registration entry for other tools (LLaMA-Factory's `dataset_info.json`), if any."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"from": self.reader, "to": self.writer, "read": self.read.to_dict(),
@@ -85,7 +87,7 @@ def convert(paths: str | Sequence[str], output: str | Path, *, to: str = "native
         if reader.quarantine is not None:
             reader.quarantine.close()
     used_q = qpath if reader.quarantine is not None and reader.quarantine.count else None
-    return ConvertResult(reader.name, writer.name, reader.report, writer.report, used_q)
+    return ConvertResult(reader.name, writer.name, reader.report, writer.report, used_q, writer.dataset_info(output))
 
 
 __all__ = ["READERS", "WRITERS", "ConvertResult", "ReadReport", "Reader", "WriteReport", "Writer",

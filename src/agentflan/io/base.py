@@ -8,6 +8,7 @@ invariant `records == converted + quarantined + skipped + dropped`; tests check 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 from abc import ABC, abstractmethod
@@ -242,6 +243,19 @@ def parse_tools(value: Any, where: str = "tools") -> list[Any]:
                             parameters=spec.get("parameters") or {"type": "object", "properties": {}},
                             metadata=extra))
     return out
+
+
+def json_or_literal(text: str, what: str, reason: str, where: str) -> Any:
+    """`text` decoded as JSON, else as a Python literal (datasets written with Python's `str()`:
+    single quotes, `True`, `None`); `ParseError(reason)` naming `what` and `where` if neither."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+        raise ParseError(f"{what} is neither JSON nor a Python literal", reason=reason, field=where) from e
 
 
 def as_text(value: Any, where: str) -> str:

@@ -101,8 +101,8 @@ def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> Tr
 
 def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     """Tokenizer, training rows and data statistics (steps 1-3)."""
-    from agentflan.formats.protocols import training_view
-    from agentflan.formats.templates import AgentFlanTemplate, get_template
+    from agentflan.formats.protocols import training_texts, training_view
+    from agentflan.formats.templates import get_template
     from agentflan.io import make_reader
     from agentflan.training.masking import NoTrainableTokens, encode
     from agentflan.training.models import load_tokenizer
@@ -113,8 +113,7 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
     if not trajs:
         raise ConfigError(f"no training data in {recipe.data.paths}")
     if tokenizer is None:
-        texts = [m.content for t in trajs[:2000] for m in training_view(t, AgentFlanTemplate())[0]]
-        tokenizer = load_tokenizer(recipe.model, texts)
+        tokenizer = load_tokenizer(recipe.model, training_texts(trajs))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     template = get_template(recipe.data.template, tokenizer)
