@@ -136,8 +136,9 @@ def test_serving_prompts_equal_training_prompts(episodes, tok, template_name, en
             full = encode(trained, template, tokenizer).input_ids
             generated = [j for j, m in enumerate(msgs) if isinstance(m, AssistantMessage) and m.loss]
             expected = [prompt_ids(template, tokenizer, msgs[:j], tools) for j in generated]
-            for ids in expected:  # training shows exactly this before the turn
-                assert full[: len(ids)] == ids
+            labels = encode(trained, template, tokenizer).labels
+            for ids in expected:  # training shows exactly this before the turn, and trains what follows
+                assert full[: len(ids)] == ids and labels[len(ids)] != -100
             engine = ScriptedEngine([_reply(template, msgs, tools, j) for j in generated])
             (ep,) = drive([play(info.make(), task, proto, key=key)], engine)
             served = [prompt_ids(template, tokenizer, p.messages, p.tools) for p in engine.prompts]
@@ -267,3 +268,31 @@ def test_text_templates_refuse_structured_messages(episodes):
     with pytest.raises(TemplateError, match="protocol"):
         AgentFlanTemplate().render(traj.messages)
     assert any(isinstance(m, ToolMessage) for m in traj.messages)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("template_name", ["agentflan", "llama2", "hf"])
+def test_parity_with_smollm2s_real_tokenizer(episodes, template_name):
+    """The same contract with SmolLM2's byte-level BPE, which merges across the generation prompt's
+    end when a whole text is tokenized (U+0D46 followed by `{`): segments are tokenized apart."""
+    from transformers import AutoTokenizer
+
+    from agentflan.training.models import ModelConfig, resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(ModelConfig(name_or_path="gguf:smollm2-135m-instruct")))
+    template = get_template(template_name, tokenizer)
+    for env in ("toolapi", "db"):
+        info = get_env(env)
+        for name in [*ENV_PROTOCOLS, "agentinstruct:db"] if env == "db" else ENV_PROTOCOLS:
+            proto = get_protocol(name, template)
+            for task, traj in episodes[env][:4]:
+                trained = proto.apply(traj, "k")
+                msgs, tools, _ = training_view(trained, template)
+                enc = encode(trained, template, tokenizer)
+                generated = [j for j, m in enumerate(msgs) if isinstance(m, AssistantMessage) and m.loss]
+                expected = [prompt_ids(template, tokenizer, msgs[:j], tools) for j in generated]
+                assert all(enc.input_ids[: len(ids)] == ids and enc.labels[len(ids)] != -100 for ids in expected)
+                engine = ScriptedEngine([_reply(template, msgs, tools, j) for j in generated])
+                (ep,) = drive([play(info.make(), task, proto, key="k")], engine)
+                assert [prompt_ids(template, tokenizer, p.messages, p.tools) for p in engine.prompts] == expected
+                assert ep.verdict.success, (name, task.id, ep.actions)

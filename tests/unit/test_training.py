@@ -123,6 +123,9 @@ def test_saved_jinja_renders_exactly_what_was_trained(corpus, tok, name):
             continue  # serving templates take text turns (T-FLAN, ReAct renderings, chat)
         msgs = [{"role": m.role, "content": m.content} for m in t.messages]
         assert serving.apply_chat_template(msgs, tokenize=False) == template.text(t.messages)
+        if t.messages[-1].role == "assistant":  # the generation prompt too: where a reply starts
+            prompt = serving.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+            assert prompt == template.text(t.messages[:-1], add_generation_prompt=True)
 
 
 def test_hf_template_parity_with_apply_chat_template(corpus, tok):

@@ -34,8 +34,8 @@ note. Hostile SQL comes back as an error observation, never as an exception.
 from __future__ import annotations
 
 import ast
-import json
 import hashlib
+import json
 import re
 import sqlite3
 import time

@@ -121,6 +121,8 @@ class Llama2Template(ChatTemplate):
                 assert isinstance(last, AssistantMessage)
                 segs.append((" </s>", last.loss))
             first = False
+        if add_generation_prompt and groups and groups[-1][0] == "user":
+            segs.append((" ", False))  # the space after [/INST] is markup: the reply starts after it
         return segs
 
 

@@ -3,9 +3,10 @@
 Every segment a template renders is tokenized on its own and the pieces are concatenated, so no
 token ever straddles a segment boundary. Two things follow: a token is trained exactly when its
 segment is, and a serving prompt (the segments up to the generation prompt, `prompt_ids`) is
-token for token a prefix of what training showed: a tokenizer that would merge the end of the
-generation prompt with the start of the reply (say `\u0d46` with `{`) cannot make training and
-serving disagree. Segment boundaries never depend on loss flags. A sample left with no trained
+token for token a prefix of what training showed, ending exactly where the trained reply begins.
+Tokenizing whole texts instead, SmolLM2's BPE merges `[/INST]`'s trailing space into the reply's
+first word and `\n ` across turns: the model would learn to start its reply with a token that the
+serving prompt splits differently. Segment boundaries never depend on loss flags. A sample left with no trained
 token after truncation is never passed on silently: it raises `NoTrainableTokens` (the caller
 counts it as a drop).
 """
