@@ -6,8 +6,8 @@ action_input, a final give_answer action) so the model learns to follow the form
 not one template. A `FormatSpec` is one such format; `format_instructions` states it in the
 system prompt; `render_step` and `parse_step` are exact inverses.
 
-Also: `render_source` renders a trajectory in its *source* format (ToolLLaMA, FireAct, or the
-AgentInstruct task dialect), which is the AgentTuning baseline arm.
+The `react`/`json` protocols (`agentflan.formats.protocols`) render and parse with these; the
+source formats (ToolLLaMA, FireAct, AgentInstruct dialects) are protocols there too.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from agentflan.errors import ParseError
-from agentflan.formats.agentinstruct import DIALECTS
-from agentflan.formats.react import render_bracket, render_toolllama
 from agentflan.formats.tflan import final_answer
 from agentflan.schema import (
     AssistantMessage,
@@ -149,39 +147,6 @@ def render_with_spec(traj: Trajectory, spec: FormatSpec) -> list[Message]:
         elif isinstance(m, ToolMessage):
             if m.tool_call_id not in finals:
                 out.append(UserMessage(content=f"{OBSERVATION_KEY}: {m.content}"))
-        else:
-            out.append(type(m)(content=m.content))
-    return out
-
-
-def render_source(traj: Trajectory) -> list[Message]:
-    """The trajectory as text in its source's own agent format (AgentTuning's original format)."""
-    task = traj.tags.get("task")
-    dialect = DIALECTS.get(task) if task else None
-    bracket = traj.source.format == "react"
-    out: list[Message] = []
-    msgs = list(traj.messages)
-    if not dialect and not bracket and traj.tools:
-        tools = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
-                            for t in traj.tools], ensure_ascii=False)
-        api = f"Specifically, you have access to the following APIs: {tools}"
-        if msgs and isinstance(msgs[0], SystemMessage):
-            out.append(SystemMessage(content=f"{msgs.pop(0).content}\n{api}"))
-        else:
-            out.append(SystemMessage(content=api))
-    for m in msgs:
-        if isinstance(m, AssistantMessage):
-            c = m.tool_calls[0] if m.tool_calls else None
-            name, args = (c.name, c.arguments) if c else (None, {})
-            if dialect:
-                text = dialect.render(m.content, name, args)
-            elif bracket:
-                text = render_bracket(m.content, name, args)
-            else:
-                text = render_toolllama(m.content, name, args).lstrip("\n") if c else m.content
-            out.append(AssistantMessage(content=text, loss=m.loss))
-        elif isinstance(m, ToolMessage):
-            out.append(UserMessage(content=m.content if dialect else f"{OBSERVATION_KEY}: {m.content}"))
         else:
             out.append(type(m)(content=m.content))
     return out

@@ -385,6 +385,26 @@ JSON_SPEC = FormatSpec(style="json")
 
 # ---- the source formats: ToolBench's ToolLLaMA, FireAct, AgentInstruct dialects -------------------------------
 
+def text_turns(messages: list[Message], step: Callable[[str, ToolCall | None], str],
+               observation: Callable[[str], str]) -> list[Message]:
+    """Messages with one-action-per-turn text: each assistant turn as `step(thought, first call)`
+    (loss and capability kept), each tool result as the user turn `observation(content)`."""
+    out: list[Message] = []
+    for m in messages:
+        if isinstance(m, AssistantMessage):
+            text = step(m.content, m.tool_calls[0] if m.tool_calls else None)
+            out.append(AssistantMessage(content=text, loss=m.loss, capability=m.capability))
+        elif isinstance(m, ToolMessage):
+            out.append(UserMessage(content=observation(m.content)))
+        else:
+            out.append(type(m)(content=m.content))
+    return out
+
+
+def _observation(content: str) -> str:
+    return f"{OBSERVATION_PREFIX} {content}"
+
+
 class ToolLlamaProtocol(TextProtocol):
     """ToolBench's own prompt: the API list after "Specifically, you have access to the following
     APIs:", ToolLLaMA ReAct turns, the terminal tool (`Finish`) called like any other tool."""
@@ -401,16 +421,9 @@ class ToolLlamaProtocol(TextProtocol):
             api = f"{API_LIST_MARKER} {tools}"
             head = msgs.pop(0).content if msgs and isinstance(msgs[0], SystemMessage) else None
             out.append(SystemMessage(content=f"{head}\n{api}" if head is not None else api))
-        for m in msgs:
-            if isinstance(m, AssistantMessage):
-                c = m.tool_calls[0] if m.tool_calls else None
-                text = render_toolllama(m.content, c.name, c.arguments).lstrip("\n") if c else m.content
-                out.append(AssistantMessage(content=text, loss=m.loss, capability=m.capability))
-            elif isinstance(m, ToolMessage):
-                out.append(UserMessage(content=f"{OBSERVATION_PREFIX} {m.content}"))
-            else:
-                out.append(type(m)(content=m.content))
-        return out
+        return out + text_turns(
+            msgs, lambda thought, c: render_toolllama(thought, c.name, c.arguments).lstrip("\n") if c else thought,
+            _observation)
 
     def parse(self, text: str, traj: Trajectory, key: str = "") -> Action:
         return parse_react_reply(TOOLLLAMA_SPEC, text, traj.tags.get("final_tool") or "Finish")
@@ -423,17 +436,8 @@ class FireActProtocol(TextProtocol):
     stops = (f"\n{OBSERVATION_KEY}:",)
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
-        out: list[Message] = []
-        for m in traj.messages:
-            if isinstance(m, AssistantMessage):
-                c = m.tool_calls[0] if m.tool_calls else None
-                text = render_bracket(m.content, c.name if c else None, c.arguments if c else {})
-                out.append(AssistantMessage(content=text, loss=m.loss, capability=m.capability))
-            elif isinstance(m, ToolMessage):
-                out.append(UserMessage(content=f"{OBSERVATION_PREFIX} {m.content}"))
-            else:
-                out.append(type(m)(content=m.content))
-        return out
+        return text_turns(traj.messages, lambda thought, c: render_bracket(thought, c.name if c else None,
+                                                                           c.arguments if c else {}), _observation)
 
     def parse(self, text: str, traj: Trajectory, key: str = "") -> Action:
         try:
@@ -494,16 +498,8 @@ class DialectProtocol(TextProtocol):
             first = msgs.pop(0)
             out += [UserMessage(content=TASK_PROMPTS.get(self.task, first.content)),
                     AssistantMessage(content=ACK, loss=False)]
-        for m in msgs:
-            if isinstance(m, AssistantMessage):
-                c = m.tool_calls[0] if m.tool_calls else None
-                text = self.dialect.render(m.content, c.name if c else None, c.arguments if c else {})
-                out.append(AssistantMessage(content=text, loss=m.loss, capability=m.capability))
-            elif isinstance(m, ToolMessage):
-                out.append(UserMessage(content=m.content))
-            else:
-                out.append(type(m)(content=m.content))
-        return out
+        return out + text_turns(msgs, lambda thought, c: self.dialect.render(thought, c.name if c else None,
+                                                                             c.arguments if c else {}), str)
 
     def parse(self, text: str, traj: Trajectory, key: str = "") -> Action:
         if self.task == "db":
