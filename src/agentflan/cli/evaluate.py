@@ -133,14 +133,15 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
     from agentflan.eval.score import chart, table
     from agentflan.pipeline.build import versions
 
-    engine = None
-    if policy == "model":
-        engine = make_engine(model, base_url, engine_name, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             device=device, dtype=dtype, concurrency=concurrency, timeout_s=timeout_s, retries=retries)
     name = policy if policy != "model" else _safe(Path(model or "model").name if not base_url else f"{model}")
     if policy == "model" and not base_url and model and Path(model).name in ("final", "merged"):
         name = _safe(f"{Path(model).parent.name}-{Path(model).name}")
     out = output or Path("out/eval") / name
+    engine = None
+    if policy == "model":  # an endpoint's answers are cached in the output folder: a rerun pays for nothing twice
+        engine = make_engine(model, base_url, engine_name, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             device=device, dtype=dtype, concurrency=concurrency, timeout_s=timeout_s, retries=retries,
+                             cache=str(out / "requests.jsonl"))
     plan = []
     for env in suites:
         tasks = load_tasks(env, split=split, n=count, seed=seed, tasks_file=tasks_file if env == "db" else None)
