@@ -26,7 +26,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     scored = [r for r in records if r.get("error") is None and r.get("verdict") is not None]
     errors = [r for r in records if r.get("error") is not None]
     by_kind: dict[str, list[bool]] = defaultdict(list)
-    calls = invalid = unknown = unparseable = 0
+    calls = invalid = unknown = unparseable = context_limit = 0
     flags: Counter[str] = Counter()
     steps = 0
     for r in scored:
@@ -34,6 +34,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         by_kind[r.get("kind", "?")].append(ok)
         steps += int(r.get("steps", 0))
         unparseable += any(a.get("kind") == "unparseable" for a in r.get("actions", []))
+        context_limit += any(a.get("kind") == "context_limit" for a in r.get("actions", []))
         for a in r.get("actions", []):
             flags.update(a.get("flags", []))
         traj = r["transcript"]
@@ -57,7 +58,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "by_kind": {k: rate(sum(v), len(v)) for k, v in sorted(by_kind.items())},
         "parse_failure": rate(unparseable, len(scored)),
         "invalid_action": rate(invalid, calls), "unknown_tool_calls": unknown, "calls": calls,
-        "flags": dict(sorted(flags.items())), "mean_steps": round(steps / len(scored), 2) if scored else 0.0,
+        "context_limit": context_limit, "flags": dict(sorted(flags.items())), "mean_steps": round(steps / len(scored), 2) if scored else 0.0,
         "error_examples": sorted({str(r["error"])[:200] for r in errors})[:3],
     }
 
