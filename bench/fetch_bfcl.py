@@ -8,7 +8,7 @@ nothing imported) and extracts:
   parallel, parallel_multiple, irrelevance, and their `live_` forms) and their `possible_answer/`
   files, into DEST (default: `$AGENTFLAN_BFCL_DATA`, else ~/.cache/agentflan/bfcl);
 * the checker's own source (`bfcl_eval/eval_checker/ast_eval/`, `bfcl_eval/constants/`,
-  `bfcl_eval/model_handler/utils.py`) into DEST/official, which `tests/unit/test_bfcl_agreement.py`
+  `bfcl_eval/model_handler/utils.py`, `bfcl_eval/utils.py`) into DEST/official, which `tests/unit/test_bfcl_agreement.py`
   runs, unmodified, beside agentflan's checker (`bench/bfcl_agreement.py` reports it).
 
 The repository ships none of it. Then:
@@ -33,7 +33,7 @@ VERSION = "2026.3.23"
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple",
               "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance", "live_relevance")
 OFFICIAL = ("bfcl_eval/eval_checker/ast_eval/", "bfcl_eval/constants/enums.py", "bfcl_eval/constants/type_mappings.py",
-            "bfcl_eval/model_handler/utils.py")
+            "bfcl_eval/model_handler/utils.py", "bfcl_eval/utils.py")
 
 
 def default_dest() -> Path:

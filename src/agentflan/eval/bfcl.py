@@ -435,7 +435,8 @@ def rescore(rec: dict[str, Any], proto: Protocol | None) -> dict[str, Any] | Non
     if rec.get("context_limit"):
         return judge(item, None, True)
     if "result" in rec:
-        return judge(item, action_of_result(rec["result"]), dots_as_underscores=bool(rec.get("dots_as_underscores")))
+        return prediction_verdict(item, rec["result"], missing=bool(rec.get("missing")),
+                                  dots_as_underscores=bool(rec.get("dots_as_underscores")))
     assert proto is not None
     traj = item.trajectory()
     return judge(item, replay(proto, traj, conversation_key(traj), rec["completions"]))
@@ -484,17 +485,23 @@ def score_predictions(predictions: str | Path, items: list[BFCLItem], *, agent: 
         if item.id not in preds:
             missing.append(item.id)
         result = preds.get(item.id, "")
-        action = action_of_result(result)
-        v = judge(item, action, dots_as_underscores=dots_as_underscores)
-        if item.id in missing:
-            v = {**v, **_bad("missing_prediction", "no prediction for this item"), "outcome": "missing",
-                 **({"official_valid": False} if v["kind"] == "irrelevance" else {})}
+        v = prediction_verdict(item, result, missing=item.id in missing, dots_as_underscores=dots_as_underscores)
         out.append({"suite": SUITE, "protocol": "predictions", "agent": agent, "task_id": item.id,
                     "category": item.category, "item": item.model_dump(mode="json"), "result": result,
                     **({"missing": True} if item.id in missing else {}),
                     **({"dots_as_underscores": True} if dots_as_underscores else {}),
                     "action": None, "error": None, "verdict": v})
     return out, missing
+
+
+def prediction_verdict(item: BFCLItem, result: Any, *, missing: bool = False,
+                       dots_as_underscores: bool = False) -> dict[str, Any]:
+    """The verdict of a predictions file's `result` (a missing prediction fails)."""
+    v = judge(item, action_of_result(result), dots_as_underscores=dots_as_underscores)
+    if missing:
+        v = {**v, **_bad("missing_prediction", "no prediction for this item"), "outcome": "missing",
+             **({"official_valid": False} if v["kind"] == "irrelevance" else {})}
+    return v
 
 
 # ---- summaries -----------------------------------------------------------------------------------------

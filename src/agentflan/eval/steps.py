@@ -125,7 +125,7 @@ def load_items(n: int, seed: int = 0, tasks_file: str | Path | None = None, *,
 
     if not Path(tasks_file).exists():
         raise ConfigError(f"{tasks_file} does not exist")
-    trajs = list(read(str(tasks_file)))
+    trajs = list(read(str(tasks_file), on_error="raise"))  # a bad record is named, never dropped unseen
     items, skipped = step_items(trajs, n, calls_only=calls_only)
     if not items:
         raise ConfigError(f"{tasks_file}: no assistant step to evaluate ({dict(skipped) or 'no trajectories'})")
