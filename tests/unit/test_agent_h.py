@@ -182,3 +182,23 @@ def test_cli_calibration_never_calling_loses_on_over_refusal_and_score_rescores(
     log.write_text("".join(json.dumps(r) + "\n" for r in recs))
     res = runner.invoke(cli, ["score", str(log)])
     assert res.exit_code == 1 and "differ" in res.output
+
+
+def test_failed_requests_are_errors_not_answers_and_resume(tmp_path):
+    from agentflan.client import RequestError
+    from agentflan.eval.suites import run_suite
+
+    def flaky(p):
+        return RequestError("HTTP 500", url="x", status=500) if "days" in p.messages[-1].content else \
+            react("Finish", {"final_answer": "Sorry, I can't help."})
+
+    def run(engine):
+        return run_suite("agent-h", engine=engine, policy="model", protocols=["react"], n=8, seed=0, tasks_file=None,
+                         out_root=tmp_path, agent_name="m", base_config={}, resume=True,
+                         progress=lambda label, total: (lambda k: None))[0]
+
+    first = run(ScriptedEngine(respond=flaky))
+    assert first.summary["errors"] >= 1 and first.summary["scored"] + first.summary["errors"] == 8
+    assert all(r["verdict"] is None for r in first.records if r["error"])
+    again = run(ScriptedEngine(respond=lambda p: react("Finish", {"final_answer": "Sorry, I can't help."})))
+    assert again.resumed == first.summary["scored"] and again.summary["errors"] == 0
