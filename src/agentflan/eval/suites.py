@@ -116,7 +116,7 @@ def _gold_of(suite: str, item: Any) -> Any:
 def _gold_args(answers: dict[str, list[Any]], item: Any, name: str) -> dict[str, Any]:
     """A BFCL call from the first acceptable value of each parameter (optional ones left out, unless
     the function requires them)."""
-    doc = next((f for f in item.function if f["name"] == name), {})
+    doc: dict[str, Any] = next((f for f in item.function if f["name"] == name), {})
     required = set(doc.get("parameters", {}).get("required", []))
 
     def first(vals: list[Any]) -> Any:
