@@ -237,3 +237,23 @@ def test_expert_calibration_on_real_bfcl_data_when_fetched(tmp_path, monkeypatch
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "bfcl-bfcl" / "summary.json").read_text())
     assert summary["accuracy"]["rate"] == 1.0 and summary["scored"] == 80
+
+
+def test_bfcl_protocol_round_trip_and_expert_calibration(tmp_path):
+    """What `render` writes for calls, `parse` reads back; the expert (gold replies rendered by the
+    protocol) passes every item: prompts at evaluation equal the rendering of the gold conversation."""
+    from agentflan.formats.pycall import BFCLProtocol
+    from agentflan.schema import AssistantMessage, ToolCall
+
+    it = item("parallel", [F, AREA], [{"f": {"a": [1]}}, {"calc.area": {"base": [2], "height": [1.5]}}])
+    traj = it.trajectory()
+    calls = [ToolCall(id="call_0", name="f", arguments={"a": -1}),
+             ToolCall(id="call_1", name="calc.area", arguments={"base": 2, "height": 1.5, "unit": "it's", "dims": [1.0]})]
+    proto = BFCLProtocol()
+    rendered = proto.render(traj.model_copy(update={"messages": [*traj.messages, AssistantMessage(tool_calls=calls)]}))
+    back = proto.parse(rendered[-1].content, traj)
+    assert [(c.name, c.arguments) for c in back.calls] == [(c.name, c.arguments) for c in calls]
+    res = CliRunner().invoke(cli, ["eval", "bfcl", "--policy", "expert", "--tasks", str(_files(tmp_path)),
+                                   "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "bfcl-bfcl" / "summary.json").read_text())["accuracy"]["rate"] == 1.0
