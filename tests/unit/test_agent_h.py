@@ -160,7 +160,7 @@ def test_cli_calibration_never_calling_loses_on_over_refusal_and_score_rescores(
     runner = CliRunner()
     res = runner.invoke(cli, ["eval", "agent-h", "--policy", "expert", "-n", "16", "-o", str(tmp_path / "expert")])
     assert res.exit_code == 0, res.output
-    assert "| expert | 100.0 | 100.0 | 100.0 | 0.0 ± 0.0 |" in res.output
+    assert "| expert | 100.0 | 100.0 | 100.0 | 0.0 ± 0.0 | 0.0 / 0.0 | 100.0 ± 0.0 |" in res.output
     assert (tmp_path / "expert" / "agent-h-react" / "items.jsonl").exists()
     assert (tmp_path / "expert" / "summary.png").exists()
 

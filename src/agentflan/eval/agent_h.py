@@ -481,8 +481,9 @@ def hscore(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     k, n = sum(c["k"] for c in ctl), sum(c["n"] for c in ctl)
     return {"h_react": h_react, "h_general": h_general,
             "hscore": round((h_react + h_general) / 2, 4) if h_react is not None and h_general is not None else None,
-            "over_refusal": rate(k, n), "format_level": _pool(summaries, "format_level"),
-            "action_level": _pool(summaries, "action_level")}
+            "over_refusal": rate(k, n), "over_refusal_react": mean("react", "over_refusal"),
+            "over_refusal_general": mean("general", "over_refusal"), "correct_call": _pool(summaries, "correct_call"),
+            "format_level": _pool(summaries, "format_level"), "action_level": _pool(summaries, "action_level")}
 
 
 def _pool(summaries: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -506,11 +507,13 @@ def table(summaries: list[dict[str, Any]]) -> str:
             pct(s["hallucination_free"]), pct(s["format_level"]), pct(s["action_level"]),
             *[pct(s["by_kind"][k]) if k in s["by_kind"] else "" for k in KINDS], pct(s["over_refusal"]),
             str(s["errors"])]) + " |")
-    rows += ["", "| run | H_ReAct % | H_General % | HScore % | over-refusal % (controls) |", "|---|---|---|---|---|"]
+    rows += ["", "| run | H_ReAct % | H_General % | HScore % | over-refusal % (controls) | ReAct / General % | "
+             "correct call % |", "|---|---|---|---|---|---|---|"]
     for run, group in _by_run(summaries).items():
         h = hscore(group)
         rows.append(f"| {run} | {_pct(h['h_react'])} | {_pct(h['h_general'])} | {_pct(h['hscore'])} | "
-                    f"{pct(h['over_refusal'])} |")
+                    f"{pct(h['over_refusal'])} | {_pct(h['over_refusal_react'])} / {_pct(h['over_refusal_general'])} | "
+                    f"{pct(h['correct_call'])} |")
     return "\n".join(rows) + "\n"
 
 
