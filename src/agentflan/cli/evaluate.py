@@ -85,7 +85,11 @@ def _safe(name: str) -> str:
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Task generation seed.")
 @click.option("--tasks", "tasks_file", type=click.Path(path_type=Path),
-              help="db: an AgentBench dbbench JSONL file (e.g. dev.jsonl) instead of generated tasks.")
+              help="db: an AgentBench dbbench JSONL file (e.g. dev.jsonl) instead of generated tasks; agent-h: a "
+                   "ToolBench query file or an Agent-H items JSONL; steps: any trajectory file agentflan reads; bfcl: "
+                   "a BFCL question file (possible answers in possible_answer/ beside it).")
+@click.option("--predictions", type=click.Path(path_type=Path),
+              help="bfcl: score a BFCL predictions file ({\"id\", \"result\"} lines) without a model.")
 @click.option("--max-steps", type=int, default=12, show_default=True, help="Assistant actions per episode.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder (default out/eval/<model>).")
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming episodes already logged.")
@@ -94,9 +98,9 @@ def _safe(name: str) -> str:
 def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, engine_name: str,
              protocols: tuple[str, ...], batch_size: int, max_new_tokens: int, device: str, dtype: str,
              concurrency: int, timeout_s: float, retries: int, policy: str, count: int, split: str, seed: int,
-             tasks_file: Path | None, max_steps: int, output: Path | None, no_resume: bool, list_protocols: bool,
-             db_engine: str) -> None:
-    """Play held-out tasks of SUITES (toolapi, db; default both) and score them.
+             tasks_file: Path | None, predictions: Path | None, max_steps: int, output: Path | None, no_resume: bool,
+             list_protocols: bool, db_engine: str) -> None:
+    """Play held-out tasks of SUITES (toolapi, db; default both; also agent-h, steps, bfcl) and score them.
 
     Each (suite, protocol) run is logged to OUTPUT/<suite>-<protocol>/episodes.jsonl with every
     transcript, and summarized (success ± s.e., by task kind, parse failures, invalid actions,
@@ -108,15 +112,16 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
         click.echo("\n".join(protocol_names()))
         return
     from agentflan.eval.envs import ENV_SUITES
+    from agentflan.eval.suites import SUITES
 
     suites = suites or ENV_SUITES
-    unknown = [s for s in suites if s not in ENV_SUITES]
+    unknown = [s for s in suites if s not in (*ENV_SUITES, *SUITES)]
     if unknown:
-        raise click.UsageError(f"unknown suite(s) {', '.join(unknown)} (known: {', '.join(ENV_SUITES)})")
+        raise click.UsageError(f"unknown suite(s) {', '.join(unknown)} (known: {', '.join((*ENV_SUITES, *SUITES))})")
     try:
         code = _run_eval(suites, model, base_url, engine_name, protocols, batch_size, max_new_tokens, device, dtype,
                          concurrency, timeout_s, retries, policy, count, split, seed, tasks_file, max_steps, output,
-                         not no_resume, db_engine)
+                         not no_resume, db_engine, predictions)
     except AgentflanError as e:
         raise click.ClickException(str(e)) from e
     if code:
@@ -126,28 +131,34 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
 def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, engine_name: str,
               protocols: tuple[str, ...], batch_size: int, max_new_tokens: int, device: str, dtype: str,
               concurrency: int, timeout_s: float, retries: int, policy: str, count: int, split: str, seed: int,
-              tasks_file: Path | None, max_steps: int, output: Path | None, resume: bool, db_engine: str = "sqlite") -> int:
+              tasks_file: Path | None, max_steps: int, output: Path | None, resume: bool, db_engine: str = "sqlite",
+              predictions: Path | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from agentflan.eval.envs import load_tasks, model_agent, run_env, scripted_agent
-    from agentflan.eval.score import chart, table
+    from agentflan.eval.suites import SUITES, chart, run_suite, table
     from agentflan.pipeline.build import versions
 
     name = policy if policy != "model" else _safe(Path(model or "model").name if not base_url else f"{model}")
     if policy == "model" and not base_url and model and Path(model).name in ("final", "merged"):
         name = _safe(f"{Path(model).parent.name}-{Path(model).name}")
+    if predictions is not None:
+        name = _safe(predictions.stem)
     out = output or Path("out/eval") / name
     engine = None
-    if policy == "model":  # an endpoint's answers are cached in the output folder: a rerun pays for nothing twice
+    if policy == "model" and predictions is None:  # an endpoint's answers are cached in the output folder
         engine = make_engine(model, base_url, engine_name, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              device=device, dtype=dtype, concurrency=concurrency, timeout_s=timeout_s, retries=retries,
                              cache=str(out / "requests.jsonl"))
-    plan = []
+    plan: list[tuple[str, str, list[Any]]] = []
     for env in suites:
+        if env in SUITES:
+            plan.append((env, "", []))
+            continue
         tasks = load_tasks(env, split=split, n=count, seed=seed, tasks_file=tasks_file if env == "db" else None)
         for proto_name in (default_protocols(engine, env, protocols) if engine is not None else [policy]):
             plan.append((env, proto_name, tasks))
-    runs = []
+    runs: list[Any] = []
     base_config = {"model": model, "base_url": base_url, "policy": policy, "split": split, "seed": seed,
                    "db_engine": db_engine,
                    "tasks_file": str(tasks_file) if tasks_file else None, "max_new_tokens": max_new_tokens,
@@ -155,6 +166,14 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=_stderr_console(), transient=False) as bar:
         for env, proto_name, tasks in plan:
+            if env in SUITES:  # the single-action suites: each runs its protocols itself
+                for srun in run_suite(env, engine=engine, policy=policy, protocols=list(protocols), n=count,
+                                      seed=seed, tasks_file=tasks_file, out_root=out, agent_name=name,
+                                      base_config=base_config, resume=resume, predictions=predictions,
+                                      progress=lambda label, total: _advance(bar, bar.add_task(label, total=total))):
+                    srun.summary["run"] = name
+                    runs.append(srun)
+                continue
             task_bar = bar.add_task(f"{env} / {proto_name}", total=len(tasks))
             if engine is None:
                 agent_for, pname = scripted_agent(policy, env, seed), policy
@@ -220,8 +239,8 @@ def score_cmd(paths: tuple[Path, ...], output: Path | None, as_json: bool) -> No
     verdict is derived again by replaying the logged calls in a fresh environment; a verdict that
     differs from the logged one is reported (and the exit status is 1).
     """
-    from agentflan.eval.envs import read_log, rescore
-    from agentflan.eval.score import chart, summarize, table
+    from agentflan.eval.envs import read_log
+    from agentflan.eval.suites import chart, rescore, same_verdict, summarize, table
 
     try:
         logs = find_logs(paths)
@@ -230,7 +249,13 @@ def score_cmd(paths: tuple[Path, ...], output: Path | None, as_json: bool) -> No
             records = read_log(log)
             rescored = []
             for r in records:
-                got = rescore(r) if r.get("suite", "env") == "env" else None
+                got = rescore(r)
+                if r.get("suite", "env") != "env":
+                    if got is not None and not same_verdict(r.get("verdict"), got):
+                        mismatches += 1
+                        click.echo(f"{log}: {r.get('task_id')}: logged {r.get('verdict')}, re-scored {got}", err=True)
+                    rescored.append({**r, "verdict": got} if got is not None else r)
+                    continue
                 if got is not None and got["success"] is not None:
                     old = (r.get("verdict") or {}).get("success")
                     if old != got["success"] or not got["observations_match"]:
@@ -240,7 +265,8 @@ def score_cmd(paths: tuple[Path, ...], output: Path | None, as_json: bool) -> No
                     r = {**r, "verdict": {"success": got["success"], "reason": got["reason"]}}
                 rescored.append(r)
             s = summarize(rescored)
-            s["run"] = log.parent.parent.name if log.parent.name.startswith(s.get("env") or "?") else log.parent.name
+            s["run"] = (log.parent.parent.name if log.parent.name.startswith(s.get("env") or s.get("suite") or "?")
+                        else log.parent.name)
             s["log"] = str(log)
             summaries.append(s)
     except AgentflanError as e:

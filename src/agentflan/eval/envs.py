@@ -30,8 +30,8 @@ from agentflan.envs.base import (
     play,
 )
 from agentflan.errors import ConfigError
-from agentflan.eval.driver import drive
 from agentflan.eval.engines import Engine
+from agentflan.eval.runlog import read_log, run_logged
 from agentflan.eval.score import summarize
 from agentflan.formats.protocols import Protocol, get_protocol
 from agentflan.schema import AssistantMessage, ToolMessage, Trajectory
@@ -103,68 +103,17 @@ def run_env(env: str, tasks: list[Task], agent_for: Callable[[Task], Agent], eng
             protocol_name: str, agent_name: str, config: dict[str, Any], max_steps: int = 12,
             resume: bool = True, progress: Callable[[int], None] | None = None, db_engine: str = "sqlite") -> EnvRun:
     """Play every task, append each finished episode to `out/episodes.jsonl`, summarize."""
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "episodes.jsonl"
-    cfg_path = out / "config.json"
     config = {**config, "env": env, "protocol": protocol_name, "agent": agent_name, "max_steps": max_steps,
               "tasks": [t.id for t in tasks]}
-    done: dict[str, dict[str, Any]] = {}
-    if resume and log_path.exists() and cfg_path.exists():
-        old = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if {k: v for k, v in old.items() if k != "engine"} != {k: v for k, v in config.items() if k != "engine"}:
-            raise ConfigError(f"{out} holds a run with another configuration; choose another --output "
-                              "or remove it (runs resume only with the same model, protocol, tasks and limits)")
-        done = {r["task_id"]: r for r in read_log(log_path) if r.get("error") is None}
-    elif log_path.exists():
-        log_path.unlink()
-    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    todo = [t for t in tasks if t.id not in done]
-    run = EnvRun(env, protocol_name, out, resumed=len(tasks) - len(todo))
-    if progress is not None and run.resumed:
-        progress(run.resumed)
-    fresh: dict[str, dict[str, Any]] = {}
-    with log_path.open("a", encoding="utf-8") as log:
-        def on_done(i: int, ep: Episode) -> None:
-            rec = record(env, protocol_name, agent_name, todo[i], ep, db_engine)
-            fresh[todo[i].id] = rec
-            log.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            log.flush()
-            if progress is not None:
-                progress(1)
-
-        gens = (play(make_env(env, db_engine), t, agent_for(t), max_steps=max_steps) for t in todo)
-        if engine is None:  # scripted policies never prompt a model
-            for i, gen in enumerate(gens):
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    on_done(i, stop.value)
-                else:
-                    raise ConfigError("a model protocol needs an engine (--model or --base-url)")
-        else:
-            drive(gens, engine, on_done=on_done)
-    run.records = [done.get(t.id) or fresh[t.id] for t in tasks]
+    records, resumed = run_logged(
+        out, config, [t.id for t in tasks],
+        lambda i: play(make_env(env, db_engine), tasks[i], agent_for(tasks[i]), max_steps=max_steps),
+        lambda i, ep: record(env, protocol_name, agent_name, tasks[i], ep, db_engine), engine,
+        resume=resume, progress=progress)
+    run = EnvRun(env, protocol_name, out, records=records, resumed=resumed)
     run.summary = summarize(run.records)
     (out / "summary.json").write_text(json.dumps(run.summary, indent=2) + "\n", encoding="utf-8")
     return run
-
-
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a log, the last one per task (a resumed run appends its replays)."""
-    last: dict[str, dict[str, Any]] = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{n}: not a JSON record ({e.msg}); a run killed mid-write leaves a cut "
-                                  "last line: remove it and resume") from e
-            key = rec.get("task_id") or rec.get("id") or str(n)
-            last.pop(key, None)
-            last[key] = rec
-    return list(last.values())
 
 
 def scripted_agent(policy: str, env: str, seed: int = 0) -> Callable[[Task], Agent]:

@@ -713,6 +713,12 @@ def instruct_reply(style: str, name: str, arguments: dict[str, Any]) -> str:
 
 # ---- the registry ---------------------------------------------------------------------------------------
 
+def _bfcl() -> Protocol:
+    from agentflan.formats.pycall import BFCLProtocol  # it builds on this module: imported on first use
+
+    return BFCLProtocol()
+
+
 _FIXED: dict[str, Callable[[], Protocol]] = {
     "native": NativeProtocol,
     "react": lambda: ReactProtocol(TOOLLLAMA_SPEC),
@@ -727,6 +733,7 @@ _FIXED: dict[str, Callable[[], Protocol]] = {
     "instruct:json": lambda: InstructProtocol("json"),
     "instruct:string": lambda: InstructProtocol("string"),
     "source": SourceProtocol,
+    "bfcl": _bfcl,
     **{f"agentinstruct:{t}": (lambda t=t: DialectProtocol(t)) for t in DIALECTS},  # type: ignore[misc]
 }
 
