@@ -35,6 +35,9 @@ def save_outputs(recipe: Any, trainer: Any, tokenizer: Any, metrics: dict[str, A
     curve = loss_curve(metrics["log_history"], out / "loss.png")
     if curve:
         metrics["loss_curve"] = str(curve)
+    by_capability = capability_loss_curve(metrics["log_history"], out / "loss_by_capability.png")
+    if by_capability:
+        metrics["capability_loss_curve"] = str(by_capability)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     (final / "README.md").write_text(model_card(recipe, metrics))
 
@@ -74,6 +77,36 @@ def loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (trained tokens only)")
     ax.set_title("Loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def capability_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """The training loss of each capability against the step (the paper's Figure 3)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for h in history:
+        for k, v in h.items():
+            if k.startswith("loss_") and "step" in h:
+                series.setdefault(k.removeprefix("loss_"), []).append((h["step"], v))
+    if not series:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no loss curve per capability (pip install 'agentflan[report]')")
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, points in sorted(series.items()):
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (mean per token)")
+    ax.set_title("Loss per capability")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
