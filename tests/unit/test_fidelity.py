@@ -335,3 +335,17 @@ def test_db_tflan_answers_with_the_values_and_the_dialect_is_kept(tmp_path):
     dialect = get_protocol("agentinstruct:db").render(traj, "k")
     assert dialect[-1].content.endswith(f"Final Answer: {json.dumps(task.expected['label'])}")
     assert isinstance(msgs[0], SystemMessage)
+
+
+def test_overlap_rules():
+    from agentflan.pipeline.steps.decontaminate import EvalIndex
+
+    index = EvalIndex(ngram=6, min_words=3)
+    for text in ("Who wrote Hamlet?", "Name the largest ocean on the planet Earth today please", "Hi"):
+        index.add(text, "eval")
+    assert index.match("who WROTE hamlet")  # equal, normalized
+    assert index.match("Tell me: who wrote Hamlet, and when?")  # a short item inside a request
+    assert index.match("the largest ocean on the planet")  # a short request inside an item
+    assert index.match("Quick quiz: name the largest ocean on the planet Earth, now")  # a shared 6-gram
+    assert index.match("hi") and not index.match("hi there, how are you doing?")
+    assert not index.match("Who wrote Macbeth?") and not index.match("largest ocean")  # under min_words: whole only

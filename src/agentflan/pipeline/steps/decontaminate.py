@@ -59,11 +59,14 @@ class EvalIndex:
 
     ngram: int
     min_words: int
-    whole: dict[tuple[str, ...], str] = field(default_factory=dict)
+    tiny: dict[tuple[str, ...], str] = field(default_factory=dict)
+    """Items under `min_words` words: matched whole only."""
     grams: dict[tuple[str, ...], str] = field(default_factory=dict)
     short: dict[tuple[str, ...], str] = field(default_factory=dict)
+    """Items of `min_words` to `ngram - 1` words: found inside a longer request."""
     spans: dict[tuple[str, ...], str] = field(default_factory=dict)
-    """Every run of `min_words` to `ngram - 1` words of an item: what a short request is looked up in."""
+    """Every run of `min_words` to `ngram - 1` words of an item: what a short request is looked up in
+    (an item equal to a short request is one of its own runs)."""
     items: dict[str, int] = field(default_factory=dict)
 
     def add(self, text: str, source: str) -> None:
@@ -71,7 +74,8 @@ class EvalIndex:
         if not w:
             return
         self.items[source] = self.items.get(source, 0) + 1
-        self.whole.setdefault(w, source)
+        if len(w) < self.min_words:
+            self.tiny.setdefault(w, source)
         if len(w) >= self.ngram:
             for i in range(len(w) - self.ngram + 1):
                 self.grams.setdefault(w[i:i + self.ngram], source)
@@ -86,9 +90,9 @@ class EvalIndex:
         w = words(text)
         if not w:
             return None
-        if w in self.whole:
-            return self.whole[w]
-        if self.min_words <= len(w) < self.ngram and w in self.spans:
+        if len(w) < self.min_words:
+            return self.tiny.get(w)
+        if len(w) < self.ngram and w in self.spans:  # the request inside (or equal to) an item
             return self.spans[w]
         for i in range(len(w) - self.ngram + 1):
             hit = self.grams.get(w[i:i + self.ngram])
