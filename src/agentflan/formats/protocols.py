@@ -33,7 +33,7 @@ and protocol on expert episodes of both environments.
 | `fireact` | nothing (HotpotQA's actions) | `Action: search[...]` | `Observation: ...` |
 | `tflan`, `tflan:inline`, `tflan:nocot` | T-FLAN's tool list | elicited turns: thought, `` `tool` ``, ```json args``` | "`tool` returned: ..." |
 | `agentinstruct:<task>` | the task's own instruction (AgentBench's prompt for `db`) | the task's action dialect | the raw result as a user turn |
-| `instruct:json`, `instruct:string` | tool list + "answer with the next call only" | one call, as JSON or two lines | (single step: none) |
+| `instruct:json`, `instruct:string` (`:random`: key names drawn from the key) | tool list + "answer with the next call only" | one call, as JSON or two lines | (single step: none) |
 
 `native` on a template that cannot render tools (the fixed `agentflan`/`llama2` templates,
 SmolLM2's ChatML) becomes `react`: the tools then go into the system prompt in that one way.
