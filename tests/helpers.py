@@ -33,3 +33,16 @@ def agentinstruct_db_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
                  "value": m.content} for m in proto.render(ep.trajectory)]
         out.append({"id": f"db_{i}", "conversations": conv})
     return out
+
+
+def run_steps(entries: list[dict[str, Any]], data: Any, seed: int = 17) -> tuple[list[Any], list[Any]]:
+    """Run recipe step entries over `data`: (output trajectories, each step's context)."""
+    from agentflan.pipeline.base import StepContext, make_steps
+
+    stream = data
+    ctxs = []
+    for step in make_steps(entries):
+        ctx = StepContext(seed=seed)
+        ctxs.append(ctx)
+        stream = step.run(stream, ctx)
+    return list(stream), ctxs
