@@ -75,8 +75,7 @@ def main() -> None:
             print(arm, runs[arm][-1], flush=True)
     med = {arm: statistics.median(float(r["tokens_per_second"]) for r in rs) for arm, rs in runs.items()}  # type: ignore[arg-type]
     assert runs["on"][0]["logged"] and not runs["off"][0]["logged"]
-    table = ("| capability_loss | input tokens/s (median of {n}) | runs | train loss |\n|---|---|---|---|\n".format(
-        n=args.repeats)
+    table = (f"| capability_loss | input tokens/s (median of {args.repeats}) | runs | train loss |\n|---|---|---|---|\n"
              + "".join(f"| {arm} | {med[arm]:.0f} | {', '.join(str(round(float(r['tokens_per_second']))) for r in rs)} "  # type: ignore[arg-type]
                        f"| {float(rs[0]['loss']):.4f} |\n" for arm, rs in runs.items())  # type: ignore[arg-type]
              + f"| ratio on / off | {med['on'] / med['off']:.3f} | | |\n")

@@ -677,8 +677,6 @@ class InstructFormat:
 
 INSTRUCT_FORMATS = {"json": InstructFormat("json", "name", "arguments"),
                     "string": InstructFormat("string", "Action", "Action Input")}
-JSON_INSTRUCTION = INSTRUCT_FORMATS["json"].instruction()
-STRING_INSTRUCTION = INSTRUCT_FORMATS["string"].instruction()
 
 
 def random_instruct_format(style: Literal["json", "string"], key: str) -> InstructFormat:
