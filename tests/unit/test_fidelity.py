@@ -339,3 +339,18 @@ def test_overlap_rules():
     assert index.match("Quick quiz: name the largest ocean on the planet Earth, now")  # a shared 6-gram
     assert index.match("hi") and not index.match("hi there, how are you doing?")
     assert not index.match("Who wrote Macbeth?") and not index.match("largest ocean")  # under min_words: whole only
+
+
+def test_every_agentinstruct_task_gets_its_request_and_a_neutral_statement(tmp_path):
+    from agentflan.formats.neutral import TASK_STATEMENTS
+    from tests.unit.test_agentinstruct_reader import RECORDS
+
+    trajs = {t.tags["task"]: t for t in read(str(write_jsonl(tmp_path / "ai.jsonl", RECORDS)), "agentinstruct")}
+    assert request_of(trajs["os"]) == "How many .log files are there?"  # lead-in and demo gone
+    assert request_of(trajs["db"]).startswith("What is the highest score?")
+    assert request_of(trajs["kg"]).startswith("Question: who is the spouse")
+    for task in ("os", "db", "kg", "webshop", "alfworld"):
+        view = neutral_view(trajs[task])
+        assert view.messages[0].content == TASK_STATEMENTS[task]
+        assert not any(isinstance(m, AssistantMessage) and not m.loss for m in view.messages)  # no ack, no demo
+    assert neutral_view(trajs["mind2web"]) is trajs["mind2web"]  # one turn: the request itself
