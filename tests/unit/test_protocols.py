@@ -296,3 +296,34 @@ def test_parity_with_smollm2s_real_tokenizer(episodes, template_name):
                 (ep,) = drive([play(info.make(), task, proto, key="k")], engine)
                 assert [prompt_ids(template, tokenizer, p.messages, p.tools) for p in engine.prompts] == expected
                 assert ep.verdict.success, (name, task.id, ep.actions)
+
+
+@pytest.mark.parametrize("template_name", ["agentflan", "llama2", "hf"])
+def test_instruct_prompts_equal_training_prompts(episodes, tok, template_name):
+    """The single-step protocols, fixed and with drawn key names: the prompt a step-level evaluation
+    shows before the call is what training showed, and the trained reply parses back to the call."""
+    template = _templates(tok)[template_name]
+    tokenizer = getattr(template, "tokenizer", tok)
+    checked = 0
+    for name in ("instruct:json", "instruct:string", "instruct:json:random", "instruct:string:random"):
+        proto = get_protocol(name)
+        for env in ("toolapi", "db"):
+            for task, traj in episodes[env]:
+                final = traj.tags.get("final_tool")
+                for i, m in enumerate(traj.messages):
+                    if not isinstance(m, AssistantMessage) or not m.tool_calls or m.tool_calls[0].name == final:
+                        continue
+                    key = f"key:{task.id}:{i}"
+                    upto = traj.model_copy(update={"messages": traj.messages[: i + 1]})
+                    trained = proto.apply(upto, key)
+                    before = traj.model_copy(update={"messages": traj.messages[:i]})
+                    prompt = proto.prompt(proto.render(before, key), before)
+                    full = encode(trained, template, tokenizer)
+                    ids = prompt_ids(template, tokenizer, prompt.messages, prompt.tools)
+                    assert full.input_ids[: len(ids)] == ids and full.labels[len(ids)] != -100
+                    action = proto.parse(trained.messages[-1].content, before, key)
+                    assert action.kind == "call" and not action.flags
+                    assert (action.calls[0].name, action.calls[0].arguments) == (m.tool_calls[0].name,
+                                                                                 m.tool_calls[0].arguments)
+                    checked += 1
+    assert checked > 50

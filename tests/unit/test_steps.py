@@ -8,20 +8,11 @@ import pytest
 
 from agentflan.formats.agent_text import FormatSpec, parse_step, random_spec, render_step
 from agentflan.io import read
-from agentflan.pipeline.base import STEPS, StepContext, make_steps, unit
+from agentflan.pipeline.base import STEPS, StepContext, unit
 from agentflan.pipeline.steps.balance import BalanceConfig, BalanceStep
 from agentflan.samples import episodes
 from agentflan.schema import AssistantMessage, Trajectory
-
-
-def _run(entries, data, seed=17):
-    stream = data
-    ctxs = []
-    for step in make_steps(entries):
-        ctx = StepContext(seed=seed)
-        ctxs.append(ctx)
-        stream = step.run(stream, ctx)
-    return list(stream), ctxs
+from tests.helpers import run_steps as _run
 
 
 @pytest.fixture(scope="module")

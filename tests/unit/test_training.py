@@ -330,7 +330,7 @@ def test_smollm2_template_parity_and_masks(corpus):
         except NoTrainableTokens:
             continue
         assert tok.decode([i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]).count(
-            "<|im_end|>") == sum(isinstance(m, AssistantMessage) and m.loss for m in t.messages)
+            "<|im_end|>") == sum(isinstance(m, AssistantMessage) and m.loss for m in training_view(t, template)[0])
 
 
 @pytest.mark.parametrize("name", ["ddp", "zero2", "zero3", "fsdp"])

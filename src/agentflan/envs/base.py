@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentflan.formats.neutral import TOOL_SYSTEM
 from agentflan.formats.protocols import Action, Completion, Prompt, Protocol, conversation_key
 from agentflan.schema import (
     AssistantMessage,
@@ -305,9 +306,7 @@ def run_episode(env: Environment, task: Task, policy: Policy, *, max_steps: int 
 
 def system_prompt() -> SystemMessage:
     """The Tool-API system prompt. It states no reply format: each protocol states its own."""
-    return SystemMessage(content=(
-        "You are a helpful assistant that can use tools. Use a tool only when the request needs it. "
-        "If no offered tool can do what is asked, say so and answer without using tools."))
+    return SystemMessage(content=TOOL_SYSTEM)
 
 
 def user(query: str) -> UserMessage:

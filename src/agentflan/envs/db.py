@@ -47,14 +47,11 @@ from typing import Any, ClassVar
 from agentflan.envs.base import Environment, Task, Verdict
 from agentflan.errors import ConfigError
 from agentflan.formats.agentinstruct import DIALECTS
+from agentflan.formats.neutral import TASK_STATEMENTS
 from agentflan.schema import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, ToolSpec, UserMessage
 
 DB_TOOLS: list[ToolSpec] = list(DIALECTS["db"].tools)
-SYSTEM = (
-    "I will ask you a question, then you should help me operate a SQL database to answer the question. "
-    "Explain the problem and your reasoning, run one SQL statement at a time, and answer with the list of "
-    "values that answers the question. If the question is about modifying the database, the answer can be "
-    "an empty list once the change is done.")
+SYSTEM = TASK_STATEMENTS["db"]
 """The task, stated without a reply format: each protocol states its own (`agentinstruct:db` states
 AgentBench's, `formats.protocols.AGENTBENCH_DB_PROMPT`)."""
 _DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "zipfile", "sqlar_compress",

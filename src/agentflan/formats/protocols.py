@@ -33,7 +33,7 @@ and protocol on expert episodes of both environments.
 | `fireact` | nothing (HotpotQA's actions) | `Action: search[...]` | `Observation: ...` |
 | `tflan`, `tflan:inline`, `tflan:nocot` | T-FLAN's tool list | elicited turns: thought, `` `tool` ``, ```json args``` | "`tool` returned: ..." |
 | `agentinstruct:<task>` | the task's own instruction (AgentBench's prompt for `db`) | the task's action dialect | the raw result as a user turn |
-| `instruct:json`, `instruct:string` | tool list + "answer with the next call only" | one call, as JSON or two lines | (single step: none) |
+| `instruct:json`, `instruct:string` (`:random`: key names drawn from the key) | tool list + "answer with the next call only" | one call, as JSON or two lines | (single step: none) |
 
 `native` on a template that cannot render tools (the fixed `agentflan`/`llama2` templates,
 SmolLM2's ChatML) becomes `react`: the tools then go into the system prompt in that one way.
@@ -41,6 +41,7 @@ SmolLM2's ChatML) becomes `react`: the tools then go into the system prompt in t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -52,6 +53,8 @@ from typing import Any, ClassVar, Literal
 
 from agentflan.errors import ConfigError, ParseError
 from agentflan.formats.agent_text import (
+    ACTION_KEYS,
+    INPUT_KEYS,
     OBSERVATION_KEY,
     TOOLLLAMA_SPEC,
     FormatSpec,
@@ -59,6 +62,7 @@ from agentflan.formats.agent_text import (
     render_with_spec,
 )
 from agentflan.formats.agentinstruct import DIALECTS
+from agentflan.formats.neutral import neutral_view, request_of
 from agentflan.formats.react import (
     DEFAULT_BRACKET_ARGS,
     OBSERVATION_PREFIX,
@@ -366,7 +370,7 @@ class ReactProtocol(TextProtocol):
         return random_spec(random.Random(int(hashlib.sha256(key.encode()).hexdigest()[:12], 16)), self.styles)
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
-        return render_with_spec(traj, self.spec_for(key))
+        return render_with_spec(neutral_view(traj), self.spec_for(key))
 
     def tag(self, key: str) -> str:
         return f"{self.spec_for(key).style}:random" if self.spec is None else self.name
@@ -577,10 +581,10 @@ class TFlanProtocol(Protocol):
         self.name = "tflan" + ("" if options.decompose else ":inline") + ("" if options.cot else ":nocot")
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
-        return align(traj, key, self.options).messages
+        return align(neutral_view(traj), key, self.options).messages
 
     def apply(self, traj: Trajectory, key: str) -> Trajectory:
-        out = align(traj, key, self.options)
+        out = align(neutral_view(traj), key, self.options)
         return out.model_copy(update={"tags": {**out.tags, "protocol": self.name},
                                       "metadata": {**out.metadata, "protocol_key": key}})
 
@@ -641,30 +645,75 @@ class TFlanProtocol(Protocol):
 
 # ---- instruct: one step, the next call only (T-Eval style) --------------------------------------------------
 
-JSON_INSTRUCTION = ('Answer with the next tool call only, as one JSON object of the form '
-                    '{"name": "<tool name>", "arguments": {<arguments>}}, and nothing else.')
-STRING_INSTRUCTION = ("Answer with the next tool call only, in exactly two lines:\n"
-                      "Action: <tool name>\nAction Input: <arguments as a JSON object>")
+JSON_NAME_KEYS = ("name", "tool", "function", "api", "action")
+JSON_ARGS_KEYS = ("arguments", "parameters", "args", "action_input", "input")
+
+
+@dataclass(frozen=True)
+class InstructFormat:
+    """The output format an instruct sample requires: a JSON object with a name key and an
+    arguments key, or two lines `<action key>: name` / `<input key>: {json}`."""
+
+    style: Literal["json", "string"]
+    name_key: str
+    args_key: str
+
+    def instruction(self) -> str:
+        if self.style == "json":
+            shape = f'{{"{self.name_key}": "<tool name>", "{self.args_key}": {{<arguments>}}}}'
+            return f"Answer with the next tool call only, as one JSON object of the form {shape}, and nothing else."
+        return (f"Answer with the next tool call only, in exactly two lines:\n{self.name_key}: <tool name>\n"
+                f"{self.args_key}: <arguments as a JSON object>")
+
+    def reply(self, name: str, arguments: dict[str, Any]) -> str:
+        if self.style == "json":
+            return json.dumps({self.name_key: name, self.args_key: arguments}, ensure_ascii=False)
+        return f"{self.name_key}: {name}\n{self.args_key}: {json.dumps(arguments, ensure_ascii=False)}"
+
+
+INSTRUCT_FORMATS = {"json": InstructFormat("json", "name", "arguments"),
+                    "string": InstructFormat("string", "Action", "Action Input")}
+
+
+def random_instruct_format(style: Literal["json", "string"], key: str) -> InstructFormat:
+    """The format a `:random` instruct protocol draws for `key` (the release varies key names)."""
+    rng = random.Random(int(hashlib.sha256(f"instruct\x1f{key}".encode()).hexdigest()[:12], 16))
+    if style == "json":
+        return InstructFormat("json", rng.choice(JSON_NAME_KEYS), rng.choice(JSON_ARGS_KEYS))
+    action = rng.choice(ACTION_KEYS)
+    return InstructFormat("string", action, rng.choice([k for k in INPUT_KEYS if k.lower() != action.lower()]))
 
 
 class InstructProtocol(TextProtocol):
     """Agent-FLAN's instruction-following samples: the tools, a required output format, the query
     and the steps so far in one user turn; the reply is the next call only. Rendering a trajectory
-    that ends in an assistant call gives the training sample for that call."""
+    that ends in an assistant call gives the training sample for that call. `randomized` draws the
+    format's key names from the key (`instruct:json:random`), as the release varies them."""
 
     episodic = False
 
-    def __init__(self, style: Literal["json", "string"], max_observation_chars: int = 300) -> None:
+    def __init__(self, style: Literal["json", "string"], max_observation_chars: int = 300,
+                 randomized: bool = False) -> None:
         self.style = style
-        self.name = f"instruct:{style}"
+        self.randomized = randomized
+        self.name = f"instruct:{style}" + (":random" if randomized else "")
         self.max_observation_chars = max_observation_chars
+
+    def format_for(self, key: str) -> InstructFormat:
+        return random_instruct_format(self.style, key) if self.randomized else INSTRUCT_FORMATS[self.style]
+
+    def apply(self, traj: Trajectory, key: str) -> Trajectory:
+        out = super().apply(traj, key)
+        out.metadata["instruct_format"] = dataclasses.asdict(self.format_for(key))
+        return out
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
         final_tool = traj.tags.get("final_tool")
-        msgs = list(traj.messages)
+        fmt = self.format_for(key)
+        msgs = list(neutral_view(traj).messages)
         target = msgs.pop() if msgs and isinstance(msgs[-1], AssistantMessage) and msgs[-1].tool_calls else None
-        query = next((m.content for m in msgs if isinstance(m, UserMessage)), "")
-        query = re.sub(r"\s*Begin!\s*$", "", query.strip())
+        shown = traj.model_copy(update={"messages": msgs})
+        query = request_of(shown) or ""
         results = {m.tool_call_id: m.content for m in msgs if isinstance(m, ToolMessage)}
         history: list[str] = []
         for m in msgs:
@@ -674,29 +723,30 @@ class InstructProtocol(TextProtocol):
                     history.append(f"{len(history) + 1}. {c.name}({json.dumps(c.arguments, ensure_ascii=False)})"
                                    f" -> {res}")
         tools = [t for t in traj.tools if t.name != final_tool]
-        system = f"{tools_prompt(tools)}\n\n{JSON_INSTRUCTION if self.style == 'json' else STRING_INSTRUCTION}"
+        system = f"{tools_prompt(tools)}\n\n{fmt.instruction()}"
         user = query if not history else f"{query}\n\nSteps so far:\n" + "\n".join(history)
         out: list[Message] = [SystemMessage(content=system), UserMessage(content=user)]
         if isinstance(target, AssistantMessage):
             call = target.tool_calls[0]
-            out.append(AssistantMessage(content=instruct_reply(self.style, call.name, call.arguments),
+            out.append(AssistantMessage(content=fmt.reply(call.name, call.arguments),
                                         capability="instruction_following", loss=target.loss))
         return out
 
     def parse(self, text: str, traj: Trajectory, key: str = "") -> Action:
         text = text.strip()
+        fmt = self.format_for(key)
         if self.style == "json":
             try:
                 obj, end = json.JSONDecoder().raw_decode(text)
             except json.JSONDecodeError as e:
                 return Action("unparseable", error=f"not one JSON object: {e.msg}")
-            if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-                return Action("unparseable", error="the JSON object lacks a string 'name'")
-            args = obj.get("arguments", {})
+            if not isinstance(obj, dict) or not isinstance(obj.get(fmt.name_key), str):
+                return Action("unparseable", error=f"the JSON object lacks a string {fmt.name_key!r}")
+            args = obj.get(fmt.args_key, {})
             flags = ["extra_text"] if text[end:].strip() else []
-            return Action("call", flags=flags, calls=[ToolCall(id="call_0", name=obj["name"], arguments=args
+            return Action("call", flags=flags, calls=[ToolCall(id="call_0", name=obj[fmt.name_key], arguments=args
                                                                if isinstance(args, dict) else {"input": args})])
-        action = parse_react_reply(TOOLLLAMA_SPEC, text)
+        action = parse_react_reply(FormatSpec(action_key=fmt.name_key, input_key=fmt.args_key), text)
         if action.thought:
             action.flags.append("extra_text")
         if action.kind == "answer":  # the string format has no final action: a 'Finish' is a call
@@ -705,10 +755,8 @@ class InstructProtocol(TextProtocol):
 
 
 def instruct_reply(style: str, name: str, arguments: dict[str, Any]) -> str:
-    """The one trained turn of an instruct sample."""
-    if style == "json":
-        return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
-    return f"Action: {name}\nAction Input: {json.dumps(arguments, ensure_ascii=False)}"
+    """The one trained turn of an instruct sample in the fixed format of `style`."""
+    return INSTRUCT_FORMATS[style].reply(name, arguments)
 
 
 # ---- the registry ---------------------------------------------------------------------------------------
@@ -732,6 +780,8 @@ _FIXED: dict[str, Callable[[], Protocol]] = {
     "tflan:inline": lambda: TFlanProtocol(AlignOptions(cot=True, decompose=False)),
     "instruct:json": lambda: InstructProtocol("json"),
     "instruct:string": lambda: InstructProtocol("string"),
+    "instruct:json:random": lambda: InstructProtocol("json", randomized=True),
+    "instruct:string:random": lambda: InstructProtocol("string", randomized=True),
     "source": SourceProtocol,
     "bfcl": _bfcl,
     **{f"agentinstruct:{t}": (lambda t=t: DialectProtocol(t)) for t in DIALECTS},  # type: ignore[misc]

@@ -224,23 +224,34 @@ def _parallel_prefix(entries: list[dict[str, Any]], seed: int, lines: Iterator[s
             yield Trajectory.model_validate_json(line)
 
 
-def _run_output(recipe: DataRecipe, name: str, out_dir: Path, pool: Any, executor: str) -> dict[str, Any]:
+def _run_output(recipe: DataRecipe, name: str, out_dir: Path, pool: Any, executor: str,
+                agent_records: int = 0) -> dict[str, Any]:
     spec = recipe.outputs[name]
     step_stats: list[dict[str, Any]] = []
     if isinstance(spec, NegativesOutput):
         stats = StepStats()
+        clean: list[StepContext] = []
 
-        def paths(names: list[str]) -> list[Path]:
-            return [out_dir / "sources" / f"{s}.jsonl" for s in names]
+        def inputs(names: list[str]) -> Iterable[Trajectory]:
+            stream: Iterable[Trajectory] = _concat([out_dir / "sources" / f"{s}.jsonl" for s in names])
+            if recipe.decontaminate is not None:
+                clean.append(StepContext(seed=recipe.seed))
+                stream = make_steps([{"type": "decontaminate", **recipe.decontaminate.model_dump(mode="json")}])[0].run(
+                    stream, clean[-1])
+            return stream
 
         stream: Iterable[Trajectory] = build_negatives(
-            _concat(paths(spec.chat_from)), _concat(paths(spec.tools_from)), _concat(paths(spec.queries_from)),
-            spec.config, recipe.seed, stats, cache_dir=out_dir / ".cache")
+            inputs(spec.chat_from), inputs(spec.tools_from), inputs(spec.queries_from),
+            spec.config, recipe.seed, stats, cache_dir=out_dir / ".cache", agent_records=agent_records)
         n = _write_native(stream, out_dir / "native" / f"{name}.jsonl")
-        step_stats.append({"step": "negatives", "counts": stats.to_dict()})
+        for role, ctx in zip(("chat", "tools", "queries"), clean, strict=False):
+            step_stats.append({"step": f"decontaminate:{role}", "counts": ctx.stats.to_dict()})
+        step_stats.append({"step": "negatives", "config": {"agent_records": agent_records},
+                           "counts": stats.to_dict()})
     else:
         assert isinstance(spec, StepsOutput)
-        steps = recipe.steps_of(name)
+        entries = recipe.step_entries(name)
+        steps = make_steps(entries)
         k = 0
         while k < len(steps) and steps[k].parallel_safe:
             k += 1
@@ -249,10 +260,10 @@ def _run_output(recipe: DataRecipe, name: str, out_dir: Path, pool: Any, executo
         if executor == "ray":
             from agentflan.pipeline.ray_executor import ray_prefix
 
-            stream = ray_prefix(spec.steps[:k], recipe.seed, [out_dir / "sources" / f"{s}.jsonl" for s in spec.from_],
+            stream = ray_prefix(entries[:k], recipe.seed, [out_dir / "sources" / f"{s}.jsonl" for s in spec.from_],
                                 contexts[:k])
         else:
-            stream = _parallel_prefix(spec.steps[:k], recipe.seed, lines, pool, contexts[:k])
+            stream = _parallel_prefix(entries[:k], recipe.seed, lines, pool, contexts[:k])
         for step, ctx in zip(steps[k:], contexts[k:], strict=True):
             stream = step.run(stream, ctx)
         n = _write_native(stream, out_dir / "native" / f"{name}.jsonl")
@@ -279,16 +290,22 @@ def _write_formats(recipe: DataRecipe, out_dir: Path, name: str) -> dict[str, An
 
 # ---- stage 3: mix --------------------------------------------------------------------------------
 
-def mix_plan(recipe: DataRecipe, counts: dict[str, int]) -> dict[str, float]:
-    """Repeat factor per output: its weight, times the chat factor for chat outputs."""
+def mix_plan(recipe: DataRecipe, amounts: dict[str, float], basis: float | None = None) -> dict[str, float]:
+    """Repeat factor per output: its weight, times the chat factor for chat outputs.
+
+    Args:
+        amounts: Each output's amount in the mix's unit (`mix.by`: trained tokens or records).
+        basis: The agent amount general chat is measured against when `mix.basis` is `sources`.
+    """
     assert recipe.mix is not None
     mix = recipe.mix
     included = [o for o in recipe.outputs if o not in mix.exclude]
     chat = recipe.chat_outputs() & set(included)
     factors = {o: mix.weights.get(o, 1.0) for o in included}
     if mix.chat_ratio is not None and chat:
-        agent_total = sum(factors[o] * counts[o] for o in included if o not in chat)
-        chat_total = sum(factors[o] * counts[o] for o in chat)
+        agent_total = basis if mix.basis == "sources" and basis is not None else \
+            sum(factors[o] * amounts[o] for o in included if o not in chat)
+        chat_total = sum(factors[o] * amounts[o] for o in chat)
         if chat_total:
             scale = mix.chat_ratio * agent_total / chat_total
             for o in chat:
@@ -296,9 +313,28 @@ def mix_plan(recipe: DataRecipe, counts: dict[str, int]) -> dict[str, float]:
     return factors
 
 
-def _mix(recipe: DataRecipe, out_dir: Path, counts: dict[str, int]) -> dict[str, Any]:
+def _amount(path: Path, by: str) -> float:
+    """Records, or trained approx tokens, of a native file."""
+    from agentflan.pipeline.report import trained_approx_tokens
+
+    return float(sum(1 if by == "records" else trained_approx_tokens(t) for t in _read_native(path)))
+
+
+def mix_amounts(recipe: DataRecipe, out_dir: Path) -> tuple[dict[str, float], float]:
+    """Each output's amount in the mix's unit, and the agent sources' (the `sources` basis)."""
     assert recipe.mix is not None
-    factors = mix_plan(recipe, counts)
+    by = recipe.mix.by
+    amounts = {o: _amount(out_dir / "native" / f"{o}.jsonl", by) for o in recipe.outputs}
+    agent_sources = sorted({s for o in recipe.outputs.values() for s in (o.from_ if isinstance(o, StepsOutput) else [])
+                            if recipe.sources[s].role == "agent"})
+    basis = sum(_amount(out_dir / "sources" / f"{s}.jsonl", by) for s in agent_sources)
+    return amounts, basis
+
+
+def _mix(recipe: DataRecipe, out_dir: Path) -> dict[str, Any]:
+    assert recipe.mix is not None
+    amounts, basis = mix_amounts(recipe, out_dir)
+    factors = mix_plan(recipe, amounts, basis)
     # buckets of about BUCKET_BYTES each: the shuffle holds one bucket in memory at a time
     expected_bytes = sum(f * (out_dir / "native" / f"{o}.jsonl").stat().st_size for o, f in factors.items())
     n_buckets = min(MAX_BUCKETS, max(1, math.ceil(expected_bytes / BUCKET_BYTES)))
@@ -311,10 +347,12 @@ def _mix(recipe: DataRecipe, out_dir: Path, counts: dict[str, int]) -> dict[str,
                 for t in _read_native(out_dir / "native" / f"{o}.jsonl"):
                     copies = int(factor) + (unit(recipe.seed, "mix", o, t.id) < factor - int(factor))
                     for k in range(copies):
-                        tid = t.id if k == 0 else f"{t.id}#{k}"
+                        # the output in the id: one trajectory may be in two outputs (both formats at full size)
+                        tid = f"{o}/{t.id}" if k == 0 else f"{o}/{t.id}#{k}"
                         key = unit(recipe.seed, "shuffle", tid)
                         d = t.to_json_dict()
                         d["id"] = tid
+                        d["metadata"] = {**d.get("metadata", {}), "output": o}  # which output, for the report
                         buckets[min(int(key * n_buckets), n_buckets - 1)].write(
                             json.dumps([key, tid, d], ensure_ascii=False) + "\n")
                         written[o] += 1
@@ -332,7 +370,9 @@ def _mix(recipe: DataRecipe, out_dir: Path, counts: dict[str, int]) -> dict[str,
         os.replace(tmp_target, target)
     _write_formats(recipe, out_dir, recipe.mix.name)
     return {"factors": {k: round(v, 4) for k, v in factors.items()}, "records_per_output": written,
-            "records": sum(written.values()), "chat_outputs": sorted(recipe.chat_outputs())}
+            "records": sum(written.values()), "chat_outputs": sorted(recipe.chat_outputs()),
+            "by": recipe.mix.by, "basis": recipe.mix.basis, "chat_ratio": recipe.mix.chat_ratio,
+            "amounts": {k: round(v, 1) for k, v in amounts.items()}, "agent_sources_amount": round(basis, 1)}
 
 
 # ---- driver --------------------------------------------------------------------------------------
@@ -369,10 +409,16 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
         result.stages_run.append(name)
         return True
 
-    # 1. ingest
+    # 1. ingest (a source no output reads is not read)
     src_fp = {}
     todo = []
+    used = recipe.used_sources()
+    for name in recipe.sources:
+        if name not in used:
+            say(f"source {name}: no output reads it; not read")
     for name, src in recipe.sources.items():
+        if name not in used:
+            continue
         cfg = src.model_dump()
         src_fp[name] = _fp(cfg, _input_signature(src.paths, src.optional), __version__)
         if stage(f"source.{name}", src_fp[name]):
@@ -387,14 +433,24 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
     # 2. outputs: one after the other, each one's parallel-safe steps spread over the workers
     out_fp = {}
     pool = Pool(n_workers) if n_workers > 1 and recipe.executor == "local" else None
+    decon = recipe.decontaminate.model_dump(mode="json") if recipe.decontaminate else None
+    if decon and decon["against"]:
+        decon["against_files"] = _input_signature(decon["against"])
+    # negatives come after the other outputs: their counts are a share of the agent records
+    order = [n for n, o in recipe.outputs.items() if isinstance(o, StepsOutput)] + \
+        [n for n, o in recipe.outputs.items() if isinstance(o, NegativesOutput)]
     try:
-        for name, spec in recipe.outputs.items():
+        for name in order:
+            spec = recipe.outputs[name]
             deps = spec.from_ if isinstance(spec, StepsOutput) else spec.sources()
+            agent_records = 0
+            if isinstance(spec, NegativesOutput):
+                agent_records = sum(_records(out, o) for o in recipe.agent_outputs())
             out_fp[name] = _fp(spec.model_dump(mode="json", by_alias=True), recipe.seed, recipe.write,
-                               [src_fp[d] for d in deps], __version__)
+                               [src_fp[d] for d in deps], __version__, decon, agent_records)
             if not stage(f"output.{name}", out_fp[name]):
                 continue
-            info = _run_output(recipe, name, out, pool, recipe.executor)
+            info = _run_output(recipe, name, out, pool, recipe.executor, agent_records)
             (out / "native" / f"{name}.steps.json").write_text(json.dumps(info, indent=2) + "\n")
             say(f"output {name}: {info['records']} records")
             _mark(out, f"output.{name}", out_fp[name])
@@ -404,12 +460,11 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
             pool.join()
 
     # 3. mix
-    counts = {name: json.loads((out / "native" / f"{name}.steps.json").read_text())["records"]
-              for name in recipe.outputs}
     if recipe.mix is not None:
-        mix_fp = _fp(recipe.mix.model_dump(), recipe.seed, recipe.write, [out_fp[o] for o in recipe.outputs])
+        mix_fp = _fp(recipe.mix.model_dump(), recipe.seed, recipe.write, [out_fp[o] for o in recipe.outputs],
+                     [src_fp[s] for s in sorted(used)])
         if stage("mix", mix_fp):
-            info = _mix(recipe, out, counts)
+            info = _mix(recipe, out)
             (out / "native" / f"{recipe.mix.name}.mix.json").write_text(json.dumps(info, indent=2) + "\n")
             say(f"mix {recipe.mix.name}: {info['records']} records, factors {info['factors']}")
             _mark(out, "mix", mix_fp)
@@ -420,6 +475,10 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
     result.stats = write_report(recipe, out, charts=recipe.report)
     say(f"report: {out / 'report.md'}")
     return result
+
+
+def _records(out: Path, output: str) -> int:
+    return int(json.loads((out / "native" / f"{output}.steps.json").read_text())["records"])
 
 
 def _map(fn: Callable[[Any], Any], items: list[Any], workers: int) -> list[Any]:

@@ -20,13 +20,18 @@ def _scan(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """compute_stats plus trained approx tokens per capability and negatives per kind/origin."""
     tokens: Counter[str] = Counter()
     negatives: Counter[str] = Counter()
+    protocols: Counter[str] = Counter()
     turns: list[int] = []
+    processed = 0
 
     def stream() -> Any:
+        nonlocal processed
         with path.open(encoding="utf-8") as f:
             for line in f:
                 t = Trajectory.model_validate_json(line)
                 turns.append(len(t.messages))
+                processed += sum(approx_tokens(m.content) for m in t.messages)
+                protocols[t.tags.get("protocol", "structured" if t.tools else "chat")] += 1
                 if "negative_kind" in t.tags:
                     negatives[f"{t.tags['negative_kind']} / {t.tags.get('response_origin', '?')}"] += 1
                 for m in t.messages:
@@ -36,7 +41,7 @@ def _scan(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     stats = compute_stats(stream())
     extra = {"trained_approx_tokens": dict(sorted(tokens.items())), "negatives": dict(sorted(negatives.items())),
-             "turns": turns}
+             "processed_approx_tokens": processed, "protocols": dict(sorted(protocols.items())), "turns": turns}
     return stats, extra
 
 
@@ -61,8 +66,21 @@ def _balance(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def trained_approx_tokens(traj: Trajectory) -> int:
+    """Approximate trained tokens of a trajectory: its loss-bearing assistant turns, tool calls
+    counted as the JSON of their arguments (as text protocols write them)."""
+    total = 0
+    for m in traj.messages:
+        if isinstance(m, AssistantMessage) and m.loss:
+            total += approx_tokens(m.content)
+            total += sum(approx_tokens(f"{c.name} {json.dumps(c.arguments, ensure_ascii=False)}") for c in m.tool_calls)
+    return total
+
+
 def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True) -> dict[str, Any]:
-    sources = {name: json.loads((out / "sources" / f"{name}.report.json").read_text()) for name in recipe.sources}
+    used = recipe.used_sources()
+    sources = {name: json.loads((out / "sources" / f"{name}.report.json").read_text()) for name in recipe.sources
+               if name in used}
     outputs: dict[str, Any] = {}
     turns: dict[str, list[int]] = {}
     for name in recipe.outputs:
@@ -82,11 +100,33 @@ def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True) -> dict[
         stats, extra = _scan(out / "native" / f"{recipe.mix.name}.jsonl")
         turns[recipe.mix.name] = extra.pop("turns")
         mix.update(extra, stats=stats)
+        mix["general_share"] = _general_share(recipe, out / "native" / f"{recipe.mix.name}.jsonl")
     result = {"recipe": recipe.name, "seed": recipe.seed, "sources": sources, "outputs": outputs, "mix": mix}
     (out / "stats.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     chart_files = _charts(result, turns, out / "charts") if charts else []
     (out / "report.md").write_text(_markdown(recipe, result, chart_files, out))
     return result
+
+
+def _general_share(recipe: DataRecipe, path: Path) -> dict[str, Any]:
+    """Share of the mix that is general chat: records, trained and processed approx tokens."""
+    chat = recipe.chat_outputs()
+    totals: Counter[str] = Counter()
+    for t in _read(path):
+        is_chat = t.metadata.get("output") in chat
+        for key, value in (("records", 1), ("trained", trained_approx_tokens(t)),
+                           ("processed", sum(approx_tokens(m.content) for m in t.messages))):
+            totals[key] += value
+            if is_chat:
+                totals[f"chat_{key}"] += value
+    return {k: round(totals[f"chat_{k}"] / totals[k], 4) if totals[k] else 0.0
+            for k in ("records", "trained", "processed")}
+
+
+def _read(path: Path) -> Any:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            yield Trajectory.model_validate_json(line)
 
 
 def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Path) -> str:
@@ -101,13 +141,15 @@ def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Pa
         q = f"{s['quarantined']} ({rej})" if s["quarantined"] else "0"
         lines.append(f"| {name} | {s['records']} | {s['converted']} | {q} | {s['skipped']} | {dropped} |")
     lines += ["", "## Outputs", "", "| output | records | turns (median / max) | tool calls | trained turns "
-              "| trained approx tokens | dropped (step:reason) |", "|---|---|---|---|---|---|---|"]
+              "| trained approx tokens | processed approx tokens | protocols | dropped (step:reason) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, o in r["outputs"].items():
         st = o["stats"]
         d = ", ".join(f"{k} {v}" for k, v in o["dropped"].items()) or "-"
+        protos = ", ".join(f"{k} {v}" for k, v in o["protocols"].items()) or "-"
         lines.append(f"| {name} | {o['records']} | {st['turns_per_record']['median']:g} / {st['turns_per_record']['max']} "
                      f"| {st['tool_calls']} | {st['loss_bearing_turns']} | {sum(o['trained_approx_tokens'].values())} "
-                     f"| {d} |")
+                     f"| {o['processed_approx_tokens']} | {protos} | {d} |")
     bal = [(n, cap, v) for n, o in r["outputs"].items() for cap, v in o["balance"].items()]
     if bal:
         lines += ["", "## Capability balance: requested vs realized", "",
@@ -116,6 +158,13 @@ def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Pa
         for n, cap, v in bal:
             lines.append(f"| {n} | {cap} | {v['requested']:.3f} | {v['realized_turns']:.3f} | "
                          f"{v['turns_after']} / {v['turns_before']} | {v['realized_tokens']:.3f} |")
+        removed = [(n, st["counts"]) for n, o in r["outputs"].items() for st in o["steps"]
+                   if st["step"] == "balance" and "approx_tokens_processed_before" in st["counts"]]
+        if removed:
+            lines += ["", "`mode: drop` removed data: processed approx tokens before -> after:", ""]
+            for n, c in removed:
+                lines.append(f"- {n}: {c['approx_tokens_processed_before']} -> {c.get('approx_tokens_processed_after', 0)}"
+                             f" ({c.get('dropped:no_trained_turns', 0)} samples removed)")
     lines += ["", "## Trained approx tokens per capability", "", "| output | " + " | ".join(
         ["reasoning", "retrieval", "understanding", "instruction_following", "unlabelled"]) + " |",
         "|---|---|---|---|---|---|"]
@@ -131,8 +180,13 @@ def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Pa
             lines += [f"- {n}: " + ", ".join(f"{k}: {v}" for k, v in kinds.items())]
     if r["mix"]:
         m = r["mix"]
+        g = m.get("general_share", {})
         lines += ["", f"## Mix `{recipe.mix.name if recipe.mix else ''}`", "",
-                  f"{m['records']} records; chat outputs {', '.join(m['chat_outputs']) or 'none'}.", "",
+                  f"{m['records']} records; chat outputs {', '.join(m['chat_outputs']) or 'none'}; chat measured by "
+                  f"{m.get('by', 'records')} against the agent {m.get('basis', 'outputs')} (chat ratio "
+                  f"{m.get('chat_ratio')}).", "",
+                  f"General chat share of the mix: {g.get('records', 0):.1%} of records, {g.get('trained', 0):.1%} of "
+                  f"trained approx tokens, {g.get('processed', 0):.1%} of processed approx tokens.", "",
                   "| output | repeat factor | records in mix |", "|---|---|---|"]
         for o, f in m["factors"].items():
             lines.append(f"| {o} | {f:g} | {m['records_per_output'].get(o, 0)} |")

@@ -31,12 +31,15 @@ class BlockCausalCollator:
         ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((n, width), IGNORE, dtype=torch.long)
         pos = torch.zeros((n, width), dtype=torch.long)
+        caps = torch.zeros((n, width), dtype=torch.long) if "capabilities" in features[0] else None
         mask = torch.zeros((n, 1, width, width), dtype=torch.bool) if self.block_mask else None
         causal = torch.ones((width, width), dtype=torch.bool).tril() if self.block_mask else None
         for r, f in enumerate(features):
             length = len(f["input_ids"])
             ids[r, :length] = torch.tensor(f["input_ids"])
             labels[r, :length] = torch.tensor(f["labels"])
+            if caps is not None:  # each token's capability (training/capability_loss.py), padded like labels
+                caps[r, :length] = torch.tensor(f["capabilities"])
             lengths = f.get("seq_lengths") or [length]
             start = 0
             for sl in lengths:
@@ -48,6 +51,8 @@ class BlockCausalCollator:
                 idx = torch.arange(length, width)
                 mask[r, 0, idx, idx] = True
         batch = {"input_ids": ids, "labels": labels, "position_ids": pos}
+        if caps is not None:
+            batch["capabilities"] = caps
         if mask is not None:
             batch["attention_mask"] = mask
         return batch

@@ -35,6 +35,9 @@ def save_outputs(recipe: Any, trainer: Any, tokenizer: Any, metrics: dict[str, A
     curve = loss_curve(metrics["log_history"], out / "loss.png")
     if curve:
         metrics["loss_curve"] = str(curve)
+    by_capability = capability_loss_curve(metrics["log_history"], out / "loss_by_capability.png")
+    if by_capability:
+        metrics["capability_loss_curve"] = str(by_capability)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     (final / "README.md").write_text(model_card(recipe, metrics))
 
@@ -55,25 +58,40 @@ def write_model_info(folder: Path, info: dict[str, Any]) -> None:
 
 def loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
     points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    if not points:
-        return None
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    series = {"train": points, **({"eval": evals} if evals else {})}
+    return _plot(series, path, "training loss (trained tokens only)", "Loss") if points else None
+
+
+def capability_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """The training loss of each capability against the step (the paper's Figure 3)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for h in history:
+        for k, v in h.items():
+            if k.startswith("loss_") and "step" in h:
+                series.setdefault(k.removeprefix("loss_"), []).append((h["step"], v))
+    return _plot(dict(sorted(series.items())), path, "training loss (mean per token)", "Loss per capability") \
+        if series else None
+
+
+def _plot(series: dict[str, list[tuple[int, float]]], path: Path, ylabel: str, title: str) -> Path | None:
+    """Curves against the step (a legend when there are several), or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed: no loss curve (pip install 'agentflan[report]')")
+        log.warning("matplotlib is not installed: no %s chart (pip install 'agentflan[report]')", title.lower())
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    if evals:
-        ax.plot([p[0] for p in evals], [p[1] for p in evals], marker="s", label="eval")
-        ax.legend()
+    for name, points in series.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (trained tokens only)")
-    ax.set_title("Loss")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -76,6 +76,8 @@ class TrainRecipe(BaseModel):
     seed: int = 17
     data_recipe: str | None = None
     """The data recipe that built the training data, for the model card."""
+    capability_loss: bool = True
+    """Log the training loss of each capability (`loss_reasoning`, ...; `loss_by_capability.png`)."""
 
 
 def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
@@ -104,6 +106,7 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
     from agentflan.formats.protocols import training_texts, training_view
     from agentflan.formats.templates import get_template
     from agentflan.io import make_reader
+    from agentflan.training.capability_loss import token_capabilities
     from agentflan.training.masking import NoTrainableTokens, encode
     from agentflan.training.models import load_tokenizer
     from agentflan.training.packing import pack, unpacked_stats
@@ -117,7 +120,7 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     template = get_template(recipe.data.template, tokenizer)
-    samples, dropped, truncated = [], 0, 0
+    samples, dropped, truncated, unmatched = [], 0, 0, 0
     protocols: Counter[str] = Counter()
     for t in trajs:
         try:
@@ -126,8 +129,12 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
             dropped += 1
             continue
         truncated += enc.truncated
-        protocols[training_view(t, template)[2]] += 1
+        messages, _, protocol = training_view(t, template)
+        protocols[protocol] += 1
         samples.append({"input_ids": enc.input_ids, "labels": enc.labels})
+        if recipe.capability_loss:  # a parallel column: the capability of every token (training/capability_loss.py)
+            samples[-1]["capabilities"], ok = token_capabilities(enc.labels, messages)
+            unmatched += not ok
     if not samples:
         raise ConfigError("no sample has a trained token: check the loss flags and max_length")
     if dropped > 0.1 * len(trajs):
@@ -143,7 +150,8 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
              "trained_tokens": sum(sum(x != -100 for x in s["labels"]) for s in samples),
              "packing": recipe.data.packing, "packing_efficiency": round(st.efficiency, 4),
              "padding_waste": round(1 - st.efficiency, 4), "template": template.name,
-             "protocols": dict(sorted(protocols.items())), "reading": reader.report.to_dict()}
+             "protocols": dict(sorted(protocols.items())), "reading": reader.report.to_dict(),
+             "capabilities_unmatched": unmatched}
     return tokenizer, rows, stats
 
 
@@ -171,6 +179,7 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from agentflan.training.capability_loss import with_capability_loss
     from agentflan.training.collator import BlockCausalCollator
     from agentflan.training.models import load_model
     from agentflan.training.report import save_outputs
@@ -193,7 +202,8 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
             "seed": recipe.seed, **recipe.trl,
             "dataset_kwargs": {"skip_prepare_dataset": True}, "remove_unused_columns": False}
     config = SFTConfig(**args)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, eval_dataset=eval_dataset,
+    trainer_cls = with_capability_loss(SFTTrainer) if recipe.capability_loss else SFTTrainer
+    trainer = trainer_cls(model=model, args=config, train_dataset=dataset, eval_dataset=eval_dataset,
                          data_collator=BlockCausalCollator(tokenizer.pad_token_id, recipe.data.block_mask), processing_class=tokenizer,
                          peft_config=_peft_config(recipe.peft) if recipe.peft else None)
     resume = recipe.resume
