@@ -115,7 +115,46 @@ def check(traj: Trajectory, *, allow_parse_errors: bool = False) -> list[Issue]:
     for name, value in traj.tags.items():
         if not name:
             issues.append(Issue("bad_tag", f"empty tag name (value {value!r})", None, "tags"))
+    issues += _depth_issues(traj)
     return issues
+
+
+MAX_DEPTH = 200
+"""How deep a free-form value (metadata, tool arguments and parameters) may nest. pydantic refuses to
+serialize Any values nested more than about 255 levels, so a deeper one could be read but never
+written: it is an error here, where readers quarantine it (`too_deep`)."""
+
+
+def _depth_issues(traj: Trajectory) -> list[Issue]:
+    found: list[Issue] = []
+    if _deeper_than(traj.metadata, MAX_DEPTH):
+        found.append(Issue("too_deep", f"metadata nests deeper than {MAX_DEPTH} levels", None, "metadata"))
+    for k, tool in enumerate(traj.tools):
+        if _deeper_than(tool.parameters, MAX_DEPTH) or _deeper_than(tool.metadata, MAX_DEPTH):
+            found.append(Issue("too_deep", f"tool {tool.name!r} nests deeper than {MAX_DEPTH} levels", None,
+                               f"tools[{k}]"))
+    for i, m in enumerate(traj.messages):
+        values = [m.metadata, *(c.arguments for c in m.tool_calls)] if isinstance(m, AssistantMessage) else [m.metadata]
+        if any(_deeper_than(v, MAX_DEPTH) for v in values):
+            found.append(Issue("too_deep", f"a value nests deeper than {MAX_DEPTH} levels", i, "metadata"))
+    return found
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether dicts and lists in `value` nest more than `limit` levels (iterative: no recursion).
+
+    Examples:
+        >>> _deeper_than({"a": [[1]]}, 2), _deeper_than({"a": [[1]]}, 3)
+        (True, False)
+    """
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def errors(issues: list[Issue]) -> list[Issue]:
