@@ -20,6 +20,7 @@ from agentflan.envs.base import Policy
 from agentflan.formats.react import parse_json_arguments
 from agentflan.io.writers.chat import tool_call_dicts
 from agentflan.schema import AssistantMessage, Message, ToolCall, ToolMessage, ToolSpec
+from agentflan.training.models import check_local_model
 
 
 def payload(model: str, messages: list[Message], tools: list[ToolSpec], temperature: float = 0.0,
@@ -123,6 +124,7 @@ class LocalModelPolicy(Policy):
     name: ClassVar[str] = "local"
 
     def __init__(self, path: str, *, max_new_tokens: int = 256) -> None:
+        check_local_model(path)
         from agentflan.errors import require
 
         require("transformers", "train")

@@ -25,7 +25,8 @@ def save_outputs(recipe: Any, trainer: Any, tokenizer: Any, metrics: dict[str, A
         return
     tokenizer.save_pretrained(str(final))
     if recipe.peft and recipe.merge_lora:
-        merged = trainer.model.merge_and_unload()
+        merged = _merged_full_precision(recipe, final, tokenizer) if recipe.peft.type == "qlora" else \
+            trainer.model.merge_and_unload()
         merged.save_pretrained(str(out / "merged"))
         tokenizer.save_pretrained(str(out / "merged"))
         metrics["merged"] = str(out / "merged")
@@ -34,6 +35,17 @@ def save_outputs(recipe: Any, trainer: Any, tokenizer: Any, metrics: dict[str, A
         metrics["loss_curve"] = str(curve)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     (final / "README.md").write_text(model_card(recipe, metrics))
+
+
+def _merged_full_precision(recipe: Any, adapter: Path, tokenizer: Any) -> Any:
+    """QLoRA: the adapter merged into the base reloaded unquantized, in the recipe's dtype (merging
+    into the 4-bit weights would round the merged weights to 4 bits again)."""
+    from peft import PeftModel
+
+    from agentflan.training.models import load_model
+
+    base = load_model(recipe.model, tokenizer)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
 
 
 def loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
