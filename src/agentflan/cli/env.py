@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from agentflan.errors import AgentflanError
+from agentflan.errors import ConfigError, PartialResult
+
+if TYPE_CHECKING:
+    from agentflan.envs.base import Task
 
 
 @click.group("env")
@@ -36,10 +40,7 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
     """Generate tasks of env NAME, solve them with the scripted expert, write verified trajectories."""
     from agentflan.envs.synth import synth
 
-    try:
-        r = synth(name, count, split, output, seed)
-    except AgentflanError as e:
-        raise click.ClickException(str(e)) from e
+    r = synth(name, count, split, output, seed)
     click.echo(f"{name}/{split}: {r.tasks} tasks, {r.written} verified episodes written "
                f"({', '.join(f'{k} {v}' for k, v in sorted(r.kinds.items()))})")
     for reason, n in r.failed.items():
@@ -47,7 +48,8 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
     for fmt, path in r.files.items():
         click.echo(f"  {fmt}: {path}")
     if r.failed:
-        raise click.ClickException("the expert failed some tasks (see above): this is a bug in a task generator")
+        raise PartialResult(f"the expert failed {sum(r.failed.values())} of {r.tasks} tasks (see above; the verified "
+                            "episodes were written): this is a bug in a task generator")
 
 
 @env.command("play")
@@ -55,7 +57,7 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
 @click.option("--policy", type=click.Choice(["expert", "random", "replay", "model", "local"]), default="expert",
               show_default=True, help="model: an OpenAI-compatible endpoint; local: a transformers model folder.")
 @click.option("--split", type=click.Choice(["train", "heldout", "dev"]), default="train", show_default=True)
-@click.option("--index", type=int, default=0, show_default=True, help="Which generated task.")
+@click.option("--index", type=click.IntRange(min=0), default=0, show_default=True, help="Which task (0-based).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tasks", "tasks_file", type=click.Path(exists=True, path_type=Path),
               help="AgentBench dbbench JSONL to take the task from (db only), e.g. dev.jsonl.")
@@ -67,7 +69,6 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
              replay_file: Path | None, base_url: str | None, model_name: str | None) -> None:
     """Play one episode of env NAME and print it readably, with the verdict."""
     import itertools
-    import json
 
     from agentflan.envs import get_env, run_episode
     from agentflan.envs.base import ExpertPolicy, Policy, RandomPolicy, ReplayPolicy
@@ -75,10 +76,9 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
 
     info = get_env(name)
     if tasks_file is not None:
-        from agentflan.envs.db import task_from_agentbench
-
-        line = next(itertools.islice(tasks_file.open(), index, None))
-        task = task_from_agentbench(json.loads(line), index)
+        if name != "db":
+            raise click.UsageError("--tasks takes AgentBench dbbench tasks: it works with env db only")
+        task = _agentbench_task(tasks_file, index)
     else:
         task = info.generate(index + 1, "heldout" if split == "heldout" else "train", seed)[index]
     chosen: Policy
@@ -91,7 +91,10 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
             raise click.UsageError("--policy replay needs --replay FILE")
         from agentflan.io import read
 
-        chosen = ReplayPolicy(next(itertools.islice(read(str(replay_file), on_error="raise"), index, None)))
+        traj = next(itertools.islice(read(str(replay_file), on_error="raise"), index, None), None)
+        if traj is None:
+            raise ConfigError(f"--index {index}: {replay_file} has fewer than {index + 1} records")
+        chosen = ReplayPolicy(traj)
     elif policy == "local":
         if not model_name:
             raise click.UsageError("--policy local needs --model FOLDER (e.g. runs/x/final or runs/x/merged)")
@@ -108,3 +111,24 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
     click.echo(render_text(episode.trajectory, max_chars=1500))
     verdict = "SUCCESS" if episode.verdict.success else "FAILURE"
     click.echo(f"\n== {verdict}: {episode.verdict.reason} ({episode.steps} assistant turns)")
+
+
+def _agentbench_task(path: Path, index: int) -> Task:
+    """Task `index` (0-based line) of an AgentBench dbbench JSONL file, or a ConfigError saying why not."""
+    import json
+
+    from agentflan.envs.db import task_from_agentbench
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a UTF-8 text file (AgentBench dbbench JSONL expected): {e}") from e
+    if index >= len(lines):
+        raise ConfigError(f"--index {index}: {path} has {len(lines)} tasks (0 to {len(lines) - 1})")
+    try:
+        return task_from_agentbench(json.loads(lines[index]), index)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{index + 1}: malformed JSON: {e.msg}") from e
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ConfigError(f"{path}:{index + 1}: not an AgentBench dbbench task (missing or bad "
+                          f"{type(e).__name__}: {e})") from e
