@@ -190,3 +190,77 @@ def test_a_failing_writer_leaves_no_file(tmp_path):
         with pytest.raises(RuntimeError):
             WRITERS.get(to)().write(stream(), tmp_path / name)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- bugs the fuzzer found (tests/unit/test_fuzz.py), pinned as examples ------------------------
+
+@pytest.mark.parametrize("record", [
+    {"query": "q", "api_list": True},
+    {"query": "q", "api_list": [{"tool_name": "t", "api_name": "a", "api_description": True}]},
+    {"query": "q", "api_list": [{"tool_name": "t", "api_name": "a", "optional_parameters": True}]},
+    {"query": "q", "api_list": [{"tool_name": "t", "api_name": "a", "required_parameters": [{"name": []}]}]},
+    {"query": "q", "relevant APIs": [[None, "a"]]},
+    {"query": "q", "relevant APIs": [["t"]]},
+    {"query": "q", "relevant APIs": 3},
+])
+def test_toolbench_query_wrong_types_are_parse_errors(tmp_path, record):
+    from agentflan.errors import ParseError
+
+    src = tmp_path / "q.jsonl"
+    src.write_text(json.dumps(record) + "\n")
+    with pytest.raises(ParseError) as info:
+        list(read(str(src), "toolbench_query", on_error="raise"))
+    assert info.value.reason in ("wrong_type", "bad_tools")
+
+
+def test_line_separators_are_escaped_in_every_json_line(tmp_path):
+    """U+2028/U+2029/U+0085 are legal in JSON strings, but `str.splitlines()` breaks lines there."""
+    text = "a\u2028b\u2029c\x85d"
+    t = Trajectory.model_validate({"id": "x", "messages": [{"role": "user", "content": text},
+                                                           {"role": "assistant", "content": "ok"}],
+                                   "source": {"format": "native"}})
+    WRITERS.get("native")().write([t], tmp_path / "o.jsonl")
+    raw = (tmp_path / "o.jsonl").read_text(encoding="utf-8")
+    assert len(raw.splitlines()) == 1 and "\\u2028" in raw
+    assert next(read(str(tmp_path / "o.jsonl"), "native", on_error="raise")).messages[0].content == text
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    result = convert(str(bad), tmp_path / "o2.jsonl", fmt="openai", to="native")
+    assert len(result.quarantine.read_text(encoding="utf-8").splitlines()) == 1
+
+
+def test_sharegpt_parallel_results_read_back_one_per_call(tmp_path):
+    t = Trajectory.model_validate({
+        "id": "p", "source": {"format": "native"}, "tools": [{"name": "w"}],
+        "messages": [{"role": "user", "content": "two cities"},
+                     {"role": "assistant", "content": "", "tool_calls": [
+                         {"id": "a", "name": "w", "arguments": {"c": "P"}}, {"id": "b", "name": "w", "arguments": {"c": "R"}}]},
+                     {"role": "tool", "tool_call_id": "a", "content": "sun"},
+                     {"role": "tool", "tool_call_id": "b", "content": "rain"},
+                     {"role": "assistant", "content": "done"}]})
+    WRITERS.get("sharegpt")().write([t], tmp_path / "s.json")
+    (back,) = read(str(tmp_path / "s.json"), "sharegpt", on_error="raise")
+    calls = back.messages[1].tool_calls
+    assert [(m.content, m.tool_call_id) for m in back.messages[2:4]] == [("sun", calls[0].id), ("rain", calls[1].id)]
+
+
+def test_agentinstruct_ids_carry_the_task_so_the_reader_finds_the_dialect(tmp_path):
+    from agentflan.samples import _os_episode
+
+    t = _os_episode().model_copy(update={"id": "12"})
+    WRITERS.get("agentinstruct")().write([t], tmp_path / "a.jsonl")
+    (back,) = read(str(tmp_path / "a.jsonl"), "agentinstruct", on_error="raise")
+    assert back.id == "os_12" and back.tags["task"] == "os"
+
+
+@pytest.mark.parametrize("to", ["react", "toolbench"])
+def test_text_formats_refuse_turns_their_reader_would_misread(tmp_path, to):
+    """An answer that holds an action line would be read back as an action: counted, not written."""
+    base = {"id": "r", "source": {"format": "native"},
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "fine"}]}
+    ok = Trajectory.model_validate(base)
+    sly = Trajectory.model_validate({**base, "messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "Thought: look\nAction: search[x]\nAction Input: {}"}]})
+    report = WRITERS.get(to)().write([ok, sly], tmp_path / "o.jsonl")
+    assert (report.written, dict(report.unwritable)) == (1, {"ambiguous_text": 1})

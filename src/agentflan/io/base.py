@@ -21,7 +21,7 @@ from typing import IO, Any, ClassVar, Literal
 from pydantic import ValidationError
 
 from agentflan.errors import Drop, ParseError
-from agentflan.io.files import RawRecord, expand, iter_records
+from agentflan.io.files import RawRecord, expand, iter_records, one_line
 from agentflan.schema import Source, Trajectory, check, errors
 
 OnError = Literal["raise", "skip", "quarantine"]
@@ -105,7 +105,7 @@ class Quarantine:
         if raw.data is not None:
             entry["record_base64"] = base64.b64encode(raw.data).decode("ascii")
         try:
-            line = json.dumps(entry, ensure_ascii=False, default=str)
+            line = one_line(json.dumps(entry, ensure_ascii=False, default=str))
             line.encode("utf-8")
         except UnicodeEncodeError:
             line = json.dumps(entry, ensure_ascii=True, default=str)
@@ -256,6 +256,19 @@ def require_key(record: Any, key: str, kind: type | tuple[type, ...], where: str
     if not isinstance(value, kind):
         want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ParseError(f"expected {want}, found {type(value).__name__}", reason="wrong_type", field=path)
+    return value
+
+
+def optional_key(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str = "",
+                 default: Any = None) -> Any:
+    """`record[key]` checked for type when present and not null, else `default`."""
+    value = record.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ParseError(f"expected {want}, found {type(value).__name__}", reason="wrong_type",
+                         field=f"{where}.{key}" if where else key)
     return value
 
 

@@ -329,6 +329,22 @@ def _iter_parquet(path: str) -> Iterator[RawRecord]:
                             f"{type(e).__name__}: {e}", reason="corrupt_file", text="")
 
 
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def one_line(json_text: str) -> str:
+    r"""JSON text with U+2028, U+2029 and U+0085 escaped: `json.dumps` leaves them raw, and every
+    `str.splitlines()` (and JavaScript before ES2019) breaks a JSON line there.
+
+    Examples:
+        >>> one_line('{"a": "x\u2028y"}')
+        '{"a": "x\\u2028y"}'
+    """
+    if "\u2028" in json_text or "\u2029" in json_text or "\x85" in json_text:
+        return json_text.translate(_LINE_BREAKS)  # only inside strings: JSON has no such whitespace
+    return json_text
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], tmp: Path | None = None) -> Iterator[Path]:
     """A temporary path beside `path`, renamed to `path` only if the block succeeds.

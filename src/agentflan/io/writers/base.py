@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from agentflan.errors import AgentflanError, ConfigError
-from agentflan.io.files import atomic_output, base_suffix
+from agentflan.io.files import atomic_output, base_suffix, one_line
 from agentflan.schema import Trajectory
 
 
@@ -84,7 +84,7 @@ class Writer(ABC):
 
 
 def dumps(rec: Any) -> str:
-    return json.dumps(rec, ensure_ascii=False, separators=(", ", ": "))
+    return one_line(json.dumps(rec, ensure_ascii=False, separators=(", ", ": ")))
 
 
 class JsonSink:

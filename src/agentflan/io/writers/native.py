@@ -124,7 +124,11 @@ class ParquetWriter(Writer):
         batch: list[dict[str, Any]] = []
         with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
             for traj in trajectories:
-                batch.append(self.record(traj))
+                try:
+                    batch.append(self.record(traj))
+                except UnicodeEncodeError:  # pydantic's JSON mode refuses lone surrogates
+                    self.report.unwritable["invalid_unicode"] += 1
+                    continue
                 if len(batch) >= self.batch_size:
                     out.write_table(self._table(batch, schema))
                     batch = []
