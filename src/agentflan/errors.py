@@ -11,15 +11,16 @@ EXIT_RUNTIME = 1
 """The work failed on the way: an endpoint, a model or the disk did not do what was asked."""
 EXIT_USAGE = 2
 """The command line is wrong: an unknown option, a missing argument (click's own code)."""
-EXIT_INPUT = 3
+EXIT_PARTIAL = 3
+"""The command finished and wrote its output, but left part of the input behind (rejected records,
+episodes that ended in errors): `agentflan eval` uses it too."""
+EXIT_INPUT = 4
 """The input or the configuration is wrong: a file, a record, a recipe key, an option, a model path."""
-EXIT_PARTIAL = 4
-"""The command finished and wrote its output, but left part of the input behind (rejected records)."""
 EXIT_INTERRUPTED = 130
 """Ctrl-C (SIGINT); SIGTERM ends with 143. Temporary files are removed either way."""
 
-EXIT_CODES = {EXIT_OK: "success", EXIT_RUNTIME: "runtime", EXIT_USAGE: "usage", EXIT_INPUT: "input",
-              EXIT_PARTIAL: "partial", EXIT_INTERRUPTED: "interrupted"}
+EXIT_CODES = {EXIT_OK: "success", EXIT_RUNTIME: "runtime", EXIT_USAGE: "usage", EXIT_PARTIAL: "partial",
+              EXIT_INPUT: "input", EXIT_INTERRUPTED: "interrupted"}
 
 
 class AgentflanError(Exception):

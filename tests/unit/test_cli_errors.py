@@ -208,7 +208,7 @@ def test_usage_errors_keep_clicks_status_and_help_documents_the_codes():
     assert run("data", "convert").exit_code == EXIT_USAGE
     assert run("env", "play", "db", "--policy", "nope").exit_code == EXIT_USAGE
     res = run("--help")
-    assert "Exit status: 0 success, 1 runtime failure, 2 usage, 3 bad input" in " ".join(res.output.split())
+    assert "Exit status: 0 success, 1 runtime failure, 2 usage, 3 partial" in " ".join(res.output.split())
 
 
 def test_real_process_prints_one_line(tmp_path):

@@ -264,3 +264,15 @@ def test_text_formats_refuse_turns_their_reader_would_misread(tmp_path, to):
         {"role": "assistant", "content": "Thought: look\nAction: search[x]\nAction Input: {}"}]})
     report = WRITERS.get(to)().write([ok, sly], tmp_path / "o.jsonl")
     assert (report.written, dict(report.unwritable)) == (1, {"ambiguous_text": 1})
+
+
+def test_what_an_unwritten_record_would_have_lost_is_not_counted(tmp_path):
+    t = Trajectory.model_validate({
+        "id": "u", "source": {"format": "native"}, "tools": [{"name": "w"}],
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "first", "loss": False},
+                     {"role": "user", "content": "q2"},
+                     {"role": "assistant", "content": "", "tool_calls": [{"id": "a", "name": "w"}, {"id": "b", "name": "w"}]},
+                     {"role": "tool", "tool_call_id": "a", "content": "1"}, {"role": "tool", "tool_call_id": "b", "content": "2"},
+                     {"role": "assistant", "content": "done"}]})
+    report = WRITERS.get("toolbench")().write([t], tmp_path / "o.jsonl")
+    assert (report.written, dict(report.unwritable), dict(report.lossy)) == (0, {"parallel_calls": 1}, {})

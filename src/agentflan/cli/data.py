@@ -60,7 +60,7 @@ def _max_reject(value: float | None) -> float | None:
     return value
 
 
-MAX_REJECT_HELP = ("Exit with status 4 (partial) when more than this share (0-1) of the records is rejected; "
+MAX_REJECT_HELP = ("Exit with status 3 (partial) when more than this share (0-1) of the records is rejected; "
                    "an input whose every record is rejected always does.")
 
 

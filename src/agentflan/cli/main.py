@@ -3,7 +3,7 @@
 Every command runs inside one error boundary (`AgentflanGroup.invoke`): agentflan's own errors, a
 missing file, an unreachable endpoint or a bad model path end in one line on stderr,
 `agentflan: error: ...`, and a documented exit status (`agentflan.errors.EXIT_CODES`): 1 runtime,
-2 usage, 3 input, 4 partial, 130 interrupted. `--debug` or `AGENTFLAN_DEBUG=1` also prints the
+2 usage, 3 partial, 4 input, 130 interrupted. `--debug` or `AGENTFLAN_DEBUG=1` also prints the
 traceback. Commands added later (`eval`, `score`, `serve`) are covered by adding them to `cli`.
 """
 
@@ -58,7 +58,7 @@ def describe(e: BaseException) -> tuple[str, int]:
     if isinstance(e, AgentflanError):
         return str(e), e.exit_code
     if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
-        return f"{e.strerror or type(e).__name__}: {e.filename}", EXIT_INPUT
+        return (f"{e.strerror or type(e).__name__}: {e.filename}" if e.filename else str(e)), EXIT_INPUT
     if isinstance(e, MemoryError):
         return "out of memory (lower the batch size, max_length or workers)", EXIT_RUNTIME
     if isinstance(e, OSError):  # network, disk full, a broken pipe: the environment, not agentflan
@@ -75,6 +75,8 @@ class AgentflanGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # `agentflan ... | head`: click ends it quietly
+            raise
         except (Exception, KeyboardInterrupt) as e:
             if ctx.params.get("debug") or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 traceback.print_exc(file=sys.stderr)
@@ -83,8 +85,8 @@ class AgentflanGroup(click.Group):
 
 
 @click.group(cls=AgentflanGroup, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="Exit status: 0 success, 1 runtime failure, 2 usage, 3 bad input or configuration, "
-                    "4 partial (output written, records rejected beyond --max-reject), 130 interrupted.")
+             epilog="Exit status: 0 success, 1 runtime failure, 2 usage, 3 partial (output written, input "
+                    "left behind: rejected records, failed episodes), 4 bad input or configuration, 130 interrupted.")
 @click.version_option(__version__, prog_name="agentflan")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.option("--debug", is_flag=True, help=f"Print the traceback of an error (also: {DEBUG_ENV}=1).")

@@ -193,7 +193,7 @@ def _iter_jsonl(path: str) -> Iterator[RawRecord]:
                     line = line[len(_BOM):]
                 if not line.strip():
                     continue
-                yield decode_line(path, lineno, index, line)
+                yield _decode_line(path, lineno, index, line)
                 index += 1
         except _corrupt_errors() as e:
             yield RawRecord(path, lineno + 1, index, error=f"the file is damaged after line {lineno}, the rest "
@@ -212,7 +212,7 @@ def _too_large(path: str, lineno: int, index: int, head: bytes, f: IO[bytes]) ->
                      reason="too_large", text=head[:_KEEP_CHARS].decode("utf-8", "replace"))
 
 
-def decode_line(path: str, lineno: int, index: int, line: bytes) -> RawRecord:
+def _decode_line(path: str, lineno: int, index: int, line: bytes) -> RawRecord:
     """Decode one JSONL line; every failure is a `RawRecord` with an error and a reason, never raised."""
     try:
         text = line.decode("utf-8")

@@ -70,14 +70,13 @@ class Writer(ABC):
                               f"not {suffix or 'no suffix'!r} ({path})")
         with atomic_output(path) as tmp, JsonSink(tmp) as sink:
             for traj in trajectories:
+                lossy = self.report.lossy.copy()
                 try:
-                    rec = self.record(traj)
-                    sink.add(rec)
-                except Unwritable as e:
-                    self.report.unwritable[e.reason] += 1
-                    continue
-                except UnicodeEncodeError:  # nothing of the record was written: the text is encoded whole
-                    self.report.unwritable["invalid_unicode"] += 1
+                    sink.add(self.record(traj))
+                except (Unwritable, UnicodeEncodeError) as e:
+                    # nothing of it was written (the text is encoded whole), so what it lost does not count
+                    self.report.lossy = lossy
+                    self.report.unwritable[e.reason if isinstance(e, Unwritable) else "invalid_unicode"] += 1
                     continue
                 self.report.written += 1
         return self.report
