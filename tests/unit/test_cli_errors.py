@@ -258,14 +258,15 @@ def _temporaries(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.startswith((".partial-", "tmp")) or p.name.endswith(".tmp")]
 
 
-def _interrupt_when(proc: subprocess.Popen[str], ready, timeout: float = 60) -> tuple[int, str]:
-    """Send SIGINT as soon as `ready()` holds (a temporary file exists); return (status, stderr)."""
+def _interrupt_when(proc: subprocess.Popen[str], ready, timeout: float = 60,
+                    signum: int = signal.SIGINT) -> tuple[int, str]:
+    """Send `signum` as soon as `ready()` holds (a temporary file exists); return (status, stderr)."""
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()}"
         assert time.monotonic() < deadline, "no temporary file appeared"
         time.sleep(0.002)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     return proc.returncode, err
 
@@ -288,12 +289,15 @@ def _cli(*args: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def test_ctrl_c_during_convert_removes_the_temporary_output(tmp_path, big_input):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_during_convert_removes_the_temporary_output(tmp_path, big_input, signum):
     out_dir = tmp_path / "out"
     proc = _cli("data", "convert", str(big_input), "--from", "openai", "-o", str(out_dir / "o.jsonl"))
-    code, err = _interrupt_when(proc, lambda: bool(_temporaries(out_dir)) if out_dir.exists() else False)
-    assert code == EXIT_INTERRUPTED and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].startswith("agentflan: error: interrupted (SIGINT)"), err
+    code, err = _interrupt_when(proc, lambda: bool(_temporaries(out_dir)) if out_dir.exists() else False,
+                                signum=signum)
+    assert code == 128 + signum and "Traceback" not in err, err
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines()[-1].startswith(f"agentflan: error: interrupted ({name})"), err
     assert _temporaries(out_dir) == []
     out = out_dir / "o.jsonl"  # absent, or complete if the signal came after the rename (a slow machine)
     assert not out.exists() or len(read_jsonl(out)) == 4000

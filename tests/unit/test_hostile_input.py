@@ -16,7 +16,7 @@ from agentflan.io import convert, read
 from agentflan.io import files as files_mod
 from agentflan.io.writers import WRITERS
 from agentflan.samples import episodes
-from agentflan.schema import Trajectory, UserMessage
+from agentflan.schema import AssistantMessage, Trajectory, UserMessage
 from tests.helpers import read_jsonl
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]})
@@ -276,3 +276,19 @@ def test_what_an_unwritten_record_would_have_lost_is_not_counted(tmp_path):
                      {"role": "assistant", "content": "done"}]})
     report = WRITERS.get("toolbench")().write([t], tmp_path / "o.jsonl")
     assert (report.written, dict(report.unwritable), dict(report.lossy)) == (0, {"parallel_calls": 1}, {})
+
+
+def test_agentinstruct_refuses_actions_its_dialect_cannot_say(tmp_path):
+    """Found by the slow writer fuzz: a call to a tool the task's dialect has no action for."""
+    from agentflan.samples import _os_episode
+
+    ok = _os_episode()
+    odd = Trajectory.model_validate({
+        "id": "os_9", "source": {"format": "native"}, "tags": {"task": "os"}, "tools": [{"name": "weather"}],
+        "messages": [{"role": "user", "content": "q"},
+                     {"role": "assistant", "content": "", "tool_calls": [{"id": "a", "name": "weather"}]},
+                     {"role": "tool", "tool_call_id": "a", "content": "sun"}, {"role": "assistant", "content": "ok"}]})
+    sly = ok.model_copy(deep=True)
+    sly.messages[-1] = AssistantMessage(content="Act: answer(4)")  # a plain answer that reads as an action
+    report = WRITERS.get("agentinstruct")().write([ok, odd, sly], tmp_path / "a.jsonl")
+    assert (report.written, dict(report.unwritable)) == (1, {"not_in_dialect": 1, "ambiguous_text": 1})

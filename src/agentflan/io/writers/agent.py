@@ -108,9 +108,10 @@ class ReactWriter(Writer):
 class AgentInstructWriter(Writer):
     """AgentInstruct `conversations` (human/gpt with `loss`), actions in the task's dialect.
 
-    Needs the `task` tag (set by the agentinstruct reader) to choose the dialect. The id starts with
-    the task (`os_12`), as AgentInstruct's ids do, because that is how a reader finds the dialect:
-    an id without that prefix gets it.
+    Needs the `task` tag (set by the agentinstruct reader) to choose the dialect; a call to a tool the
+    dialect has no action for is unwritable (`not_in_dialect`), and so is a turn that would read back
+    as another action (`ambiguous_text`). The id starts with the task (`os_12`), as AgentInstruct's
+    ids do, because that is how a reader finds the dialect: an id without that prefix gets it.
     """
 
     name: ClassVar[str] = "agentinstruct"
@@ -125,7 +126,15 @@ class AgentInstructWriter(Writer):
             if isinstance(m, AssistantMessage):
                 _single_call(m)
                 c = m.tool_calls[0] if m.tool_calls else None
+                if c and c.name not in {t.name for t in dialect.tools}:
+                    raise Unwritable("not_in_dialect", f"the {task} dialect has no action {c.name!r}")
                 value = dialect.render(m.content, c.name if c else None, c.arguments if c else {})
+                try:  # the dialects normalize thoughts and arguments, but never change the action
+                    same = dialect.parse(value).name == (c.name if c else None)
+                except ParseError:
+                    same = False
+                if not same:
+                    raise Unwritable("ambiguous_text", "the text would read back as another action")
                 conv.append({"from": "gpt", "loss": m.loss, "value": value})
             else:
                 conv.append({"from": "human", "loss": None, "value": m.content})
