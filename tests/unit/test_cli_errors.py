@@ -320,3 +320,28 @@ def test_ctrl_c_during_build_removes_temporaries_and_the_build_resumes(tmp_path,
     for name in ("native/all.jsonl", "sharegpt/all.jsonl"):  # the resumed build is the uninterrupted one
         assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
     assert _temporaries(out) == []
+
+
+def test_click_exceptions_wrapping_an_agentflan_error_keep_its_status():
+    """Commands written as `raise click.ClickException(str(e)) from e` still exit with e's status."""
+    import click
+
+    from agentflan.cli.main import AgentflanGroup
+    from agentflan.errors import ConfigError
+
+    @click.group(cls=AgentflanGroup)
+    def group() -> None:
+        pass
+
+    @group.command()
+    @click.argument("kind")
+    def fail(kind: str) -> None:
+        if kind == "wrapped":
+            try:
+                raise ConfigError("no such thing")
+            except ConfigError as e:
+                raise click.ClickException(str(e)) from e
+        raise click.ClickException("plain")
+
+    assert_one_line_error(CliRunner().invoke(group, ["fail", "wrapped"]), EXIT_INPUT, "no such thing")
+    assert_one_line_error(CliRunner().invoke(group, ["fail", "plain"]), EXIT_RUNTIME, "plain")

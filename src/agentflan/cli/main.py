@@ -73,15 +73,25 @@ class AgentflanGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+        except (click.exceptions.UsageError, CommandFailed, click.exceptions.Exit, click.exceptions.Abort,
+                SystemExit, BrokenPipeError):  # click's own handling (`agentflan ... | head` ends quietly)
             raise
-        except BrokenPipeError:  # `agentflan ... | head`: click ends it quietly
-            raise
+        except click.exceptions.ClickException as e:
+            # `raise click.ClickException(str(err)) from err` keeps the status of the agentflan error
+            cause = e.__cause__
+            if isinstance(cause, AgentflanError):
+                self._debug(ctx, cause)
+                raise CommandFailed(str(cause), cause.exit_code) from cause
+            raise CommandFailed(e.format_message(), e.exit_code) from e
         except (Exception, KeyboardInterrupt) as e:
-            if ctx.params.get("debug") or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-                traceback.print_exc(file=sys.stderr)
+            self._debug(ctx, e)
             message, code = describe(e)
             raise CommandFailed(message.strip() or type(e).__name__, code) from e
+
+    @staticmethod
+    def _debug(ctx: click.Context, e: BaseException) -> None:
+        if ctx.params.get("debug") or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            traceback.print_exception(e, file=sys.stderr)
 
 
 @click.group(cls=AgentflanGroup, context_settings={"help_option_names": ["-h", "--help"]},
