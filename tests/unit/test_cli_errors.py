@@ -284,15 +284,24 @@ def big_input(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def long_input(big_input):
+    """20,000 records (the 4,000 five times): a convert long enough that a busy machine still sees its
+    temporary output before it is done."""
+    path = big_input.with_name("long.jsonl")
+    path.write_bytes(big_input.read_bytes() * 5)
+    return path
+
+
 def _cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "agentflan.cli.main", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_during_convert_removes_the_temporary_output(tmp_path, big_input, signum):
+def test_ctrl_c_during_convert_removes_the_temporary_output(tmp_path, long_input, signum):
     out_dir = tmp_path / "out"
-    proc = _cli("data", "convert", str(big_input), "--from", "openai", "-o", str(out_dir / "o.jsonl"))
+    proc = _cli("data", "convert", str(long_input), "--from", "openai", "-o", str(out_dir / "o.jsonl"))
     code, err = _interrupt_when(proc, lambda: bool(_temporaries(out_dir)) if out_dir.exists() else False,
                                 signum=signum)
     assert code == 128 + signum and "Traceback" not in err, err
@@ -300,7 +309,7 @@ def test_ctrl_c_during_convert_removes_the_temporary_output(tmp_path, big_input,
     assert err.strip().splitlines()[-1].startswith(f"agentflan: error: interrupted ({name})"), err
     assert _temporaries(out_dir) == []
     out = out_dir / "o.jsonl"  # absent, or complete if the signal came after the rename (a slow machine)
-    assert not out.exists() or len(read_jsonl(out)) == 4000
+    assert not out.exists() or len(read_jsonl(out)) == 20_000
 
 
 def test_ctrl_c_during_build_removes_temporaries_and_the_build_resumes(tmp_path, big_input):
