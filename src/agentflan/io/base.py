@@ -200,7 +200,7 @@ class Reader(ABC):
             if raw.error is not None:
                 raise ParseError(raw.error, reason=raw.reason)
             traj = self.parse(raw.value, ctx)
-            issues = check(traj, allow_parse_errors=self.allow_parse_errors)
+            issues = check(traj, allow_parse_errors=self.allow_parse_errors, nesting=raw.may_nest_deep)
             bad = errors(issues)
             if bad:
                 extra = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agentflan.errors import ConfigError, MissingDependencyError
+from agentflan.schema.checks import MAX_DEPTH
 
 _COMPRESSIONS = (".gz", ".zst")
 _DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")
@@ -58,6 +59,8 @@ class RawRecord:
     """Why it could not be decoded (a stable code, see the module doc)."""
     data: bytes | None = None
     """The raw bytes of a record that is not valid UTF-8 (kept exactly in the quarantine file)."""
+    may_nest_deep: bool = True
+    """False when the record's text has too few brackets to nest past `MAX_DEPTH` (its check is skipped)."""
 
     @property
     def origin(self) -> str:
@@ -235,11 +238,14 @@ def _decode_line(path: str, lineno: int, index: int, line: bytes) -> RawRecord:
 
 def _checked(path: str, lineno: int | None, index: int, value: Any, text: str) -> RawRecord:
     """`value`, unless a string in it is not text (a lone surrogate escape, which no UTF-8 file can hold)."""
-    if _ESCAPED_SURROGATE.search(text) and not _is_text(value):  # pairs (emoji) decode to one character
+    # substring tests first: a regex over every line costs more; pairs (emoji) decode to one character
+    if ("\\ud" in text or "\\uD" in text) and _ESCAPED_SURROGATE.search(text) and not _is_text(value):
         return RawRecord(path, lineno, index, error="a string holds a lone UTF-16 surrogate escape "
                          "(\\ud800-\\udfff): not text, and not writable as UTF-8",
                          reason="lone_surrogate", text=text.rstrip("\r\n"))
-    return RawRecord(path, lineno, index, value=value)
+    # nesting N levels deep takes N opening brackets: most records cannot, and skip the depth walk
+    deep = text.count("[") + text.count("{") > MAX_DEPTH
+    return RawRecord(path, lineno, index, value=value, may_nest_deep=deep)
 
 
 def _is_text(value: Any) -> bool:

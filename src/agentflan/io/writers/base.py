@@ -70,12 +70,12 @@ class Writer(ABC):
                               f"not {suffix or 'no suffix'!r} ({path})")
         with atomic_output(path) as tmp, JsonSink(tmp) as sink:
             for traj in trajectories:
-                lossy = self.report.lossy.copy()
+                lossy = dict(self.report.lossy)
                 try:
                     sink.add(self.record(traj))
                 except (Unwritable, UnicodeEncodeError) as e:
                     # nothing of it was written (the text is encoded whole), so what it lost does not count
-                    self.report.lossy = lossy
+                    self.report.lossy = Counter(lossy)
                     self.report.unwritable[e.reason if isinstance(e, Unwritable) else "invalid_unicode"] += 1
                     continue
                 self.report.written += 1
