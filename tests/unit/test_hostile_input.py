@@ -204,13 +204,24 @@ def test_a_failing_writer_leaves_no_file(tmp_path):
     {"query": "q", "relevant APIs": 3},
 ])
 def test_toolbench_query_wrong_types_are_parse_errors(tmp_path, record):
+    _assert_parse_error(tmp_path, "toolbench_query", record)
+
+
+def _assert_parse_error(tmp_path, reader, record):
     from agentflan.errors import ParseError
 
     src = tmp_path / "q.jsonl"
     src.write_text(json.dumps(record) + "\n")
     with pytest.raises(ParseError) as info:
-        list(read(str(src), "toolbench_query", on_error="raise"))
+        list(read(str(src), reader, on_error="raise"))
     assert info.value.reason in ("wrong_type", "bad_tools")
+
+
+def test_openai_tool_calls_of_the_wrong_type_are_parse_errors(tmp_path):
+    """Found by a second slow run (new random inputs): `"tool_calls": true` was a TypeError."""
+    for value in (True, 3, "x"):
+        _assert_parse_error(tmp_path, "openai", {"messages": [{"role": "user", "content": "q"},
+                                                              {"role": "assistant", "tool_calls": value}]})
 
 
 def test_line_separators_are_escaped_in_every_json_line(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from agentflan.errors import ParseError
 from agentflan.formats.react import parse_json_arguments
-from agentflan.io.base import Reader, RecordContext, as_text, parse_tools, require_key
+from agentflan.io.base import Reader, RecordContext, as_text, optional_key, parse_tools, require_key
 from agentflan.schema import (
     AssistantMessage,
     Message,
@@ -45,7 +45,7 @@ class OpenAIReader(Reader):
                 pending.clear()  # results never came back; checks() reports it
             elif role == "assistant":
                 calls: list[ToolCall] = []
-                raw_calls = list(m.get("tool_calls") or [])
+                raw_calls = list(optional_key(m, "tool_calls", list, loc, []))
                 if m.get("function_call"):
                     raw_calls.append({"function": m["function_call"]})
                 for j, tc in enumerate(raw_calls):
