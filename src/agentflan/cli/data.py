@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
-from agentflan.errors import AgentflanError
-from agentflan.io import READERS, WRITERS, convert, read
+from agentflan.errors import InputRejected, PartialResult
+from agentflan.io import READERS, WRITERS, ConvertResult, ReadReport, convert, read
+from agentflan.io.base import rejection_problems
 from agentflan.schema import Trajectory
 
 
@@ -53,8 +54,14 @@ def _err() -> Any:
     return Console(stderr=True)
 
 
-def _fail(e: AgentflanError) -> None:
-    raise click.ClickException(str(e)) from e
+def _max_reject(value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter(f"a share between 0 and 1, got {value}", param_hint="--max-reject")
+    return value
+
+
+MAX_REJECT_HELP = ("Exit with status 3 (partial) when more than this share (0-1) of the records is rejected; "
+                   "an input whose every record is rejected always does.")
 
 
 @click.group()
@@ -78,22 +85,21 @@ def data() -> None:
               help="--to sharegpt: add the entry to this LLaMA-Factory dataset_info.json (created if absent), "
                    "file_name relative to its folder.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--max-reject", type=float, help=MAX_REJECT_HELP)
 def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path, on_error: str,
                 quarantine: Path | None, options: tuple[str, ...], report: Path | None,
-                dataset_info: Path | None, progress: bool | None) -> None:
+                dataset_info: Path | None, progress: bool | None, max_reject: float | None) -> None:
     """Convert INPUTS (files, globs, directories, hf://datasets/... URLs) into one output file.
 
     Every input record is accounted for: converted, quarantined (raw record and reason written to
-    the quarantine file), skipped, or dropped by a documented reader rule.
+    the quarantine file), skipped, or dropped by a documented reader rule. The output is written
+    to a temporary file and renamed when complete; when every record is rejected there is none.
     """
     show = sys.stderr.isatty() if progress is None else progress
-    try:
-        result = convert(list(inputs), output, to=to, fmt=fmt, on_error=on_error,  # type: ignore[arg-type]
-                         quarantine=quarantine, reader_options=_options(options),
-                         progress=_progress(show, f"{fmt or 'auto'} -> {to}"))
-    except AgentflanError as e:
-        _fail(e)
-        return
+    max_reject = _max_reject(max_reject)
+    result = convert(list(inputs), output, to=to, fmt=fmt, on_error=on_error,  # type: ignore[arg-type]
+                     quarantine=quarantine, reader_options=_options(options),
+                     progress=_progress(show, f"{fmt or 'auto'} -> {to}"))
     r, w = result.read, result.write
     click.echo(f"read {r.records} records from {r.files} file(s) as {result.reader}: "
                f"{r.converted} converted, {r.quarantined} quarantined, {r.skipped} skipped, "
@@ -102,13 +108,17 @@ def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path,
         click.echo(f"  dropped {n}: {reason}")
     for reason, n in sorted(r.rejected.items()):
         click.echo(f"  rejected {n}: {reason}")
+    if result.quarantine:
+        click.echo(f"quarantine: {result.quarantine}")
+    if r.records and r.records == r.quarantined + r.skipped:
+        output.unlink(missing_ok=True)  # an empty output would pass for a result
+        raise InputRejected(f"every one of the {r.records} records was rejected as {result.reader} "
+                            f"({_reasons(r)}), so no output was written{_where(result)}; is --from right?")
     click.echo(f"wrote {w.written} records to {output} as {result.writer}")
     for reason, n in sorted(w.unwritable.items()):
         click.echo(f"  not writable as {to}, {n}: {reason}")
     for kind, n in sorted(w.lossy.items()):
         click.echo(f"  lossy in {to}, {n}: {kind}")
-    if result.quarantine:
-        click.echo(f"quarantine: {result.quarantine}")
     info = result.dataset_info
     if info:
         click.echo("LLaMA-Factory dataset_info.json entry:\n" + json.dumps(info, indent=2))
@@ -122,6 +132,17 @@ def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path,
         report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if not r.balanced():  # pragma: no cover - an internal invariant
         raise click.ClickException("record accounting does not balance; this is a bug")
+    problems = rejection_problems(r.to_dict(), max_reject)
+    if problems:
+        raise PartialResult(f"{'; '.join(problems)} ({_reasons(r)}){_where(result)}; the output holds the rest")
+
+
+def _reasons(r: ReadReport) -> str:
+    return ", ".join(f"{k} {v}" for k, v in r.rejected.most_common(3))
+
+
+def _where(result: ConvertResult) -> str:
+    return f"; see {result.quarantine}" if result.quarantine else " (--on-error quarantine keeps them)"
 
 
 def _merge_dataset_info(path: Path, entry: dict[str, Any]) -> None:
@@ -147,12 +168,8 @@ def stats_cmd(inputs: tuple[str, ...], fmt: str | None, as_json: bool, options: 
     from agentflan.io import make_reader
     from agentflan.stats import compute_stats
 
-    try:
-        reader = make_reader(list(inputs), fmt, on_error="skip", **_options(options))
-        result = compute_stats(reader.read(list(inputs)))
-    except AgentflanError as e:
-        _fail(e)
-        return
+    reader = make_reader(list(inputs), fmt, on_error="skip", **_options(options))
+    result = compute_stats(reader.read(list(inputs)))
     result["reading"] = reader.report.to_dict()
     if as_json:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
@@ -217,15 +234,11 @@ def inspect_cmd(inputs: tuple[str, ...], fmt: str | None, index: int, record_id:
     """Show one record as agentflan sees it, trained spans marked."""
     from agentflan.render import render_rich, render_text
 
-    try:
-        stream = read(list(inputs), fmt, on_error="skip", **_options(options))
-        if record_id is not None:
-            traj = next((t for t in stream if t.id == record_id), None)
-        else:
-            traj = next(itertools.islice(stream, index, None), None)
-    except AgentflanError as e:
-        _fail(e)
-        return
+    stream = read(list(inputs), fmt, on_error="skip", **_options(options))
+    if record_id is not None:
+        traj = next((t for t in stream if t.id == record_id), None)
+    else:
+        traj = next(itertools.islice(stream, index, None), None)
     if traj is None:
         raise click.ClickException(f"no record {'with id ' + record_id if record_id else f'at index {index}'}")
     clip = max_chars or None
@@ -260,13 +273,9 @@ def tokenize_cmd(inputs: tuple[str, ...], fmt: str | None, output: Path, tokeniz
     from agentflan.training.export import export_tokenized
     from agentflan.training.models import ModelConfig, load_tokenizer
 
-    try:
-        trajs = list(read(list(inputs), fmt, on_error="skip", **_options(options)))
-        tok = load_tokenizer(ModelConfig(name_or_path=tokenizer), training_texts(trajs))
-        rep = export_tokenized(trajs, output, get_template(template, tok), tok, max_length)
-    except AgentflanError as e:
-        _fail(e)
-        return
+    trajs = list(read(list(inputs), fmt, on_error="skip", **_options(options)))
+    tok = load_tokenizer(ModelConfig(name_or_path=tokenizer), training_texts(trajs))
+    rep = export_tokenized(trajs, output, get_template(template, tok), tok, max_length)
     click.echo(f"wrote {rep.written} tokenized samples to {output} (template {template}, tokenizer {tokenizer})")
     for reason, n in sorted(rep.unwritable.items()):
         click.echo(f"  not written, {n}: {reason}")
@@ -292,8 +301,9 @@ def formats_cmd() -> None:
 @click.option("--workers", type=int, help="Processes (default: the recipe's `workers`).")
 @click.option("--no-resume", is_flag=True, help="Rebuild every stage even if it is marked done.")
 @click.option("--dry-run", is_flag=True, help="Validate the recipe and print it resolved; build nothing.")
+@click.option("--max-reject", type=float, help=MAX_REJECT_HELP.replace("the records", "a source's records"))
 def build_cmd(recipe: str, overrides: tuple[str, ...], output: Path, workers: int | None, no_resume: bool,
-              dry_run: bool) -> None:
+              dry_run: bool, max_reject: float | None) -> None:
     """Build a dataset from RECIPE (a packaged name or a YAML file) with key=value OVERRIDES.
 
     Writes every output in native and the recipe's formats, a mixed training file, stats.json,
@@ -304,18 +314,19 @@ def build_cmd(recipe: str, overrides: tuple[str, ...], output: Path, workers: in
     from agentflan.pipeline.build import build
     from agentflan.pipeline.recipe import load_recipe
 
-    try:
-        rec, resolved = load_recipe(recipe, list(overrides))
-        if dry_run:
-            click.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-            return
-        result = build(rec, resolved, output, workers=workers, resume=not no_resume, echo=click.echo)
-    except AgentflanError as e:
-        _fail(e)
+    max_reject = _max_reject(max_reject)
+    rec, resolved = load_recipe(recipe, list(overrides))
+    if dry_run:
+        click.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
         return
+    result = build(rec, resolved, output, workers=workers, resume=not no_resume, echo=click.echo)
     if result.stages_skipped:
         click.echo(f"resumed: {len(result.stages_skipped)} stage(s) already done ({', '.join(result.stages_skipped)})")
     click.echo(f"done: {output}")
+    problems = [f"source {name}: {p}" for name, report in result.stats.get("sources", {}).items()
+                for p in rejection_problems(report, max_reject)]
+    if problems:
+        raise PartialResult(f"{'; '.join(problems)} (see {output}/quarantine/ and report.md)")
 
 
 def _inspect_tokens(traj: Trajectory, tokenizer_name: str, template_name: str, plain: bool,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from agentflan.cli.evaluate import db_engine_option, engine_options
-from agentflan.errors import AgentflanError
+from agentflan.errors import ConfigError, PartialResult
+
+if TYPE_CHECKING:
+    pass
 
 
 @click.group("env")
@@ -37,10 +41,7 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
     """Generate tasks of env NAME, solve them with the scripted expert, write verified trajectories."""
     from agentflan.envs.synth import synth
 
-    try:
-        r = synth(name, count, split, output, seed)
-    except AgentflanError as e:
-        raise click.ClickException(str(e)) from e
+    r = synth(name, count, split, output, seed)
     click.echo(f"{name}/{split}: {r.tasks} tasks, {r.written} verified episodes written "
                f"({', '.join(f'{k} {v}' for k, v in sorted(r.kinds.items()))})")
     for reason, n in r.failed.items():
@@ -48,7 +49,8 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
     for fmt, path in r.files.items():
         click.echo(f"  {fmt}: {path}")
     if r.failed:
-        raise click.ClickException("the expert failed some tasks (see above): this is a bug in a task generator")
+        raise PartialResult(f"the expert failed {sum(r.failed.values())} of {r.tasks} tasks (see above; the verified "
+                            "episodes were written): this is a bug in a task generator")
 
 
 @env.command("play")
@@ -56,7 +58,7 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
 @click.option("--policy", type=click.Choice(["expert", "random", "replay", "model", "local"]), default="expert",
               show_default=True, help="model: an OpenAI-compatible endpoint (--base-url); local: a model folder (--model).")
 @click.option("--split", type=click.Choice(["train", "heldout", "dev"]), default="train", show_default=True)
-@click.option("--index", type=int, default=0, show_default=True, help="Which generated task.")
+@click.option("--index", type=click.IntRange(min=0), default=0, show_default=True, help="Which task (0-based).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tasks", "tasks_file", type=click.Path(exists=True, path_type=Path),
               help="AgentBench dbbench JSONL to take the task from (db only), e.g. dev.jsonl.")
@@ -82,56 +84,54 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
     from agentflan.eval.envs import load_tasks, make_env
     from agentflan.render import render_text
 
+    info = get_env(name)
+    if tasks_file is not None:
+        tasks = load_tasks(name, n=index + 1, tasks_file=tasks_file)
+    else:
+        tasks = info.generate(index + 1, "heldout" if split == "heldout" else "train", seed)
+    if index >= len(tasks):
+        raise ConfigError(f"--index {index}: {tasks_file or 'the generator'} has {len(tasks)} tasks "
+                          f"(0 to {len(tasks) - 1})")
+    task = tasks[index]
+    agent: Agent
+    engine = None
+    if policy == "expert":
+        agent = ExpertPolicy(info.expert(task))
+    elif policy == "random":
+        agent = RandomPolicy(seed)
+    elif policy == "replay":
+        if replay_file is None:
+            raise click.UsageError("--policy replay needs --replay FILE")
+        from agentflan.io import read
+
+        found = next(itertools.islice(read(str(replay_file), on_error="raise"), index, None), None)
+        if found is None:
+            raise ConfigError(f"--index {index}: {replay_file} has fewer than {index + 1} records")
+        agent = ReplayPolicy(found)
+    else:
+        from agentflan.cli.evaluate import default_protocols, make_engine
+        from agentflan.formats.protocols import get_protocol
+
+        if policy == "local" and not model:
+            raise click.UsageError("--policy local needs --model FOLDER (e.g. runs/x/final or runs/x/merged)")
+        if policy == "model" and (not base_url or not model):
+            raise click.UsageError("--policy model needs --base-url and --model")
+        engine = make_engine(model, base_url if policy == "model" else None,
+                             engine_name if engine_name != "auto" else ("openai" if policy == "model" else "hf"),
+                             batch_size=1, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
+                             concurrency=1, timeout_s=timeout_s, retries=retries)
+        agent = get_protocol(default_protocols(engine, name, protocols)[0], getattr(engine, "template", None))
+    gen = play(make_env(name, db_engine), task, agent)
+    last_prompt = None
     try:
-        info = get_env(name)
-        if tasks_file is not None:
-            tasks = load_tasks(name, n=index + 1, tasks_file=tasks_file)
-        else:
-            tasks = info.generate(index + 1, "heldout" if split == "heldout" else "train", seed)
-        if index >= len(tasks) or index < 0:
-            raise click.BadParameter(f"there is no task {index} (the source has {len(tasks)})", param_hint="--index")
-        task = tasks[index]
-        agent: Agent
-        engine = None
-        if policy == "expert":
-            agent = ExpertPolicy(info.expert(task))
-        elif policy == "random":
-            agent = RandomPolicy(seed)
-        elif policy == "replay":
-            if replay_file is None:
-                raise click.UsageError("--policy replay needs --replay FILE")
-            from agentflan.io import read
-
-            found = next(itertools.islice(read(str(replay_file), on_error="raise"), index, None), None)
-            if found is None:
-                raise click.BadParameter(f"{replay_file} has no record {index}", param_hint="--index")
-            agent = ReplayPolicy(found)
-        else:
-            from agentflan.cli.evaluate import default_protocols, make_engine
-            from agentflan.formats.protocols import get_protocol
-
-            if policy == "local" and not model:
-                raise click.UsageError("--policy local needs --model FOLDER (e.g. runs/x/final or runs/x/merged)")
-            if policy == "model" and (not base_url or not model):
-                raise click.UsageError("--policy model needs --base-url and --model")
-            engine = make_engine(model, base_url if policy == "model" else None,
-                                 engine_name if engine_name != "auto" else ("openai" if policy == "model" else "hf"),
-                                 batch_size=1, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-                                 concurrency=1, timeout_s=timeout_s, retries=retries)
-            agent = get_protocol(default_protocols(engine, name, protocols)[0], getattr(engine, "template", None))
-        gen = play(make_env(name, db_engine), task, agent)
-        last_prompt = None
-        try:
-            prompt = next(gen)
-            while True:
-                assert engine is not None
-                last_prompt = prompt
-                out = engine.generate([prompt])[0]
-                prompt = gen.throw(out) if isinstance(out, Exception) else gen.send(out)
-        except StopIteration as stop:
-            episode: Episode = stop.value
-    except AgentflanError as e:
-        raise click.ClickException(str(e)) from e
+        prompt = next(gen)
+        while True:
+            assert engine is not None
+            last_prompt = prompt
+            out = engine.generate([prompt])[0]
+            prompt = gen.throw(out) if isinstance(out, Exception) else gen.send(out)
+    except StopIteration as stop:
+        episode: Episode = stop.value
     click.echo(render_text(episode.trajectory, max_chars=1500))
     for k, a in enumerate(episode.actions):
         if a["kind"] == "unparseable" or a["flags"]:

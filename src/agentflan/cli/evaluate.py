@@ -11,10 +11,7 @@ from typing import Any
 
 import click
 
-from agentflan.errors import AgentflanError, ConfigError
-
-EXIT_PARTIAL = 3
-"""Some episodes ended in errors (failed requests): the run is resumable, not complete."""
+from agentflan.errors import EXIT_PARTIAL, AgentflanError, ConfigError
 
 
 def engine_options(f: Any) -> Any:

@@ -78,7 +78,7 @@ class HFEngine(Engine):
                  model: Any = None, tokenizer: Any = None, prefix_cache_gb: float = 2.0) -> None:
         require("transformers", "train")
         from agentflan.formats.templates import get_template
-        from agentflan.training.models import check_model_folder
+        from agentflan.training.models import check_local_model
 
         self.path = str(path)
         self.info = ModelInfo.load(path) if model is None else ModelInfo(template=template or "hf")
@@ -86,7 +86,7 @@ class HFEngine(Engine):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            check_model_folder(self.path)
+            check_local_model(self.path)
             tokenizer = AutoTokenizer.from_pretrained(self.path)
             model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, dtype))
         self.model = model.to(device).eval()

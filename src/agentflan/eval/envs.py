@@ -52,7 +52,7 @@ def load_tasks(env: str, *, split: str = "heldout", n: int = 100, seed: int = 0,
         if not path.is_file():
             raise ConfigError(f"task file {path} does not exist")
         tasks: list[Task] = []
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8", errors="replace") as f:
             for i, line in enumerate(f):
                 if len(tasks) >= n:
                     break
@@ -60,7 +60,7 @@ def load_tasks(env: str, *, split: str = "heldout", n: int = 100, seed: int = 0,
                     continue
                 try:
                     tasks.append(task_from_agentbench(json.loads(line), i))
-                except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+                except (json.JSONDecodeError, KeyError, TypeError, IndexError, AttributeError) as e:
                     raise ConfigError(f"{path}:{i + 1}: not an AgentBench dbbench task ({type(e).__name__}: {e})") from e
         return tasks
     return get_env(env).generate(n, split, seed)

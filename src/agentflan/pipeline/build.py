@@ -37,6 +37,7 @@ import yaml
 from agentflan import __version__
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
+from agentflan.io.files import atomic_output
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import dumps
 from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, unit
@@ -98,13 +99,11 @@ def _read_native(path: Path) -> Iterator[Trajectory]:
 
 
 def _write_native(trajs: Iterable[Trajectory], path: Path) -> int:
-    tmp = _atomic_target(path)
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_output(path, _atomic_target(path)) as tmp, tmp.open("w", encoding="utf-8") as f:  # even on Ctrl-C
         for t in trajs:
             f.write(dumps(t.to_json_dict()) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 
@@ -360,14 +359,12 @@ def _mix(recipe: DataRecipe, out_dir: Path) -> dict[str, Any]:
             for b in buckets:
                 b.close()
         target = out_dir / "native" / f"{recipe.mix.name}.jsonl"
-        tmp_target = _atomic_target(target)
-        with tmp_target.open("w", encoding="utf-8") as f:
+        with atomic_output(target, _atomic_target(target)) as tmp_target, tmp_target.open("w", encoding="utf-8") as f:
             for i in range(n_buckets):
                 rows = [json.loads(line) for line in (Path(tmp) / f"b{i}.jsonl").open(encoding="utf-8")]
                 rows.sort(key=lambda r: (r[0], r[1]))
                 for _, _, rec in rows:
                     f.write(dumps(rec) + "\n")
-        os.replace(tmp_target, target)
     _write_formats(recipe, out_dir, recipe.mix.name)
     return {"factors": {k: round(v, 4) for k, v in factors.items()}, "records_per_output": written,
             "records": sum(written.values()), "chat_outputs": sorted(recipe.chat_outputs()),
@@ -432,7 +429,7 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
 
     # 2. outputs: one after the other, each one's parallel-safe steps spread over the workers
     out_fp = {}
-    pool = Pool(n_workers) if n_workers > 1 and recipe.executor == "local" else None
+    pool = Pool(n_workers, initializer=_worker_init) if n_workers > 1 and recipe.executor == "local" else None
     decon = recipe.decontaminate.model_dump(mode="json") if recipe.decontaminate else None
     if decon and decon["against"]:
         decon["against_files"] = _input_signature(decon["against"])
@@ -454,6 +451,10 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
             (out / "native" / f"{name}.steps.json").write_text(json.dumps(info, indent=2) + "\n")
             say(f"output {name}: {info['records']} records")
             _mark(out, f"output.{name}", out_fp[name])
+    except BaseException:  # Ctrl-C or an error: stop the workers now rather than after their queued chunks
+        if pool is not None:
+            pool.terminate()
+        raise
     finally:
         if pool is not None:
             pool.close()
@@ -484,5 +485,12 @@ def _records(out: Path, output: str) -> int:
 def _map(fn: Callable[[Any], Any], items: list[Any], workers: int) -> list[Any]:
     if workers <= 1 or len(items) <= 1:
         return [fn(i) for i in items]
-    with Pool(min(workers, len(items))) as pool:
+    with Pool(min(workers, len(items)), initializer=_worker_init) as pool:
         return pool.map(fn, items)
+
+
+def _worker_init() -> None:
+    """Workers ignore Ctrl-C: the main process receives it, stops them and cleans up (one message)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

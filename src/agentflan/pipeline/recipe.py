@@ -18,8 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agentflan.errors import ConfigError
+from agentflan.io import check_reader_options
 from agentflan.io.readers import READERS
 from agentflan.io.writers import WRITERS
+from agentflan.options import validation_problems
 from agentflan.pipeline.base import STEPS, Step, make_steps
 from agentflan.pipeline.negatives import NegativesConfig, teacher_from_env
 from agentflan.pipeline.steps.decontaminate import DecontaminateConfig
@@ -299,11 +301,13 @@ def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> tuple[Da
     try:
         recipe = DataRecipe.model_validate(resolved)
     except ValidationError as e:
-        errors += [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        errors += validation_problems(e, DataRecipe)
         recipe = None
     errors = list(dict.fromkeys(errors))  # the model's own reference check may repeat ours
+    if len(errors) == 1:
+        raise ConfigError(f"{path}: {errors[0]}")
     if errors:
-        raise ConfigError(f"{path}: {len(errors)} problem(s) in the recipe:\n  " + "\n  ".join(errors))
+        raise ConfigError(f"{path}: {len(errors)} problems in the recipe:\n  " + "\n  ".join(errors))
     assert recipe is not None
     for name, out in recipe.outputs.items():  # `teacher: auto` becomes what the environment configures
         if isinstance(out, NegativesOutput) and out.config.teacher == "auto":
@@ -325,8 +329,11 @@ def _check_components(data: dict[str, Any]) -> list[str]:
                 continue
             try:
                 READERS.get(str(src.get("reader")))
+                if isinstance(src.get("options"), dict):
+                    check_reader_options(str(src["reader"]), src["options"], what="option")
             except ConfigError as e:
-                errors.append(f"sources.{name}.reader: {e}")
+                key = "reader" if str(src.get("reader")) not in READERS else "options"
+                errors.append(f"sources.{name}.{key}: {e}")
     for name, out in (data.get("outputs") or {}).items():
         if isinstance(out, dict):
             refs = [r for key in ("from", "chat_from", "tools_from", "queries_from") for r in out.get(key) or []]
@@ -347,5 +354,5 @@ def _check_components(data: dict[str, Any]) -> list[str]:
             except ConfigError as e:
                 errors.append(f"{where}.type: {e}")
             except ValidationError as e:
-                errors += [f"{where}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+                errors += validation_problems(e, cls.Config, where)
     return errors

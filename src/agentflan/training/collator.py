@@ -18,10 +18,16 @@ class BlockCausalCollator:
     padding-free path, with no quadratic mask in memory. `block_mask=True` passes an explicit 4D
     boolean mask instead, for models that do not read packed position ids. Padding positions attend
     to themselves only and are never trained. Rows without `seq_lengths` are one sample.
+
+    Eager attention adds the mask to the attention scores (a boolean mask would add 1 to the allowed
+    positions and mask nothing), so with `mask_dtype` set the 4D mask is additive instead: 0 where
+    attention is allowed, the dtype's minimum elsewhere, in the model's dtype.
     """
 
     pad_token_id: int
     block_mask: bool = False
+    mask_dtype: Any = None
+    """A torch float dtype: give the 4D mask as additive floats (for eager attention)."""
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -53,6 +59,9 @@ class BlockCausalCollator:
         batch = {"input_ids": ids, "labels": labels, "position_ids": pos}
         if caps is not None:
             batch["capabilities"] = caps
-        if mask is not None:
+        if mask is not None and self.mask_dtype is not None:
+            additive = torch.zeros(mask.shape, dtype=self.mask_dtype)
+            batch["attention_mask"] = additive.masked_fill(~mask, torch.finfo(self.mask_dtype).min)
+        elif mask is not None:
             batch["attention_mask"] = mask
         return batch

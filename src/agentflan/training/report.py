@@ -27,7 +27,8 @@ def save_outputs(recipe: Any, trainer: Any, tokenizer: Any, metrics: dict[str, A
     info = model_info(recipe, metrics)
     write_model_info(final, info)
     if recipe.peft and recipe.merge_lora:
-        merged = trainer.model.merge_and_unload()
+        merged = _merged_full_precision(recipe, final, tokenizer) if recipe.peft.type == "qlora" else \
+            trainer.model.merge_and_unload()
         merged.save_pretrained(str(out / "merged"))
         tokenizer.save_pretrained(str(out / "merged"))
         write_model_info(out / "merged", info)
@@ -54,6 +55,17 @@ def write_model_info(folder: Path, info: dict[str, Any]) -> None:
     from agentflan.training.models import INFO_FILE
 
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _merged_full_precision(recipe: Any, adapter: Path, tokenizer: Any) -> Any:
+    """QLoRA: the adapter merged into the base reloaded unquantized, in the recipe's dtype (merging
+    into the 4-bit weights would round the merged weights to 4 bits again)."""
+    from peft import PeftModel
+
+    from agentflan.training.models import load_model
+
+    base = load_model(recipe.model, tokenizer)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
 
 
 def loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from agentflan.errors import ParseError
 from agentflan.formats.react import parse_json_arguments
-from agentflan.io.base import Reader, RecordContext, as_text, parse_tools, require_key
+from agentflan.io.base import Reader, RecordContext, as_text, optional_key, parse_tools, require_key
 from agentflan.schema import (
     AssistantMessage,
     Message,
@@ -81,7 +81,7 @@ def assistant_message(m: Any, where: str = "message", first_call: int = 0) -> As
         raise ParseError(f"a message is an object, found {type(m).__name__}", reason="wrong_type", field=where)
     text, reasoning, part_calls = _content(m.get("content"), f"{where}.content")
     calls: list[ToolCall] = []
-    raw_calls = list(m.get("tool_calls") or [])
+    raw_calls = list(optional_key(m, "tool_calls", list, where, []) or [])
     if m.get("function_call"):
         raw_calls.append({"function": m["function_call"]})
     n = first_call

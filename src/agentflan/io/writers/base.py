@@ -6,7 +6,11 @@ the output suffix: `.jsonl` (one record per line) or `.json` (a JSON array), eit
 
 A trajectory the target format cannot express raises `Unwritable`; it is counted by reason, never
 silently dropped. Information a format cannot keep (e.g. a thought before a LLaMA-Factory
-function call) is counted in `lossy` by kind.
+function call) is counted in `lossy` by kind. A trajectory built in Python whose strings are not
+text (lone surrogates) cannot be written as UTF-8: it is counted as `invalid_unicode`.
+
+Output files are written to a temporary file beside the target and renamed when complete, so a
+failed or interrupted write leaves no partial output behind.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from agentflan.errors import AgentflanError, ConfigError
-from agentflan.io.files import base_suffix
+from agentflan.io.files import atomic_output, base_suffix, one_line
 from agentflan.schema import Trajectory
 
 
@@ -64,21 +68,22 @@ class Writer(ABC):
         if suffix not in self.suffixes:
             raise ConfigError(f"the {self.name} writer writes {', '.join(self.suffixes)} files, "
                               f"not {suffix or 'no suffix'!r} ({path})")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with JsonSink(path) as sink:
+        with atomic_output(path) as tmp, JsonSink(tmp) as sink:
             for traj in trajectories:
+                lossy = dict(self.report.lossy)
                 try:
-                    rec = self.record(traj)
-                except Unwritable as e:
-                    self.report.unwritable[e.reason] += 1
+                    sink.add(self.record(traj))
+                except (Unwritable, UnicodeEncodeError) as e:
+                    # nothing of it was written (the text is encoded whole), so what it lost does not count
+                    self.report.lossy = Counter(lossy)
+                    self.report.unwritable[e.reason if isinstance(e, Unwritable) else "invalid_unicode"] += 1
                     continue
-                sink.add(rec)
                 self.report.written += 1
         return self.report
 
 
 def dumps(rec: Any) -> str:
-    return json.dumps(rec, ensure_ascii=False, separators=(", ", ": "))
+    return one_line(json.dumps(rec, ensure_ascii=False, separators=(", ", ": ")))
 
 
 class JsonSink:
