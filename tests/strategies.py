@@ -218,6 +218,36 @@ def _dbbench() -> st.SearchStrategy[Any]:
                add_description=maybe(text()), answer_md5=maybe(text(8)))
 
 
+def _hermes() -> st.SearchStrategy[Any]:
+    fn = _fn_spec()
+    tools = st.one_of(st.lists(fn, max_size=2).map(json.dumps), st.lists(fn, max_size=2).map(repr),
+                      st.lists(obj(type=st.just("function"), function=fn), max_size=2).map(json.dumps), text())
+    system = st.builds(lambda head, t: f"{head} <tools> </tools> <tools>{t}</tools>", text(), tools)
+    call = st.one_of(obj(name=st.sampled_from(NAMES), arguments=_args_json()).map(json.dumps), text())
+    gpt = st.builds(lambda pre, calls: pre + "".join(f"<tool_call>{c}</tool_call>" for c in calls), text(),
+                    st.lists(call, max_size=2))
+    response = st.one_of(obj(name=maybe(st.sampled_from(NAMES)), content=json_values(2)).map(json.dumps), text())
+    tool = st.lists(response, max_size=2).map(lambda rs: "".join(f"<tool_response>{r}</tool_response>" for r in rs))
+    turn = st.one_of(*(obj(**{"from": who, "value": value}) for who, value in
+                       [(st.just("system"), system), (st.just("human"), text()), (st.just("gpt"), gpt),
+                        (st.just("tool"), tool), (st.sampled_from(["user", "assistant", "bot"]), text())]))
+    return obj(conversations=st.lists(turn, min_size=1, max_size=6), id=maybe(text(5)), category=maybe(text(5)))
+
+
+def _xlam() -> st.SearchStrategy[Any]:
+    param = obj(type=st.sampled_from(["str", "int, optional", "List[str]", "Dict[str, Any]", "float", "x"]),
+                description=maybe(text()), default=maybe(json_values(1)))
+    tool = obj(name=st.sampled_from(NAMES), description=maybe(text()),
+               parameters=st.dictionaries(text(5), param, max_size=2))
+    answer = obj(name=st.sampled_from(NAMES), arguments=st.dictionaries(text(5), json_values(2), max_size=2))
+    as_text = st.booleans()
+    return st.builds(lambda q, ts, ans, enc, rid: {"id": rid, "query": q,
+                                                    "tools": json.dumps(ts) if enc else ts,
+                                                    "answers": json.dumps(ans) if enc else ans},
+                     text(), st.lists(tool, max_size=3), st.lists(answer, max_size=2), as_text,
+                     st.one_of(st.integers(0, 10**6), text(5)))
+
+
 def _dict(t: Trajectory) -> dict[str, Any]:
     try:
         return t.to_json_dict()
@@ -234,7 +264,8 @@ def records(reader: str) -> st.SearchStrategy[Any]:
     """Raw records for `reader`: its structure with adversarial text, sometimes mutated."""
     base = {"openai": _openai, "sharegpt": _sharegpt, "alpaca": _alpaca, "react": _react,
             "agentinstruct": _agentinstruct, "agentflan": _agentflan, "toolbench": _toolbench,
-            "toolbench_query": _toolbench_query, "dbbench": _dbbench, "native": _native}[reader]()
+            "toolbench_query": _toolbench_query, "dbbench": _dbbench, "native": _native, "hermes": _hermes,
+            "xlam": _xlam}[reader]()
     return mutated(base)
 
 

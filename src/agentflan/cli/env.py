@@ -81,18 +81,16 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
 
     from agentflan.envs import get_env
     from agentflan.envs.base import Agent, Episode, ExpertPolicy, RandomPolicy, ReplayPolicy, play
-    from agentflan.eval.envs import load_tasks, make_env
+    from agentflan.eval.envs import agentbench_task, make_env
     from agentflan.render import render_text
 
     info = get_env(name)
     if tasks_file is not None:
-        tasks = load_tasks(name, n=index + 1, tasks_file=tasks_file)
+        if name != "db":
+            raise ConfigError("--tasks takes AgentBench dbbench tasks: it works with env db only")
+        task = agentbench_task(tasks_file, index)
     else:
-        tasks = info.generate(index + 1, "heldout" if split == "heldout" else "train", seed)
-    if index >= len(tasks):
-        raise ConfigError(f"--index {index}: {tasks_file or 'the generator'} has {len(tasks)} tasks "
-                          f"(0 to {len(tasks) - 1})")
-    task = tasks[index]
+        task = info.generate(index + 1, "heldout" if split == "heldout" else "train", seed)[index]
     agent: Agent
     engine = None
     if policy == "expert":

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from types import FrameType
 from typing import Any
@@ -122,9 +123,24 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def _unraisable(hook: Any) -> Any:
+    """An interrupt that lands inside a finalizer (a `__del__`, a weakref callback) cannot unwind
+    there: Python prints it as "Exception ignored" and goes on. Deliver it again instead, so it
+    unwinds from the next safe point, quietly, like any other interrupt."""
+    def handle(info: Any) -> None:
+        exc = info.exc_value
+        if isinstance(exc, KeyboardInterrupt):  # re-sent from a thread: it must not land in this hook
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+            return
+        hook(info)
+    return handle
+
+
 def main() -> None:
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporary files are removed
     signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
     cli(prog_name="agentflan")
 
 

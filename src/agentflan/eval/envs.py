@@ -66,6 +66,26 @@ def load_tasks(env: str, *, split: str = "heldout", n: int = 100, seed: int = 0,
     return get_env(env).generate(n, split, seed)
 
 
+def agentbench_task(path: str | Path, index: int) -> Task:
+    """Task `index` (the 0-based line) of an AgentBench dbbench JSONL file; only that line is read
+    as a task. Raises `ConfigError` naming the file, the line and what is wrong."""
+    from agentflan.envs.db import task_from_agentbench
+
+    path = Path(path)
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it as AgentBench dbbench JSONL ({e})") from e
+    if index >= len(lines):
+        raise ConfigError(f"--index {index}: {path} has {len(lines)} tasks (0 to {len(lines) - 1})")
+    try:
+        return task_from_agentbench(json.loads(lines[index]), index)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{index + 1}: malformed JSON: {e.msg}") from e
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ConfigError(f"{path}:{index + 1}: not an AgentBench dbbench task ({type(e).__name__}: {e})") from e
+
+
 def make_env(env: str, db_engine: str = "sqlite") -> Environment:
     """A fresh environment (`db_engine` chooses the db environment's SQL engine)."""
     if env == "db" and db_engine != "sqlite":
