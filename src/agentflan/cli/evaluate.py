@@ -129,7 +129,11 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
               protocols: tuple[str, ...], batch_size: int, max_new_tokens: int, device: str, dtype: str,
               concurrency: int, timeout_s: float, retries: int, policy: str, count: int, split: str, seed: int,
               tasks_file: Path | None, max_steps: int, output: Path | None, resume: bool, db_engine: str = "sqlite",
-              predictions: Path | None = None) -> int:
+              predictions: Path | None = None, *, run_name: str | None = None,
+              suite_protocols: dict[str, list[str]] | None = None, suite_counts: dict[str, int] | None = None) -> int:
+    """`agentflan eval` (see its help). `run_name` names the run (default: from the model);
+    `suite_protocols` and `suite_counts` give some suites protocols and sizes of their own (the
+    others take `protocols` and `count`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from agentflan.eval.envs import load_tasks, model_agent, run_env, scripted_agent
@@ -141,6 +145,8 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
         name = _safe(f"{Path(model).parent.name}-{Path(model).name}")
     if predictions is not None:
         name = _safe(predictions.stem)
+    if run_name is not None:
+        name = run_name
     out = output or Path("out/eval") / name
     engine = None
     if policy == "model" and predictions is None:  # an endpoint's answers are cached in the output folder
@@ -152,8 +158,10 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
         if env in SUITES:
             plan.append((env, "", []))
             continue
-        tasks = load_tasks(env, split=split, n=count, seed=seed, tasks_file=tasks_file if env == "db" else None)
-        for proto_name in (default_protocols(engine, env, protocols) if engine is not None else [policy]):
+        tasks = load_tasks(env, split=split, n=(suite_counts or {}).get(env, count), seed=seed,
+                           tasks_file=tasks_file if env == "db" else None)
+        chosen = tuple((suite_protocols or {}).get(env, protocols))
+        for proto_name in (default_protocols(engine, env, chosen) if engine is not None else [policy]):
             plan.append((env, proto_name, tasks))
     runs: list[Any] = []
     base_config = {"model": model, "base_url": base_url, "policy": policy, "split": split, "seed": seed,
@@ -164,7 +172,9 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
                   console=_stderr_console(), transient=False) as bar:
         for env, proto_name, tasks in plan:
             if env in SUITES:  # the single-action suites: each runs its protocols itself
-                for srun in run_suite(env, engine=engine, policy=policy, protocols=list(protocols), n=count,
+                for srun in run_suite(env, engine=engine, policy=policy,
+                                      protocols=list((suite_protocols or {}).get(env, protocols)),
+                                      n=(suite_counts or {}).get(env, count),
                                       seed=seed, tasks_file=tasks_file, out_root=out, agent_name=name,
                                       base_config=base_config, resume=resume, predictions=predictions,
                                       progress=lambda label, total: _advance(bar, bar.add_task(label, total=total))):
@@ -236,36 +246,10 @@ def score_cmd(paths: tuple[Path, ...], output: Path | None, as_json: bool) -> No
     verdict is derived again by replaying the logged calls in a fresh environment; a verdict that
     differs from the logged one is reported (and the exit status is 1).
     """
-    from agentflan.eval.envs import read_log
-    from agentflan.eval.suites import chart, rescore, same_verdict, summarize, table
+    from agentflan.eval.suites import chart, score_logs, table
 
     try:
-        logs = find_logs(paths)
-        summaries, mismatches = [], 0
-        for log in logs:
-            records = read_log(log)
-            rescored = []
-            for r in records:
-                got = rescore(r)
-                if r.get("suite", "env") != "env":
-                    if got is not None and not same_verdict(r.get("verdict"), got):
-                        mismatches += 1
-                        click.echo(f"{log}: {r.get('task_id')}: logged {r.get('verdict')}, re-scored {got}", err=True)
-                    rescored.append({**r, "verdict": got} if got is not None else r)
-                    continue
-                if got is not None and got["success"] is not None:
-                    old = (r.get("verdict") or {}).get("success")
-                    if old != got["success"] or not got["observations_match"]:
-                        mismatches += 1
-                        click.echo(f"{log}: {r.get('task_id')}: logged {old}, re-scored {got['success']} "
-                                   f"({got['reason']}; observations match: {got['observations_match']})", err=True)
-                    r = {**r, "verdict": {"success": got["success"], "reason": got["reason"]}}
-                rescored.append(r)
-            s = summarize(rescored)
-            s["run"] = (log.parent.parent.name if log.parent.name.startswith(s.get("env") or s.get("suite") or "?")
-                        else log.parent.name)
-            s["log"] = str(log)
-            summaries.append(s)
+        summaries, mismatches = score_logs(find_logs(paths), warn=lambda line: click.echo(line, err=True))
     except AgentflanError as e:
         raise click.ClickException(str(e)) from e
     if as_json:

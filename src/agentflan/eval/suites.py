@@ -250,6 +250,41 @@ def same_verdict(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool
     return bool(json.loads(json.dumps(old)) == json.loads(json.dumps(new)))
 
 
+def score_logs(logs: list[Path], warn: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Re-score every log without a model: (one summary per log, named by its run; the number of
+    logged verdicts that differ from the re-derived ones, each reported through `warn`)."""
+    from agentflan.eval.envs import read_log
+
+    summaries, mismatches = [], 0
+    for log in logs:
+        rescored = []
+        for r in read_log(log):
+            got = rescore(r)
+            if r.get("suite", "env") != "env":
+                if got is not None and not same_verdict(r.get("verdict"), got):
+                    mismatches += 1
+                    if warn:
+                        warn(f"{log}: {r.get('task_id')}: logged {r.get('verdict')}, re-scored {got}")
+                rescored.append({**r, "verdict": got} if got is not None else r)
+                continue
+            if got is not None and got["success"] is not None:
+                old = (r.get("verdict") or {}).get("success")
+                if old != got["success"] or not got["observations_match"]:
+                    mismatches += 1
+                    if warn:
+                        warn(f"{log}: {r.get('task_id')}: logged {old}, re-scored {got['success']} "
+                             f"({got['reason']}; observations match: {got['observations_match']})")
+                r = {**r, "verdict": {"success": got["success"], "reason": got["reason"]}}
+            rescored.append(r)
+        s = summarize(rescored)
+        # OUTPUT/<suite>-<protocol>/episodes.jsonl belongs to the run OUTPUT
+        s["run"] = (log.parent.parent.name if log.parent.name.startswith(s.get("env") or s.get("suite") or "?")
+                    else log.parent.name)
+        s["log"] = str(log)
+        summaries.append(s)
+    return summaries, mismatches
+
+
 def table(summaries: list[dict[str, Any]]) -> str:
     """Markdown tables, one per suite present (environments first)."""
     from agentflan.eval.score import table as env_table

@@ -148,6 +148,7 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
     from agentflan.formats.protocols import training_texts, training_view
     from agentflan.formats.templates import get_template
     from agentflan.io import make_reader
+    from agentflan.training.capability_loss import NAMES as CAP_NAMES
     from agentflan.training.capability_loss import token_capabilities
     from agentflan.training.masking import NoTrainableTokens, encode
     from agentflan.training.models import load_tokenizer
@@ -164,6 +165,8 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
     template = get_template(recipe.data.template, tokenizer)
     samples, dropped, truncated, unmatched = [], 0, 0, 0
     protocols: Counter[str] = Counter()
+    trained_by_protocol: Counter[str] = Counter()
+    trained_by_capability: Counter[str] = Counter()
     for t in trajs:
         try:
             enc = encode(t, template, tokenizer, max_length=recipe.data.max_length)
@@ -174,9 +177,13 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
         messages, _, protocol = training_view(t, template)
         protocols[protocol] += 1
         samples.append({"input_ids": enc.input_ids, "labels": enc.labels})
-        if recipe.capability_loss:  # a parallel column: the capability of every token (training/capability_loss.py)
-            samples[-1]["capabilities"], ok = token_capabilities(enc.labels, messages)
-            unmatched += not ok
+        trained_by_protocol[protocol] += sum(x != -100 for x in enc.labels)
+        # a parallel column: the capability of every token (training/capability_loss.py)
+        caps, ok = token_capabilities(enc.labels, messages)
+        trained_by_capability.update(CAP_NAMES[c] for c in caps if c)
+        unmatched += not ok
+        if recipe.capability_loss:
+            samples[-1]["capabilities"] = caps
     if not samples:
         raise ConfigError("no sample has a trained token: check the loss flags and max_length")
     if dropped > 0.1 * len(trajs):
@@ -192,7 +199,10 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
              "trained_tokens": sum(sum(x != -100 for x in s["labels"]) for s in samples),
              "packing": recipe.data.packing, "packing_efficiency": round(st.efficiency, 4),
              "padding_waste": round(1 - st.efficiency, 4), "template": template.name,
-             "protocols": dict(sorted(protocols.items())), "reading": reader.report.to_dict(),
+             "protocols": dict(sorted(protocols.items())),
+             "trained_tokens_by_protocol": dict(sorted(trained_by_protocol.items())),
+             "trained_tokens_by_capability": dict(sorted(trained_by_capability.items())),
+             "reading": reader.report.to_dict(),
              "capabilities_unmatched": unmatched}
     return tokenizer, rows, stats
 

@@ -1,0 +1,291 @@
+"""A comparison report of trained models: Markdown and a self-contained HTML page, with charts.
+
+`write_report` takes what the logs say (the summaries `agentflan score` derives from them), the
+training metrics of each trained model and the data statistics of each arm, and writes
+`report.md`, `report.html` (the same content, images inlined) and the PNGs beside them:
+
+* `eval.png`: environment success, Agent-H per item kind, HScore against over-refusal;
+* `env_kinds.png`: success per environment and task kind, one bar per model and protocol;
+* `loss.png`: the training loss of each arm against the step;
+* `tokens.png`: the share of trained tokens per protocol and per capability of each arm.
+
+The HTML is rendered from the Markdown by a converter for the subset written here (headings,
+paragraphs, lists, tables, code blocks, images), so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentflan.eval.agent_h import _by_run, hscore
+from agentflan.eval.score import pct
+
+
+@dataclass
+class Arm:
+    """One trained model of the comparison: its name, training metrics and data statistics."""
+
+    name: str
+    metrics: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def env_kinds_chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
+    """Success per environment and task kind (± s.e.), one bar per run and protocol."""
+    plt = _plt()
+    envs = sorted({str(s.get("env")) for s in summaries if s.get("suite", "env") == "env"})
+    if plt is None or not envs:
+        return None
+    fig, axes = plt.subplots(len(envs), 1, figsize=(10, 3.8 * len(envs)), squeeze=False)
+    for ax, env in zip(axes[:, 0], envs, strict=True):
+        runs = [s for s in summaries if s.get("suite", "env") == "env" and s.get("env") == env]
+        kinds = ["all", *sorted({k for s in runs for k in s["by_kind"]})]
+        width = 0.8 / max(1, len(runs))
+        for j, s in enumerate(runs):
+            vals = [s["success"] if k == "all" else s["by_kind"].get(k, {"rate": 0.0, "se": 0.0}) for k in kinds]
+            ax.bar([i + j * width for i in range(len(kinds))], [100 * v["rate"] for v in vals], width,
+                   yerr=[100 * v["se"] for v in vals], capsize=2, label=f"{s.get('run')} / {s.get('protocol')}")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(kinds))], kinds, fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("success %")
+        ax.set_title(f"{env}: success per task kind (held-out)", fontsize=10)
+        ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def loss_chart(arms: Sequence[Arm], path: Path) -> Path | None:
+    """Training loss against the step, one line per arm."""
+    plt = _plt()
+    curves = [(a.name, [(h["step"], h["loss"]) for h in a.metrics.get("log_history", []) if "loss" in h])
+              for a in arms]
+    curves = [(n, c) for n, c in curves if c]
+    if plt is None or not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name, c in curves:
+        ax.plot([x for x, _ in c], [y for _, y in c], marker=".", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (trained tokens)")
+    ax.set_title("Training loss", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def token_shares(arm: Arm, key: str) -> dict[str, float]:
+    """Share of the arm's trained tokens per protocol (`key="protocol"`) or capability."""
+    counts = arm.metrics.get("data", {}).get(f"trained_tokens_by_{key}", {})
+    total = sum(counts.values())
+    return {k: v / total for k, v in sorted(counts.items())} if total else {}
+
+
+def tokens_chart(arms: Sequence[Arm], path: Path) -> Path | None:
+    """Stacked bars: each arm's trained tokens by protocol and by capability."""
+    plt = _plt()
+    if plt is None or not any(token_shares(a, "protocol") for a in arms):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, key in zip(axes, ("protocol", "capability"), strict=True):
+        shares = [token_shares(a, key) for a in arms]
+        parts = sorted({k for s in shares for k in s})
+        bottom = [0.0] * len(arms)
+        for part in parts:
+            vals = [100 * s.get(part, 0.0) for s in shares]
+            ax.bar([a.name for a in arms], vals, bottom=bottom, label=part)
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("% of trained tokens")
+        ax.set_title(f"Trained tokens by {key}", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def env_table(summaries: list[dict[str, Any]]) -> str:
+    """Markdown: one row per model, environment and protocol; success overall and per task kind."""
+    runs = [s for s in summaries if s.get("suite", "env") == "env"]
+    kinds = sorted({k for s in runs for k in s["by_kind"]})
+    head = ["model", "env", "protocol", "episodes", "success %", *[f"{k} %" for k in kinds], "parse fail %",
+            "invalid action %", "mean steps", "errors"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in sorted(runs, key=lambda s: str(s.get("env"))):  # stable: the models stay in the order given
+        rows.append("| " + " | ".join([
+            str(s.get("run")), str(s.get("env")), f"`{s.get('protocol')}`", str(s["scored"]), pct(s["success"]),
+            *[pct(s["by_kind"][k]) if k in s["by_kind"] else "" for k in kinds], pct(s["parse_failure"]),
+            pct(s["invalid_action"]), str(s["mean_steps"]), str(s["errors"])]) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def hscore_table(summaries: list[dict[str, Any]]) -> str:
+    """Markdown: Agent-H per model (H_ReAct, H_General, HScore, over-refusal, correct calls)."""
+    group = [s for s in summaries if s.get("suite") == "agent-h"]
+    if not group:
+        return ""
+
+    def p(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    rows = ["| model | H_ReAct % | H_General % | HScore % | over-refusal % (controls) | correct call % | items |",
+            "|---|---|---|---|---|---|---|"]
+    for run, runs in _by_run(group).items():
+        h = hscore(runs)
+        rows.append(f"| {run} | {p(h['h_react'])} | {p(h['h_general'])} | {p(h['hscore'])} | "
+                    f"{pct(h['over_refusal'])} | {pct(h['correct_call'])} | {sum(s['scored'] for s in runs)} |")
+    return "\n".join(rows) + "\n"
+
+
+def training_table(arms: Sequence[Arm]) -> str:
+    """Markdown: what each arm was trained on and how the training went."""
+    rows = ["| arm | records | samples | trained tokens | tokens | steps | first -> last loss | seconds | "
+            "tokens/s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in arms:
+        m, d = a.metrics, a.metrics.get("data", {})
+        losses = [h["loss"] for h in m.get("log_history", []) if "loss" in h]
+        loss = f"{losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "-"
+        rows.append(f"| {a.name} | {d.get('trajectories', '-')} | {d.get('samples', '-')} | "
+                    f"{d.get('trained_tokens', 0):,} | {d.get('tokens', 0):,} | {m.get('global_step', '-')} | {loss} | "
+                    f"{m.get('seconds', '-')} | {m.get('tokens_per_second', '-')} | {m.get('peak_rss_mb', '-')} |")
+    return "\n".join(rows) + "\n"
+
+
+def shares_table(arms: Sequence[Arm], key: str) -> str:
+    shares = {a.name: token_shares(a, key) for a in arms}
+    parts = sorted({k for s in shares.values() for k in s})
+    if not parts:
+        return ""
+    rows = [f"| {key} | " + " | ".join(f"{a.name} %" for a in arms) + " |", "|---|" + "---|" * len(arms)]
+    for part in parts:
+        rows.append(f"| `{part}` | " + " | ".join(
+            f"{100 * shares[a.name][part]:.1f}" if part in shares[a.name] else "" for a in arms) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def write_report(out: Path, *, title: str, intro: str, summaries: list[dict[str, Any]], arms: Sequence[Arm],
+                 sections: Sequence[tuple[str, str]] = ()) -> tuple[Path, Path]:
+    """Write `report.md`, `report.html` and their charts into `out`; returns the two paths.
+
+    `sections` are extra (heading, Markdown) parts placed after the results (setup, commands).
+    """
+    from agentflan.eval.suites import chart
+
+    out.mkdir(parents=True, exist_ok=True)
+    images = {"eval": chart(summaries, out / "eval.png"), "env_kinds": env_kinds_chart(summaries, out / "env_kinds.png"),
+              "loss": loss_chart(arms, out / "loss.png"), "tokens": tokens_chart(arms, out / "tokens.png")}
+
+    def img(name: str, alt: str) -> str:
+        return f"![{alt}]({name}.png)\n" if images.get(name) else ""
+
+    parts = [f"# {title}\n", intro.strip() + "\n",
+             "## Held-out environments\n", env_table(summaries), img("env_kinds", "success per task kind")]
+    if any(s.get("suite") == "agent-h" for s in summaries):
+        parts += ["## Agent-H: hallucination and over-refusal\n",
+                  "HScore is the mean of the hallucination-free rates in the ReAct and the general (chat) style "
+                  "(higher is better); over-refusal is the share of control items (a tool is needed and offered) "
+                  "answered without calling it (lower is better).\n", hscore_table(summaries)]
+    parts += [img("eval", "success, Agent-H kinds, HScore against over-refusal")]
+    if arms:
+        parts += ["## Training\n", training_table(arms), img("loss", "training loss"),
+                  "### Trained tokens by protocol\n", shares_table(arms, "protocol"),
+                  "### Trained tokens by capability\n", shares_table(arms, "capability"), img("tokens", "trained tokens")]
+    for heading, body in sections:
+        parts += [f"## {heading}\n", body.strip() + "\n"]
+    md = "\n".join(p for p in parts if p)
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(md, encoding="utf-8")
+    html_path.write_text(markdown_to_html(md, out, title), encoding="utf-8")
+    return md_path, html_path
+
+
+# ---- the Markdown subset, as HTML ------------------------------------------------------------------
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;"
+        "text-align:left}th{background:#f3f3f3}code,pre{background:#f6f6f6;font-size:.9em}pre{padding:.8em;"
+        "overflow-x:auto}img{max-width:100%}")
+
+
+def _inline(text: str) -> str:
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', out)
+
+
+def _image(alt: str, src: str, base: Path) -> str:
+    path = base / src
+    if path.is_file():
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        src = f"data:image/png;base64,{data}"
+    return f'<p><img alt="{html.escape(alt)}" src="{src}"></p>'
+
+
+def markdown_to_html(md: str, base: Path, title: str) -> str:
+    """HTML for the Markdown written by this module (images under `base` inlined)."""
+    body: list[str] = []
+    lines = md.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            j = i + 1
+            while j < len(lines) and not lines[j].startswith("```"):
+                j += 1
+            body.append("<pre><code>" + html.escape("\n".join(lines[i + 1:j])) + "</code></pre>")
+            i = j + 1
+            continue
+        if m := re.match(r"^(#{1,4}) (.*)", line):
+            n = len(m.group(1))
+            body.append(f"<h{n}>{_inline(m.group(2))}</h{n}>")
+        elif m := re.match(r"^!\[([^\]]*)\]\(([^)]+)\)$", line.strip()):
+            body.append(_image(m.group(1), m.group(2), base))
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            head, rest = rows[0], [r for r in rows[1:] if not all(re.fullmatch(r":?-+:?", c) for c in r)]
+            body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest)
+                        + "</table>")
+            continue
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            body.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        elif line.strip():
+            para = [line]
+            while i + 1 < len(lines) and lines[i + 1].strip() and not re.match(r"^(#|\||- |```|!\[)", lines[i + 1]):
+                i += 1
+                para.append(lines[i])
+            body.append("<p>" + _inline(" ".join(para)) + "</p>")
+        i += 1
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
