@@ -58,6 +58,20 @@ def test_expert_scores_everything_and_random_almost_nothing(tmp_path, env):
     assert res.exit_code == 0 and "100.0 ± 0.0" in res.output, res.output
 
 
+def test_the_folder_summary_covers_every_run_in_it(tmp_path):
+    """`eval toolapi` then `eval db` into one folder: its summary lists both, not the last command's only."""
+    runner = CliRunner()
+    for env in ("toolapi", "db"):
+        res = runner.invoke(cli, ["eval", env, "--policy", "expert", "-n", "3", "-o", str(tmp_path)])
+        assert res.exit_code == 0, res.output
+    runs = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert sorted(r["env"] for r in runs) == ["db", "toolapi"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "| toolapi |" in md and "| db |" in md
+    res = runner.invoke(cli, ["eval", "db", "--policy", "expert", "-n", "3", "-o", str(tmp_path)])  # again: no duplicate
+    assert len(json.loads((tmp_path / "summary.json").read_text())["runs"]) == 2
+
+
 @pytest.mark.parametrize(("env", "protocol"), [("toolapi", "tflan"), ("toolapi", "react:random"), ("db", "json"),
                                                 ("db", "agentinstruct:db"), ("toolapi", "tflan:inline")])
 def test_episodes_step_in_lockstep_and_rescore(tmp_path, env, protocol):

@@ -90,3 +90,30 @@ def test_recipes_cli(tmp_path):
     res = runner.invoke(cli, ["data", "build", str(tmp_path / "agent-flan.yaml"), "-o", str(tmp_path / "o"),
                               "--dry-run", "vars.data_dir=/x"])
     assert res.exit_code == 0 and "/x/toolbench/answer" in res.output
+
+
+def test_builtin_ladder_recipes_each_remove_what_they_name(tmp_path):
+    """The demo's arms and the reproduction study's ladder, built from the same episodes: each step
+    differs from the next by exactly its fix."""
+    from agentflan.envs.synth import synth
+    from agentflan.pipeline.build import build
+
+    for env in ("toolapi", "db"):
+        synth(env, 12, "train", tmp_path / "env")
+    stats = {}
+    for name in ("builtin-agenttuning", "builtin-align", "builtin-no-negatives", "builtin", "builtin-balance-drop"):
+        recipe, resolved = load_recipe(name, [f"vars.env_dir={tmp_path / 'env'}"])
+        stats[name] = build(recipe, resolved, tmp_path / name).stats["outputs"]
+    protocols = {p for o in stats["builtin-agenttuning"].values() for p in o["protocols"]}
+    assert protocols == {"toolllama", "agentinstruct:db"}  # original formats only
+    assert not any(o["balance"] for o in stats["builtin-align"].values()) and "negatives" not in stats["builtin-align"]
+    balanced = {n for n, o in stats["builtin-no-negatives"].items() if o["balance"]}
+    assert balanced == {"db_tflan", "toolapi_tflan_60p"} and "negatives" not in stats["builtin-no-negatives"]
+    assert stats["builtin"]["negatives"]["records"] > 0
+    assert set(stats["builtin"]) == set(stats["builtin-balance-drop"])
+
+    def modes(name: str) -> dict[str, str]:
+        return {out: step["config"]["mode"] for out, o in stats[name].items() for step in o["steps"]
+                if step["step"] == "balance"}
+    assert modes("builtin") == {"db_tflan": "mask", "toolapi_tflan_60p": "mask"}
+    assert modes("builtin-balance-drop") == {"db_tflan": "drop", "toolapi_tflan_60p": "drop"}

@@ -53,9 +53,9 @@ class Preset:
 
 PRESETS = {
     # SmolLM2-135M-Instruct, fully fine-tuned: on 2 CPU cores it learns more in the time than LoRA
-    # (see docs/results.md); ~6 minutes an arm here, ~25 minutes for the whole demo.
-    "smollm2": Preset(train_recipe="smollm2-135m-full", steps=40, train_tasks=300, eval_tasks=30,
-                      agent_h_items=40, max_new_tokens=128, batch_size=16, base="gguf:smollm2-135m-instruct",
+    # (docs/results.md). 24 steps of 2 x 1024 tokens: ~7 minutes an arm here.
+    "smollm2": Preset(train_recipe="smollm2-135m-full", steps=24, train_tasks=300, eval_tasks=20,
+                      agent_h_items=20, max_new_tokens=128, batch_size=16, base="gguf:smollm2-135m-instruct",
                       dtype="bfloat16"),
     "tiny": Preset(train_recipe="tiny-cpu-smoke", steps=6, train_tasks=24, eval_tasks=3, agent_h_items=8,
                    max_new_tokens=12, batch_size=8, base=None),

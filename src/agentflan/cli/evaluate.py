@@ -193,17 +193,23 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
                           progress=_advance(bar, task_bar))
             run.summary["run"] = name
             runs.append(run)
-    summaries = [r.summary for r in runs]
-    md = table(summaries)
-    click.echo(md)
+    click.echo(table([r.summary for r in runs]))
+    # the folder's summary covers every run in it: runs of earlier commands into the same folder stay
     index = out / "summary.json"
-    index.write_text(json.dumps({"runs": [{"dir": str(r.out), **r.summary} for r in runs]}, indent=2) + "\n")
+    entries = [{"dir": str(r.out), **r.summary} for r in runs]
+    if index.exists():
+        this = {e["dir"] for e in entries}
+        earlier = json.loads(index.read_text()).get("runs", [])
+        entries = [e for e in earlier if e.get("dir") not in this and (Path(e["dir"]) / "episodes.jsonl").exists()] + entries
+    index.write_text(json.dumps({"runs": entries}, indent=2) + "\n")
+    summaries = [{k: v for k, v in e.items() if k != "dir"} for e in entries]
+    md = table(summaries)
     png = chart(summaries, out / "summary.png")
     (out / "summary.md").write_text(f"# agentflan eval: {name}\n\n{md}\n" + (f"![success]({png.name})\n" if png else ""))
     click.echo(f"logs and summaries: {out}/ (summary.md" + (", summary.png" if png else "") + ")")
-    errors = sum(s["errors"] for s in summaries)
+    errors = sum(r.summary["errors"] for r in runs)  # this command's runs decide its exit status
     if errors:
-        example = next((e for s in summaries for e in s["error_examples"]), "")
+        example = next((e for r in runs for e in r.summary["error_examples"]), "")
         click.echo(f"{errors} episode(s) ended in errors (failed requests), not counted as answers, e.g. {example}\n"
                    "run the same command again to resume them", err=True)
         return EXIT_PARTIAL
