@@ -121,18 +121,13 @@ def checker_kind(category: str) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    from agentflan.eval.runlog import json_lines
+
     out = []
-    with path.open(encoding="utf-8") as f:
-        for k, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{k}: not a JSON line ({e.msg})") from e
-            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
-                raise ConfigError(f"{path}:{k}: a BFCL record is an object with a string 'id'")
-            out.append(rec)
+    for k, rec in json_lines(path):
+        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+            raise ConfigError(f"{path}:{k}: a BFCL record is an object with a string 'id'")
+        out.append(rec)
     return out
 
 

@@ -18,7 +18,7 @@ calibration policy of these suites).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,21 +33,26 @@ from agentflan.schema import AssistantMessage, Message, Trajectory
 LOG = "episodes.jsonl"
 
 
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a log, the last one per task (a resumed run appends its replays)."""
-    last: dict[str, dict[str, Any]] = {}
+def json_lines(path: str | Path, hint: str = "") -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file; a line that is not JSON raises
+    `ConfigError` naming the file and line (`hint` says what to do about it)."""
     with Path(path).open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                yield n, json.loads(line)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{n}: not a JSON record ({e.msg}); a run killed mid-write leaves a cut "
-                                  "last line: remove it and resume") from e
-            key = rec.get("task_id") or rec.get("id") or str(n)
-            last.pop(key, None)
-            last[key] = rec
+                raise ConfigError(f"{path}:{n}: not a JSON line ({e.msg}){hint}") from e
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a log, the last one per task (a resumed run appends its replays)."""
+    last: dict[str, dict[str, Any]] = {}
+    for n, rec in json_lines(path, "; a run killed mid-write leaves a cut last line: remove it and resume"):
+        key = rec.get("task_id") or rec.get("id") or str(n)
+        last.pop(key, None)
+        last[key] = rec
     return list(last.values())
 
 
