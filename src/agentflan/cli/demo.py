@@ -53,9 +53,12 @@ class Preset:
 
 PRESETS = {
     # SmolLM2-135M-Instruct, fully fine-tuned: on 2 CPU cores it learns more in the time than LoRA
-    # (docs/results.md). 24 steps of 2 x 1024 tokens: ~7 minutes an arm here.
-    "smollm2": Preset(train_recipe="smollm2-135m-full", steps=24, train_tasks=300, eval_tasks=20,
-                      agent_h_items=20, max_new_tokens=128, batch_size=16, base="gguf:smollm2-135m-instruct",
+    # (docs/results.md). 20 steps of 2 x 1024 tokens, ~7 minutes an arm on 2 idle cores; evaluation
+    # costs about a second of CPU per 100 prompt tokens (tool lists make prompts ~1,000 tokens), so
+    # 12 tasks per environment and 12 Agent-H items per style keep the demo within 30 minutes. For
+    # tighter error bars: --eval-tasks 100 (or bench/reproduce.py).
+    "smollm2": Preset(train_recipe="smollm2-135m-full", steps=20, train_tasks=300, eval_tasks=12,
+                      agent_h_items=12, max_new_tokens=96, batch_size=16, base="gguf:smollm2-135m-instruct",
                       dtype="bfloat16"),
     "tiny": Preset(train_recipe="tiny-cpu-smoke", steps=6, train_tasks=24, eval_tasks=3, agent_h_items=8,
                    max_new_tokens=12, batch_size=8, base=None),
@@ -137,18 +140,16 @@ def _train(d: Demo, arm: str) -> dict[str, Any]:
 
 
 def _protocols(model_dir: str) -> dict[str, list[str]]:
-    """The protocols an arm is played in per environment: its most trained one, and for db also
-    AgentBench's own dialect when it was trained (the held-in task's exact prompt)."""
+    """The protocol an arm is played in per environment: its most trained one, except that db is
+    played in AgentBench's own dialect when the arm was trained on it (the held-in task's exact
+    prompt, as the paper evaluates it)."""
     from agentflan.training.models import ModelInfo
 
     info = ModelInfo.load(model_dir)
     out = {}
     for env in ENVS:
         trained = info.episode_protocols(env)
-        chosen = trained[:1]
-        if env == "db" and "agentinstruct:db" in trained and "agentinstruct:db" not in chosen:
-            chosen.append("agentinstruct:db")
-        out[env] = chosen
+        out[env] = ["agentinstruct:db"] if env == "db" and "agentinstruct:db" in trained else trained[:1]
     return out
 
 
