@@ -77,7 +77,7 @@ def parse_bracket(text: str, arg_names: dict[str, str] | None = None) -> ReactSt
         >>> parse_bracket("Thought: find it\\nAction: search[Badr Hari]").arguments
         {'query': 'Badr Hari'}
     """
-    names = {**DEFAULT_BRACKET_ARGS, **(arg_names or {})}
+    names = {**DEFAULT_BRACKET_ARGS, **arg_names} if arg_names else DEFAULT_BRACKET_ARGS
     m = _BRACKET.match(text)
     if not m:
         if re.search(r"^Action:", text, re.MULTILINE):

@@ -16,7 +16,7 @@ import io
 import json
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -77,8 +77,31 @@ class Writer(ABC):
         return self.report
 
 
-def dumps(rec: Any) -> str:
-    return json.dumps(rec, ensure_ascii=False, separators=(", ", ": "))
+def _make_encoder() -> Callable[[Any], str]:
+    """`json.dumps(rec, ensure_ascii=False, separators=(", ", ": "))`, built once.
+
+    `json.dumps` with options builds an encoder per call and tracks every container to detect
+    cycles; records are trees (decoded JSON, `to_json_dict`), so the C encoder is made once
+    without the cycle check. Same bytes; about a fifth faster on agent records.
+    """
+    enc = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), check_circular=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - interpreters without the C accelerator
+        return enc.encode
+    try:
+        c_encode = make(None, enc.default, json.encoder.encode_basestring, None, ": ", ", ", False, False, True)
+    except TypeError:  # pragma: no cover - a future signature
+        return enc.encode
+
+    def encode(rec: Any) -> str:
+        if isinstance(rec, (dict, list)):
+            return "".join(c_encode(rec, 0))
+        return enc.encode(rec)
+    return encode
+
+
+dumps: Callable[[Any], str] = _make_encoder()
+"""One JSON record, as every agentflan JSON(L) file writes it."""
 
 
 class JsonSink:
