@@ -98,6 +98,28 @@ class Step(ABC):
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         """Transform the stream; count with `ctx.stats`."""
 
+    # A step that needs the whole stream (exact balancing, exact deduplication) can still run on
+    # shards in parallel when its decision only needs a small summary of each trajectory: the
+    # executor computes `summary` where each trajectory is, `plan` once over every summary in
+    # stream order, and `apply_planned` on each shard with that shard's plan. The result and
+    # the counters must equal `run`'s.
+
+    def plannable(self) -> bool:
+        """True when the step implements `summary`, `plan` and `apply_planned`."""
+        return False
+
+    def summary(self, traj: Trajectory, ctx: StepContext) -> Any:
+        """What the plan needs to know about `traj` (small and picklable)."""
+        raise NotImplementedError(f"step {self.name} cannot be planned")
+
+    def plan(self, shards: list[list[Any]], ctx: StepContext) -> list[Any]:
+        """One plan per shard, from every shard's summaries (shards and summaries in stream order)."""
+        raise NotImplementedError(f"step {self.name} cannot be planned")
+
+    def apply_planned(self, data: Iterable[Trajectory], plan: Any, ctx: StepContext) -> Iterator[Trajectory]:
+        """The step on one shard, given that shard's plan."""
+        raise NotImplementedError(f"step {self.name} cannot be planned")
+
     def label(self) -> str:
         """What the step records in `Trajectory.lineage` (its name, plus key options)."""
         return self.name

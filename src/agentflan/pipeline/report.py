@@ -10,34 +10,69 @@ from typing import Any
 
 from agentflan.pipeline.recipe import DataRecipe
 from agentflan.schema import AssistantMessage, Trajectory
-from agentflan.stats import compute_stats
+from agentflan.stats import StatsAccumulator
 from agentflan.tokens import approx_tokens
 
 log = logging.getLogger(__name__)
 
 
-def _scan(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """compute_stats plus trained approx tokens per capability and negatives per kind/origin."""
-    tokens: Counter[str] = Counter()
-    negatives: Counter[str] = Counter()
-    turns: list[int] = []
+class Scan:
+    """What the report needs from one output file, counted record by record where the record is
+    written (in the worker that writes it), so the report never reads the outputs again.
+    Mergeable: shards are merged in stream order."""
 
-    def stream() -> Any:
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                t = Trajectory.model_validate_json(line)
-                turns.append(len(t.messages))
-                if "negative_kind" in t.tags:
-                    negatives[f"{t.tags['negative_kind']} / {t.tags.get('response_origin', '?')}"] += 1
-                for m in t.messages:
-                    if isinstance(m, AssistantMessage) and m.loss:
-                        tokens[m.capability or "unlabelled"] += approx_tokens(m.content)
-                yield t
+    def __init__(self) -> None:
+        self.stats = StatsAccumulator()
+        self.tokens: Counter[str] = Counter()
+        self.negatives: Counter[str] = Counter()
 
-    stats = compute_stats(stream())
-    extra = {"trained_approx_tokens": dict(sorted(tokens.items())), "negatives": dict(sorted(negatives.items())),
-             "turns": turns}
-    return stats, extra
+    def add(self, t: Trajectory) -> None:
+        self.stats.add(t)
+        if "negative_kind" in t.tags:
+            self.negatives[f"{t.tags['negative_kind']} / {t.tags.get('response_origin', '?')}"] += 1
+        for m in t.messages:
+            if isinstance(m, AssistantMessage) and m.loss:
+                self.tokens[m.capability or "unlabelled"] += approx_tokens(m.content)
+
+    def merge(self, other: Scan) -> None:
+        self.stats.merge(other.stats)
+        self.tokens.update(other.tokens)
+        self.negatives.update(other.negatives)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"stats": self.stats.to_state(), "tokens": dict(self.tokens), "negatives": dict(self.negatives)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Scan:
+        scan = cls()
+        scan.stats = StatsAccumulator.from_state(state["stats"])
+        scan.tokens.update(state["tokens"])
+        scan.negatives.update(state["negatives"])
+        return scan
+
+    def result(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """compute_stats, plus trained approx tokens per capability, negatives per kind/origin and
+        the number of records per conversation length (for the chart)."""
+        extra = {"trained_approx_tokens": dict(sorted(self.tokens.items())),
+                 "negatives": dict(sorted(self.negatives.items())), "turns": self.stats.turns}
+        return self.stats.result(), extra
+
+
+def scan_path(out: Path, name: str) -> Path:
+    """Where the build keeps an output's `Scan` (build state, beside the stage markers)."""
+    return out / ".state" / "scan" / f"{name}.json"
+
+
+def _scan(out: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The output's scan saved by the build, or (a folder built otherwise) a scan of its file."""
+    saved = scan_path(out, name)
+    if saved.exists():
+        return Scan.from_state(json.loads(saved.read_text())).result()
+    scan = Scan()
+    with (out / "native" / f"{name}.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            scan.add(Trajectory.model_validate_json(line))
+    return scan.result()
 
 
 def _balance(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -64,10 +99,10 @@ def _balance(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True) -> dict[str, Any]:
     sources = {name: json.loads((out / "sources" / f"{name}.report.json").read_text()) for name in recipe.sources}
     outputs: dict[str, Any] = {}
-    turns: dict[str, list[int]] = {}
+    turns: dict[str, Counter[int]] = {}
     for name in recipe.outputs:
         info = json.loads((out / "native" / f"{name}.steps.json").read_text())
-        stats, extra = _scan(out / "native" / f"{name}.jsonl")
+        stats, extra = _scan(out, name)
         turns[name] = extra.pop("turns")
         dropped: Counter[str] = Counter()
         for s in info["steps"]:
@@ -79,7 +114,7 @@ def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True) -> dict[
     mix = None
     if recipe.mix is not None and (out / "native" / f"{recipe.mix.name}.mix.json").exists():
         mix = json.loads((out / "native" / f"{recipe.mix.name}.mix.json").read_text())
-        stats, extra = _scan(out / "native" / f"{recipe.mix.name}.jsonl")
+        stats, extra = _scan(out, recipe.mix.name)
         turns[recipe.mix.name] = extra.pop("turns")
         mix.update(extra, stats=stats)
     result = {"recipe": recipe.name, "seed": recipe.seed, "sources": sources, "outputs": outputs, "mix": mix}
@@ -141,7 +176,7 @@ def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Pa
     return "\n".join(lines) + "\n"
 
 
-def _charts(r: dict[str, Any], turns: dict[str, list[int]], folder: Path) -> list[Path]:
+def _charts(r: dict[str, Any], turns: dict[str, Counter[int]], folder: Path) -> list[Path]:
     try:
         import matplotlib
 
@@ -185,9 +220,10 @@ def _charts(r: dict[str, Any], turns: dict[str, list[int]], folder: Path) -> lis
     files.append(_save(plt, fig, folder / "trained_tokens.png"))
 
     fig, ax = plt.subplots(figsize=(9, 4))
-    for n, values in turns.items():
-        if values:
-            ax.hist(values, bins=30, histtype="step", label=n)
+    for n, counts in turns.items():
+        if counts:
+            values = sorted(counts)
+            ax.hist(values, bins=30, weights=[counts[v] for v in values], histtype="step", label=n)
     ax.set_xlabel("messages per record")
     ax.set_ylabel("records")
     ax.set_title("Conversation length")
