@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,41 +153,80 @@ def _iter_jsonl(path: str) -> Iterator[RawRecord]:
             index += 1
 
 
+JSON_CHUNK = 1 << 20
+"""Characters read at a time from a JSON (not JSONL) file."""
+_WS = re.compile(r"[ \t\r\n]*")
+_NUMBER_TAIL = re.compile(r"[0-9eE.+-]*")
+
+
 def _iter_json(path: str) -> Iterator[RawRecord]:
-    """Decode a JSON array, a single object, or whitespace-separated objects, tracking lines."""
-    with open_text(path) as f:
-        text = f.read()
+    """Decode a JSON array, a single object, or whitespace-separated objects, tracking lines.
+
+    Streamed: memory holds the record being decoded and a chunk of text, not the file. A record
+    cut by the end of the chunk fails to decode (a number decodes as its prefix) and is decoded
+    again with more text; only at the end of the file is a failure a malformed record
+    (its reading then holds the rest of the file, which cannot be read anyway).
+    """
     decoder = json.JSONDecoder()
-    pos, line, index, counted = 0, 1, 0, 0
-    n = len(text)
+    with open_text(path) as f:
+        buf = f.read(JSON_CHUNK)
+        eof = not buf
+        pos = counted = index = 0
+        line = 1
 
-    def skip(p: int, chars: str) -> int:
-        while p < n and text[p] in chars:
-            p += 1
-        return p
+        def more() -> bool:
+            """Read more text (as much as is buffered ahead, so big records are decoded O(n) times)."""
+            nonlocal buf, eof
+            if eof:
+                return False
+            chunk = f.read(max(JSON_CHUNK, len(buf) - pos))
+            if not chunk:
+                eof = True
+                return False
+            buf += chunk
+            return True
 
-    pos = skip(pos, " \t\r\n\ufeff")
-    in_array = pos < n and text[pos] == "["
-    if in_array:
-        pos = skip(pos + 1, " \t\r\n")
-    while pos < n:
-        if in_array and text[pos] == "]":
-            return
-        line += text.count("\n", counted, pos)
-        counted = pos
-        try:
-            value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            err_line = line + text.count("\n", pos, e.pos)
-            yield RawRecord(path, line, index,
-                            error=f"malformed JSON at line {err_line}: {e.msg}; the rest of the file "
-                                  "cannot be read", text=text[pos:pos + 2000])
-            return
-        yield RawRecord(path, line, index, value=value)
-        index += 1
-        pos = skip(end, " \t\r\n")
-        if in_array and pos < n and text[pos] == ",":
-            pos = skip(pos + 1, " \t\r\n")
+        def skip(p: int, chars: str | None = None) -> int:
+            while True:
+                if chars is None:
+                    p = _WS.match(buf, p).end()  # type: ignore[union-attr]
+                else:
+                    while p < len(buf) and buf[p] in chars:
+                        p += 1
+                if p < len(buf) or not more():
+                    return p
+
+        pos = skip(pos, " \t\r\n\ufeff")
+        in_array = pos < len(buf) and buf[pos] == "["
+        if in_array:
+            pos = skip(pos + 1)
+        while pos < len(buf):
+            if in_array and buf[pos] == "]":
+                return
+            if pos > JSON_CHUNK:  # drop what is decoded, counting its lines
+                line += buf.count("\n", counted, pos)
+                buf, pos, counted = buf[pos:], 0, 0
+            line += buf.count("\n", counted, pos)
+            counted = pos
+            while True:
+                try:
+                    value, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError as e:
+                    if more():
+                        continue
+                    err_line = line + buf.count("\n", pos, e.pos)
+                    yield RawRecord(path, line, index,
+                                    error=f"malformed JSON at line {err_line}: {e.msg}; the rest of the file "
+                                          "cannot be read", text=buf[pos:pos + 2000])
+                    return
+                # a number cut by the chunk's end decodes as its prefix: decode it again with more text
+                if not isinstance(value, (int, float)) or not _NUMBER_TAIL.fullmatch(buf, end) or not more():
+                    break
+            yield RawRecord(path, line, index, value=value)
+            index += 1
+            pos = skip(end)
+            if in_array and pos < len(buf) and buf[pos] == ",":
+                pos = skip(pos + 1)
 
 
 def _iter_parquet(path: str) -> Iterator[RawRecord]:
