@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from agentflan import __version__
+from agentflan.fingerprint import code_fingerprint
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
 from agentflan.io.writers import WRITERS
@@ -82,22 +83,7 @@ class BuildResult:
 
 
 def _fp(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps([*parts, _code_fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-_CODE_FP: list[str] = []
-
-
-def _code_fingerprint() -> str:
-    """A hash of agentflan's own source: a changed step invalidates the stages built with it."""
-    if not _CODE_FP:
-        root = Path(__file__).resolve().parents[1]
-        h = hashlib.sha256()
-        for p in sorted(root.rglob("*.py")):
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-        _CODE_FP.append(h.hexdigest()[:16])
-    return _CODE_FP[0]
+    return hashlib.sha256(json.dumps([*parts, code_fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _done(out: Path, stage: str, fingerprint: str) -> bool:

@@ -8,7 +8,6 @@ sample left with no trained token after truncation is never passed on silently: 
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,43 +36,95 @@ class Encoded:
 def encode_segments(segments: list[Segment], tokenizer: Any, *, max_length: int | None = None,
                     add_bos: bool = False) -> Encoded:
     """Tokenize `segments` as one text; label exactly the tokens inside trained segments."""
-    text = "".join(s for s, _ in segments)
-    starts, trained = [], []
-    pos = 0
-    for s, t in segments:
-        starts.append(pos)
-        trained.append(t)
-        pos += len(s)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    labels: list[int] = []
-    for tid, (a, b) in zip(ids, enc["offset_mapping"], strict=True):
-        hit = False
-        if b > a:
-            k = bisect_right(starts, a) - 1
-            while k < len(starts) and starts[k] < b:
-                if trained[k] and starts[k] + len(segments[k][0]) > a:
-                    hit = True
-                    break
-                k += 1
-        labels.append(tid if hit else IGNORE)
-    if add_bos and tokenizer.bos_token_id is not None:
-        ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE, *labels]
-    truncated = False
-    if max_length is not None and len(ids) > max_length:
-        ids, labels, truncated = ids[:max_length], labels[:max_length], True
-    out = Encoded(ids, labels, truncated)
-    if out.trained == 0:
-        why = "after truncation to max_length" if truncated else "(no message has loss=true)"
-        raise NoTrainableTokens(f"no trained token {why}")
+    out = encode_segments_batch([segments], tokenizer, max_length=max_length, add_bos=add_bos)[0]
+    if isinstance(out, NoTrainableTokens):
+        raise out
     return out
+
+
+def encode_segments_batch(batch: list[list[Segment]], tokenizer: Any, *, max_length: int | None = None,
+                          add_bos: bool = False) -> list[Encoded | NoTrainableTokens]:
+    """`encode_segments` of many samples at once: one call of the tokenizer's batch API (parallel
+    in its Rust core), labels from the offsets with array operations. A sample without a trained
+    token comes back as its `NoTrainableTokens` error, in its place."""
+    import numpy as np
+
+    texts = ["".join(s for s, _ in segments) for segments in batch]
+    bos = tokenizer.bos_token_id if add_bos else None
+    out: list[Encoded | NoTrainableTokens] = []
+    for segments, (ids, offsets) in zip(batch, _tokenize(tokenizer, texts), strict=True):
+        # a token is trained when any of its characters lies in a trained segment: a trained
+        # segment overlaps it if it holds its first character or starts inside it (empty ones too)
+        lengths = np.fromiter((len(s) for s, _ in segments), dtype=np.int64, count=len(segments))
+        trained = np.fromiter((t for _, t in segments), dtype=bool, count=len(segments))
+        starts = np.cumsum(lengths) - lengths
+        before = np.concatenate(([0], np.cumsum(trained)))  # trained segments before index k
+        ids_a = np.asarray(ids, dtype=np.int64)
+        offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        a, b = offs[:, 0], offs[:, 1]
+        first = np.searchsorted(starts, a, side="right") - 1  # the segment holding character a
+        last = np.searchsorted(starts, b, side="left") - 1  # the last segment starting before b
+        first_c = np.clip(first, 0, None)
+        hit = trained[first_c] & (starts[first_c] + lengths[first_c] > a) & (first >= 0)
+        hit |= before[last + 1] - before[first_c + 1] > 0
+        hit &= b > a
+        token_ids = list(ids)
+        if bos is not None:
+            token_ids, hit = [bos, *token_ids], np.concatenate(([False], hit))
+            ids_a = np.concatenate(([bos], ids_a))
+        truncated = False
+        if max_length is not None and len(token_ids) > max_length:
+            token_ids, hit, ids_a, truncated = token_ids[:max_length], hit[:max_length], ids_a[:max_length], True
+        if not hit.any():
+            why = "after truncation to max_length" if truncated else "(no message has loss=true)"
+            out.append(NoTrainableTokens(f"no trained token {why}"))
+        else:
+            out.append(Encoded(token_ids, np.where(hit, ids_a, IGNORE).tolist(), truncated))
+    return out
+
+
+def _tokenize(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Ids and character offsets of each text, without special tokens.
+
+    A fast tokenizer's Rust core is called directly when that is exactly what `tokenizer(...)`
+    would do (no truncation or padding configured on it, special tokens split as it says,
+    checked once per tokenizer against its own call): building `BatchEncoding` costs as much as
+    the tokenization itself. Otherwise, the tokenizer's call.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if texts and backend is not None and _direct_ok(tokenizer, backend, texts[0]):
+        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+
+
+_DIRECT: dict[int, tuple[Any, bool]] = {}
+
+
+def _direct_ok(tokenizer: Any, backend: Any, probe: str) -> bool:
+    if backend.truncation is not None or backend.padding is not None:
+        return False
+    if getattr(backend, "encode_special_tokens", False) != bool(getattr(tokenizer, "split_special_tokens", False)):
+        return False
+    known = _DIRECT.get(id(tokenizer))
+    if known is None or known[0] is not tokenizer:
+        theirs = tokenizer(probe, add_special_tokens=False, return_offsets_mapping=True)
+        ours = backend.encode(probe, add_special_tokens=False)
+        same = list(theirs["input_ids"]) == ours.ids and [tuple(o) for o in theirs["offset_mapping"]] == ours.offsets
+        _DIRECT.clear()  # one tokenizer at a time in practice; never a stale id
+        _DIRECT[id(tokenizer)] = known = (tokenizer, same)
+    return known[1]
+
+
+def render(traj: Trajectory, template: ChatTemplate) -> list[Segment]:
+    """The trained / untrained segments of `traj` as `encode` renders them."""
+    messages = traj.messages if template.name == "hf" else with_tools_in_system(traj.messages, traj.tools)
+    return template.render(messages, traj.tools or None)
 
 
 def encode(traj: Trajectory, template: ChatTemplate, tokenizer: Any, *, max_length: int | None = None) -> Encoded:
     """Render and tokenize one trajectory with its loss mask."""
-    messages = traj.messages if template.name == "hf" else with_tools_in_system(traj.messages, traj.tools)
-    segments = template.render(messages, traj.tools or None)
-    return encode_segments(segments, tokenizer, max_length=max_length, add_bos=template.add_bos)
+    return encode_segments(render(traj, template), tokenizer, max_length=max_length, add_bos=template.add_bos)
 
 
 def token_runs(encoded: Encoded) -> list[tuple[list[int], bool]]:

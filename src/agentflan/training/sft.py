@@ -45,6 +45,11 @@ class DataConfig(BaseModel):
     """Pass an explicit 4D block-diagonal mask instead of relying on packed position ids."""
     limit: int | None = None
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    num_proc: int | None = Field(None, ge=1)
+    """Processes that render and tokenize (default: the CPUs for 1000 trajectories or more)."""
+    cache: bool = True
+    """Reuse the tokenized rows of an earlier run with the same data, tokenizer and code (and build
+    them once for all the ranks of a distributed run)."""
 
 
 class PeftSection(BaseModel):
@@ -99,35 +104,68 @@ def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> Tr
 
 
 def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
-    """Tokenizer, training rows and data statistics (steps 1-3)."""
+    """Tokenizer, training rows and data statistics (steps 1-3).
+
+    The rows are cached (`data.cache`) by a fingerprint of the data section, the batch size, the
+    input files, the tokenizer and agentflan's code: a rerun, and every rank of a distributed run
+    but the first, load them instead of tokenizing again.
+    """
+    from itertools import islice
+
     from agentflan.formats.templates import get_template, with_tools_in_system
     from agentflan.io import make_reader
-    from agentflan.training.masking import NoTrainableTokens, encode
-    from agentflan.training.models import load_tokenizer
-    from agentflan.training.packing import pack, unpacked_stats
+    from agentflan.training.models import cache_dir, load_tokenizer
+    from agentflan.training.prepared import PreparedCache, cache_key, files_signature, tokenizer_fingerprint
 
-    reader = make_reader(recipe.data.paths, recipe.data.format, on_error="skip", limit=recipe.data.limit)
-    trajs = list(reader.read(recipe.data.paths))
-    if not trajs:
-        raise ConfigError(f"no training data in {recipe.data.paths}")
+    def reader() -> Any:
+        return make_reader(recipe.data.paths, recipe.data.format, on_error="skip", limit=recipe.data.limit)
+
     if tokenizer is None:
-        texts = [m.content for t in trajs[:2000] for m in with_tools_in_system(t.messages, t.tools)]
+        first = list(islice(reader().read(recipe.data.paths), 2000))
+        if not first:
+            raise ConfigError(f"no training data in {recipe.data.paths}")
+        texts = [m.content for t in first for m in with_tools_in_system(t.messages, t.tools)]
         tokenizer = load_tokenizer(recipe.model, texts)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     template = get_template(recipe.data.template, tokenizer)
+    batch = int(recipe.trl.get("per_device_train_batch_size", 8))
+    if not recipe.data.cache:
+        rows, stats = _tokenize(recipe, reader(), template, tokenizer, batch)
+        return tokenizer, rows, stats | {"cache": "off"}
+    data = recipe.data.model_dump(mode="json", exclude={"num_proc", "cache", "block_mask", "eval_fraction"})
+    cache = PreparedCache(cache_dir() / "prepared", cache_key(
+        data, batch, files_signature(recipe.data.paths), tokenizer_fingerprint(tokenizer)))
+    with cache.locked():
+        loaded = cache.load()
+        if loaded is not None:
+            log.info("tokenized data from the cache: %s", cache.path)
+            rows, stats = loaded
+            return tokenizer, rows, stats | {"cache": "hit"}
+        rows, stats = _tokenize(recipe, reader(), template, tokenizer, batch)
+        cache.save(rows, stats)
+    return tokenizer, rows, stats | {"cache": "miss"}
+
+
+def _tokenize(recipe: TrainRecipe, reader: Any, template: Any, tokenizer: Any,
+              batch: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read, render, tokenize and pack (steps 1-3, without the cache)."""
+    from agentflan.training.packing import pack, unpacked_stats
+    from agentflan.training.prepared import encode_all
+
+    start = time.perf_counter()
+    trajs = list(reader.read(recipe.data.paths))
+    if not trajs:
+        raise ConfigError(f"no training data in {recipe.data.paths}")
     samples, dropped, truncated = [], 0, 0
-    for t in trajs:
-        try:
-            enc = encode(t, template, tokenizer, max_length=recipe.data.max_length)
-        except NoTrainableTokens:
+    for enc in encode_all(trajs, template, tokenizer, recipe.data.max_length, recipe.data.num_proc):
+        if enc is None:
             dropped += 1
             continue
         truncated += enc.truncated
         samples.append({"input_ids": enc.input_ids, "labels": enc.labels})
     if not samples:
         raise ConfigError("no sample has a trained token: check the loss flags and max_length")
-    batch = int(recipe.trl.get("per_device_train_batch_size", 8))
     if recipe.data.packing:
         rows, st = pack(samples, recipe.data.max_length)
     else:
@@ -137,8 +175,8 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
              "trained_tokens": sum(sum(x != -100 for x in s["labels"]) for s in samples),
              "packing": recipe.data.packing, "packing_efficiency": round(st.efficiency, 4),
              "padding_waste": round(1 - st.efficiency, 4), "template": template.name,
-             "reading": reader.report.to_dict()}
-    return tokenizer, rows, stats
+             "reading": reader.report.to_dict(), "tokenize_seconds": round(time.perf_counter() - start, 2)}
+    return rows, stats
 
 
 def _peft_config(section: PeftSection) -> Any:
