@@ -165,3 +165,39 @@ def test_distributions_from_counts_equal_the_statistics_module():
                      "p90": s[min(n - 1, int(0.9 * n))], "max": s[-1]} if s else
                     {"min": 0, "mean": 0.0, "median": 0.0, "p90": 0, "max": 0})
         assert _dist(Counter(values)) == expected
+
+
+@pytest.mark.parametrize(("rel", "fmt", "to", "suffix"), [
+    ("fireact/hotpotqa_react.jsonl", "react", "native", ".jsonl"),
+    ("llamafactory/glaive_toolcall_en_demo.json", "sharegpt", "agentflan", ".json.gz"),
+    ("toolbench/answer", "toolbench", "sharegpt", ".json"),  # quarantined, dropped and lossy records
+])
+def test_parallel_convert_writes_what_one_process_writes(shared_data, tmp_path, monkeypatch, rel, fmt, to, suffix):
+    import agentflan.io.parallel as parallel
+    from agentflan.io import convert
+
+    monkeypatch.setattr(parallel, "BATCH", 7)
+    results = []
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}{suffix}"
+        r = convert(str(shared_data / rel), out, fmt=fmt, to=to, workers=workers,
+                    quarantine=tmp_path / f"q{workers}.jsonl")
+        q = tmp_path / f"q{workers}.jsonl"
+        results.append((out.read_bytes(), json.dumps({**r.to_dict(), "quarantine": None}),
+                        q.read_bytes() if q.exists() else None))
+    assert results[0] == results[1]
+
+
+def test_parallel_convert_stops_where_one_process_stops(tmp_path):
+    from agentflan.errors import ParseError
+    from agentflan.io import convert
+
+    good = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join([good] * 600 + ['{"messages": 3}'] + [good] * 50) + "\n")
+    for workers in (1, 2):
+        with pytest.raises(ParseError, match=r"in.jsonl:601 field messages"):
+            convert(str(src), tmp_path / f"o{workers}.jsonl", fmt="react", on_error="raise", workers=workers)
+        assert len((tmp_path / f"o{workers}.jsonl").read_text().splitlines()) == 600
+    r = convert(str(src), tmp_path / "lim.jsonl", fmt="react", reader_options={"limit": 300}, workers=2)
+    assert r.read.records == 300 and r.write.written == 300

@@ -31,7 +31,7 @@ def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _progress(enabled: bool, label: str) -> Any:
-    def wrap(stream: Iterator[Trajectory]) -> Iterator[Trajectory]:
+    def wrap(stream: Iterator[Any]) -> Iterator[Any]:
         if not enabled:
             yield from stream
             return
@@ -75,9 +75,11 @@ def data() -> None:
               help="Reader option, e.g. dfs_retries=strip, include_give_up=true, task=os, dataset=mine.")
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the accounting report as JSON.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes that convert while this one reads (same output with any number).")
 def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path, on_error: str,
                 quarantine: Path | None, options: tuple[str, ...], report: Path | None,
-                progress: bool | None) -> None:
+                progress: bool | None, workers: int) -> None:
     """Convert INPUTS (files, globs, directories, hf://datasets/... URLs) into one output file.
 
     Every input record is accounted for: converted, quarantined (raw record and reason written to
@@ -87,7 +89,7 @@ def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path,
     try:
         result = convert(list(inputs), output, to=to, fmt=fmt, on_error=on_error,  # type: ignore[arg-type]
                          quarantine=quarantine, reader_options=_options(options),
-                         progress=_progress(show, f"{fmt or 'auto'} -> {to}"))
+                         progress=_progress(show, f"{fmt or 'auto'} -> {to}"), workers=workers)
     except AgentflanError as e:
         _fail(e)
         return

@@ -140,17 +140,28 @@ def iter_records(path: str) -> Iterator[RawRecord]:
 
 
 def _iter_jsonl(path: str) -> Iterator[RawRecord]:
+    for lineno, index, line in jsonl_lines(path):
+        yield decode_jsonl_line(path, lineno, index, line)
+
+
+def jsonl_lines(path: str) -> Iterator[tuple[int, int, str]]:
+    """(line number, record index, text) of each record line of a JSONL file, undecoded: a
+    parallel convert reads them here and decodes them in its workers (`decode_jsonl_line`)."""
     index = 0
     with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                yield RawRecord(path, lineno, index, value=json.loads(line))
-            except json.JSONDecodeError as e:
-                yield RawRecord(path, lineno, index, error=f"malformed JSON: {e.msg} (column {e.colno})",
-                                text=line.rstrip("\n"))
+            yield lineno, index, line
             index += 1
+
+
+def decode_jsonl_line(path: str, lineno: int, index: int, line: str) -> RawRecord:
+    try:
+        return RawRecord(path, lineno, index, value=json.loads(line))
+    except json.JSONDecodeError as e:
+        return RawRecord(path, lineno, index, error=f"malformed JSON: {e.msg} (column {e.colno})",
+                         text=line.rstrip("\n"))
 
 
 JSON_CHUNK = 1 << 20

@@ -16,7 +16,8 @@ import io
 import json
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -59,13 +60,7 @@ class Writer(ABC):
         return None
 
     def write(self, trajectories: Iterable[Trajectory], path: str | Path) -> WriteReport:
-        path = Path(path)
-        suffix = base_suffix(str(path))
-        if suffix not in self.suffixes:
-            raise ConfigError(f"the {self.name} writer writes {', '.join(self.suffixes)} files, "
-                              f"not {suffix or 'no suffix'!r} ({path})")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with JsonSink(path) as sink:
+        with self._sink(path) as sink:
             for traj in trajectories:
                 try:
                     rec = self.record(traj)
@@ -75,6 +70,24 @@ class Writer(ABC):
                 sink.add(rec)
                 self.report.written += 1
         return self.report
+
+    def write_encoded(self, records: Iterable[str], path: str | Path) -> None:
+        """Write records this writer's `record` made and `dumps` encoded elsewhere (worker
+        processes of a parallel convert, which count them in their reports)."""
+        with self._sink(path) as sink:
+            for text in records:
+                sink.add_encoded(text)
+
+    @contextmanager
+    def _sink(self, path: str | Path) -> Iterator[JsonSink]:
+        path = Path(path)
+        suffix = base_suffix(str(path))
+        if suffix not in self.suffixes:
+            raise ConfigError(f"the {self.name} writer writes {', '.join(self.suffixes)} files, "
+                              f"not {suffix or 'no suffix'!r} ({path})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with JsonSink(path) as sink:
+            yield sink
 
 
 def _make_encoder() -> Callable[[Any], str]:
@@ -119,10 +132,14 @@ class JsonSink:
         return self
 
     def add(self, rec: Any) -> None:
+        self.add_encoded(dumps(rec))
+
+    def add_encoded(self, text: str) -> None:
+        """A record already encoded by `dumps`."""
         if self.array:
-            self._f.write(("\n" if self._n == 0 else ",\n") + dumps(rec))
+            self._f.write(("\n" if self._n == 0 else ",\n") + text)
         else:
-            self._f.write(dumps(rec) + "\n")
+            self._f.write(text + "\n")
         self._n += 1
 
     def __exit__(self, *exc: object) -> None:
