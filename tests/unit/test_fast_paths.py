@@ -201,3 +201,20 @@ def test_parallel_convert_stops_where_one_process_stops(tmp_path):
         assert len((tmp_path / f"o{workers}.jsonl").read_text().splitlines()) == 600
     r = convert(str(src), tmp_path / "lim.jsonl", fmt="react", reader_options={"limit": 300}, workers=2)
     assert r.read.records == 300 and r.write.written == 300
+
+
+def test_native_writer_reuses_tool_json_only_while_the_spec_is_unchanged(samples):
+    from agentflan.io.writers.native import NativeWriter
+
+    w = NativeWriter()
+    for t in samples:  # FireAct's trajectories share their ToolSpec objects: encoded once
+        assert w.encode(t) == dumps(t.to_json_dict()), t.id
+    shared = ToolSpec(name="search", parameters={"type": "object", "properties": {"q": {"type": "string"}}})
+    trajs = [_traj(tools=[shared]) for _ in range(3)]
+    for t in trajs:
+        assert w.encode(t) == dumps(t.to_json_dict())
+    shared.parameters["properties"]["q"]["type"] = "integer"  # changed in place after it was cached
+    shared.description = "now described"
+    assert '"integer"' in w.encode(trajs[0]) and w.encode(trajs[0]) == dumps(trajs[0].to_json_dict())
+    odd = _traj(tools=[ToolSpec(name="f", metadata={"t": (1, 2)})])  # JSON mode converts: pydantic's path
+    assert w.encode(odd) == dumps(odd.to_json_dict())

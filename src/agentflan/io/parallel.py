@@ -16,7 +16,7 @@ from typing import Any
 from agentflan.errors import ParseError
 from agentflan.io.base import Reader, ReadReport
 from agentflan.io.files import RawRecord, base_suffix, decode_jsonl_line, expand, iter_records, jsonl_lines
-from agentflan.io.writers.base import Unwritable, Writer, WriteReport, dumps
+from agentflan.io.writers.base import Unwritable, Writer, WriteReport
 
 BATCH = 256
 """Records per task."""
@@ -76,11 +76,11 @@ def _convert_batch(rows: list[Row]) -> _Result:
             if traj is None:
                 continue
             try:
-                rec = writer.record(traj)
+                text = writer.encode(traj)
             except Unwritable as e:
                 writer.report.unwritable[e.reason] += 1
                 continue
-            out.append(dumps(rec))
+            out.append(text)
             writer.report.written += 1
     except ParseError as e:  # on_error="raise": the driver raises it after writing what came before
         error = e

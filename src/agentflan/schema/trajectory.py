@@ -247,13 +247,13 @@ def _tool_dict(t: ToolSpec) -> dict[str, Any]:
     return out
 
 
-def _fast_json_dict(traj: Trajectory) -> dict[str, Any]:
+def _fast_json_dict(traj: Trajectory, tools: bool = True) -> dict[str, Any]:
     if type(traj) is not Trajectory or type(traj.source) is not Source:
         raise _NotPlain
     d = traj.__dict__
     out: dict[str, Any] = {"schema_version": d["schema_version"], "id": d["id"],
                            "messages": [_message_dict(m) for m in d["messages"]]}
-    if d["tools"]:
+    if d["tools"] and tools:
         out["tools"] = [_tool_dict(t) for t in d["tools"]]
     s = d["source"].__dict__
     out["source"] = {k: s[k] for k in _SOURCE_FIELDS if s[k] is not None}

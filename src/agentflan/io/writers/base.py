@@ -59,15 +59,19 @@ class Writer(ABC):
         """A registration snippet for other tools (LLaMA-Factory's dataset_info), if any."""
         return None
 
+    def encode(self, traj: Trajectory) -> str:
+        """The output record of `traj`, encoded (`dumps(self.record(traj))`; a writer may do it faster)."""
+        return dumps(self.record(traj))
+
     def write(self, trajectories: Iterable[Trajectory], path: str | Path) -> WriteReport:
         with self._sink(path) as sink:
             for traj in trajectories:
                 try:
-                    rec = self.record(traj)
+                    text = self.encode(traj)
                 except Unwritable as e:
                     self.report.unwritable[e.reason] += 1
                     continue
-                sink.add(rec)
+                sink.add_encoded(text)
                 self.report.written += 1
         return self.report
 
