@@ -66,16 +66,15 @@ def check(traj: Trajectory, *, allow_parse_errors: bool = False) -> list[Issue]:
                 issues.append(Issue("empty_assistant", "assistant message has no text and no tool call",
                                     i, "content"))
             for j, call in enumerate(calls):
-                where = f"tool_calls[{j}]"
                 if call.id in seen_ids:
                     issues.append(Issue("duplicate_call_id", f"tool call id {call.id!r} used twice", i,
-                                        f"{where}.id"))
+                                        f"tool_calls[{j}].id"))
                 seen_ids.add(call.id)
                 pending[call.id] = call.name
                 if call.parse_error is not None:
                     issues.append(Issue("tool_call_parse_error",
                                         f"tool call could not be parsed: {call.parse_error}", i,
-                                        f"{where}.arguments",
+                                        f"tool_calls[{j}].arguments",
                                         "warning" if allow_parse_errors else "error"))
                 if declared is None:
                     declared = traj.tool_names()
@@ -83,7 +82,7 @@ def check(traj: Trajectory, *, allow_parse_errors: bool = False) -> list[Issue]:
                     offered = ", ".join(sorted(declared)) or "no tools declared"
                     issues.append(Issue("undeclared_tool",
                                         f"call to tool {call.name!r}, which was not offered ({offered})",
-                                        i, f"{where}.name"))
+                                        i, f"tool_calls[{j}].name"))
             continue
         if role == "system" and i != 0:
             issues.append(Issue("system_not_first", "system message after the first position", i,

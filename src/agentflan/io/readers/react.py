@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from agentflan.errors import ParseError
-from agentflan.formats.react import DEFAULT_BRACKET_ARGS, OBSERVATION_PREFIX, parse_bracket
+from agentflan.formats.react import DEFAULT_BRACKET_ARGS, OBSERVATION_PREFIX, split_bracket
 from agentflan.io.base import Reader, RecordContext, as_text, require_key
 from agentflan.schema import ToolSpec, Trajectory
 
@@ -40,7 +40,6 @@ class ReactReader(Reader):
         self.arg_names = {**DEFAULT_BRACKET_ARGS, **(arg_names or {})}
         self.final_tool = final_tool
         self._specs = self.specs()
-        self._bracket_names = None if self.arg_names == DEFAULT_BRACKET_ARGS else self.arg_names
 
     def specs(self) -> list[ToolSpec]:
         out = []
@@ -59,7 +58,7 @@ class ReactReader(Reader):
         messages: list[dict[str, Any]] = []
         pending: dict[str, Any] | None = None
         n_calls = 0
-        names = self._bracket_names
+        names = self.arg_names
         for i, m in enumerate(raw_msgs):
             role = m.get("role") if type(m) is dict else None
             if type(role) is not str:
@@ -79,16 +78,16 @@ class ReactReader(Reader):
                     messages.append({"role": "user", "content": content})
             elif role == "assistant":
                 try:
-                    step = parse_bracket(content, names)
+                    thought, name, arguments = split_bracket(content, names)
                 except ParseError as e:
                     e.field = f"messages[{i}].content"
                     raise
                 calls = []
-                if step.name is not None:
-                    pending = {"id": f"call_{n_calls}", "name": step.name, "arguments": step.arguments}
+                if name is not None:
+                    pending = {"id": f"call_{n_calls}", "name": name, "arguments": arguments}
                     calls.append(pending)
                     n_calls += 1
-                messages.append({"role": "assistant", "content": step.thought, "tool_calls": calls,
+                messages.append({"role": "assistant", "content": thought, "tool_calls": calls,
                                  "loss": bool(m.get("loss", True))})
             else:
                 raise ParseError(f"unknown role {role!r} (expected system, user, assistant)",
