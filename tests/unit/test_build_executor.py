@@ -55,10 +55,10 @@ def _files(root: Path) -> dict[str, bytes]:
             if p.is_file() and ".state" not in p.parts and p.suffix != ".png"}
 
 
-def _build(shared_data: Path, tmp: Path, out: Path, workers: int) -> None:
+def _build(shared_data: Path, tmp: Path, out: Path, workers: int, executor: str = "local") -> None:
     path = tmp / "phases.yaml"
     path.write_text(RECIPE.replace("DATA", str(shared_data)))
-    recipe, resolved = load_recipe(str(path))
+    recipe, resolved = load_recipe(str(path), [f"executor={executor}"])
     build(recipe, resolved, out, workers=workers)
 
 
@@ -82,6 +82,17 @@ def test_phases_on_many_small_shards_write_the_same_bytes(shared_data, one_worke
     assert counts["filter"]["dropped:duplicate"] > 300  # each record twice, copies in other shards
     assert counts["balance"]["turns_after:retrieval"] < counts["balance"]["turns_before:retrieval"]
     assert json.loads((one_worker / "native" / "sampled.steps.json").read_text())["records"] == 200
+
+
+@pytest.mark.slow
+def test_ray_tasks_on_many_small_shards_write_the_same_bytes(shared_data, one_worker, tmp_path, monkeypatch):
+    """Ray workers read and write their shard files themselves (a local instance here)."""
+    pytest.importorskip("ray", reason="pip install 'agentflan[ray]'")
+    monkeypatch.setattr(build_mod, "SHARD_BYTES", 8 * 1024)  # the plan is made here, in the driver
+    _build(shared_data, tmp_path, tmp_path / "out", 2, "ray")
+    ours, ref = _files(tmp_path / "out"), _files(one_worker)
+    assert ours.pop("resolved_recipe.yaml") != ref.pop("resolved_recipe.yaml")  # says executor: ray
+    assert ours == ref
 
 
 def test_shards_cover_files_in_whole_lines(tmp_path, monkeypatch):
