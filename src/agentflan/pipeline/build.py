@@ -829,11 +829,11 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
                 say(f"mix {recipe.mix.name}: {info['records']} records, factors {info['factors']}")
                 _mark(out, "mix", mix_fp)
 
-    # 4. report
-    from agentflan.pipeline.report import write_report
+        # 4. report
+        from agentflan.pipeline.report import write_report
 
-    result.stats = write_report(recipe, out, charts=recipe.report)
-    say(f"report: {out / 'report.md'}")
+        result.stats = write_report(recipe, out, charts=recipe.report, run=executor.map)
+        say(f"report: {out / 'report.md'}")
     if (out / PARTS).exists():
         shutil.rmtree(out / PARTS)
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,9 @@ def _balance(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True) -> dict[str, Any]:
+def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True,
+                 run: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None) -> dict[str, Any]:
+    """`stats.json`, `report.md` and the charts of a build in `out` (`run`: how to map the chart tasks)."""
     sources = {name: json.loads((out / "sources" / f"{name}.report.json").read_text()) for name in recipe.sources}
     outputs: dict[str, Any] = {}
     turns: dict[str, Counter[int]] = {}
@@ -119,7 +122,7 @@ def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True) -> dict[
         mix.update(extra, stats=stats)
     result = {"recipe": recipe.name, "seed": recipe.seed, "sources": sources, "outputs": outputs, "mix": mix}
     (out / "stats.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    chart_files = _charts(result, turns, out / "charts") if charts else []
+    chart_files = _charts(result, turns, out / "charts", run) if charts else []
     (out / "report.md").write_text(_markdown(recipe, result, chart_files, out))
     return result
 
@@ -176,27 +179,41 @@ def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Pa
     return "\n".join(lines) + "\n"
 
 
-def _charts(r: dict[str, Any], turns: dict[str, Counter[int]], folder: Path) -> list[Path]:
-    try:
-        import matplotlib
+CHARTS = ("records_per_output", "capability_balance", "trained_tokens", "turns")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+
+def _charts(r: dict[str, Any], turns: dict[str, Counter[int]], folder: Path,
+            run: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None) -> list[Path]:
+    """The report's PNG charts, each drawn by `run` (an executor's `map`: one chart per task)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
         log.warning("matplotlib is not installed: no charts (pip install 'agentflan[report]')")
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    names = list(r["outputs"])
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.barh(names, [r["outputs"][n]["records"] for n in names], color="#4c72b0")
-    ax.set_xlabel("records")
-    ax.set_title("Records per output")
-    files.append(_save(plt, fig, folder / "records_per_output.png"))
+    jobs = [(kind, r, turns, folder / f"{kind}.png") for kind in CHARTS]
+    drawn = run(_chart, jobs) if run is not None else [_chart(j) for j in jobs]
+    return [p for p in drawn if p is not None]
 
+
+def _chart(job: tuple[str, dict[str, Any], dict[str, Counter[int]], Path]) -> Path | None:
+    """One chart (a task); None when it has nothing to show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind, r, turns, path = job
+    names = list(r["outputs"])
     bal = [(n, cap, v) for n, o in r["outputs"].items() for cap, v in o["balance"].items()]
-    if bal:
-        fig, ax = plt.subplots(figsize=(9, 4))
+    if kind == "capability_balance" and not bal:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4))
+    if kind == "records_per_output":
+        ax.barh(names, [r["outputs"][n]["records"] for n in names], color="#4c72b0")
+        ax.set_xlabel("records")
+        ax.set_title("Records per output")
+    elif kind == "capability_balance":
         labels = [f"{n}\n{cap}" for n, cap, _ in bal]
         x = range(len(bal))
         ax.bar([i - 0.2 for i in x], [v["requested"] for *_, v in bal], 0.4, label="requested", color="#999999")
@@ -205,31 +222,26 @@ def _charts(r: dict[str, Any], turns: dict[str, Counter[int]], folder: Path) -> 
         ax.set_ylabel("share of turns keeping loss")
         ax.set_title("Capability balance: requested vs realized")
         ax.legend()
-        files.append(_save(plt, fig, folder / "capability_balance.png"))
-
-    caps = ["reasoning", "retrieval", "understanding", "instruction_following", "unlabelled"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    left = [0] * len(names)
-    for cap in caps:
-        vals = [r["outputs"][n]["trained_approx_tokens"].get(cap, 0) for n in names]
-        ax.barh(names, vals, left=left, label=cap)
-        left = [a + b for a, b in zip(left, vals, strict=True)]
-    ax.set_xlabel("trained tokens (approx)")
-    ax.set_title("Trained tokens per capability")
-    ax.legend(fontsize=7)
-    files.append(_save(plt, fig, folder / "trained_tokens.png"))
-
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for n, counts in turns.items():
-        if counts:
-            values = sorted(counts)
-            ax.hist(values, bins=30, weights=[counts[v] for v in values], histtype="step", label=n)
-    ax.set_xlabel("messages per record")
-    ax.set_ylabel("records")
-    ax.set_title("Conversation length")
-    ax.legend(fontsize=7)
-    files.append(_save(plt, fig, folder / "turns.png"))
-    return files
+    elif kind == "trained_tokens":
+        caps = ["reasoning", "retrieval", "understanding", "instruction_following", "unlabelled"]
+        left = [0] * len(names)
+        for cap in caps:
+            vals = [r["outputs"][n]["trained_approx_tokens"].get(cap, 0) for n in names]
+            ax.barh(names, vals, left=left, label=cap)
+            left = [a + b for a, b in zip(left, vals, strict=True)]
+        ax.set_xlabel("trained tokens (approx)")
+        ax.set_title("Trained tokens per capability")
+        ax.legend(fontsize=7)
+    else:
+        for n, counts in turns.items():
+            if counts:
+                values = sorted(counts)
+                ax.hist(values, bins=30, weights=[counts[v] for v in values], histtype="step", label=n)
+        ax.set_xlabel("messages per record")
+        ax.set_ylabel("records")
+        ax.set_title("Conversation length")
+        ax.legend(fontsize=7)
+    return _save(plt, fig, path)
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
