@@ -218,3 +218,25 @@ def test_native_writer_reuses_tool_json_only_while_the_spec_is_unchanged(samples
     assert '"integer"' in w.encode(trajs[0]) and w.encode(trajs[0]) == dumps(trajs[0].to_json_dict())
     odd = _traj(tools=[ToolSpec(name="f", metadata={"t": (1, 2)})])  # JSON mode converts: pydantic's path
     assert w.encode(odd) == dumps(odd.to_json_dict())
+
+
+def test_negatives_from_lines_built_only_when_needed_equal_negatives_from_trajectories(shared_data, monkeypatch):
+    from agentflan.pipeline.base import StepStats
+    from agentflan.pipeline.negatives import LazyTrajectory, NegativesConfig, build_negatives
+
+    chat = list(read(str(shared_data / "llamafactory/alpaca_en_demo.json"), "alpaca"))
+    agent = list(read(str(shared_data / "toolbench/answer/*/*.json"), "toolbench"))
+    agent += list(read(str(shared_data / "fireact/hotpotqa_react.jsonl"), "react"))
+    cfg = NegativesConfig(n=40)
+
+    def lines(trajs):
+        return [LazyTrajectory(dumps(t.to_json_dict())) for t in trajs]
+
+    built = []
+    real_load = LazyTrajectory.load
+    monkeypatch.setattr(LazyTrajectory, "load", lambda self: built.append(self.id) or real_load(self))
+    a_stats, b_stats = StepStats(), StepStats()
+    a = [t.to_json_dict() for t in build_negatives(chat, agent, agent, cfg, 3, a_stats)]
+    b = [t.to_json_dict() for t in build_negatives(lines(chat), lines(agent), lines(agent), cfg, 3, b_stats)]
+    assert a == b and a_stats.to_dict() == b_stats.to_dict()
+    assert len(built) < (len(chat) + len(agent)) / 2  # most records are never built

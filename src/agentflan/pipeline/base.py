@@ -160,6 +160,12 @@ class SmallestN:
         self.heap: list[tuple[float, str, int, Trajectory]] = []  # max-heap of the n smallest, by -key
         self._seq = 0
 
+    def admits(self, key: float, tid: str) -> bool:
+        """Whether `offer(key, tid, ...)` would keep it (ask before building a costly trajectory)."""
+        if len(self.heap) < self.n:
+            return True
+        return self.n > 0 and (-key, tid) > self.heap[0][:2]
+
     def offer(self, key: float, tid: str, traj: Trajectory) -> None:
         self._seq += 1
         item = (-key, tid, -self._seq, traj)

@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import platform
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -52,9 +51,10 @@ from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import Unwritable, Writer, dumps
+from agentflan.io.writers.native import native_line_id
 from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, unit
 from agentflan.pipeline.executor import Executor, make_executor
-from agentflan.pipeline.negatives import build_negatives
+from agentflan.pipeline.negatives import LazyTrajectory, build_negatives
 from agentflan.pipeline.recipe import DataRecipe, NegativesOutput, StepsOutput
 from agentflan.pipeline.report import Scan, scan_path
 from agentflan.schema import Trajectory
@@ -554,9 +554,11 @@ def _run_negatives(task: _NegativesTask) -> dict[str, Any]:
     spec = NegativesOutput.model_validate(task.spec)
     stats = StepStats()
 
-    def concat(names: list[str]) -> Iterator[Trajectory]:
+    def concat(names: list[str]) -> Iterator[LazyTrajectory]:
         for s in names:
-            yield from _read_native(out / "sources" / f"{s}.jsonl")
+            with (out / "sources" / f"{s}.jsonl").open("rb") as f:
+                for line in f:
+                    yield LazyTrajectory(line)
 
     sink = _Sink(out, task.name, task.formats)
     for t in build_negatives(concat(spec.chat_from), concat(spec.tools_from), concat(spec.queries_from),
@@ -650,15 +652,6 @@ def mix_plan(recipe: DataRecipe, counts: dict[str, int]) -> dict[str, float]:
     return factors
 
 
-_ID_PREFIX = re.compile(r'\{"schema_version": 1, "id": ("(?:[^"\\]|\\.)*")')
-
-
-def _line_id(line: str) -> str:
-    """The id of a native line without decoding all of it (the writer puts it second)."""
-    m = _ID_PREFIX.match(line)
-    return json.loads(m.group(1)) if m else json.loads(line)["id"]  # type: ignore[no-any-return]
-
-
 @dataclass(frozen=True)
 class _ScatterTask:
     tmp: str
@@ -679,7 +672,7 @@ def _mix_scatter(task: _ScatterTask) -> int:
     try:
         for raw in _shard_lines(task.shard):
             line = raw.decode("utf-8")
-            tid0 = _line_id(line)
+            tid0 = native_line_id(line)
             copies = int(task.factor) + (unit(task.seed, "mix", task.output, tid0) < frac)
             for k in range(copies):
                 tid = tid0 if k == 0 else f"{tid0}#{k}"

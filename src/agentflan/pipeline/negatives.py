@@ -19,6 +19,7 @@ Candidates are chosen by hash (the `n` smallest hashes of (seed, id)), so memory
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -106,9 +107,37 @@ def _first_exchange(traj: Trajectory) -> tuple[str, str] | None:
     return None
 
 
-def build_negatives(chat: Iterable[Trajectory], tool_sources: Iterable[Trajectory], queries: Iterable[Trajectory],
-                    config: NegativesConfig, seed: int, stats: StepStats,
-                    cache_dir: Path | None = None) -> Iterator[Trajectory]:
+class LazyTrajectory:
+    """A native JSON line, validated only if `build_negatives` needs it: candidates are chosen by the
+    hash of their id, which is read from the line's start, so most records are never built."""
+
+    __slots__ = ("id", "line")
+
+    def __init__(self, line: str | bytes) -> None:
+        from agentflan.io.writers.native import native_line_id
+
+        self.line = line
+        self.id = native_line_id(line)
+
+    def load(self) -> Trajectory:
+        return Trajectory.model_validate_json(self.line)
+
+    def tools(self, known: dict[str, ToolSpec]) -> tuple[list[ToolSpec], str | None]:
+        """The offered tools not in `known` (validated), and the terminal tool's name."""
+        d = json.loads(self.line)
+        specs = [ToolSpec.model_validate(t) for t in d.get("tools") or [] if t["name"] not in known]
+        return specs, (d.get("tags") or {}).get("final_tool")
+
+
+def _tools(traj: Trajectory | LazyTrajectory, known: dict[str, ToolSpec]) -> tuple[list[ToolSpec], str | None]:
+    if isinstance(traj, LazyTrajectory):
+        return traj.tools(known)
+    return traj.tools, traj.tags.get("final_tool")
+
+
+def build_negatives(chat: Iterable[Trajectory | LazyTrajectory], tool_sources: Iterable[Trajectory | LazyTrajectory],
+                    queries: Iterable[Trajectory | LazyTrajectory], config: NegativesConfig, seed: int,
+                    stats: StepStats, cache_dir: Path | None = None) -> Iterator[Trajectory]:
     """Yield negative samples of the configured kinds; count everything in `stats`.
 
     Args:
@@ -121,19 +150,30 @@ def build_negatives(chat: Iterable[Trajectory], tool_sources: Iterable[Trajector
     pool: dict[str, ToolSpec] = {}
     for traj in tool_sources:
         stats.inc("tool_sources_in")
-        for t in traj.tools:
-            if t.name != traj.tags.get("final_tool"):
+        specs, final = _tools(traj, pool)
+        for t in specs:
+            if t.name != final:
                 pool.setdefault(t.name, t)
     requests = SmallestN(n_no)
-    for traj in queries:
+    for item in queries:
         stats.inc("queries_in")
-        if n_no and first_query(traj):
-            requests.offer(unit(seed, "negatives:query", traj.id), traj.id, traj)
+        key = unit(seed, "negatives:query", item.id)
+        if isinstance(item, LazyTrajectory):  # decided by the id's hash before the record is built
+            if not requests.admits(key, item.id):
+                continue
+            item = item.load()
+        if n_no and first_query(item):
+            requests.offer(key, item.id, item)
     chats = SmallestN(n_nt * 3)  # spare candidates for queries that no pooled tool avoids
-    for traj in chat:
+    for item in chat:
         stats.inc("chat_in")
-        if n_nt and not traj.tools and _first_exchange(traj):
-            chats.offer(unit(seed, "negatives:chat", traj.id), traj.id, traj)
+        key = unit(seed, "negatives:chat", item.id)
+        if isinstance(item, LazyTrajectory):
+            if not chats.admits(key, item.id):
+                continue
+            item = item.load()
+        if n_nt and not item.tools and _first_exchange(item):
+            chats.offer(key, item.id, item)
     stats.inc("tool_pool", len(pool))
     tools = sorted(pool.values(), key=lambda t: t.name)
     words = {t.name: tool_words(t) for t in tools}

@@ -9,6 +9,7 @@ otherwise unify them into sparse structs (mangling them). `from_row` is the exac
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -76,6 +77,17 @@ class _ToolCache:
                 self._json.clear()
             self._seen[key] = t  # held, so that its id is not reused while it is here
         return text
+
+
+_ID_PREFIX = re.compile(r'\{"schema_version": 1, "id": ("(?:[^"\\]|\\.)*")')
+
+
+def native_line_id(line: str | bytes) -> str:
+    """The id of a native JSON line, read from its start (the writer puts it second), without
+    decoding the rest."""
+    text = line.decode("utf-8") if isinstance(line, bytes) else line
+    m = _ID_PREFIX.match(text)
+    return json.loads(m.group(1)) if m else json.loads(text)["id"]  # type: ignore[no-any-return]
 
 
 def _js(value: Any) -> str:
