@@ -16,7 +16,7 @@ from typing import Any
 from agentflan.errors import ParseError
 from agentflan.io.base import Reader, ReadReport
 from agentflan.io.files import RawRecord, base_suffix, decode_jsonl_line, expand, iter_records, jsonl_lines
-from agentflan.io.writers.base import Unwritable, Writer, WriteReport
+from agentflan.io.writers.base import Writer, WriteReport
 
 BATCH = 256
 """Records per task."""
@@ -73,15 +73,9 @@ def _convert_batch(rows: list[Row]) -> _Result:
         for row in rows:
             raw = decode_jsonl_line(*row) if len(row) == 4 else RawRecord(*row)
             traj = reader._convert(raw)
-            if traj is None:
-                continue
-            try:
-                text = writer.encode(traj)
-            except Unwritable as e:
-                writer.report.unwritable[e.reason] += 1
-                continue
-            out.append(text)
-            writer.report.written += 1
+            text = None if traj is None else writer.encode_counted(traj)
+            if text is not None:
+                out.append(text)
     except ParseError as e:  # on_error="raise": the driver raises it after writing what came before
         error = e
     return _Result(out, reader.report, writer.report, rejected.items, error)

@@ -50,7 +50,7 @@ from agentflan.fingerprint import code_fingerprint
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
 from agentflan.io.writers import WRITERS
-from agentflan.io.writers.base import Unwritable, Writer, dumps
+from agentflan.io.writers.base import Writer, dumps
 from agentflan.io.writers.native import native_line_id
 from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, unit
 from agentflan.pipeline.executor import Executor, make_executor
@@ -263,13 +263,9 @@ class _Sink:
 
     def _derived(self, traj: Trajectory) -> None:
         for fmt, writer in self.writers.items():
-            try:
-                rec = writer.record(traj)
-            except Unwritable as e:
-                writer.report.unwritable[e.reason] += 1
-                continue
-            self.files[fmt].write(dumps(rec) + "\n")
-            writer.report.written += 1
+            text = writer.encode_counted(traj)
+            if text is not None:
+                self.files[fmt].write(text + "\n")
         self.scan.add(traj)
 
     def close(self) -> dict[str, Any]:

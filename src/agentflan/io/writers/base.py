@@ -63,16 +63,22 @@ class Writer(ABC):
         """The output record of `traj`, encoded (`dumps(self.record(traj))`; a writer may do it faster)."""
         return dumps(self.record(traj))
 
+    def encode_counted(self, traj: Trajectory) -> str | None:
+        """`encode`, counted in the report: None (counted by reason) when the format cannot express it."""
+        try:
+            text = self.encode(traj)
+        except Unwritable as e:
+            self.report.unwritable[e.reason] += 1
+            return None
+        self.report.written += 1
+        return text
+
     def write(self, trajectories: Iterable[Trajectory], path: str | Path) -> WriteReport:
         with self._sink(path) as sink:
             for traj in trajectories:
-                try:
-                    text = self.encode(traj)
-                except Unwritable as e:
-                    self.report.unwritable[e.reason] += 1
-                    continue
-                sink.add_encoded(text)
-                self.report.written += 1
+                text = self.encode_counted(traj)
+                if text is not None:
+                    sink.add_encoded(text)
         return self.report
 
     def write_encoded(self, records: Iterable[str], path: str | Path) -> None:
