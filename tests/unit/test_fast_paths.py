@@ -121,7 +121,7 @@ def _planned(step, data, n_shards, seed=17):
     size = -(-len(data) // n_shards)
     shards = [data[i:i + size] for i in range(0, len(data), size)]
     ctx = StepContext(seed=seed)
-    summaries = [[step.summary(t, ctx) for t in shard] for shard in shards]
+    summaries = [step.pack_summaries([step.summary(t, ctx) for t in shard]) for shard in shards]
     plans = step.plan(summaries, ctx)
     out = []
     for shard, plan in zip(shards, plans, strict=True):

@@ -112,8 +112,12 @@ class Step(ABC):
         """What the plan needs to know about `traj` (small and picklable)."""
         raise NotImplementedError(f"step {self.name} cannot be planned")
 
-    def plan(self, shards: list[list[Any]], ctx: StepContext) -> list[Any]:
-        """One plan per shard, from every shard's summaries (shards and summaries in stream order)."""
+    def pack_summaries(self, summaries: list[Any]) -> Any:
+        """A shard's summaries as they travel to the plan (a step may pack them smaller)."""
+        return summaries
+
+    def plan(self, shards: list[Any], ctx: StepContext) -> list[Any]:
+        """One plan per shard, from every shard's packed summaries (shards in stream order)."""
         raise NotImplementedError(f"step {self.name} cannot be planned")
 
     def apply_planned(self, data: Iterable[Trajectory], plan: Any, ctx: StepContext) -> Iterator[Trajectory]:

@@ -343,7 +343,7 @@ def _ingest(task: _IngestTask) -> dict[str, Any]:
     finally:
         if reader.quarantine is not None:
             reader.quarantine.close()
-    return {"report": reader.report, "quarantined": bool(reader.report.quarantined)}
+    return {"report": reader.report}
 
 
 def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> list[_IngestTask]:
@@ -501,7 +501,8 @@ def _run_phase(task: _PhaseTask) -> dict[str, Any]:
                 if phase.summarize is not None:
                     summaries.append(steps[phase.summarize].summary(t, contexts[phase.summarize]))
                 f.write(dumps(t.to_json_dict()) + "\n")
-        result["summaries"] = summaries
+        if phase.summarize is not None:
+            result["summaries"] = steps[phase.summarize].pack_summaries(summaries)
         result["path"] = str(path)
     result["counts"] = {i: dict(c.stats.counts) for i, c in contexts.items() if c.stats.counts}
     return result

@@ -98,12 +98,19 @@ class BalanceStep(Step):
         return [(m.capability, unit(ctx.seed, self.name, traj.id, i)) for i, m in enumerate(traj.messages)
                 if isinstance(m, AssistantMessage) and m.loss and m.capability in ratios]
 
-    def plan(self, shards: list[list[Any]], ctx: StepContext) -> list[Any]:
+    def pack_summaries(self, summaries: list[Any]) -> dict[str, array[float]]:
+        """A shard's draws per capability: 8 bytes a balanced turn, like `run`'s."""
         draws: dict[str, array[float]] = {cap: array("d") for cap in self._ratios}
-        for summaries in shards:
-            for turns in summaries:
-                for cap, u in turns:
-                    draws[cap].append(u)
+        for turns in summaries:
+            for cap, u in turns:
+                draws[cap].append(u)
+        return draws
+
+    def plan(self, shards: list[Any], ctx: StepContext) -> list[Any]:
+        draws: dict[str, array[float]] = {cap: array("d") for cap in self._ratios}
+        for shard in shards:
+            for cap, values in shard.items():
+                draws[cap].extend(values)
         thresholds = self._thresholds(draws, ctx)
         return [thresholds] * len(shards)
 

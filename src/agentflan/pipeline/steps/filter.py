@@ -96,7 +96,7 @@ class FilterStep(Step):
             return reason, None
         return None, hashlib.blake2b(_content(traj).encode(), digest_size=16).digest()
 
-    def plan(self, shards: list[list[Any]], ctx: StepContext) -> list[Any]:
+    def plan(self, shards: list[Any], ctx: StepContext) -> list[Any]:
         seen: set[bytes] = set()
         plans = []
         for summaries in shards:
