@@ -444,6 +444,11 @@ class _Phase:
     summarize: int | None = None
 
 
+def _passes_through(phase: _Phase) -> bool:
+    """A phase that changes nothing, only takes summaries (a planned step first in an output)."""
+    return phase.apply is None and not phase.maps and phase.summarize is not None
+
+
 def _phases(steps: list[Step]) -> tuple[list[_Phase], int]:
     """The phases of `steps`, and where the steps that must run in one process start."""
     phases = [_Phase()]
@@ -492,6 +497,10 @@ def _run_phase(task: _PhaseTask) -> dict[str, Any]:
             sink.add(t)
         result["scan"] = sink.close()
         result["records"] = sink.n
+    elif _passes_through(phase):  # only summaries: the next phase reads this phase's input again
+        assert phase.summarize is not None
+        step = steps[phase.summarize]
+        result["summaries"] = step.pack_summaries([step.summary(t, contexts[phase.summarize]) for t in stream])
     else:
         path = _part_dir(out, task.name) / f"p{task.phase}.{task.part:05d}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -605,12 +614,15 @@ def _run_output(recipe: DataRecipe, name: str, out_dir: Path, executor: Executor
                      for i, (inp, plan) in enumerate(zip(inputs, plans, strict=True))]
             results = executor.map(_run_phase, tasks)
             merge(results)
-            if k > 0:  # the previous phase's shard files have been read
-                for inp in inputs:
-                    for shard in inp:
-                        os.unlink(shard.path)
-            if not final:
-                inputs = [(whole(Path(r["path"])),) for r in results]
+            if _passes_through(phase):
+                pass  # the next phase reads the same input
+            else:
+                if k > 0 and not _passes_through(phases[k - 1]):  # the previous phase's shard files are read
+                    for inp in inputs:
+                        for shard in inp:
+                            os.unlink(shard.path)
+                if not final:
+                    inputs = [(whole(Path(r["path"])),) for r in results]
             if phase.summarize is not None:
                 plans = steps[phase.summarize].plan([r["summaries"] for r in results], contexts[phase.summarize])
         if tail < len(steps):  # the rest in one process, over the last phase's shard files in order
