@@ -121,7 +121,12 @@ def _square(x: int) -> int:
 
 def test_local_executor_keeps_task_order():
     with LocalExecutor(2) as ex:
+        later = ex.submit(_square, 7)  # runs beside the map's tasks
         assert ex.map(_square, list(range(20))) == [x * x for x in range(20)]
+        assert later() == 49
     assert LocalExecutor(1).map(_square, [3]) == [9]
+    calls = []
+    lazy = LocalExecutor(1).submit(lambda x: calls.append(x) or x, 5)  # in this process: when asked
+    assert calls == [] and lazy() == 5 and lazy() == 5 and calls == [5]
     with pytest.raises(ConfigError):
         LocalExecutor(0)

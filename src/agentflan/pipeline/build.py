@@ -573,15 +573,35 @@ def _run_negatives(task: _NegativesTask) -> dict[str, Any]:
     return {"scan": sink.close(), "records": sink.n, "counts": stats.to_dict()}
 
 
-def _run_output(recipe: DataRecipe, name: str, out_dir: Path, executor: Executor) -> dict[str, Any]:
+def _single_task(recipe: DataRecipe, name: str, out_dir: Path,
+                 workers: int) -> tuple[Callable[[Any], dict[str, Any]], Any] | None:
+    """The one task that builds output `name`, when one task does (negatives; an output read in
+    one shard); None when it runs in phases over shards."""
+    spec = recipe.outputs[name]
+    formats = tuple(recipe.write)
+    if isinstance(spec, NegativesOutput):
+        return _run_negatives, _NegativesTask(str(out_dir), name, spec.model_dump(mode="json"), recipe.seed, formats)
+    sources = [out_dir / "sources" / f"{s}.jsonl" for s in spec.from_]
+    if workers > 1 and len(plan_shards(sources, workers * SHARDS_PER_WORKER)) > 1:
+        return None
+    return _run_stream, _StreamTask(str(out_dir), name, json.dumps(spec.steps, sort_keys=True), recipe.seed, 0,
+                                    tuple(whole(p) for p in sources), formats)
+
+
+def _run_output(recipe: DataRecipe, name: str, out_dir: Path, executor: Executor,
+                started: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Build output `name` (`started`: its single task, already submitted)."""
     spec = recipe.outputs[name]
     formats = tuple(recipe.write)
     parts = _part_dir(out_dir, name)
     if parts.exists():
         shutil.rmtree(parts)
+    single = _single_task(recipe, name, out_dir, executor.workers) if started is None else None
+    if started is None and single is not None:
+        started = executor.submit(*single)
     if isinstance(spec, NegativesOutput):
-        res = executor.map(_run_negatives, [_NegativesTask(str(out_dir), name, spec.model_dump(mode="json"),
-                                                           recipe.seed, formats)])[0]
+        assert started is not None
+        res = started()
         _save_scan(out_dir, name, [res["scan"]])
         _write_file_formats((str(out_dir), name, list(formats)))
         return {"records": res["records"], "steps": [{"step": "negatives", "counts": res["counts"]}]}
@@ -590,20 +610,19 @@ def _run_output(recipe: DataRecipe, name: str, out_dir: Path, executor: Executor
     entries = json.dumps(spec.steps, sort_keys=True)
     steps = _steps(entries)
     contexts = [StepContext(seed=recipe.seed) for _ in steps]
-    sources = [out_dir / "sources" / f"{s}.jsonl" for s in spec.from_]
-    shards = plan_shards(sources, executor.workers * SHARDS_PER_WORKER) if executor.workers > 1 else []
 
     def merge(results: list[dict[str, Any]]) -> None:
         for r in results:
             for i, counts in r["counts"].items():
                 contexts[int(i)].stats.counts.update(counts)
 
-    if len(shards) <= 1:  # one process, one stream through every step
-        res = executor.map(_run_stream, [_StreamTask(str(out_dir), name, entries, recipe.seed, 0,
-                                                     tuple(whole(p) for p in sources), formats)])[0]
+    if started is not None:  # one process, one stream through every step
+        res = started()
         merge([res])
         scans, records = [res["scan"]], res["records"]
     else:
+        sources = [out_dir / "sources" / f"{s}.jsonl" for s in spec.from_]
+        shards = plan_shards(sources, executor.workers * SHARDS_PER_WORKER)
         phases, tail = _phases(steps)
         inputs: list[tuple[Shard, ...]] = [(s,) for s in shards]
         plans: list[Any] = [None] * len(inputs)
@@ -807,15 +826,24 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
                 f"{report['quarantined']} quarantined, {sum(report['dropped'].values())} dropped")
             _mark(out, f"source.{name}", src_fp[name])
 
-        # 2. outputs: one after the other, each spread over the workers
+        # 2. outputs: one after the other, each spread over the workers; the outputs that are one
+        # task each (negatives, small ones) start at once, beside the others' shards
         out_fp = {}
+        todo = []
         for name, spec in recipe.outputs.items():
             deps = spec.from_ if isinstance(spec, StepsOutput) else spec.sources()
             out_fp[name] = _fp(spec.model_dump(mode="json", by_alias=True), recipe.seed, recipe.write,
                                [src_fp[d] for d in deps], __version__)
-            if not stage(f"output.{name}", out_fp[name]):
-                continue
-            info = _run_output(recipe, name, out, executor)
+            if stage(f"output.{name}", out_fp[name]):
+                todo.append(name)
+        started = {}
+        if executor.workers > 1:
+            for name in todo:
+                single = _single_task(recipe, name, out, executor.workers)
+                if single is not None:
+                    started[name] = executor.submit(*single)
+        for name in todo:
+            info = _run_output(recipe, name, out, executor, started.get(name))
             (out / "native" / f"{name}.steps.json").write_text(json.dumps(info, indent=2) + "\n")
             say(f"output {name}: {info['records']} records")
             _mark(out, f"output.{name}", out_fp[name])

@@ -41,14 +41,34 @@ class Executor(ABC):
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """`[fn(x) for x in items]`, run in parallel where the executor can."""
 
+    def submit(self, fn: Callable[[T], R], item: T) -> Callable[[], R]:
+        """Start `fn(item)` beside the other tasks; the returned function waits for its result.
+
+        In this process, the task runs when its result is asked for (nothing to overlap with).
+        """
+        done: list[R] = []
+
+        def result() -> R:
+            if not done:
+                done.append(fn(item))
+            return done[0]
+        return result
+
     def close(self) -> None:  # noqa: B027 - most executors hold nothing to release
         """Release the workers (idempotent)."""
+
+    def abort(self) -> None:
+        """Stop the workers without waiting for their tasks (an error in the driver)."""
+        self.close()
 
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class LocalExecutor(Executor):
@@ -63,18 +83,32 @@ class LocalExecutor(Executor):
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         if self.workers == 1 or len(items) <= 1:
             return [fn(x) for x in items]
+        # chunksize 1: tasks are coarse (a shard each) and come longest first
+        return list(self._started().imap(fn, items, chunksize=1))
+
+    def submit(self, fn: Callable[[T], R], item: T) -> Callable[[], R]:
+        if self.workers == 1:
+            return super().submit(fn, item)
+        return self._started().apply_async(fn, (item,)).get  # type: ignore[no-any-return]
+
+    def _started(self) -> Any:
         if self._pool is None:
             from multiprocessing import get_context
 
             # fork: the workers inherit the imported modules (spawn would re-import them, ~0.5 s each)
             ctx = get_context("fork") if "fork" in _start_methods() else get_context()
             self._pool = ctx.Pool(self.workers)
-        # chunksize 1: tasks are coarse (a shard each) and come longest first
-        return list(self._pool.imap(fn, items, chunksize=1))
+        return self._pool
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def abort(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
             self._pool.join()
             self._pool = None
 
@@ -105,6 +139,12 @@ class RayExecutor(Executor):
         remote = ray.remote(num_cpus=1)(fn)
         refs = [remote.remote(x) for x in items]
         return list(ray.get(refs))
+
+    def submit(self, fn: Callable[[T], R], item: T) -> Callable[[], R]:
+        import ray
+
+        ref = ray.remote(num_cpus=1)(fn).remote(item)
+        return lambda: ray.get(ref)
 
 
 def make_executor(kind: str, workers: int) -> Executor:
