@@ -175,12 +175,13 @@ class Reader(ABC):
                 raise ParseError(raw.error, reason="malformed_json")
             traj = self.parse(raw.value, ctx)
             issues = check(traj, allow_parse_errors=self.allow_parse_errors)
-            bad = errors(issues)
-            if bad:
-                extra = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
-                raise ParseError(f"{bad[0]}{extra}", reason=bad[0].code,
-                                 field=bad[0].field and f"messages[{bad[0].index}].{bad[0].field}")
-            self.report.warnings.update(i.code for i in issues)
+            if issues:  # most records have none: skip the bookkeeping
+                bad = errors(issues)
+                if bad:
+                    extra = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
+                    raise ParseError(f"{bad[0]}{extra}", reason=bad[0].code,
+                                     field=bad[0].field and f"messages[{bad[0].index}].{bad[0].field}")
+                self.report.warnings.update(i.code for i in issues)
         except Drop as d:
             self.report.dropped[d.reason] += 1
             return None

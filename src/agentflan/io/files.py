@@ -167,6 +167,7 @@ def decode_jsonl_line(path: str, lineno: int, index: int, line: str) -> RawRecor
 JSON_CHUNK = 1 << 20
 """Characters read at a time from a JSON (not JSONL) file."""
 _WS = re.compile(r"[ \t\r\n]*")
+_ARRAY_SEP = re.compile(r"[ \t\r\n]*(?:,[ \t\r\n]*)?")
 _NUMBER_TAIL = re.compile(r"[0-9eE.+-]*")
 
 
@@ -235,9 +236,12 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
                     break
             yield RawRecord(path, line, index, value=value)
             index += 1
-            pos = skip(end)
-            if in_array and pos < len(buf) and buf[pos] == ",":
-                pos = skip(pos + 1)
+            # the separator in one match; near the chunk's end, character by character with more text
+            pos = (_ARRAY_SEP if in_array else _WS).match(buf, end).end()  # type: ignore[union-attr]
+            if pos >= len(buf) - 1:
+                pos = skip(end)
+                if in_array and pos < len(buf) and buf[pos] == ",":
+                    pos = skip(pos + 1)
 
 
 def _iter_parquet(path: str) -> Iterator[RawRecord]:
