@@ -151,3 +151,39 @@ def test_concurrent_runs_tokenize_once(corpus, tmp_path):
     for t in threads:
         t.join()
     assert sorted(results) == ["hit", "hit", "miss"]
+
+
+class _OddOffsets:
+    """A tokenizer whose tokens' character offsets overlap, are empty, and (`ordered=False`) come
+    in any order: the labels must still follow the definition."""
+
+    bos_token_id = 0
+
+    def __init__(self, ordered: bool) -> None:
+        self.ordered = ordered
+
+    def _one(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        rng = random.Random(text)
+        offsets = [(a, max(a, min(len(text), a + rng.choice([0, 1, 2, 3]))))
+                   for a in sorted(rng.randrange(len(text) + 1) for _ in range(len(text) // 2 + 1))]
+        if not self.ordered:
+            rng.shuffle(offsets)
+        return [10 + i for i in range(len(offsets))], offsets
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        if isinstance(text, list):
+            pairs = [self._one(t) for t in text]
+            return {"input_ids": [p[0] for p in pairs], "offset_mapping": [p[1] for p in pairs]}
+        ids, offsets = self._one(text)
+        return {"input_ids": ids, "offset_mapping": offsets}
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_labels_of_tokens_with_odd_offsets(ordered):
+    tok = _OddOffsets(ordered)
+    rng = random.Random(1)
+    batch = [[("".join(rng.choice("ab \n") for _ in range(rng.randint(0, 9))), rng.random() < 0.5)
+              for _ in range(rng.randint(1, 6))] for _ in range(400)]
+    for segments, got in zip(batch, encode_segments_batch(batch, tok), strict=True):
+        ref = reference(segments, tok)
+        assert (None if isinstance(got, NoTrainableTokens) else (got.input_ids, got.labels)) == ref, segments

@@ -8,7 +8,10 @@ sample left with no trained token after truncation is never passed on silently: 
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import itemgetter, lt
 from typing import Any
 
 from agentflan.errors import AgentflanError
@@ -45,57 +48,108 @@ def encode_segments(segments: list[Segment], tokenizer: Any, *, max_length: int 
 def encode_segments_batch(batch: list[list[Segment]], tokenizer: Any, *, max_length: int | None = None,
                           add_bos: bool = False) -> list[Encoded | NoTrainableTokens]:
     """`encode_segments` of many samples at once: one call of the tokenizer's batch API (parallel
-    in its Rust core), labels from the offsets with array operations. A sample without a trained
-    token comes back as its `NoTrainableTokens` error, in its place."""
-    import numpy as np
-
+    in its Rust core), labels from the character offsets of the tokens. A sample without a
+    trained token comes back as its `NoTrainableTokens` error, in its place."""
     texts = ["".join(s for s, _ in segments) for segments in batch]
     bos = tokenizer.bos_token_id if add_bos else None
     out: list[Encoded | NoTrainableTokens] = []
     for segments, (ids, offsets) in zip(batch, _tokenize(tokenizer, texts), strict=True):
-        # a token is trained when any of its characters lies in a trained segment: a trained
-        # segment overlaps it if it holds its first character or starts inside it (empty ones too)
-        lengths = np.fromiter((len(s) for s, _ in segments), dtype=np.int64, count=len(segments))
-        trained = np.fromiter((t for _, t in segments), dtype=bool, count=len(segments))
-        starts = np.cumsum(lengths) - lengths
-        before = np.concatenate(([0], np.cumsum(trained)))  # trained segments before index k
-        ids_a = np.asarray(ids, dtype=np.int64)
-        offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-        a, b = offs[:, 0], offs[:, 1]
-        first = np.searchsorted(starts, a, side="right") - 1  # the segment holding character a
-        last = np.searchsorted(starts, b, side="left") - 1  # the last segment starting before b
-        first_c = np.clip(first, 0, None)
-        hit = trained[first_c] & (starts[first_c] + lengths[first_c] > a) & (first >= 0)
-        hit |= before[last + 1] - before[first_c + 1] > 0
-        hit &= b > a
         token_ids = list(ids)
+        labels = _labels(segments, token_ids, offsets)
         if bos is not None:
-            token_ids, hit = [bos, *token_ids], np.concatenate(([False], hit))
-            ids_a = np.concatenate(([bos], ids_a))
+            token_ids, labels = [bos, *token_ids], [IGNORE, *labels]
         truncated = False
         if max_length is not None and len(token_ids) > max_length:
-            token_ids, hit, ids_a, truncated = token_ids[:max_length], hit[:max_length], ids_a[:max_length], True
-        if not hit.any():
+            token_ids, labels, truncated = token_ids[:max_length], labels[:max_length], True
+        if labels.count(IGNORE) == len(labels):
             why = "after truncation to max_length" if truncated else "(no message has loss=true)"
             out.append(NoTrainableTokens(f"no trained token {why}"))
         else:
-            out.append(Encoded(token_ids, np.where(hit, ids_a, IGNORE).tolist(), truncated))
+            out.append(Encoded(token_ids, labels, truncated))
     return out
 
 
-def _tokenize(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """Ids and character offsets of each text, without special tokens.
+def _labels(segments: list[Segment], ids: list[int], offsets: list[tuple[int, int]]) -> list[int]:
+    """The label of each token: its id when it has characters (end > start) and a trained segment
+    [s, e) overlaps them (s < end and e > start: it holds one of its characters, or is an empty
+    segment strictly inside it), else IGNORE.
+
+    Token offsets come in text order in practice: then the tokens a segment overlaps are one
+    slice, found by bisection, and the labels are a few slice copies. Otherwise (any order),
+    token by token with arrays.
+    """
+    starts = list(map(itemgetter(0), offsets))
+    ends = list(map(itemgetter(1), offsets))
+    if starts != sorted(starts) or ends != sorted(ends):
+        return _labels_any_order(segments, ids, starts, ends)
+    labels = [IGNORE] * len(ids)
+    pos = 0
+    for text, trained in segments:
+        end = pos + len(text)
+        if trained:
+            first, stop = bisect_right(ends, pos), bisect_left(starts, end)  # end > s, start < e
+            labels[first:stop] = ids[first:stop]
+        pos = end
+    if not all(map(lt, starts, ends)):  # a token without characters is never trained
+        for j, (a, b) in enumerate(offsets):
+            if b <= a:
+                labels[j] = IGNORE
+    return labels
+
+
+def _labels_any_order(segments: list[Segment], ids: list[int], starts: list[int], ends: list[int]) -> list[int]:
+    import numpy as np
+
+    lengths = np.fromiter((len(s) for s, _ in segments), dtype=np.int64, count=len(segments))
+    trained = np.fromiter((t for _, t in segments), dtype=bool, count=len(segments))
+    seg_starts = np.cumsum(lengths) - lengths
+    before = np.concatenate(([0], np.cumsum(trained)))  # trained segments before index k
+    a, b = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    first = np.searchsorted(seg_starts, a, side="right") - 1  # the segment holding character a
+    last = np.searchsorted(seg_starts, b, side="left") - 1  # the last segment starting before b
+    first_c = np.clip(first, 0, None)
+    hit = trained[first_c] & (seg_starts[first_c] + lengths[first_c] > a) & (first >= 0)
+    hit |= before[last + 1] - before[first_c + 1] > 0
+    hit &= b > a
+    labels: list[int] = np.where(hit, np.asarray(ids, dtype=np.int64), IGNORE).tolist()
+    return labels
+
+
+CHUNK = 64
+"""Texts per tokenizer call: the next chunk is tokenized while this one is labelled."""
+
+
+def _tokenize(tokenizer: Any, texts: list[str]) -> Iterator[tuple[list[int], list[tuple[int, int]]]]:
+    """Ids and character offsets of each text, without special tokens, in order.
 
     A fast tokenizer's Rust core is called directly when that is exactly what `tokenizer(...)`
     would do (no truncation or padding configured on it, special tokens split as it says,
     checked once per tokenizer against its own call): building `BatchEncoding` costs as much as
-    the tokenization itself. Otherwise, the tokenizer's call.
+    the labels. Otherwise, the tokenizer's call. Chunk by chunk, the next one tokenized on a
+    thread (the Rust core releases the GIL) while the caller labels the current one.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if texts and backend is not None and _direct_ok(tokenizer, backend, texts[0]):
-        return [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+        def encode(chunk: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+            encs = backend.encode_batch(chunk, add_special_tokens=False)
+            return [(e.ids, e.offsets) for e in encs]
+    else:
+        def encode(chunk: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+            enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+            return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+    chunks = [texts[i:i + CHUNK] for i in range(0, len(texts), CHUNK)]
+    if len(chunks) <= 1:
+        yield from (encode(chunks[0]) if chunks else [])
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(encode, chunks[0])
+        for k in range(len(chunks)):
+            done = ahead.result()
+            if k + 1 < len(chunks):
+                ahead = pool.submit(encode, chunks[k + 1])
+            yield from done
 
 
 _DIRECT: dict[int, tuple[Any, bool]] = {}
