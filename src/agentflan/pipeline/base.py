@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -153,15 +153,19 @@ class MapStep(Step):
             yield self.stamp(result)
 
 
-class SmallestN:
-    """Keeps the `n` trajectories with the smallest keys: bounded memory, independent of order.
+T = TypeVar("T")
 
-    Ties are broken by id, then by arrival, so trajectories themselves are never compared.
+
+class SmallestN(Generic[T]):
+    """Keeps the `n` items (trajectories, or where they are) with the smallest keys: bounded
+    memory, independent of order.
+
+    Ties are broken by id, then by arrival, so the items themselves are never compared.
     """
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.heap: list[tuple[float, str, int, Trajectory]] = []  # max-heap of the n smallest, by -key
+        self.heap: list[tuple[float, str, int, T]] = []  # max-heap of the n smallest, by -key
         self._seq = 0
 
     def admits(self, key: float, tid: str) -> bool:
@@ -170,7 +174,7 @@ class SmallestN:
             return True
         return self.n > 0 and (-key, tid) > self.heap[0][:2]
 
-    def offer(self, key: float, tid: str, traj: Trajectory) -> None:
+    def offer(self, key: float, tid: str, traj: T) -> None:
         self._seq += 1
         item = (-key, tid, -self._seq, traj)
         if len(self.heap) < self.n:
@@ -178,8 +182,8 @@ class SmallestN:
         elif item > self.heap[0]:
             heapq.heapreplace(self.heap, item)
 
-    def items(self) -> list[Trajectory]:
-        """The kept trajectories, smallest key first."""
+    def items(self) -> list[T]:
+        """The kept items, smallest key first."""
         return [t for *_, t in sorted(self.heap, key=lambda x: (-x[0], x[1], -x[2]))]
 
 

@@ -154,7 +154,7 @@ def build_negatives(chat: Iterable[Trajectory | LazyTrajectory], tool_sources: I
         for t in specs:
             if t.name != final:
                 pool.setdefault(t.name, t)
-    requests = SmallestN(n_no)
+    requests: SmallestN[Trajectory] = SmallestN(n_no)
     for item in queries:
         stats.inc("queries_in")
         key = unit(seed, "negatives:query", item.id)
@@ -164,7 +164,7 @@ def build_negatives(chat: Iterable[Trajectory | LazyTrajectory], tool_sources: I
             item = item.load()
         if n_no and first_query(item):
             requests.offer(key, item.id, item)
-    chats = SmallestN(n_nt * 3)  # spare candidates for queries that no pooled tool avoids
+    chats: SmallestN[Trajectory] = SmallestN(n_nt * 3)  # spare candidates for queries that no pooled tool avoids
     for item in chat:
         stats.inc("chat_in")
         key = unit(seed, "negatives:chat", item.id)

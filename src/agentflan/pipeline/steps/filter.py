@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Literal
 
@@ -175,15 +176,23 @@ class SampleStep(Step):
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         cfg = self.config
         assert isinstance(cfg, SampleConfig)
-        keep = SmallestN(cfg.n)
-        for traj in data:
-            ctx.stats.inc("in")
-            keep.offer(unit(ctx.seed, self.name, traj.id), traj.id, traj)
-        kept = keep.items()
-        ctx.stats.inc("dropped:over_n", ctx.stats.counts["in"] - len(kept))
-        for traj in kept:
-            ctx.stats.inc("out")
-            yield self.stamp(traj)
+        # the candidates wait in a spool file, the heap holds where they are: n agent trajectories
+        # with their tool lists can take hundreds of MB in memory
+        keep: SmallestN[tuple[int, int]] = SmallestN(cfg.n)
+        with tempfile.TemporaryFile("w+b") as spool:
+            for traj in data:
+                ctx.stats.inc("in")
+                key = unit(ctx.seed, self.name, traj.id)
+                if keep.admits(key, traj.id):
+                    line = json.dumps(traj.to_json_dict(), ensure_ascii=False).encode()
+                    keep.offer(key, traj.id, (spool.tell(), len(line)))
+                    spool.write(line)
+            kept = keep.items()
+            ctx.stats.inc("dropped:over_n", ctx.stats.counts["in"] - len(kept))
+            for offset, size in kept:
+                spool.seek(offset)
+                ctx.stats.inc("out")
+                yield self.stamp(Trajectory.model_validate_json(spool.read(size)))
 
     def label(self) -> str:
         cfg = self.config
