@@ -60,14 +60,28 @@ def replicate(shared: Path, k: int, dest: Path) -> Path:
     return dest
 
 
+# Peak RSS of the build and its workers. Not ru_maxrss of the build process: Linux keeps in it the
+# resident set of the process that started it, at the fork (here this script, which held the
+# replicated corpus: 300 MB at x100). VmHWM is the build process's own peak; its workers are
+# forked from it, so their ru_maxrss is theirs.
+CHILD = """
+import resource, sys, time
+from agentflan.cli.main import main
+t = time.perf_counter()
+try:
+    main()
+except SystemExit:
+    pass
+secs = time.perf_counter() - t
+hwm = next((int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")),
+           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print("BENCH", secs, max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024, file=sys.stderr)
+"""
+
+
 def run_build(data: Path, out: Path, workers: int) -> tuple[float, float]:
-    cmd = [sys.executable, "-c",
-           "import resource, sys, time; from agentflan.cli.main import main; t = time.perf_counter();\n"
-           "try:\n    main()\nexcept SystemExit:\n    pass\n"
-           "print('BENCH', time.perf_counter() - t, max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-           "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024, file=sys.stderr)",
-           "data", "build", "agent-flan", "-o", str(out), f"vars.data_dir={data}", "--workers", str(workers),
-           "--no-resume"]
+    cmd = [sys.executable, "-c", CHILD, "data", "build", "agent-flan", "-o", str(out), f"vars.data_dir={data}",
+           "--workers", str(workers), "--no-resume"]
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     line = next(x for x in p.stderr.splitlines() if x.startswith("BENCH"))
     _, secs, rss = line.split()
@@ -113,14 +127,20 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--kill-test", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--replicate-only", nargs=2, metavar=("K", "DEST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.replicate_only:
+        replicate(args.shared, int(args.replicate_only[0]), Path(args.replicate_only[1]))
+        return
     rows = []
     kill = None
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for k in args.scales:
-            data = replicate(args.shared, k, tmp / f"data{k}")
+            data = tmp / f"data{k}"  # replicated in a process of its own: this one stays small
+            subprocess.run([sys.executable, __file__, "--replicate-only", str(k), str(data),
+                            "--shared", str(args.shared)], check=True)
             n = count_input(data)
             best: dict[int, tuple[float, float]] = {}
             train: dict[int, int] = {}
