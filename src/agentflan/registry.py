@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Generic, TypeVar
 
 from agentflan.errors import ConfigError
+from agentflan.options import did_you_mean
 
 T = TypeVar("T")
 
@@ -33,9 +33,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._targets:
-            close = difflib.get_close_matches(name, self._targets, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names())}){hint}")
+            raise ConfigError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names())})"
+                              f"{did_you_mean(name, self._targets)}")
         module, attr = self._targets[name].split(":")
         return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 

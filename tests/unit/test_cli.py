@@ -41,6 +41,17 @@ def test_convert_sharegpt_prints_dataset_info(tmp_path):
     assert res.exit_code == 0, res.output
     assert '"formatting": "sharegpt"' in res.output
     assert "lossy in sharegpt" in res.output
+    info = tmp_path / "lf" / "dataset_info.json"
+    info.parent.mkdir()
+    info.write_text('{"theirs": {"file_name": "x.json"}}')
+    res = CliRunner().invoke(cli, ["data", "convert", str(raw["openai_tools.jsonl"]), "--to", "sharegpt",
+                                   "-o", str(tmp_path / "s.json"), "--dataset-info", str(info)])
+    assert res.exit_code == 0, res.output
+    entries = json.loads(info.read_text())
+    assert entries["theirs"] == {"file_name": "x.json"} and entries["s"]["file_name"] == "../s.json"
+    res = CliRunner().invoke(cli, ["data", "convert", str(raw["openai_tools.jsonl"]), "--to", "openai",
+                                   "-o", str(tmp_path / "o.jsonl"), "--dataset-info", str(info)])
+    assert res.exit_code != 0 and "no dataset_info entry" in res.output
 
 
 def test_raise_policy_exits_with_the_location(tmp_path):

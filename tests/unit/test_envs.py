@@ -11,7 +11,6 @@ from agentflan.cli.main import cli
 from agentflan.envs import get_env, run_episode
 from agentflan.envs.base import ExpertPolicy, Policy, RandomPolicy, ReplayPolicy, Task
 from agentflan.envs.db import DBEnvironment, derive_select_sql, task_from_agentbench
-from agentflan.envs.model_policy import parse, payload
 from agentflan.envs.synth import synth
 from agentflan.envs.toolapi import TRAIN_TOOLS, ToolAPIEnvironment
 from agentflan.io import convert
@@ -190,45 +189,3 @@ def test_env_cli(tmp_path):
     res = runner.invoke(cli, ["env", "play", "db", "--policy", "replay", "--split", "heldout", "--index", "3",
                               "--replay", str(tmp_path / "db" / "heldout" / "native.jsonl")])
     assert res.exit_code == 0 and "== SUCCESS" in res.output, res.output
-
-
-def test_model_policy_payload_and_parse():
-    info = get_env("toolapi")
-    task = info.generate(1, "train", 0)[0]
-    env = info.make()
-    msgs = env.reset(task)
-    body = payload("m", msgs, env.tools(task))
-    assert body["tools"][0]["type"] == "function" and body["messages"][1]["role"] == "user"
-    msg = parse({"choices": [{"message": {"content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "add_for_calculator", "arguments": "{bad"}}]}}]})
-    assert msg.tool_calls[0].parse_error and msg.tool_calls[0].raw == "{bad"
-
-
-def test_text_replies_are_parsed_into_calls():
-    from agentflan.envs.model_policy import parse_text_reply
-
-    msg = parse_text_reply('I will look.\n<tool_call>\n{"name": "get_city_for_world_atlas", "arguments": '
-                           '{"name": "Kali"}}\n</tool_call>')
-    assert msg.content == "I will look." and msg.tool_calls[0].arguments == {"name": "Kali"}
-    bare = parse_text_reply('{"name": "add_for_calculator", "arguments": "{\\"a\\": 1, \\"b\\": 2}"}')
-    assert bare.content == "" and bare.tool_calls[0].arguments == {"a": 1, "b": 2}
-    bad = parse_text_reply("<tool_call>{oops}</tool_call>")
-    assert bad.tool_calls[0].parse_error
-    assert parse_text_reply("Just an answer.").tool_calls == []
-
-
-def test_local_model_policy_plays_a_trained_model(tmp_path):
-    """A model saved by `agentflan train` plays an episode end to end (a tiny random model: it
-    fails the task, but every step of the loop runs and is scored)."""
-    pytest.importorskip("torch", reason="training extras not installed")
-    from agentflan.envs.model_policy import LocalModelPolicy
-    from agentflan.training.models import tiny_model, tiny_tokenizer
-
-    tok = tiny_tokenizer(["hello world", "the capital of Kali"])
-    model = tiny_model(len(tok))
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
-    info = get_env("toolapi")
-    task = info.generate(2, "train", 0)[1]
-    episode = run_episode(info.make(), task, LocalModelPolicy(str(tmp_path), max_new_tokens=8), max_steps=2)
-    assert not episode.verdict.success and episode.steps >= 1

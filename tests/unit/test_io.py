@@ -146,8 +146,9 @@ def test_agentflan_release_writer_and_reader(samples, tmp_path):
 def test_sharegpt_writer_counts_what_llamafactory_cannot_hold(samples, tmp_path):
     r = convert(str(samples["toolllama.json"]), tmp_path / "s.json", fmt="toolbench", to="sharegpt", on_error="raise")
     assert r.write.lossy["thought_before_call"] == 5
-    info = WRITERS.get("sharegpt")().dataset_info(tmp_path / "s.json")
-    assert info["s"]["formatting"] == "sharegpt" and info["s"]["columns"]["tools"] == "tools"
+    info = r.dataset_info
+    assert info is not None and info["s"]["formatting"] == "sharegpt" and info["s"]["columns"]["tools"] == "tools"
+    assert "tools" not in WRITERS.get("sharegpt")().dataset_info(tmp_path / "s.json")["s"]["columns"]  # nothing written
 
 
 def test_alpaca_writer_refuses_tool_trajectories_with_a_count(samples, tmp_path):

@@ -22,7 +22,7 @@ def test_packaged_recipes_validate_and_carry_their_command(name):
 
 def test_release_layout_of_agent_flan():
     recipe, _ = load_recipe("agent-flan")
-    assert set(recipe.outputs) == {"agent_instruct_react", "agent_instruct_tflan", "toolbench_instruct_j1s1",
+    assert set(recipe.outputs) == {"agent_instruct_react", "agent_instruct_tflan", "toolbench_instruct_j1s1_3k",
                                    "toolbench_negative", "toolbench_react_10p", "toolbench_tflan_60p_r10r5u7",
                                    "toolbench_tflan_cot_30p", "general"}
     assert recipe.chat_outputs() == {"general"}

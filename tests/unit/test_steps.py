@@ -8,20 +8,11 @@ import pytest
 
 from agentflan.formats.agent_text import FormatSpec, parse_step, random_spec, render_step
 from agentflan.io import read
-from agentflan.pipeline.base import STEPS, StepContext, make_steps, unit
+from agentflan.pipeline.base import STEPS, StepConfig, StepContext, unit
 from agentflan.pipeline.steps.balance import BalanceConfig, BalanceStep
 from agentflan.samples import episodes
 from agentflan.schema import AssistantMessage, Trajectory
-
-
-def _run(entries, data, seed=17):
-    stream = data
-    ctxs = []
-    for step in make_steps(entries):
-        ctx = StepContext(seed=seed)
-        ctxs.append(ctx)
-        stream = step.run(stream, ctx)
-    return list(stream), ctxs
+from tests.helpers import run_steps as _run
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +150,8 @@ def test_every_step_is_registered_with_a_config():
     for name in STEPS.names():
         cls = STEPS.get(name)
         assert cls.name == name
-        assert cls.Config is not None
+        # a real config class that refuses unknown keys (what the recipe's "did you mean" relies on)
+        assert issubclass(cls.Config, StepConfig) and cls.Config.model_config.get("extra") == "forbid"
 
 
 def test_capabilities_labels_plain_turns():

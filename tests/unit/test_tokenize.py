@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-from bisect import bisect_right
 
 import pytest
 
@@ -14,28 +13,19 @@ pytest.importorskip("transformers", reason="training extras not installed (pip i
 from agentflan.formats.templates import get_template
 from agentflan.io import read
 from agentflan.training import prepared
-from agentflan.training.masking import IGNORE, NoTrainableTokens, encode_segments_batch, render
+from agentflan.training.masking import IGNORE, NoTrainableTokens, encode, encode_segments_batch, render
 from agentflan.training.models import tiny_tokenizer
 
 
 def reference(segments, tok, max_length=None, add_bos=False):
-    """The definition, token by token: trained when any of its characters is in a trained segment
-    (an empty trained segment strictly inside a token counts too)."""
-    text = "".join(s for s, _ in segments)
-    starts, pos = [], 0
-    for s, _ in segments:
-        starts.append(pos)
-        pos += len(s)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, labels = list(enc["input_ids"]), []
-    for tid, (a, b) in zip(ids, enc["offset_mapping"], strict=True):
-        hit, k = False, bisect_right(starts, a) - 1
-        while b > a and k < len(starts) and starts[k] < b:
-            if segments[k][1] and starts[k] + len(segments[k][0]) > a:
-                hit = True
-                break
-            k += 1
-        labels.append(tid if hit else IGNORE)
+    """The definition, plainly: each non-empty segment tokenized on its own by the tokenizer's
+    call, concatenated; a token is trained when its segment is."""
+    ids, labels = [], []
+    for text, trained in segments:
+        if text:
+            piece = list(tok(text, add_special_tokens=False)["input_ids"])
+            ids += piece
+            labels += piece if trained else [IGNORE] * len(piece)
     if add_bos:
         ids, labels = [tok.bos_token_id, *ids], [IGNORE, *labels]
     if max_length is not None:
@@ -57,16 +47,20 @@ def tok(data):
 
 @pytest.mark.parametrize("name", ["agentflan", "llama2", "hf"])
 @pytest.mark.parametrize("max_length", [None, 40])
-def test_batch_labels_equal_the_token_by_token_definition(data, tok, name, max_length):
+def test_batch_encoding_equals_each_segment_tokenized_on_its_own(data, tok, name, max_length):
     template = get_template(name, tok)
-    batch = [render(t, template) for t in data]
-    for segments, got in zip(batch, encode_segments_batch(batch, tok, max_length=max_length,
-                                                          add_bos=template.add_bos), strict=True):
+    batch = [render(t, template)[0] for t in data]
+    for t, segments, got in zip(data, batch, encode_segments_batch(batch, tok, max_length=max_length,
+                                                                   add_bos=template.add_bos), strict=True):
         ref = reference(segments, tok, max_length, template.add_bos)
         if ref is None:
             assert isinstance(got, NoTrainableTokens)
+            with pytest.raises(NoTrainableTokens):
+                encode(t, template, tok, max_length=max_length)
         else:
             assert not isinstance(got, NoTrainableTokens) and (got.input_ids, got.labels) == ref
+            one = encode(t, template, tok, max_length=max_length)  # one sample: the same
+            assert (one.input_ids, one.labels, one.truncated) == (got.input_ids, got.labels, got.truncated)
 
 
 def test_segments_of_any_shape(tok):
@@ -87,7 +81,7 @@ def test_a_tokenizer_configured_to_truncate_takes_its_own_call(data, tok):
         tok.backend_tokenizer.to_str()), bos_token="<s>", eos_token="</s>")
     other.backend_tokenizer.enable_truncation(8)  # its own call turns that off
     template = get_template("agentflan")
-    batch = [render(t, template) for t in data[:10]]
+    batch = [render(t, template)[0] for t in data[:10]]
     got = encode_segments_batch(batch, other)
     assert [(g.input_ids, g.labels) for g in got] == [reference(s, other) for s in batch]
     assert max(len(g.input_ids) for g in got) > 8
@@ -151,39 +145,3 @@ def test_concurrent_runs_tokenize_once(corpus, tmp_path):
     for t in threads:
         t.join()
     assert sorted(results) == ["hit", "hit", "miss"]
-
-
-class _OddOffsets:
-    """A tokenizer whose tokens' character offsets overlap, are empty, and (`ordered=False`) come
-    in any order: the labels must still follow the definition."""
-
-    bos_token_id = 0
-
-    def __init__(self, ordered: bool) -> None:
-        self.ordered = ordered
-
-    def _one(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        rng = random.Random(text)
-        offsets = [(a, max(a, min(len(text), a + rng.choice([0, 1, 2, 3]))))
-                   for a in sorted(rng.randrange(len(text) + 1) for _ in range(len(text) // 2 + 1))]
-        if not self.ordered:
-            rng.shuffle(offsets)
-        return [10 + i for i in range(len(offsets))], offsets
-
-    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
-        if isinstance(text, list):
-            pairs = [self._one(t) for t in text]
-            return {"input_ids": [p[0] for p in pairs], "offset_mapping": [p[1] for p in pairs]}
-        ids, offsets = self._one(text)
-        return {"input_ids": ids, "offset_mapping": offsets}
-
-
-@pytest.mark.parametrize("ordered", [True, False])
-def test_labels_of_tokens_with_odd_offsets(ordered):
-    tok = _OddOffsets(ordered)
-    rng = random.Random(1)
-    batch = [[("".join(rng.choice("ab \n") for _ in range(rng.randint(0, 9))), rng.random() < 0.5)
-              for _ in range(rng.randint(1, 6))] for _ in range(400)]
-    for segments, got in zip(batch, encode_segments_batch(batch, tok), strict=True):
-        ref = reference(segments, tok)
-        assert (None if isinstance(got, NoTrainableTokens) else (got.input_ids, got.labels)) == ref, segments

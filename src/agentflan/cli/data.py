@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
-from agentflan.errors import AgentflanError
-from agentflan.io import READERS, WRITERS, convert, read
+from agentflan.errors import InputRejected, PartialResult
+from agentflan.io import READERS, WRITERS, ConvertResult, ReadReport, convert, read
+from agentflan.io.base import rejection_problems
 from agentflan.schema import Trajectory
 
 
@@ -53,8 +54,14 @@ def _err() -> Any:
     return Console(stderr=True)
 
 
-def _fail(e: AgentflanError) -> None:
-    raise click.ClickException(str(e)) from e
+def _max_reject(value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter(f"a share between 0 and 1, got {value}", param_hint="--max-reject")
+    return value
+
+
+MAX_REJECT_HELP = ("Exit with status 3 (partial) when more than this share (0-1) of the records is rejected; "
+                   "an input whose every record is rejected always does.")
 
 
 @click.group()
@@ -74,25 +81,27 @@ def data() -> None:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Reader option, e.g. dfs_retries=strip, include_give_up=true, task=os, dataset=mine.")
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the accounting report as JSON.")
+@click.option("--dataset-info", "dataset_info", type=click.Path(path_type=Path),
+              help="--to sharegpt: add the entry to this LLaMA-Factory dataset_info.json (created if absent), "
+                   "file_name relative to its folder.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--max-reject", type=float, help=MAX_REJECT_HELP)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes that convert while this one reads (same output with any number).")
 def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path, on_error: str,
                 quarantine: Path | None, options: tuple[str, ...], report: Path | None,
-                progress: bool | None, workers: int) -> None:
+                dataset_info: Path | None, progress: bool | None, max_reject: float | None, workers: int) -> None:
     """Convert INPUTS (files, globs, directories, hf://datasets/... URLs) into one output file.
 
     Every input record is accounted for: converted, quarantined (raw record and reason written to
-    the quarantine file), skipped, or dropped by a documented reader rule.
+    the quarantine file), skipped, or dropped by a documented reader rule. The output is written
+    to a temporary file and renamed when complete; when every record is rejected there is none.
     """
     show = sys.stderr.isatty() if progress is None else progress
-    try:
-        result = convert(list(inputs), output, to=to, fmt=fmt, on_error=on_error,  # type: ignore[arg-type]
-                         quarantine=quarantine, reader_options=_options(options),
-                         progress=_progress(show, f"{fmt or 'auto'} -> {to}"), workers=workers)
-    except AgentflanError as e:
-        _fail(e)
-        return
+    max_reject = _max_reject(max_reject)
+    result = convert(list(inputs), output, to=to, fmt=fmt, on_error=on_error,  # type: ignore[arg-type]
+                     quarantine=quarantine, reader_options=_options(options),
+                     progress=_progress(show, f"{fmt or 'auto'} -> {to}"), workers=workers)
     r, w = result.read, result.write
     click.echo(f"read {r.records} records from {r.files} file(s) as {result.reader}: "
                f"{r.converted} converted, {r.quarantined} quarantined, {r.skipped} skipped, "
@@ -101,20 +110,54 @@ def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path,
         click.echo(f"  dropped {n}: {reason}")
     for reason, n in sorted(r.rejected.items()):
         click.echo(f"  rejected {n}: {reason}")
+    if result.quarantine:
+        click.echo(f"quarantine: {result.quarantine}")
+    if r.records and r.records == r.quarantined + r.skipped:
+        output.unlink(missing_ok=True)  # an empty output would pass for a result
+        raise InputRejected(f"every one of the {r.records} records was rejected as {result.reader} "
+                            f"({_reasons(r)}), so no output was written{_where(result)}; is --from right?")
     click.echo(f"wrote {w.written} records to {output} as {result.writer}")
     for reason, n in sorted(w.unwritable.items()):
         click.echo(f"  not writable as {to}, {n}: {reason}")
     for kind, n in sorted(w.lossy.items()):
         click.echo(f"  lossy in {to}, {n}: {kind}")
-    if result.quarantine:
-        click.echo(f"quarantine: {result.quarantine}")
-    info = WRITERS.get(to)().dataset_info(output)
+    info = result.dataset_info
     if info:
         click.echo("LLaMA-Factory dataset_info.json entry:\n" + json.dumps(info, indent=2))
+        if dataset_info:
+            _merge_dataset_info(dataset_info, info)
+            click.echo(f"added to {dataset_info}")
+    elif dataset_info:
+        raise click.ClickException(f"--to {to} writing {output.name} has no dataset_info entry "
+                                   "(only --to sharegpt, uncompressed: LLaMA-Factory does not read .gz/.zst)")
     if report:
         report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if not r.balanced():  # pragma: no cover - an internal invariant
         raise click.ClickException("record accounting does not balance; this is a bug")
+    problems = rejection_problems(r.to_dict(), max_reject)
+    if problems:
+        raise PartialResult(f"{'; '.join(problems)} ({_reasons(r)}){_where(result)}; the output holds the rest")
+
+
+def _reasons(r: ReadReport) -> str:
+    return ", ".join(f"{k} {v}" for k, v in r.rejected.most_common(3))
+
+
+def _where(result: ConvertResult) -> str:
+    return f"; see {result.quarantine}" if result.quarantine else " (--on-error quarantine keeps them)"
+
+
+def _merge_dataset_info(path: Path, entry: dict[str, Any]) -> None:
+    """Add `entry` to a LLaMA-Factory dataset_info.json; `file_name` made relative to its folder, as
+    LLaMA-Factory resolves it (joined to `dataset_dir`, the folder of dataset_info.json)."""
+    import os
+
+    infos = json.loads(path.read_text()) if path.exists() else {}
+    for spec in entry.values():
+        spec["file_name"] = os.path.relpath(spec["file_name"], path.resolve().parent)
+    infos.update(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(infos, indent=2, ensure_ascii=False) + "\n")
 
 
 @data.command("stats")
@@ -127,12 +170,8 @@ def stats_cmd(inputs: tuple[str, ...], fmt: str | None, as_json: bool, options: 
     from agentflan.io import make_reader
     from agentflan.stats import compute_stats
 
-    try:
-        reader = make_reader(list(inputs), fmt, on_error="skip", **_options(options))
-        result = compute_stats(reader.read(list(inputs)))
-    except AgentflanError as e:
-        _fail(e)
-        return
+    reader = make_reader(list(inputs), fmt, on_error="skip", **_options(options))
+    result = compute_stats(reader.read(list(inputs)))
     result["reading"] = reader.report.to_dict()
     if as_json:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
@@ -197,15 +236,11 @@ def inspect_cmd(inputs: tuple[str, ...], fmt: str | None, index: int, record_id:
     """Show one record as agentflan sees it, trained spans marked."""
     from agentflan.render import render_rich, render_text
 
-    try:
-        stream = read(list(inputs), fmt, on_error="skip", **_options(options))
-        if record_id is not None:
-            traj = next((t for t in stream if t.id == record_id), None)
-        else:
-            traj = next(itertools.islice(stream, index, None), None)
-    except AgentflanError as e:
-        _fail(e)
-        return
+    stream = read(list(inputs), fmt, on_error="skip", **_options(options))
+    if record_id is not None:
+        traj = next((t for t in stream if t.id == record_id), None)
+    else:
+        traj = next(itertools.islice(stream, index, None), None)
     if traj is None:
         raise click.ClickException(f"no record {'with id ' + record_id if record_id else f'at index {index}'}")
     clip = max_chars or None
@@ -218,6 +253,36 @@ def inspect_cmd(inputs: tuple[str, ...], fmt: str | None, index: int, record_id:
         from rich.console import Console
 
         Console().print(render_rich(traj, max_chars=clip))
+
+
+@data.command("tokenize")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--from", "fmt", type=click.Choice(READERS.names()), help="Input format (detected if omitted).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .jsonl/.json (+.gz/.zst).")
+@click.option("--tokenizer", required=True, help="Tokenizer: a path, hub id, gguf:smollm2-135m-instruct, or tiny.")
+@click.option("--template", type=click.Choice(["agentflan", "llama2", "hf"]), default="hf", show_default=True)
+@click.option("--max-length", type=int, help="Truncate samples to this many tokens.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option.")
+def tokenize_cmd(inputs: tuple[str, ...], fmt: str | None, output: Path, tokenizer: str, template: str,
+                 max_length: int | None, options: tuple[str, ...]) -> None:
+    """Write INPUTS pre-tokenized with their loss masks: `input_ids` + `labels` rows.
+
+    TRL's SFTTrainer trains on `labels` as they are, so per-message loss (untrained turns, negative
+    samples) survives exactly; pass the same tokenizer to the trainer.
+    """
+    from agentflan.formats.protocols import training_texts
+    from agentflan.formats.templates import get_template
+    from agentflan.training.export import export_tokenized
+    from agentflan.training.models import ModelConfig, load_tokenizer
+
+    trajs = list(read(list(inputs), fmt, on_error="skip", **_options(options)))
+    tok = load_tokenizer(ModelConfig(name_or_path=tokenizer), training_texts(trajs))
+    rep = export_tokenized(trajs, output, get_template(template, tok), tok, max_length)
+    click.echo(f"wrote {rep.written} tokenized samples to {output} (template {template}, tokenizer {tokenizer})")
+    for reason, n in sorted(rep.unwritable.items()):
+        click.echo(f"  not written, {n}: {reason}")
+    for kind, n in sorted(rep.lossy.items()):
+        click.echo(f"  {kind}: {n}")
 
 
 @data.command("formats")
@@ -238,8 +303,9 @@ def formats_cmd() -> None:
 @click.option("--workers", type=int, help="Processes (default: the recipe's `workers`).")
 @click.option("--no-resume", is_flag=True, help="Rebuild every stage even if it is marked done.")
 @click.option("--dry-run", is_flag=True, help="Validate the recipe and print it resolved; build nothing.")
+@click.option("--max-reject", type=float, help=MAX_REJECT_HELP.replace("the records", "a source's records"))
 def build_cmd(recipe: str, overrides: tuple[str, ...], output: Path, workers: int | None, no_resume: bool,
-              dry_run: bool) -> None:
+              dry_run: bool, max_reject: float | None) -> None:
     """Build a dataset from RECIPE (a packaged name or a YAML file) with key=value OVERRIDES.
 
     Writes every output in native and the recipe's formats, a mixed training file, stats.json,
@@ -250,18 +316,19 @@ def build_cmd(recipe: str, overrides: tuple[str, ...], output: Path, workers: in
     from agentflan.pipeline.build import build
     from agentflan.pipeline.recipe import load_recipe
 
-    try:
-        rec, resolved = load_recipe(recipe, list(overrides))
-        if dry_run:
-            click.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-            return
-        result = build(rec, resolved, output, workers=workers, resume=not no_resume, echo=click.echo)
-    except AgentflanError as e:
-        _fail(e)
+    max_reject = _max_reject(max_reject)
+    rec, resolved = load_recipe(recipe, list(overrides))
+    if dry_run:
+        click.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
         return
+    result = build(rec, resolved, output, workers=workers, resume=not no_resume, echo=click.echo)
     if result.stages_skipped:
         click.echo(f"resumed: {len(result.stages_skipped)} stage(s) already done ({', '.join(result.stages_skipped)})")
     click.echo(f"done: {output}")
+    problems = [f"source {name}: {p}" for name, report in result.stats.get("sources", {}).items()
+                for p in rejection_problems(report, max_reject)]
+    if problems:
+        raise PartialResult(f"{'; '.join(problems)} (see {output}/quarantine/ and report.md)")
 
 
 def _inspect_tokens(traj: Trajectory, tokenizer_name: str, template_name: str, plain: bool,
@@ -269,12 +336,12 @@ def _inspect_tokens(traj: Trajectory, tokenizer_name: str, template_name: str, p
     """The sample as the trainer sees it: decoded token runs, trained ones marked."""
     import html
 
-    from agentflan.formats.templates import get_template, with_tools_in_system
+    from agentflan.formats.protocols import training_texts
+    from agentflan.formats.templates import get_template
     from agentflan.training.masking import encode, show_trained, token_runs
     from agentflan.training.models import ModelConfig, load_tokenizer
 
-    texts = [m.content for m in with_tools_in_system(traj.messages, traj.tools)]
-    tok = load_tokenizer(ModelConfig(name_or_path=tokenizer_name), texts)
+    tok = load_tokenizer(ModelConfig(name_or_path=tokenizer_name), training_texts([traj]))
     enc = encode(traj, get_template(template_name, tok), tok)
     click.echo(f"{len(enc.input_ids)} tokens, {enc.trained} trained (template {template_name})")
     if plain:

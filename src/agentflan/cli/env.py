@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from agentflan.errors import AgentflanError
+from agentflan.cli.evaluate import db_engine_option, engine_options
+from agentflan.errors import ConfigError, PartialResult
+
+if TYPE_CHECKING:
+    pass
 
 
 @click.group("env")
@@ -36,10 +41,7 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
     """Generate tasks of env NAME, solve them with the scripted expert, write verified trajectories."""
     from agentflan.envs.synth import synth
 
-    try:
-        r = synth(name, count, split, output, seed)
-    except AgentflanError as e:
-        raise click.ClickException(str(e)) from e
+    r = synth(name, count, split, output, seed)
     click.echo(f"{name}/{split}: {r.tasks} tasks, {r.written} verified episodes written "
                f"({', '.join(f'{k} {v}' for k, v in sorted(r.kinds.items()))})")
     for reason, n in r.failed.items():
@@ -47,64 +49,97 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
     for fmt, path in r.files.items():
         click.echo(f"  {fmt}: {path}")
     if r.failed:
-        raise click.ClickException("the expert failed some tasks (see above): this is a bug in a task generator")
+        raise PartialResult(f"the expert failed {sum(r.failed.values())} of {r.tasks} tasks (see above; the verified "
+                            "episodes were written): this is a bug in a task generator")
 
 
 @env.command("play")
 @click.argument("name")
 @click.option("--policy", type=click.Choice(["expert", "random", "replay", "model", "local"]), default="expert",
-              show_default=True, help="model: an OpenAI-compatible endpoint; local: a transformers model folder.")
+              show_default=True, help="model: an OpenAI-compatible endpoint (--base-url); local: a model folder (--model).")
 @click.option("--split", type=click.Choice(["train", "heldout", "dev"]), default="train", show_default=True)
-@click.option("--index", type=int, default=0, show_default=True, help="Which generated task.")
+@click.option("--index", type=click.IntRange(min=0), default=0, show_default=True, help="Which task (0-based).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tasks", "tasks_file", type=click.Path(exists=True, path_type=Path),
               help="AgentBench dbbench JSONL to take the task from (db only), e.g. dev.jsonl.")
 @click.option("--replay", "replay_file", type=click.Path(exists=True, path_type=Path),
               help="A trajectory file whose record --index is replayed (any readable format).")
-@click.option("--base-url", help="OpenAI-compatible endpoint for --policy model.")
-@click.option("--model", "model_name", help="Model name for --policy model, model folder for --policy local.")
+@click.option("--show-prompt", is_flag=True, help="Also print the last prompt as the model saw it (protocol rendering).")
+@db_engine_option
+@engine_options
 def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_file: Path | None,
-             replay_file: Path | None, base_url: str | None, model_name: str | None) -> None:
-    """Play one episode of env NAME and print it readably, with the verdict."""
-    import itertools
-    import json
+             replay_file: Path | None, show_prompt: bool, db_engine: str, model: str | None, base_url: str | None,
+             engine_name: str,
+             protocols: tuple[str, ...], batch_size: int, max_new_tokens: int, device: str, dtype: str,
+             concurrency: int, timeout_s: float, retries: int) -> None:
+    """Play one episode of env NAME and print it readably, with the verdict.
 
-    from agentflan.envs import get_env, run_episode
-    from agentflan.envs.base import ExpertPolicy, Policy, RandomPolicy, ReplayPolicy
+    With a model (--policy local/model), the episode is played exactly as `agentflan eval` plays
+    it: the protocol the model was trained with (or --protocol), its chat template, greedy decoding.
+    """
+    import itertools
+
+    from agentflan.envs import get_env
+    from agentflan.envs.base import Agent, Episode, ExpertPolicy, RandomPolicy, ReplayPolicy, play
+    from agentflan.eval.envs import agentbench_task, make_env
     from agentflan.render import render_text
 
     info = get_env(name)
     if tasks_file is not None:
-        from agentflan.envs.db import task_from_agentbench
-
-        line = next(itertools.islice(tasks_file.open(), index, None))
-        task = task_from_agentbench(json.loads(line), index)
+        if name != "db":
+            raise ConfigError("--tasks takes AgentBench dbbench tasks: it works with env db only")
+        task = agentbench_task(tasks_file, index)
     else:
         task = info.generate(index + 1, "heldout" if split == "heldout" else "train", seed)[index]
-    chosen: Policy
+    agent: Agent
+    engine = None
     if policy == "expert":
-        chosen = ExpertPolicy(info.expert(task))
+        agent = ExpertPolicy(info.expert(task))
     elif policy == "random":
-        chosen = RandomPolicy(seed)
+        agent = RandomPolicy(seed)
     elif policy == "replay":
         if replay_file is None:
             raise click.UsageError("--policy replay needs --replay FILE")
         from agentflan.io import read
 
-        chosen = ReplayPolicy(next(itertools.islice(read(str(replay_file), on_error="raise"), index, None)))
-    elif policy == "local":
-        if not model_name:
-            raise click.UsageError("--policy local needs --model FOLDER (e.g. runs/x/final or runs/x/merged)")
-        from agentflan.envs.model_policy import LocalModelPolicy
-
-        chosen = LocalModelPolicy(model_name)
+        found = next(itertools.islice(read(str(replay_file), on_error="raise"), index, None), None)
+        if found is None:
+            raise ConfigError(f"--index {index}: {replay_file} has fewer than {index + 1} records")
+        agent = ReplayPolicy(found)
     else:
-        if not base_url or not model_name:
-            raise click.UsageError("--policy model needs --base-url and --model")
-        from agentflan.envs.model_policy import ModelPolicy
+        from agentflan.cli.evaluate import default_protocols, make_engine
+        from agentflan.formats.protocols import get_protocol
 
-        chosen = ModelPolicy(base_url, model_name)
-    episode = run_episode(info.make(), task, chosen)
+        if policy == "local" and not model:
+            raise click.UsageError("--policy local needs --model FOLDER (e.g. runs/x/final or runs/x/merged)")
+        if policy == "model" and (not base_url or not model):
+            raise click.UsageError("--policy model needs --base-url and --model")
+        engine = make_engine(model, base_url if policy == "model" else None,
+                             engine_name if engine_name != "auto" else ("openai" if policy == "model" else "hf"),
+                             batch_size=1, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
+                             concurrency=1, timeout_s=timeout_s, retries=retries)
+        agent = get_protocol(default_protocols(engine, name, protocols)[0], getattr(engine, "template", None))
+    gen = play(make_env(name, db_engine), task, agent)
+    last_prompt = None
+    try:
+        prompt = next(gen)
+        while True:
+            assert engine is not None
+            last_prompt = prompt
+            out = engine.generate([prompt])[0]
+            prompt = gen.throw(out) if isinstance(out, Exception) else gen.send(out)
+    except StopIteration as stop:
+        episode: Episode = stop.value
     click.echo(render_text(episode.trajectory, max_chars=1500))
+    for k, a in enumerate(episode.actions):
+        if a["kind"] == "unparseable" or a["flags"]:
+            click.echo(f"\n-- action {k}: {a['kind']} {a['error'] or ''} flags={a['flags']}\n   raw: {a['texts']!r}")
+    if show_prompt and last_prompt is not None and hasattr(engine, "template"):
+        click.echo("\n== last prompt as the model saw it:\n" + engine.template.text(  # type: ignore[union-attr]
+            last_prompt.messages, last_prompt.tools, add_generation_prompt=True))
+    if episode.error is not None:
+        raise click.ClickException(f"the episode ended in an error, not a verdict: {episode.error}")
+    assert episode.verdict is not None
     verdict = "SUCCESS" if episode.verdict.success else "FAILURE"
-    click.echo(f"\n== {verdict}: {episode.verdict.reason} ({episode.steps} assistant turns)")
+    protocol = f", protocol {getattr(agent, 'name', policy)}" if engine is not None else ""
+    click.echo(f"\n== {verdict}: {episode.verdict.reason} ({episode.steps} assistant turns{protocol})")

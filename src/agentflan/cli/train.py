@@ -12,8 +12,6 @@ from pathlib import Path
 
 import click
 
-from agentflan.errors import AgentflanError
-
 LAUNCH_CONFIGS = ("ddp", "zero2", "zero3", "fsdp")
 
 
@@ -41,32 +39,29 @@ def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_con
     """Fine-tune a model as RECIPE says (a packaged name or a YAML file)."""
     from agentflan.training.sft import load_train_recipe, prepare, run
 
-    try:
-        rec = load_train_recipe(recipe, list(overrides))
-        if dry_run:
-            stats = prepare(rec)[2]
-            click.echo(json.dumps(stats, indent=2))
-            return
-        if launcher == "accelerate":
-            exe = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
-            cmd = [exe, "launch", "--config_file", str(accelerate_config_file(accelerate_config))]
-            if num_processes:
-                cmd += ["--num_processes", str(num_processes)]
-            cmd += ["-m", "agentflan.training.launch", recipe, *overrides]
-            click.echo("$ " + " ".join(cmd), err=True)
-            raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
-        if launcher == "torchrun":
-            import torch
+    rec = load_train_recipe(recipe, list(overrides))
+    if dry_run:
+        stats = prepare(rec)[2]
+        click.echo(json.dumps(stats, indent=2))
+        return
+    if launcher == "accelerate":
+        exe = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+        cmd = [exe, "launch", "--config_file", str(accelerate_config_file(accelerate_config))]
+        if num_processes:
+            cmd += ["--num_processes", str(num_processes)]
+        cmd += ["-m", "agentflan.training.launch", recipe, *overrides]
+        click.echo("$ " + " ".join(cmd), err=True)
+        raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
+    if launcher == "torchrun":
+        import torch
 
-            backend = [] if torch.cuda.is_available() else ["trl.ddp_backend=gloo"]
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={num_processes or 2}", "-m", "agentflan.training.launch", recipe,
-                   *overrides, *backend]
-            click.echo("$ " + " ".join(cmd), err=True)
-            raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
-        metrics = run(rec)
-    except AgentflanError as e:
-        raise click.ClickException(str(e)) from e
+        backend = [] if torch.cuda.is_available() else ["trl.ddp_backend=gloo"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={num_processes or 2}", "-m", "agentflan.training.launch", recipe,
+               *overrides, *backend]
+        click.echo("$ " + " ".join(cmd), err=True)
+        raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
+    metrics = run(rec)
     click.echo(f"trained {metrics['global_step']} steps, loss {metrics['train_loss']:.4f}, "
                f"{metrics['tokens_per_second']:.0f} tokens/s, peak RSS {metrics['peak_rss_mb']:.0f} MB -> "
                f"{rec.output_dir}/final")

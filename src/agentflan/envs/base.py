@@ -1,11 +1,12 @@
 """Executable environments: a task, tools that really run, and a check of success.
 
 An `Environment` is reset with a `Task`, executes tool calls (`step`) and says whether the episode
-succeeded (`verify`). A `Policy` produces the assistant's next message from the conversation so far:
-a scripted expert, a replay of recorded actions, a random baseline, or a model behind an
-OpenAI-compatible endpoint. `run_episode` plays one policy in one environment and returns the
-episode as a `Trajectory` (with the verdict in its metadata), so expert episodes flow through the
-same writers and readers as anyone's data.
+succeeded (`verify`). The assistant is either a scripted `Policy` (an expert, a replay of recorded
+actions, a random baseline) or a model playing a *protocol* (`agentflan.formats.protocols`):
+`play` is the one episode loop for both, a generator that yields the protocol's `Prompt`s and
+receives `Completion`s, so one driver can step many episodes in lockstep (`agentflan.eval`).
+`run_episode` plays a scripted policy. The episode comes back as a `Trajectory` (verdict in its
+metadata), so expert episodes flow through the same writers and readers as anyone's data.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentflan.formats.neutral import TOOL_SYSTEM
+from agentflan.formats.protocols import Action, Completion, Prompt, Protocol, conversation_key
 from agentflan.schema import (
     AssistantMessage,
     Message,
@@ -90,6 +93,14 @@ class Environment(ABC):
     def tools(self, task: Task) -> list[ToolSpec]:
         return [*task.tools, FINISH_SPEC]
 
+    def final_call(self, answer: str, call_id: str) -> ToolCall:
+        """The terminal call that gives `answer` (how a protocol's plain answer enters the transcript)."""
+        return ToolCall(id=call_id, name=FINISH, arguments={"return_type": "give_answer", "final_answer": answer})
+
+    def tags(self, task: Task) -> dict[str, str]:
+        """Tags of this environment's conversations (protocols read `final_tool`, `task`)."""
+        return {"env": self.name, "final_tool": self.final_tool}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (databases, ...)."""
 
@@ -98,7 +109,8 @@ class Environment(ABC):
         text = json.dumps(payload, ensure_ascii=False)
         if len(text) > limit:
             text = text[:limit] + f"... [truncated {len(text) - limit} characters]"
-        return ToolMessage(content=text, name=call.name, tool_call_id=call.id)
+        return ToolMessage(content=text, name=call.name, tool_call_id=call.id,
+                           metadata={"error": True} if payload.get("error") else {})
 
 
 class Policy(ABC):
@@ -180,8 +192,12 @@ class RandomPolicy(Policy):
 @dataclass
 class Episode:
     trajectory: Trajectory
-    verdict: Verdict
+    verdict: Verdict | None
+    """None when the episode ended in an error (a failed request): it has no verdict."""
     steps: int
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    """Per model action: kind (call/answer/unparseable), error, flags, the generated texts."""
+    error: str | None = None
 
 
 def final_answer_of(msg: AssistantMessage, final_tool: str) -> str | None:
@@ -195,46 +211,102 @@ def final_answer_of(msg: AssistantMessage, final_tool: str) -> str | None:
     return None
 
 
-def run_episode(env: Environment, task: Task, policy: Policy, *, max_steps: int = 12,
-                source_format: str = "env") -> Episode:
-    """Play `policy` on `task` until it answers or `max_steps` assistant turns pass."""
+Agent = Policy | Protocol
+"""A scripted policy, or a protocol that a model plays (through the `Prompt`s `play` yields)."""
+
+
+def action_message(action: Action, env: Environment, n_calls: int) -> AssistantMessage:
+    """The transcript message of a model's action (calls get ids unique in the episode; an answer
+    becomes the environment's terminal call; an unparseable reply is kept raw)."""
+    raw = {"raw": action.texts} if action.texts else {}
+    if action.kind == "call":
+        calls = [c.model_copy(update={"id": f"call_{n_calls + k}"}) for k, c in enumerate(action.calls)]
+        return AssistantMessage(content=action.thought, tool_calls=calls, metadata=raw)
+    if action.kind == "answer":
+        return AssistantMessage(content=action.thought, tool_calls=[env.final_call(action.answer or "", f"call_{n_calls}")],
+                                metadata=raw)
+    return AssistantMessage(content="\n".join(action.texts), metadata={**raw, "unparseable": action.error or "?"})
+
+
+def play(env: Environment, task: Task, agent: Agent, *, max_steps: int = 12, key: str | None = None,
+         source_format: str = "env") -> Generator[Prompt, Completion, Episode]:
+    """One episode: reset, then let `agent` act until it answers, fails to be read, or `max_steps`
+    assistant actions pass; then verify. A model's failed request arrives as an exception thrown
+    into this generator (`gen.throw`): the episode ends with `error` and no verdict."""
+    from agentflan.client import ContextLimitError, RequestError
+
     messages = env.reset(task)
     tools = env.tools(task)
+    tags = env.tags(task)
     answer: str | None = None
     steps = 0
+    actions: list[dict[str, Any]] = []
+    error: str | None = None
+    n_calls = 0
     try:
         while steps < max_steps:
             steps += 1
-            try:
-                msg = policy.act(list(messages), tools)
-            except StopIteration:
-                break
+            if isinstance(agent, Policy):
+                try:
+                    msg = agent.act(list(messages), tools)
+                except StopIteration:
+                    break
+            else:
+                traj = Trajectory(id=task.id, messages=list(messages), tools=tools, tags=tags,
+                                  source=Source(format=source_format))
+                try:
+                    action = yield from agent.act(traj, key if key is not None else conversation_key(traj))
+                except ContextLimitError as e:  # the model ran out of room: the episode fails, as in AgentBench
+                    actions.append({"kind": "context_limit", "error": str(e), "flags": [], "texts": []})
+                    break
+                except RequestError as e:
+                    error = str(e)
+                    break
+                actions.append({"kind": action.kind, "error": action.error, "flags": action.flags,
+                                "texts": action.texts})
+                msg = action_message(action, env, n_calls)
+                if action.kind == "unparseable":
+                    messages.append(msg)
+                    break
             messages.append(msg)
             answer = final_answer_of(msg, env.final_tool)
             for call in msg.tool_calls:
+                n_calls += 1
                 if call.name == env.final_tool:
                     continue
                 messages.append(env.step(call))
             if answer is not None:
                 break
-        verdict = env.verify(task, answer, messages)
+        verdict = env.verify(task, answer, messages) if error is None else None
     finally:
         env.close()
+    name = agent.name
     traj = Trajectory(
         id=task.id, messages=messages, tools=tools,
         source=Source(format=source_format, dataset=f"env:{env.name}", original_id=task.id),
-        lineage=[f"env:{env.name}", f"policy:{policy.name}"],
-        tags={"env": env.name, "split": task.split, "task_kind": task.kind, "final_tool": env.final_tool,
-              "success": str(verdict.success).lower()},
-        metadata={"verdict": verdict.reason, "expected": task.expected, "template": task.template})
-    return Episode(traj, verdict, steps)
+        lineage=[f"env:{env.name}", f"policy:{name}" if isinstance(agent, Policy) else f"protocol:{name}"],
+        tags={**tags, "split": task.split, "task_kind": task.kind,
+              **({"success": str(verdict.success).lower()} if verdict else {})},
+        metadata={"verdict": verdict.reason if verdict else None, "expected": task.expected,
+                  "template": task.template, **({"error": error} if error else {})})
+    return Episode(traj, verdict, steps, actions, error)
+
+
+def run_episode(env: Environment, task: Task, policy: Policy, *, max_steps: int = 12,
+                source_format: str = "env") -> Episode:
+    """Play a scripted `policy` on `task` (see `play`)."""
+    gen = play(env, task, policy, max_steps=max_steps, source_format=source_format)
+    try:
+        prompt = next(gen)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    gen.close()
+    raise TypeError(f"a scripted policy never prompts a model (got {prompt!r})")
 
 
 def system_prompt() -> SystemMessage:
-    return SystemMessage(content=(
-        "You are a helpful assistant that can call tools. Call a tool only when the request needs it; "
-        f"when you know the answer, call {FINISH} with return_type give_answer and the answer in final_answer. "
-        "If no offered tool can do what is asked, say so and answer without calling tools."))
+    """The Tool-API system prompt. It states no reply format: each protocol states its own."""
+    return SystemMessage(content=TOOL_SYSTEM)
 
 
 def user(query: str) -> UserMessage:

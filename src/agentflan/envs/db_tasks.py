@@ -16,6 +16,7 @@ from typing import Any
 
 from agentflan.envs.base import Expert, Task
 from agentflan.envs.db import DB_TOOLS, _q, table_hash
+from agentflan.formats.tflan import pick
 from agentflan.schema import AssistantMessage, ToolCall
 
 _FIRST = ["Ana", "Bilal", "Chen", "Dara", "Elif", "Femi", "Goran", "Hana", "Ivo", "Jun", "Kemal", "Lina", "Mato",
@@ -67,8 +68,12 @@ class DBTemplate:
     split: str
     kind: str
     schema: str
-    make: Callable[[random.Random, list[list[Any]], str], tuple[str, str, str]]
-    """(question, gold SQL, the expert's thought)."""
+    make: Callable[[random.Random, list[list[Any]], str], tuple[str, str, dict[str, str]]]
+    """(question, gold SQL, the task's entities for the expert's thoughts)."""
+    plans: tuple[str, ...] = ()
+    """The expert's first thought: the plan, with the task's own entities (`{table}` and the slots)."""
+    results: tuple[str, ...] = ()
+    """The expert's last thought: what the result says (`{result}` and the slots)."""
 
 
 def _col(rows: list[list[Any]], i: int, rng: random.Random) -> Any:
@@ -88,40 +93,82 @@ def _t(schema: str) -> str:
 TEMPLATES = [
     DBTemplate("count_department", "train", "select", "employees", lambda rng, rows, t: (
         (d := _col(rows, 1, rng)) and f"How many employees work in the {d} department?",
-        f"SELECT COUNT(*) FROM {t} WHERE `Department` = '{d}'", "I count the rows of that department.")),
+        f"SELECT COUNT(*) FROM {t} WHERE `Department` = '{d}'", {"dept": d}),
+        ("To count the employees of the {dept} department, I count the rows of {table} whose Department is "
+         "'{dept}'.",
+         "The {dept} headcount is the number of rows in {table} with Department = '{dept}', so I count them.",
+         "I need how many rows of {table} belong to the {dept} department; COUNT(*) with a filter on "
+         "Department gives it."),
+        ("The {dept} department has {result} employees, so the answer is {result}.",
+         "The count is {result}: {result} employees work in {dept}.",
+         "{result} rows match Department = '{dept}', so {result} employees work there.")),
     DBTemplate("max_salary", "train", "select", "employees", lambda rng, rows, t: (
         (c := _col(rows, 3, rng)) and f"What is the highest salary among employees in {c}?",
-        f"SELECT MAX(CAST(`Salary` AS INTEGER)) FROM {t} WHERE `City` = '{c}'",
-        "Salaries are stored as text, so I cast them before taking the maximum.")),
+        f"SELECT MAX(CAST(`Salary` AS INTEGER)) FROM {t} WHERE `City` = '{c}'", {"city": c}),
+        ("Salaries are stored as text in {table}, so I cast them to integers and take the maximum over the "
+         "employees in {city}.",
+         "I take the largest Salary among the rows with City = '{city}', cast to a number because the column "
+         "holds text.",
+         "For the top salary in {city} I filter {table} on City and take MAX of the salaries as integers."),
+        ("The highest salary among the employees in {city} is {result}.",
+         "The maximum comes back as {result}, so the top salary in {city} is {result}.",
+         "{result} is the largest salary in {city}, which answers the question.")),
     DBTemplate("product_price", "train", "select", "products", lambda rng, rows, t: (
         (p := _col(rows, 0, rng)) and f"What is the price of {p}?",
-        f"SELECT `Price` FROM {t} WHERE `Product` = '{p}'", "I look up the product's price.")),
+        f"SELECT `Price` FROM {t} WHERE `Product` = '{p}'", {"product": p}),
+        ("I look up the Price of {product} in {table}.",
+         "The price of {product} is in its row of {table}, so I select Price where Product is '{product}'.",
+         "I select the Price column of the {product} row."),
+        ("{product} costs {result}, so the answer is {result}.",
+         "The row says {product} is priced {result}.",
+         "The price of {product} is {result}.")),
     DBTemplate("insert_product", "train", "insert", "products", lambda rng, rows, t: (
         (p := f"Stool {rng.randint(500, 999)}") and f"Add a new product {p} in the Home category priced 35.00 "
                                                     f"with 12 in stock.",
         f"INSERT INTO {t} (`Product`, `Category`, `Price`, `Stock`) VALUES ('{p}', 'Home', '35.00', '12')",
-        "I insert the new row with all four columns.")),
+        {"product": p}),
+        ("I insert a row for {product} into {table} with all four columns: Home, 35.00 and a stock of 12.",
+         "Adding {product} means one INSERT into {table} with its category, price and stock.",
+         "I add {product} to {table} as a new row: category Home, price 35.00, stock 12."),
+        ("The row for {product} is inserted, so the change is done.",
+         "{product} is now in {table}; nothing else to change.",
+         "The insert of {product} succeeded, which completes the request.")),
     DBTemplate("update_city", "train", "update", "employees", lambda rng, rows, t: (
         (n := _pick(rows, 0, rng, lambda r: r[3] != "Tartu")) and f"{n} moved to Tartu. Update their city.",
-        f"UPDATE {t} SET `City` = 'Tartu' WHERE `Name` = '{n}'", "I update that employee's city.")),
+        f"UPDATE {t} SET `City` = 'Tartu' WHERE `Name` = '{n}'", {"name": n}),
+        ("I set the City of {name} to Tartu with an UPDATE on {table}.",
+         "Only {name}'s row changes: I update its City to 'Tartu'.",
+         "{name} now lives in Tartu, so I update the City column of their row in {table}."),
+        ("{name}'s city is now Tartu, so the update is done.",
+         "The row of {name} is updated to Tartu; the change is complete.",
+         "The UPDATE changed {name}'s city to Tartu, which is all the request needs.")),
     DBTemplate("avg_score", "heldout", "select", "students", lambda rng, rows, t: (
         (c := _col(rows, 3, rng)) and f"What is the average score of the {c} club members?",
-        f"SELECT ROUND(AVG(CAST(`Score` AS REAL)), 2) FROM {t} WHERE `Club` = '{c}'",
-        "I average the scores of that club, cast to numbers.")),
+        f"SELECT ROUND(AVG(CAST(`Score` AS REAL)), 2) FROM {t} WHERE `Club` = '{c}'", {"club": c}),
+        ("I average the scores of the {club} club members in {table}, cast to numbers.",),
+        ("The {club} club's average score is {result}.",)),
     DBTemplate("shortest_flight", "heldout", "select", "flights", lambda rng, rows, t: (
         (o := _col(rows, 1, rng)) and f"What is the shortest flight duration in minutes from {o}?",
-        f"SELECT MIN(CAST(`Duration min` AS INTEGER)) FROM {t} WHERE `Origin` = '{o}'",
-        "I take the minimum duration among flights from that city.")),
+        f"SELECT MIN(CAST(`Duration min` AS INTEGER)) FROM {t} WHERE `Origin` = '{o}'", {"origin": o}),
+        ("I take the minimum duration among the flights from {origin} in {table}.",),
+        ("The shortest flight from {origin} takes {result} minutes.",)),
     DBTemplate("student_club", "heldout", "select", "students", lambda rng, rows, t: (
         (n := _col(rows, 0, rng)) and f"Which club is {n} in?", f"SELECT `Club` FROM {t} WHERE `Name` = '{n}'",
-        "I look up the student's club.")),
+        {"name": n}),
+        ("I look up the Club of {name} in {table}.",),
+        ("{name} is in the {result} club.",)),
     DBTemplate("delete_flight", "heldout", "delete", "flights", lambda rng, rows, t: (
         (f := _col(rows, 0, rng)) and f"Flight {f} was cancelled. Remove it from the schedule.",
-        f"DELETE FROM {t} WHERE `Flight` = '{f}'", "I delete the cancelled flight's row.")),
+        f"DELETE FROM {t} WHERE `Flight` = '{f}'", {"flight": f}),
+        ("I delete the row of flight {flight} from {table}.",),
+        ("Flight {flight} is removed from the schedule.",)),
     DBTemplate("update_score", "heldout", "update", "students", lambda rng, rows, t: (
         (n := _pick(rows, 0, rng, lambda r: r[2] != "88")) and f"Correct the score of {n} to 88.",
-        f"UPDATE {t} SET `Score` = '88' WHERE `Name` = '{n}'", "I set the corrected score.")),
+        f"UPDATE {t} SET `Score` = '88' WHERE `Name` = '{n}'", {"name": n}),
+        ("I set the Score of {name} to 88 in {table}.",),
+        ("{name}'s score is corrected to 88.",)),
 ]
+BY_NAME = {t.name: t for t in TEMPLATES}
 SPLIT_SEED = {"train": 3_000_017, "heldout": 4_000_037}
 
 
@@ -140,9 +187,9 @@ def generate(n: int, split: str, seed: int = 0) -> list[Task]:
         tpl = templates[i % len(templates)]
         schema = SCHEMAS[tpl.schema]
         rows = [schema.row(rng, k) for k in range(rng.randint(8, 25))]
-        question, sql, thought = tpl.make(rng, rows, _q(schema.name))
+        question, sql, slots = tpl.make(rng, rows, _q(schema.name))
         conn = _db(schema, rows)
-        expected: dict[str, Any] = {"gold_sql": [sql], "thought": thought}
+        expected: dict[str, Any] = {"gold_sql": [sql]}
         if tpl.kind == "select":
             expected["label"] = [v for row in conn.execute(sql).fetchall() for v in row]
         else:
@@ -152,12 +199,16 @@ def generate(n: int, split: str, seed: int = 0) -> list[Task]:
         tasks.append(Task(id=f"db-{split}-{seed}-{i:05d}", env="db", split=split, kind=tpl.kind,
                           query=question, tools=list(DB_TOOLS), expected=expected, template=tpl.name,
                           data={"table": {"name": schema.name, "rows": rows,
-                                          "columns": [{"name": c, "type": "TEXT"} for c in schema.columns]}}))
+                                          "columns": [{"name": c, "type": "TEXT"} for c in schema.columns]},
+                                "slots": slots}))
     return tasks
 
 
 def expert_for(task: Task) -> Expert:
-    """Run the task's SQL (the gold query, or a derived one for AgentBench tasks), then answer."""
+    """Run the task's SQL (the gold query, or a derived one for AgentBench tasks), then answer.
+
+    The thoughts say what the expert does with the task's own entities, and what it read: "The
+    Finance department has 7 employees, so the answer is 7." (phrasings vary by task id)."""
     from agentflan.envs.db import derive_select_sql
 
     if task.kind == "select":
@@ -165,10 +216,16 @@ def expert_for(task: Task) -> Expert:
         statements = [sql] if sql else []
     else:
         statements = list(task.expected["gold_sql"])
-    thought = task.expected.get("thought") or "I write one SQL statement for this."
+    tpl = BY_NAME.get(task.template)
+    slots = {"table": task.data["table"]["name"], **task.data.get("slots", {})}
+    if tpl is not None and tpl.plans:
+        plan = pick(tpl.plans, task.id, 0).format(**slots)
+    else:
+        plan = (f"I answer this with one SQL statement on the {slots['table']} table." if task.kind == "select"
+                else f"I make this change with one SQL statement on the {slots['table']} table.")
     values: list[Any] = []
     for k, sql in enumerate(statements):
-        obs = yield AssistantMessage(content=thought if k == 0 else "Next statement.", tool_calls=[
+        obs = yield AssistantMessage(content=plan if k == 0 else "Next, the following statement.", tool_calls=[
             ToolCall(id=f"call_{k}", name="operation", arguments={"sql": sql})])
         if task.kind == "select" and obs is not None:
             text = obs.content.split(" [only the first", 1)[0]
@@ -177,6 +234,12 @@ def expert_for(task: Task) -> Expert:
             except (ValueError, SyntaxError):
                 values = []
     answer = [] if task.kind != "select" else (values or ["none"])
-    yield AssistantMessage(content="The result answers the question." if task.kind == "select"
-                           else "The change is done.", tool_calls=[
+    result = ", ".join(str(v) for v in answer) or "done"
+    if tpl is not None and tpl.results:
+        conclusion = pick(tpl.results, task.id, 1).format(result=result, **slots)
+    elif task.kind == "select":
+        conclusion = f"The query returns {result}, which answers the question."
+    else:
+        conclusion = f"The statement changed the {slots['table']} table as asked, so the change is done."
+    yield AssistantMessage(content=conclusion, tool_calls=[
         ToolCall(id=f"call_{len(statements)}", name="answer", arguments={"answer": answer})])

@@ -39,8 +39,8 @@ def synth_episodes(env_name: str, n: int, split: str, seed: int = 0) -> tuple[li
     for task in info.generate(n, split, seed):
         result.tasks += 1
         episode = run_episode(info.make(), task, ExpertPolicy(info.expert(task)), source_format=f"env:{env_name}")
-        if not episode.verdict.success:
-            result.failed[episode.verdict.reason[:80]] += 1
+        if episode.verdict is None or not episode.verdict.success:
+            result.failed[(episode.verdict.reason if episode.verdict else str(episode.error))[:80]] += 1
             continue
         trajs.append(episode.trajectory)
         result.kinds[task.kind] += 1

@@ -5,7 +5,7 @@ result), `stateful` (the inventory changes and is checked), `no_tool` (a request
 tools need not serve: any call fails it), `unserviceable` (no offered tool can serve it: the
 answer must say so, without calls). Train and held-out templates are disjoint, and so are their
 tool groups (`TRAIN_TOOLS` vs `HELDOUT_TOOLS`) and seeds. Every task offers the tools it needs plus
-distractor tool groups of the same split.
+a distractor tool group of the same split (`DISTRACTORS`).
 
 The expert solves a task by really calling the tools and reading the observations: it is a
 generator that yields assistant messages (a thought and a call) and receives each result.
@@ -30,10 +30,21 @@ from agentflan.envs.toolapi import (
     knowledge_base,
     response,
 )
+from agentflan.formats.tflan import pick
 
 
 def _fmt(x: float) -> str:
     return f"{x:,.2f}".rstrip("0").rstrip(".") if isinstance(x, float) and not x.is_integer() else f"{int(x):,}"
+
+
+def _say(task: Task, k: int, *options: str, **extra: Any) -> str:
+    """The expert's `k`-th thought: one of `options` (varied by task id), filled with the task's
+    data and `extra` (the results it read)."""
+    values = {**task.data, **extra}
+    d = task.data
+    if "value" in d:
+        values.setdefault("v", d["value"])
+    return pick(options, task.id, k).format(**values)
 
 
 @dataclass(frozen=True)
@@ -60,10 +71,15 @@ def _make_convert(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any]
 
 def _expert_convert(task: Task) -> Expert:
     d = task.data
-    obs = yield call("convert_length_for_unit_converter", 0, f"I need to convert {d['value']} {d['u1']} into {d['u2']}, "
-                     "so I'll use the length converter.", value=d["value"], from_unit=d["u1"], to_unit=d["u2"])
-    r = response(obs)["value"]
-    yield finish(1, "The converter returned the result, so I can answer.", f"{d['value']} {d['u1']} is {_fmt(r)} {d['u2']}.")
+    obs = yield call("convert_length_for_unit_converter", 0, _say(
+        task, 0, "I need to convert {v} {u1} into {u2}, so I'll use the length converter.",
+        "Converting {v} {u1} to {u2} is a job for the unit converter's length conversion.",
+        "The length converter turns {v} {u1} into {u2} for me."), value=d["value"], from_unit=d["u1"], to_unit=d["u2"])
+    r = _fmt(response(obs)["value"])
+    yield finish(1, _say(task, 1, "The converter says {v} {u1} is {r} {u2}, so I can answer.",
+                         "The converter returned {r} {u2} for {v} {u1}.",
+                         "{v} {u1} comes out as {r} {u2}; that answers the question.", r=r),
+                 f"{d['value']} {d['u1']} is {r} {d['u2']}.")
 
 
 def _make_capital(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -73,9 +89,15 @@ def _make_capital(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any]
 
 def _expert_capital(task: Task) -> Expert:
     c = task.data["country"]
-    obs = yield call("get_country_for_world_atlas", 0, f"The atlas has facts about countries; I'll look up {c}.", name=c)
+    obs = yield call("get_country_for_world_atlas", 0, _say(
+        task, 0, "The atlas has facts about countries; I'll look up {country} to find its capital.",
+        "To find the capital of {country}, I ask the world atlas about that country.",
+        "The world atlas's country facts include the capital, so I look up {country}."), name=c)
     cap = response(obs)["capital"]
-    yield finish(1, f"The atlas says the capital is {cap}.", f"The capital of {c} is {cap}.")
+    yield finish(1, _say(task, 1, "The atlas says the capital of {country} is {cap}.",
+                         "According to the atlas, {cap} is the capital of {country}.",
+                         "The country record names {cap} as the capital of {country}, which answers it.", cap=cap),
+                 f"The capital of {c} is {cap}.")
 
 
 def _make_two_cities(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -85,10 +107,18 @@ def _make_two_cities(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, A
 
 def _expert_two_cities(task: Task) -> Expert:
     a, b = task.data["a"], task.data["b"]
-    pa = response((yield call("get_city_for_world_atlas", 0, f"I need the population of {a} and of {b}. First {a}.",
-                              name=a)))["population"]
-    pb = response((yield call("get_city_for_world_atlas", 1, f"{a} has {_fmt(pa)} people. Now {b}.", name=b)))["population"]
-    yield finish(2, "I have both populations.", f"{a} has {_fmt(pa)} inhabitants and {b} has {_fmt(pb)}.")
+    pa = response((yield call("get_city_for_world_atlas", 0, _say(
+        task, 0, "I need the population of {a} and of {b}. First {a}.",
+        "I look up both cities in the atlas, starting with {a}.",
+        "The atlas gives a city's population; {a} first, then {b}."), name=a)))["population"]
+    pb = response((yield call("get_city_for_world_atlas", 1, _say(
+        task, 1, "{a} has {pa} people. Now {b}.", "The atlas lists {pa} inhabitants for {a}; next, {b}.",
+        "{a}: {pa} people. I still need {b}.", pa=_fmt(pa)), name=b)))["population"]
+    yield finish(2, _say(task, 2, "{a} has {pa} people and {b} has {pb}, so I have both populations.",
+                         "Both are in: {pa} for {a} and {pb} for {b}.",
+                         "The atlas gives {pb} for {b}, and {a} had {pa}; that answers both parts.",
+                         pa=_fmt(pa), pb=_fmt(pb)),
+                 f"{a} has {_fmt(pa)} inhabitants and {b} has {_fmt(pb)}.")
 
 
 def _make_capital_population(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -99,10 +129,19 @@ def _make_capital_population(rng: random.Random, kb: KnowledgeBase) -> tuple[dic
 
 def _expert_capital_population(task: Task) -> Expert:
     c = task.data["country"]
-    cap = response((yield call("get_country_for_world_atlas", 0, f"First I need the capital of {c}.", name=c)))["capital"]
-    pop = response((yield call("get_city_for_world_atlas", 1, f"The capital is {cap}; now I look up its population.",
+    cap = response((yield call("get_country_for_world_atlas", 0, _say(
+        task, 0, "First I need the capital of {country}, then that city's population.",
+        "The atlas can tell me the capital of {country}; I look that up first.",
+        "Two lookups: the capital of {country}, then its population. The country comes first."), name=c)))["capital"]
+    pop = response((yield call("get_city_for_world_atlas", 1, _say(
+        task, 1, "The capital of {country} is {cap}; now I look up its population.",
+        "{cap} is the capital, so I ask the atlas about {cap}.",
+        "The atlas names {cap} as the capital of {country}. Next, the population of {cap}.", cap=cap),
                                name=cap)))["population"]
-    yield finish(2, "I know the capital's population now.", f"The capital of {c}, {cap}, has {_fmt(pop)} inhabitants.")
+    yield finish(2, _say(task, 2, "{cap}, the capital of {country}, has {pop} inhabitants.",
+                         "The atlas gives {pop} people for {cap}, which is the capital of {country}.",
+                         "{cap} has a population of {pop}; that is the answer.", cap=cap, pop=_fmt(pop)),
+                 f"The capital of {c}, {cap}, has {_fmt(pop)} inhabitants.")
 
 
 def _make_double_population(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -113,11 +152,18 @@ def _make_double_population(rng: random.Random, kb: KnowledgeBase) -> tuple[dict
 
 def _expert_double_population(task: Task) -> Expert:
     city, k = task.data["city"], task.data["k"]
-    pop = response((yield call("get_city_for_world_atlas", 0, f"I need the population of {city} first.", name=city)))[
-        "population"]
-    r = response((yield call("multiply_for_calculator", 1, f"{city} has {_fmt(pop)} people; I multiply by {k}.",
+    pop = response((yield call("get_city_for_world_atlas", 0, _say(
+        task, 0, "I need the population of {city} first, then I multiply it by {k}.",
+        "The atlas gives the population of {city}; after that, the calculator multiplies.",
+        "First {city}'s population from the atlas."), name=city)))["population"]
+    r = response((yield call("multiply_for_calculator", 1, _say(
+        task, 1, "{city} has {pop} people; I multiply by {k}.", "The population is {pop}, so I compute {pop} x {k}.",
+        "With {pop} inhabitants in {city}, the calculator multiplies by {k}.", pop=_fmt(pop)),
                              a=pop, b=k)))["result"]
-    yield finish(2, "The calculator gave the product.", f"{k} times the population of {city} is {_fmt(r)}.")
+    yield finish(2, _say(task, 2, "{k} times {pop} is {r}, which answers the question.",
+                         "The calculator gives {r} for {pop} x {k}.",
+                         "{r} is {k} times the population of {city}.", pop=_fmt(pop), r=_fmt(r)),
+                 f"{k} times the population of {city} is {_fmt(r)}.")
 
 
 def _make_inventory(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -130,11 +176,18 @@ def _make_inventory(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, An
 
 def _expert_inventory(task: Task) -> Expert:
     d = task.data
-    s1 = response((yield call("add_item_for_inventory", 0, f"I add {d['add']} {d['item']} to the stock first.",
-                              item=d["item"], quantity=d["add"])))["stock"]
-    s2 = response((yield call("remove_item_for_inventory", 1, f"Stock is now {s1}; next I remove {d['remove']}.",
+    s1 = response((yield call("add_item_for_inventory", 0, _say(
+        task, 0, "I add {add} {item} to the stock first, then remove {remove}.",
+        "Two inventory changes: +{add} {item}, then -{remove}. The addition first.",
+        "First I record the {add} {item} that came in."), item=d["item"], quantity=d["add"])))["stock"]
+    s2 = response((yield call("remove_item_for_inventory", 1, _say(
+        task, 1, "Stock is now {s1} {item}; next I remove {remove}.", "After the addition there are {s1}; now I take "
+        "out {remove}.", "The inventory shows {s1} {item}. Next, the {remove} removed.", s1=s1),
                               item=d["item"], quantity=d["remove"])))["stock"]
-    yield finish(2, "Both changes are done.", f"Done: {s2} {d['item']} are left in stock.")
+    yield finish(2, _say(task, 2, "Both changes are done: {s2} {item} are left.",
+                         "After removing {remove}, the stock of {item} is {s2}.",
+                         "The inventory now holds {s2} {item}, which is what the user asked for.", s2=s2),
+                 f"Done: {s2} {d['item']} are left in stock.")
 
 
 _NAMES = ["Ana", "Bilal", "Chen", "Dara", "Elif", "Femi", "Goran", "Hana", "Ivo", "Jun", "Kemal", "Lina"]
@@ -147,7 +200,10 @@ def _make_greeting(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any
 
 def _expert_greeting(task: Task) -> Expert:
     n = task.data["name"]
-    yield finish(0, "This needs no tool.", f"Hello {n}, it's great to have you on the team!")
+    yield finish(0, _say(task, 0, "A welcome for {name} needs no tool; I write it myself.",
+                         "This needs no tool: I can greet {name} directly.",
+                         "None of the tools is needed to say hello to {name}."),
+                 f"Hello {n}, it's great to have you on the team!")
     return
 
 
@@ -156,7 +212,9 @@ def _make_booking(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any]
 
 
 def _expert_booking(task: Task) -> Expert:
-    yield finish(0, "None of my tools can make reservations.",
+    yield finish(0, _say(task, 0, "None of my tools can make a restaurant reservation in {city}.",
+                         "Booking a table is not something any offered tool does, so I say so.",
+                         "No tool here can reserve a table for {n}; I explain that instead of calling one."),
                  "I can't book a table: none of my tools can make restaurant reservations. I can help you with "
                  "unit conversions, facts about places or calculations instead.")
     return
@@ -173,9 +231,11 @@ def _make_days(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], d
 
 def _expert_days(task: Task) -> Expert:
     d = task.data
-    n = response((yield call("days_between_for_calendar", 0, "The calendar can count days between dates.",
-                             start=d["a"], end=d["b"])))["days"]
-    yield finish(1, "I have the count.", f"There are {n} days from {d['a']} to {d['b']}.")
+    n = response((yield call("days_between_for_calendar", 0, _say(
+        task, 0, "The calendar can count the days from {a} to {b}.", "I ask the calendar for the days between {a} "
+        "and {b}."), start=d["a"], end=d["b"])))["days"]
+    yield finish(1, _say(task, 1, "The calendar counts {n} days from {a} to {b}.", "{n} days separate {a} and {b}.",
+                         n=n), f"There are {n} days from {d['a']} to {d['b']}.")
 
 
 def _make_author(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -185,8 +245,11 @@ def _make_author(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any],
 
 def _expert_author(task: Task) -> Expert:
     t = task.data["title"]
-    a = response((yield call("get_book_for_library", 0, f"I look up {t} in the library.", title=t)))["author"]
-    yield finish(1, "The library record names the author.", f"{t} was written by {a}.")
+    a = response((yield call("get_book_for_library", 0, _say(
+        task, 0, "I look up {title} in the library to find its author.", "The library's book record names the "
+        "author of {title}."), title=t)))["author"]
+    yield finish(1, _say(task, 1, "The library says {title} is by {author}.", "{author} wrote {title}.", author=a),
+                 f"{t} was written by {a}.")
 
 
 def _make_weekdays(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -197,9 +260,14 @@ def _make_weekdays(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any
 
 def _expert_weekdays(task: Task) -> Expert:
     d = task.data
-    w1 = response((yield call("weekday_for_calendar", 0, f"I check the weekday of {d['a']} first.", date=d["a"])))["weekday"]
-    w2 = response((yield call("weekday_for_calendar", 1, f"{d['a']} is a {w1}; now {d['b']}.", date=d["b"])))["weekday"]
-    yield finish(2, "I have both weekdays.", f"{d['a']} is a {w1} and {d['b']} is a {w2}.")
+    w1 = response((yield call("weekday_for_calendar", 0, _say(
+        task, 0, "I check the weekday of {a} first, then {b}.", "Two dates to check; {a} first."),
+        date=d["a"])))["weekday"]
+    w2 = response((yield call("weekday_for_calendar", 1, _say(
+        task, 1, "{a} is a {w1}; now {b}.", "The calendar says {a} is a {w1}. Next, {b}.", w1=w1),
+        date=d["b"])))["weekday"]
+    yield finish(2, _say(task, 2, "{a} is a {w1} and {b} is a {w2}.", "I have both: a {w1} and a {w2}.",
+                         w1=w1, w2=w2), f"{d['a']} is a {w1} and {d['b']} is a {w2}.")
 
 
 def _make_author_books(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -210,10 +278,14 @@ def _make_author_books(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str,
 
 def _expert_author_books(task: Task) -> Expert:
     t = task.data["title"]
-    a = response((yield call("get_book_for_library", 0, f"First I need the author of {t}.", title=t)))["author"]
-    titles = response((yield call("books_by_author_for_library", 1, f"{t} is by {a}; now I list their books.",
-                                  author=a)))["titles"]
-    yield finish(2, "I counted the titles.", f"The library has {len(titles)} books by {a}.")
+    a = response((yield call("get_book_for_library", 0, _say(
+        task, 0, "First I need the author of {title}, then their books.", "The author of {title} comes first."),
+        title=t)))["author"]
+    titles = response((yield call("books_by_author_for_library", 1, _say(
+        task, 1, "{title} is by {author}; now I list their books.", "{author} wrote {title}, so I ask for all of "
+        "{author}'s books.", author=a), author=a)))["titles"]
+    yield finish(2, _say(task, 2, "The library lists {n} books by {author}.", "{author} has {n} titles in the "
+                         "library.", author=a, n=len(titles)), f"The library has {len(titles)} books by {a}.")
 
 
 def _make_weekday_after(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -225,10 +297,14 @@ def _make_weekday_after(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str
 
 def _expert_weekday_after(task: Task) -> Expert:
     d = task.data
-    day = response((yield call("add_days_for_calendar", 0, f"First the date {d['n']} days after {d['date']}.",
-                               date=d["date"], days=d["n"])))["date"]
-    w = response((yield call("weekday_for_calendar", 1, f"That is {day}; now its weekday.", date=day)))["weekday"]
-    yield finish(2, "I have the weekday.", f"{d['n']} days after {d['date']} is {day}, a {w}.")
+    day = response((yield call("add_days_for_calendar", 0, _say(
+        task, 0, "First the date {n} days after {date}, then its weekday.", "I add {n} days to {date} first."),
+        date=d["date"], days=d["n"])))["date"]
+    w = response((yield call("weekday_for_calendar", 1, _say(
+        task, 1, "That is {day}; now its weekday.", "{n} days after {date} is {day}. Which weekday is it?", day=day),
+        date=day)))["weekday"]
+    yield finish(2, _say(task, 2, "{day} is a {w}.", "The calendar says {day} falls on a {w}.", day=day, w=w),
+                 f"{d['n']} days after {d['date']} is {day}, a {w}.")
 
 
 def _make_average(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -237,9 +313,11 @@ def _make_average(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any]
 
 
 def _expert_average(task: Task) -> Expert:
-    r = response((yield call("average_for_list_tools", 0, "The list tools compute a mean.",
-                             numbers=task.data["nums"])))["result"]
-    yield finish(1, "I have the mean.", f"The average is {_fmt(r)}.")
+    r = response((yield call("average_for_list_tools", 0, _say(
+        task, 0, "The list tools compute the mean of {nums_text}.", "I ask the list tools for the average of "
+        "{nums_text}."), numbers=task.data["nums"])))["result"]
+    yield finish(1, _say(task, 1, "The mean of {nums_text} is {r}.", "The average comes out as {r}.", r=_fmt(r)),
+                 f"The average is {_fmt(r)}.")
 
 
 def _make_currency(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -250,9 +328,11 @@ def _make_currency(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any
 
 def _expert_currency(task: Task) -> Expert:
     d = task.data
-    r = response((yield call("convert_currency_for_currency_exchange", 0, f"I convert {d['amount']} USD to {d['code']}.",
-                             amount=d["amount"], from_currency="USD", to_currency=d["code"])))["amount"]
-    yield finish(1, "The exchange returned the amount.", f"{d['amount']} USD is {_fmt(r)} {d['code']}.")
+    r = response((yield call("convert_currency_for_currency_exchange", 0, _say(
+        task, 0, "I convert {amount} USD to {code} with the currency exchange.", "The exchange converts {amount} "
+        "USD into {code}."), amount=d["amount"], from_currency="USD", to_currency=d["code"])))["amount"]
+    yield finish(1, _say(task, 1, "{amount} USD is {r} {code}.", "The exchange gives {r} {code} for {amount} USD.",
+                         r=_fmt(r)), f"{d['amount']} USD is {_fmt(r)} {d['code']}.")
 
 
 _WORDS = ["ready", "acknowledged", "blue", "sunrise", "lantern", "copper"]
@@ -264,7 +344,8 @@ def _make_echo(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], d
 
 
 def _expert_echo(task: Task) -> Expert:
-    yield finish(0, "A plain reply is enough here.", task.data["word"])
+    yield finish(0, _say(task, 0, "A plain reply is enough here: just the word {word}.",
+                         "No tool is needed to reply with {word}."), task.data["word"])
     return
 
 
@@ -273,7 +354,8 @@ def _make_email(rng: random.Random, kb: KnowledgeBase) -> tuple[dict[str, Any], 
 
 
 def _expert_email(task: Task) -> Expert:
-    yield finish(0, "No tool here can send email.",
+    yield finish(0, _say(task, 0, "No tool here can send an email to {name}.", "Sending email is not something any "
+                         "offered tool does."),
                  f"I can't send an email to {task.data['name']}: none of my tools can send messages. I can help you "
                  "draft the text instead.")
     return
@@ -330,6 +412,12 @@ BY_NAME = {t.name: t for t in TEMPLATES}
 SPLIT_SEED = {"train": 1_000_003, "heldout": 2_000_003}
 
 
+DISTRACTORS = 1
+"""Tool groups offered beside the ones a task needs. One keeps a prompt near 400 tokens (every API
+is listed with its JSON schema): two doubled the cost of every training and evaluation step on a
+CPU for little extra retrieval difficulty."""
+
+
 def generate(n: int, split: str, seed: int = 0) -> list[Task]:
     """`n` tasks of `split`, cycling through its templates; same arguments, same tasks."""
     kb = knowledge_base()
@@ -341,7 +429,7 @@ def generate(n: int, split: str, seed: int = 0) -> list[Task]:
     for i in range(n):
         tpl = templates[i % len(templates)]
         data, expected = tpl.make(rng, kb)
-        distractors = rng.sample([g for g in groups if g not in tpl.tools], k=min(2, len(groups) - len(tpl.tools)))
+        distractors = rng.sample([g for g in groups if g not in tpl.tools], k=min(DISTRACTORS, len(groups) - len(tpl.tools)))
         offered = [*tpl.tools, *distractors]
         tools = [a.spec() for a in apis if a.tool in offered]
         text = rng.choice(tpl.texts)

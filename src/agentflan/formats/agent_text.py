@@ -6,8 +6,8 @@ action_input, a final give_answer action) so the model learns to follow the form
 not one template. A `FormatSpec` is one such format; `format_instructions` states it in the
 system prompt; `render_step` and `parse_step` are exact inverses.
 
-Also: `render_source` renders a trajectory in its *source* format (ToolLLaMA, FireAct, or the
-AgentInstruct task dialect), which is the AgentTuning baseline arm.
+The `react`/`json` protocols (`agentflan.formats.protocols`) render and parse with these; the
+source formats (ToolLLaMA, FireAct, AgentInstruct dialects) are protocols there too.
 """
 
 from __future__ import annotations
@@ -15,17 +15,16 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from agentflan.errors import ParseError
-from agentflan.formats.agentinstruct import DIALECTS
-from agentflan.formats.react import render_bracket, render_toolllama
-from agentflan.formats.tflan import final_answer
+from agentflan.formats.tflan import GIVE_UP_ANSWER, final_answer
 from agentflan.schema import (
     AssistantMessage,
     Message,
     SystemMessage,
+    ToolCall,
     ToolMessage,
     ToolSpec,
     Trajectory,
@@ -48,9 +47,25 @@ class FormatSpec:
     input_key: str = "Action Input"
     final_action: str = "Finish"
     answer_key: str = "final_answer"
+    return_type: bool = False
+    """The final action's input also states ToolBench's `return_type` (`give_answer`, or
+    `give_up_and_restart` with no answer), as ToolBench's own `Finish` does."""
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def final_input(self, answer: str | None) -> dict[str, Any]:
+        """The input of the final action: the answer, or a give-up (`answer=None`).
+
+        Examples:
+            >>> FormatSpec(return_type=True).final_input("4")
+            {'return_type': 'give_answer', 'final_answer': '4'}
+        """
+        if not self.return_type:
+            return {self.answer_key: GIVE_UP_ANSWER if answer is None else answer}
+        if answer is None:
+            return {"return_type": "give_up_and_restart"}
+        return {"return_type": "give_answer", self.answer_key: answer}
 
 
 TOOLLLAMA_SPEC = FormatSpec()
@@ -61,9 +76,11 @@ def random_spec(rng: random.Random, styles: tuple[str, ...] = ("react", "json"))
     style = rng.choice(styles)
     action = rng.choice(ACTION_KEYS)
     inputs = [k for k in INPUT_KEYS if k.lower() != action.lower()]
-    return FormatSpec(style=style, thought_key=rng.choice(THOUGHT_KEYS), action_key=action,  # type: ignore[arg-type]
+    spec = FormatSpec(style=style, thought_key=rng.choice(THOUGHT_KEYS), action_key=action,  # type: ignore[arg-type]
                       input_key=rng.choice(inputs), final_action=rng.choice(FINAL_ACTIONS),
                       answer_key=rng.choice(ANSWER_KEYS))
+    # drawn last, so that the keys drawn before stay what they were for a given seed
+    return replace(spec, return_type=rng.random() < 0.5)
 
 
 def format_instructions(spec: FormatSpec, tools: list[ToolSpec]) -> str:
@@ -71,17 +88,20 @@ def format_instructions(spec: FormatSpec, tools: list[ToolSpec]) -> str:
     tool_lines = "\n".join(
         f"- {t.name}: {t.description.strip() or '(no description)'} "
         f"Parameters: {json.dumps(t.parameters, ensure_ascii=False, sort_keys=True)}" for t in tools)
-    final_args = json.dumps({spec.answer_key: "..."})
+    final_args = json.dumps(spec.final_input("..."))
+    give_up = (f" If you cannot complete the task, use {spec.final_action} with "
+               f"{json.dumps(spec.final_input(None))}." if spec.return_type else "")
     if spec.style == "json":
         shape = json.dumps({spec.thought_key: "your reasoning", spec.action_key: "tool name",
                             spec.input_key: {"argument": "value"}})
         how = (f"Reply with exactly one JSON object per turn, of the form:\n{shape}\n"
                f"When you can answer, use \"{spec.action_key}\": \"{spec.final_action}\" with "
-               f"\"{spec.input_key}\": {final_args}.")
+               f"\"{spec.input_key}\": {final_args}.{give_up}")
     else:
         how = (f"Reply in exactly this format:\n{spec.thought_key}: your reasoning\n{spec.action_key}: tool name\n"
                f"{spec.input_key}: the arguments as a JSON object\n"
-               f"When you can answer, use {spec.action_key}: {spec.final_action} with {spec.input_key}: {final_args}.")
+               f"When you can answer, use {spec.action_key}: {spec.final_action} with {spec.input_key}: {final_args}."
+               f"{give_up}")
     return (f"You can use these tools:\n{tool_lines}\n\n{how}\n"
             f"Tool results come back as \"{OBSERVATION_KEY}: ...\".")
 
@@ -125,9 +145,14 @@ def parse_step(spec: FormatSpec, text: str) -> tuple[str, str, dict[str, Any]]:
 
 
 def render_with_spec(traj: Trajectory, spec: FormatSpec) -> list[Message]:
-    """The whole trajectory as text turns in `spec` (observations as user turns)."""
+    """The whole trajectory as text turns in `spec` (observations as user turns).
+
+    Every assistant turn states an action, as the format demands: a turn that only thinks (a
+    source that wrote its thought and its call as two messages) is joined to the call that follows
+    it, and a text-only turn that ends a trajectory with a final action is that final action.
+    """
     final_tool = traj.tags.get("final_tool")
-    msgs = list(traj.messages)
+    msgs = _join_thoughts(list(traj.messages), final_tool)
     head = msgs.pop(0).content + "\n\n" if msgs and isinstance(msgs[0], SystemMessage) else ""
     tools = [t for t in traj.tools if t.name != final_tool]
     out: list[Message] = [SystemMessage(content=head + format_instructions(spec, tools))]
@@ -142,7 +167,9 @@ def render_with_spec(traj: Trajectory, spec: FormatSpec) -> list[Message]:
                 thought = m.content if k == 0 else ""
                 if c.name == final_tool:
                     finals.add(c.id)
-                    parts.append(render_step(spec, thought, spec.final_action, {spec.answer_key: final_answer(c)[0]}))
+                    give_up = c.arguments.get("return_type") == "give_up_and_restart"
+                    answer = None if give_up else final_answer(c)[0]
+                    parts.append(render_step(spec, thought, spec.final_action, spec.final_input(answer)))
                 else:
                     parts.append(render_step(spec, thought, c.name, c.arguments))
             out.append(AssistantMessage(content="\n".join(parts), loss=m.loss))
@@ -154,34 +181,19 @@ def render_with_spec(traj: Trajectory, spec: FormatSpec) -> list[Message]:
     return out
 
 
-def render_source(traj: Trajectory) -> list[Message]:
-    """The trajectory as text in its source's own agent format (AgentTuning's original format)."""
-    task = traj.tags.get("task")
-    dialect = DIALECTS.get(task) if task else None
-    bracket = traj.source.format == "react"
+def _join_thoughts(msgs: list[Message], final_tool: str | None) -> list[Message]:
+    """Assistant turns that hold no call, joined to the call that follows them; a last one, when the
+    trajectory ends with a final tool, made that final call (see `render_with_spec`)."""
     out: list[Message] = []
-    msgs = list(traj.messages)
-    if not dialect and not bracket and traj.tools:
-        tools = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters}
-                            for t in traj.tools], ensure_ascii=False)
-        api = f"Specifically, you have access to the following APIs: {tools}"
-        if msgs and isinstance(msgs[0], SystemMessage):
-            out.append(SystemMessage(content=f"{msgs.pop(0).content}\n{api}"))
-        else:
-            out.append(SystemMessage(content=api))
     for m in msgs:
-        if isinstance(m, AssistantMessage):
-            c = m.tool_calls[0] if m.tool_calls else None
-            name, args = (c.name, c.arguments) if c else (None, {})
-            if dialect:
-                text = dialect.render(m.content, name, args)
-            elif bracket:
-                text = render_bracket(m.content, name, args)
-            else:
-                text = render_toolllama(m.content, name, args).lstrip("\n") if c else m.content
-            out.append(AssistantMessage(content=text, loss=m.loss))
-        elif isinstance(m, ToolMessage):
-            out.append(UserMessage(content=m.content if dialect else f"{OBSERVATION_KEY}: {m.content}"))
+        prev = out[-1] if out else None
+        if isinstance(m, AssistantMessage) and isinstance(prev, AssistantMessage) and not prev.tool_calls:
+            thought = "\n".join(t for t in (prev.content.strip(), m.content.strip()) if t)
+            out[-1] = m.model_copy(update={"content": thought, "loss": m.loss or prev.loss})
         else:
-            out.append(type(m)(content=m.content))
+            out.append(m)
+    last = out[-1] if out else None
+    if final_tool and isinstance(last, AssistantMessage) and not last.tool_calls and last.content.strip():
+        out[-1] = last.model_copy(update={"content": "", "tool_calls": [
+            ToolCall(id="call_final", name=final_tool, arguments={"final_answer": last.content.strip()})]})
     return out

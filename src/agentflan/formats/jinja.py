@@ -37,6 +37,7 @@ LLAMA2_JINJA = (
     "{% elif ns.side == 'assistant' %}{% if not ns.out %}{% set ns.out = '<s>[INST]  [/INST]' %}{% endif %}"
     "{% set ns.out = ns.out + ' ' + ns.bot | join('\n\n') + ' </s>' %}{% endif %}"
     "{{ ns.out }}"
+    "{% if add_generation_prompt and ns.side == 'user' %}{{ ' ' }}{% endif %}"
 )
 
 

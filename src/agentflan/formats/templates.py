@@ -13,19 +13,21 @@ rendering produces prompts at serving time, so what is trained is what is served
   that is valid only for prefix-preserving templates, checked on every sample
   (`TemplateError` otherwise).
 
-Tool calls that are still structured are passed to HF templates as `tool_calls`; the two fixed
-templates have no tool role, so they write calls in ToolLLaMA text and tool results as user turns.
+Templates are chat markup only. How tools, calls and results become text is a *protocol*'s job
+(`agentflan.formats.protocols`): training and serving render a conversation with its protocol
+first, then with the template. Only an HF template that renders tools itself (`renders_tools`)
+receives structured messages and the tool list (the `native` protocol); the fixed templates
+receive text turns and refuse structured ones.
 """
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from agentflan.errors import AgentflanError
-from agentflan.formats.react import render_toolllama
-from agentflan.schema import AssistantMessage, Message, SystemMessage, ToolMessage, ToolSpec
+from agentflan.formats.openai import openai_messages, openai_tools
+from agentflan.schema import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, ToolSpec, UserMessage
 
 Segment = tuple[str, bool]
 """A piece of rendered text and whether it is trained."""
@@ -35,13 +37,12 @@ class TemplateError(AgentflanError):
     pass
 
 
-def assistant_text(m: AssistantMessage) -> str:
-    """An assistant turn as plain text: its content, then its calls in ToolLLaMA format."""
-    if not m.tool_calls:
-        return m.content
-    calls = "\n".join(render_toolllama(m.content if k == 0 else "", c.name, c.arguments).lstrip("\n")
-                      for k, c in enumerate(m.tool_calls))
-    return calls
+def _text_only(messages: list[Message], template: str) -> None:
+    for i, m in enumerate(messages):
+        if isinstance(m, ToolMessage) or (isinstance(m, AssistantMessage) and m.tool_calls):
+            raise TemplateError(f"template {template!r} renders text turns only, but message {i} holds a structured "
+                                "tool call or result: render the conversation with a protocol first "
+                                "(agentflan.formats.protocols)")
 
 
 class ChatTemplate(ABC):
@@ -70,10 +71,11 @@ class AgentFlanTemplate(ChatTemplate):
 
     def render(self, messages: list[Message], tools: list[ToolSpec] | None = None, *,
                add_generation_prompt: bool = False) -> list[Segment]:
+        _text_only(messages, self.name)
         segs: list[Segment] = []
         for m in messages:
             if isinstance(m, AssistantMessage):
-                segs += [(BOT_BEGIN, False), (assistant_text(m) + STOP, m.loss), (BOT_END, False)]
+                segs += [(BOT_BEGIN, False), (m.content + STOP, m.loss), (BOT_END, False)]
             else:
                 segs.append((f"{HUMAN_BEGIN}{m.content}{HUMAN_END}", False))
         if add_generation_prompt:
@@ -88,6 +90,7 @@ class Llama2Template(ChatTemplate):
 
     def render(self, messages: list[Message], tools: list[ToolSpec] | None = None, *,
                add_generation_prompt: bool = False) -> list[Segment]:
+        _text_only(messages, self.name)
         msgs = list(messages)
         system = msgs.pop(0).content if msgs and isinstance(msgs[0], SystemMessage) else None
         groups: list[tuple[str, list[Message]]] = []
@@ -113,41 +116,23 @@ class Llama2Template(ChatTemplate):
                     assert isinstance(m, AssistantMessage)
                     if k:
                         segs.append(("\n\n", False))
-                    segs.append((assistant_text(m).strip(), m.loss))
+                    segs.append((m.content.strip(), m.loss))
                 last = group[-1]
                 assert isinstance(last, AssistantMessage)
                 segs.append((" </s>", last.loss))
             first = False
+        if add_generation_prompt and groups and groups[-1][0] == "user":
+            segs.append((" ", False))  # the space after [/INST] is markup: the reply starts after it
         return segs
 
 
 def hf_messages(messages: list[Message]) -> list[dict[str, Any]]:
     """Our messages as the dicts `apply_chat_template` expects (tool calls with dict arguments)."""
-    out: list[dict[str, Any]] = []
-    for m in messages:
-        if isinstance(m, AssistantMessage):
-            d: dict[str, Any] = {"role": "assistant", "content": m.content}
-            if m.tool_calls:
-                d["tool_calls"] = [{"id": c.id, "type": "function",
-                                    "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls]
-            out.append(d)
-        elif isinstance(m, ToolMessage):
-            d = {"role": "tool", "content": m.content}
-            if m.name:
-                d["name"] = m.name
-            if m.tool_call_id:
-                d["tool_call_id"] = m.tool_call_id
-            out.append(d)
-        else:
-            out.append({"role": m.role, "content": m.content})
-    return out
+    return openai_messages(messages, "object")
 
 
 def hf_tools(tools: list[ToolSpec] | None) -> list[dict[str, Any]] | None:
-    if not tools:
-        return None
-    return [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                              "parameters": t.parameters}} for t in tools]
+    return openai_tools(tools)
 
 
 class HFTemplate(ChatTemplate):
@@ -162,7 +147,18 @@ class HFTemplate(ChatTemplate):
                                 "choose template: agentflan or llama2, or set tokenizer.chat_template")
         self.tokenizer = tokenizer
         eos = getattr(tokenizer, "eos_token", None)
-        self.stop = stop or ((eos,) if eos else ())  # type: ignore[misc]
+        self.stop = stop or tuple(dict.fromkeys(s for s in (self._end_of_turn(), eos) if s))  # type: ignore[misc]
+
+    def _end_of_turn(self) -> str | None:
+        """The marker the template writes after an assistant turn's text (`<|im_end|>`, `<|eot_id|>`,
+        ...): generation stops there, whether or not it is the tokenizer's EOS."""
+        probe = "agentflan_probe_reply"
+        try:
+            text = self._render([UserMessage(content="u"), AssistantMessage(content=probe)], None, False)
+        except TemplateError:
+            return None
+        after = text[text.find(probe) + len(probe):].strip() if probe in text else ""
+        return after.split()[0] if after else None
 
     def _render(self, messages: list[Message], tools: list[ToolSpec] | None, add_generation_prompt: bool) -> str:
         if not messages and not add_generation_prompt:
@@ -189,9 +185,9 @@ class HFTemplate(ChatTemplate):
             if before != done:
                 segs.append((before[len(done):], False))
             piece = after[len(before):]
-            if is_bot and m.loss:
+            if is_bot:  # the same boundaries whatever the loss: tokenization must not depend on it
                 body = piece.rstrip()
-                segs += [(body, True), (piece[len(body):], False)] if body != piece else [(piece, True)]
+                segs += [(body, m.loss), (piece[len(body):], False)]
             else:
                 segs.append((piece, False))
             done = after
@@ -219,25 +215,29 @@ def get_template(name: str, tokenizer: Any = None) -> ChatTemplate:
     raise TemplateError(f"unknown template {name!r} (agentflan, llama2, hf)")
 
 
-TOOLS_HEADER = "You can use the following tools:"
-
-
 def is_structured(messages: list[Message]) -> bool:
     """Do the messages still hold structured tool calls or results (not yet rendered as text)?"""
     return any(isinstance(m, ToolMessage) or (isinstance(m, AssistantMessage) and m.tool_calls) for m in messages)
 
 
-def with_tools_in_system(messages: list[Message], tools: list[ToolSpec]) -> list[Message]:
-    """For templates without a tool role: list the offered tools in the system prompt.
+_PROBE_TOOL, _PROBE_CALL = "agentflan_probe_tool", "agentflan_probe_call"
 
-    Only when calls are still structured: text renderings (T-FLAN, ReAct) state their tools already.
-    """
-    if not tools or not is_structured(messages):
-        return list(messages)
-    listing = TOOLS_HEADER + "\n" + json.dumps(
-        [{"name": t.name, "description": t.description, "parameters": t.parameters, **t.metadata} for t in tools],
-        ensure_ascii=False)
-    if messages and isinstance(messages[0], SystemMessage):
-        first = messages[0]
-        return [first.model_copy(update={"content": f"{first.content}\n{listing}"}), *messages[1:]]
-    return [SystemMessage(content=listing), *messages]
+
+def renders_tools(template: ChatTemplate) -> bool:
+    """Does the template itself show the offered tools and the assistant's tool calls? (Probed once
+    per template by rendering a conversation with a tool and a call: both names must appear.)"""
+    if not isinstance(template, HFTemplate):
+        return False
+    cached: bool | None = getattr(template, "_renders_tools", None)
+    if cached is None:
+        probe: list[Message] = [SystemMessage(content="s"), UserMessage(content="u"), AssistantMessage(
+            content="", tool_calls=[ToolCall(id="call_0", name=_PROBE_CALL, arguments={"x": 1})]),
+            ToolMessage(content="r", tool_call_id="call_0", name=_PROBE_CALL)]
+        tool = ToolSpec(name=_PROBE_TOOL, parameters={"type": "object", "properties": {"x": {"type": "integer"}}})
+        try:
+            text = template._render(probe, [tool], add_generation_prompt=False)
+        except TemplateError:
+            text = ""
+        cached = _PROBE_TOOL in text and _PROBE_CALL in text
+        template._renders_tools = cached  # type: ignore[attr-defined]
+    return cached

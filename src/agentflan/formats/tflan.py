@@ -10,22 +10,37 @@ each step into separate assistant turns, each elicited by a short user turn:
     user       What arguments will you pass?                   (elicit)
     assistant  ```json\n{"value": 26.2, ...}\n```             (understanding)
     user       `convert_units` returned:\n{"value": 42.16}     (observation, never trained)
+    assistant  The converter gave 42.16 km, so I can answer.   (reasoning)
+    user       Which tool will you use next?                   (elicit)
+    assistant  No tool is needed now; I can answer.            (retrieval: choosing *no* tool)
+    user       So what is your answer?                         (elicit)
     assistant  A 26.2 mile marathon is about 42.16 km.         (final answer; reasoning)
 
 The tool name is always in backticks and the arguments always in a fenced JSON block, so the
 conversation stays machine-parseable: `parse` turns it back into tool calls and tool results
-(tests check the round trip on every real sample). The exact elicit sentences were never
-published; these pools are ours, chosen per turn by a seeded RNG so that a model learns the step,
-not one string.
+(tests check the round trip on every real sample).
+
+Deciding *whether* to call a tool is part of retrieval (ours): every action of a decomposed
+trajectory begins with the tool elicit, and the final answer is preceded by a "no tool" reply.
+A harness that plays the elicit turns can therefore run a T-FLAN-trained model exactly as it was
+trained: the model, not the harness, decides between calling and answering
+(`agentflan.formats.protocols`). Without decomposition (`decompose=False`) a step is one turn
+that either holds a call or not, which decides it just as well.
+
+The exact elicit sentences were never published; these pools are ours. The phrase at each turn
+is a hash of (key, turn index), never of an RNG stream, so that the harness that plays a
+conversation at serving time picks exactly what the data step picked at training time for the
+same key and position.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from agentflan.errors import ParseError
 from agentflan.schema import (
@@ -78,6 +93,13 @@ RETRIEVAL = (
     "I choose `{name}`.",
 )
 ARGS_LEAD = ("", "Here are the arguments:\n", "The call takes:\n", "I'll pass:\n")
+NO_TOOL = (
+    "No tool is needed now; I can answer.",
+    "I don't need another tool: I can answer now.",
+    "None. I have what I need to answer.",
+    "No more tools: I'm ready to give the answer.",
+    "I need no tool for this; I can reply directly.",
+)
 OBSERVATION = (
     "`{name}` returned:\n{content}",
     "Result of `{name}`:\n{content}",
@@ -101,6 +123,19 @@ def _template_regex(template: str) -> re.Pattern[str]:
 
 
 _OBS = [_template_regex(t) for t in OBSERVATION]
+_NO_TOOL = re.compile(r"^\W*(?:no\b|none\b|nothing\b|i (?:do not|don't|won't|will not) need|i need no\b|"
+                      r"there is no (?:need|tool))", re.IGNORECASE)
+
+
+def pick(pool: Sequence[str], key: str, index: int) -> str:
+    """The phrase of `pool` for turn `index` of the conversation identified by `key`.
+
+    Examples:
+        >>> pick(ELICIT_TOOL, "k", 3) == pick(ELICIT_TOOL, "k", 3)
+        True
+    """
+    h = hashlib.blake2b(f"{key}\x1f{index}\x1f{pool[0]}".encode(), digest_size=8).digest()
+    return pool[int.from_bytes(h, "big") % len(pool)]
 
 
 def tools_prompt(tools: list[ToolSpec]) -> str:
@@ -136,11 +171,11 @@ def final_answer(call: ToolCall) -> tuple[str, str | None]:
     return json.dumps(args, ensure_ascii=False), None
 
 
-def align(traj: Trajectory, rng: random.Random, options: AlignOptions = AlignOptions()) -> Trajectory:
+def align(traj: Trajectory, key: str, options: AlignOptions = AlignOptions()) -> Trajectory:
     """Render `traj` as T-FLAN chat. Every trained assistant turn gets its capability label.
 
-    The final tool (tag `final_tool`) becomes a plain final answer; its tool result (e.g.
-    "Episode finished") is not rendered.
+    `key` chooses the phrasing (see `pick`). The final tool (tag `final_tool`) becomes a plain
+    final answer; its tool result (e.g. "Episode finished") is not rendered.
     """
     final_tool = traj.tags.get("final_tool")
     out: list[Message] = []
@@ -160,6 +195,9 @@ def align(traj: Trajectory, rng: random.Random, options: AlignOptions = AlignOpt
     def assistant(text: str, cap: Capability, loss: bool) -> None:
         out.append(AssistantMessage(content=text, capability=cap, loss=loss))
 
+    def elicit(pool: Sequence[str]) -> None:
+        out.append(UserMessage(content=pick(pool, key, len(out))))
+
     for m in msgs:
         if isinstance(m, AssistantMessage):
             regular = [c for c in m.tool_calls if c.name != final_tool]
@@ -169,8 +207,7 @@ def align(traj: Trajectory, rng: random.Random, options: AlignOptions = AlignOpt
                 parts = [m.content] if thought and options.cot else []
                 for call in regular:
                     names[call.id] = call.name
-                    args = json.dumps(call.arguments, ensure_ascii=False, indent=2)
-                    parts.append(f"{rng.choice(RETRIEVAL).format(name=call.name)}\n```json\n{args}\n```")
+                    parts.append(inline_call(call.name, call.arguments, key, len(out)))
                 # one turn holds thought, tool choice and arguments: no single capability
                 out.append(AssistantMessage(content="\n\n".join(parts), loss=m.loss, metadata={"inline_call": True}))
                 regular = []
@@ -178,23 +215,24 @@ def align(traj: Trajectory, rng: random.Random, options: AlignOptions = AlignOpt
                 assistant(m.content, "reasoning", m.loss)
             for k, call in enumerate(regular):
                 names[call.id] = call.name
-                pool = ELICIT_TOOL if k == 0 else ELICIT_NEXT_TOOL
-                out.append(UserMessage(content=rng.choice(pool)))
-                assistant(rng.choice(RETRIEVAL).format(name=call.name), "retrieval", m.loss)
-                out.append(UserMessage(content=rng.choice(ELICIT_ARGS)))
-                args = json.dumps(call.arguments, ensure_ascii=False, indent=2)
-                assistant(f"{rng.choice(ARGS_LEAD)}```json\n{args}\n```", "understanding", m.loss)
+                elicit(ELICIT_TOOL if k == 0 else ELICIT_NEXT_TOOL)
+                assistant(pick(RETRIEVAL, key, len(out)).format(name=call.name), "retrieval", m.loss)
+                elicit(ELICIT_ARGS)
+                assistant(args_turn(call.arguments, key, len(out)), "understanding", m.loss)
             for call in finals:
                 final_ids.add(call.id)
                 answer, final_key = final_answer(call)
+                if options.decompose and not regular:  # deciding that no tool is needed is retrieval
+                    elicit(ELICIT_TOOL)
+                    assistant(pick(NO_TOOL, key, len(out)), "retrieval", m.loss)
                 if out and isinstance(out[-1], AssistantMessage):
-                    out.append(UserMessage(content=rng.choice(ELICIT_FINAL)))
+                    elicit(ELICIT_FINAL)
                 assistant(answer or m.content or GIVE_UP_ANSWER, "reasoning", m.loss)
         elif isinstance(m, ToolMessage):
             if m.tool_call_id in final_ids:
                 continue
             name = m.name or names.get(m.tool_call_id or "", "the tool")
-            out.append(UserMessage(content=rng.choice(OBSERVATION).format(name=name, content=m.content)))
+            out.append(UserMessage(content=observation(name, m.content, key, len(out))))
         elif isinstance(m, UserMessage):
             out.append(UserMessage(content=m.content))
         else:
@@ -205,6 +243,68 @@ def align(traj: Trajectory, rng: random.Random, options: AlignOptions = AlignOpt
     if final_key:
         meta["final_answer_key"] = final_key
     return traj.model_copy(update={"messages": out, "tags": tags, "metadata": meta})
+
+
+def args_turn(arguments: dict[str, Any], key: str, index: int) -> str:
+    """The understanding turn: the arguments in a fenced JSON block."""
+    args = json.dumps(arguments, ensure_ascii=False, indent=2)
+    return f"{pick(ARGS_LEAD, key, index)}```json\n{args}\n```"
+
+
+def inline_call(name: str, arguments: dict[str, Any], key: str, index: int) -> str:
+    """One call inside a non-decomposed turn: a retrieval sentence, then the JSON block."""
+    args = json.dumps(arguments, ensure_ascii=False, indent=2)
+    return f"{pick(RETRIEVAL, key, index).format(name=name)}\n```json\n{args}\n```"
+
+
+def observation(name: str, content: str, key: str, index: int) -> str:
+    """A tool result as the user turn that reports it."""
+    return pick(OBSERVATION, key, index).format(name=name, content=content)
+
+
+Retrieval = tuple[Literal["tool"], str] | tuple[Literal["none"], None] | tuple[Literal["unparseable"], str]
+
+
+def parse_retrieval(text: str, tool_names: Sequence[str] = ()) -> Retrieval:
+    """What a retrieval turn chose: `("tool", name)`, `("none", None)` or `("unparseable", why)`.
+
+    A name in backticks wins; a reply that starts by saying no tool is needed is `none`; a reply
+    that names exactly one offered tool without backticks is that tool.
+
+    Examples:
+        >>> parse_retrieval("I'll use `get_x`."), parse_retrieval("No tool is needed now; I can answer.")
+        (('tool', 'get_x'), ('none', None))
+    """
+    if _NO_TOOL.match(text):
+        return ("none", None)
+    found = _NAME.search(text)
+    if found:
+        return ("tool", found.group(1).strip())
+    named = [n for n in tool_names if re.search(rf"(?<![\w`]){re.escape(n)}(?![\w`])", text)]
+    if len(named) == 1:
+        return ("tool", named[0])
+    return ("unparseable", "the reply names no tool in backticks and does not say that no tool is needed")
+
+
+def parse_args_turn(text: str) -> dict[str, Any]:
+    """The arguments of an understanding turn (the first ```json block). Raises `ParseError`."""
+    block = _JSON_BLOCK.search(text)
+    if not block:
+        raise ParseError("the argument turn has no ```json block", reason="unparseable_action")
+    return _json_args(block.group(1), None)
+
+
+def parse_inline(text: str) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """(thought, calls) of a non-decomposed turn; no calls when it holds none. Raises `ParseError`
+    when a call's JSON block is malformed."""
+    found = _INLINE.findall(text)
+    if not found:
+        if "```json" in text:
+            raise ParseError("a ```json block without a tool named in backticks before it", reason="unparseable_action")
+        return text, []
+    head = _INLINE.split(text, maxsplit=1)[0]
+    thought = head[:-2] if head.endswith("\n\n") else head
+    return thought, [(name, _json_args(args, None)) for name, args in found]
 
 
 def parse(traj: Trajectory) -> Trajectory:
@@ -257,12 +357,13 @@ def parse(traj: Trajectory) -> Trajectory:
             out.append(UserMessage(content=m.content))
         elif isinstance(m, AssistantMessage):
             if expect == "tool":
-                found = _NAME.search(m.content)
-                if not found:
+                kind, value = parse_retrieval(m.content)
+                if kind == "unparseable":
                     raise ParseError(f"tool turn names no tool in backticks: {m.content!r}",
                                      reason="unparseable_action", field=f"messages[{i}].content")
-                calls.append(ToolCall(id=f"call_{n}", name=found.group(1)))
-                n += 1
+                if kind == "tool":
+                    calls.append(ToolCall(id=f"call_{n}", name=str(value)))
+                    n += 1
             elif expect == "args":
                 block = _JSON_BLOCK.search(m.content)
                 if not block or not calls:
@@ -294,13 +395,13 @@ def parse(traj: Trajectory) -> Trajectory:
     return traj.model_copy(update={"messages": out, "tags": tags})
 
 
-def _json_args(text: str, index: int) -> dict[str, Any]:
+def _json_args(text: str, index: int | None) -> dict[str, Any]:
     """Arguments from a JSON block of message `index` (a non-object value becomes `{"input": v}`)."""
     try:
         args = json.loads(text)
     except json.JSONDecodeError as e:
         raise ParseError(f"arguments are not valid JSON: {e.msg}", reason="unparseable_action",
-                         field=f"messages[{index}].content") from e
+                         field=f"messages[{index}].content" if index is not None else None) from e
     return args if isinstance(args, dict) else {"input": args}
 
 
@@ -316,4 +417,5 @@ def _match_observation(text: str) -> str | None:
     return None
 
 
-__all__ = ["ELICIT_ARGS", "ELICIT_FINAL", "ELICIT_TOOL", "AlignOptions", "align", "parse", "tools_prompt"]
+__all__ = ["ELICIT_ARGS", "ELICIT_FINAL", "ELICIT_TOOL", "NO_TOOL", "AlignOptions", "align", "parse", "parse_retrieval",
+           "pick", "tools_prompt"]

@@ -13,16 +13,29 @@ from agentflan.io.parallel import can_run_parallel, convert_parallel
 from agentflan.io.readers import READERS
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import Writer, WriteReport
+from agentflan.options import check_kwargs
 from agentflan.schema import Trajectory
 
 
 def make_reader(paths: str | Sequence[str], fmt: str | None = None, *, on_error: OnError = "quarantine",
                 quarantine: str | Path | None = None, **options: Any) -> Reader:
-    """A reader for `paths` (format detected when `fmt` is None)."""
+    """A reader for `paths` (format detected when `fmt` is None).
+
+    Raises:
+        ConfigError: An unknown format, or an option the reader does not take (with the valid ones).
+    """
     name = fmt or detect(paths)
     cls = READERS.get(name)
+    options = check_reader_options(name, options)
     q = Quarantine(quarantine) if quarantine is not None else None
     return cls(on_error=on_error, quarantine=q, **options)
+
+
+def check_reader_options(name: str, options: dict[str, Any], what: str = "reader option") -> dict[str, Any]:
+    """`options` checked against reader `name`'s signature (values coerced to their types)."""
+    return check_kwargs(READERS.get(name), options, what=f"{name} {what}",
+                        reserved={"on_error": "--on-error (recipes: on_error)",
+                                  "quarantine": "--quarantine (builds: quarantine/<source>.jsonl)"})
 
 
 def read(paths: str | Sequence[str], fmt: str | None = None, **kwargs: Any) -> Iterator[Trajectory]:
@@ -45,6 +58,8 @@ class ConvertResult:
     read: ReadReport
     write: WriteReport
     quarantine: Path | None
+    dataset_info: dict[str, Any] | None = None
+    """The writer's registration entry for other tools (LLaMA-Factory's `dataset_info.json`), if any."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"from": self.reader, "to": self.writer, "read": self.read.to_dict(),
@@ -91,8 +106,8 @@ def convert(paths: str | Sequence[str], output: str | Path, *, to: str = "native
         if reader.quarantine is not None:
             reader.quarantine.close()
     used_q = qpath if reader.quarantine is not None and reader.quarantine.count else None
-    return ConvertResult(reader.name, writer.name, reader.report, writer.report, used_q)
+    return ConvertResult(reader.name, writer.name, reader.report, writer.report, used_q, writer.dataset_info(output))
 
 
 __all__ = ["READERS", "WRITERS", "ConvertResult", "ReadReport", "Reader", "WriteReport", "Writer",
-           "convert", "detect", "make_reader", "read"]
+           "check_reader_options", "convert", "detect", "make_reader", "read"]

@@ -8,6 +8,8 @@ invariant `records == converted + quarantined + skipped + dropped`; tests check 
 
 from __future__ import annotations
 
+import ast
+import base64
 import json
 import os
 from abc import ABC, abstractmethod
@@ -21,7 +23,7 @@ from typing import IO, Any, ClassVar, Literal
 from pydantic import ValidationError
 
 from agentflan.errors import Drop, ParseError
-from agentflan.io.files import RawRecord, expand, iter_records
+from agentflan.io.files import RawRecord, expand, iter_records, one_line
 from agentflan.schema import Source, Trajectory, check, errors
 
 OnError = Literal["raise", "skip", "quarantine"]
@@ -40,6 +42,8 @@ class ReadReport:
     """Quarantined or skipped records by reason."""
     warnings: Counter[str] = field(default_factory=Counter)
     files: int = 0
+    rejected_inputs: list[str] = field(default_factory=list)
+    """Inputs (a path, glob or directory as given) that had records and saw every one rejected."""
 
     def balanced(self) -> bool:
         return self.records == self.converted + self.quarantined + self.skipped + sum(self.dropped.values())
@@ -53,6 +57,7 @@ class ReadReport:
         self.rejected.update(other.rejected)
         self.warnings.update(other.warnings)
         self.files += other.files
+        self.rejected_inputs += other.rejected_inputs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,12 +69,29 @@ class ReadReport:
             "dropped": dict(sorted(self.dropped.items())),
             "rejected_by_reason": dict(sorted(self.rejected.items())),
             "warnings": dict(sorted(self.warnings.items())),
+            "rejected_inputs": list(self.rejected_inputs),
             "balanced": self.balanced(),
         }
 
 
+def rejection_problems(report: dict[str, Any], max_reject: float | None = None) -> list[str]:
+    """What is wrong with a read, by `ReadReport.to_dict()`: inputs whose every record was rejected,
+    and a rejected share above `max_reject` (a fraction; None: no limit). Empty when all is well."""
+    problems = [f"every record of {p} was rejected" for p in report.get("rejected_inputs") or []]
+    records, rejected = report["records"], report["quarantined"] + report["skipped"]
+    if max_reject is not None and records and rejected / records > max_reject:
+        problems.append(f"{rejected} of {records} records rejected ({rejected / records:.1%}), more than "
+                        f"--max-reject {max_reject:g}")
+    return problems
+
+
 class Quarantine:
-    """Appends rejected raw records with their reason to a JSONL file (opened on first use)."""
+    """Appends rejected raw records with their reason to a JSONL file (opened on first use).
+
+    It holds any record: text that is not valid UTF-8 is kept exactly as `record_base64` (with a
+    readable `record`), and a record whose strings cannot be written as UTF-8 (lone surrogates) is
+    written with ASCII escapes, which JSON reads back to the same strings.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -80,9 +102,20 @@ class Quarantine:
         if self._f is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        entry = {"origin": raw.origin, "reason": err.reason, "field": err.field, "error": err.message,
-                 "record": raw.value if raw.error is None else raw.text}
-        self._f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+        entry: dict[str, Any] = {"origin": raw.origin, "reason": err.reason, "field": err.field,
+                                 "error": err.message, "record": raw.value if raw.error is None else raw.text}
+        if raw.data is not None:
+            entry["record_base64"] = base64.b64encode(raw.data).decode("ascii")
+        try:
+            line = one_line(json.dumps(entry, ensure_ascii=False, default=str))
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            line = json.dumps(entry, ensure_ascii=True, default=str)
+        except RecursionError:  # decodable, but too deep to encode again: keep where it was
+            entry["record"] = None
+            entry["error"] = f"{err.message} (the record is nested too deeply to copy here; see its origin)"
+            line = json.dumps(entry, ensure_ascii=True, default=str)
+        self._f.write(line + "\n")
         self.count += 1
 
     def close(self) -> None:
@@ -158,23 +191,29 @@ class Reader(ABC):
 
     def read(self, paths: str | Sequence[str]) -> Iterator[Trajectory]:
         """Stream the trajectories of every file matched by `paths`."""
-        for path in expand(paths):
-            self.report.files += 1
-            for raw in iter_records(path):
-                if self.limit is not None and self.report.records >= self.limit:
-                    return
-                traj = self._convert(raw)
-                if traj is not None:
-                    yield traj
+        rep = self.report
+        items = [paths] if isinstance(paths, str) else list(paths)
+        for item, files in [(item, expand(item)) for item in items]:  # every input is checked before reading
+            records, rejected = rep.records, rep.quarantined + rep.skipped
+            for path in files:
+                rep.files += 1
+                for raw in iter_records(path):
+                    if self.limit is not None and rep.records >= self.limit:
+                        return
+                    traj = self._convert(raw)
+                    if traj is not None:
+                        yield traj
+            if rep.records > records and rep.quarantined + rep.skipped - rejected == rep.records - records:
+                rep.rejected_inputs.append(item)
 
     def _convert(self, raw: RawRecord) -> Trajectory | None:
         self.report.records += 1
         ctx = RecordContext(raw, self.name, self.dataset)
         try:
             if raw.error is not None:
-                raise ParseError(raw.error, reason="malformed_json")
+                raise ParseError(raw.error, reason=raw.reason)
             traj = self.parse(raw.value, ctx)
-            issues = check(traj, allow_parse_errors=self.allow_parse_errors)
+            issues = check(traj, allow_parse_errors=self.allow_parse_errors, nesting=raw.may_nest_deep)
             if issues:  # most records have none: skip the bookkeeping
                 bad = errors(issues)
                 if bad:
@@ -190,6 +229,9 @@ class Reader(ABC):
             return None
         except ParseError as e:
             self._reject(raw, e)
+            return None
+        except RecursionError:  # decodable JSON, but deeper than validation can follow
+            self._reject(raw, ParseError("the record is nested too deeply to validate", reason="too_deep"))
             return None
         self.report.converted += 1
         return traj
@@ -231,6 +273,19 @@ def require_key(record: Any, key: str, kind: type | tuple[type, ...], where: str
     return value
 
 
+def optional_key(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str = "",
+                 default: Any = None) -> Any:
+    """`record[key]` checked for type when present and not null, else `default`."""
+    value = record.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ParseError(f"expected {want}, found {type(value).__name__}", reason="wrong_type",
+                         field=f"{where}.{key}" if where else key)
+    return value
+
+
 def parse_tools(value: Any, where: str = "tools") -> list[Any]:
     """Tool specs from a list or a JSON string, unwrapping `{"type": "function", "function": ...}`."""
     from agentflan.schema import ToolSpec
@@ -255,6 +310,19 @@ def parse_tools(value: Any, where: str = "tools") -> list[Any]:
                             parameters=spec.get("parameters") or {"type": "object", "properties": {}},
                             metadata=extra))
     return out
+
+
+def json_or_literal(text: str, what: str, reason: str, where: str) -> Any:
+    """`text` decoded as JSON, else as a Python literal (datasets written with Python's `str()`:
+    single quotes, `True`, `None`); `ParseError(reason)` naming `what` and `where` if neither."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+        raise ParseError(f"{what} is neither JSON nor a Python literal", reason=reason, field=where) from e
 
 
 def as_text(value: Any, where: str) -> str:

@@ -10,6 +10,7 @@ from agentflan.errors import ConfigError
 from agentflan.io.files import expand, iter_records
 
 _BRACKET_ACTION = re.compile(r"^Action: ?[A-Za-z_]\w*\[", re.MULTILINE)
+_HERMES_TAG = re.compile(r"<tool_call>|<tools>|<tool_response>")
 _AI_TASK = re.compile(r"^(os|db|kg|webshop|alfworld|mind2web)_\w+$")
 
 
@@ -29,9 +30,14 @@ def detect_record(record: Any) -> str | None:
         return "toolbench_query"
     if "description" in record and "table" in record and "label" in record:
         return "dbbench"
+    if "query" in record and "answers" in record and "tools" in record:
+        return "xlam"
     convs = record.get("conversations")
     if isinstance(convs, list) and convs and all(isinstance(c, dict) for c in convs):
         roles = {c.get("from") for c in convs}
+        if ("tool" in roles and not roles & {"function_call", "observation"}) or any(
+                isinstance(c.get("value"), str) and _HERMES_TAG.search(c["value"]) for c in convs):
+            return "hermes"
         if "role" in convs[0] and "content" in convs[0]:
             return "agentflan"
         if "function" in roles and "assistant" in roles:

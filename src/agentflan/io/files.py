@@ -2,26 +2,45 @@
 
 Records are streamed: JSONL line by line, JSON (an array, one object, or concatenated objects)
 element by element with their line numbers, Parquet batch by batch.
+
+Hostile input never stops a read: a record that cannot be decoded becomes a `RawRecord` with an
+`error` and a `reason` code, which the reader quarantines or skips like any bad record:
+`malformed_json`, `nul_byte` (a NUL byte where JSON allows none), `invalid_utf8` (the raw bytes
+are kept), `too_deep` (nesting beyond what the JSON decoder can recurse into), `too_large` (a line
+over `MAX_RECORD_BYTES`, never held in memory whole), `lone_surrogate` (a string escape such as
+`"\\ud800"` that is not text and cannot be written as UTF-8), `corrupt_file` (a truncated or bad
+`.gz`/`.zst`, or a file that is not Parquet). A UTF-8 BOM and CRLF line ends are read as usual;
+of duplicate keys in an object the last wins, as in Python, JavaScript and jq.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import io
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from agentflan.errors import ConfigError, MissingDependencyError
+from agentflan.schema.checks import MAX_DEPTH
 
 _COMPRESSIONS = (".gz", ".zst")
 _DATA_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")
 HF_PREFIX = "hf://"
+MAX_RECORD_BYTES = 64 * 2**20
+"""A JSONL line longer than this is quarantined (`too_large`) without being read into memory."""
+_KEEP_CHARS = 2000
+"""How much of an oversized or unreadable record the quarantine file keeps."""
+_BOM = b"\xef\xbb\xbf"
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+_RAW_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,12 @@ class RawRecord:
     error: str | None = None
     text: str | None = None
     """The undecodable text, kept for the quarantine file."""
+    reason: str = "malformed_json"
+    """Why it could not be decoded (a stable code, see the module doc)."""
+    data: bytes | None = None
+    """The raw bytes of a record that is not valid UTF-8 (kept exactly in the quarantine file)."""
+    may_nest_deep: bool = True
+    """False when the record's text has too few brackets to nest past `MAX_DEPTH` (its check is skipped)."""
 
     @property
     def origin(self) -> str:
@@ -120,7 +145,8 @@ def open_binary(path: str) -> IO[bytes]:
     if low.endswith(".zst"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+        # buffered: the raw zstd reader has no readline, which the JSONL reader needs
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
     return raw
 
 
@@ -139,29 +165,103 @@ def iter_records(path: str) -> Iterator[RawRecord]:
         yield from _iter_json(path)
 
 
-def _iter_jsonl(path: str) -> Iterator[RawRecord]:
-    for lineno, index, line in jsonl_lines(path):
-        yield decode_jsonl_line(path, lineno, index, line)
-
-
-def jsonl_lines(path: str) -> Iterator[tuple[int, int, str]]:
-    """(line number, record index, text) of each record line of a JSONL file, undecoded: a
-    parallel convert reads them here and decodes them in its workers (`decode_jsonl_line`)."""
-    index = 0
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            yield lineno, index, line
-            index += 1
-
-
-def decode_jsonl_line(path: str, lineno: int, index: int, line: str) -> RawRecord:
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a damaged compressed stream (not of the disk or network, which must stop the run)."""
+    errors: tuple[type[BaseException], ...] = (gzip.BadGzipFile, EOFError, zlib.error)
     try:
-        return RawRecord(path, lineno, index, value=json.loads(line))
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:  # pragma: no cover - zstandard is a core dependency
+        pass
+    return errors
+
+
+def _iter_jsonl(path: str) -> Iterator[RawRecord]:
+    """One record per line, read as bytes so that no line, however hostile, stops the file."""
+    for item in jsonl_lines(path):
+        yield item if isinstance(item, RawRecord) else decode_jsonl_line(path, *item)
+
+
+def jsonl_lines(path: str) -> Iterator[tuple[int, int, bytes] | RawRecord]:
+    """(line number, record index, bytes) of each record line of a JSONL file, undecoded (a
+    parallel convert reads them here and decodes them in its workers with `decode_jsonl_line`);
+    a line that cannot be read (oversized, a damaged file) comes as its `RawRecord` with an error."""
+    index = 0
+    lineno = 0
+    with open_binary(path) as f:
+        try:
+            while True:
+                line = f.readline(MAX_RECORD_BYTES + 1)
+                if not line:
+                    break
+                lineno += 1
+                if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+                    yield _too_large(path, lineno, index, line, f)
+                    index += 1
+                    continue
+                if lineno == 1 and line.startswith(_BOM):
+                    line = line[len(_BOM):]
+                if not line.strip():
+                    continue
+                yield lineno, index, line
+                index += 1
+        except _corrupt_errors() as e:
+            yield RawRecord(path, lineno + 1, index, error=f"the file is damaged after line {lineno}, the rest "
+                            f"cannot be read: {type(e).__name__}: {e}", reason="corrupt_file", text="")
+
+
+def _too_large(path: str, lineno: int, index: int, head: bytes, f: IO[bytes]) -> RawRecord:
+    """Skip the rest of an oversized line in bounded chunks; keep its beginning for the quarantine."""
+    size = len(head)
+    while True:
+        more = f.readline(2**20)
+        size += len(more)
+        if not more or more.endswith(b"\n"):
+            break
+    return RawRecord(path, lineno, index, error=f"a record of {size} bytes, over the limit of {MAX_RECORD_BYTES}",
+                     reason="too_large", text=head[:_KEEP_CHARS].decode("utf-8", "replace"))
+
+
+def decode_jsonl_line(path: str, lineno: int, index: int, line: bytes) -> RawRecord:
+    """Decode one JSONL line; every failure is a `RawRecord` with an error and a reason, never raised."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        data = line.rstrip(b"\r\n")
+        return RawRecord(path, lineno, index, error=f"not valid UTF-8 (byte {e.start}: {line[e.start:e.start + 1]!r})",
+                         reason="invalid_utf8", text=data.decode("utf-8", "replace"), data=data)
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as e:
-        return RawRecord(path, lineno, index, error=f"malformed JSON: {e.msg} (column {e.colno})",
-                         text=line.rstrip("\n"))
+        nul = "\x00" in text
+        return RawRecord(path, lineno, index, error=f"malformed JSON: {e.msg} (column {e.colno})"
+                         + ("; the line holds a NUL byte" if nul else ""),
+                         reason="nul_byte" if nul else "malformed_json", text=text.rstrip("\r\n"))
+    except RecursionError:
+        return RawRecord(path, lineno, index, error="JSON nested too deeply to decode", reason="too_deep",
+                         text=text.rstrip("\r\n"))
+    return _checked(path, lineno, index, value, text)
+
+
+def _checked(path: str, lineno: int | None, index: int, value: Any, text: str) -> RawRecord:
+    """`value`, unless a string in it is not text (a lone surrogate escape, which no UTF-8 file can hold)."""
+    # substring tests first: a regex over every line costs more; pairs (emoji) decode to one character
+    if ("\\ud" in text or "\\uD" in text) and _ESCAPED_SURROGATE.search(text) and not _is_text(value):
+        return RawRecord(path, lineno, index, error="a string holds a lone UTF-16 surrogate escape "
+                         "(\\ud800-\\udfff): not text, and not writable as UTF-8",
+                         reason="lone_surrogate", text=text.rstrip("\r\n"))
+    # nesting N levels deep takes N opening brackets: most records cannot, and skip the depth walk
+    deep = text.count("[") + text.count("{") > MAX_DEPTH
+    return RawRecord(path, lineno, index, value=value, may_nest_deep=deep)
+
+
+def _is_text(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return False
+    return True
 
 
 JSON_CHUNK = 1 << 20
@@ -177,71 +277,93 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
     Streamed: memory holds the record being decoded and a chunk of text, not the file. A record
     cut by the end of the chunk fails to decode (a number decodes as its prefix) and is decoded
     again with more text; only at the end of the file is a failure a malformed record
-    (its reading then holds the rest of the file, which cannot be read anyway).
+    (its reading then holds the rest of the file, which cannot be read anyway). Invalid bytes
+    become lone surrogates (U+DC80-U+DCFF): the records holding them are rejected as `invalid_utf8`.
     """
     decoder = json.JSONDecoder()
-    with open_text(path) as f:
-        buf = f.read(JSON_CHUNK)
-        eof = not buf
-        pos = counted = index = 0
-        line = 1
+    pos = counted = index = 0
+    line = 1
+    try:
+        with io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="surrogateescape") as f:
+            buf = f.read(JSON_CHUNK)
+            eof = not buf
 
-        def more() -> bool:
-            """Read more text (as much as is buffered ahead, so big records are decoded O(n) times)."""
-            nonlocal buf, eof
-            if eof:
-                return False
-            chunk = f.read(max(JSON_CHUNK, len(buf) - pos))
-            if not chunk:
-                eof = True
-                return False
-            buf += chunk
-            return True
+            def more() -> bool:
+                """Read more text (as much as is buffered ahead, so big records are decoded O(n) times)."""
+                nonlocal buf, eof
+                if eof:
+                    return False
+                chunk = f.read(max(JSON_CHUNK, len(buf) - pos))
+                if not chunk:
+                    eof = True
+                    return False
+                buf += chunk
+                return True
 
-        def skip(p: int, chars: str | None = None) -> int:
-            while True:
-                if chars is None:
-                    p = _WS.match(buf, p).end()  # type: ignore[union-attr]
-                else:
-                    while p < len(buf) and buf[p] in chars:
-                        p += 1
-                if p < len(buf) or not more():
-                    return p
+            def skip(p: int, chars: str | None = None) -> int:
+                while True:
+                    if chars is None:
+                        p = _WS.match(buf, p).end()  # type: ignore[union-attr]
+                    else:
+                        while p < len(buf) and buf[p] in chars:
+                            p += 1
+                    if p < len(buf) or not more():
+                        return p
 
-        pos = skip(pos, " \t\r\n\ufeff")
-        in_array = pos < len(buf) and buf[pos] == "["
-        if in_array:
-            pos = skip(pos + 1)
-        while pos < len(buf):
-            if in_array and buf[pos] == "]":
-                return
-            if pos > JSON_CHUNK:  # drop what is decoded, counting its lines
-                line += buf.count("\n", counted, pos)
-                buf, pos, counted = buf[pos:], 0, 0
-            line += buf.count("\n", counted, pos)
-            counted = pos
-            while True:
-                try:
-                    value, end = decoder.raw_decode(buf, pos)
-                except json.JSONDecodeError as e:
-                    if more():
-                        continue
-                    err_line = line + buf.count("\n", pos, e.pos)
-                    yield RawRecord(path, line, index,
-                                    error=f"malformed JSON at line {err_line}: {e.msg}; the rest of the file "
-                                          "cannot be read", text=buf[pos:pos + 2000])
+            pos = skip(pos, " \t\r\n\ufeff")
+            in_array = pos < len(buf) and buf[pos] == "["
+            if in_array:
+                pos = skip(pos + 1)
+            while pos < len(buf):
+                if in_array and buf[pos] == "]":
                     return
-                # a number cut by the chunk's end decodes as its prefix: decode it again with more text
-                if not isinstance(value, (int, float)) or not _NUMBER_TAIL.fullmatch(buf, end) or not more():
-                    break
-            yield RawRecord(path, line, index, value=value)
-            index += 1
-            # the separator in one match; near the chunk's end, character by character with more text
-            pos = (_ARRAY_SEP if in_array else _WS).match(buf, end).end()  # type: ignore[union-attr]
-            if pos >= len(buf) - 1:
-                pos = skip(end)
-                if in_array and pos < len(buf) and buf[pos] == ",":
-                    pos = skip(pos + 1)
+                if pos > JSON_CHUNK:  # drop what is decoded, counting its lines
+                    line += buf.count("\n", counted, pos)
+                    buf, pos, counted = buf[pos:], 0, 0
+                line += buf.count("\n", counted, pos)
+                counted = pos
+                while True:
+                    try:
+                        value, end = decoder.raw_decode(buf, pos)
+                    except json.JSONDecodeError as e:
+                        if more():
+                            continue
+                        err_line = line + buf.count("\n", pos, e.pos)
+                        yield RawRecord(path, line, index,
+                                        error=f"malformed JSON at line {err_line}: {e.msg}; the rest of the file "
+                                              "cannot be read", text=_readable(buf[pos:pos + _KEEP_CHARS]))
+                        return
+                    except RecursionError:
+                        yield RawRecord(path, line, index, error="JSON nested too deeply to decode; the rest of "
+                                        "the file cannot be read", reason="too_deep",
+                                        text=_readable(buf[pos:pos + _KEEP_CHARS]))
+                        return
+                    # a number cut by the chunk's end decodes as its prefix: decode it again with more text
+                    if not isinstance(value, (int, float)) or not _NUMBER_TAIL.fullmatch(buf, end) or not more():
+                        break
+                chunk = buf[pos:end]
+                if _RAW_SURROGATE.search(chunk):
+                    raw = chunk.encode("utf-8", "surrogateescape")
+                    yield RawRecord(path, line, index, error="not valid UTF-8", reason="invalid_utf8",
+                                    text=raw.decode("utf-8", "replace"), data=raw)
+                else:
+                    yield _checked(path, line, index, value, chunk)
+                index += 1
+                # the separator in one match; near the chunk's end, character by character with more text
+                pos = (_ARRAY_SEP if in_array else _WS).match(buf, end).end()  # type: ignore[union-attr]
+                if pos >= len(buf) - 1:
+                    pos = skip(end)
+                    if in_array and pos < len(buf) and buf[pos] == ",":
+                        pos = skip(pos + 1)
+    except _corrupt_errors() as e:
+        where = "cannot be read" if index == 0 else f"cannot be read after record {index}"
+        yield RawRecord(path, line, index, error=f"the file is damaged and {where}: {type(e).__name__}: {e}",
+                        reason="corrupt_file", text="")
+
+
+def _readable(text: str) -> str:
+    """Text with undecodable bytes (kept as surrogates) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _iter_parquet(path: str) -> Iterator[RawRecord]:
@@ -249,10 +371,52 @@ def _iter_parquet(path: str) -> Iterator[RawRecord]:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise MissingDependencyError("reading Parquet needs pyarrow: pip install 'agentflan[parquet]'") from e
+    import pyarrow as pa
+
     with open_binary(path) as f:
-        pf = pq.ParquetFile(f)
         index = 0
-        for batch in pf.iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                yield RawRecord(path, None, index, value=row)
-                index += 1
+        try:
+            pf = pq.ParquetFile(f)
+            for batch in pf.iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    yield RawRecord(path, None, index, value=row)
+                    index += 1
+        except (pa.ArrowException, *_corrupt_errors()) as e:
+            yield RawRecord(path, None, index, error=f"not a readable Parquet file after {index} rows: "
+                            f"{type(e).__name__}: {e}", reason="corrupt_file", text="")
+
+
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def one_line(json_text: str) -> str:
+    r"""JSON text with U+2028, U+2029 and U+0085 escaped: `json.dumps` leaves them raw, and every
+    `str.splitlines()` (and JavaScript before ES2019) breaks a JSON line there.
+
+    Examples:
+        >>> one_line('{"a": "x\u2028y"}')
+        '{"a": "x\\u2028y"}'
+    """
+    if "\u2028" in json_text or "\u2029" in json_text or "\x85" in json_text:
+        return json_text.translate(_LINE_BREAKS)  # only inside strings: JSON has no such whitespace
+    return json_text
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], tmp: Path | None = None) -> Iterator[Path]:
+    """A temporary path beside `path`, renamed to `path` only if the block succeeds.
+
+    On any failure, Ctrl-C included, the temporary file is removed and `path` is left as it was:
+    a failed or interrupted write never leaves a partial output behind. The default temporary
+    name keeps the suffixes (`.partial-out.jsonl.gz`) and is the same on every run, so a run that
+    was killed outright (SIGKILL) leaves a file that the next run replaces.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp or target.with_name(f".partial-{target.name}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

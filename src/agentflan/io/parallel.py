@@ -23,9 +23,9 @@ BATCH = 256
 _WORKER: dict[str, Any] = {}
 """The reader and writer, inherited by the forked workers (never pickled)."""
 
-Row = tuple[str, int, int, str] | tuple[str, int | None, int, Any, str | None, str | None]
-"""A JSONL line undecoded (path, line, index, text), or a decoded `RawRecord` as a tuple (JSON
-arrays, Parquet): what is cheapest to send to a worker."""
+Row = tuple[str, int, int, bytes] | RawRecord
+"""A JSONL line undecoded (path, line, index, bytes), or a `RawRecord` (JSON arrays, Parquet,
+lines that could not be read): what is cheapest to send to a worker."""
 
 
 def can_run_parallel(writer: Writer) -> bool:
@@ -71,7 +71,7 @@ def _convert_batch(rows: list[Row]) -> _Result:
     error = None
     try:
         for row in rows:
-            raw = decode_jsonl_line(*row) if len(row) == 4 else RawRecord(*row)
+            raw = row if isinstance(row, RawRecord) else decode_jsonl_line(*row)
             traj = reader._convert(raw)
             text = None if traj is None else writer.encode_counted(traj)
             if text is not None:
@@ -81,29 +81,36 @@ def _convert_batch(rows: list[Row]) -> _Result:
     return _Result(out, reader.report, writer.report, rejected.items, error)
 
 
-def _batches(reader: Reader, paths: str | Sequence[str]) -> Iterator[list[Row]]:
-    """The records `reader.read` would read (files counted, `limit` applied), in batches."""
-    batch: list[Row] = []
+def _batches(reader: Reader, paths: str | Sequence[str]) -> Iterator[tuple[int, list[Row]]]:
+    """The records `reader.read` would read (files counted, `limit` applied), in batches, each with
+    the position of the input (an item of `paths`) it comes from."""
+    items = [paths] if isinstance(paths, str) else list(paths)
     n = 0
-    for path in expand(paths):
-        reader.report.files += 1
-        rows: Iterator[Row]
-        if base_suffix(path) in (".jsonl", ".ndjson"):
-            rows = ((path, *line) for line in jsonl_lines(path))
-        else:
-            rows = ((r.path, r.line, r.index, r.value, r.error, r.text) for r in iter_records(path))
-        for row in rows:
-            if reader.limit is not None and n >= reader.limit:
-                if batch:
-                    yield batch
-                return
-            batch.append(row)
-            n += 1
-            if len(batch) >= BATCH:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+    for k, files in enumerate([expand(item) for item in items]):  # every input is checked before reading
+        batch: list[Row] = []
+        for path in files:
+            reader.report.files += 1
+            rows: Iterator[Row]
+            if base_suffix(path) in (".jsonl", ".ndjson"):
+                rows = (line if isinstance(line, RawRecord) else (path, *line) for line in jsonl_lines(path))
+            else:
+                rows = iter_records(path)
+            for row in rows:
+                if reader.limit is not None and n >= reader.limit:
+                    if batch:
+                        yield k, batch
+                    return
+                batch.append(row)
+                n += 1
+                if len(batch) >= BATCH:
+                    yield k, batch
+                    batch = []
+        if batch:
+            yield k, batch
+
+
+def _convert_item(item: tuple[int, list[Row]]) -> tuple[int, _Result]:
+    return item[0], _convert_batch(item[1])
 
 
 def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str], output: Path, workers: int,
@@ -112,9 +119,14 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
     the reader's quarantine end as a one-process convert leaves them."""
     from multiprocessing import get_context
 
+    items = [paths] if isinstance(paths, str) else list(paths)
+    per_item = [[0, 0] for _ in items]  # records, rejected: an input whose records were all rejected is named
+
     def records(pool: Any) -> Iterator[str]:
-        for res in pool.imap(_convert_batch, _batches(reader, paths)):
+        for k, res in pool.imap(_convert_item, _batches(reader, paths)):
             reader.report.merge(res.read)
+            per_item[k][0] += res.read.records
+            per_item[k][1] += res.read.quarantined + res.read.skipped
             writer.report.written += res.write.written
             writer.report.unwritable.update(res.write.unwritable)
             writer.report.lossy.update(res.write.lossy)
@@ -132,3 +144,4 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
             writer.write_encoded(progress(stream) if progress else stream, output)
     finally:
         _WORKER.clear()
+    reader.report.rejected_inputs += [item for item, (n, bad) in zip(items, per_item, strict=True) if n and bad == n]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
-import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -39,15 +38,9 @@ def unit(seed: int, *keys: object) -> float:
     return int.from_bytes(h, "big") / 2**64
 
 
-def first_query(traj: Trajectory) -> str | None:
-    """The user's request: the first user turn, without ToolBench's trailing "Begin!"."""
-    from agentflan.schema import UserMessage
-
-    user = next((m for m in traj.messages if isinstance(m, UserMessage)), None)
-    if user is None:
-        return None
-    text = re.sub(r"\s*Begin!\s*$", "", user.content.strip())
-    return text or None
+def render_key(seed: int, traj_id: str) -> str:
+    """The protocol key (phrasing, drawn formats) of a record rendered by a data step."""
+    return f"{seed}:{traj_id}"
 
 
 def rng_for(seed: int, *keys: object) -> random.Random:
@@ -169,12 +162,14 @@ class SmallestN(Generic[T]):
         self._seq = 0
 
     def admits(self, key: float, tid: str) -> bool:
-        """Whether `offer(key, tid, ...)` would keep it (ask before building a costly trajectory)."""
+        """Whether `offer(key, tid, ...)` would keep it (ask before building a costly item)."""
         if len(self.heap) < self.n:
             return True
         return self.n > 0 and (-key, tid) > self.heap[0][:2]
 
     def offer(self, key: float, tid: str, traj: T) -> None:
+        if self.n <= 0:
+            return
         self._seq += 1
         item = (-key, tid, -self._seq, traj)
         if len(self.heap) < self.n:
@@ -205,8 +200,9 @@ for _name, _target, _doc in [
     ("react", f"{_S}.react:ReactFormatStep", "render in ReAct/JSON with randomized format instructions"),
     ("instruct", f"{_S}.instruct:InstructStep", "single-turn format-following samples (JSON and string 1:1)"),
     ("capabilities", f"{_S}.capabilities:CapabilitiesStep", "label every trained assistant turn"),
-    ("balance", f"{_S}.balance:BalanceStep", "thin supervision per capability by ratio"),
+    ("balance", f"{_S}.balance:BalanceStep", "balance capabilities by ratio: mask their turns, or drop data"),
     ("filter", f"{_S}.filter:FilterStep", "schema validity, token length, exact and near duplicates"),
     ("sample", f"{_S}.filter:SampleStep", "keep at most N trajectories (hash order)"),
+    ("decontaminate", f"{_S}.decontaminate:DecontaminateStep", "drop records whose request overlaps an evaluation set"),
 ]:
     STEPS.register(_name, _target, _doc)

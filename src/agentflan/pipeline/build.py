@@ -49,12 +49,12 @@ from agentflan import __version__
 from agentflan.fingerprint import code_fingerprint
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
+from agentflan.io.files import atomic_output
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import Writer, dumps
-from agentflan.io.writers.native import native_line_id
 from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, unit
 from agentflan.pipeline.executor import Executor, make_executor
-from agentflan.pipeline.negatives import LazyTrajectory, build_negatives
+from agentflan.pipeline.negatives import build_negatives
 from agentflan.pipeline.recipe import DataRecipe, NegativesOutput, StepsOutput
 from agentflan.pipeline.report import Scan, scan_path
 from agentflan.schema import Trajectory
@@ -108,24 +108,20 @@ def _read_native(path: Path) -> Iterator[Trajectory]:
 
 
 def _write_native(trajs: Iterable[Trajectory], path: Path) -> int:
-    tmp = _atomic_target(path)
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_output(path, _atomic_target(path)) as tmp, tmp.open("w", encoding="utf-8") as f:  # even on Ctrl-C
         for t in trajs:
             f.write(dumps(t.to_json_dict()) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 
 def _concat_files(parts: list[Path], target: Path) -> None:
     """Concatenate `parts` (in order) into `target`, atomically, and delete them."""
-    tmp = _atomic_target(target)
-    with tmp.open("wb") as w:
+    with atomic_output(target, _atomic_target(target)) as tmp, tmp.open("wb") as w:
         for p in parts:
             with p.open("rb") as r:
                 shutil.copyfileobj(r, w, 1 << 20)
-    os.replace(tmp, target)
     for p in parts:
         p.unlink()
 
@@ -333,17 +329,27 @@ def _ingest(task: _IngestTask) -> dict[str, Any]:
                          quarantine=qpath if cfg["on_error"] == "quarantine" else None,
                          dataset=name, **cfg["options"])
 
+    rep = reader.report
+    per_file: dict[str, tuple[int, int]] = {}
+    """Records and rejected records of each file (a source read in parts: which inputs were rejected whole)."""
+
     def renamed() -> Iterator[Trajectory]:
-        for t in reader.read(list(task.files)):
-            t.id = f"{name}:{t.id}"
-            yield t
+        # one task reads the source's paths as given; a part reads its files one by one
+        groups = [cfg["paths"]] if task.part is None else [[f] for f in task.files]
+        for group in groups:
+            records, rejected = rep.records, rep.quarantined + rep.skipped
+            for t in reader.read(group):
+                t.id = f"{name}:{t.id}"
+                yield t
+            if task.part is not None:
+                per_file[group[0]] = (rep.records - records, rep.quarantined + rep.skipped - rejected)
 
     try:
         _write_native(renamed(), target)
     finally:
         if reader.quarantine is not None:
             reader.quarantine.close()
-    return {"report": reader.report}
+    return {"report": reader.report, "per_file": per_file}
 
 
 def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> list[_IngestTask]:
@@ -361,9 +367,19 @@ def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> li
 
 
 def _finish_ingest(name: str, out: Path, tasks: list[_IngestTask], results: list[dict[str, Any]]) -> dict[str, Any]:
+    from agentflan.io.files import expand
+
     report = ReadReport()
     for r in results:
         report.merge(r["report"])
+    if tasks[0].part is not None:  # an input is rejected when every record of its files was (as one reader says)
+        per_file = {f: n for r in results for f, n in r["per_file"].items()}
+        report.rejected_inputs = []
+        for item in tasks[0].cfg["paths"]:
+            counts = [per_file.get(f, (0, 0)) for f in expand(item)]
+            records, rejected = sum(c[0] for c in counts), sum(c[1] for c in counts)
+            if records and rejected == records:
+                report.rejected_inputs.append(item)
     qpath = out / "quarantine" / f"{name}.jsonl"
     if tasks[0].part is not None:
         parts = _part_dir(out, f"source.{name}")
@@ -552,6 +568,9 @@ class _NegativesTask:
     spec: dict[str, Any]
     seed: int
     formats: tuple[str, ...]
+    decontaminate: dict[str, Any] | None
+    """The recipe's `decontaminate` step, applied to each input first."""
+    agent_records: int
 
 
 def _run_negatives(task: _NegativesTask) -> dict[str, Any]:
@@ -559,44 +578,58 @@ def _run_negatives(task: _NegativesTask) -> dict[str, Any]:
     out = Path(task.out)
     spec = NegativesOutput.model_validate(task.spec)
     stats = StepStats()
+    clean: list[StepContext] = []
 
-    def concat(names: list[str]) -> Iterator[LazyTrajectory]:
-        for s in names:
-            with (out / "sources" / f"{s}.jsonl").open("rb") as f:
-                for line in f:
-                    yield LazyTrajectory(line)
+    def inputs(names: list[str]) -> Iterable[Trajectory]:
+        stream: Iterable[Trajectory] = _read_shards([whole(out / "sources" / f"{s}.jsonl") for s in names])
+        if task.decontaminate is not None:
+            clean.append(StepContext(seed=task.seed))
+            stream = make_steps([{"type": "decontaminate", **task.decontaminate}])[0].run(stream, clean[-1])
+        return stream
 
     sink = _Sink(out, task.name, task.formats)
-    for t in build_negatives(concat(spec.chat_from), concat(spec.tools_from), concat(spec.queries_from),
-                             spec.config, task.seed, stats, cache_dir=out / ".cache"):
+    for t in build_negatives(inputs(spec.chat_from), inputs(spec.tools_from), inputs(spec.queries_from),
+                             spec.config, task.seed, stats, cache_dir=out / ".cache",
+                             agent_records=task.agent_records):
         sink.add(t)
-    return {"scan": sink.close(), "records": sink.n, "counts": stats.to_dict()}
+    steps = [{"step": f"decontaminate:{role}", "counts": ctx.stats.to_dict()}
+             for role, ctx in zip(("chat", "tools", "queries"), clean, strict=False)]
+    steps.append({"step": "negatives", "config": {"agent_records": task.agent_records}, "counts": stats.to_dict()})
+    return {"scan": sink.close(), "records": sink.n, "steps": steps}
 
 
-def _single_task(recipe: DataRecipe, name: str, out_dir: Path,
-                 workers: int) -> tuple[Callable[[Any], dict[str, Any]], Any] | None:
+def _entries(recipe: DataRecipe, name: str) -> str:
+    """The step entries of output `name` (`DataRecipe.step_entries`) as a task carries them."""
+    return json.dumps(recipe.step_entries(name), sort_keys=True)
+
+
+def _single_task(recipe: DataRecipe, name: str, out_dir: Path, workers: int,
+                 agent_records: int = 0) -> tuple[Callable[[Any], dict[str, Any]], Any] | None:
     """The one task that builds output `name`, when one task does (negatives; an output read in
     one shard); None when it runs in phases over shards."""
     spec = recipe.outputs[name]
     formats = tuple(recipe.write)
     if isinstance(spec, NegativesOutput):
-        return _run_negatives, _NegativesTask(str(out_dir), name, spec.model_dump(mode="json"), recipe.seed, formats)
+        decon = recipe.decontaminate.model_dump(mode="json") if recipe.decontaminate else None
+        return _run_negatives, _NegativesTask(str(out_dir), name, spec.model_dump(mode="json", by_alias=True),
+                                              recipe.seed, formats, decon, agent_records)
     sources = [out_dir / "sources" / f"{s}.jsonl" for s in spec.from_]
     if workers > 1 and len(plan_shards(sources, workers * SHARDS_PER_WORKER)) > 1:
         return None
-    return _run_stream, _StreamTask(str(out_dir), name, json.dumps(spec.steps, sort_keys=True), recipe.seed, 0,
+    return _run_stream, _StreamTask(str(out_dir), name, _entries(recipe, name), recipe.seed, 0,
                                     tuple(whole(p) for p in sources), formats)
 
 
 def _run_output(recipe: DataRecipe, name: str, out_dir: Path, executor: Executor,
-                started: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Build output `name` (`started`: its single task, already submitted)."""
+                started: Callable[[], dict[str, Any]] | None = None, agent_records: int = 0) -> dict[str, Any]:
+    """Build output `name` (`started`: its single task, already submitted; `agent_records`: what
+    the share of a negatives output is taken of)."""
     spec = recipe.outputs[name]
     formats = tuple(recipe.write)
     parts = _part_dir(out_dir, name)
     if parts.exists():
         shutil.rmtree(parts)
-    single = _single_task(recipe, name, out_dir, executor.workers) if started is None else None
+    single = _single_task(recipe, name, out_dir, executor.workers, agent_records) if started is None else None
     if started is None and single is not None:
         started = executor.submit(*single)
     if isinstance(spec, NegativesOutput):
@@ -604,10 +637,10 @@ def _run_output(recipe: DataRecipe, name: str, out_dir: Path, executor: Executor
         res = started()
         _save_scan(out_dir, name, [res["scan"]])
         _write_file_formats((str(out_dir), name, list(formats)))
-        return {"records": res["records"], "steps": [{"step": "negatives", "counts": res["counts"]}]}
+        return {"records": res["records"], "steps": res["steps"]}
 
     assert isinstance(spec, StepsOutput)
-    entries = json.dumps(spec.steps, sort_keys=True)
+    entries = _entries(recipe, name)
     steps = _steps(entries)
     contexts = [StepContext(seed=recipe.seed) for _ in steps]
 
@@ -663,21 +696,52 @@ def _run_output(recipe: DataRecipe, name: str, out_dir: Path, executor: Executor
 
 # ---- stage 3: mix --------------------------------------------------------------------------------
 
-def mix_plan(recipe: DataRecipe, counts: dict[str, int]) -> dict[str, float]:
-    """Repeat factor per output: its weight, times the chat factor for chat outputs."""
+def mix_plan(recipe: DataRecipe, amounts: dict[str, float], basis: float | None = None) -> dict[str, float]:
+    """Repeat factor per output: its weight, times the chat factor for chat outputs.
+
+    Args:
+        amounts: Each output's amount in the mix's unit (`mix.by`: trained tokens or records).
+        basis: The agent amount general chat is measured against when `mix.basis` is `sources`.
+    """
     assert recipe.mix is not None
     mix = recipe.mix
     included = [o for o in recipe.outputs if o not in mix.exclude]
     chat = recipe.chat_outputs() & set(included)
     factors = {o: mix.weights.get(o, 1.0) for o in included}
     if mix.chat_ratio is not None and chat:
-        agent_total = sum(factors[o] * counts[o] for o in included if o not in chat)
-        chat_total = sum(factors[o] * counts[o] for o in chat)
+        agent_total = basis if mix.basis == "sources" and basis is not None else \
+            sum(factors[o] * amounts[o] for o in included if o not in chat)
+        chat_total = sum(factors[o] * amounts[o] for o in chat)
         if chat_total:
             scale = mix.chat_ratio * agent_total / chat_total
             for o in chat:
                 factors[o] *= scale
     return factors
+
+
+def _amount(task: tuple[Shard, str]) -> int:
+    """Records, or trained approx tokens, of a shard of a native file (a task)."""
+    from agentflan.pipeline.report import trained_approx_tokens
+
+    shard, by = task
+    return sum(1 if by == "records" else trained_approx_tokens(t) for t in _read_shards([shard]))
+
+
+def mix_amounts(recipe: DataRecipe, out_dir: Path, executor: Executor | None = None) -> tuple[dict[str, float], float]:
+    """Each output's amount in the mix's unit, and the agent sources' (the `sources` basis)."""
+    assert recipe.mix is not None
+    by = recipe.mix.by
+    agent_sources = sorted({s for o in recipe.outputs.values() for s in (o.from_ if isinstance(o, StepsOutput) else [])
+                            if recipe.sources[s].role == "agent"})
+    files = [out_dir / "native" / f"{o}.jsonl" for o in recipe.outputs] + \
+        [out_dir / "sources" / f"{s}.jsonl" for s in agent_sources]
+    n = executor.workers * SHARDS_PER_WORKER if executor is not None and executor.workers > 1 else 1
+    shards = [plan_shards([f], n) for f in files]
+    flat = [(s, by) for ss in shards for s in ss]
+    counts = iter(executor.map(_amount, flat) if executor is not None else [_amount(t) for t in flat])
+    totals = [float(sum(next(counts) for _ in ss)) for ss in shards]  # sums of ints: exact in any grouping
+    amounts = dict(zip(recipe.outputs, totals, strict=False))
+    return amounts, sum(totals[len(recipe.outputs):])
 
 
 @dataclass(frozen=True)
@@ -699,17 +763,15 @@ def _mix_scatter(task: _ScatterTask) -> int:
     frac = task.factor - int(task.factor)
     try:
         for raw in _shard_lines(task.shard):
-            line = raw.decode("utf-8")
-            tid0 = native_line_id(line)
+            d = json.loads(raw)
+            tid0 = d["id"]
             copies = int(task.factor) + (unit(task.seed, "mix", task.output, tid0) < frac)
             for k in range(copies):
-                tid = tid0 if k == 0 else f"{tid0}#{k}"
-                if k:  # the copy gets its own id; the rest of the record is unchanged
-                    d = json.loads(line)
-                    d["id"] = tid
-                    rec = dumps(d) + "\n"
-                else:
-                    rec = line
+                # the output in the id: one trajectory may be in two outputs (both formats at full size)
+                tid = f"{task.output}/{tid0}" if k == 0 else f"{task.output}/{tid0}#{k}"
+                d["id"] = tid
+                d["metadata"] = {**d.get("metadata", {}), "output": task.output}  # which output, for the report
+                rec = dumps(d) + "\n"
                 key = unit(task.seed, "shuffle", tid)
                 files[min(int(key * task.buckets), task.buckets - 1)].write(
                     f"{key!r}\t{json.dumps(tid, ensure_ascii=False)}\t{rec}")
@@ -745,11 +807,12 @@ def _mix_gather(task: _GatherTask) -> dict[str, Any]:
     return {"scan": sink.close(), "records": sink.n}
 
 
-def _mix(recipe: DataRecipe, out_dir: Path, counts: dict[str, int], executor: Executor) -> dict[str, Any]:
+def _mix(recipe: DataRecipe, out_dir: Path, executor: Executor) -> dict[str, Any]:
     assert recipe.mix is not None
     name = recipe.mix.name
     formats = tuple(recipe.write)
-    factors = mix_plan(recipe, counts)
+    amounts, basis = mix_amounts(recipe, out_dir, executor)
+    factors = mix_plan(recipe, amounts, basis)
     # buckets of about BUCKET_BYTES each: a task holds one bucket in memory at a time
     expected_bytes = sum(f * (out_dir / "native" / f"{o}.jsonl").stat().st_size for o, f in factors.items())
     n_buckets = min(MAX_BUCKETS, max(1, math.ceil(expected_bytes / BUCKET_BYTES)))
@@ -776,7 +839,9 @@ def _mix(recipe: DataRecipe, out_dir: Path, counts: dict[str, int], executor: Ex
     _save_scan(out_dir, name, [g["scan"] for g in gathered])
     _write_file_formats((str(out_dir), name, list(formats)))
     return {"factors": {k: round(v, 4) for k, v in factors.items()}, "records_per_output": written,
-            "records": sum(written.values()), "chat_outputs": sorted(recipe.chat_outputs())}
+            "records": sum(written.values()), "chat_outputs": sorted(recipe.chat_outputs()),
+            "by": recipe.mix.by, "basis": recipe.mix.basis, "chat_ratio": recipe.mix.chat_ratio,
+            "amounts": {k: round(v, 1) for k, v in amounts.items()}, "agent_sources_amount": round(basis, 1)}
 
 
 # ---- driver --------------------------------------------------------------------------------------
@@ -812,10 +877,16 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
         return True
 
     with make_executor(recipe.executor, n_workers) as executor:
-        # 1. ingest
+        # 1. ingest (a source no output reads is not read)
         src_fp = {}
         todo = []
+        used = recipe.used_sources()
+        for name in recipe.sources:
+            if name not in used:
+                say(f"source {name}: no output reads it; not read")
         for name, src in recipe.sources.items():
+            if name not in used:
+                continue
             src_fp[name] = _fp(src.model_dump(), _input_signature(src.paths, src.optional), __version__)
             if stage(f"source.{name}", src_fp[name]):
                 todo.append(name)
@@ -826,35 +897,52 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
                 f"{report['quarantined']} quarantined, {sum(report['dropped'].values())} dropped")
             _mark(out, f"source.{name}", src_fp[name])
 
-        # 2. outputs: one after the other, each spread over the workers; the outputs that are one
-        # task each (negatives, small ones) start at once, beside the others' shards
+        # 2. outputs: one after the other, each spread over the workers; the step outputs that are
+        # one task each (small ones) start at once, beside the others' shards. Negatives come after
+        # the other outputs: their counts are a share of the agent records.
         out_fp = {}
+        decon = recipe.decontaminate.model_dump(mode="json") if recipe.decontaminate else None
+        if decon and decon["against"]:
+            decon["against_files"] = _input_signature(decon["against"])
+
+        def output_fp(name: str, agent_records: int = 0) -> str:
+            spec = recipe.outputs[name]
+            deps = spec.from_ if isinstance(spec, StepsOutput) else spec.sources()
+            return _fp(spec.model_dump(mode="json", by_alias=True), recipe.seed, recipe.write,
+                       [src_fp[d] for d in deps], __version__, decon, agent_records)
+
         todo = []
         for name, spec in recipe.outputs.items():
-            deps = spec.from_ if isinstance(spec, StepsOutput) else spec.sources()
-            out_fp[name] = _fp(spec.model_dump(mode="json", by_alias=True), recipe.seed, recipe.write,
-                               [src_fp[d] for d in deps], __version__)
-            if stage(f"output.{name}", out_fp[name]):
-                todo.append(name)
+            if isinstance(spec, StepsOutput):
+                out_fp[name] = output_fp(name)
+                if stage(f"output.{name}", out_fp[name]):
+                    todo.append(name)
         started = {}
         if executor.workers > 1:
             for name in todo:
                 single = _single_task(recipe, name, out, executor.workers)
                 if single is not None:
                     started[name] = executor.submit(*single)
-        for name in todo:
-            info = _run_output(recipe, name, out, executor, started.get(name))
+        negatives = [n for n, o in recipe.outputs.items() if isinstance(o, NegativesOutput)]
+        for name in [*todo, *negatives]:
+            spec = recipe.outputs[name]
+            agent_records = 0
+            if isinstance(spec, NegativesOutput):
+                agent_records = sum(_records(out, o) for o in recipe.agent_outputs())
+                out_fp[name] = output_fp(name, agent_records)
+                if not stage(f"output.{name}", out_fp[name]):
+                    continue
+            info = _run_output(recipe, name, out, executor, started.get(name), agent_records)
             (out / "native" / f"{name}.steps.json").write_text(json.dumps(info, indent=2) + "\n")
             say(f"output {name}: {info['records']} records")
             _mark(out, f"output.{name}", out_fp[name])
 
         # 3. mix
-        counts = {name: json.loads((out / "native" / f"{name}.steps.json").read_text())["records"]
-                  for name in recipe.outputs}
         if recipe.mix is not None:
-            mix_fp = _fp(recipe.mix.model_dump(), recipe.seed, recipe.write, [out_fp[o] for o in recipe.outputs])
+            mix_fp = _fp(recipe.mix.model_dump(), recipe.seed, recipe.write, [out_fp[o] for o in recipe.outputs],
+                         [src_fp[s] for s in sorted(used)])
             if stage("mix", mix_fp):
-                info = _mix(recipe, out, counts, executor)
+                info = _mix(recipe, out, executor)
                 (out / "native" / f"{recipe.mix.name}.mix.json").write_text(json.dumps(info, indent=2) + "\n")
                 say(f"mix {recipe.mix.name}: {info['records']} records, factors {info['factors']}")
                 _mark(out, "mix", mix_fp)
@@ -867,3 +955,7 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
     if (out / PARTS).exists():
         shutil.rmtree(out / PARTS)
     return result
+
+
+def _records(out: Path, output: str) -> int:
+    return int(json.loads((out / "native" / f"{output}.steps.json").read_text())["records"])

@@ -18,10 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agentflan.errors import ConfigError
+from agentflan.io import check_reader_options
 from agentflan.io.readers import READERS
 from agentflan.io.writers import WRITERS
+from agentflan.options import validation_problems
 from agentflan.pipeline.base import STEPS, Step, make_steps
-from agentflan.pipeline.negatives import NegativesConfig
+from agentflan.pipeline.negatives import NegativesConfig, teacher_from_env
+from agentflan.pipeline.steps.decontaminate import DecontaminateConfig
 
 
 class _Model(BaseModel):
@@ -69,10 +72,26 @@ class MixConfig(_Model):
     weights: dict[str, float] = Field(default_factory=dict)
     """Repeat factor per output (0.5 halves it, 2 doubles it); unlisted outputs: 1."""
     exclude: list[str] = Field(default_factory=list)
-    chat_ratio: float | None = 1.0
-    """Chat records per agent record in the mix (the paper mixes 1:1); None keeps them as they are."""
+    chat_ratio: float | None = Field(1.0, ge=0.0)
+    """General chat per unit of agent data in the mix (the paper mixes 1:1); None keeps the chat
+    outputs as they are."""
+    eta: float | None = Field(None, gt=0.0, lt=1.0)
+    """AgentTuning's mixing ratio instead of `chat_ratio`: the agent data's share of the mix
+    (AgentTuning's best is 0.2, i.e. 4 units of general chat per unit of agent data)."""
+    by: Literal["trained_tokens", "records"] = "trained_tokens"
+    """What `chat_ratio` counts: trained tokens (approximate) or records."""
+    basis: Literal["sources", "outputs"] = "sources"
+    """What the general chat is measured against: the agent *sources* as read (the same for every
+    arm built from the same sources, so that two arms get the same general data, as the paper's
+    comparison needs), or this recipe's agent *outputs* (AgentTuning's own recipe)."""
     chat_outputs: list[str] = Field(default_factory=list)
     """Outputs that count as general chat (default: those built only from `role: chat` sources)."""
+
+    @model_validator(mode="after")
+    def _eta(self) -> MixConfig:
+        if self.eta is not None:
+            self.chat_ratio = (1 - self.eta) / self.eta
+        return self
 
 
 class DataRecipe(_Model):
@@ -89,6 +108,9 @@ class DataRecipe(_Model):
     workers: int = Field(1, ge=1)
     executor: Literal["local", "ray"] = "local"
     report: bool = True
+    decontaminate: DecontaminateConfig | None = None
+    """Drop, from every output (negatives' inputs included), the records whose request overlaps an
+    evaluation set (`agentflan recipes steps`: `decontaminate`)."""
 
     @model_validator(mode="after")
     def _references(self) -> DataRecipe:
@@ -105,10 +127,26 @@ class DataRecipe(_Model):
             raise ValueError("; ".join(problems))
         return self
 
-    def steps_of(self, output: str) -> list[Step]:
+    def step_entries(self, output: str) -> list[dict[str, Any]]:
+        """The step entries the build runs for `output` (`decontaminate` first when configured)."""
         out = self.outputs[output]
         assert isinstance(out, StepsOutput)
-        return make_steps(out.steps)
+        first = [{"type": "decontaminate", **self.decontaminate.model_dump(mode="json")}] if self.decontaminate else []
+        return [*first, *out.steps]
+
+    def steps_of(self, output: str) -> list[Step]:
+        return make_steps(self.step_entries(output))
+
+    def used_sources(self) -> set[str]:
+        """The sources some output reads."""
+        return {s for o in self.outputs.values() for s in (o.from_ if isinstance(o, StepsOutput) else o.sources())}
+
+    def agent_outputs(self) -> list[str]:
+        """The step outputs that hold agent data in the mix (not chat, not negatives, not excluded)."""
+        excluded = set(self.mix.exclude) if self.mix else set()
+        chat = self.chat_outputs()
+        return [n for n, o in self.outputs.items() if isinstance(o, StepsOutput) and n not in chat
+                and n not in excluded]
 
     def chat_outputs(self) -> set[str]:
         if self.mix and self.mix.chat_outputs:
@@ -160,11 +198,14 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=value` (YAML-parsed value) and `~a.b` (delete) overrides.
+    """Apply `a.b=value` (YAML-parsed value) and `~a.b` (delete) overrides; a number indexes a list
+    (`outputs.x.steps.3.ratios=paper`).
 
     Examples:
         >>> apply_overrides({"a": {"b": 1}}, ["a.b=2", "c=[x, y]"])
         {'a': {'b': 2}, 'c': ['x', 'y']}
+        >>> apply_overrides({"s": [{"t": 1}, {"t": 2}]}, ["s.1.t=3"])
+        {'s': [{'t': 1}, {'t': 3}]}
     """
     data = copy.deepcopy(data)
     for item in overrides:
@@ -177,20 +218,39 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         else:
             raise ConfigError(f"override {item!r}: expected key=value or ~key")
         parts = key.split(".")
-        node = data
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
+        node: Any = data
+        for depth, p in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[_index(node, p, item, ".".join(parts[:depth]))]
+                continue
+            if not isinstance(node.get(p), (dict, list)):
                 if delete:
                     raise ConfigError(f"override {item!r}: {p!r} does not exist")
                 node[p] = {}
             node = node[p]
-        if delete:
-            if parts[-1] not in node:
+        last = parts[-1]
+        if isinstance(node, list):
+            i = _index(node, last, item, ".".join(parts[:-1]))
+            if delete:
+                del node[i]
+            else:
+                node[i] = value
+        elif delete:
+            if last not in node:
                 raise ConfigError(f"override {item!r}: {key!r} does not exist")
-            del node[parts[-1]]
+            del node[last]
         else:
-            node[parts[-1]] = value
+            node[last] = value
     return data
+
+
+def _index(node: list[Any], part: str, item: str, where: str) -> int:
+    if not re.fullmatch(r"-?\d+", part):
+        raise ConfigError(f"override {item!r}: {where} is a list; index it with a number, not {part!r}")
+    i = int(part)
+    if not -len(node) <= i < len(node):
+        raise ConfigError(f"override {item!r}: {where} has {len(node)} item(s), no index {i}")
+    return i
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][\w]*)\}")
@@ -241,12 +301,19 @@ def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> tuple[Da
     try:
         recipe = DataRecipe.model_validate(resolved)
     except ValidationError as e:
-        errors += [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        errors += validation_problems(e, DataRecipe)
         recipe = None
     errors = list(dict.fromkeys(errors))  # the model's own reference check may repeat ours
+    if len(errors) == 1:
+        raise ConfigError(f"{path}: {errors[0]}")
     if errors:
-        raise ConfigError(f"{path}: {len(errors)} problem(s) in the recipe:\n  " + "\n  ".join(errors))
+        raise ConfigError(f"{path}: {len(errors)} problems in the recipe:\n  " + "\n  ".join(errors))
     assert recipe is not None
+    for name, out in recipe.outputs.items():  # `teacher: auto` becomes what the environment configures
+        if isinstance(out, NegativesOutput) and out.config.teacher == "auto":
+            out.config.teacher = teacher_from_env()
+            resolved["outputs"][name].setdefault("config", {})["teacher"] = (
+                out.config.teacher.model_dump(mode="json") if out.config.teacher else None)
     return recipe, resolved
 
 
@@ -256,10 +323,17 @@ def _check_components(data: dict[str, Any]) -> list[str]:
     sources = data.get("sources") or {}
     for name, src in sources.items():
         if isinstance(src, dict):
+            if "reader" not in src:
+                errors.append(f"sources.{name}: no `reader` (a new source needs one; the recipe's sources: "
+                              f"{', '.join(k for k, v in sources.items() if isinstance(v, dict) and 'reader' in v)})")
+                continue
             try:
                 READERS.get(str(src.get("reader")))
+                if isinstance(src.get("options"), dict):
+                    check_reader_options(str(src["reader"]), src["options"], what="option")
             except ConfigError as e:
-                errors.append(f"sources.{name}.reader: {e}")
+                key = "reader" if str(src.get("reader")) not in READERS else "options"
+                errors.append(f"sources.{name}.{key}: {e}")
     for name, out in (data.get("outputs") or {}).items():
         if isinstance(out, dict):
             refs = [r for key in ("from", "chat_from", "tools_from", "queries_from") for r in out.get(key) or []]
@@ -280,5 +354,5 @@ def _check_components(data: dict[str, Any]) -> list[str]:
             except ConfigError as e:
                 errors.append(f"{where}.type: {e}")
             except ValidationError as e:
-                errors += [f"{where}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+                errors += validation_problems(e, cls.Config, where)
     return errors

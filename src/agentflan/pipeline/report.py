@@ -26,9 +26,20 @@ class Scan:
         self.stats = StatsAccumulator()
         self.tokens: Counter[str] = Counter()
         self.negatives: Counter[str] = Counter()
+        self.protocols: Counter[str] = Counter()
+        self.processed = 0
+        self.by_output: Counter[str] = Counter()
+        """Records, trained and processed approx tokens per `metadata.output` (the mix's records)."""
 
     def add(self, t: Trajectory) -> None:
         self.stats.add(t)
+        processed = sum(approx_tokens(m.content) for m in t.messages)
+        self.processed += processed
+        output = t.metadata.get("output")
+        if isinstance(output, str):
+            self.by_output.update({f"records\x1f{output}": 1, f"trained\x1f{output}": trained_approx_tokens(t),
+                                   f"processed\x1f{output}": processed})
+        self.protocols[t.tags.get("protocol", "structured" if t.tools else "chat")] += 1
         if "negative_kind" in t.tags:
             self.negatives[f"{t.tags['negative_kind']} / {t.tags.get('response_origin', '?')}"] += 1
         for m in t.messages:
@@ -39,9 +50,13 @@ class Scan:
         self.stats.merge(other.stats)
         self.tokens.update(other.tokens)
         self.negatives.update(other.negatives)
+        self.protocols.update(other.protocols)
+        self.processed += other.processed
+        self.by_output.update(other.by_output)
 
     def to_state(self) -> dict[str, Any]:
-        return {"stats": self.stats.to_state(), "tokens": dict(self.tokens), "negatives": dict(self.negatives)}
+        return {"stats": self.stats.to_state(), "tokens": dict(self.tokens), "negatives": dict(self.negatives),
+                "protocols": dict(self.protocols), "processed": self.processed, "by_output": dict(self.by_output)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Scan:
@@ -49,13 +64,18 @@ class Scan:
         scan.stats = StatsAccumulator.from_state(state["stats"])
         scan.tokens.update(state["tokens"])
         scan.negatives.update(state["negatives"])
+        scan.protocols.update(state["protocols"])
+        scan.processed = state["processed"]
+        scan.by_output.update(state["by_output"])
         return scan
 
     def result(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """compute_stats, plus trained approx tokens per capability, negatives per kind/origin and
         the number of records per conversation length (for the chart)."""
         extra = {"trained_approx_tokens": dict(sorted(self.tokens.items())),
-                 "negatives": dict(sorted(self.negatives.items())), "turns": self.stats.turns}
+                 "negatives": dict(sorted(self.negatives.items())), "processed_approx_tokens": self.processed,
+                 "protocols": dict(sorted(self.protocols.items())), "turns": self.stats.turns,
+                 "by_output": dict(self.by_output)}
         return self.stats.result(), extra
 
 
@@ -97,16 +117,30 @@ def _balance(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def trained_approx_tokens(traj: Trajectory) -> int:
+    """Approximate trained tokens of a trajectory: its loss-bearing assistant turns, tool calls
+    counted as the JSON of their arguments (as text protocols write them)."""
+    total = 0
+    for m in traj.messages:
+        if isinstance(m, AssistantMessage) and m.loss:
+            total += approx_tokens(m.content)
+            total += sum(approx_tokens(f"{c.name} {json.dumps(c.arguments, ensure_ascii=False)}") for c in m.tool_calls)
+    return total
+
+
 def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True,
                  run: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None) -> dict[str, Any]:
     """`stats.json`, `report.md` and the charts of a build in `out` (`run`: how to map the chart tasks)."""
-    sources = {name: json.loads((out / "sources" / f"{name}.report.json").read_text()) for name in recipe.sources}
+    used = recipe.used_sources()
+    sources = {name: json.loads((out / "sources" / f"{name}.report.json").read_text()) for name in recipe.sources
+               if name in used}
     outputs: dict[str, Any] = {}
     turns: dict[str, Counter[int]] = {}
     for name in recipe.outputs:
         info = json.loads((out / "native" / f"{name}.steps.json").read_text())
         stats, extra = _scan(out, name)
         turns[name] = extra.pop("turns")
+        extra.pop("by_output")
         dropped: Counter[str] = Counter()
         for s in info["steps"]:
             for k, v in s["counts"].items():
@@ -119,12 +153,28 @@ def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True,
         mix = json.loads((out / "native" / f"{recipe.mix.name}.mix.json").read_text())
         stats, extra = _scan(out, recipe.mix.name)
         turns[recipe.mix.name] = extra.pop("turns")
+        by_output = extra.pop("by_output")
         mix.update(extra, stats=stats)
+        mix["general_share"] = _general_share(recipe, by_output)
     result = {"recipe": recipe.name, "seed": recipe.seed, "sources": sources, "outputs": outputs, "mix": mix}
     (out / "stats.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     chart_files = _charts(result, turns, out / "charts", run) if charts else []
     (out / "report.md").write_text(_markdown(recipe, result, chart_files, out))
     return result
+
+
+def _general_share(recipe: DataRecipe, by_output: dict[str, int]) -> dict[str, Any]:
+    """Share of the mix that is general chat: records, trained and processed approx tokens
+    (`by_output`: each of them per output, as `Scan` counts them)."""
+    chat = recipe.chat_outputs()
+    totals: Counter[str] = Counter()
+    for key, value in by_output.items():
+        what, output = key.split("\x1f", 1)
+        totals[what] += value
+        if output in chat:
+            totals[f"chat_{what}"] += value
+    return {k: round(totals[f"chat_{k}"] / totals[k], 4) if totals[k] else 0.0
+            for k in ("records", "trained", "processed")}
 
 
 def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Path) -> str:
@@ -139,13 +189,15 @@ def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Pa
         q = f"{s['quarantined']} ({rej})" if s["quarantined"] else "0"
         lines.append(f"| {name} | {s['records']} | {s['converted']} | {q} | {s['skipped']} | {dropped} |")
     lines += ["", "## Outputs", "", "| output | records | turns (median / max) | tool calls | trained turns "
-              "| trained approx tokens | dropped (step:reason) |", "|---|---|---|---|---|---|---|"]
+              "| trained approx tokens | processed approx tokens | protocols | dropped (step:reason) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, o in r["outputs"].items():
         st = o["stats"]
         d = ", ".join(f"{k} {v}" for k, v in o["dropped"].items()) or "-"
+        protos = ", ".join(f"{k} {v}" for k, v in o["protocols"].items()) or "-"
         lines.append(f"| {name} | {o['records']} | {st['turns_per_record']['median']:g} / {st['turns_per_record']['max']} "
                      f"| {st['tool_calls']} | {st['loss_bearing_turns']} | {sum(o['trained_approx_tokens'].values())} "
-                     f"| {d} |")
+                     f"| {o['processed_approx_tokens']} | {protos} | {d} |")
     bal = [(n, cap, v) for n, o in r["outputs"].items() for cap, v in o["balance"].items()]
     if bal:
         lines += ["", "## Capability balance: requested vs realized", "",
@@ -154,6 +206,13 @@ def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Pa
         for n, cap, v in bal:
             lines.append(f"| {n} | {cap} | {v['requested']:.3f} | {v['realized_turns']:.3f} | "
                          f"{v['turns_after']} / {v['turns_before']} | {v['realized_tokens']:.3f} |")
+        removed = [(n, st["counts"]) for n, o in r["outputs"].items() for st in o["steps"]
+                   if st["step"] == "balance" and "approx_tokens_processed_before" in st["counts"]]
+        if removed:
+            lines += ["", "`mode: drop` removed data: processed approx tokens before -> after:", ""]
+            for n, c in removed:
+                lines.append(f"- {n}: {c['approx_tokens_processed_before']} -> {c.get('approx_tokens_processed_after', 0)}"
+                             f" ({c.get('dropped:no_trained_turns', 0)} samples removed)")
     lines += ["", "## Trained approx tokens per capability", "", "| output | " + " | ".join(
         ["reasoning", "retrieval", "understanding", "instruction_following", "unlabelled"]) + " |",
         "|---|---|---|---|---|---|"]
@@ -169,8 +228,13 @@ def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Pa
             lines += [f"- {n}: " + ", ".join(f"{k}: {v}" for k, v in kinds.items())]
     if r["mix"]:
         m = r["mix"]
+        g = m.get("general_share", {})
         lines += ["", f"## Mix `{recipe.mix.name if recipe.mix else ''}`", "",
-                  f"{m['records']} records; chat outputs {', '.join(m['chat_outputs']) or 'none'}.", "",
+                  f"{m['records']} records; chat outputs {', '.join(m['chat_outputs']) or 'none'}; chat measured by "
+                  f"{m.get('by', 'records')} against the agent {m.get('basis', 'outputs')} (chat ratio "
+                  f"{m.get('chat_ratio')}).", "",
+                  f"General chat share of the mix: {g.get('records', 0):.1%} of records, {g.get('trained', 0):.1%} of "
+                  f"trained approx tokens, {g.get('processed', 0):.1%} of processed approx tokens.", "",
                   "| output | repeat factor | records in mix |", "|---|---|---|"]
         for o, f in m["factors"].items():
             lines.append(f"| {o} | {f:g} | {m['records_per_output'].get(o, 0)} |")

@@ -6,6 +6,7 @@ counted in statistics but the record is kept.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,13 +31,15 @@ class Issue:
         return f"{where}: {self.message} [{self.code}]"
 
 
-def check(traj: Trajectory, *, allow_parse_errors: bool = False) -> list[Issue]:
+def check(traj: Trajectory, *, allow_parse_errors: bool = False, nesting: bool = True) -> list[Issue]:
     """Return every structural problem of `traj`.
 
     Args:
         traj: The trajectory to check.
         allow_parse_errors: Report tool calls that failed to parse as warnings, not errors
             (for hallucination data, where a malformed call is the point).
+        nesting: Check that free-form values nest at most `MAX_DEPTH` levels (a reader skips it for
+            a record whose text has too few brackets to nest that deep).
     """
     issues: list[Issue] = []
     msgs = traj.messages
@@ -119,7 +122,64 @@ def check(traj: Trajectory, *, allow_parse_errors: bool = False) -> list[Issue]:
     for name, value in traj.tags.items():
         if not name:
             issues.append(Issue("bad_tag", f"empty tag name (value {value!r})", None, "tags"))
+    if nesting:
+        issues += _depth_issues(traj)
     return issues
+
+
+MAX_DEPTH = 200
+"""How deep a free-form value (metadata, tool arguments and parameters) may nest. pydantic refuses to
+serialize Any values nested more than about 255 levels, so a deeper one could be read but never
+written: it is an error here, where readers quarantine it (`too_deep`)."""
+
+
+def _depth_issues(traj: Trajectory) -> list[Issue]:
+    roots = _free_form(traj)
+    if not _deeper_than(roots, MAX_DEPTH):  # one pass over every value: the common, fast case
+        return []
+    found: list[Issue] = []  # rare: say where
+    if _deeper_than([traj.metadata], MAX_DEPTH):
+        found.append(Issue("too_deep", f"metadata nests deeper than {MAX_DEPTH} levels", None, "metadata"))
+    for k, tool in enumerate(traj.tools):
+        if _deeper_than([tool.parameters, tool.metadata], MAX_DEPTH):
+            found.append(Issue("too_deep", f"tool {tool.name!r} nests deeper than {MAX_DEPTH} levels", None,
+                               f"tools[{k}]"))
+    for i, m in enumerate(traj.messages):
+        values = [m.metadata, *(c.arguments for c in m.tool_calls)] if isinstance(m, AssistantMessage) else [m.metadata]
+        if _deeper_than(values, MAX_DEPTH):
+            found.append(Issue("too_deep", f"a value nests deeper than {MAX_DEPTH} levels", i, "metadata"))
+    return found
+
+
+def _free_form(traj: Trajectory) -> list[object]:
+    """The values of a trajectory that the schema does not shape (non-empty ones only)."""
+    roots: list[object] = [traj.metadata] if traj.metadata else []
+    for tool in traj.tools:
+        roots += [v for v in (tool.parameters, tool.metadata) if v]
+    for m in traj.messages:
+        if m.metadata:
+            roots.append(m.metadata)
+        if isinstance(m, AssistantMessage):
+            roots += [c.arguments for c in m.tool_calls if c.arguments]
+    return roots
+
+
+def _deeper_than(values: Sequence[object], limit: int) -> bool:
+    """Whether dicts and lists in `values` nest more than `limit` levels (iterative: no recursion).
+
+    Examples:
+        >>> _deeper_than([{"a": [[1]]}], 2), _deeper_than([{"a": [[1]]}], 3)
+        (True, False)
+    """
+    stack = [(v, 1) for v in values if v]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        for c in (v.values() if type(v) is dict else v):  # type: ignore[attr-defined]
+            if c and type(c) in (dict, list):  # scalars and empty containers add no depth below them
+                stack.append((c, depth + 1))
+    return False
 
 
 def errors(issues: list[Issue]) -> list[Issue]:

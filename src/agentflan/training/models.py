@@ -9,6 +9,9 @@ import importlib.util
 import json
 import logging
 import os
+import re
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,50 @@ from agentflan.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INFO_FILE = "agentflan.json"
+"""Written beside every model `agentflan train` saves (see `ModelInfo`)."""
+
+
+@dataclass
+class ModelInfo:
+    """What `agentflan train` records beside a model: the template and the protocols it was trained on."""
+
+    template: str = "hf"
+    protocols: dict[str, int] = field(default_factory=dict)
+    """Trained records per protocol (`tflan`, `react:random`, `agentinstruct:db`, `chat`, ...)."""
+    base_model: str | None = None
+    trained: bool = False
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelInfo:
+        f = Path(path) / INFO_FILE
+        if not f.is_file():
+            return cls()
+        data = json.loads(f.read_text(encoding="utf-8"))
+        return cls(template=data.get("template", "hf"), protocols=dict(data.get("protocols", {})),
+                   base_model=data.get("base_model"), trained=True)
+
+    def episode_protocols(self, env: str | None = None) -> list[str]:
+        """The trained protocols an episode can be played in (most trained first; `native` when
+        the model was not trained by agentflan), limited to those that fit `env`."""
+        from agentflan.formats.protocols import get_protocol
+
+        out = []
+        for name, _ in sorted(self.protocols.items(), key=lambda kv: (-kv[1], kv[0])):
+            if name in ("chat", "source") or name.startswith("instruct"):
+                continue
+            try:
+                proto = get_protocol(name)
+            except ConfigError:
+                continue
+            if not proto.episodic or (name.startswith("agentinstruct:") and env is not None
+                                      and name != f"agentinstruct:{env}"):
+                continue
+            if name == "fireact":  # HotpotQA's one-argument actions fit no environment here
+                continue
+            out.append(name)
+        return out or ["native"]
+
 
 
 class ModelConfig(BaseModel):
@@ -65,11 +112,44 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
         del config.quantization_config
     fresh = type(model)(config)
     fresh.load_state_dict(model.state_dict())
-    tmp = dest.with_name(dest.name + ".tmp")
-    fresh.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(dest)
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")  # per process: two first runs may race
+    try:
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (dest / "config.json").exists():  # another process renamed its copy first
+            return dest
+        raise
+    except BaseException:  # Ctrl-C included: never leave a half-written folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return dest
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def check_local_model(path: str, *, need: str | None = "config.json") -> None:
+    """Refuse a model path that is meant to be local but is not there, before any Hub lookup.
+
+    A name is local when it exists, starts with `.`, `/` or `~`, or cannot be a Hub id
+    (`name` or `namespace/name`), e.g. `runs/x/final`. A local folder must hold `need`.
+
+    Raises:
+        ConfigError: The folder does not exist, or is not a saved model.
+    """
+    expanded = os.path.expanduser(path)
+    local = os.path.exists(expanded) or path.startswith((".", "/", "~", os.sep)) or not _HUB_ID.match(path)
+    if not local:
+        return
+    if not os.path.exists(expanded):
+        raise ConfigError(f"model folder {path!r} does not exist (a trained model is in <output_dir>/final or "
+                          "<output_dir>/merged; a Hub id is `name` or `namespace/name`)")
+    if need and os.path.isdir(expanded) and not os.path.exists(os.path.join(expanded, need)):
+        raise ConfigError(f"{path!r} is not a saved transformers model: it has no {need} "
+                          "(use <output_dir>/final, or <output_dir>/merged for a LoRA run)")
 
 
 def resolve(cfg: ModelConfig) -> str:
@@ -79,7 +159,8 @@ def resolve(cfg: ModelConfig) -> str:
         if name != "gguf:smollm2-135m-instruct":
             raise ConfigError(f"unknown GGUF model {name!r} (known: gguf:smollm2-135m-instruct)")
         return str(convert_gguf(smollm2_gguf(), cache_dir() / "smollm2-135m-instruct"))
-    return name
+    check_local_model(name, need=None)
+    return os.path.expanduser(name)
 
 
 def load_tokenizer(cfg: ModelConfig, texts: list[str] | None = None) -> Any:
@@ -90,7 +171,23 @@ def load_tokenizer(cfg: ModelConfig, texts: list[str] | None = None) -> Any:
     return AutoTokenizer.from_pretrained(resolve(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
 
 
-def load_model(cfg: ModelConfig, tokenizer: Any) -> Any:
+def quantization_config(cfg: ModelConfig) -> Any:
+    """QLoRA's 4-bit NF4 quantization with double quantization (Dettmers et al. 2023); the compute
+    dtype is the recipe's when it is a 16-bit type, else bfloat16."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = cfg.dtype if cfg.dtype in ("bfloat16", "float16") else "bfloat16"
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, compute))
+
+
+def load_model(cfg: ModelConfig, tokenizer: Any, *, load_in_4bit: bool = False) -> Any:
+    """The model to train; `load_in_4bit` quantizes it while loading (QLoRA, CUDA only).
+
+    Raises:
+        ConfigError: `load_in_4bit` with the tiny model (nothing to quantize while loading).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -98,8 +195,14 @@ def load_model(cfg: ModelConfig, tokenizer: Any) -> Any:
     if dtype == torch.bfloat16 and not torch.cuda.is_available():
         log.warning("bfloat16 on CPU: supported, but slower than float32 on CPUs without AMX")
     if cfg.name_or_path == "tiny":
+        if load_in_4bit:
+            raise ConfigError("4-bit loading (qlora) needs a saved model, not the random tiny one")
         return tiny_model(len(tokenizer), cfg.tiny, attn=cfg.attn_implementation)
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if load_in_4bit:
+        # each process quantizes its own copy onto its own GPU (DDP); bitsandbytes is CUDA only
+        kwargs["quantization_config"] = quantization_config(cfg)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     if cfg.attn_implementation:
         if cfg.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             raise MissingDependencyError("attn_implementation flash_attention_2 needs a GPU and pip install flash-attn")

@@ -51,11 +51,13 @@ def pack(samples: list[dict[str, Any]], max_length: int) -> tuple[list[dict[str,
             rows.append([i])
             bisect.insort(free, (max_length - n, len(rows) - 1))
     out = []
+    extra = [k for k in (samples[0] if samples else {}) if k not in ("input_ids", "labels")]
     for members in rows:
         ids: list[int] = []
         labels: list[int] = []
         pos: list[int] = []
         lengths = []
+        columns: dict[str, list[Any]] = {c: [] for c in extra}  # per-token columns (e.g. capabilities) follow
         for i in members:
             s = samples[i]
             ids += s["input_ids"]
@@ -64,7 +66,9 @@ def pack(samples: list[dict[str, Any]], max_length: int) -> tuple[list[dict[str,
             labels += [-100, *s["labels"][1:]]
             pos += list(range(len(s["input_ids"])))
             lengths.append(len(s["input_ids"]))
-        out.append({"input_ids": ids, "labels": labels, "position_ids": pos, "seq_lengths": lengths})
+            for c in extra:
+                columns[c] += s[c]
+        out.append({"input_ids": ids, "labels": labels, "position_ids": pos, "seq_lengths": lengths, **columns})
     stats = PackStats(len(samples), len(rows), sum(len(s["input_ids"]) for s in samples), max_length)
     return out, stats
 

@@ -1,7 +1,8 @@
 """Tokenized training data: encoded in parallel, cached by fingerprint, made once per run.
 
-`encode_all` renders and tokenizes trajectories in batches (the tokenizer's batch API) and, for
-large data, in forked worker processes (rendering chat templates is Python). `PreparedCache`
+`encode_all` renders and tokenizes trajectories in batches (every segment of a batch of
+trajectories in one call of the tokenizer's batch API) and, for large data, in forked worker
+processes (rendering protocols and chat templates is Python). `PreparedCache`
 keeps the packed rows of a run under a key made of everything they depend on: the recipe's
 `data` section, the training batch size, the input files (path, size, modification time), the
 tokenizer (its full serialization and chat template) and agentflan's code. The first process to
@@ -18,6 +19,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,53 +37,82 @@ PARALLEL_FROM = 1000
 
 # ---- encoding -----------------------------------------------------------------------------------
 
-def encode_batch(trajs: Sequence[Trajectory], template: ChatTemplate, tokenizer: Any,
-                 max_length: int | None) -> list[Encoded | NoTrainableTokens]:
-    """`encode` of each trajectory, tokenized in one batch call."""
-    return encode_segments_batch([render(t, template) for t in trajs], tokenizer, max_length=max_length,
-                                 add_bos=template.add_bos)
+@dataclass
+class Prepared:
+    """One trajectory, encoded: the sample's columns and what `prepare` counts of it."""
+
+    encoded: Encoded
+    protocol: str
+    capabilities: list[int] | None = None
+    """The capability of every token (`capability_loss`), else None."""
+    matched: bool = True
+    """Whether the trained runs matched the trained turns (`token_capabilities`)."""
+
+
+def encode_batch(trajs: Sequence[Trajectory], template: ChatTemplate, tokenizer: Any, max_length: int | None,
+                 capabilities: bool = False) -> list[Prepared | None]:
+    """`encode` of each trajectory (None: no trained token), all their segments tokenized in one
+    batch call."""
+    from agentflan.training.capability_loss import token_capabilities
+
+    rendered = [render(t, template) for t in trajs]
+    encoded = encode_segments_batch([r[0] for r in rendered], tokenizer, max_length=max_length,
+                                    add_bos=template.add_bos)
+    out: list[Prepared | None] = []
+    for (_, messages, protocol), enc in zip(rendered, encoded, strict=True):
+        if isinstance(enc, NoTrainableTokens):
+            out.append(None)
+            continue
+        p = Prepared(enc, protocol)
+        if capabilities:
+            p.capabilities, p.matched = token_capabilities(enc.labels, messages)
+        out.append(p)
+    return out
 
 
 _WORKER: dict[str, Any] = {}
-"""What forked workers inherit: the template, the tokenizer and max_length (never pickled)."""
+"""What forked workers inherit: the trajectories, template, tokenizer and options (never pickled)."""
 
 
 def _worker_init() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent receives Ctrl-C and stops the pool
     # each worker tokenizes on one thread: the processes are the parallelism
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def _encode_task(records: list[dict[str, Any]]) -> list[tuple[list[int], list[int], bool] | None]:
-    trajs = [Trajectory.model_validate(r) for r in records]
-    out = encode_batch(trajs, _WORKER["template"], _WORKER["tokenizer"], _WORKER["max_length"])
-    return [None if isinstance(e, NoTrainableTokens) else (e.input_ids, e.labels, e.truncated) for e in out]
+def _encode_task(span: tuple[int, int]) -> list[Prepared | None]:
+    w = _WORKER
+    return encode_batch(w["trajs"][span[0]:span[1]], w["template"], w["tokenizer"], w["max_length"],
+                        w["capabilities"])
 
 
 def encode_all(trajs: Sequence[Trajectory], template: ChatTemplate, tokenizer: Any, max_length: int | None,
-               num_proc: int | None = None) -> Iterator[Encoded | None]:
+               num_proc: int | None = None, capabilities: bool = False) -> Iterator[Prepared | None]:
     """Each trajectory encoded (None: no trained token), in order.
 
     Args:
-        num_proc: Worker processes (forked); None: the CPUs when there are `PARALLEL_FROM`
-            trajectories or more, else this process only.
+        num_proc: Worker processes (forked: they inherit the trajectories and the tokenizer, and
+            get spans of indexes); None: the CPUs when there are `PARALLEL_FROM` trajectories or
+            more, else this process only.
+        capabilities: Also the capability of every token (`Prepared.capabilities`).
     """
     if num_proc is None:
         num_proc = min(os.cpu_count() or 1, 8) if len(trajs) >= PARALLEL_FROM else 1
     from multiprocessing import get_all_start_methods, get_context
 
-    chunks = [trajs[i:i + BATCH] for i in range(0, len(trajs), BATCH)]
-    if num_proc <= 1 or len(chunks) <= 1 or "fork" not in get_all_start_methods():
-        for chunk in chunks:
-            for e in encode_batch(chunk, template, tokenizer, max_length):
-                yield None if isinstance(e, NoTrainableTokens) else e
+    spans = [(i, min(i + BATCH, len(trajs))) for i in range(0, len(trajs), BATCH)]
+    if num_proc <= 1 or len(spans) <= 1 or "fork" not in get_all_start_methods():
+        for a, b in spans:
+            yield from encode_batch(trajs[a:b], template, tokenizer, max_length, capabilities)
         return
-    _WORKER.update(template=template, tokenizer=tokenizer, max_length=max_length)
+    _WORKER.update(trajs=trajs, template=template, tokenizer=tokenizer, max_length=max_length,
+                   capabilities=capabilities)
     try:
-        with get_context("fork").Pool(min(num_proc, len(chunks)), initializer=_worker_init) as pool:
-            jobs = ([t.to_json_dict() for t in chunk] for chunk in chunks)
-            for result in pool.imap(_encode_task, jobs):
-                for r in result:
-                    yield None if r is None else Encoded(*r)
+        with get_context("fork").Pool(min(num_proc, len(spans)), initializer=_worker_init) as pool:
+            for result in pool.imap(_encode_task, spans):
+                yield from result
     finally:
         _WORKER.clear()
 
@@ -121,7 +152,7 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps([*parts, code_fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-_ROW_KEYS = ("input_ids", "labels", "position_ids", "seq_lengths")
+_ROW_KEYS = ("input_ids", "labels", "position_ids", "seq_lengths", "capabilities")
 
 
 class PreparedCache:

@@ -24,39 +24,86 @@ def save_outputs(recipe: Any, trainer: Any, tokenizer: Any, metrics: dict[str, A
     if not trainer.is_world_process_zero():
         return
     tokenizer.save_pretrained(str(final))
+    info = model_info(recipe, metrics)
+    write_model_info(final, info)
     if recipe.peft and recipe.merge_lora:
-        merged = trainer.model.merge_and_unload()
+        merged = _merged_full_precision(recipe, final, tokenizer) if recipe.peft.type == "qlora" else \
+            trainer.model.merge_and_unload()
         merged.save_pretrained(str(out / "merged"))
         tokenizer.save_pretrained(str(out / "merged"))
+        write_model_info(out / "merged", info)
         metrics["merged"] = str(out / "merged")
     curve = loss_curve(metrics["log_history"], out / "loss.png")
     if curve:
         metrics["loss_curve"] = str(curve)
+    by_capability = capability_loss_curve(metrics["log_history"], out / "loss_by_capability.png")
+    if by_capability:
+        metrics["capability_loss_curve"] = str(by_capability)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     (final / "README.md").write_text(model_card(recipe, metrics))
 
 
+def model_info(recipe: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What `eval`, `serve` and `env play` need to prompt the model as it was trained: its chat
+    template and the protocols (with record counts) of its training data."""
+    data = metrics.get("data", {})
+    return {"agentflan": __version__, "template": recipe.data.template, "protocols": data.get("protocols", {}),
+            "base_model": recipe.model.name_or_path, "data": recipe.data.paths, "data_recipe": recipe.data_recipe}
+
+
+def write_model_info(folder: Path, info: dict[str, Any]) -> None:
+    from agentflan.training.models import INFO_FILE
+
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _merged_full_precision(recipe: Any, adapter: Path, tokenizer: Any) -> Any:
+    """QLoRA: the adapter merged into the base reloaded unquantized, in the recipe's dtype (merging
+    into the 4-bit weights would round the merged weights to 4 bits again)."""
+    from peft import PeftModel
+
+    from agentflan.training.models import load_model
+
+    base = load_model(recipe.model, tokenizer)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+
+
 def loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
     points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    if not points:
-        return None
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    series = {"train": points, **({"eval": evals} if evals else {})}
+    return _plot(series, path, "training loss (trained tokens only)", "Loss") if points else None
+
+
+def capability_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """The training loss of each capability against the step (the paper's Figure 3)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for h in history:
+        for k, v in h.items():
+            if k.startswith("loss_") and "step" in h:
+                series.setdefault(k.removeprefix("loss_"), []).append((h["step"], v))
+    return _plot(dict(sorted(series.items())), path, "training loss (mean per token)", "Loss per capability") \
+        if series else None
+
+
+def _plot(series: dict[str, list[tuple[int, float]]], path: Path, ylabel: str, title: str) -> Path | None:
+    """Curves against the step (a legend when there are several), or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed: no loss curve (pip install 'agentflan[report]')")
+        log.warning("matplotlib is not installed: no %s chart (pip install 'agentflan[report]')", title.lower())
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    if evals:
-        ax.plot([p[0] for p in evals], [p[1] for p in evals], marker="s", label="eval")
-        ax.legend()
+    for name, points in series.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (trained tokens only)")
-    ax.set_title("Loss")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -77,6 +124,8 @@ Fine-tuned with [agentflan](https://pypi.org/project/agentflan/) {__version__} (
 `{recipe.model.name_or_path}` on `{', '.join(recipe.data.paths)}`{f" (data recipe `{recipe.data_recipe}`)" if recipe.data_recipe else ""}.
 
 - chat template: `{recipe.data.template}` (saved with the tokenizer: serve with the same template)
+- trained protocols: {", ".join(f"`{k}` ({v})" for k, v in sorted(d.get("protocols", {}).items(), key=lambda kv: -kv[1])) or "-"}
+  (`agentflan.json`; `agentflan eval`, `agentflan serve` and `agentflan env play` prompt in them)
 - max length {recipe.data.max_length}, packing {recipe.data.packing} (efficiency {d.get('packing_efficiency', '?')})
 - {d.get('samples', '?')} samples, {d.get('trained_tokens', '?')} trained tokens, {d.get('dropped:no_trainable_tokens', 0)} dropped without trained tokens
 - training loss {metrics.get('train_loss'):.4f} after {metrics.get('global_step')} steps on {metrics.get('device')}

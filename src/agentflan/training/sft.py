@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentflan.errors import ConfigError, MissingDependencyError, require
-from agentflan.training.models import ModelConfig
+from agentflan.options import did_you_mean, validation_problems
+from agentflan.training.models import ModelConfig, check_local_model
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class TrainRecipe(BaseModel):
     seed: int = 17
     data_recipe: str | None = None
     """The data recipe that built the training data, for the model card."""
+    capability_loss: bool = True
+    """Log the training loss of each capability (`loss_reasoning`, ...; `loss_by_capability.png`)."""
 
 
 def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
@@ -97,22 +101,64 @@ def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> Tr
     from pydantic import ValidationError
 
     try:
-        return TrainRecipe.model_validate(data)
+        recipe = TrainRecipe.model_validate(data)
     except ValidationError as e:
-        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"{path}: {len(lines)} problem(s):\n  " + "\n  ".join(lines)) from e
+        lines = validation_problems(e, TrainRecipe)
+        if len(lines) == 1:
+            raise ConfigError(f"{path}: {lines[0]}") from e
+        raise ConfigError(f"{path}: {len(lines)} problems:\n  " + "\n  ".join(lines)) from e
+    try:
+        check_trl_section(recipe.trl)
+        if recipe.model.name_or_path != "tiny" and not recipe.model.name_or_path.startswith("gguf:"):
+            check_local_model(recipe.model.name_or_path, need=None)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    return recipe
+
+
+# set by agentflan itself: a value in `trl:` would be overridden or would break the prepared data
+_TRL_RESERVED = {
+    "output_dir": "the recipe's top-level output_dir",
+    "dataset_kwargs": "agentflan (the data is tokenized and masked already)",
+    "remove_unused_columns": "agentflan (the collator needs every column)",
+}
+
+
+def check_trl_section(trl: dict[str, Any]) -> None:
+    """The `trl:` keys are `SFTConfig` fields (checked by name when TRL is installed).
+
+    Raises:
+        ConfigError: Unknown keys, with the closest field names (`max_step` -> `max_steps`).
+    """
+    import dataclasses
+    import importlib.util
+
+    if not trl or importlib.util.find_spec("trl") is None:
+        return  # `run` says which extra is missing
+    from trl import SFTConfig
+
+    fields = sorted(f.name for f in dataclasses.fields(SFTConfig) if f.init)
+    problems = []
+    for key in trl:
+        if key in _TRL_RESERVED:
+            problems.append(f"trl.{key} is set by {_TRL_RESERVED[key]}")
+        elif key not in fields:
+            problems.append(f"trl.{key}: not an SFTConfig field{did_you_mean(key, fields)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     """Tokenizer, training rows and data statistics (steps 1-3).
 
     The rows are cached (`data.cache`) by a fingerprint of the data section, the batch size, the
-    input files, the tokenizer and agentflan's code: a rerun, and every rank of a distributed run
-    but the first, load them instead of tokenizing again.
+    loss per capability, the input files, the tokenizer and agentflan's code: a rerun, and every
+    rank of a distributed run but the first, load them instead of tokenizing again.
     """
     from itertools import islice
 
-    from agentflan.formats.templates import get_template, with_tools_in_system
+    from agentflan.formats.protocols import training_texts
+    from agentflan.formats.templates import get_template
     from agentflan.io import make_reader
     from agentflan.training.models import cache_dir, load_tokenizer
     from agentflan.training.prepared import PreparedCache, cache_key, files_signature, tokenizer_fingerprint
@@ -121,11 +167,10 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
         return make_reader(recipe.data.paths, recipe.data.format, on_error="skip", limit=recipe.data.limit)
 
     if tokenizer is None:
-        first = list(islice(reader().read(recipe.data.paths), 2000))
+        first = list(islice(reader().read(recipe.data.paths), 2000))  # what `training_texts` takes
         if not first:
             raise ConfigError(f"no training data in {recipe.data.paths}")
-        texts = [m.content for t in first for m in with_tools_in_system(t.messages, t.tools)]
-        tokenizer = load_tokenizer(recipe.model, texts)
+        tokenizer = load_tokenizer(recipe.model, training_texts(first))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     template = get_template(recipe.data.template, tokenizer)
@@ -135,7 +180,7 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
         return tokenizer, rows, stats | {"cache": "off"}
     data = recipe.data.model_dump(mode="json", exclude={"num_proc", "cache", "block_mask", "eval_fraction"})
     cache = PreparedCache(cache_dir() / "prepared", cache_key(
-        data, batch, files_signature(recipe.data.paths), tokenizer_fingerprint(tokenizer)))
+        data, batch, recipe.capability_loss, files_signature(recipe.data.paths), tokenizer_fingerprint(tokenizer)))
     with cache.locked():
         loaded = cache.load()
         if loaded is not None:
@@ -157,15 +202,25 @@ def _tokenize(recipe: TrainRecipe, reader: Any, template: Any, tokenizer: Any,
     trajs = list(reader.read(recipe.data.paths))
     if not trajs:
         raise ConfigError(f"no training data in {recipe.data.paths}")
-    samples, dropped, truncated = [], 0, 0
-    for enc in encode_all(trajs, template, tokenizer, recipe.data.max_length, recipe.data.num_proc):
-        if enc is None:
+    samples, dropped, truncated, unmatched = [], 0, 0, 0
+    protocols: Counter[str] = Counter()
+    for p in encode_all(trajs, template, tokenizer, recipe.data.max_length, recipe.data.num_proc,
+                        capabilities=recipe.capability_loss):
+        if p is None:
             dropped += 1
             continue
+        enc = p.encoded
         truncated += enc.truncated
+        protocols[p.protocol] += 1
         samples.append({"input_ids": enc.input_ids, "labels": enc.labels})
+        if p.capabilities is not None:  # a parallel column: the capability of every token (training/capability_loss.py)
+            samples[-1]["capabilities"] = p.capabilities
+            unmatched += not p.matched
     if not samples:
         raise ConfigError("no sample has a trained token: check the loss flags and max_length")
+    if dropped > 0.1 * len(trajs):
+        log.warning("%d of %d trajectories have no trained token within max_length=%d and are not trained on; "
+                    "raise data.max_length", dropped, len(trajs), recipe.data.max_length)
     if recipe.data.packing:
         rows, st = pack(samples, recipe.data.max_length)
     else:
@@ -175,22 +230,41 @@ def _tokenize(recipe: TrainRecipe, reader: Any, template: Any, tokenizer: Any,
              "trained_tokens": sum(sum(x != -100 for x in s["labels"]) for s in samples),
              "packing": recipe.data.packing, "packing_efficiency": round(st.efficiency, 4),
              "padding_waste": round(1 - st.efficiency, 4), "template": template.name,
-             "reading": reader.report.to_dict(), "tokenize_seconds": round(time.perf_counter() - start, 2)}
+             "protocols": dict(sorted(protocols.items())), "reading": reader.report.to_dict(),
+             "capabilities_unmatched": unmatched, "tokenize_seconds": round(time.perf_counter() - start, 2)}
     return rows, stats
+
+
+def check_setup(recipe: TrainRecipe) -> None:
+    """Refuse, before any data is read or model loaded, what cannot train as the recipe says.
+
+    Raises:
+        MissingDependencyError: QLoRA without a CUDA GPU or bitsandbytes.
+        ConfigError: QLoRA on the random `tiny` model; a block mask with an attention kernel that
+            ignores it.
+    """
+    import importlib.util
+
+    if recipe.peft and recipe.peft.type == "qlora":
+        import torch
+
+        if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+            raise MissingDependencyError("peft.type: qlora quantizes the base model to 4 bits with bitsandbytes, "
+                                         "which needs a CUDA GPU and pip install bitsandbytes; use peft.type: "
+                                         "lora on CPU")
+        if recipe.model.name_or_path == "tiny":
+            raise ConfigError("peft.type: qlora needs a saved model to quantize while loading; the random tiny "
+                              "model is built in memory (use peft.type: lora)")
+    attn = recipe.model.attn_implementation
+    if recipe.data.block_mask and attn not in (None, "sdpa", "eager"):
+        raise ConfigError(f"data.block_mask: true needs attn_implementation sdpa or eager; {attn} ignores a 4D "
+                          "mask (packed position ids already keep samples apart there: set block_mask: false)")
 
 
 def _peft_config(section: PeftSection) -> Any:
     require("peft", "train")
     from peft import LoraConfig
 
-    if section.type == "qlora":
-        import importlib.util
-
-        import torch
-
-        if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
-            raise MissingDependencyError("QLoRA needs a CUDA GPU and bitsandbytes (pip install bitsandbytes); "
-                                         "use peft.type: lora on CPU")
     return LoraConfig(r=section.r, lora_alpha=section.alpha, lora_dropout=section.dropout,
                       target_modules=section.target_modules, task_type="CAUSAL_LM")
 
@@ -203,10 +277,12 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from agentflan.training.capability_loss import with_capability_loss
     from agentflan.training.collator import BlockCausalCollator
     from agentflan.training.models import load_model
     from agentflan.training.report import save_outputs
 
+    check_setup(recipe)
     set_seed(recipe.seed)
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +291,7 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
     else:
         data_stats = {"rows": len(rows)}
     (out / "train_recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-    model = load_model(recipe.model, tokenizer)
+    model = load_model(recipe.model, tokenizer, load_in_4bit=bool(recipe.peft and recipe.peft.type == "qlora"))
     dataset = Dataset.from_list(rows)
     eval_dataset = None
     if recipe.data.eval_fraction:
@@ -224,9 +300,17 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
     args = {"output_dir": str(out), "report_to": "none", "logging_steps": 1, "save_strategy": "no",
             "seed": recipe.seed, **recipe.trl,
             "dataset_kwargs": {"skip_prepare_dataset": True}, "remove_unused_columns": False}
-    config = SFTConfig(**args)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, eval_dataset=eval_dataset,
-                         data_collator=BlockCausalCollator(tokenizer.pad_token_id, recipe.data.block_mask), processing_class=tokenizer,
+    try:
+        config = SFTConfig(**args)
+    except (TypeError, ValueError) as e:  # TRL's own checks of the values (the names were checked on load)
+        raise ConfigError(f"the trl: section of {recipe.name!r}: {e}") from e
+    # eager attention adds the 4D mask to the scores: it must be additive, in the model's dtype
+    eager = getattr(model.config, "_attn_implementation", None) == "eager"
+    collator = BlockCausalCollator(tokenizer.pad_token_id, recipe.data.block_mask,
+                                   mask_dtype=model.dtype if recipe.data.block_mask and eager else None)
+    trainer_cls = with_capability_loss(SFTTrainer) if recipe.capability_loss else SFTTrainer
+    trainer = trainer_cls(model=model, args=config, train_dataset=dataset, eval_dataset=eval_dataset,
+                          data_collator=collator, processing_class=tokenizer,
                          peft_config=_peft_config(recipe.peft) if recipe.peft else None)
     resume = recipe.resume
     if resume is True:
@@ -239,6 +323,7 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
         "tokens_per_second": round(_tokens_seen(trainer, rows) / seconds, 1) if seconds else 0.0,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "world_size": trainer.args.world_size,
+        "load_in_4bit": bool(getattr(model, "is_loaded_in_4bit", False)),
         "data": data_stats,
         "log_history": trainer.state.log_history,
     }

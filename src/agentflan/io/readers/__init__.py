@@ -19,6 +19,8 @@ for _name, _target, _doc in [
     ("sharegpt", f"{_R}.sharegpt:ShareGPTReader", "ShareGPT chat, LLaMA-Factory/glaive with tools"),
     ("alpaca", f"{_R}.sharegpt:AlpacaReader", "Alpaca instruction/input/output"),
     ("openai", f"{_R}.openai:OpenAIReader", "OpenAI messages with tool_calls / typed parts"),
+    ("xlam", f"{_R}.xlam:XLAMReader", "Salesforce xLAM/APIGen query/tools/answers"),
+    ("hermes", f"{_R}.hermes:HermesReader", "Hermes function calling (<tools>, <tool_call>, <tool_response>)"),
     ("agentflan", f"{_R}.agentflan:AgentFlanReader", "the released Agent-FLAN dataset"),
     ("toolbench_query", f"{_R}.tasks:ToolBenchQueryReader", "ToolBench instruction (query) files"),
     ("dbbench", f"{_R}.tasks:DBBenchReader", "AgentBench DB task files"),

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from agentflan.errors import ParseError
 from agentflan.formats.react import parse_json_arguments
-from agentflan.io.base import Reader, RecordContext, as_text, parse_tools, require_key
+from agentflan.io.base import Reader, RecordContext, as_text, optional_key, parse_tools, require_key
 from agentflan.schema import (
     AssistantMessage,
     Message,
@@ -37,29 +37,17 @@ class OpenAIReader(Reader):
         for i, m in enumerate(raw_msgs):
             loc = f"messages[{i}]"
             role = require_key(m, "role", str, loc)
-            text, reasoning, part_calls = _content(m.get("content"), f"{loc}.content")
+            text, _, _ = _content(m.get("content"), f"{loc}.content")
             if role in ("system", "developer"):
                 messages.append(SystemMessage(content=text))
             elif role == "user":
                 messages.append(UserMessage(content=text))
                 pending.clear()  # results never came back; checks() reports it
             elif role == "assistant":
-                calls: list[ToolCall] = []
-                raw_calls = list(m.get("tool_calls") or [])
-                if m.get("function_call"):
-                    raw_calls.append({"function": m["function_call"]})
-                for j, tc in enumerate(raw_calls):
-                    fn = require_key(tc, "function", dict, f"{loc}.tool_calls[{j}]")
-                    calls.append(_call(fn, tc.get("id") or f"call_{n_calls}", f"{loc}.tool_calls[{j}].function"))
-                    n_calls += 1
-                for j, value in enumerate(part_calls):
-                    calls.append(_call(value, f"call_{n_calls}", f"{loc}.content[tool_call {j}]"))
-                    n_calls += 1
-                pending.extend(calls)
-                reasoning = m.get("reasoning_content") or m.get("reasoning") or reasoning
-                loss = bool(m.get("weight", 1)) if "weight" in m else bool(m.get("loss", True))
-                messages.append(AssistantMessage(content=text, reasoning=reasoning or None,
-                                                 tool_calls=calls, loss=loss))
+                msg = assistant_message(m, loc, n_calls)
+                n_calls += len(msg.tool_calls)
+                pending.extend(msg.tool_calls)
+                messages.append(msg)
             elif role in ("tool", "function"):
                 call_id = m.get("tool_call_id")
                 split = _split_parallel_results(text, pending) if call_id is None else None
@@ -83,6 +71,30 @@ class OpenAIReader(Reader):
         return Trajectory(id=str(rid) if rid is not None else ctx.default_id(), messages=messages,
                           tools=tools, source=ctx.source(str(rid) if rid is not None else None),
                           lineage=[f"read:{self.name}"])
+
+
+def assistant_message(m: Any, where: str = "message", first_call: int = 0) -> AssistantMessage:
+    """One OpenAI assistant message (a record's turn, or an endpoint's reply) as ours: tool calls
+    (ids kept, else `call_<n>`), legacy `function_call`, typed parts, reasoning, `weight` as loss.
+    Arguments that are not valid JSON are kept with `parse_error`."""
+    if not isinstance(m, dict):
+        raise ParseError(f"a message is an object, found {type(m).__name__}", reason="wrong_type", field=where)
+    text, reasoning, part_calls = _content(m.get("content"), f"{where}.content")
+    calls: list[ToolCall] = []
+    raw_calls = list(optional_key(m, "tool_calls", list, where, []) or [])
+    if m.get("function_call"):
+        raw_calls.append({"function": m["function_call"]})
+    n = first_call
+    for j, tc in enumerate(raw_calls):
+        fn = require_key(tc, "function", dict, f"{where}.tool_calls[{j}]")
+        calls.append(_call(fn, tc.get("id") or f"call_{n}", f"{where}.tool_calls[{j}].function"))
+        n += 1
+    for j, value in enumerate(part_calls):
+        calls.append(_call(value, f"call_{n}", f"{where}.content[tool_call {j}]"))
+        n += 1
+    reasoning = m.get("reasoning_content") or m.get("reasoning") or reasoning
+    loss = bool(m.get("weight", 1)) if "weight" in m else bool(m.get("loss", True))
+    return AssistantMessage(content=text, reasoning=reasoning or None, tool_calls=calls, loss=loss)
 
 
 def _content(content: Any, where: str) -> tuple[str, str | None, list[Any]]:

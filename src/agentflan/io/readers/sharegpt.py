@@ -11,7 +11,7 @@ import json
 from typing import Any, ClassVar
 
 from agentflan.errors import ParseError
-from agentflan.io.base import Reader, RecordContext, as_text, parse_tools, require_key
+from agentflan.io.base import Reader, RecordContext, as_text, optional_key, parse_tools, require_key
 from agentflan.schema import (
     AssistantMessage,
     Message,
@@ -69,9 +69,11 @@ class ShareGPTReader(Reader):
                 pending.extend(calls)
                 messages.append(AssistantMessage(tool_calls=calls, loss=bool(m.get("loss", True))))
             elif role in ("observation", "function", "tool"):
-                call = pending.pop(0) if pending else None
-                messages.append(ToolMessage(content=value, name=call.name if call else None,
-                                            tool_call_id=call.id if call else None))
+                results = _parallel_results(value, pending)
+                for result in results or [value]:
+                    call = pending.pop(0) if pending else None
+                    messages.append(ToolMessage(content=result, name=call.name if call else None,
+                                                tool_call_id=call.id if call else None))
             else:
                 raise ParseError(
                     f"unknown role {role!r} (expected human, gpt, system, function_call, observation)",
@@ -81,6 +83,20 @@ class ShareGPTReader(Reader):
                           tools=parse_tools(record.get("tools")),
                           source=ctx.source(str(rid) if rid is not None else None),
                           lineage=[f"read:{self.name}"])
+
+
+def _parallel_results(value: str, pending: list[ToolCall]) -> list[str] | None:
+    """The results of parallel calls, which LLaMA-Factory (and the `sharegpt` writer) put in one
+    observation as a JSON list of strings: split when it answers every open call at once."""
+    if len(pending) < 2 or not value.startswith("["):
+        return None
+    try:
+        items = json.loads(value)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(items, list) and len(items) == len(pending) and all(isinstance(i, str) for i in items):
+        return items
+    return None
 
 
 def _decode_calls(value: str, where: str) -> list[Any]:
@@ -106,7 +122,7 @@ class AlpacaReader(Reader):
         messages: list[dict[str, Any]] = []
         if record.get("system"):
             messages.append({"role": "system", "content": as_text(record["system"], "system")})
-        for j, turn in enumerate(record.get("history") or []):
+        for j, turn in enumerate(optional_key(record, "history", list, default=[])):
             if not (isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
                 raise ParseError("history turns must be [user, assistant] string pairs",
                                  reason="wrong_type", field=f"history[{j}]")

@@ -10,7 +10,7 @@ import re
 from typing import Any, ClassVar
 
 from agentflan.errors import ParseError
-from agentflan.io.base import Reader, RecordContext, as_text, require_key
+from agentflan.io.base import Reader, RecordContext, as_text, optional_key, require_key
 from agentflan.schema import Message, SystemMessage, ToolSpec, Trajectory, UserMessage
 
 
@@ -30,15 +30,15 @@ class ToolBenchQueryReader(Reader):
     def parse(self, record: Any, ctx: RecordContext) -> Trajectory:
         query = as_text(require_key(record, "query", str), "query")
         tools = []
-        for j, api in enumerate(record.get("api_list") or []):
+        for j, api in enumerate(optional_key(record, "api_list", list, default=[])):
             where = f"api_list[{j}]"
             tool = require_key(api, "tool_name", str, where)
             api_name = require_key(api, "api_name", str, where)
             props: dict[str, Any] = {}
             required = []
             for kind in ("required_parameters", "optional_parameters"):
-                for p in api.get(kind) or []:
-                    if not isinstance(p, dict) or "name" not in p:
+                for p in optional_key(api, kind, list, where, []):
+                    if not isinstance(p, dict) or not isinstance(p.get("name"), str):
                         raise ParseError("parameter without a name", reason="bad_tools", field=f"{where}.{kind}")
                     props[p["name"]] = {"type": str(p.get("type", "string")).lower(),
                                         "description": p.get("description", "")}
@@ -46,12 +46,16 @@ class ToolBenchQueryReader(Reader):
                         required.append(p["name"])
             tools.append(ToolSpec(
                 name=toolbench_function_name(tool, api_name),
-                description=(api.get("api_description") or "").strip(),
+                description=optional_key(api, "api_description", str, where, "").strip(),
                 parameters={"type": "object", "properties": props, "required": required},
                 metadata={k: api[k] for k in ("category_name", "tool_name", "api_name", "method") if k in api}))
         meta: dict[str, Any] = {}
-        if "relevant APIs" in record:
-            meta["relevant_apis"] = [toolbench_function_name(t, a) for t, a in record["relevant APIs"]]
+        relevant = optional_key(record, "relevant APIs", list)
+        if relevant is not None:
+            if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in relevant):
+                raise ParseError("each relevant API is a [tool name, API name] pair", reason="wrong_type",
+                                 field="relevant APIs")
+            meta["relevant_apis"] = [toolbench_function_name(t, a) for t, a in relevant]
         rid = record.get("query_id")
         return Trajectory(id=f"query:{rid}" if rid is not None else ctx.default_id(),
                           messages=[UserMessage(content=query)], tools=tools,
@@ -80,7 +84,7 @@ class DBBenchReader(Reader):
         name = require_key(table, "table_name", str, "table")
         info = require_key(table, "table_info", dict, "table")
         columns = require_key(info, "columns", list, "table.table_info")
-        kinds = record.get("type") or ["other"]
+        kinds = optional_key(record, "type", list) or ["other"]
         prompt = f"{description}\n{record.get('add_description') or ''}".rstrip()
         prompt += f"\nThe name of this table is {name}, and the headers of this table are " + ", ".join(
             str(c.get("name")) for c in columns if isinstance(c, dict)) + "."

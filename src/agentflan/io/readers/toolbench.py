@@ -22,8 +22,6 @@ ToolLLaMA training JSON (`conversations` from system/user/assistant/function, as
 
 from __future__ import annotations
 
-import ast
-import json
 from typing import Any, ClassVar, Literal
 
 from agentflan.errors import Drop, ParseError
@@ -32,6 +30,7 @@ from agentflan.io.base import (
     Reader,
     RecordContext,
     as_text,
+    json_or_literal,
     parse_tools,
     require_key,
 )
@@ -199,14 +198,8 @@ def _split_api_list(system: str, where: str) -> tuple[str, list[Any]]:
         raise ParseError(f"system prompt has no tool list ({API_LIST_MARKER!r} not found)",
                          reason="bad_tools", field=where)
     text = system[at + len(API_LIST_MARKER):].strip()
-    try:
-        value: Any = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            value = ast.literal_eval(text)  # ToolBench writes the list with Python's str()
-        except (ValueError, SyntaxError) as e:
-            raise ParseError("the API list in the system prompt is neither JSON nor a Python literal",
-                             reason="bad_tools", field=where) from e
+    # ToolBench writes the list with Python's str()
+    value = json_or_literal(text, "the API list in the system prompt", "bad_tools", where)
     head = system[:at]
     # the toolbench writer joins prompt and list with one newline; ToolBench itself with none
     return (head[:-1] if head.endswith("\n") else head), parse_tools(value, where)

@@ -14,8 +14,9 @@ _W = "agentflan.io.writers"
 for _name, _target, _doc in [
     ("native", f"{_W}.native:NativeWriter", "agentflan JSONL (lossless)"),
     ("parquet", f"{_W}.native:ParquetWriter", "agentflan Parquet (lossless, typed columns)"),
-    ("openai", f"{_W}.chat:OpenAIWriter", "OpenAI messages + tools (TRL, vLLM)"),
+    ("openai", f"{_W}.chat:OpenAIWriter", "OpenAI fine-tuning messages + tools (arguments as JSON strings)"),
     ("sharegpt", f"{_W}.chat:ShareGPTWriter", "LLaMA-Factory ShareGPT with tools"),
+    ("hf", f"{_W}.chat:HFChatWriter", "Hugging Face messages + tools (TRL, axolotl, apply_chat_template)"),
     ("alpaca", f"{_W}.chat:AlpacaWriter", "Alpaca instruction/input/output"),
     ("agentflan", f"{_W}.chat:AgentFlanWriter", "the Agent-FLAN release record"),
     ("toolbench", f"{_W}.agent:ToolBenchWriter", "ToolLLaMA training JSON"),

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
+from agentflan.errors import ParseError
 from agentflan.formats.agentinstruct import DIALECTS
-from agentflan.formats.react import OBSERVATION_PREFIX, render_bracket, render_toolllama
+from agentflan.formats.react import (
+    OBSERVATION_PREFIX,
+    ReactStep,
+    parse_bracket,
+    parse_toolllama,
+    render_bracket,
+    render_toolllama,
+)
 from agentflan.io.readers.toolbench import API_LIST_MARKER
 from agentflan.io.writers.base import Unwritable, Writer
 from agentflan.io.writers.chat import call_arguments, function_specs
@@ -16,6 +26,18 @@ from agentflan.schema import AssistantMessage, SystemMessage, ToolMessage, Traje
 def _single_call(m: AssistantMessage) -> None:
     if len(m.tool_calls) > 1:
         raise Unwritable("parallel_calls", "the format has one action per turn")
+
+
+def _reads_back(step: Callable[[], ReactStep], thought: str, name: str | None, argument: str | None) -> None:
+    """Refuse a turn whose text its own reader would parse differently (an answer holding an
+    `Action:` line, a thought holding a second action): written, it would be read back wrong."""
+    try:
+        got = step()
+    except ParseError as e:
+        raise Unwritable("ambiguous_text", f"the text would not read back: {e}") from e
+    args = got.raw_arguments if got.raw_arguments is not None else next(iter(got.arguments.values()), None)
+    if (got.thought, got.name, args if name else None) != (thought, name, argument):
+        raise Unwritable("ambiguous_text", "the text would read back as another action")
 
 
 class ToolBenchWriter(Writer):
@@ -30,6 +52,8 @@ class ToolBenchWriter(Writer):
     def record(self, traj: Trajectory) -> dict[str, Any]:
         conv: list[dict[str, str]] = []
         api_list = json.dumps(function_specs(traj), ensure_ascii=False)
+        if any(API_LIST_MARKER in m.content for m in traj.messages if isinstance(m, SystemMessage)):
+            raise Unwritable("ambiguous_text", "the system prompt already holds the API list marker")
         if not isinstance(traj.messages[0], SystemMessage):
             conv.append({"from": "system", "value": f"{API_LIST_MARKER} {api_list}"})
         for i, m in enumerate(traj.messages):
@@ -44,6 +68,8 @@ class ToolBenchWriter(Writer):
                     self.report.lossy["loss_flags"] += 1
                 c = m.tool_calls[0] if m.tool_calls else None
                 value = render_toolllama(m.content, c.name, raw_arguments=call_arguments(c)) if c else m.content
+                _reads_back(partial(parse_toolllama, value), m.content if c else value, c.name if c else None,
+                            call_arguments(c).strip() if c else None)
                 conv.append({"from": "assistant", "value": value})
             else:
                 conv.append({"from": "function", "value": m.content})
@@ -62,6 +88,12 @@ class ReactWriter(Writer):
                 _single_call(m)
                 c = m.tool_calls[0] if m.tool_calls else None
                 content = render_bracket(m.content, c.name if c else None, c.arguments if c else {})
+                arg = None
+                if c:  # what render_bracket wrote between the brackets
+                    only = next(iter(c.arguments.values()), None)
+                    arg = only if len(c.arguments) == 1 and isinstance(only, str) else \
+                        json.dumps(c.arguments, ensure_ascii=False)
+                _reads_back(partial(parse_bracket, content), m.content if c else content, c.name if c else None, arg)
                 out: dict[str, Any] = {"role": "assistant", "content": content}
                 if not m.loss:
                     out["loss"] = False
@@ -76,7 +108,10 @@ class ReactWriter(Writer):
 class AgentInstructWriter(Writer):
     """AgentInstruct `conversations` (human/gpt with `loss`), actions in the task's dialect.
 
-    Needs the `task` tag (set by the agentinstruct reader) to choose the dialect.
+    Needs the `task` tag (set by the agentinstruct reader) to choose the dialect; a call to a tool the
+    dialect has no action for is unwritable (`not_in_dialect`), and so is a turn that would read back
+    as another action (`ambiguous_text`). The id starts with the task (`os_12`), as AgentInstruct's
+    ids do, because that is how a reader finds the dialect: an id without that prefix gets it.
     """
 
     name: ClassVar[str] = "agentinstruct"
@@ -91,11 +126,20 @@ class AgentInstructWriter(Writer):
             if isinstance(m, AssistantMessage):
                 _single_call(m)
                 c = m.tool_calls[0] if m.tool_calls else None
+                if c and c.name not in {t.name for t in dialect.tools}:
+                    raise Unwritable("not_in_dialect", f"the {task} dialect has no action {c.name!r}")
                 value = dialect.render(m.content, c.name if c else None, c.arguments if c else {})
+                try:  # the dialects normalize thoughts and arguments, but never change the action
+                    same = dialect.parse(value).name == (c.name if c else None)
+                except ParseError:
+                    same = False
+                if not same:
+                    raise Unwritable("ambiguous_text", "the text would read back as another action")
                 conv.append({"from": "gpt", "loss": m.loss, "value": value})
             else:
                 conv.append({"from": "human", "loss": None, "value": m.content})
-        return {"id": traj.id, "conversations": conv}
+        rid = traj.id if traj.id.startswith(f"{task}_") else f"{task}_{traj.id}"
+        return {"id": rid, "conversations": conv}
 
 
 class ToolBenchAnswerWriter(Writer):

@@ -3,146 +3,220 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agentflan.formats.react import render_toolllama
-from agentflan.formats.templates import with_tools_in_system
+from agentflan.formats.openai import call_arguments, function_spec, openai_message, openai_tools, tool_call_dicts
+from agentflan.formats.protocols import training_view
+from agentflan.formats.templates import AgentFlanTemplate, hf_messages, hf_tools
 from agentflan.io.writers.base import Unwritable, Writer
-from agentflan.schema import AssistantMessage, SystemMessage, ToolCall, ToolMessage, Trajectory, UserMessage
+from agentflan.schema import AssistantMessage, SystemMessage, ToolMessage, Trajectory, UserMessage
+
+__all__ = ["AgentFlanWriter", "AlpacaWriter", "OpenAIWriter", "ShareGPTWriter", "call_arguments", "function_specs",
+           "tool_call_dicts"]
 
 
-def call_arguments(call: ToolCall) -> str:
-    """Arguments as the JSON string tool-call formats store.
+def function_specs(traj: Trajectory, object_parameters: bool = False) -> list[dict[str, Any]]:
+    """Tool specs as function objects; keys the source had beyond the schema are kept.
 
-    The source text (`raw`) is reused when it never parsed, or when it still says exactly what
-    `arguments` says (keeps e.g. ToolBench's indentation); otherwise the arguments are dumped.
+    With `object_parameters`, a spec without `properties` gets an empty one (the same schema):
+    LLaMA-Factory's default tool prompt reads `parameters.properties` of every tool.
     """
-    if call.raw is not None:
-        if call.parse_error is not None:
-            return call.raw
-        try:
-            if json.loads(call.raw) == call.arguments:
-                return call.raw
-        except json.JSONDecodeError:
-            pass
-    return json.dumps(call.arguments, ensure_ascii=False)
-
-
-def tool_call_dicts(calls: list[ToolCall]) -> list[dict[str, Any]]:
-    """Tool calls as OpenAI chat messages hold them (arguments as a JSON string)."""
-    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": call_arguments(c)}}
-            for c in calls]
-
-
-def function_specs(traj: Trajectory) -> list[dict[str, Any]]:
-    """Tool specs as function objects; keys the source had beyond the schema are kept."""
-    return [{"name": t.name, "description": t.description, "parameters": t.parameters, **t.metadata}
-            for t in traj.tools]
-
-
-def openai_tools(traj: Trajectory) -> list[dict[str, Any]]:
-    return [{"type": "function", "function": f} for f in function_specs(traj)]
+    specs = [function_spec(t, extra=True) for t in traj.tools]
+    if object_parameters:
+        for spec in specs:
+            if "properties" not in spec["parameters"]:
+                spec["parameters"] = {"type": "object", **spec["parameters"], "properties": {}}
+    return specs
 
 
 class OpenAIWriter(Writer):
     """OpenAI chat fine-tuning/eval records: `messages` (+`tool_calls`, role `tool`) and `tools`.
 
-    Ready for TRL (`messages` + `tools` columns) and vLLM/OpenAI requests. An assistant message's
-    `loss` is written as OpenAI's fine-tuning `weight` (0 or 1).
+    True to OpenAI's fine-tuning format: tool-call `arguments` are JSON strings and an assistant
+    message's `loss` is its `weight` (0 or 1). Hugging Face chat templates (TRL) expect argument
+    objects and ignore `weight`: write `hf` for them.
     """
 
     name: ClassVar[str] = "openai"
 
     def record(self, traj: Trajectory) -> dict[str, Any]:
-        msgs: list[dict[str, Any]] = []
         for m in traj.messages:
             if m.metadata:
                 self.report.lossy["message_metadata"] += 1
-            if isinstance(m, AssistantMessage):
-                out: dict[str, Any] = {"role": "assistant", "content": m.content}
-                if m.reasoning is not None:
-                    out["reasoning_content"] = m.reasoning
-                if m.tool_calls:
-                    out["tool_calls"] = tool_call_dicts(m.tool_calls)
-                out["weight"] = int(m.loss)
-                msgs.append(out)
-            elif isinstance(m, ToolMessage):
-                tm: dict[str, Any] = {"role": "tool", "content": m.content}
-                if m.tool_call_id is not None:
-                    tm["tool_call_id"] = m.tool_call_id
-                if m.name is not None:
-                    tm["name"] = m.name
-                msgs.append(tm)
-            else:
-                if m.loss:
-                    self.report.lossy["loss_on_non_assistant"] += 1
-                msgs.append({"role": m.role, "content": m.content})
+            if m.loss and not isinstance(m, AssistantMessage):
+                self.report.lossy["loss_on_non_assistant"] += 1
+        msgs = [openai_message(m, weight=isinstance(m, AssistantMessage)) for m in traj.messages]
         rec: dict[str, Any] = {"id": traj.id, "messages": msgs}
         if traj.tools:
-            rec["tools"] = openai_tools(traj)
+            rec["tools"] = openai_tools(traj.tools, extra=True)
         return rec
+
+
+USER_SIDE = ("human", "observation")
+"""LLaMA-Factory's user-side tags (even turns); `gpt` and `function_call` are the assistant side (odd turns)."""
 
 
 class ShareGPTWriter(Writer):
     """LLaMA-Factory ShareGPT: `conversations` (human/gpt/function_call/observation), `system`, `tools`.
 
-    LLaMA-Factory wants strictly alternating user-side and assistant-side turns and has no place
-    for a thought before a function call or for per-message loss; what cannot be kept is counted
-    in `lossy` (`thought_before_call`, `loss_flags`, `non_alternating`). Consecutive tool results
-    (parallel calls) are merged into one observation, a JSON list, as LLaMA-Factory expects.
+    Every record written is one LLaMA-Factory's converter accepts (its rules, in `data/converter.py`:
+    turns alternate user side (human, observation) and assistant side (gpt, function_call), starting
+    with the user side and ending with the assistant side; a function_call holds JSON). To get there:
+
+    * consecutive turns of one side are merged: tool results of parallel calls into one observation
+      holding a JSON list, as LLaMA-Factory's own readers expect; other runs joined by a blank line
+      (`lossy: merged_turns`); several calls in a row without results become one parallel call
+      (`lossy: merged_calls`); text before a call is dropped (`lossy: thought_before_call`);
+    * user-side turns after the last assistant turn (e.g. FireAct's "Episode finished" observation)
+      are dropped: nothing after the last assistant turn is trained (`lossy: trailing_turns_dropped`);
+    * what cannot be made valid is `unwritable` with a reason: a system message inside the
+      conversation, an assistant turn first, no assistant turn, a call that never parsed, text
+      after a call that has no result.
+
+    Per-message loss has no place (LLaMA-Factory trains every assistant turn, or only the last with
+    `mask_history`): untrained assistant turns are counted `lossy: loss_flags`. `system` and
+    `tools` are written only when the record has them; the `dataset_info` entry names the columns
+    that some record had.
     """
 
     name: ClassVar[str] = "sharegpt"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.columns: set[str] = set()
+        """Optional columns (`system`, `tools`) that at least one written record has."""
+
     def record(self, traj: Trajectory) -> dict[str, Any]:
-        conv: list[dict[str, str]] = []
+        turns: list[tuple[str, Any]] = []
         system = None
+        lossy: Counter[str] = Counter()  # counted only if the record is written
         for i, m in enumerate(traj.messages):
             if isinstance(m, SystemMessage):
-                if i == 0:
-                    system = m.content
-                else:
-                    conv.append({"from": "system", "value": m.content})
+                if i:
+                    raise Unwritable("system_inside_conversation",
+                                     f"message {i}: LLaMA-Factory takes a system prompt only before the conversation")
+                system = m.content
             elif isinstance(m, UserMessage):
-                conv.append({"from": "human", "value": m.content})
+                turns.append(("human", m.content))
             elif isinstance(m, AssistantMessage):
                 if not m.loss:
-                    self.report.lossy["loss_flags"] += 1
+                    lossy["loss_flags"] += 1
+                if m.reasoning:
+                    lossy["reasoning"] += 1
                 if m.tool_calls:
+                    if any(c.parse_error is not None for c in m.tool_calls):
+                        raise Unwritable("unparsed_tool_call", f"message {i}: a tool call whose arguments never parsed")
                     if m.content.strip():
-                        self.report.lossy["thought_before_call"] += 1
-                    calls = [{"name": c.name, "arguments": c.arguments} for c in m.tool_calls]
-                    value = calls[0] if len(calls) == 1 else calls
-                    conv.append({"from": "function_call", "value": json.dumps(value, ensure_ascii=False)})
+                        lossy["thought_before_call"] += 1
+                    turns.append(("function_call", [{"name": c.name, "arguments": c.arguments} for c in m.tool_calls]))
                 else:
-                    conv.append({"from": "gpt", "value": m.content})
+                    turns.append(("gpt", m.content))
             elif isinstance(m, ToolMessage):
-                if conv and conv[-1]["from"] == "observation":
-                    prev = conv[-1]["value"]
-                    items = json.loads(prev) if conv[-1].get("_merged") else [prev]
-                    conv[-1] = {"from": "observation", "value": json.dumps([*items, m.content], ensure_ascii=False),
-                                "_merged": "1"}
-                else:
-                    conv.append({"from": "observation", "value": m.content})
-        for turn in conv:
-            turn.pop("_merged", None)
-        user_side = {"human", "observation"}
-        if any((t["from"] in user_side) != (k % 2 == 0) for k, t in enumerate(conv) if t["from"] != "system"):
-            self.report.lossy["non_alternating"] += 1
+                turns.append(("observation", m.content))
+        conv = [_merge(group, lossy) for group in _runs(turns)]
+        while conv and conv[-1]["from"] in USER_SIDE:
+            conv.pop()
+            lossy["trailing_turns_dropped"] += 1
+        if not conv:
+            raise Unwritable("no_assistant_turn", "LLaMA-Factory needs a final assistant turn")
+        if conv[0]["from"] not in USER_SIDE:
+            raise Unwritable("assistant_first", "LLaMA-Factory needs a user turn before the first assistant turn")
+        self.report.lossy.update(lossy)
         rec: dict[str, Any] = {"id": traj.id, "conversations": conv}
         if system is not None:
             rec["system"] = system
+            self.columns.add("system")
         if traj.tools:
-            rec["tools"] = json.dumps(function_specs(traj), ensure_ascii=False)
+            rec["tools"] = json.dumps(function_specs(traj, object_parameters=True), ensure_ascii=False)
+            self.columns.add("tools")
         return rec
 
-    def dataset_info(self, path: Path) -> dict[str, Any]:
+    def dataset_info(self, path: Path) -> dict[str, Any] | None:
+        """The `dataset_info.json` entry for `path`, named after the file, with an absolute `file_name`
+        (LLaMA-Factory joins `file_name` to its `dataset_dir`, which keeps an absolute path as is)."""
+        if path.name.lower().endswith((".gz", ".zst")):
+            return None  # LLaMA-Factory reads .json/.jsonl/.parquet/... only, never compressed files
+        columns = {"messages": "conversations", **{c: c for c in sorted(self.columns)}}
         return {path.name.split(".")[0]: {
-            "file_name": str(path), "formatting": "sharegpt",
-            "columns": {"messages": "conversations", "system": "system", "tools": "tools"},
+            "file_name": str(path.resolve()), "formatting": "sharegpt", "columns": columns,
             "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                     "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}}}
+                     "observation_tag": "observation", "function_tag": "function_call"}}}
+
+
+def _merge(group: list[tuple[str, Any]], lossy: Counter[str]) -> dict[str, str]:
+    """One turn from a run of turns of one side."""
+    tags = [tag for tag, _ in group]
+    if tags[0] in USER_SIDE:
+        if len(group) == 1:
+            return {"from": tags[0], "value": group[0][1]}
+        if set(tags) == {"observation"}:  # results of parallel calls
+            return {"from": "observation", "value": json.dumps([v for _, v in group], ensure_ascii=False)}
+        lossy["merged_turns"] += 1
+        return {"from": tags[0], "value": "\n\n".join(v for _, v in group)}
+    if "function_call" not in tags:
+        if len(group) > 1:
+            lossy["merged_turns"] += 1
+        return {"from": "gpt", "value": "\n\n".join(v for _, v in group)}
+    first_call = tags.index("function_call")
+    if "gpt" in tags[first_call:]:
+        raise Unwritable("call_without_result", "an assistant answer follows a tool call that has no result")
+    thoughts = sum(bool(v.strip()) for _, v in group[:first_call])
+    if thoughts:
+        lossy["thought_before_call"] += thoughts
+    calls = [c for _, v in group[first_call:] for c in v]
+    if len(group) - first_call > 1:
+        lossy["merged_calls"] += 1
+    return {"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)}
+
+
+def _runs(turns: list[tuple[str, Any]]) -> list[list[tuple[str, Any]]]:
+    """Consecutive turns grouped by side (user side: human, observation; assistant side: the rest)."""
+    runs: list[list[tuple[str, Any]]] = []
+    for turn in turns:
+        if runs and (runs[-1][0][0] in USER_SIDE) == (turn[0] in USER_SIDE):
+            runs[-1].append(turn)
+        else:
+            runs.append([turn])
+    return runs
+
+
+class HFChatWriter(Writer):
+    """Hugging Face conversational records: `messages` and `tools` as `apply_chat_template` takes them.
+
+    Tool-call `arguments` are objects (not JSON strings as in OpenAI's format), so chat templates
+    render them once; this is the form TRL's `SFTTrainer` and axolotl's `chat_template` datasets
+    load. Every message carries `train` (its loss flag): axolotl honours it with
+    `message_field_training: train`; TRL does not (with `assistant_only_loss` it trains every
+    assistant turn), so untrained assistant turns are counted `lossy: untrained_assistant_turns`;
+    for exact per-message loss in TRL use `agentflan data tokenize` (pre-tokenized `input_ids` and
+    `labels`, which TRL uses as they are). Load with `datasets` >= 5: older versions turn the
+    differently-keyed argument objects of different rows into one struct, adding null arguments.
+    """
+
+    name: ClassVar[str] = "hf"
+
+    def record(self, traj: Trajectory) -> dict[str, Any]:
+        msgs = hf_messages(traj.messages)
+        lossy: Counter[str] = Counter()
+        for d, m in zip(msgs, traj.messages, strict=True):
+            d["train"] = m.loss
+            if m.metadata:
+                lossy["message_metadata"] += 1
+            if isinstance(m, AssistantMessage):
+                if m.reasoning is not None:
+                    lossy["reasoning"] += 1
+                if not m.loss:
+                    lossy["untrained_assistant_turns"] += 1
+                if any(c.parse_error is not None for c in m.tool_calls):
+                    raise Unwritable("unparsed_tool_call", "a tool call whose arguments never parsed has no object form")
+        self.report.lossy.update(lossy)
+        rec: dict[str, Any] = {"id": traj.id, "messages": msgs}
+        tools = hf_tools(traj.tools)
+        if tools:
+            rec["tools"] = tools
+        return rec
 
 
 class AlpacaWriter(Writer):
@@ -176,26 +250,18 @@ class AlpacaWriter(Writer):
 class AgentFlanWriter(Writer):
     """The released Agent-FLAN record: `{"id", "conversation": [{"role", "content", "loss"}]}`.
 
-    No tool role exists in the release: tool calls are written in ReAct text
-    (`Thought:/Action:/Action Input:`), tool results as user turns, and the offered tools are
-    listed in the system prompt (a system message is added if there is none). Trajectories that
-    are already text (T-FLAN, ReAct renderings) are written as they are.
+    No tool role exists in the release: a structured trajectory is written as training shows it
+    to the release's template (`protocols.training_view`: the `react` protocol, tools and format in
+    the system prompt, calls as ReAct text, results as user turns). Trajectories that are already
+    text (T-FLAN, ReAct renderings) are written as they are.
     """
 
     name: ClassVar[str] = "agentflan"
 
     def record(self, traj: Trajectory) -> dict[str, Any]:
         conv: list[dict[str, Any]] = []
-        for m in with_tools_in_system(traj.messages, traj.tools):
-            if isinstance(m, SystemMessage):
-                conv.append({"role": "system", "content": m.content, "loss": m.loss})
-            elif isinstance(m, AssistantMessage):
-                if m.tool_calls:
-                    content = "\n".join(render_toolllama(m.content if k == 0 else "", c.name, raw_arguments=call_arguments(c))
-                                        for k, c in enumerate(m.tool_calls)).lstrip("\n")
-                else:
-                    content = m.content
-                conv.append({"role": "assistant", "content": content, "loss": m.loss})
-            else:  # user turns and tool results (observations are user turns in the release)
-                conv.append({"role": "user", "content": m.content, "loss": m.loss})
+        messages, _, _ = training_view(traj, AgentFlanTemplate())
+        for m in messages:
+            role = "user" if m.role == "tool" else m.role
+            conv.append({"role": role, "content": m.content, "loss": m.loss})
         return {"id": traj.id, "conversation": conv}

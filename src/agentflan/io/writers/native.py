@@ -9,13 +9,12 @@ otherwise unify them into sparse structs (mangling them). `from_row` is the exac
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from agentflan.errors import ConfigError, require
-from agentflan.io.files import base_suffix
+from agentflan.io.files import atomic_output, base_suffix
 from agentflan.io.writers.base import Writer, WriteReport, dumps
 from agentflan.schema import ToolSpec, Trajectory
 from agentflan.schema.trajectory import _fast_json_dict, _NotPlain, _plain, _tool_dict
@@ -77,17 +76,6 @@ class _ToolCache:
                 self._json.clear()
             self._seen[key] = t  # held, so that its id is not reused while it is here
         return text
-
-
-_ID_PREFIX = re.compile(r'\{"schema_version": 1, "id": ("(?:[^"\\]|\\.)*")')
-
-
-def native_line_id(line: str | bytes) -> str:
-    """The id of a native JSON line, read from its start (the writer puts it second), without
-    decoding the rest."""
-    text = line.decode("utf-8") if isinstance(line, bytes) else line
-    m = _ID_PREFIX.match(text)
-    return json.loads(m.group(1)) if m else json.loads(text)["id"]  # type: ignore[no-any-return]
 
 
 def _js(value: Any) -> str:
@@ -179,23 +167,42 @@ class ParquetWriter(Writer):
 
     def write(self, trajectories: Iterable[Trajectory], path: str | Path) -> WriteReport:
         require("pyarrow", "parquet")
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = Path(path)
         if base_suffix(str(path)) != ".parquet" or path.name.lower().endswith((".gz", ".zst")):
             raise ConfigError(f"the parquet writer writes .parquet files (compressed internally), not {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         schema = _arrow_schema()
         batch: list[dict[str, Any]] = []
-        with pq.ParquetWriter(path, schema, compression="zstd") as out:
+        with atomic_output(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
             for traj in trajectories:
-                batch.append(self.record(traj))
+                try:
+                    batch.append(self.record(traj))
+                except UnicodeEncodeError:  # pydantic's JSON mode refuses lone surrogates
+                    self.report.unwritable["invalid_unicode"] += 1
+                    continue
                 if len(batch) >= self.batch_size:
-                    out.write_table(pa.Table.from_pylist(batch, schema=schema))
-                    self.report.written += len(batch)
+                    out.write_table(self._table(batch, schema))
                     batch = []
             if batch or self.report.written == 0:
-                out.write_table(pa.Table.from_pylist(batch, schema=schema))
-                self.report.written += len(batch)
+                out.write_table(self._table(batch, schema))
         return self.report
+
+    def _table(self, batch: list[dict[str, Any]], schema: Any) -> Any:
+        """The batch as a table; records Arrow cannot encode (lone surrogates) are counted, not written."""
+        import pyarrow as pa
+
+        try:
+            table = pa.Table.from_pylist(batch, schema=schema)
+        except UnicodeEncodeError:  # rare: find the records at fault one by one
+            good = []
+            for rec in batch:
+                try:
+                    pa.Table.from_pylist([rec], schema=schema)
+                except UnicodeEncodeError:
+                    self.report.unwritable["invalid_unicode"] += 1
+                    continue
+                good.append(rec)
+            table = pa.Table.from_pylist(good, schema=schema)
+        self.report.written += table.num_rows
+        return table

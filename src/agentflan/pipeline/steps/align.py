@@ -1,11 +1,14 @@
-"""`align`: T-FLAN chat alignment (Agent-FLAN's first fix). See `agentflan.formats.tflan`."""
+"""`align`: T-FLAN chat alignment (Agent-FLAN's first fix), rendered by the `tflan` protocol
+(`agentflan.formats.protocols`, which `eval` and `serve` play back exactly). See
+`agentflan.formats.tflan`."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from agentflan.formats.tflan import AlignOptions, align
-from agentflan.pipeline.base import MapStep, StepConfig, StepContext, rng_for
+from agentflan.formats.protocols import TFlanProtocol
+from agentflan.formats.tflan import AlignOptions
+from agentflan.pipeline.base import MapStep, StepConfig, StepContext, render_key
 from agentflan.schema import AssistantMessage, Trajectory
 
 
@@ -31,7 +34,8 @@ class AlignStep(MapStep):
         has_calls = any(isinstance(m, AssistantMessage) and m.tool_calls for m in traj.messages)
         if cfg.require_tool_calls and not has_calls:
             return "no_tool_calls"
-        out = align(traj, rng_for(ctx.seed, self.name, traj.id), AlignOptions(cot=cfg.cot, decompose=cfg.decompose))
+        protocol = TFlanProtocol(AlignOptions(cot=cfg.cot, decompose=cfg.decompose))
+        out = protocol.apply(traj, render_key(ctx.seed, traj.id))
         ctx.stats.inc("turns_in", len(traj.messages))
         ctx.stats.inc("turns_out", len(out.messages))
         return out

@@ -1,0 +1,220 @@
+"""The one client for OpenAI-compatible chat endpoints (OpenAI, vLLM, SGLang, TGI, `transformers
+serve`, `agentflan serve`): bounded concurrency, retries, a request cache, honest errors.
+
+* Retries, with exponential backoff (and `Retry-After` when the server sends it), only where
+  waiting can help: timeouts, HTTP 408/429 and 5xx. A refused connection, a 4xx or a reply that
+  is not a chat completion fails at once.
+* A request that fails after its retries raises `RequestError`: it is an *error*, counted and
+  logged by the caller, never turned into an answer.
+* Every successful response is appended to a JSONL cache keyed by the hash of the full request
+  (URL and body), so a killed run resumes without paying twice and a re-run makes no request.
+
+Used by the negatives teacher (`pipeline.teacher`), by model policies and by `agentflan eval`.
+Only the standard library: no `openai` package needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentflan.errors import AgentflanError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_STATUS = frozenset({408, 429})
+
+
+class ClientConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    """e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`."""
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Environment variable holding the API key (none sent when unset or empty)."""
+    concurrency: int = Field(4, ge=1, le=256)
+    retries: int = Field(4, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    backoff_s: float = Field(1.0, ge=0)
+    """First retry delay; doubles per retry, at most 30 s."""
+    cache: str | None = None
+    """Cache file (JSONL) of responses keyed by request; None: no cache."""
+
+
+class RequestError(AgentflanError):
+    """A request that failed for good. `retryable` says whether the failure was of a kind that
+    retries were tried for (timeouts, 429, 5xx); `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None, attempts: int = 1,
+                 retryable: bool = False) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.attempts = attempts
+        self.retryable = retryable
+
+
+class ContextLimitError(RequestError):
+    """The conversation no longer fits the model's context: the episode cannot go on."""
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, status: int | None = None, wait: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.wait = wait
+
+
+class OpenAIClient:
+    """`POST {base_url}/chat/completions`, cached and retried; see the module docstring."""
+
+    def __init__(self, config: ClientConfig, cache_path: str | Path | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        where = config.cache or cache_path
+        self.cache_path = Path(where) if where else None
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._sleep = sleep
+        self.requests = 0
+        """HTTP requests sent (retries included)."""
+        self.cache_hits = 0
+        self.failures = 0
+        if self.cache_path and self.cache_path.exists():
+            with self.cache_path.open(encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                        self._cache[entry["key"]] = entry["response"]
+                    except (json.JSONDecodeError, KeyError, TypeError):  # a line cut by a kill: asked again
+                        continue
+
+    def key(self, body: dict[str, Any]) -> str:
+        """The cache key of a request: its URL and its whole body."""
+        blob = json.dumps({"url": self.url, "body": body}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def body(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
+        """A request body for this client's model (`None` parameters left out)."""
+        return {"model": self.config.model, "messages": messages, **{k: v for k, v in params.items() if v is not None}}
+
+    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One chat completion (from the cache when the same request was answered before).
+
+        Raises:
+            RequestError: The request failed after its retries, or the reply is not a completion.
+        """
+        key = self.key(body)
+        with self._lock:
+            if key in self._cache:
+                self.cache_hits += 1
+                return self._cache[key]
+        response = self._send(body)
+        with self._lock:
+            self._cache[key] = response
+            if self.cache_path:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.cache_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"key": key, "response": response}, ensure_ascii=False) + "\n")
+        return response
+
+    def chat_many(self, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
+        """Completions in input order, `concurrency` at a time; a failed request yields its error."""
+        return self.map(self.chat, bodies)
+
+    def map(self, fn: Callable[[dict[str, Any]], T], bodies: Sequence[dict[str, Any]]) -> list[T | RequestError]:
+        def one(body: dict[str, Any]) -> T | RequestError:
+            try:
+                return fn(body)
+            except RequestError as e:
+                return e
+        if len(bodies) <= 1 or self.config.concurrency == 1:
+            return [one(b) for b in bodies]
+        with ThreadPoolExecutor(min(self.config.concurrency, len(bodies))) as pool:
+            return list(pool.map(one, bodies))
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        name = self.config.api_key_env
+        key = os.environ.get(name, "") if name else ""
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _send(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        delay = self.config.backoff_s
+        attempts = 0
+        while True:
+            attempts += 1
+            with self._lock:
+                self.requests += 1
+            try:
+                return self._once(data)
+            except _Retry as e:
+                if attempts > self.config.retries:
+                    with self._lock:
+                        self.failures += 1
+                    raise RequestError(f"{self.url}: {e.reason} (after {attempts} attempt(s))", url=self.url,
+                                       status=e.status, attempts=attempts, retryable=True) from None
+                wait = e.wait if e.wait is not None else delay
+                log.warning("request to %s failed (%s); retry %d in %.1fs", self.url, e.reason, attempts, wait)
+                self._sleep(min(wait, 60.0))
+                delay = min(delay * 2, 30.0)
+            except RequestError as e:
+                e.attempts = attempts
+                with self._lock:
+                    self.failures += 1
+                raise
+
+    def _once(self, data: bytes) -> dict[str, Any]:
+        req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:300].decode("utf-8", "replace")
+            if e.code in RETRY_STATUS or e.code >= 500:
+                raise _Retry(f"HTTP {e.code}: {detail}", e.code, _retry_after(e.headers.get("Retry-After"))) from None
+            raise RequestError(f"{self.url}: HTTP {e.code}: {detail}", url=self.url, status=e.code) from None
+        except TimeoutError as e:
+            raise _Retry(f"timed out after {self.config.timeout_s:g} s ({e})") from None
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, (TimeoutError, socket.timeout)):
+                raise _Retry(f"timed out after {self.config.timeout_s:g} s") from None
+            raise RequestError(f"{self.url}: cannot connect ({e.reason}); is the server running?",
+                               url=self.url) from None
+        except (ConnectionError, OSError) as e:  # reset or closed mid-response: a passing fault
+            raise _Retry(f"connection failed: {type(e).__name__}: {e}") from None
+        try:
+            response = json.loads(raw)
+            message = response["choices"][0]["message"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
+            raise RequestError(f"{self.url}: the reply is not a chat completion: {raw[:200]!r}",
+                               url=self.url) from None
+        if not isinstance(message, dict):
+            raise RequestError(f"{self.url}: the reply's message is not an object: {raw[:200]!r}", url=self.url)
+        return response  # type: ignore[no-any-return]
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

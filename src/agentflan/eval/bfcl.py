@@ -1,0 +1,541 @@
+"""Function calling in BFCL's format: question files, possible-answer files, BFCL's AST checker.
+
+Data: BFCL's JSON-lines files (`{"id", "question": [[turns]], "function": [docs]}`) and their
+possible-answer files (`{"id", "ground_truth": [{func: {param: [acceptable values]}}]}`, in a
+`possible_answer/` folder beside them, as BFCL ships them). `bench/fetch_bfcl.py` fetches them
+from the `bfcl-eval` package on PyPI (Apache-2.0); the repository ships none.
+
+Checking reproduces the rules of gorilla's `bfcl_eval/eval_checker/ast_eval/ast_checker.py`,
+read, not copied (Python categories; Java and JavaScript are not supported):
+
+* **simple** (one call expected): exactly one call, else *wrong count*. **multiple** (several
+  functions offered, one call expected): as many calls as expected (one), checked against the
+  expected function. **parallel** and **parallel_multiple**: as many calls as expected, matched
+  in any order, greedily: each expected call takes the first unmatched reply call that passes.
+* A call passes when its name is the expected one; every required parameter is there; every
+  parameter is documented *and* listed in the possible answer; every possible-answer parameter not
+  marked optional (`""` among its values) is there; and every value passes:
+  - **types** are compared exactly (`type(v) == t`, so `True` is no integer), from the documented
+    type (`string`, `integer`, `float`, `boolean`, `array`, `tuple` (a list), `dict`, `any` (a
+    string)); an `int` is accepted for a `float` (converted); a tuple for a `tuple`; arrays check
+    their items' type one level deep; a value of the type of the possible answers (a *variable*)
+    passes the type check and must then equal one of them exactly;
+  - **strings** match one acceptable string after standardization: spaces and `,./-_*^` removed,
+    lower case, `'` as `"`; **lists** match an acceptable list element-wise in order, string
+    elements standardized; **dicts** match an acceptable dict key by key (values standardized when
+    strings, every key known, keys missing only when optional); **lists of dicts** likewise per
+    position; other values (numbers, booleans) must be `==` one of the acceptable values.
+* **irrelevance**: passes only when the reply makes no call *and* reads as a plain answer. BFCL's
+  runner also passes a reply that fails to decode (a broken call is taken for an abstention); here
+  an unparseable reply fails (`verdict.official_valid` keeps what BFCL would say). **relevance**
+  passes with any call.
+
+A reply from any protocol becomes BFCL's decoded form (`[{name: args}]`); under `bfcl` it is read
+with BFCL's own decoder (`formats/pycall.py`). A predictions file (`{"id", "result"}` lines, as
+BFCL's generation writes them: a Python-syntax string, or a list of `{name: args}`) is scored
+without a model (`score_predictions`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentflan.errors import ConfigError
+from agentflan.eval.runlog import Exchange, single_record
+from agentflan.eval.score import pct, rate
+from agentflan.formats.protocols import Action, Protocol
+from agentflan.schema import Message, Source, SystemMessage, ToolCall, ToolSpec, Trajectory, UserMessage
+
+SUITE = "bfcl"
+TYPES: dict[str, type] = {"string": str, "integer": int, "float": float, "boolean": bool, "array": list,
+                          "tuple": list, "dict": dict, "any": str}
+NESTED = ("array", "tuple")
+_OPENAPI = {"dict": "object", "float": "number", "tuple": "array", "any": "string"}
+Decoded = list[dict[str, dict[str, Any]]]
+
+
+class BFCLItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    category: str
+    question: list[dict[str, Any]]
+    function: list[dict[str, Any]]
+    ground_truth: list[dict[str, Any]] = Field(default_factory=list)
+
+    def trajectory(self) -> Trajectory:
+        """The question as a prompt-only conversation; BFCL's documents kept in each tool's metadata."""
+        msgs: list[Message] = []
+        for k, turn in enumerate(self.question):
+            role, content = turn.get("role"), turn.get("content")
+            if not isinstance(content, str):
+                raise ConfigError(f"{self.id}: question turn {k} has no text content")
+            if role == "system":
+                msgs.append(SystemMessage(content=content))
+            elif role == "user":
+                msgs.append(UserMessage(content=content))
+            else:
+                raise ConfigError(f"{self.id}: question turn {k} has role {role!r} (single-turn categories only)")
+        tools = [ToolSpec(name=f["name"], description=str(f.get("description", "")),
+                          parameters=openapi(f.get("parameters", {})), metadata={"bfcl": f}) for f in self.function]
+        return Trajectory(id=self.id, messages=msgs, tools=tools, tags={"final_tool": "Finish", "suite": SUITE},
+                          source=Source(format="bfcl", original_id=self.id))
+
+
+def openapi(schema: Any) -> Any:
+    """BFCL's parameter types as JSON schema (`dict` -> `object`, `float` -> `number`, ...), for
+    protocols that show JSON schema."""
+    if isinstance(schema, dict):
+        out = {k: openapi(v) for k, v in schema.items()}
+        if isinstance(out.get("type"), str):
+            out["type"] = _OPENAPI.get(out["type"], out["type"])
+        return out
+    if isinstance(schema, list):
+        return [openapi(v) for v in schema]
+    return schema
+
+
+def category_of(item_id: str) -> str:
+    """`simple_python_3` -> `simple_python`, `live_parallel_multiple_0-1-2` -> `live_parallel_multiple`."""
+    return re.sub(r"_[\d-]+$", "", item_id)
+
+
+def checker_kind(category: str) -> str:
+    if "java" in category.split("_") or "javascript" in category.split("_"):
+        raise ConfigError(f"BFCL category {category!r}: only the Python categories are supported")
+    if "irrelevance" in category:
+        return "irrelevance"
+    if "relevance" in category:
+        return "relevance"
+    if "multi_turn" in category or "memory" in category or "web_search" in category or "format" in category:
+        raise ConfigError(f"BFCL category {category!r}: only the single-turn AST and relevance categories are supported")
+    if "parallel" in category:
+        return "parallel"
+    return "multiple" if "multiple" in category else "simple"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for k, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{k}: not a JSON line ({e.msg})") from e
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+                raise ConfigError(f"{path}:{k}: a BFCL record is an object with a string 'id'")
+            out.append(rec)
+    return out
+
+
+def answers_path(questions: Path) -> Path:
+    return questions.parent / "possible_answer" / questions.name
+
+
+def load_items(question_file: str | Path, n: int | None = None, answer_file: str | Path | None = None) -> list[BFCLItem]:
+    """The first `n` items of a BFCL question file, with their possible answers (from
+    `answer_file`, or `possible_answer/<same name>` beside it; irrelevance files have none)."""
+    qpath = Path(question_file)
+    if not qpath.is_file():
+        raise ConfigError(f"BFCL question file {qpath} does not exist (bench/fetch_bfcl.py fetches BFCL's data)")
+    recs = _read_jsonl(qpath)[:n]
+    if not recs:
+        raise ConfigError(f"{qpath}: no items")
+    kinds = {checker_kind(category_of(r["id"])) for r in recs}
+    truth: dict[str, Any] = {}
+    if kinds - {"irrelevance", "relevance"}:
+        apath = Path(answer_file) if answer_file else answers_path(qpath)
+        if not apath.is_file():
+            raise ConfigError(f"{qpath}: its possible-answer file {apath} does not exist")
+        truth = {r["id"]: r.get("ground_truth") for r in _read_jsonl(apath)}
+    items = []
+    for k, r in enumerate(recs, 1):
+        where = f"{qpath}:{k}"
+        cat = category_of(r["id"])
+        question, function = r.get("question"), r.get("function")
+        if not (isinstance(question, list) and question and isinstance(question[0], list)):
+            raise ConfigError(f"{where}: 'question' must be a list of turns lists")
+        if not isinstance(function, list) or not all(isinstance(f, dict) and "name" in f for f in function):
+            raise ConfigError(f"{where}: 'function' must be a list of function documents with a 'name'")
+        gt = truth.get(r["id"]) if checker_kind(cat) not in ("irrelevance", "relevance") else []
+        if not isinstance(gt, list) or (not gt and checker_kind(cat) not in ("irrelevance", "relevance")):
+            raise ConfigError(f"{where}: no possible answer for {r['id']} in the possible-answer file")
+        items.append(BFCLItem(id=r["id"], category=cat, question=question[0], function=function, ground_truth=gt))
+    return items
+
+
+# ---- BFCL's AST checker, reproduced -----------------------------------------------------------------------
+
+def _ok() -> dict[str, Any]:
+    return {"valid": True, "error_type": None, "error": None}
+
+
+def _bad(error_type: str, error: str) -> dict[str, Any]:
+    return {"valid": False, "error_type": error_type, "error": error}
+
+
+def standardize(s: str) -> str:
+    """BFCL's string standardization: drop spaces and `,./-_*^`, lower-case, `'` -> `"`."""
+    return re.sub(r"[ ,./\-_*^]", "", s).lower().replace("'", '"')
+
+
+def _answer_type(possible: Any) -> type | None:
+    for a in possible:
+        if a != "":
+            return type(a)
+    return None
+
+
+def type_check(param: str, value: Any, possible: Any, expected: type, nested: type | None) -> dict[str, Any]:
+    """BFCL's `type_checker`: `{"valid", "is_variable", ...}`."""
+    answer_type = _answer_type(possible)
+    is_variable = answer_type is not None and answer_type is not expected
+    if type(value) is expected:
+        if nested is None:
+            return {**_ok(), "is_variable": is_variable}
+        values = cast(list[Any], value)
+        for item in possible:
+            passes = True
+            if type(item) is list:
+                for v in values:
+                    if not type_check(param, v, item, nested, None)["valid"]:
+                        passes = False
+                        break
+            if passes:
+                return {**_ok(), "is_variable": is_variable}
+        return _bad("type_error:nested", f"nested type check failed for {param!r}")
+    if answer_type is not None and type(value) is answer_type:
+        return {**_ok(), "is_variable": True}
+    return _bad("type_error:simple", f"{param!r}: expected {expected.__name__}, got {type(value).__name__}")
+
+
+def _std(v: Any) -> Any:
+    return standardize(v) if type(v) is str else v
+
+
+def _string_check(param: str, value: str, possible: list[Any]) -> dict[str, Any]:
+    if standardize(value) not in [standardize(a) for a in possible if type(a) is str]:
+        return _bad("value_error:string", f"{param!r}: {value!r} is not one of {possible}")
+    return _ok()
+
+
+def _list_check(param: str, value: list[Any], possible: list[Any]) -> dict[str, Any]:
+    got = [_std(v) for v in value]
+    accepted = [[_std(a[j]) for j in range(len(a))] if isinstance(a, (str, list, tuple)) else None for a in possible]
+    if got not in accepted:
+        return _bad("value_error:list/tuple", f"{param!r}: {value!r} is not one of {possible}")
+    return _ok()
+
+
+def _dict_check(param: str, value: dict[str, Any], possible: list[Any]) -> dict[str, Any]:
+    result = _bad("dict_checker:unclear", f"{param!r}: no acceptable dict")
+    for answer in possible:
+        if answer == "" or not isinstance(answer, dict):
+            continue
+        result = _ok()
+        for k, v in value.items():
+            if k not in answer:
+                result = _bad("value_error:dict_key", f"{param!r}: unexpected key {k!r}")
+                break
+            if _std(v) not in [_std(a) for a in answer[k]]:
+                result = _bad("value_error:dict_value", f"{param!r}: {k!r}={v!r} is not one of {answer[k]}")
+                break
+        for k, vals in answer.items():
+            if k not in value and "" not in vals:
+                result = _bad("value_error:dict_key", f"{param!r}: missing key {k!r}")
+                break
+        if result["valid"]:
+            return result
+    return result
+
+
+def _list_dict_check(param: str, value: list[Any], possible: list[Any]) -> dict[str, Any]:
+    result = _bad("list_dict_checker:unclear", f"{param!r}: no acceptable list of dicts")
+    for answer in possible:
+        if not isinstance(answer, (list, str)) or len(value) != len(answer):
+            result = _bad("value_error:list_dict_count", f"{param!r}: wrong number of dicts")
+            continue
+        for i, v in enumerate(value):
+            result = _dict_check(param, v, [answer[i]]) if isinstance(v, dict) else _bad(
+                "value_error:dict_value", f"{param!r}: item {i} is not a dict")
+            if not result["valid"]:
+                break
+        else:
+            return _ok()
+    return result
+
+
+def check_call(doc: dict[str, Any], call: dict[str, dict[str, Any]], expected: dict[str, dict[str, list[Any]]],
+               *, dots_as_underscores: bool = False) -> dict[str, Any]:
+    """BFCL's `simple_function_checker`: one decoded call against one expected call."""
+    answers = next(iter(expected.values()))
+    name = doc["name"]
+    if dots_as_underscores:
+        name = name.replace(".", "_")
+    if name not in call:
+        return _bad("simple_function_checker:wrong_func_name", f"function {name!r} not in the reply")
+    params = call[name]
+    details = doc["parameters"]["properties"]
+    for p in doc["parameters"].get("required", []):
+        if p not in params:
+            return _bad("simple_function_checker:missing_required", f"missing required parameter {p!r}")
+    for p, value in params.items():
+        if p not in details or p not in answers:
+            return _bad("simple_function_checker:unexpected_param", f"unexpected parameter {p!r}")
+        declared = details[p]["type"]
+        if declared not in TYPES:
+            return _bad("type_error:unknown", f"{p!r}: unsupported declared type {declared!r}")
+        expected_type = TYPES[declared]
+        nested = TYPES.get(details[p].get("items", {}).get("type", "")) if declared in NESTED else None
+        if declared in NESTED and nested is None:
+            return _bad("type_error:unknown", f"{p!r}: unsupported item type")
+        if declared == "tuple" and type(value) is tuple:
+            value = list(value)
+        if declared == "float" and type(value) is int:
+            value = float(value)
+        checked = type_check(p, value, answers[p], expected_type, nested)
+        if not checked["valid"]:
+            return checked
+        if not checked["is_variable"]:
+            if expected_type is dict:
+                result = _dict_check(p, value, answers[p])
+            elif expected_type is list and nested is dict:
+                result = _list_dict_check(p, value, answers[p])
+            elif expected_type is str:
+                result = _string_check(p, value, answers[p])
+            elif expected_type is list:
+                result = _list_check(p, value, answers[p])
+            else:
+                result = None
+            if result is not None:
+                if not result["valid"]:
+                    return result
+                continue
+        if value not in answers[p]:
+            return _bad("value_error:others", f"{p!r}: {value!r} is not one of {answers[p]}")
+    for p in answers:
+        if p not in params and "" not in answers[p]:
+            return _bad("simple_function_checker:missing_optional", f"parameter {p!r} missing and not optional")
+    return _ok()
+
+
+def _doc(functions: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    doc = next((f for f in functions if f["name"] == name), None)
+    if doc is None:
+        raise ConfigError(f"the possible answer names {name!r}, which is not among the functions")
+    return doc
+
+
+def check_ast(functions: list[dict[str, Any]], decoded: Decoded, truth: list[dict[str, Any]], kind: str, *,
+              dots_as_underscores: bool = False) -> dict[str, Any]:
+    """BFCL's `ast_checker` for the simple, multiple and parallel kinds."""
+    if len(decoded) != len(truth):
+        return _bad(f"{kind}:wrong_count", f"{len(decoded)} call(s), expected {len(truth)}")
+    if kind != "parallel":
+        expected = truth[0]
+        return check_call(_doc(functions, next(iter(expected))), decoded[0], expected,
+                          dots_as_underscores=dots_as_underscores)
+    matched: set[int] = set()
+    for i, expected in enumerate(truth):
+        doc = _doc(functions, next(iter(expected)))
+        found = False
+        for j, call in enumerate(decoded):
+            if j in matched:
+                continue
+            if check_call(doc, call, expected, dots_as_underscores=dots_as_underscores)["valid"]:
+                matched.add(j)
+                found = True
+                break
+        if not found:
+            return _bad("parallel:cannot_find_match", f"no reply call matches expected call {i}")
+    return _ok()
+
+
+# ---- replies -> decoded form, verdicts --------------------------------------------------------------------
+
+def decoded_of(action: Action) -> Decoded | None:
+    """BFCL's decoded form of an action (None: the reply could not be decoded)."""
+    if action.kind == "unparseable":
+        return None
+    return [{c.name: dict(c.arguments)} for c in action.calls] if action.kind == "call" else []
+
+
+def judge(item: BFCLItem, action: Action | None, context_limit: bool = False, *,
+          dots_as_underscores: bool = False) -> dict[str, Any]:
+    """The verdict of one reply: `valid`, `error_type`, `error`, `outcome`, and for irrelevance
+    `official_valid` (BFCL's runner passes a reply that fails to decode)."""
+    kind = checker_kind(item.category)
+    if action is None or context_limit:
+        return {**_bad("context_limit", "the prompt does not fit the model"), "kind": kind, "outcome": "context_limit",
+                **({"official_valid": False} if kind == "irrelevance" else {})}
+    decoded = decoded_of(action)
+    if kind in ("irrelevance", "relevance"):
+        called = bool(decoded)
+        if kind == "irrelevance":
+            v = (_ok() if decoded == [] else
+                 _bad("irrelevance_error:unparseable", f"the reply tried to call and cannot be read: {action.error}")
+                 if decoded is None else _bad("irrelevance_error:decoder_success", "a call where none is due"))
+            v["official_valid"] = not called
+        else:
+            v = _ok() if called else _bad("relevance_error:no_call", "no call where one is due")
+        outcome = ("unparseable" if decoded is None else "call" if called else
+                   "refusal" if re.search(r"(?i)\b(?:can(?:'|no)?t|cannot|unable|none of|not able|sorry)", action.answer or "")
+                   else "no_call")
+        return {**v, "kind": kind, "outcome": outcome, "decoded": decoded}
+    if decoded is None:
+        v = _bad("ast_decoder:decoder_failed", f"the reply cannot be decoded: {action.error}")
+        return {**v, "kind": kind, "outcome": "unparseable", "decoded": None}
+    v = check_ast(item.function, decoded, item.ground_truth, kind, dots_as_underscores=dots_as_underscores)
+    return {**v, "kind": kind, "outcome": _outcome(v, decoded, item, action), "decoded": decoded}
+
+
+def _outcome(v: dict[str, Any], decoded: Decoded, item: BFCLItem, action: Action) -> str:
+    if v["valid"]:
+        return "correct_call"
+    if not decoded:
+        return "refusal" if re.search(r"(?i)\b(?:can(?:'|no)?t|cannot|unable|none of|not able|sorry)",
+                                      action.answer or "") else "no_call"
+    if len(decoded) > len(item.ground_truth):
+        return "extra_call"
+    if len(decoded) < len(item.ground_truth):
+        return "missing_call"
+    et = str(v["error_type"])
+    if "wrong_func_name" in et or ("parallel" in et and not {n for d in decoded for n in d} <= _expected_names(item)):
+        return "wrong_tool"
+    return "wrong_argument"
+
+
+def _expected_names(item: BFCLItem) -> set[str]:
+    return {n for d in item.ground_truth for n in d}
+
+
+def record(item: BFCLItem, protocol: str, agent: str, ex: Exchange) -> dict[str, Any]:
+    verdict = None if ex.error is not None else judge(item, ex.action, ex.context_limit)
+    return single_record(SUITE, protocol, agent, item.id, ex, category=item.category,
+                         item=item.model_dump(mode="json"), verdict=verdict)
+
+
+def rescore(rec: dict[str, Any], proto: Protocol | None) -> dict[str, Any] | None:
+    """A logged reply's verdict, re-derived: the completions replayed through the protocol (or a
+    predictions file's `result` decoded again), then checked."""
+    from agentflan.eval.runlog import replay
+    from agentflan.formats.protocols import conversation_key
+
+    if rec.get("error") is not None:
+        return None
+    item = BFCLItem.model_validate(rec["item"])
+    if rec.get("context_limit"):
+        return judge(item, None, True)
+    if "result" in rec:
+        return prediction_verdict(item, rec["result"], missing=bool(rec.get("missing")),
+                                  dots_as_underscores=bool(rec.get("dots_as_underscores")))
+    assert proto is not None
+    traj = item.trajectory()
+    return judge(item, replay(proto, traj, conversation_key(traj), rec["completions"]))
+
+
+def action_of_result(result: Any) -> Action:
+    """The action a BFCL predictions `result` states: a string read as BFCL's Python syntax (an
+    attempt that does not decode is unparseable, other text a plain answer), or a list of
+    `{name: args}` (args an object or a JSON string), as function-calling handlers decode."""
+    from agentflan.formats.pycall import BFCLProtocol
+
+    if isinstance(result, str):
+        return BFCLProtocol().parse(result, Trajectory(id="x", messages=[], source=Source(format="bfcl")))
+    if isinstance(result, list):
+        calls = []
+        for i, entry in enumerate(result):
+            if not isinstance(entry, dict) or len(entry) != 1:
+                return Action("unparseable", error=f"result[{i}] is not one {{name: arguments}} object")
+            (name, args), = entry.items()
+            if isinstance(args, str):
+                try:
+                    args = json.loads(args)
+                except json.JSONDecodeError as e:
+                    return Action("unparseable", error=f"result[{i}]: arguments are not JSON ({e.msg})")
+            if not isinstance(args, dict):
+                return Action("unparseable", error=f"result[{i}]: arguments are not an object")
+            calls.append(ToolCall(id=f"call_{i}", name=str(name), arguments=args))
+        return Action("call", calls=calls) if calls else Action("answer", answer="")
+    return Action("unparseable", error=f"a result must be a string or a list, not {type(result).__name__}")
+
+
+def score_predictions(predictions: str | Path, items: list[BFCLItem], *, agent: str = "predictions",
+                      dots_as_underscores: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """Records for a predictions file (`{"id", "result"}` lines) against `items`; and the ids of
+    items that have no prediction (each is scored as a failure: a missing prediction is no pass)."""
+    path = Path(predictions)
+    if not path.is_file():
+        raise ConfigError(f"predictions file {path} does not exist")
+    preds: dict[str, Any] = {}
+    for rec in _read_jsonl(path):
+        if "result" not in rec:
+            raise ConfigError(f"{path}: record {rec['id']!r} has no 'result'")
+        preds[rec["id"]] = rec["result"]
+    out, missing = [], []
+    for item in items:
+        if item.id not in preds:
+            missing.append(item.id)
+        result = preds.get(item.id, "")
+        v = prediction_verdict(item, result, missing=item.id in missing, dots_as_underscores=dots_as_underscores)
+        out.append({"suite": SUITE, "protocol": "predictions", "agent": agent, "task_id": item.id,
+                    "category": item.category, "item": item.model_dump(mode="json"), "result": result,
+                    **({"missing": True} if item.id in missing else {}),
+                    **({"dots_as_underscores": True} if dots_as_underscores else {}),
+                    "action": None, "error": None, "verdict": v})
+    return out, missing
+
+
+def prediction_verdict(item: BFCLItem, result: Any, *, missing: bool = False,
+                       dots_as_underscores: bool = False) -> dict[str, Any]:
+    """The verdict of a predictions file's `result` (a missing prediction fails)."""
+    v = judge(item, action_of_result(result), dots_as_underscores=dots_as_underscores)
+    if missing:
+        v = {**v, **_bad("missing_prediction", "no prediction for this item"), "outcome": "missing",
+             **({"official_valid": False} if v["kind"] == "irrelevance" else {})}
+    return v
+
+
+# ---- summaries -----------------------------------------------------------------------------------------
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy per category (BFCL's), the unparseable rate, outcomes; irrelevance also by BFCL's rule."""
+    vs = [r["verdict"] for r in records if r.get("error") is None and r.get("verdict") is not None]
+    by_cat: dict[str, list[bool]] = {}
+    for r in records:
+        if r.get("verdict") is not None and r.get("error") is None:
+            by_cat.setdefault(r["category"], []).append(bool(r["verdict"]["valid"]))
+    irr = [v for v in vs if v["kind"] == "irrelevance"]
+    first = records[0] if records else {}
+    return {"suite": SUITE, "protocol": first.get("protocol"), "agent": first.get("agent"), "items": len(records),
+            "scored": len(vs), "errors": len(records) - len(vs),
+            "accuracy": rate(sum(v["valid"] for v in vs), len(vs)),
+            "by_category": {k: rate(sum(x), len(x)) for k, x in sorted(by_cat.items())},
+            "unparseable": rate(sum(v["outcome"] == "unparseable" for v in vs), len(vs)),
+            "irrelevance_official": rate(sum(bool(v.get("official_valid")) for v in irr), len(irr)),
+            "outcomes": dict(sorted(Counter(v["outcome"] for v in vs).items())),
+            "error_types": dict(sorted(Counter(str(v["error_type"]) for v in vs if not v["valid"]).items())),
+            "missing": sum(bool(r.get("missing")) for r in records),
+            "error_examples": sorted({str(r["error"])[:200] for r in records if r.get("error") is not None})[:3]}
+
+
+def table(summaries: list[dict[str, Any]]) -> str:
+    """Markdown: accuracy per run and category (BFCL's irrelevance rule beside ours)."""
+    cats = sorted({c for s in summaries for c in s["by_category"]})
+    head = ["run", "protocol", "items", "accuracy %", *[f"{c} %" for c in cats], "irrelevance (BFCL's rule) %",
+            "unparseable %", "errors"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summaries:
+        rows.append("| " + " | ".join([
+            str(s.get("run", "")), f"`{s.get('protocol')}`", str(s["scored"]), pct(s["accuracy"]),
+            *[pct(s["by_category"][c]) if c in s["by_category"] else "" for c in cats],
+            pct(s["irrelevance_official"]), pct(s["unparseable"]), str(s["errors"])]) + " |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,290 @@
+"""Engines: what turns a protocol's `Prompt`s into `Completion`s, many at a time.
+
+* `HFEngine`: a local transformers model. Prompts are rendered with the model's *training*
+  template and tokenized exactly as training tokenized them (`training.masking.prompt_ids`);
+  generation is greedy and batched (left padding, longest first), stopping at the template's end
+  of turn or a protocol's observation marker.
+* `OpenAIEngine`: any OpenAI-compatible endpoint through the one client (`agentflan.client`),
+  `concurrency` requests at a time. Text protocols send the rendered turns as plain chat (the
+  server applies its own chat template); the structured `native` protocol sends messages and
+  `tools` and reads the server's `tool_calls`. A failed request comes back as `RequestError`.
+* `VLLMEngine`: vLLM's offline engine on a GPU, prompts rendered by our template (exact).
+
+Every engine returns one result per prompt, in order: a `Completion`, or a `RequestError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+from agentflan.client import ClientConfig, ContextLimitError, OpenAIClient, RequestError
+from agentflan.errors import MissingDependencyError, require
+from agentflan.formats.openai import openai_messages, openai_tools
+from agentflan.formats.protocols import Completion, Prompt
+from agentflan.formats.templates import is_structured
+from agentflan.training.models import ModelInfo
+
+log = logging.getLogger(__name__)
+Result = Completion | RequestError
+
+
+class Engine(ABC):
+    name: ClassVar[str]
+    batch_size: int = 1
+
+    @abstractmethod
+    def generate(self, prompts: list[Prompt]) -> list[Result]:
+        """One result per prompt, in order."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name}
+
+
+def cut_at_stops(text: str, protocol_stops: tuple[str, ...], end_stops: tuple[str, ...]) -> tuple[str, str | None]:
+    """`text` up to the first stop; the protocol stop that ended it, if one did.
+
+    Examples:
+        >>> cut_at_stops("Thought: x\\nObservation: made up<|im_end|>", ("\\nObservation:",), ("<|im_end|>",))
+        ('Thought: x', '\\nObservation:')
+    """
+    best, which = len(text), None
+    for stop in (*protocol_stops, *end_stops):
+        if not stop:
+            continue
+        at = text.find(stop)
+        if 0 <= at < best:
+            best, which = at, stop
+    return text[:best], which if which in protocol_stops else None
+
+
+class HFEngine(Engine):
+    """A local transformers model (a folder saved by `agentflan train`, or any causal LM folder).
+
+    Args:
+        path: The model folder.
+        template: Chat template name (default: the one the model was trained with).
+        batch_size: Prompts per `generate` call (all episodes step in lockstep; see `eval.driver`).
+        max_new_tokens: Per generation.
+        device: `cpu`, `cuda`, ...; dtype: `float32`, `bfloat16`, ...
+    """
+
+    name: ClassVar[str] = "hf"
+
+    def __init__(self, path: str | Path, *, template: str | None = None, batch_size: int = 16,
+                 max_new_tokens: int = 256, device: str = "cpu", dtype: str = "float32",
+                 model: Any = None, tokenizer: Any = None, prefix_cache_gb: float = 2.0) -> None:
+        require("transformers", "train")
+        from agentflan.formats.templates import get_template
+        from agentflan.training.models import check_local_model
+
+        self.path = str(path)
+        self.info = ModelInfo.load(path) if model is None else ModelInfo(template=template or "hf")
+        if model is None or tokenizer is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            check_local_model(self.path)
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=getattr(torch, dtype))
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.template = get_template(template or self.info.template, tokenizer)
+        self.batch_size = max(1, batch_size)
+        self.max_new_tokens = max_new_tokens
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.end_stops = tuple(s for s in (*self.template.stop, tokenizer.eos_token,
+                                           tokenizer.pad_token if tokenizer.pad_token != tokenizer.eos_token else None)
+                               if s)
+        self.tokens_generated = 0
+        self.calls = 0
+        self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
+        from agentflan.eval.decode import PrefixCache
+
+        self.cache = PrefixCache(int(prefix_cache_gb * 2**30)) if prefix_cache_gb > 0 else None
+        self.stop_ids = {i for s in self.end_stops for i in [tokenizer.convert_tokens_to_ids(s)]
+                         if isinstance(i, int) and i != tokenizer.unk_token_id}
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "model": self.path, "template": self.template.name,
+                "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "device": self.device}
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        from agentflan.training.masking import prompt_ids
+
+        return prompt_ids(self.template, self.tokenizer, prompt.messages, prompt.tools)
+
+    def _greedy(self, prompts: list[list[int]], stops: list[str]) -> list[list[int]]:
+        """New tokens per prompt: the prefix-cached lockstep decoder (`eval.decode`), or
+        `model.generate` when the cache is off."""
+        import torch
+
+        longest = max(len(s) for s in stops) if stops else 0
+
+        def stopped(i: int, new: list[int]) -> bool:
+            tail = self.tokenizer.decode(new[-(longest + 8):], skip_special_tokens=False)
+            return any(s in tail for s in stops)
+
+        if self.cache is not None:
+            from agentflan.eval.decode import greedy
+
+            return greedy(self.model, prompts, max_new_tokens=self.max_new_tokens, pad_id=self.pad_id,
+                          stop_ids=self.stop_ids, stopped=stopped, cache=self.cache, device=self.device)
+        width = max(len(p) for p in prompts)
+        batch = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+            batch[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=batch.to(self.device), attention_mask=mask.to(self.device), do_sample=False,
+                max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id, stop_strings=stops,
+                tokenizer=self.tokenizer, temperature=None, top_p=None, top_k=None)
+        return [out[r, width:].tolist() for r in range(len(prompts))]
+
+    def generate(self, prompts: list[Prompt]) -> list[Result]:
+        encoded = [self.prompt_ids(p) for p in prompts]
+        results: list[Result | None] = [None] * len(prompts)
+        limit = self.context - 1 if self.context else None
+        for i, ids in enumerate(encoded):  # a prompt the model cannot hold is not generated from
+            if limit is not None and len(ids) > limit:
+                results[i] = ContextLimitError(f"the prompt has {len(ids)} tokens; the model's context is "
+                                               f"{self.context}", url=self.path, status=400)
+        order = sorted((i for i in range(len(prompts)) if results[i] is None), key=lambda i: (-len(encoded[i]), i))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            stops = sorted({s for i in chunk for s in prompts[i].stop} | set(self.end_stops))
+            news = self._greedy([encoded[i] for i in chunk], stops)
+            self.calls += 1
+            for i, new in zip(chunk, news, strict=True):
+                text = self.tokenizer.decode(new, skip_special_tokens=False)
+                cut, stop = cut_at_stops(text, prompts[i].stop, self.end_stops)
+                n = len(self.tokenizer(cut, add_special_tokens=False)["input_ids"]) if cut else 0
+                self.tokens_generated += n
+                results[i] = Completion(text=cut, stop=stop, tokens=n, prompt_tokens=len(encoded[i]))
+        return [r for r in results if r is not None]
+
+
+class OpenAIEngine(Engine):
+    """An OpenAI-compatible endpoint (see the module docstring)."""
+
+    name: ClassVar[str] = "openai"
+
+    def __init__(self, config: ClientConfig, *, max_tokens: int = 256, temperature: float = 0.0,
+                 final_tool_hint: bool = True) -> None:
+        self.client = OpenAIClient(config)
+        self.batch_size = config.concurrency
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.final_tool_hint = final_tool_hint
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "base_url": self.client.config.base_url, "model": self.client.config.model,
+                "concurrency": self.client.config.concurrency, "max_tokens": self.max_tokens}
+
+    def body(self, prompt: Prompt) -> dict[str, Any]:
+        structured = prompt.tools is not None or is_structured(prompt.messages)
+        body = self.client.body(openai_messages(prompt.messages), max_tokens=self.max_tokens,
+                                temperature=self.temperature, stop=list(prompt.stop) or None)
+        if structured and prompt.tools:
+            body["tools"] = openai_tools(prompt.tools)
+        return body
+
+    def generate(self, prompts: list[Prompt]) -> list[Result]:
+        from agentflan.io.readers.openai import assistant_message
+
+        def one(body: dict[str, Any]) -> Completion:
+            response = self.client.chat(body)
+            choice = response["choices"][0]
+            msg = choice["message"]
+            try:
+                parsed = assistant_message(msg, "choices[0].message")
+            except Exception as e:  # a reply we cannot read is the server's fault: an error, not an answer
+                raise RequestError(f"{self.client.url}: unreadable message in the reply: {e}",
+                                   url=self.client.url) from e
+            stop = choice.get("stop_reason")
+            ext = response.get("agentflan") or {}
+            completion = Completion(text=parsed.content, stop=stop if isinstance(stop, str) else None,
+                                    tokens=int((response.get("usage") or {}).get("completion_tokens") or 0))
+            if body.get("tools"):  # a structured request: the server read the reply itself
+                completion.message = parsed
+            if ext.get("action") == "unparseable":  # agentflan serve: the model's reply could not be read
+                completion.error = str(ext.get("error") or "unparseable reply")
+            return completion
+
+        return self.client.map(one, [self.body(p) for p in prompts])
+
+
+class VLLMEngine(Engine):
+    """vLLM's offline engine (CUDA only), fed prompts rendered and tokenized by our template."""
+
+    name: ClassVar[str] = "vllm"
+
+    def __init__(self, path: str | Path, *, template: str | None = None, max_new_tokens: int = 256,
+                 dtype: str = "bfloat16", **kwargs: Any) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise MissingDependencyError("--engine vllm needs vLLM on a CUDA GPU (pip install vllm); "
+                                         "use --engine hf on CPU")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MissingDependencyError("--engine vllm needs a CUDA GPU; use --engine hf on CPU")
+        from transformers import AutoTokenizer
+        from vllm import LLM  # type: ignore[import-not-found]
+
+        from agentflan.formats.templates import get_template
+
+        self.path = str(path)
+        self.info = ModelInfo.load(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.template = get_template(template or self.info.template, self.tokenizer)
+        self.llm = LLM(model=self.path, dtype=dtype, **kwargs)
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = 1024
+        self.end_stops = tuple(s for s in (*self.template.stop, self.tokenizer.eos_token) if s)
+
+    def generate(self, prompts: list[Prompt]) -> list[Result]:
+        from vllm import SamplingParams
+
+        from agentflan.training.masking import prompt_ids
+
+        ids = [prompt_ids(self.template, self.tokenizer, p.messages, p.tools) for p in prompts]
+        params = [SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens,
+                                 stop=list({*p.stop, *self.end_stops})) for p in prompts]
+        outs = self.llm.generate([{"prompt_token_ids": i} for i in ids], params)
+        results: list[Result] = []
+        for p, o in zip(prompts, outs, strict=True):
+            text = o.outputs[0].text
+            reason = o.outputs[0].stop_reason
+            results.append(Completion(text=text, stop=reason if isinstance(reason, str) and reason in p.stop else None,
+                                      tokens=len(o.outputs[0].token_ids)))
+        return results
+
+
+class ScriptedEngine(Engine):
+    """Returns given texts in order, recording every prompt (tests and parity checks)."""
+
+    name: ClassVar[str] = "scripted"
+
+    def __init__(self, texts: list[str] | None = None, respond: Any = None) -> None:
+        self.texts = list(texts or [])
+        self.respond = respond
+        self.prompts: list[Prompt] = []
+        self.batch_size = 64
+
+    def generate(self, prompts: list[Prompt]) -> list[Result]:
+        out: list[Result] = []
+        for p in prompts:
+            self.prompts.append(p)
+            if self.respond is not None:
+                got = self.respond(p)
+                out.append(got if isinstance(got, (Completion, RequestError)) else Completion(text=str(got)))
+            else:
+                out.append(Completion(text=self.texts.pop(0) if self.texts else ""))
+        return out

@@ -1,0 +1,193 @@
+"""The environment suites of `agentflan eval`: held-out tasks of `toolapi` and `db`, and AgentBench
+dbbench files, played by a model under a protocol (or by a scripted policy), logged and scored.
+
+The log (`episodes.jsonl`) holds one self-contained record per episode: the task, the protocol and
+its key, the whole transcript, every generated text, the verdict, or the error when a request
+failed. A rerun with the same output folder resumes: episodes with a verdict are kept, episodes
+that ended in an error are played again. `agentflan score` re-derives every verdict from the log
+by replaying the transcript's calls in a fresh environment (`rescore`), without a model.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentflan.envs import get_env
+from agentflan.envs.base import (
+    Agent,
+    Environment,
+    Episode,
+    ExpertPolicy,
+    Policy,
+    RandomPolicy,
+    Task,
+    final_answer_of,
+    play,
+)
+from agentflan.errors import ConfigError
+from agentflan.eval.engines import Engine
+from agentflan.eval.runlog import read_log, run_logged
+from agentflan.eval.score import summarize
+from agentflan.formats.protocols import Protocol, get_protocol
+from agentflan.schema import AssistantMessage, ToolMessage, Trajectory
+
+ENV_SUITES = ("toolapi", "db")
+
+
+def load_tasks(env: str, *, split: str = "heldout", n: int = 100, seed: int = 0,
+               tasks_file: str | Path | None = None) -> list[Task]:
+    """The tasks of a run: `n` generated tasks of `split`, or the first `n` of an AgentBench
+    dbbench JSONL file (`db` only)."""
+    if tasks_file is not None:
+        if env != "db":
+            raise ConfigError(f"--tasks is an AgentBench dbbench file: it only fits the db environment, not {env!r}")
+        from agentflan.envs.db import task_from_agentbench
+
+        path = Path(tasks_file)
+        if not path.is_file():
+            raise ConfigError(f"task file {path} does not exist")
+        tasks: list[Task] = []
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for i, line in enumerate(f):
+                if len(tasks) >= n:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    tasks.append(task_from_agentbench(json.loads(line), i))
+                except (json.JSONDecodeError, KeyError, TypeError, IndexError, AttributeError) as e:
+                    raise ConfigError(f"{path}:{i + 1}: not an AgentBench dbbench task ({type(e).__name__}: {e})") from e
+        return tasks
+    return get_env(env).generate(n, split, seed)
+
+
+def agentbench_task(path: str | Path, index: int) -> Task:
+    """Task `index` (the 0-based line) of an AgentBench dbbench JSONL file; only that line is read
+    as a task. Raises `ConfigError` naming the file, the line and what is wrong."""
+    from agentflan.envs.db import task_from_agentbench
+
+    path = Path(path)
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it as AgentBench dbbench JSONL ({e})") from e
+    if index >= len(lines):
+        raise ConfigError(f"--index {index}: {path} has {len(lines)} tasks (0 to {len(lines) - 1})")
+    try:
+        return task_from_agentbench(json.loads(lines[index]), index)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{index + 1}: malformed JSON: {e.msg}") from e
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ConfigError(f"{path}:{index + 1}: not an AgentBench dbbench task ({type(e).__name__}: {e})") from e
+
+
+def make_env(env: str, db_engine: str = "sqlite") -> Environment:
+    """A fresh environment (`db_engine` chooses the db environment's SQL engine)."""
+    if env == "db" and db_engine != "sqlite":
+        from agentflan.envs.db import DBEnvironment
+
+        return DBEnvironment(engine=db_engine)
+    if db_engine != "sqlite":
+        raise ConfigError("--db-engine applies to the db environment only")
+    return get_env(env).make()
+
+
+def record(env: str, protocol: str, agent: str, task: Task, ep: Episode, db_engine: str = "sqlite") -> dict[str, Any]:
+    """The log record of one episode."""
+    return {"suite": "env", "env": env, "protocol": protocol, "agent": agent, "task_id": task.id,
+            **({"db_engine": db_engine} if db_engine != "sqlite" else {}),
+            "kind": task.kind, "task": task.model_dump(mode="json"),
+            "verdict": {"success": ep.verdict.success, "reason": ep.verdict.reason} if ep.verdict else None,
+            "error": ep.error, "steps": ep.steps, "actions": ep.actions,
+            "transcript": ep.trajectory.to_json_dict()}
+
+
+@dataclass
+class EnvRun:
+    """One (environment, protocol) run: where it is logged and what it found."""
+
+    env: str
+    protocol: str
+    out: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+    resumed: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run_env(env: str, tasks: list[Task], agent_for: Callable[[Task], Agent], engine: Engine | None, out: Path, *,
+            protocol_name: str, agent_name: str, config: dict[str, Any], max_steps: int = 12,
+            resume: bool = True, progress: Callable[[int], None] | None = None, db_engine: str = "sqlite") -> EnvRun:
+    """Play every task, append each finished episode to `out/episodes.jsonl`, summarize."""
+    config = {**config, "env": env, "protocol": protocol_name, "agent": agent_name, "max_steps": max_steps,
+              "tasks": [t.id for t in tasks]}
+    records, resumed = run_logged(
+        out, config, [t.id for t in tasks],
+        lambda i: play(make_env(env, db_engine), tasks[i], agent_for(tasks[i]), max_steps=max_steps),
+        lambda i, ep: record(env, protocol_name, agent_name, tasks[i], ep, db_engine), engine,
+        resume=resume, progress=progress)
+    run = EnvRun(env, protocol_name, out, records=records, resumed=resumed)
+    run.summary = summarize(run.records)
+    (out / "summary.json").write_text(json.dumps(run.summary, indent=2) + "\n", encoding="utf-8")
+    return run
+
+
+def scripted_agent(policy: str, env: str, seed: int = 0) -> Callable[[Task], Agent]:
+    info = get_env(env)
+    if policy == "expert":
+        return lambda task: ExpertPolicy(info.expert(task))
+    if policy == "random":  # seeded per task: each episode draws differently, reproducibly
+        return lambda task: RandomPolicy(zlib.crc32(f"{seed}:{task.id}".encode()))
+    raise ConfigError(f"unknown policy {policy!r} (model, expert, random)")
+
+
+def protocol_agent(protocol: Protocol) -> Callable[[Task], Agent]:
+    return lambda task: protocol
+
+
+def rescore(rec: dict[str, Any]) -> dict[str, Any]:
+    """Re-derive an episode's verdict from its log record, without a model: reset a fresh
+    environment with the logged task, execute the transcript's calls in order, verify the final
+    answer. Returns `{"success", "reason", "observations_match"}` (None for an errored episode)."""
+    if rec.get("error") is not None:
+        return {"success": None, "reason": "error", "observations_match": True}
+    task = Task.model_validate(rec["task"])
+    traj = Trajectory.model_validate(rec["transcript"])
+    env = make_env(rec["env"], rec.get("db_engine", "sqlite"))
+    try:
+        messages = env.reset(task)
+        recorded = traj.messages[len(messages):]
+        same = True
+        answer: str | None = None
+        for m in recorded:
+            if isinstance(m, ToolMessage):
+                continue
+            messages.append(m)
+            if not isinstance(m, AssistantMessage):
+                continue
+            answer = None if "unparseable" in m.metadata else final_answer_of(m, env.final_tool)
+            for call in m.tool_calls:
+                if call.name == env.final_tool:
+                    continue
+                obs = env.step(call)
+                got = next((r for r in recorded if isinstance(r, ToolMessage) and r.tool_call_id == call.id), None)
+                same = same and got is not None and got.content == obs.content
+                messages.append(obs)
+        verdict = env.verify(task, answer, messages)
+    finally:
+        env.close()
+    return {"success": verdict.success, "reason": verdict.reason, "observations_match": same}
+
+
+def model_agent(protocol_name: str, template: Any = None) -> tuple[Protocol, Callable[[Task], Agent]]:
+    proto = get_protocol(protocol_name, template)
+    if not proto.episodic:
+        raise ConfigError(f"protocol {protocol_name!r} states single steps, not episodes; use it with the step-level suite")
+    return proto, protocol_agent(proto)
+
+
+__all__ = ["ENV_SUITES", "EnvRun", "Policy", "load_tasks", "read_log", "rescore", "run_env"]

@@ -1,0 +1,220 @@
+"""Logged, resumable runs, and one model action per item, recorded so that it re-scores.
+
+Every suite writes the same way: `OUTPUT/<suite>-<protocol>/config.json` (what was run: model,
+protocol, items, limits, versions), `episodes.jsonl` (one self-contained record per item or
+episode, appended as each finishes) and `summary.json`. Running the same command again resumes:
+records with a verdict are kept, errored ones are played again; another configuration in the same
+folder is refused. `run_logged` is that loop, shared by the environments (`eval.envs`) and the
+single-action suites (`eval.agent_h`, `eval.steps`, `eval.bfcl`).
+
+A single-action suite asks a protocol for one action (`Protocol.act`) on a prompt-only
+conversation. `exchange` plays it and keeps every completion (text, stop string, structured
+message), so `replay` can play the same protocol again on the logged completions, without a
+model, and get the same `Action`: that is how `agentflan score` re-scores these suites.
+`oracle_engine` answers prompts with a gold conversation rendered in the protocol (the `expert`
+calibration policy of these suites).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentflan.client import ContextLimitError, RequestError
+from agentflan.errors import ConfigError
+from agentflan.eval.driver import drive
+from agentflan.eval.engines import Engine, ScriptedEngine
+from agentflan.formats.protocols import Action, Completion, Prompt, Protocol
+from agentflan.schema import AssistantMessage, Message, Trajectory
+
+LOG = "episodes.jsonl"
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a log, the last one per task (a resumed run appends its replays)."""
+    last: dict[str, dict[str, Any]] = {}
+    with Path(path).open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{n}: not a JSON record ({e.msg}); a run killed mid-write leaves a cut "
+                                  "last line: remove it and resume") from e
+            key = rec.get("task_id") or rec.get("id") or str(n)
+            last.pop(key, None)
+            last[key] = rec
+    return list(last.values())
+
+
+def run_logged(out: Path, config: dict[str, Any], ids: Sequence[str], start: Callable[[int], Generator[Prompt, Completion, Any]],
+               record: Callable[[int, Any], dict[str, Any]], engine: Engine | None, *, resume: bool = True,
+               progress: Callable[[int], None] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Play every item not yet logged, append its record to `out/episodes.jsonl`, return all
+    records in the order of `ids` and how many were resumed.
+
+    Args:
+        out: The run's folder.
+        config: What defines the run; a resumed run must have the same (the `engine` entry aside).
+        ids: One id per item (`task_id` of its record).
+        start: The generator of item `i` (it yields prompts, returns what `record` turns into a record).
+        record: The log record of item `i` from its generator's result.
+        engine: Where prompts go; None for scripted generators that never prompt.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    log_path, cfg_path = out / LOG, out / "config.json"
+    done: dict[str, dict[str, Any]] = {}
+    if resume and log_path.exists() and cfg_path.exists():
+        old = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if {k: v for k, v in old.items() if k != "engine"} != {k: v for k, v in config.items() if k != "engine"}:
+            raise ConfigError(f"{out} holds a run with another configuration; choose another --output "
+                              "or remove it (runs resume only with the same model, protocol, tasks and limits)")
+        done = {r["task_id"]: r for r in read_log(log_path) if r.get("error") is None}
+    elif log_path.exists():
+        log_path.unlink()
+    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    todo = [i for i, key in enumerate(ids) if key not in done]
+    resumed = len(ids) - len(todo)
+    if progress is not None and resumed:
+        progress(resumed)
+    fresh: dict[str, dict[str, Any]] = {}
+    with log_path.open("a", encoding="utf-8") as log:
+        def on_done(j: int, result: Any) -> None:
+            rec = record(todo[j], result)
+            fresh[ids[todo[j]]] = rec
+            log.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            log.flush()
+            if progress is not None:
+                progress(1)
+
+        gens = (start(i) for i in todo)
+        if engine is None:  # scripted policies never prompt a model
+            for j, gen in enumerate(gens):
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    on_done(j, stop.value)
+                else:
+                    raise ConfigError("a model protocol needs an engine (--model or --base-url)")
+        else:
+            drive(gens, engine, on_done=on_done)
+    return [done.get(key) or fresh[key] for key in ids], resumed
+
+
+# ---- one action per item ----------------------------------------------------------------------------------
+
+@dataclass
+class Exchange:
+    """One protocol action played on an item: the action (None on an error or a context overflow),
+    every completion the model gave, and the last prompt it saw."""
+
+    action: Action | None
+    completions: list[dict[str, Any]] = field(default_factory=list)
+    prompt: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    """A failed request: no verdict."""
+    context_limit: bool = False
+    """The prompt did not fit the model: judged a failure, as an environment episode is."""
+
+
+def completion_dict(c: Completion) -> dict[str, Any]:
+    out: dict[str, Any] = {"text": c.text}
+    if c.stop is not None:
+        out["stop"] = c.stop
+    if c.message is not None:
+        out["message"] = c.message.model_dump(mode="json")
+    if c.error is not None:
+        out["error"] = c.error
+    return out
+
+
+def action_dict(a: Action | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    d = asdict(a)
+    d["calls"] = [c.model_dump(mode="json", exclude_none=True) for c in a.calls]
+    return d
+
+
+def _messages(prompt: Prompt) -> list[dict[str, Any]]:
+    return [m.model_dump(mode="json", exclude_defaults=True) | {"role": m.role} for m in prompt.messages]
+
+
+def exchange(proto: Protocol, traj: Trajectory, key: str) -> Generator[Prompt, Completion, Exchange]:
+    """Play one action of `proto` on `traj`, keeping every completion (see the module docstring).
+    A failed request ends it with `error`; a prompt longer than the context with `context_limit`."""
+    gen = proto.act(traj, key)
+    got: list[dict[str, Any]] = []
+    try:
+        prompt = next(gen)
+        while True:
+            try:
+                completion = yield prompt
+            except ContextLimitError:
+                gen.close()
+                return Exchange(None, got, _messages(prompt), context_limit=True)
+            except RequestError as e:
+                gen.close()
+                return Exchange(None, got, _messages(prompt), error=str(e))
+            got.append(completion_dict(completion))
+            last = prompt
+            prompt = gen.send(completion)
+    except StopIteration as stop:
+        return Exchange(stop.value, got, _messages(last) if got else [])
+
+
+def replay(proto: Protocol, traj: Trajectory, key: str, completions: list[dict[str, Any]]) -> Action:
+    """The action `proto` reads from logged `completions` (no model). Raises `ConfigError` when the
+    protocol asks for more generations than were logged (a log from another protocol or version)."""
+    gen = proto.act(traj, key)
+    queue = list(completions)
+    try:
+        next(gen)
+        while True:
+            if not queue:
+                gen.close()
+                raise ConfigError("the log holds fewer completions than the protocol asks for")
+            c = queue.pop(0)
+            message = AssistantMessage.model_validate(c["message"]) if c.get("message") else None
+            gen.send(Completion(text=c["text"], stop=c.get("stop"), message=message, error=c.get("error")))
+    except StopIteration as stop:
+        if queue:
+            raise ConfigError("the log holds more completions than the protocol asks for") from None
+        action: Action = stop.value
+        return action
+
+
+def oracle_engine(golds: Sequence[tuple[Trajectory, str]], proto: Protocol) -> ScriptedEngine:
+    """An engine that answers each prompt with what the gold conversation (rendered by `proto`
+    with its key) says next; anything else gets an empty reply. The `expert` policy of the
+    single-action suites: it must score 100% on every metric."""
+    table: list[list[Message]] = [proto.render(traj, key) for traj, key in golds]
+
+    def pairs(msgs: Sequence[Message]) -> list[tuple[str, str]]:
+        return [(m.role, m.content) for m in msgs]
+
+    rendered = [(pairs(msgs), msgs) for msgs in table]
+
+    def respond(prompt: Prompt) -> Completion:
+        seen = pairs(prompt.messages)
+        n = len(seen)
+        for flat, msgs in rendered:
+            if n < len(flat) and flat[n][0] == "assistant" and flat[:n] == seen:
+                nxt = msgs[n]
+                if isinstance(nxt, AssistantMessage) and nxt.tool_calls:  # a structured protocol (`native`)
+                    return Completion(text=nxt.content, message=nxt)
+                return Completion(text=nxt.content)
+        return Completion(text="")
+
+    return ScriptedEngine(respond=respond)
+
+
+def single_record(suite: str, protocol: str, agent: str, task_id: str, ex: Exchange, **extra: Any) -> dict[str, Any]:
+    """The common part of a single-action suite's log record."""
+    return {"suite": suite, "protocol": protocol, "agent": agent, "task_id": task_id, **extra,
+            "action": action_dict(ex.action), "completions": ex.completions, "prompt": ex.prompt,
+            "error": ex.error, **({"context_limit": True} if ex.context_limit else {})}

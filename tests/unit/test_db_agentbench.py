@@ -1,0 +1,213 @@
+"""AgentBench's DB rules: table build, table hash, SELECT scoring; the optional MariaDB engine.
+
+The scoring cases below were derived from AgentBench's `DBResultProcessor` (its FC release) and
+checked against it with `bench/agentbench_db.py --agentbench-src` (5383 of 5387 generated
+variants agree; the 4 others are the documented `eval` difference, last case here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+import pytest
+
+from agentflan.envs import get_env, run_episode
+from agentflan.envs.base import ExpertPolicy, Task
+from agentflan.envs.db import (
+    DBEnvironment,
+    SQLiteEngine,
+    agentbench_hash,
+    answers_match,
+    clean_answer,
+    task_from_agentbench,
+)
+from agentflan.schema import AssistantMessage, ToolCall
+
+# (answer, label, AgentBench's verdict)
+CASES = [
+    (["Paris"], ["Paris"], True),
+    (["paris"], ["Paris"], False),  # case-sensitive
+    ("['Paris']", ["Paris"], True),  # a printed list is parsed
+    ("[('Paris',)]", ["Paris"], True),  # a printed MySQL result too
+    ("Paris", ["Paris"], True),  # a bare string is one value
+    ("'Paris'", ["Paris"], True),  # quotes stripped
+    ([" Paris "], ["Paris"], True),
+    (["b", "a", "a"], ["a", "b"], True),  # text lists compare as sets: order and duplicates ignored
+    (["a"], ["a", "b"], False),
+    (["1", "1", "2"], ["1", "2"], False),  # number lists compare as multisets: duplicates count
+    (["2", "1"], ["1", "2"], True),  # ... not order
+    (["3.004"], ["3"], True),  # within 0.01
+    (["3.02"], ["3"], False),
+    (["3.000", "4.009"], ["4", "3"], True),
+    (["7"], ["7.0"], True),
+    (["45%"], ["45"], True),  # % stripped
+    (["45 %"], ["45"], True),
+    (["1,234"], ["1234"], True),  # thousands separators removed
+    (["1,234%"], ["1234"], False),  # a value ending in % keeps its commas
+    ([None], ["none"], True),  # None, none, null, nan, inf, "" are all "0"
+    ("", ["0"], True),
+    (["NaN"], ["null"], True),
+    (None, ["0"], True),
+    (["0"], ["none"], True),
+    ([], ["none"], False),  # an empty answer is no value
+    ("[]", ["none"], False),
+    ([("x",)], ["x"], True),  # one-value tuples unwrapped
+    ("['unterminated", ["'unterminated"], False),
+    ("[a, 'b, c']", ["a", "b, c"], True),  # a bracketed answer that does not parse is split outside quotes
+    ("[1+1]", ["2"], False),  # AgentBench evals this (True); we never evaluate model output
+]
+
+
+@pytest.mark.parametrize(("answer", "label", "expected"), CASES)
+def test_select_scoring_follows_agentbench(answer, label, expected):
+    assert answers_match(answer, label) is expected
+
+
+def test_clean_answer_forms():
+    assert clean_answer("[('a',), ('b', 'c'), (3,)]") == ["a", "3"]  # multi-value rows are skipped, as AgentBench does
+    assert clean_answer(42) == ["42"] and clean_answer(["1,000", "50%"]) == ["1000", "50"]
+
+
+def _task(rows, columns=("A", "B"), kind="select", **expected):
+    return Task(id="t", env="db", kind=kind, query="q", expected=expected,
+                data={"table": {"name": "T", "columns": [{"name": c, "type": "INT"} for c in columns], "rows": rows}})
+
+
+def test_table_is_built_all_text_with_str_values():
+    env = DBEnvironment()
+    env.reset(_task([[1, 2.5], [None, True]]))
+    obs = env.step(ToolCall(id="c", name="operation", arguments={"sql": "SELECT typeof(A), A, B FROM T"}))
+    assert obs.content == "[('text', '1', '2.5'), ('text', 'None', 'True')]"
+    env.close()
+
+
+def test_agentbench_hash_matches_mysql_semantics():
+    assert agentbench_hash([]) == "[(None,)]"  # md5(group_concat()) of no rows is NULL
+    row_hash = hashlib.md5(b"a,c").hexdigest()[:5]  # CONCAT_WS skips NULLs
+    assert agentbench_hash([("a", None, "c")]) == str([(hashlib.md5(row_hash.encode()).hexdigest(),)])
+    many = [(str(i),) for i in range(400)]  # group_concat_max_len 1024: only the first ~170 hashes count
+    hashes = sorted(hashlib.md5(str(i).encode()).hexdigest()[:5] for i in range(400))
+    assert agentbench_hash(many) == str([(hashlib.md5(",".join(hashes)[:1024].encode()).hexdigest(),)])
+
+
+@pytest.mark.parametrize(("columns", "rows", "reason"), [
+    (("A", "a"), [["1", "2"]], "duplicate column name"),
+    (("A", "B"), [["1"]], "row 0 has 1 values for 2 columns"),
+])
+def test_a_table_that_cannot_be_built_fails_the_episode_with_a_reason(columns, rows, reason):
+    task = _task(rows, columns, label=["1"])
+    env = DBEnvironment()
+    env.reset(task)
+    obs = env.step(ToolCall(id="c", name="operation", arguments={"sql": "SELECT 1"}))
+    assert "could not be built" in obs.content and reason in obs.content
+    transcript = [AssistantMessage(tool_calls=[ToolCall(id="a", name="answer", arguments={"answer": ["1"]})])]
+    verdict = env.verify(task, '["1"]', transcript)
+    assert not verdict.success and reason in verdict.reason
+    env.close()
+
+
+def test_verify_scores_the_submitted_value_as_agentbench_takes_it():
+    task = _task([["x", "1"]], label=["1", "2"])
+    env = DBEnvironment()
+    env.reset(task)
+    answer = lambda value: [AssistantMessage(tool_calls=[  # noqa: E731
+        ToolCall(id="a", name="answer", arguments={"answer": value})])]
+    assert env.verify(task, None, answer(["2", "1.001"])).success
+    assert env.verify(task, None, answer("[2, 1]")).success
+    assert not env.verify(task, None, answer(["1"])).success
+    assert not env.verify(task, None, [AssistantMessage(tool_calls=[ToolCall(id="a", name="answer")])]).success
+    text_reply = env.verify(task, "[1, 2]", [AssistantMessage(content="[1, 2]")])
+    assert not text_reply.success and "text reply is not scored" in text_reply.reason
+    env.close()
+
+
+# ---- the MariaDB engine (slow: starts a server) --------------------------------------------------
+
+def _mariadb():
+    pytest.importorskip("pymysql", reason="pip install 'agentflan[mysql]'")
+    from agentflan.envs.mysql import MariaDBServer, server_binaries
+
+    if server_binaries() is None:
+        pytest.skip("no MariaDB server on this machine (apt-get install mariadb-server)")
+    return MariaDBServer
+
+
+@pytest.fixture(scope="module")
+def dev(shared_data):
+    lines = (shared_data / "agentbench/dbbench/dev.jsonl").read_text().splitlines()
+    return [task_from_agentbench(json.loads(line), i) for i, line in enumerate(lines)]
+
+
+@pytest.mark.slow
+def test_mariadb_reproduces_every_dev_answer_md5(dev):
+    _mariadb()
+    expert = get_env("db").expert
+    mods = [t for t in dev if t.kind != "select"]
+    results = [run_episode(DBEnvironment("mysql"), t, ExpertPolicy(expert(t))).verdict for t in mods]
+    assert [v.reason for v in results if not v.success] == [] and len(mods) == 40
+
+
+@pytest.mark.slow
+def test_mariadb_refuses_what_agentbench_mysql_refuses(dev):
+    _mariadb()
+    empty_header = dev[5]  # a column named "" (MySQL refuses it; SQLite accepts it)
+    assert "" in [c["name"] for c in empty_header.data["table"]["columns"]]
+    env = DBEnvironment("mysql")
+    env.reset(empty_header)
+    verdict = env.verify(empty_header, '["17"]', [])
+    assert not verdict.success and "could not be built" in verdict.reason and "column name" in verdict.reason.lower()
+    env.close()
+
+
+@pytest.mark.slow
+def test_mariadb_and_sqlite_hash_the_same_tables():
+    server = _mariadb()
+    from agentflan.envs.mysql import MySQLEngine
+
+    rng = random.Random(0)
+    for n in (0, 1, 30, 400):
+        table = {"name": "T % x", "columns": [{"name": c} for c in ("a", "b c", "Ünï")],
+                 "rows": [[rng.choice(["x", "é", "", "1.50", None, 7]) for _ in range(3)] for _ in range(n)]}
+        lite, maria = SQLiteEngine(), MySQLEngine(server.shared())
+        for e in (lite, maria):
+            e.build(table)
+        cols = [c["name"] for c in table["columns"]]
+        assert lite.table_hash("T % x", cols) == maria.table_hash("T % x", cols), n
+        lite.close()
+        maria.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sql", "fragment"), [
+    ("SELECT LOAD_FILE('/etc/passwd')", "[(None,)]"),  # no FILE privilege: NULL
+    ("SELECT * FROM mysql.user", "denied"),
+    ("SELECT 'x' INTO OUTFILE '/tmp/agentflan-x'", "denied"),
+    ("SET GLOBAL max_connections = 1", "denied"),
+    ("SELECT 1; DROP TABLE T", "syntax"),  # one statement per call
+    ("SELECT SLEEP(5) FROM T", "max_statement_time"),
+    ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000) SELECT x FROM c",
+     "only the first 100 rows"),
+])
+def test_mariadb_contains_hostile_sql(sql, fragment):
+    _mariadb()
+    env = DBEnvironment("mysql")
+    env.reset(_task([["1", "2"]], label=["1"]))
+    obs = env.step(ToolCall(id="h", name="operation", arguments={"sql": sql}))
+    assert fragment in obs.content, obs.content
+    env.close()
+
+
+@pytest.mark.slow
+def test_mariadb_server_is_private_and_removed_when_stopped():
+    server_cls = _mariadb()
+    with server_cls() as server:
+        assert server.dir is not None and server.running
+        folder = server.dir
+        assert (folder / "mysqld.sock").exists()
+        with server.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@skip_networking, @@group_concat_max_len, @@sql_mode")
+            networking_off, max_len, mode = cur.fetchone()
+        assert networking_off == 1 and max_len == 1024 and "STRICT_TRANS_TABLES" in mode
+    assert not server.running and not folder.exists()
