@@ -4,10 +4,10 @@ The texts are the `train.jsonl` of an `agentflan data build`, rendered once with
 (rendering is not timed: both sides start from the same strings). In one run, best of
 `--repeat`, interleaved:
 
-* **agentflan**: `encode_segments_batch` (ids, labels from the character offsets of every
-  token, truncation), in batches of 256 as `prepare` calls it;
+* **agentflan**: `encode_segments_batch` (every segment tokenized on its own, all the segments
+  of a batch in one call; ids, labels, truncation), in batches of 256 as `prepare` calls it;
 * **raw**: the tokenizer's own batch call `tokenizer(texts, add_special_tokens=False)` on the
-  same batches (ids only, no mask): the peer;
+  same batches of whole texts (ids only, no mask): the peer;
 * for reference, the same texts one by one, and its Rust core's `encode_batch` (the floor).
 
 Then `prepare` end to end (read, render, tokenize, pack) with one process, with the default
@@ -52,7 +52,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not args.data.exists():
         subprocess.run([sys.executable, "-m", "agentflan.cli.main", "data", "build", "agent-flan", "-o",
-                        str(args.data.parents[1]), f"vars.data_dir={REPO.parent / 'shared' / 'data'}"], check=True)
+                        str(args.data.parents[1]), f"vars.data_dir={REPO.parent / 'shared' / 'data'}",
+                        "vars.react_sources=[fireact]"], check=True)
     from agentflan.formats.templates import get_template
     from agentflan.io import read
     from agentflan.training.masking import encode_segments_batch, render
@@ -62,7 +63,7 @@ def main() -> None:
     model = {"name_or_path": "gguf:smollm2-135m-instruct"}
     tok = load_tokenizer(ModelConfig.model_validate(model))
     template = get_template(args.template, tok)
-    segments = [render(t, template) for t in read(str(args.data), "native")]
+    segments = [render(t, template)[0] for t in read(str(args.data), "native")]
     texts = ["".join(s for s, _ in seg) for seg in segments]
     batches = [(segments[i:i + 256], texts[i:i + 256]) for i in range(0, len(texts), 256)]
     tokens = sum(len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"])

@@ -97,19 +97,29 @@ def encode_segments_batch(batch: list[list[Segment]], tokenizer: Any, *, max_len
 
 
 def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """`tokenizer(texts, add_special_tokens=False)["input_ids"]`.
+    """`tokenizer(texts, add_special_tokens=False)["input_ids"]` (equal texts share one list: the
+    caller copies, never changes it).
 
-    A fast tokenizer's Rust core is called directly when that is exactly what the call would do
+    Each distinct text is tokenized once: segments repeat across samples (template markers,
+    system prompts with their tools, format instructions). A fast tokenizer's Rust core is
+    called directly (without offsets, when it can) when that is exactly what the call would do
     (no truncation or padding configured on it, special tokens split as it says, checked once
-    per tokenizer against its own call): building the `BatchEncoding` (attention masks and all)
-    costs about as much as the tokenization.
+    per tokenizer against its own call): building the `BatchEncoding` (attention masks and
+    all) costs about as much as the tokenization.
     """
     if not texts:
         return []
+    unique = list(dict.fromkeys(texts))
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and _direct_ok(tokenizer, backend, texts[0]):
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
-    return list(tokenizer(texts, add_special_tokens=False)["input_ids"])
+    if backend is not None and _direct_ok(tokenizer, backend, unique[0]):
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        ids = [e.ids for e in encode(unique, add_special_tokens=False)]
+    else:
+        ids = list(tokenizer(unique, add_special_tokens=False)["input_ids"])
+    if len(unique) == len(texts):
+        return ids
+    by_text = dict(zip(unique, ids, strict=True))
+    return [by_text[t] for t in texts]
 
 
 _DIRECT: dict[int, tuple[Any, bool]] = {}
@@ -123,8 +133,9 @@ def _direct_ok(tokenizer: Any, backend: Any, probe: str) -> bool:
     known = _DIRECT.get(id(tokenizer))
     if known is None or known[0] is not tokenizer:
         probe = f"{probe} <|im_end|></s>[/INST]"  # and a few special tokens, split or not
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         same = list(tokenizer([probe], add_special_tokens=False)["input_ids"][0]) == \
-            backend.encode_batch([probe], add_special_tokens=False)[0].ids
+            encode([probe], add_special_tokens=False)[0].ids
         _DIRECT.clear()  # one tokenizer at a time in practice; never a stale id
         _DIRECT[id(tokenizer)] = known = (tokenizer, same)
     return known[1]
