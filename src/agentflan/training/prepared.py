@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 256
 """Trajectories per tokenizer call (and per task of a worker process)."""
-PARALLEL_FROM = 1000
-"""Trajectories from which worker processes pay for themselves (default `num_proc`)."""
 
 
 # ---- encoding -----------------------------------------------------------------------------------
@@ -94,12 +92,11 @@ def encode_all(trajs: Sequence[Trajectory], template: ChatTemplate, tokenizer: A
 
     Args:
         num_proc: Worker processes (forked: they inherit the trajectories and the tokenizer, and
-            get spans of indexes); None: the CPUs when there are `PARALLEL_FROM` trajectories or
-            more, else this process only.
+            get spans of indexes); None or 1: this process only (the tokenizer's batch call is
+            already parallel, and on the 2-core machine of docs/benchmarks.md workers were slower).
         capabilities: Also the capability of every token (`Prepared.capabilities`).
     """
-    if num_proc is None:
-        num_proc = min(os.cpu_count() or 1, 8) if len(trajs) >= PARALLEL_FROM else 1
+    num_proc = num_proc or 1
     from multiprocessing import get_all_start_methods, get_context
 
     spans = [(i, min(i + BATCH, len(trajs))) for i in range(0, len(trajs), BATCH)]

@@ -48,7 +48,7 @@ class DataConfig(BaseModel):
     limit: int | None = None
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     num_proc: int | None = Field(None, ge=1)
-    """Processes that render and tokenize (default: the CPUs for 1000 trajectories or more)."""
+    """Processes that render and tokenize (default 1: see docs/training.md)."""
     cache: bool = True
     """Reuse the tokenized rows of an earlier run with the same data, tokenizer and code (and build
     them once for all the ranks of a distributed run)."""
