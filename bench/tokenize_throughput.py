@@ -10,7 +10,7 @@ The texts are the `train.jsonl` of an `agentflan data build`, rendered once with
   same batches of whole texts (ids only, no mask): the peer;
 * for reference, the same texts one by one, and its Rust core's `encode_batch` (the floor).
 
-Then `prepare` end to end (read, render, tokenize, pack) with one process, with the default
+Then `prepare` end to end (read, render, tokenize, pack) with one process (the default), with 2
 worker processes, and from its cache.
 
     python bench/tokenize_throughput.py [--data out/bench-data/native/train.jsonl] [--template hf]
@@ -88,8 +88,8 @@ def main() -> None:
                 "name": "bench", "output_dir": cache, "model": model, "trl": {"per_device_train_batch_size": 4},
                 "data": {"paths": [str(args.data)], "template": args.template, "max_length": 2048, **data}})
 
-        p = best_of(args.repeat, {"one process": lambda: prepare(recipe(num_proc=1, cache=False), tok),
-                                  "worker processes (default)": lambda: prepare(recipe(cache=False), tok)})
+        p = best_of(args.repeat, {"one process (default)": lambda: prepare(recipe(cache=False), tok),
+                                  "2 worker processes": lambda: prepare(recipe(num_proc=2, cache=False), tok)})
         prepare(recipe(), tok)
         p |= best_of(args.repeat, {"from the cache": lambda: prepare(recipe(), tok)})
     load_after = os.getloadavg()[0]

@@ -287,16 +287,19 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
         with io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="surrogateescape") as f:
             buf = f.read(JSON_CHUNK)
             eof = not buf
+            # invalid bytes read so far (as surrogates): only then are records searched for them
+            dirty = _RAW_SURROGATE.search(buf) is not None
 
             def more() -> bool:
                 """Read more text (as much as is buffered ahead, so big records are decoded O(n) times)."""
-                nonlocal buf, eof
+                nonlocal buf, eof, dirty
                 if eof:
                     return False
                 chunk = f.read(max(JSON_CHUNK, len(buf) - pos))
                 if not chunk:
                     eof = True
                     return False
+                dirty = dirty or _RAW_SURROGATE.search(chunk) is not None
                 buf += chunk
                 return True
 
@@ -342,7 +345,7 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
                     if not isinstance(value, (int, float)) or not _NUMBER_TAIL.fullmatch(buf, end) or not more():
                         break
                 chunk = buf[pos:end]
-                if _RAW_SURROGATE.search(chunk):
+                if dirty and _RAW_SURROGATE.search(chunk):
                     raw = chunk.encode("utf-8", "surrogateescape")
                     yield RawRecord(path, line, index, error="not valid UTF-8", reason="invalid_utf8",
                                     text=raw.decode("utf-8", "replace"), data=raw)

@@ -73,13 +73,13 @@ class Writer(ABC):
         A record whose strings are not text (lone surrogates) cannot be written as UTF-8: it is
         counted as `invalid_unicode`. What an unwritten record lost does not count in `lossy`.
         """
-        lossy = self.report.lossy.copy()
+        lossy = self.report.lossy.copy() if self.report.lossy else None  # most writers never lose anything
         try:
             text = self.encode(traj)
             if not text.isascii():  # O(1); the check encodes only texts that can fail
                 text.encode("utf-8")
         except (Unwritable, UnicodeEncodeError) as e:
-            self.report.lossy = lossy
+            self.report.lossy = lossy if lossy is not None else Counter()
             self.report.unwritable[e.reason if isinstance(e, Unwritable) else "invalid_unicode"] += 1
             return None
         self.report.written += 1
