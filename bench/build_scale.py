@@ -81,7 +81,7 @@ print("BENCH", secs, max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_ma
 
 def run_build(data: Path, out: Path, workers: int) -> tuple[float, float]:
     cmd = [sys.executable, "-c", CHILD, "data", "build", "agent-flan", "-o", str(out), f"vars.data_dir={data}",
-           "--workers", str(workers), "--no-resume"]
+           "vars.react_sources=[fireact]", "--workers", str(workers), "--no-resume"]
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     line = next(x for x in p.stderr.splitlines() if x.startswith("BENCH"))
     _, secs, rss = line.split()
@@ -101,7 +101,7 @@ def kill_test(data: Path, tmp: Path) -> str:
     run_build(data, ref, 1)
     out = tmp / "killed"
     base = [sys.executable, "-m", "agentflan.cli.main", "data", "build", "agent-flan", "-o", str(out),
-            f"vars.data_dir={data}"]
+            f"vars.data_dir={data}", "vars.react_sources=[fireact]"]
     p = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and len(list((out / ".state").glob("output.*.done"))) < 2:
@@ -177,7 +177,8 @@ def main() -> None:
     with (REPO / "docs" / "benchmarks.md").open("a") as f:
         f.write(f"\n## Build throughput and memory vs corpus size ({time.strftime('%Y-%m-%d')})\n\n"
                 f"Command: `{cmd}`  \nMachine: {machine}; load average (1 min) at the start and after each "
-                f"scale: {', '.join(f'{x:.2f}' for x in loads)}. Recipe `agent-flan` on the shared samples "
+                f"scale: {', '.join(f'{x:.2f}' for x in loads)}. Recipe `agent-flan` (FireAct as its react "
+                f"source: `vars.react_sources=[fireact]`) on the shared samples "
                 f"replicated k times with new ids; whole build (ingest, 8 outputs, mix, report with charts) in "
                 f"a fresh process, best of {args.repeat}.\n\n{text}\n" + (f"\nResume: {kill}.\n" if kill else ""))
 
