@@ -75,17 +75,19 @@ except SystemExit:
 secs = time.perf_counter() - t
 hwm = next((int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")),
            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-print("BENCH", secs, max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024, file=sys.stderr)
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime  # the build's and its (joined) workers'
+print("BENCH", secs, max(hwm, kids.ru_maxrss) / 1024, cpu, file=sys.stderr)
 """
 
 
-def run_build(data: Path, out: Path, workers: int) -> tuple[float, float]:
+def run_build(data: Path, out: Path, workers: int) -> tuple[float, float, float]:
     cmd = [sys.executable, "-c", CHILD, "data", "build", "agent-flan", "-o", str(out), f"vars.data_dir={data}",
            "vars.react_sources=[fireact]", "--workers", str(workers), "--no-resume"]
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     line = next(x for x in p.stderr.splitlines() if x.startswith("BENCH"))
-    _, secs, rss = line.split()
-    return float(secs), float(rss)
+    _, secs, rss, cpu = line.split()
+    return float(secs), float(rss), float(cpu)
 
 
 def count_input(data: Path) -> int:
@@ -142,18 +144,18 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "--replicate-only", str(k), str(data),
                             "--shared", str(args.shared)], check=True)
             n = count_input(data)
-            best: dict[int, tuple[float, float]] = {}
+            best: dict[int, tuple[float, float, float]] = {}
             train: dict[int, int] = {}
             for _ in range(args.repeat):
                 for w in args.workers:
-                    secs, rss = run_build(data, tmp / f"out{k}-{w}", w)
+                    secs, rss, cpu = run_build(data, tmp / f"out{k}-{w}", w)
                     if w not in best or secs < best[w][0]:
-                        best[w] = (secs, rss)
+                        best[w] = (secs, rss, cpu)
                     train[w] = sum(1 for _ in (tmp / f"out{k}-{w}" / "native" / "train.jsonl").open())
                     shutil.rmtree(tmp / f"out{k}-{w}")
             for w in args.workers:
-                secs, rss = best[w]
-                rows.append((k, n, w, secs, n / secs, rss, train[w], best[args.workers[0]][0] / secs))
+                secs, rss, cpu = best[w]
+                rows.append((k, n, w, secs, n / secs, rss, train[w], best[args.workers[0]][0] / secs, cpu))
                 print(rows[-1], flush=True)
             loads.append(os.getloadavg()[0])
             if not args.kill_test or k != args.scales[-1]:
@@ -162,10 +164,10 @@ def main() -> None:
             kill = kill_test(tmp / f"data{args.scales[-1]}", tmp / "kill")
             print(kill)
     base_rss = {w: next(r[5] for r in rows if r[2] == w) for w in args.workers}
-    table = ["| scale | input records | workers | seconds | input records/s | speed-up vs 1 worker | peak RSS MB "
-             f"| RSS vs x{args.scales[0]} | train records |", "|---|---|---|---|---|---|---|---|---|"]
-    table += [f"| x{k} | {n:,} | {w} | {s:.1f} | {r:,.0f} | {sp:.2f} | {m:.0f} | {m / base_rss[w]:.2f} | {t:,} |"
-              for k, n, w, s, r, m, t, sp in rows]
+    table = ["| scale | input records | workers | seconds | input records/s | speed-up vs 1 worker | CPU seconds "
+             f"| peak RSS MB | RSS vs x{args.scales[0]} | train records |", "|---|---|---|---|---|---|---|---|---|---|"]
+    table += [f"| x{k} | {n:,} | {w} | {s:.1f} | {r:,.0f} | {sp:.2f} | {c:.1f} | {m:.0f} | {m / base_rss[w]:.2f} | {t:,} |"
+              for k, n, w, s, r, m, t, sp, c in rows]
     text = "\n".join(table)
     print(text)
     print("load average (1 min) at the start and after each scale:", ", ".join(f"{x:.2f}" for x in loads))
@@ -180,7 +182,9 @@ def main() -> None:
                 f"scale: {', '.join(f'{x:.2f}' for x in loads)}. Recipe `agent-flan` (FireAct as its react "
                 f"source: `vars.react_sources=[fireact]`) on the shared samples "
                 f"replicated k times with new ids; whole build (ingest, 8 outputs, mix, report with charts) in "
-                f"a fresh process, best of {args.repeat}.\n\n{text}\n" + (f"\nResume: {kill}.\n" if kill else ""))
+                f"a fresh process, best of {args.repeat}. CPU seconds: user + system of the build and its "
+                f"workers (the work done, whatever else the machine runs).\n\n{text}\n"
+                + (f"\nResume: {kill}.\n" if kill else ""))
 
 
 if __name__ == "__main__":

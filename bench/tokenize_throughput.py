@@ -106,7 +106,7 @@ def main() -> None:
                 f"Command: `python bench/tokenize_throughput.py --template {args.template} --repeat {args.repeat}`  \n"
                 f"Machine: {machine}; load average {load_before:.2f} before, {load_after:.2f} after. SmolLM2-135M's "
                 f"tokenizer; {len(texts):,} trajectories ({tokens:,} tokens) of the `train.jsonl` of `agentflan "
-                f"data build agent-flan` on the shared samples, rendered once with the `{args.template}` template. "
+                f"data build agent-flan vars.react_sources=[fireact]` on the shared samples, rendered once with the `{args.template}` template. "
                 f"Best of {args.repeat}, interleaved.\n\n{table}\n")
 
 

@@ -150,7 +150,8 @@ def main() -> None:
     with (REPO / "docs" / "benchmarks.md").open("a") as f:
         f.write(f"\n## Training throughput ({args.model}): {peers} ({time.strftime('%Y-%m-%d')})\n\n"
                 f"Command: `{cmd}`  \nMachine: {machine}; load average {load_before:.2f} before, {load_after:.2f} "
-                f"after. Data: `train.jsonl` of `agentflan data build agent-flan` on the shared samples. {what}, "
+                f"after. Data: `train.jsonl` of `agentflan data build agent-flan vars.react_sources=[fireact]` on the "
+                f"shared samples. {what[0].upper()}{what[1:]}, "
                 f"fp32, batch {args.batch} x {args.max_length} tokens, {args.steps} steps, each arm in a fresh "
                 f"process, the arms interleaved, the fastest of {args.repeat} kept. The baseline checkout is the "
                 f"same arm run by another checkout's interpreter (its own agentflan). TRL's path: conversational "
