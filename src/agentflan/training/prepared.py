@@ -1,10 +1,11 @@
 """Tokenized training data: encoded in parallel, cached by fingerprint, made once per run.
 
 `encode_all` renders and tokenizes trajectories in batches (every segment of a batch of
-trajectories in one call of the tokenizer's batch API) and, for large data, in forked worker
-processes (rendering protocols and chat templates is Python). `PreparedCache`
-keeps the packed rows of a run under a key made of everything they depend on: the recipe's
-`data` section, the training batch size, the input files (path, size, modification time), the
+trajectories in one call of the tokenizer's batch API, each distinct segment once) and, with
+`data.num_proc`, in forked worker processes (rendering protocols and chat templates is Python).
+`PreparedCache` keeps the packed rows of a run under a key made of everything they depend on: the
+recipe's `data` section, the training batch size, the loss per capability (its column is part of
+the rows), the input files (path, size, modification time), the
 tokenizer (its full serialization and chat template) and agentflan's code. The first process to
 need a key builds it while holding a lock on it; every other process (the other ranks of a
 distributed run, a rerun) waits for the lock and loads the result.
