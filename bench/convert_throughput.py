@@ -1,12 +1,14 @@
 """Convert throughput and peak memory, against a plain JSON load+dump of the same files.
 
 Each measurement runs in a fresh subprocess so that its peak RSS is its own. The baseline does the
-least any converter must do (decode every record, encode it again) with the standard library; the
-ratio says what schema validation, parsing of actions and accounting cost on top.
+least any converter must do (decode every record, encode it again) with the standard library, in
+one process; the ratio says what schema validation, parsing of actions and accounting cost on
+top. agentflan runs with each `--workers` count (`convert(..., workers=n)`: this process reads,
+n forked processes convert; peak RSS is then the largest of them).
 
-    python bench/convert_throughput.py [--shared ../shared/data] [--repeat 3] [--scale 50]
+    python bench/convert_throughput.py [--shared ../shared/data] [--repeat 3] [--scale 20] [--workers 1 2]
 
-Results are appended to docs/benchmarks.md with the command and the machine.
+Results are appended to docs/benchmarks.md with the command, the machine and its load average.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, resource, sys, time
-mode, src, fmt, to, out = sys.argv[1:6]
+mode, src, fmt, to, out, workers = sys.argv[1:7]
 if mode == "agentflan":
     from agentflan.io import convert  # imports are not timed
 t = time.perf_counter()
 if mode == "agentflan":
-    r = convert(src, out, fmt=fmt, to=to)
+    r = convert(src, out, fmt=fmt, to=to, workers=int(workers))
     n = r.read.records
 else:
     n = 0
@@ -42,13 +44,14 @@ else:
             for rec in json.load(open(src)):
                 w.write(json.dumps(rec, ensure_ascii=False) + "\n"); n += 1
 dt = time.perf_counter() - t
-print(json.dumps({"records": n, "seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+print(json.dumps({"records": n, "seconds": dt, "peak_rss_mb": rss / 1024}))
 """
 
 
-def run(mode: str, src: Path, fmt: str, to: str, tmp: Path) -> dict[str, float]:
+def run(mode: str, src: Path, fmt: str, to: str, tmp: Path, workers: int = 1) -> dict[str, float]:
     out = tmp / f"out-{mode}.jsonl"
-    p = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), fmt, to, str(out)],
+    p = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), fmt, to, str(out), str(workers)],
                        capture_output=True, text=True, check=True)
     return json.loads(p.stdout)  # type: ignore[no-any-return]
 
@@ -69,9 +72,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--scale", type=int, default=50)
+    ap.add_argument("--scale", type=int, default=20)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--no-write", action="store_true", help="print only, do not append to docs/benchmarks.md")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         cases = [
@@ -83,20 +88,26 @@ def main() -> None:
         ]
         rows = []
         for label, src, fmt, to in cases:
-            best: dict[str, dict[str, float]] = {}
-            for mode in ("agentflan", "baseline"):
-                runs = [run(mode, src, fmt, to, tmp) for _ in range(args.repeat)]
-                best[mode] = min(runs, key=lambda r: r["seconds"])
-            a, b = best["agentflan"], best["baseline"]
-            rows.append((label, fmt, src.stat().st_size / 1e6, int(a["records"]), a["records"] / a["seconds"],
-                         a["peak_rss_mb"], b["records"] / b["seconds"], b["peak_rss_mb"],
-                         (a["records"] / a["seconds"]) / (b["records"] / b["seconds"])))
-    header = ("| input | --from | MB | records | agentflan rec/s | agentflan peak RSS MB | json load+dump rec/s "
-              "| baseline peak RSS MB | speed ratio |\n|---|---|---|---|---|---|---|---|---|")
-    lines = [header] + [f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]} | {r[4]:,.0f} | {r[5]:.0f} | {r[6]:,.0f} | {r[7]:.0f} "
-                        f"| {r[8]:.2f} |" for r in rows]
+            # interleaved, so that a change of machine load hits both sides alike
+            runs: dict[object, list[dict[str, float]]] = {}
+            for _ in range(args.repeat):
+                runs.setdefault("baseline", []).append(run("baseline", src, fmt, to, tmp))
+                for w in args.workers:
+                    runs.setdefault(w, []).append(run("agentflan", src, fmt, to, tmp, w))
+            b = min(runs["baseline"], key=lambda r: r["seconds"])
+            for w in args.workers:
+                a = min(runs[w], key=lambda r: r["seconds"])
+                rows.append((label, fmt, w, src.stat().st_size / 1e6, int(a["records"]), a["records"] / a["seconds"],
+                             a["peak_rss_mb"], b["records"] / b["seconds"], b["peak_rss_mb"],
+                             (a["records"] / a["seconds"]) / (b["records"] / b["seconds"])))
+    load_after = os.getloadavg()[0]
+    header = ("| input | --from | workers | MB | records | agentflan rec/s | agentflan peak RSS MB | json load+dump rec/s "
+              "| baseline peak RSS MB | speed ratio |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [header] + [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]} | {r[5]:,.0f} | {r[6]:.0f} | {r[7]:,.0f} "
+                        f"| {r[8]:.0f} | {r[9]:.2f} |" for r in rows]
     table = "\n".join(lines)
     print(table)
+    print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}")
     if args.no_write:
         return
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -106,10 +117,12 @@ def main() -> None:
                        "machine are given with each table.\n")
     with doc.open("a") as f:
         f.write(f"\n## Convert throughput ({time.strftime('%Y-%m-%d')})\n\n"
-                f"Command: `python bench/convert_throughput.py --repeat {args.repeat} --scale {args.scale}`  \n"
-                f"Machine: {machine}. Best of {args.repeat} runs, each in a fresh process (peak RSS is the "
-                f"whole process, interpreter and imports included). Baseline: `json.loads` + `json.dumps` of "
-                f"the same records, the least a converter must do.\n\n{table}\n")
+                f"Command: `python bench/convert_throughput.py --repeat {args.repeat} --scale {args.scale} --workers "
+                f"{' '.join(map(str, args.workers))}`  \n"
+                f"Machine: {machine}; load average {load_before:.2f} before, {load_after:.2f} after. Best of "
+                f"{args.repeat} runs, each in a fresh process (peak RSS is the whole process, interpreter and "
+                f"imports included, and its workers'). Baseline: `json.loads` + `json.dumps` of the same records "
+                f"in one process, the least a converter must do.\n\n{table}\n")
 
 
 if __name__ == "__main__":

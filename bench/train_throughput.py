@@ -11,7 +11,8 @@ in one run:
 
 Each arm runs in a fresh process; reported: input tokens/s, peak RSS, packing efficiency.
 
-    python bench/train_throughput.py [--data out/agent-flan/native/train.jsonl] [--steps 8]
+    python bench/train_throughput.py [--data out/agent-flan/native/train.jsonl] [--steps 8] [--model tiny]
+        [--baseline-python ../main/.venv/bin/python] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -34,17 +35,20 @@ CHATML_TRAINING = (
 
 ARM = r"""
 import json, resource, sys, time
-arm, data, steps, batch, max_len, out = sys.argv[1:7]
+arm, data, steps, batch, max_len, out, _, model = sys.argv[1:9]
 steps, batch, max_len = int(steps), int(batch), int(max_len)
 trl_args = {"max_steps": steps, "per_device_train_batch_size": batch, "learning_rate": 2e-4, "use_cpu": True,
             "logging_steps": 1, "save_strategy": "no", "report_to": "none", "gradient_checkpointing": False,
             "disable_tqdm": True}
-if arm == "agentflan":
+if arm.startswith("agentflan"):
     from agentflan.training.sft import TrainRecipe, run
-    recipe = TrainRecipe.model_validate({"name": "bench", "output_dir": out,
-        "model": {"name_or_path": "gguf:smollm2-135m-instruct"},
-        "data": {"paths": [data], "template": "hf", "max_length": max_len, "packing": True},
-        "peft": {"r": 16, "alpha": 32}, "merge_lora": False, "trl": trl_args})
+    if model == "tiny":  # a random small Llama, full fine-tune
+        spec = {"model": {"name_or_path": "tiny"}, "data": {"paths": [data], "template": "agentflan",
+                "max_length": max_len, "packing": True}}
+    else:
+        spec = {"model": {"name_or_path": "gguf:smollm2-135m-instruct"}, "peft": {"r": 16, "alpha": 32},
+                "merge_lora": False, "data": {"paths": [data], "template": "hf", "max_length": max_len, "packing": True}}
+    recipe = TrainRecipe.model_validate({"name": "bench", "output_dir": out, "trl": trl_args, **spec})
     m = run(recipe)
     print("RESULT", json.dumps({"tokens_per_second": m["tokens_per_second"], "seconds": m["seconds"],
         "packing_efficiency": m["data"]["packing_efficiency"], "loss": m["train_loss"],
@@ -89,42 +93,71 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2",
+                    help="tiny: a random small Llama, full fine-tune (no TRL arm: TRL's path needs a real tokenizer)")
+    ap.add_argument("--baseline-python", type=Path,
+                    help="also run agentflan's arm with this interpreter (another checkout's venv: its agentflan)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each arm, interleaved; the fastest is kept")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     if not args.data.exists():
         subprocess.run([sys.executable, "-m", "agentflan.cli.main", "data", "build", "agent-flan", "-o",
-                        str(args.data.parents[1]), f"vars.data_dir={REPO.parent / 'shared' / 'data'}"], check=True)
+                        str(args.data.parents[1]), f"vars.data_dir={REPO.parent / 'shared' / 'data'}",
+                        "vars.react_sources=[fireact]"], check=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    results = {}
-    for arm in ("agentflan", "trl"):
-        with tempfile.TemporaryDirectory() as out:
-            p = subprocess.run([sys.executable, "-c", ARM, arm, str(args.data), str(args.steps), str(args.batch),
-                                str(args.max_length), out, CHATML_TRAINING], capture_output=True, text=True, env=env)
-        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT")), None)
-        if line is None:
-            print(p.stdout[-2000:], p.stderr[-4000:])
-            raise SystemExit(f"{arm} failed")
-        results[arm] = json.loads(line.split(" ", 1)[1])
-        print(arm, results[arm], flush=True)
-    a, t = results["agentflan"], results["trl"]
+    arms = {"agentflan": sys.executable}
+    if args.baseline_python:
+        arms["agentflan (baseline checkout)"] = str(args.baseline_python)
+    if args.model == "smollm2":
+        arms["trl"] = sys.executable
+    results: dict[str, dict[str, float]] = {}
+    load_before = os.getloadavg()[0]
+    for _ in range(args.repeat):
+        for arm, python in arms.items():
+            with tempfile.TemporaryDirectory() as out:
+                # tokenization is not timed (only `trainer.train`): a hit of the prepared cache changes nothing
+                p = subprocess.run([python, "-c", ARM, arm, str(args.data), str(args.steps), str(args.batch),
+                                    str(args.max_length), out, CHATML_TRAINING, args.model], capture_output=True,
+                                   text=True, env=env)
+            line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT")), None)
+            if line is None:
+                print(p.stdout[-2000:], p.stderr[-4000:])
+                raise SystemExit(f"{arm} failed")
+            r = json.loads(line.split(" ", 1)[1])
+            print(arm, r, flush=True)
+            if arm not in results or r["tokens_per_second"] > results[arm]["tokens_per_second"]:
+                results[arm] = r
+    load_after = os.getloadavg()[0]
+    a = results["agentflan"]
     table = ("| path | input tokens/s | peak RSS MB | packing efficiency | train loss |\n|---|---|---|---|---|\n"
              + "".join(f"| {k} | {v['tokens_per_second']:.0f} | {v['peak_rss_mb']:.0f} | {v['packing_efficiency']:.3f} "
-                       f"| {v['loss']:.3f} |\n" for k, v in results.items())
-             + f"| ratio agentflan / TRL | {a['tokens_per_second'] / t['tokens_per_second']:.2f} | "
-               f"{a['peak_rss_mb'] / t['peak_rss_mb']:.2f} | | |\n")
+                       f"| {v['loss']:.3f} |\n" for k, v in results.items()))
+    for peer in ("agentflan (baseline checkout)", "trl"):
+        if peer in results:
+            t = results[peer]
+            table += (f"| ratio agentflan / {peer} | {a['tokens_per_second'] / t['tokens_per_second']:.2f} | "
+                      f"{a['peak_rss_mb'] / t['peak_rss_mb']:.2f} | | |\n")
     print(table)
     if args.no_write:
         return
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only"
+    cmd = (f"python bench/train_throughput.py --model {args.model} --steps {args.steps} --batch {args.batch} "
+           f"--max-length {args.max_length} --repeat {args.repeat}"
+           + (f" --baseline-python {args.baseline_python}" if args.baseline_python else ""))
+    what = ("SmolLM2-135M LoRA r=16 on all linear layers" if args.model == "smollm2"
+            else "a random small Llama (`tiny`), full fine-tune")
+    peers = " vs ".join(["agentflan", *[k for k in arms if k != "agentflan"]])
     with (REPO / "docs" / "benchmarks.md").open("a") as f:
-        f.write(f"\n## SmolLM2-135M LoRA training throughput: agentflan vs TRL's own path ({time.strftime('%Y-%m-%d')})\n\n"
-                f"Command: `python bench/train_throughput.py --steps {args.steps} --batch {args.batch} --max-length "
-                f"{args.max_length}`  \nMachine: {machine}. Data: `train.jsonl` of `agentflan data build agent-flan` on "
-                f"the shared samples. LoRA r=16 on all linear layers, fp32, batch {args.batch} x {args.max_length} "
-                f"tokens, {args.steps} steps, each path in a fresh process. TRL's path: conversational dataset, "
-                f"`assistant_only_loss=True` with a ChatML training template, `packing=True`. The losses differ "
-                f"because the masks differ: agentflan trains only loss-bearing turns (balancing turns some "
-                f"off), TRL trains every assistant turn.\n\n{table}")
+        f.write(f"\n## Training throughput ({args.model}): {peers} ({time.strftime('%Y-%m-%d')})\n\n"
+                f"Command: `{cmd}`  \nMachine: {machine}; load average {load_before:.2f} before, {load_after:.2f} "
+                f"after. Data: `train.jsonl` of `agentflan data build agent-flan vars.react_sources=[fireact]` on the "
+                f"shared samples. {what[0].upper()}{what[1:]}, "
+                f"fp32, batch {args.batch} x {args.max_length} tokens, {args.steps} steps, each arm in a fresh "
+                f"process, the arms interleaved, the fastest of {args.repeat} kept. The baseline checkout is the "
+                f"same arm run by another checkout's interpreter (its own agentflan). TRL's path: conversational "
+                f"dataset, `assistant_only_loss=True` with a ChatML training template, `packing=True`. The losses "
+                f"differ from TRL's because the masks differ: agentflan trains only loss-bearing turns (balancing "
+                f"turns some off), TRL trains every assistant turn.\n\n{table}")
 
 
 if __name__ == "__main__":

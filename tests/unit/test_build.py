@@ -163,7 +163,7 @@ def test_baseline_and_ablations_build_from_the_same_inputs(shared_data, tmp_path
 
 @pytest.mark.slow
 def test_ray_executor_builds_the_same_bytes(shared_data, built, tmp_path, agentinstruct_dir):
-    """The per-trajectory steps on Ray Data (a local instance) give the local build's bytes."""
+    """The per-trajectory steps as Ray tasks (a local instance) give the local build's bytes."""
     pytest.importorskip("ray", reason="pip install 'agentflan[ray]'")
     recipe, resolved = load_recipe("agent-flan", [*_overrides(shared_data, agentinstruct_dir), "executor=ray"])
     build(recipe, resolved, tmp_path / "ray", workers=2)

@@ -32,7 +32,7 @@ def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _progress(enabled: bool, label: str) -> Any:
-    def wrap(stream: Iterator[Trajectory]) -> Iterator[Trajectory]:
+    def wrap(stream: Iterator[Any]) -> Iterator[Any]:
         if not enabled:
             yield from stream
             return
@@ -86,9 +86,11 @@ def data() -> None:
                    "file_name relative to its folder.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--max-reject", type=float, help=MAX_REJECT_HELP)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes that convert while this one reads (same output with any number).")
 def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path, on_error: str,
                 quarantine: Path | None, options: tuple[str, ...], report: Path | None,
-                dataset_info: Path | None, progress: bool | None, max_reject: float | None) -> None:
+                dataset_info: Path | None, progress: bool | None, max_reject: float | None, workers: int) -> None:
     """Convert INPUTS (files, globs, directories, hf://datasets/... URLs) into one output file.
 
     Every input record is accounted for: converted, quarantined (raw record and reason written to
@@ -99,7 +101,7 @@ def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path,
     max_reject = _max_reject(max_reject)
     result = convert(list(inputs), output, to=to, fmt=fmt, on_error=on_error,  # type: ignore[arg-type]
                      quarantine=quarantine, reader_options=_options(options),
-                     progress=_progress(show, f"{fmt or 'auto'} -> {to}"))
+                     progress=_progress(show, f"{fmt or 'auto'} -> {to}"), workers=workers)
     r, w = result.read, result.write
     click.echo(f"read {r.records} records from {r.files} file(s) as {result.reader}: "
                f"{r.converted} converted, {r.quarantined} quarantined, {r.skipped} skipped, "

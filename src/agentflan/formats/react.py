@@ -77,15 +77,24 @@ def parse_bracket(text: str, arg_names: dict[str, str] | None = None) -> ReactSt
         >>> parse_bracket("Thought: find it\\nAction: search[Badr Hari]").arguments
         {'query': 'Badr Hari'}
     """
-    names = {**DEFAULT_BRACKET_ARGS, **(arg_names or {})}
+    names = {**DEFAULT_BRACKET_ARGS, **arg_names} if arg_names else DEFAULT_BRACKET_ARGS
+    thought, name, arguments = split_bracket(text, names)
+    return ReactStep(thought=thought, name=name, arguments=arguments)
+
+
+def split_bracket(text: str, names: dict[str, str]) -> tuple[str, str | None, dict[str, Any]]:
+    """`parse_bracket` as a tuple (thought, name, arguments), with the argument names complete:
+    what a reader calls for every assistant turn."""
     m = _BRACKET.match(text)
     if not m:
-        if re.search(r"^Action:", text, re.MULTILINE):
+        if _ACTION_LINE.search(text):
             raise ParseError(f"unparseable ReAct action in {text[-120:]!r}", reason="unparseable_action")
-        return ReactStep(thought=text, name=None, arguments={})
-    name = m.group("name")
-    return ReactStep(thought=m.group("thought") or "", name=name,
-                     arguments={names.get(name, "input"): m.group("arg")})
+        return text, None, {}
+    thought, name, arg = m.group("thought", "name", "arg")
+    return thought or "", name, {names.get(name, "input"): arg}
+
+
+_ACTION_LINE = re.compile(r"^Action:", re.MULTILINE)
 
 
 def render_bracket(thought: str, name: str | None, arguments: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from agentflan.io.base import OnError, Quarantine, Reader, ReadReport
 from agentflan.io.detect import detect
+from agentflan.io.parallel import can_run_parallel, convert_parallel
 from agentflan.io.readers import READERS
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import Writer, WriteReport
@@ -73,7 +74,7 @@ def default_quarantine_path(output: Path) -> Path:
 def convert(paths: str | Sequence[str], output: str | Path, *, to: str = "native", fmt: str | None = None,
             on_error: OnError = "quarantine", quarantine: str | Path | None = None,
             reader_options: dict[str, Any] | None = None,
-            progress: Callable[[Iterator[Trajectory]], Iterator[Trajectory]] | None = None) -> ConvertResult:
+            progress: Callable[[Iterator[Any]], Iterator[Any]] | None = None, workers: int = 1) -> ConvertResult:
     """Read `paths`, write them to `output` in format `to`; every record is accounted for.
 
     Args:
@@ -84,7 +85,9 @@ def convert(paths: str | Sequence[str], output: str | Path, *, to: str = "native
         on_error: Policy for bad records.
         quarantine: Quarantine file (default `<output stem>.quarantine.jsonl` beside the output).
         reader_options: Reader-specific options (e.g. `{"dfs_retries": "strip"}`).
-        progress: Wraps the trajectory stream (e.g. a progress bar).
+        progress: Wraps the stream of records (e.g. a progress bar).
+        workers: Processes that convert (this one reads); the output, report and quarantine are
+            the same with any number. Whole-file writers (Parquet) use one.
     """
     output = Path(output)
     writer: Writer = WRITERS.get(to)()
@@ -93,9 +96,12 @@ def convert(paths: str | Sequence[str], output: str | Path, *, to: str = "native
                          **(reader_options or {}))
     if qpath.exists() and on_error == "quarantine":
         qpath.unlink()  # a stale file from an earlier run would mislead
-    stream = reader.read(paths)
     try:
-        writer.write(progress(stream) if progress else stream, output)
+        if workers > 1 and can_run_parallel(writer):
+            convert_parallel(reader, writer, paths, output, workers, progress)
+        else:
+            stream = reader.read(paths)
+            writer.write(progress(stream) if progress else stream, output)
     finally:
         if reader.quarantine is not None:
             reader.quarantine.close()

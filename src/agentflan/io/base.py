@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, ClassVar, Literal
 
@@ -135,15 +136,26 @@ class RecordContext:
         return Source(format=self.reader, path=self.raw.path, line=self.raw.line,
                       original_id=original_id, dataset=self.dataset or self.reader)
 
+    def source_dict(self, original_id: str | None = None) -> dict[str, Any]:
+        """`source()` as a dict, for readers that validate the whole trajectory in one call."""
+        return {"format": self.reader, "path": self.raw.path, "line": self.raw.line,
+                "original_id": original_id, "dataset": self.dataset or self.reader}
+
     def default_id(self) -> str:
         """`<stem>:<index>`, or `<parent>/<stem>` for one-record files (ToolBench answers)."""
-        p = Path(self.raw.path.split("://", 1)[-1])
-        stem = p.name.split(".")[0]
-        return f"{stem}:{self.raw.index}"
+        return f"{_path_names(self.raw.path)[1]}:{self.raw.index}"
 
     def file_id(self) -> str:
-        p = Path(self.raw.path.split("://", 1)[-1])
-        return f"{p.parent.name}/{p.name.split('.')[0]}"
+        parent, stem = _path_names(self.raw.path)
+        return f"{parent}/{stem}"
+
+
+@lru_cache(maxsize=4096)
+def _path_names(path: str) -> tuple[str, str]:
+    """The parent folder's name and the file's stem (before its first dot); cached, since every
+    record of a file asks."""
+    p = Path(path.split("://", 1)[-1])
+    return p.parent.name, p.name.split(".")[0]
 
 
 class Reader(ABC):
@@ -202,12 +214,13 @@ class Reader(ABC):
                 raise ParseError(raw.error, reason=raw.reason)
             traj = self.parse(raw.value, ctx)
             issues = check(traj, allow_parse_errors=self.allow_parse_errors, nesting=raw.may_nest_deep)
-            bad = errors(issues)
-            if bad:
-                extra = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
-                raise ParseError(f"{bad[0]}{extra}", reason=bad[0].code,
-                                 field=bad[0].field and f"messages[{bad[0].index}].{bad[0].field}")
-            self.report.warnings.update(i.code for i in issues)
+            if issues:  # most records have none: skip the bookkeeping
+                bad = errors(issues)
+                if bad:
+                    extra = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
+                    raise ParseError(f"{bad[0]}{extra}", reason=bad[0].code,
+                                     field=bad[0].field and f"messages[{bad[0].index}].{bad[0].field}")
+                self.report.warnings.update(i.code for i in issues)
         except Drop as d:
             self.report.dropped[d.reason] += 1
             return None

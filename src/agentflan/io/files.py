@@ -179,6 +179,14 @@ def _corrupt_errors() -> tuple[type[BaseException], ...]:
 
 def _iter_jsonl(path: str) -> Iterator[RawRecord]:
     """One record per line, read as bytes so that no line, however hostile, stops the file."""
+    for item in jsonl_lines(path):
+        yield item if isinstance(item, RawRecord) else decode_jsonl_line(path, *item)
+
+
+def jsonl_lines(path: str) -> Iterator[tuple[int, int, bytes] | RawRecord]:
+    """(line number, record index, bytes) of each record line of a JSONL file, undecoded (a
+    parallel convert reads them here and decodes them in its workers with `decode_jsonl_line`);
+    a line that cannot be read (oversized, a damaged file) comes as its `RawRecord` with an error."""
     index = 0
     lineno = 0
     with open_binary(path) as f:
@@ -196,7 +204,7 @@ def _iter_jsonl(path: str) -> Iterator[RawRecord]:
                     line = line[len(_BOM):]
                 if not line.strip():
                     continue
-                yield _decode_line(path, lineno, index, line)
+                yield lineno, index, line
                 index += 1
         except _corrupt_errors() as e:
             yield RawRecord(path, lineno + 1, index, error=f"the file is damaged after line {lineno}, the rest "
@@ -215,7 +223,7 @@ def _too_large(path: str, lineno: int, index: int, head: bytes, f: IO[bytes]) ->
                      reason="too_large", text=head[:_KEEP_CHARS].decode("utf-8", "replace"))
 
 
-def _decode_line(path: str, lineno: int, index: int, line: bytes) -> RawRecord:
+def decode_jsonl_line(path: str, lineno: int, index: int, line: bytes) -> RawRecord:
     """Decode one JSONL line; every failure is a `RawRecord` with an error and a reason, never raised."""
     try:
         text = line.decode("utf-8")
@@ -256,58 +264,104 @@ def _is_text(value: Any) -> bool:
     return True
 
 
+JSON_CHUNK = 1 << 20
+"""Characters read at a time from a JSON (not JSONL) file."""
+_WS = re.compile(r"[ \t\r\n]*")
+_ARRAY_SEP = re.compile(r"[ \t\r\n]*(?:,[ \t\r\n]*)?")
+_NUMBER_TAIL = re.compile(r"[0-9eE.+-]*")
+
+
 def _iter_json(path: str) -> Iterator[RawRecord]:
-    """Decode a JSON array, a single object, or whitespace-separated objects, tracking lines."""
-    try:
-        with open_binary(path) as f:
-            data = f.read()
-    except _corrupt_errors() as e:
-        yield RawRecord(path, 1, 0, error=f"the file is damaged and cannot be read: {type(e).__name__}: {e}",
-                        reason="corrupt_file", text="")
-        return
-    # invalid bytes become lone surrogates (U+DC80-U+DCFF): the records holding them are rejected below
-    text = data.decode("utf-8", "surrogateescape")
+    """Decode a JSON array, a single object, or whitespace-separated objects, tracking lines.
+
+    Streamed: memory holds the record being decoded and a chunk of text, not the file. A record
+    cut by the end of the chunk fails to decode (a number decodes as its prefix) and is decoded
+    again with more text; only at the end of the file is a failure a malformed record
+    (its reading then holds the rest of the file, which cannot be read anyway). Invalid bytes
+    become lone surrogates (U+DC80-U+DCFF): the records holding them are rejected as `invalid_utf8`.
+    """
     decoder = json.JSONDecoder()
-    pos, line, index, counted = 0, 1, 0, 0
-    n = len(text)
+    pos = counted = index = 0
+    line = 1
+    try:
+        with io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="surrogateescape") as f:
+            buf = f.read(JSON_CHUNK)
+            eof = not buf
+            # invalid bytes read so far (as surrogates): only then are records searched for them
+            dirty = _RAW_SURROGATE.search(buf) is not None
 
-    def skip(p: int, chars: str) -> int:
-        while p < n and text[p] in chars:
-            p += 1
-        return p
+            def more() -> bool:
+                """Read more text (as much as is buffered ahead, so big records are decoded O(n) times)."""
+                nonlocal buf, eof, dirty
+                if eof:
+                    return False
+                chunk = f.read(max(JSON_CHUNK, len(buf) - pos))
+                if not chunk:
+                    eof = True
+                    return False
+                dirty = dirty or _RAW_SURROGATE.search(chunk) is not None
+                buf += chunk
+                return True
 
-    pos = skip(pos, " \t\r\n\ufeff")
-    in_array = pos < n and text[pos] == "["
-    if in_array:
-        pos = skip(pos + 1, " \t\r\n")
-    while pos < n:
-        if in_array and text[pos] == "]":
-            return
-        line += text.count("\n", counted, pos)
-        counted = pos
-        try:
-            value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            err_line = line + text.count("\n", pos, e.pos)
-            yield RawRecord(path, line, index,
-                            error=f"malformed JSON at line {err_line}: {e.msg}; the rest of the file "
-                                  "cannot be read", text=_readable(text[pos:pos + _KEEP_CHARS]))
-            return
-        except RecursionError:
-            yield RawRecord(path, line, index, error="JSON nested too deeply to decode; the rest of the file "
-                            "cannot be read", reason="too_deep", text=_readable(text[pos:pos + _KEEP_CHARS]))
-            return
-        chunk = text[pos:end]
-        if _RAW_SURROGATE.search(chunk):
-            raw = chunk.encode("utf-8", "surrogateescape")
-            yield RawRecord(path, line, index, error="not valid UTF-8", reason="invalid_utf8",
-                            text=raw.decode("utf-8", "replace"), data=raw)
-        else:
-            yield _checked(path, line, index, value, chunk)
-        index += 1
-        pos = skip(end, " \t\r\n")
-        if in_array and pos < n and text[pos] == ",":
-            pos = skip(pos + 1, " \t\r\n")
+            def skip(p: int, chars: str | None = None) -> int:
+                while True:
+                    if chars is None:
+                        p = _WS.match(buf, p).end()  # type: ignore[union-attr]
+                    else:
+                        while p < len(buf) and buf[p] in chars:
+                            p += 1
+                    if p < len(buf) or not more():
+                        return p
+
+            pos = skip(pos, " \t\r\n\ufeff")
+            in_array = pos < len(buf) and buf[pos] == "["
+            if in_array:
+                pos = skip(pos + 1)
+            while pos < len(buf):
+                if in_array and buf[pos] == "]":
+                    return
+                if pos > JSON_CHUNK:  # drop what is decoded, counting its lines
+                    line += buf.count("\n", counted, pos)
+                    buf, pos, counted = buf[pos:], 0, 0
+                line += buf.count("\n", counted, pos)
+                counted = pos
+                while True:
+                    try:
+                        value, end = decoder.raw_decode(buf, pos)
+                    except json.JSONDecodeError as e:
+                        if more():
+                            continue
+                        err_line = line + buf.count("\n", pos, e.pos)
+                        yield RawRecord(path, line, index,
+                                        error=f"malformed JSON at line {err_line}: {e.msg}; the rest of the file "
+                                              "cannot be read", text=_readable(buf[pos:pos + _KEEP_CHARS]))
+                        return
+                    except RecursionError:
+                        yield RawRecord(path, line, index, error="JSON nested too deeply to decode; the rest of "
+                                        "the file cannot be read", reason="too_deep",
+                                        text=_readable(buf[pos:pos + _KEEP_CHARS]))
+                        return
+                    # a number cut by the chunk's end decodes as its prefix: decode it again with more text
+                    if not isinstance(value, (int, float)) or not _NUMBER_TAIL.fullmatch(buf, end) or not more():
+                        break
+                chunk = buf[pos:end]
+                if dirty and _RAW_SURROGATE.search(chunk):
+                    raw = chunk.encode("utf-8", "surrogateescape")
+                    yield RawRecord(path, line, index, error="not valid UTF-8", reason="invalid_utf8",
+                                    text=raw.decode("utf-8", "replace"), data=raw)
+                else:
+                    yield _checked(path, line, index, value, chunk)
+                index += 1
+                # the separator in one match; near the chunk's end, character by character with more text
+                pos = (_ARRAY_SEP if in_array else _WS).match(buf, end).end()  # type: ignore[union-attr]
+                if pos >= len(buf) - 1:
+                    pos = skip(end)
+                    if in_array and pos < len(buf) and buf[pos] == ",":
+                        pos = skip(pos + 1)
+    except _corrupt_errors() as e:
+        where = "cannot be read" if index == 0 else f"cannot be read after record {index}"
+        yield RawRecord(path, line, index, error=f"the file is damaged and {where}: {type(e).__name__}: {e}",
+                        reason="corrupt_file", text="")
 
 
 def _readable(text: str) -> str:

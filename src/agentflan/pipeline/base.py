@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -91,6 +91,32 @@ class Step(ABC):
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         """Transform the stream; count with `ctx.stats`."""
 
+    # A step that needs the whole stream (exact balancing, exact deduplication) can still run on
+    # shards in parallel when its decision only needs a small summary of each trajectory: the
+    # executor computes `summary` where each trajectory is, `plan` once over every summary in
+    # stream order, and `apply_planned` on each shard with that shard's plan. The result and
+    # the counters must equal `run`'s.
+
+    def plannable(self) -> bool:
+        """True when the step implements `summary`, `plan` and `apply_planned`."""
+        return False
+
+    def summary(self, traj: Trajectory, ctx: StepContext) -> Any:
+        """What the plan needs to know about `traj` (small and picklable)."""
+        raise NotImplementedError(f"step {self.name} cannot be planned")
+
+    def pack_summaries(self, summaries: list[Any]) -> Any:
+        """A shard's summaries as they travel to the plan (a step may pack them smaller)."""
+        return summaries
+
+    def plan(self, shards: list[Any], ctx: StepContext) -> list[Any]:
+        """One plan per shard, from every shard's packed summaries (shards in stream order)."""
+        raise NotImplementedError(f"step {self.name} cannot be planned")
+
+    def apply_planned(self, data: Iterable[Trajectory], plan: Any, ctx: StepContext) -> Iterator[Trajectory]:
+        """The step on one shard, given that shard's plan."""
+        raise NotImplementedError(f"step {self.name} cannot be planned")
+
     def label(self) -> str:
         """What the step records in `Trajectory.lineage` (its name, plus key options)."""
         return self.name
@@ -120,18 +146,28 @@ class MapStep(Step):
             yield self.stamp(result)
 
 
-class SmallestN:
-    """Keeps the `n` trajectories with the smallest keys: bounded memory, independent of order.
+T = TypeVar("T")
 
-    Ties are broken by id, then by arrival, so trajectories themselves are never compared.
+
+class SmallestN(Generic[T]):
+    """Keeps the `n` items (trajectories, or where they are) with the smallest keys: bounded
+    memory, independent of order.
+
+    Ties are broken by id, then by arrival, so the items themselves are never compared.
     """
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.heap: list[tuple[float, str, int, Trajectory]] = []  # max-heap of the n smallest, by -key
+        self.heap: list[tuple[float, str, int, T]] = []  # max-heap of the n smallest, by -key
         self._seq = 0
 
-    def offer(self, key: float, tid: str, traj: Trajectory) -> None:
+    def admits(self, key: float, tid: str) -> bool:
+        """Whether `offer(key, tid, ...)` would keep it (ask before building a costly item)."""
+        if len(self.heap) < self.n:
+            return True
+        return self.n > 0 and (-key, tid) > self.heap[0][:2]
+
+    def offer(self, key: float, tid: str, traj: T) -> None:
         if self.n <= 0:
             return
         self._seq += 1
@@ -141,8 +177,8 @@ class SmallestN:
         elif item > self.heap[0]:
             heapq.heapreplace(self.heap, item)
 
-    def items(self) -> list[Trajectory]:
-        """The kept trajectories, smallest key first."""
+    def items(self) -> list[T]:
+        """The kept items, smallest key first."""
         return [t for *_, t in sorted(self.heap, key=lambda x: (-x[0], x[1], -x[2]))]
 
 

@@ -7,10 +7,21 @@ ends byte-identical to an uninterrupted one, and a changed recipe rebuilds only 
 1. **ingest**: each source is read once into `sources/<name>.jsonl` (native, ids prefixed with
    the source name so they are unique across sources), with its accounting report and quarantine.
 2. **outputs**: each output streams its sources through its steps into `native/<output>.jsonl`
-   (and the other `write:` formats). Outputs are independent and run in parallel processes.
+   (and the other `write:` formats).
 3. **mix**: the outputs, re-weighted (chat balanced against agent data), shuffled by hash into
    `native/<mix>.jsonl` with an external bucket shuffle (bounded memory).
 4. **report**: `stats.json`, `report.md` and charts.
+
+Every stage is a set of tasks on an executor (`agentflan.pipeline.executor`): in this process
+when `workers: 1`, else local processes or Ray. A task reads its shard itself (a group of input
+files, or a byte range of whole lines of a JSONL file) and writes its own shard files, which
+the driver concatenates in order; records never travel through the driver. With one worker an
+output runs as one stream through all its steps, with no JSON round trip between them. With
+more, an output runs in phases over shards: per-trajectory steps run on each shard; a step that
+needs the whole stream (balance, exact dedup) is planned from small per-trajectory summaries
+(`Step.plannable`) and then applied on each shard; a step that cannot be planned (sample, near
+dedup) and the steps after it run in one task. The report's counts are taken by the tasks that
+write the records, so nothing is read twice.
 
 Every random decision is a hash of (seed, step, id), never of the order or the process, so
 `workers: 1` and `workers: 8` write the same bytes.
@@ -24,30 +35,43 @@ import logging
 import math
 import os
 import platform
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from agentflan import __version__
+from agentflan.fingerprint import code_fingerprint
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
 from agentflan.io.files import atomic_output
 from agentflan.io.writers import WRITERS
-from agentflan.io.writers.base import dumps
+from agentflan.io.writers.base import Writer, dumps
 from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, unit
+from agentflan.pipeline.executor import Executor, make_executor
 from agentflan.pipeline.negatives import build_negatives
 from agentflan.pipeline.recipe import DataRecipe, NegativesOutput, StepsOutput
+from agentflan.pipeline.report import Scan, scan_path
 from agentflan.schema import Trajectory
+from agentflan.schema.trajectory import json_dict_checked
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 STATE = ".state"
+PARTS = ".parts"
+"""Shard files of the stage in progress (removed when it ends, and at the start of a build)."""
+
+SHARD_BYTES = 1 << 20
+"""Smallest shard worth a task of its own."""
+SHARDS_PER_WORKER = 4
+"""Shards per worker and phase: enough for the slowest shard not to hold the others up."""
+BUCKET_BYTES = 16 * 2**20
+MAX_BUCKETS = 1024
 
 
 @dataclass
@@ -59,22 +83,7 @@ class BuildResult:
 
 
 def _fp(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps([*parts, _code_fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-_CODE_FP: list[str] = []
-
-
-def _code_fingerprint() -> str:
-    """A hash of agentflan's own source: a changed step invalidates the stages built with it."""
-    if not _CODE_FP:
-        root = Path(__file__).resolve().parents[1]
-        h = hashlib.sha256()
-        for p in sorted(root.rglob("*.py")):
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-        _CODE_FP.append(h.hexdigest()[:16])
-    return _CODE_FP[0]
+    return hashlib.sha256(json.dumps([*parts, code_fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _done(out: Path, stage: str, fingerprint: str) -> bool:
@@ -93,7 +102,7 @@ def _atomic_target(path: Path) -> Path:
 
 
 def _read_native(path: Path) -> Iterator[Trajectory]:
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         for line in f:
             yield Trajectory.model_validate_json(line)
 
@@ -105,6 +114,16 @@ def _write_native(trajs: Iterable[Trajectory], path: Path) -> int:
             f.write(dumps(t.to_json_dict()) + "\n")
             n += 1
     return n
+
+
+def _concat_files(parts: list[Path], target: Path) -> None:
+    """Concatenate `parts` (in order) into `target`, atomically, and delete them."""
+    with atomic_output(target, _atomic_target(target)) as tmp, tmp.open("wb") as w:
+        for p in parts:
+            with p.open("rb") as r:
+                shutil.copyfileobj(r, w, 1 << 20)
+    for p in parts:
+        p.unlink()
 
 
 def _input_signature(paths: list[str], optional: bool = False) -> list[tuple[str, int, int]]:
@@ -127,164 +146,552 @@ def _input_signature(paths: list[str], optional: bool = False) -> list[tuple[str
     return sig
 
 
+# ---- shards ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shard:
+    """A byte range of whole lines of a JSONL file (`end` is exclusive)."""
+
+    path: str
+    start: int
+    end: int
+
+
+def plan_shards(paths: list[Path], n: int) -> list[Shard]:
+    """About `n` shards of at least `SHARD_BYTES` over `paths` (files in order, lines whole).
+
+    The shards of a file cover it exactly, so reading them in order reads the file. How many
+    there are never changes a result, only how the work is spread.
+    """
+    sizes = [p.stat().st_size for p in paths]
+    target = max(SHARD_BYTES, math.ceil(sum(sizes) / max(1, n)))
+    shards = []
+    for p, size in zip(paths, sizes, strict=True):
+        start = 0
+        with p.open("rb") as f:
+            while start < size:
+                end = start + target
+                if end >= size:
+                    end = size
+                else:
+                    f.seek(end - 1)
+                    f.readline()  # to the end of the line holding byte end - 1
+                    end = f.tell()
+                shards.append(Shard(str(p), start, end))
+                start = end
+    return shards
+
+
+def whole(path: Path) -> Shard:
+    return Shard(str(path), 0, path.stat().st_size)
+
+
+def _shard_lines(shard: Shard) -> Iterator[bytes]:
+    with open(shard.path, "rb") as f:
+        f.seek(shard.start)
+        pos = shard.start
+        for line in f:
+            if pos >= shard.end:
+                return
+            pos += len(line)
+            yield line
+
+
+def _read_shards(shards: Iterable[Shard]) -> Iterator[Trajectory]:
+    for shard in shards:
+        for line in _shard_lines(shard):
+            yield Trajectory.model_validate_json(line)
+
+
+# ---- what a task writes ------------------------------------------------------------------------------
+
+def _record_writers(formats: Iterable[str]) -> dict[str, Writer]:
+    """The `write:` formats written record by record (every JSON writer); whole-file writers such
+    as Parquet are written afterwards from the native file (`_write_file_formats`)."""
+    writers = {}
+    for fmt in formats:
+        if fmt == "native":
+            continue
+        writer = WRITERS.get(fmt)()
+        if type(writer).write is Writer.write:
+            writers[fmt] = writer
+    return writers
+
+
+def _part_dir(out: Path, name: str) -> Path:
+    return out / PARTS / name
+
+
+class _Sink:
+    """The files of one output that one task writes: native, the record-by-record formats, and
+    the report's counts. `part=None` writes the final files (atomically); a part number writes
+    shard files that the driver concatenates."""
+
+    def __init__(self, out: Path, name: str, formats: Iterable[str], part: int | None = None) -> None:
+        self.writers = _record_writers(formats)
+        self.targets: dict[str, Path] = {}
+        self.files: dict[str, Any] = {}
+        for fmt in ["native", *self.writers]:
+            if part is None:
+                final = out / fmt / f"{name}.jsonl"
+                self.targets[fmt] = final
+                path = _atomic_target(final)
+            else:
+                path = _part_dir(out, name) / f"{fmt}.{part:05d}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self.files[fmt] = path.open("w", encoding="utf-8")
+        self.scan = Scan()
+        self.n = 0
+
+    def add(self, traj: Trajectory) -> None:
+        d, exact = json_dict_checked(traj)
+        self.files["native"].write(dumps(d) + "\n")
+        self.n += 1
+        if not exact:  # formats and counts see what a reader of the native file sees
+            traj = Trajectory.model_validate(d)
+        self._derived(traj)
+
+    def add_line(self, line: str, traj: Trajectory) -> None:
+        """A record whose native line is already encoded (the mix)."""
+        self.files["native"].write(line)
+        self.n += 1
+        self._derived(traj)
+
+    def _derived(self, traj: Trajectory) -> None:
+        for fmt, writer in self.writers.items():
+            text = writer.encode_counted(traj)
+            if text is not None:
+                self.files[fmt].write(text + "\n")
+        self.scan.add(traj)
+
+    def close(self) -> dict[str, Any]:
+        for f in self.files.values():
+            f.close()
+        for final in self.targets.values():
+            os.replace(_atomic_target(final), final)
+        return self.scan.to_state()
+
+
+def _concat_parts(out: Path, name: str, formats: Iterable[str], n_parts: int) -> None:
+    """The final files of an output from its shard files, in shard order."""
+    for fmt in ["native", *_record_writers(formats)]:
+        parts = [_part_dir(out, name) / f"{fmt}.{i:05d}.jsonl" for i in range(n_parts)]
+        _concat_files(parts, out / fmt / f"{name}.jsonl")
+
+
+def _save_scan(out: Path, name: str, states: list[dict[str, Any]]) -> None:
+    scan = Scan()
+    for state in states:
+        scan.merge(Scan.from_state(state))
+    path = scan_path(out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(scan.to_state(), ensure_ascii=False) + "\n")
+
+
+def _write_file_formats(args: tuple[str, str, list[str]]) -> None:
+    """Formats that write a whole file (Parquet) from an output's native file (a task)."""
+    out, name, formats = args
+    for fmt in formats:
+        if fmt == "native" or fmt in _record_writers([fmt]):
+            continue
+        writer = WRITERS.get(fmt)()
+        suffix = ".parquet" if fmt == "parquet" else ".jsonl"
+        target = Path(out) / fmt / f"{name}{suffix}"
+        tmp = _atomic_target(target).with_suffix(suffix)
+        writer.write(_read_native(Path(out) / "native" / f"{name}.jsonl"), tmp)
+        os.replace(tmp, target)
+
+
 # ---- stage 1: ingest -----------------------------------------------------------------------------
 
-def _ingest(args: tuple[str, dict[str, Any], str]) -> dict[str, Any]:
-    name, cfg, out = args
-    out_dir = Path(out)
-    target = out_dir / "sources" / f"{name}.jsonl"
-    qpath = out_dir / "quarantine" / f"{name}.jsonl"
+@dataclass(frozen=True)
+class _IngestTask:
+    name: str
+    cfg: dict[str, Any]
+    out: str
+    files: tuple[str, ...]
+    part: int | None
+    """None: the source is read by this one task, which writes the final files."""
+
+
+def _ingest(task: _IngestTask) -> dict[str, Any]:
+    """Read a group of a source's files into native records (a task)."""
+    name, cfg, out = task.name, task.cfg, Path(task.out)
+    if task.part is None:
+        target = out / "sources" / f"{name}.jsonl"
+        qpath = out / "quarantine" / f"{name}.jsonl"
+    else:
+        target = _part_dir(out, f"source.{name}") / f"native.{task.part:05d}.jsonl"
+        qpath = _part_dir(out, f"source.{name}") / f"quarantine.{task.part:05d}.jsonl"
     if qpath.exists():
         qpath.unlink()
-    if cfg["optional"] and not _input_signature(cfg["paths"], optional=True):
-        _write_native([], target)
-        report = ReadReport().to_dict() | {"quarantine": None, "missing": True}
-        (out_dir / "sources" / f"{name}.report.json").write_text(json.dumps(report, indent=2) + "\n")
-        return report
-    reader = make_reader(cfg["paths"], cfg["reader"], on_error=cfg["on_error"],
+    reader = make_reader(list(task.files), cfg["reader"], on_error=cfg["on_error"],
                          quarantine=qpath if cfg["on_error"] == "quarantine" else None,
                          dataset=name, **cfg["options"])
 
+    rep = reader.report
+    per_file: dict[str, tuple[int, int]] = {}
+    """Records and rejected records of each file (a source read in parts: which inputs were rejected whole)."""
+
     def renamed() -> Iterator[Trajectory]:
-        for t in reader.read(cfg["paths"]):
-            t.id = f"{name}:{t.id}"
-            yield t
+        # one task reads the source's paths as given; a part reads its files one by one
+        groups = [cfg["paths"]] if task.part is None else [[f] for f in task.files]
+        for group in groups:
+            records, rejected = rep.records, rep.quarantined + rep.skipped
+            for t in reader.read(group):
+                t.id = f"{name}:{t.id}"
+                yield t
+            if task.part is not None:
+                per_file[group[0]] = (rep.records - records, rep.quarantined + rep.skipped - rejected)
 
     try:
         _write_native(renamed(), target)
     finally:
         if reader.quarantine is not None:
             reader.quarantine.close()
-    report = reader.report.to_dict()
-    report["quarantine"] = str(qpath.relative_to(out_dir)) if reader.report.quarantined else None
-    (out_dir / "sources" / f"{name}.report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return {"report": reader.report, "per_file": per_file}
+
+
+def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> list[_IngestTask]:
+    """One task per group of files: a source of many files (ToolBench's answer folders) is read
+    by several workers; a file is never split (record numbers and ids count from its start)."""
+    from agentflan.io.files import expand
+
+    files = expand(cfg["paths"])
+    if workers <= 1 or len(files) <= 1 or cfg["options"].get("limit") is not None:
+        return [_IngestTask(name, cfg, str(out), tuple(files), None)]
+    n = min(len(files), workers * SHARDS_PER_WORKER)
+    size = math.ceil(len(files) / n)
+    groups = [tuple(files[i:i + size]) for i in range(0, len(files), size)]
+    return [_IngestTask(name, cfg, str(out), g, k) for k, g in enumerate(groups)]
+
+
+def _finish_ingest(name: str, out: Path, tasks: list[_IngestTask], results: list[dict[str, Any]]) -> dict[str, Any]:
+    from agentflan.io.files import expand
+
+    report = ReadReport()
+    for r in results:
+        report.merge(r["report"])
+    if tasks[0].part is not None:  # an input is rejected when every record of its files was (as one reader says)
+        per_file = {f: n for r in results for f, n in r["per_file"].items()}
+        report.rejected_inputs = []
+        for item in tasks[0].cfg["paths"]:
+            counts = [per_file.get(f, (0, 0)) for f in expand(item)]
+            records, rejected = sum(c[0] for c in counts), sum(c[1] for c in counts)
+            if records and rejected == records:
+                report.rejected_inputs.append(item)
+    qpath = out / "quarantine" / f"{name}.jsonl"
+    if tasks[0].part is not None:
+        parts = _part_dir(out, f"source.{name}")
+        _concat_files([parts / f"native.{t.part:05d}.jsonl" for t in tasks], out / "sources" / f"{name}.jsonl")
+        quarantines = [parts / f"quarantine.{t.part:05d}.jsonl" for t in tasks]
+        quarantines = [q for q in quarantines if q.exists()]
+        if qpath.exists():
+            qpath.unlink()
+        if quarantines:
+            _concat_files(quarantines, qpath)
+        shutil.rmtree(parts)
+    info = report.to_dict()
+    info["quarantine"] = str(qpath.relative_to(out)) if report.quarantined else None
+    (out / "sources" / f"{name}.report.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _ingest_all(recipe: DataRecipe, todo: list[str], out: Path, executor: Executor) -> dict[str, dict[str, Any]]:
+    """Ingest the sources in `todo`; their reports by name."""
+    reports: dict[str, dict[str, Any]] = {}
+    tasks: dict[str, list[_IngestTask]] = {}
+    for name in todo:
+        cfg = recipe.sources[name].model_dump()
+        if cfg["optional"] and not _input_signature(cfg["paths"], optional=True):
+            _write_native([], out / "sources" / f"{name}.jsonl")
+            qpath = out / "quarantine" / f"{name}.jsonl"
+            if qpath.exists():
+                qpath.unlink()
+            reports[name] = ReadReport().to_dict() | {"quarantine": None, "missing": True}
+            (out / "sources" / f"{name}.report.json").write_text(json.dumps(reports[name], indent=2) + "\n")
+            continue
+        tasks[name] = _ingest_tasks(name, cfg, out, executor.workers)
+    flat = [t for ts in tasks.values() for t in ts]
+    results = iter(_map_largest_first(executor, _ingest, flat, _task_bytes))
+    for name, ts in tasks.items():
+        reports[name] = _finish_ingest(name, out, ts, [next(results) for _ in ts])
+    return {name: reports[name] for name in todo}
+
+
+def _task_bytes(task: _IngestTask) -> int:
+    from agentflan.io.files import is_url
+
+    return sum(0 if is_url(f) else os.path.getsize(f) for f in task.files)
+
+
+def _map_largest_first(executor: Executor, fn: Callable[[Any], Any], items: list[Any],
+                       size: Callable[[Any], int]) -> list[Any]:
+    """`executor.map(fn, items)`, submitted largest first (the pool takes them in order, so the
+    long tasks do not end up last); results in the order of `items`."""
+    order = sorted(range(len(items)), key=lambda i: -size(items[i]))
+    results = executor.map(fn, [items[i] for i in order])
+    out: list[Any] = [None] * len(items)
+    for i, r in zip(order, results, strict=True):
+        out[i] = r
+    return out
 
 
 # ---- stage 2: outputs ----------------------------------------------------------------------------
 
-def _concat(paths: list[Path]) -> Iterator[Trajectory]:
-    for p in paths:
-        yield from _read_native(p)
+_STEPS_CACHE: dict[str, list[Step]] = {}
 
 
-def _lines(paths: list[Path]) -> Iterator[str]:
-    for p in paths:
-        with p.open(encoding="utf-8") as f:
-            yield from f
-
-
-CHUNK = 256
-BUCKET_BYTES = 16 * 2**20
-MAX_BUCKETS = 1024
-_PREFIX_CACHE: dict[str, list[Step]] = {}
-
-
-def apply_prefix(args: tuple[str, int, list[str]]) -> tuple[list[str], list[dict[str, int]]]:
-    """Run parallel-safe steps on a chunk of native JSON lines (in a worker process).
-
-    Returns the output lines and each step's counters for this chunk.
-    """
-    entries_json, seed, lines = args
-    steps = _PREFIX_CACHE.get(entries_json)
+def _steps(entries_json: str) -> list[Step]:
+    """The steps of an output, built once per process."""
+    steps = _STEPS_CACHE.get(entries_json)
     if steps is None:
-        steps = _PREFIX_CACHE[entries_json] = make_steps(json.loads(entries_json))
-    stream: Iterable[Trajectory] = (Trajectory.model_validate_json(line) for line in lines)
-    contexts = []
-    for step in steps:
-        ctx = StepContext(seed=seed)
-        contexts.append(ctx)
-        stream = step.run(stream, ctx)
-    out = [dumps(t.to_json_dict()) for t in stream]
-    return out, [dict(c.stats.counts) for c in contexts]
+        steps = _STEPS_CACHE[entries_json] = make_steps(json.loads(entries_json))
+    return steps
 
 
-def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+@dataclass
+class _Phase:
+    """Steps run on each shard: the plan of a planned step applied first, per-trajectory steps,
+    and the summaries of the next planned step taken last."""
+
+    apply: int | None = None
+    maps: list[int] = field(default_factory=list)
+    summarize: int | None = None
 
 
-def _parallel_prefix(entries: list[dict[str, Any]], seed: int, lines: Iterator[str], pool: Any,
-                     contexts: list[StepContext]) -> Iterator[Trajectory]:
-    """The parallel-safe step prefix over `lines`, chunked over `pool` (ordered: deterministic)."""
-    entries_json = json.dumps(entries, sort_keys=True)
-    jobs = ((entries_json, seed, chunk) for chunk in _chunks(lines, CHUNK))
-    results = pool.imap(apply_prefix, jobs) if pool is not None else map(apply_prefix, jobs)
-    for out_lines, counts in results:
-        for ctx, c in zip(contexts, counts, strict=True):
-            ctx.stats.counts.update(c)
-        for line in out_lines:
-            yield Trajectory.model_validate_json(line)
+def _passes_through(phase: _Phase) -> bool:
+    """A phase that changes nothing, only takes summaries (a planned step first in an output)."""
+    return phase.apply is None and not phase.maps and phase.summarize is not None
 
 
-def _run_output(recipe: DataRecipe, name: str, out_dir: Path, pool: Any, executor: str,
-                agent_records: int = 0) -> dict[str, Any]:
-    spec = recipe.outputs[name]
-    step_stats: list[dict[str, Any]] = []
-    if isinstance(spec, NegativesOutput):
-        stats = StepStats()
-        clean: list[StepContext] = []
-
-        def inputs(names: list[str]) -> Iterable[Trajectory]:
-            stream: Iterable[Trajectory] = _concat([out_dir / "sources" / f"{s}.jsonl" for s in names])
-            if recipe.decontaminate is not None:
-                clean.append(StepContext(seed=recipe.seed))
-                stream = make_steps([{"type": "decontaminate", **recipe.decontaminate.model_dump(mode="json")}])[0].run(
-                    stream, clean[-1])
-            return stream
-
-        stream: Iterable[Trajectory] = build_negatives(
-            inputs(spec.chat_from), inputs(spec.tools_from), inputs(spec.queries_from),
-            spec.config, recipe.seed, stats, cache_dir=out_dir / ".cache", agent_records=agent_records)
-        n = _write_native(stream, out_dir / "native" / f"{name}.jsonl")
-        for role, ctx in zip(("chat", "tools", "queries"), clean, strict=False):
-            step_stats.append({"step": f"decontaminate:{role}", "counts": ctx.stats.to_dict()})
-        step_stats.append({"step": "negatives", "config": {"agent_records": agent_records},
-                           "counts": stats.to_dict()})
-    else:
-        assert isinstance(spec, StepsOutput)
-        entries = recipe.step_entries(name)
-        steps = make_steps(entries)
-        k = 0
-        while k < len(steps) and steps[k].parallel_safe:
-            k += 1
-        contexts = [StepContext(seed=recipe.seed) for _ in steps]
-        lines = _lines([out_dir / "sources" / f"{s}.jsonl" for s in spec.from_])
-        if executor == "ray":
-            from agentflan.pipeline.ray_executor import ray_prefix
-
-            stream = ray_prefix(entries[:k], recipe.seed, [out_dir / "sources" / f"{s}.jsonl" for s in spec.from_],
-                                contexts[:k])
+def _phases(steps: list[Step]) -> tuple[list[_Phase], int]:
+    """The phases of `steps`, and where the steps that must run in one process start."""
+    phases = [_Phase()]
+    for i, step in enumerate(steps):
+        if step.parallel_safe:
+            phases[-1].maps.append(i)
+        elif step.plannable():
+            phases[-1].summarize = i
+            phases.append(_Phase(apply=i))
         else:
-            stream = _parallel_prefix(entries[:k], recipe.seed, lines, pool, contexts[:k])
-        for step, ctx in zip(steps[k:], contexts[k:], strict=True):
-            stream = step.run(stream, ctx)
-        n = _write_native(stream, out_dir / "native" / f"{name}.jsonl")
-        step_stats = [{"step": step.name, "config": step.config.model_dump(mode="json"),
-                       "counts": ctx.stats.to_dict()} for step, ctx in zip(steps, contexts, strict=True)]
-    _write_formats(recipe, out_dir, name)
-    return {"records": n, "steps": step_stats}
+            return phases, i
+    return phases, len(steps)
 
 
-def _write_formats(recipe: DataRecipe, out_dir: Path, name: str) -> dict[str, Any]:
-    reports = {}
-    for fmt in recipe.write:
-        if fmt == "native":
-            continue
-        writer = WRITERS.get(fmt)()
-        suffix = ".parquet" if fmt == "parquet" else ".jsonl"
-        target = out_dir / fmt / f"{name}{suffix}"
-        tmp = _atomic_target(target).with_suffix(suffix)
-        writer.write(_read_native(out_dir / "native" / f"{name}.jsonl"), tmp)
-        os.replace(tmp, target)
-        reports[fmt] = writer.report.to_dict()
-    return reports
+@dataclass(frozen=True)
+class _PhaseTask:
+    out: str
+    name: str
+    entries: str
+    seed: int
+    phase: int
+    shards: tuple[Shard, ...]
+    plan: Any
+    part: int
+    final: bool
+    """Write the output's files (`formats`); otherwise an intermediate shard file."""
+    formats: tuple[str, ...]
+
+
+def _run_phase(task: _PhaseTask) -> dict[str, Any]:
+    """One phase of an output on one shard (a task)."""
+    steps = _steps(task.entries)
+    phases, _ = _phases(steps)
+    phase = phases[task.phase]
+    contexts = {i: StepContext(seed=task.seed) for i in range(len(steps))}
+    stream: Iterable[Trajectory] = _read_shards(task.shards)
+    if phase.apply is not None:
+        stream = steps[phase.apply].apply_planned(stream, task.plan, contexts[phase.apply])
+    for i in phase.maps:
+        stream = steps[i].run(stream, contexts[i])
+    result: dict[str, Any] = {}
+    out = Path(task.out)
+    if task.final:
+        sink = _Sink(out, task.name, task.formats, task.part)
+        for t in stream:
+            sink.add(t)
+        result["scan"] = sink.close()
+        result["records"] = sink.n
+    elif _passes_through(phase):  # only summaries: the next phase reads this phase's input again
+        assert phase.summarize is not None
+        step = steps[phase.summarize]
+        result["summaries"] = step.pack_summaries([step.summary(t, contexts[phase.summarize]) for t in stream])
+    else:
+        path = _part_dir(out, task.name) / f"p{task.phase}.{task.part:05d}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        summaries = []
+        with path.open("w", encoding="utf-8") as f:
+            for t in stream:
+                if phase.summarize is not None:
+                    summaries.append(steps[phase.summarize].summary(t, contexts[phase.summarize]))
+                f.write(dumps(t.to_json_dict()) + "\n")
+        if phase.summarize is not None:
+            result["summaries"] = steps[phase.summarize].pack_summaries(summaries)
+        result["path"] = str(path)
+    result["counts"] = {i: dict(c.stats.counts) for i, c in contexts.items() if c.stats.counts}
+    return result
+
+
+@dataclass(frozen=True)
+class _StreamTask:
+    """Steps run in one process over whole files, writing the output's files."""
+
+    out: str
+    name: str
+    entries: str
+    seed: int
+    first: int
+    """Index of the first step to run (the earlier ones ran in phases)."""
+    shards: tuple[Shard, ...]
+    formats: tuple[str, ...]
+
+
+def _run_stream(task: _StreamTask) -> dict[str, Any]:
+    """Steps `first..` over the shards, in this one process, into the final files (a task)."""
+    steps = _steps(task.entries)
+    contexts = {i: StepContext(seed=task.seed) for i in range(task.first, len(steps))}
+    stream: Iterable[Trajectory] = _read_shards(task.shards)
+    for i in range(task.first, len(steps)):
+        stream = steps[i].run(stream, contexts[i])
+    sink = _Sink(Path(task.out), task.name, task.formats)
+    for t in stream:
+        sink.add(t)
+    return {"scan": sink.close(), "records": sink.n,
+            "counts": {i: dict(c.stats.counts) for i, c in contexts.items() if c.stats.counts}}
+
+
+@dataclass(frozen=True)
+class _NegativesTask:
+    out: str
+    name: str
+    spec: dict[str, Any]
+    seed: int
+    formats: tuple[str, ...]
+    decontaminate: dict[str, Any] | None
+    """The recipe's `decontaminate` step, applied to each input first."""
+    agent_records: int
+
+
+def _run_negatives(task: _NegativesTask) -> dict[str, Any]:
+    """A `negatives` output (a task: one process; its memory is bounded by its `n`)."""
+    out = Path(task.out)
+    spec = NegativesOutput.model_validate(task.spec)
+    stats = StepStats()
+    clean: list[StepContext] = []
+
+    def inputs(names: list[str]) -> Iterable[Trajectory]:
+        stream: Iterable[Trajectory] = _read_shards([whole(out / "sources" / f"{s}.jsonl") for s in names])
+        if task.decontaminate is not None:
+            clean.append(StepContext(seed=task.seed))
+            stream = make_steps([{"type": "decontaminate", **task.decontaminate}])[0].run(stream, clean[-1])
+        return stream
+
+    sink = _Sink(out, task.name, task.formats)
+    for t in build_negatives(inputs(spec.chat_from), inputs(spec.tools_from), inputs(spec.queries_from),
+                             spec.config, task.seed, stats, cache_dir=out / ".cache",
+                             agent_records=task.agent_records):
+        sink.add(t)
+    steps = [{"step": f"decontaminate:{role}", "counts": ctx.stats.to_dict()}
+             for role, ctx in zip(("chat", "tools", "queries"), clean, strict=False)]
+    steps.append({"step": "negatives", "config": {"agent_records": task.agent_records}, "counts": stats.to_dict()})
+    return {"scan": sink.close(), "records": sink.n, "steps": steps}
+
+
+def _entries(recipe: DataRecipe, name: str) -> str:
+    """The step entries of output `name` (`DataRecipe.step_entries`) as a task carries them."""
+    return json.dumps(recipe.step_entries(name), sort_keys=True)
+
+
+def _single_task(recipe: DataRecipe, name: str, out_dir: Path, workers: int,
+                 agent_records: int = 0) -> tuple[Callable[[Any], dict[str, Any]], Any] | None:
+    """The one task that builds output `name`, when one task does (negatives; an output read in
+    one shard); None when it runs in phases over shards."""
+    spec = recipe.outputs[name]
+    formats = tuple(recipe.write)
+    if isinstance(spec, NegativesOutput):
+        decon = recipe.decontaminate.model_dump(mode="json") if recipe.decontaminate else None
+        return _run_negatives, _NegativesTask(str(out_dir), name, spec.model_dump(mode="json", by_alias=True),
+                                              recipe.seed, formats, decon, agent_records)
+    sources = [out_dir / "sources" / f"{s}.jsonl" for s in spec.from_]
+    if workers > 1 and len(plan_shards(sources, workers * SHARDS_PER_WORKER)) > 1:
+        return None
+    return _run_stream, _StreamTask(str(out_dir), name, _entries(recipe, name), recipe.seed, 0,
+                                    tuple(whole(p) for p in sources), formats)
+
+
+def _run_output(recipe: DataRecipe, name: str, out_dir: Path, executor: Executor,
+                started: Callable[[], dict[str, Any]] | None = None, agent_records: int = 0) -> dict[str, Any]:
+    """Build output `name` (`started`: its single task, already submitted; `agent_records`: what
+    the share of a negatives output is taken of)."""
+    spec = recipe.outputs[name]
+    formats = tuple(recipe.write)
+    parts = _part_dir(out_dir, name)
+    if parts.exists():
+        shutil.rmtree(parts)
+    single = _single_task(recipe, name, out_dir, executor.workers, agent_records) if started is None else None
+    if started is None and single is not None:
+        started = executor.submit(*single)
+    if isinstance(spec, NegativesOutput):
+        assert started is not None
+        res = started()
+        _save_scan(out_dir, name, [res["scan"]])
+        _write_file_formats((str(out_dir), name, list(formats)))
+        return {"records": res["records"], "steps": res["steps"]}
+
+    assert isinstance(spec, StepsOutput)
+    entries = _entries(recipe, name)
+    steps = _steps(entries)
+    contexts = [StepContext(seed=recipe.seed) for _ in steps]
+
+    def merge(results: list[dict[str, Any]]) -> None:
+        for r in results:
+            for i, counts in r["counts"].items():
+                contexts[int(i)].stats.counts.update(counts)
+
+    if started is not None:  # one process, one stream through every step
+        res = started()
+        merge([res])
+        scans, records = [res["scan"]], res["records"]
+    else:
+        sources = [out_dir / "sources" / f"{s}.jsonl" for s in spec.from_]
+        shards = plan_shards(sources, executor.workers * SHARDS_PER_WORKER)
+        phases, tail = _phases(steps)
+        inputs: list[tuple[Shard, ...]] = [(s,) for s in shards]
+        plans: list[Any] = [None] * len(inputs)
+        results: list[dict[str, Any]] = []
+        for k, phase in enumerate(phases):
+            final = k == len(phases) - 1 and tail == len(steps)
+            tasks = [_PhaseTask(str(out_dir), name, entries, recipe.seed, k, inp, plan, i, final, formats)
+                     for i, (inp, plan) in enumerate(zip(inputs, plans, strict=True))]
+            results = executor.map(_run_phase, tasks)
+            merge(results)
+            if _passes_through(phase):
+                pass  # the next phase reads the same input
+            else:
+                if k > 0 and not _passes_through(phases[k - 1]):  # the previous phase's shard files are read
+                    for inp in inputs:
+                        for shard in inp:
+                            os.unlink(shard.path)
+                if not final:
+                    inputs = [(whole(Path(r["path"])),) for r in results]
+            if phase.summarize is not None:
+                plans = steps[phase.summarize].plan([r["summaries"] for r in results], contexts[phase.summarize])
+        if tail < len(steps):  # the rest in one process, over the last phase's shard files in order
+            res = executor.map(_run_stream, [_StreamTask(str(out_dir), name, entries, recipe.seed, tail,
+                                                         tuple(s for inp in inputs for s in inp), formats)])[0]
+            merge([res])
+            scans, records = [res["scan"]], res["records"]
+        else:
+            _concat_parts(out_dir, name, formats, len(results))
+            scans, records = [r["scan"] for r in results], sum(r["records"] for r in results)
+    if parts.exists():
+        shutil.rmtree(parts)
+    _save_scan(out_dir, name, scans)
+    _write_file_formats((str(out_dir), name, list(formats)))
+    step_stats = [{"step": step.name, "config": step.config.model_dump(mode="json"),
+                   "counts": ctx.stats.to_dict()} for step, ctx in zip(steps, contexts, strict=True)]
+    return {"records": records, "steps": step_stats}
 
 
 # ---- stage 3: mix --------------------------------------------------------------------------------
@@ -312,60 +719,125 @@ def mix_plan(recipe: DataRecipe, amounts: dict[str, float], basis: float | None 
     return factors
 
 
-def _amount(path: Path, by: str) -> float:
-    """Records, or trained approx tokens, of a native file."""
+def _amount(task: tuple[Shard, str]) -> int:
+    """Records, or trained approx tokens, of a shard of a native file (a task)."""
     from agentflan.pipeline.report import trained_approx_tokens
 
-    return float(sum(1 if by == "records" else trained_approx_tokens(t) for t in _read_native(path)))
+    shard, by = task
+    return sum(1 if by == "records" else trained_approx_tokens(t) for t in _read_shards([shard]))
 
 
-def mix_amounts(recipe: DataRecipe, out_dir: Path) -> tuple[dict[str, float], float]:
+def mix_amounts(recipe: DataRecipe, out_dir: Path, executor: Executor | None = None) -> tuple[dict[str, float], float]:
     """Each output's amount in the mix's unit, and the agent sources' (the `sources` basis)."""
     assert recipe.mix is not None
     by = recipe.mix.by
-    amounts = {o: _amount(out_dir / "native" / f"{o}.jsonl", by) for o in recipe.outputs}
     agent_sources = sorted({s for o in recipe.outputs.values() for s in (o.from_ if isinstance(o, StepsOutput) else [])
                             if recipe.sources[s].role == "agent"})
-    basis = sum(_amount(out_dir / "sources" / f"{s}.jsonl", by) for s in agent_sources)
-    return amounts, basis
+    files = [out_dir / "native" / f"{o}.jsonl" for o in recipe.outputs] + \
+        [out_dir / "sources" / f"{s}.jsonl" for s in agent_sources]
+    n = executor.workers * SHARDS_PER_WORKER if executor is not None and executor.workers > 1 else 1
+    shards = [plan_shards([f], n) for f in files]
+    flat = [(s, by) for ss in shards for s in ss]
+    counts = iter(executor.map(_amount, flat) if executor is not None else [_amount(t) for t in flat])
+    totals = [float(sum(next(counts) for _ in ss)) for ss in shards]  # sums of ints: exact in any grouping
+    amounts = dict(zip(recipe.outputs, totals, strict=False))
+    return amounts, sum(totals[len(recipe.outputs):])
 
 
-def _mix(recipe: DataRecipe, out_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _ScatterTask:
+    tmp: str
+    task: int
+    output: str
+    factor: float
+    seed: int
+    shard: Shard
+    buckets: int
+
+
+def _mix_scatter(task: _ScatterTask) -> int:
+    """Copies of an output's records, each into the bucket of its shuffle key (a task)."""
+    files = [open(Path(task.tmp) / f"s{task.task:05d}.b{i:05d}", "w", encoding="utf-8")  # noqa: SIM115
+             for i in range(task.buckets)]
+    n = 0
+    frac = task.factor - int(task.factor)
+    try:
+        for raw in _shard_lines(task.shard):
+            d = json.loads(raw)
+            tid0 = d["id"]
+            copies = int(task.factor) + (unit(task.seed, "mix", task.output, tid0) < frac)
+            for k in range(copies):
+                # the output in the id: one trajectory may be in two outputs (both formats at full size)
+                tid = f"{task.output}/{tid0}" if k == 0 else f"{task.output}/{tid0}#{k}"
+                d["id"] = tid
+                d["metadata"] = {**d.get("metadata", {}), "output": task.output}  # which output, for the report
+                rec = dumps(d) + "\n"
+                key = unit(task.seed, "shuffle", tid)
+                files[min(int(key * task.buckets), task.buckets - 1)].write(
+                    f"{key!r}\t{json.dumps(tid, ensure_ascii=False)}\t{rec}")
+                n += 1
+    finally:
+        for f in files:
+            f.close()
+    return n
+
+
+@dataclass(frozen=True)
+class _GatherTask:
+    tmp: str
+    bucket: int
+    scatters: int
+    out: str
+    name: str
+    formats: tuple[str, ...]
+
+
+def _mix_gather(task: _GatherTask) -> dict[str, Any]:
+    """One bucket, sorted by shuffle key, into a shard of the mix's files (a task; memory: one bucket)."""
+    rows = []
+    for s in range(task.scatters):
+        with (Path(task.tmp) / f"s{s:05d}.b{task.bucket:05d}").open(encoding="utf-8") as f:
+            for row in f:
+                key, tid, line = row.split("\t", 2)
+                rows.append((float(key), json.loads(tid), line))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    sink = _Sink(Path(task.out), task.name, task.formats, task.bucket)
+    for _, _, line in rows:
+        sink.add_line(line, Trajectory.model_validate_json(line))
+    return {"scan": sink.close(), "records": sink.n}
+
+
+def _mix(recipe: DataRecipe, out_dir: Path, executor: Executor) -> dict[str, Any]:
     assert recipe.mix is not None
-    amounts, basis = mix_amounts(recipe, out_dir)
+    name = recipe.mix.name
+    formats = tuple(recipe.write)
+    amounts, basis = mix_amounts(recipe, out_dir, executor)
     factors = mix_plan(recipe, amounts, basis)
-    # buckets of about BUCKET_BYTES each: the shuffle holds one bucket in memory at a time
+    # buckets of about BUCKET_BYTES each: a task holds one bucket in memory at a time
     expected_bytes = sum(f * (out_dir / "native" / f"{o}.jsonl").stat().st_size for o, f in factors.items())
     n_buckets = min(MAX_BUCKETS, max(1, math.ceil(expected_bytes / BUCKET_BYTES)))
-    written: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        buckets = [open(Path(tmp) / f"b{i}.jsonl", "w", encoding="utf-8") for i in range(n_buckets)]  # noqa: SIM115
-        try:
-            for o, factor in factors.items():
-                written[o] = 0
-                for t in _read_native(out_dir / "native" / f"{o}.jsonl"):
-                    copies = int(factor) + (unit(recipe.seed, "mix", o, t.id) < factor - int(factor))
-                    for k in range(copies):
-                        # the output in the id: one trajectory may be in two outputs (both formats at full size)
-                        tid = f"{o}/{t.id}" if k == 0 else f"{o}/{t.id}#{k}"
-                        key = unit(recipe.seed, "shuffle", tid)
-                        d = t.to_json_dict()
-                        d["id"] = tid
-                        d["metadata"] = {**d.get("metadata", {}), "output": o}  # which output, for the report
-                        buckets[min(int(key * n_buckets), n_buckets - 1)].write(
-                            json.dumps([key, tid, d], ensure_ascii=False) + "\n")
-                        written[o] += 1
-        finally:
-            for b in buckets:
-                b.close()
-        target = out_dir / "native" / f"{recipe.mix.name}.jsonl"
-        with atomic_output(target, _atomic_target(target)) as tmp_target, tmp_target.open("w", encoding="utf-8") as f:
-            for i in range(n_buckets):
-                rows = [json.loads(line) for line in (Path(tmp) / f"b{i}.jsonl").open(encoding="utf-8")]
-                rows.sort(key=lambda r: (r[0], r[1]))
-                for _, _, rec in rows:
-                    f.write(dumps(rec) + "\n")
-    _write_formats(recipe, out_dir, recipe.mix.name)
+    if executor.workers > 1:  # and enough of them to keep every worker busy
+        n_buckets = min(MAX_BUCKETS, max(n_buckets, min(executor.workers * SHARDS_PER_WORKER,
+                                                        math.ceil(expected_bytes / SHARD_BYTES))))
+    n_shards = executor.workers * SHARDS_PER_WORKER if executor.workers > 1 else 1
+    parts = _part_dir(out_dir, name)
+    if parts.exists():
+        shutil.rmtree(parts)
+    (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir / PARTS) as tmp:
+        scatter = [(o, f, s) for o, f in factors.items()
+                   for s in (plan_shards([out_dir / "native" / f"{o}.jsonl"], n_shards)
+                             or [whole(out_dir / "native" / f"{o}.jsonl")])]
+        tasks = [_ScatterTask(tmp, k, o, f, recipe.seed, s, n_buckets) for k, (o, f, s) in enumerate(scatter)]
+        written: dict[str, int] = dict.fromkeys(factors, 0)
+        for (o, _, _), n in zip(scatter, executor.map(_mix_scatter, tasks), strict=True):
+            written[o] += n
+        gathered = executor.map(_mix_gather, [_GatherTask(tmp, i, len(tasks), str(out_dir), name, formats)
+                                              for i in range(n_buckets)])
+    _concat_parts(out_dir, name, formats, n_buckets)
+    shutil.rmtree(parts)
+    _save_scan(out_dir, name, [g["scan"] for g in gathered])
+    _write_file_formats((str(out_dir), name, list(formats)))
     return {"factors": {k: round(v, 4) for k, v in factors.items()}, "records_per_output": written,
             "records": sum(written.values()), "chat_outputs": sorted(recipe.chat_outputs()),
             "by": recipe.mix.by, "basis": recipe.mix.basis, "chat_ratio": recipe.mix.chat_ratio,
@@ -390,14 +862,12 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
     say = echo or (lambda s: log.info(s))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / PARTS).exists():  # shard files of a build that was killed
+        shutil.rmtree(out / PARTS)
     n_workers = workers or recipe.workers
     result = BuildResult(out)
     (out / "resolved_recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
     (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
-    if recipe.executor == "ray":
-        from agentflan.pipeline.ray_executor import start_ray
-
-        start_ray(n_workers)
 
     def stage(name: str, fingerprint: str) -> bool:
         if resume and _done(out, name, fingerprint):
@@ -406,91 +876,86 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
         result.stages_run.append(name)
         return True
 
-    # 1. ingest (a source no output reads is not read)
-    src_fp = {}
-    todo = []
-    used = recipe.used_sources()
-    for name in recipe.sources:
-        if name not in used:
-            say(f"source {name}: no output reads it; not read")
-    for name, src in recipe.sources.items():
-        if name not in used:
-            continue
-        cfg = src.model_dump()
-        src_fp[name] = _fp(cfg, _input_signature(src.paths, src.optional), __version__)
-        if stage(f"source.{name}", src_fp[name]):
-            todo.append((name, cfg, str(out)))
-    for (name, _, _), report in zip(todo, _map(_ingest, todo, n_workers), strict=True):
-        if report.get("missing"):
-            say(f"ingest {name}: no input file matches {recipe.sources[name].paths}; optional, so empty")
-        say(f"ingest {name}: {report['records']} records, {report['converted']} converted, "
-            f"{report['quarantined']} quarantined, {sum(report['dropped'].values())} dropped")
-        _mark(out, f"source.{name}", src_fp[name])
+    with make_executor(recipe.executor, n_workers) as executor:
+        # 1. ingest (a source no output reads is not read)
+        src_fp = {}
+        todo = []
+        used = recipe.used_sources()
+        for name in recipe.sources:
+            if name not in used:
+                say(f"source {name}: no output reads it; not read")
+        for name, src in recipe.sources.items():
+            if name not in used:
+                continue
+            src_fp[name] = _fp(src.model_dump(), _input_signature(src.paths, src.optional), __version__)
+            if stage(f"source.{name}", src_fp[name]):
+                todo.append(name)
+        for name, report in _ingest_all(recipe, todo, out, executor).items():
+            if report.get("missing"):
+                say(f"ingest {name}: no input file matches {recipe.sources[name].paths}; optional, so empty")
+            say(f"ingest {name}: {report['records']} records, {report['converted']} converted, "
+                f"{report['quarantined']} quarantined, {sum(report['dropped'].values())} dropped")
+            _mark(out, f"source.{name}", src_fp[name])
 
-    # 2. outputs: one after the other, each one's parallel-safe steps spread over the workers
-    out_fp = {}
-    pool = Pool(n_workers, initializer=_worker_init) if n_workers > 1 and recipe.executor == "local" else None
-    decon = recipe.decontaminate.model_dump(mode="json") if recipe.decontaminate else None
-    if decon and decon["against"]:
-        decon["against_files"] = _input_signature(decon["against"])
-    # negatives come after the other outputs: their counts are a share of the agent records
-    order = [n for n, o in recipe.outputs.items() if isinstance(o, StepsOutput)] + \
-        [n for n, o in recipe.outputs.items() if isinstance(o, NegativesOutput)]
-    try:
-        for name in order:
+        # 2. outputs: one after the other, each spread over the workers; the step outputs that are
+        # one task each (small ones) start at once, beside the others' shards. Negatives come after
+        # the other outputs: their counts are a share of the agent records.
+        out_fp = {}
+        decon = recipe.decontaminate.model_dump(mode="json") if recipe.decontaminate else None
+        if decon and decon["against"]:
+            decon["against_files"] = _input_signature(decon["against"])
+
+        def output_fp(name: str, agent_records: int = 0) -> str:
             spec = recipe.outputs[name]
             deps = spec.from_ if isinstance(spec, StepsOutput) else spec.sources()
+            return _fp(spec.model_dump(mode="json", by_alias=True), recipe.seed, recipe.write,
+                       [src_fp[d] for d in deps], __version__, decon, agent_records)
+
+        todo = []
+        for name, spec in recipe.outputs.items():
+            if isinstance(spec, StepsOutput):
+                out_fp[name] = output_fp(name)
+                if stage(f"output.{name}", out_fp[name]):
+                    todo.append(name)
+        started = {}
+        if executor.workers > 1:
+            for name in todo:
+                single = _single_task(recipe, name, out, executor.workers)
+                if single is not None:
+                    started[name] = executor.submit(*single)
+        negatives = [n for n, o in recipe.outputs.items() if isinstance(o, NegativesOutput)]
+        for name in [*todo, *negatives]:
+            spec = recipe.outputs[name]
             agent_records = 0
             if isinstance(spec, NegativesOutput):
                 agent_records = sum(_records(out, o) for o in recipe.agent_outputs())
-            out_fp[name] = _fp(spec.model_dump(mode="json", by_alias=True), recipe.seed, recipe.write,
-                               [src_fp[d] for d in deps], __version__, decon, agent_records)
-            if not stage(f"output.{name}", out_fp[name]):
-                continue
-            info = _run_output(recipe, name, out, pool, recipe.executor, agent_records)
+                out_fp[name] = output_fp(name, agent_records)
+                if not stage(f"output.{name}", out_fp[name]):
+                    continue
+            info = _run_output(recipe, name, out, executor, started.get(name), agent_records)
             (out / "native" / f"{name}.steps.json").write_text(json.dumps(info, indent=2) + "\n")
             say(f"output {name}: {info['records']} records")
             _mark(out, f"output.{name}", out_fp[name])
-    except BaseException:  # Ctrl-C or an error: stop the workers now rather than after their queued chunks
-        if pool is not None:
-            pool.terminate()
-        raise
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
 
-    # 3. mix
-    if recipe.mix is not None:
-        mix_fp = _fp(recipe.mix.model_dump(), recipe.seed, recipe.write, [out_fp[o] for o in recipe.outputs],
-                     [src_fp[s] for s in sorted(used)])
-        if stage("mix", mix_fp):
-            info = _mix(recipe, out)
-            (out / "native" / f"{recipe.mix.name}.mix.json").write_text(json.dumps(info, indent=2) + "\n")
-            say(f"mix {recipe.mix.name}: {info['records']} records, factors {info['factors']}")
-            _mark(out, "mix", mix_fp)
+        # 3. mix
+        if recipe.mix is not None:
+            mix_fp = _fp(recipe.mix.model_dump(), recipe.seed, recipe.write, [out_fp[o] for o in recipe.outputs],
+                         [src_fp[s] for s in sorted(used)])
+            if stage("mix", mix_fp):
+                info = _mix(recipe, out, executor)
+                (out / "native" / f"{recipe.mix.name}.mix.json").write_text(json.dumps(info, indent=2) + "\n")
+                say(f"mix {recipe.mix.name}: {info['records']} records, factors {info['factors']}")
+                _mark(out, "mix", mix_fp)
 
-    # 4. report
-    from agentflan.pipeline.report import write_report
+        # 4. report
+        from agentflan.pipeline.report import write_report
 
-    result.stats = write_report(recipe, out, charts=recipe.report)
-    say(f"report: {out / 'report.md'}")
+        result.stats = write_report(recipe, out, charts=recipe.report, run=executor.map)
+        say(f"report: {out / 'report.md'}")
+    if (out / PARTS).exists():
+        shutil.rmtree(out / PARTS)
     return result
 
 
 def _records(out: Path, output: str) -> int:
     return int(json.loads((out / "native" / f"{output}.steps.json").read_text())["records"])
-
-
-def _map(fn: Callable[[Any], Any], items: list[Any], workers: int) -> list[Any]:
-    if workers <= 1 or len(items) <= 1:
-        return [fn(i) for i in items]
-    with Pool(min(workers, len(items)), initializer=_worker_init) as pool:
-        return pool.map(fn, items)
-
-
-def _worker_init() -> None:
-    """Workers ignore Ctrl-C: the main process receives it, stops them and cleans up (one message)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -471,8 +471,8 @@ def build_negatives(chat: Iterable[Trajectory], tool_sources: Iterable[Trajector
         head = _head(neutral_system(traj))
         if head:
             heads.add(head)
-    no_tools = SmallestN(n_no)
-    insufficient = SmallestN(n_in * 3)  # spares for requests without a related tool left
+    no_tools: SmallestN[Trajectory] = SmallestN(n_no)
+    insufficient: SmallestN[Trajectory] = SmallestN(n_in * 3)  # spares for requests without a related tool left
     for traj in queries:
         stats.inc("queries_in")
         if not (n_no or n_in):
@@ -482,7 +482,7 @@ def build_negatives(chat: Iterable[Trajectory], tool_sources: Iterable[Trajector
             continue
         no_tools.offer(unit(seed, "negatives:query", traj.id), traj.id, traj)
         insufficient.offer(unit(seed, "negatives:insufficient", traj.id), traj.id, traj)
-    chats = SmallestN(n_nt * 3)  # spare candidates for queries that no pooled tool avoids
+    chats: SmallestN[Trajectory] = SmallestN(n_nt * 3)  # spare candidates for queries that no pooled tool avoids
     for traj in chat:
         stats.inc("chat_in")
         if n_nt and not traj.tools and _first_exchange(traj):

@@ -5,44 +5,95 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agentflan.pipeline.recipe import DataRecipe
 from agentflan.schema import AssistantMessage, Trajectory
-from agentflan.stats import compute_stats
+from agentflan.stats import StatsAccumulator
 from agentflan.tokens import approx_tokens
 
 log = logging.getLogger(__name__)
 
 
-def _scan(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """compute_stats plus trained approx tokens per capability and negatives per kind/origin."""
-    tokens: Counter[str] = Counter()
-    negatives: Counter[str] = Counter()
-    protocols: Counter[str] = Counter()
-    turns: list[int] = []
-    processed = 0
+class Scan:
+    """What the report needs from one output file, counted record by record where the record is
+    written (in the worker that writes it), so the report never reads the outputs again.
+    Mergeable: shards are merged in stream order."""
 
-    def stream() -> Any:
-        nonlocal processed
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                t = Trajectory.model_validate_json(line)
-                turns.append(len(t.messages))
-                processed += sum(approx_tokens(m.content) for m in t.messages)
-                protocols[t.tags.get("protocol", "structured" if t.tools else "chat")] += 1
-                if "negative_kind" in t.tags:
-                    negatives[f"{t.tags['negative_kind']} / {t.tags.get('response_origin', '?')}"] += 1
-                for m in t.messages:
-                    if isinstance(m, AssistantMessage) and m.loss:
-                        tokens[m.capability or "unlabelled"] += approx_tokens(m.content)
-                yield t
+    def __init__(self) -> None:
+        self.stats = StatsAccumulator()
+        self.tokens: Counter[str] = Counter()
+        self.negatives: Counter[str] = Counter()
+        self.protocols: Counter[str] = Counter()
+        self.processed = 0
+        self.by_output: Counter[str] = Counter()
+        """Records, trained and processed approx tokens per `metadata.output` (the mix's records)."""
 
-    stats = compute_stats(stream())
-    extra = {"trained_approx_tokens": dict(sorted(tokens.items())), "negatives": dict(sorted(negatives.items())),
-             "processed_approx_tokens": processed, "protocols": dict(sorted(protocols.items())), "turns": turns}
-    return stats, extra
+    def add(self, t: Trajectory) -> None:
+        self.stats.add(t)
+        processed = sum(approx_tokens(m.content) for m in t.messages)
+        self.processed += processed
+        output = t.metadata.get("output")
+        if isinstance(output, str):
+            self.by_output.update({f"records\x1f{output}": 1, f"trained\x1f{output}": trained_approx_tokens(t),
+                                   f"processed\x1f{output}": processed})
+        self.protocols[t.tags.get("protocol", "structured" if t.tools else "chat")] += 1
+        if "negative_kind" in t.tags:
+            self.negatives[f"{t.tags['negative_kind']} / {t.tags.get('response_origin', '?')}"] += 1
+        for m in t.messages:
+            if isinstance(m, AssistantMessage) and m.loss:
+                self.tokens[m.capability or "unlabelled"] += approx_tokens(m.content)
+
+    def merge(self, other: Scan) -> None:
+        self.stats.merge(other.stats)
+        self.tokens.update(other.tokens)
+        self.negatives.update(other.negatives)
+        self.protocols.update(other.protocols)
+        self.processed += other.processed
+        self.by_output.update(other.by_output)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"stats": self.stats.to_state(), "tokens": dict(self.tokens), "negatives": dict(self.negatives),
+                "protocols": dict(self.protocols), "processed": self.processed, "by_output": dict(self.by_output)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Scan:
+        scan = cls()
+        scan.stats = StatsAccumulator.from_state(state["stats"])
+        scan.tokens.update(state["tokens"])
+        scan.negatives.update(state["negatives"])
+        scan.protocols.update(state["protocols"])
+        scan.processed = state["processed"]
+        scan.by_output.update(state["by_output"])
+        return scan
+
+    def result(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """compute_stats, plus trained approx tokens per capability, negatives per kind/origin and
+        the number of records per conversation length (for the chart)."""
+        extra = {"trained_approx_tokens": dict(sorted(self.tokens.items())),
+                 "negatives": dict(sorted(self.negatives.items())), "processed_approx_tokens": self.processed,
+                 "protocols": dict(sorted(self.protocols.items())), "turns": self.stats.turns,
+                 "by_output": dict(self.by_output)}
+        return self.stats.result(), extra
+
+
+def scan_path(out: Path, name: str) -> Path:
+    """Where the build keeps an output's `Scan` (build state, beside the stage markers)."""
+    return out / ".state" / "scan" / f"{name}.json"
+
+
+def _scan(out: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The output's scan saved by the build, or (a folder built otherwise) a scan of its file."""
+    saved = scan_path(out, name)
+    if saved.exists():
+        return Scan.from_state(json.loads(saved.read_text())).result()
+    scan = Scan()
+    with (out / "native" / f"{name}.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            scan.add(Trajectory.model_validate_json(line))
+    return scan.result()
 
 
 def _balance(steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -77,16 +128,19 @@ def trained_approx_tokens(traj: Trajectory) -> int:
     return total
 
 
-def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True) -> dict[str, Any]:
+def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True,
+                 run: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None) -> dict[str, Any]:
+    """`stats.json`, `report.md` and the charts of a build in `out` (`run`: how to map the chart tasks)."""
     used = recipe.used_sources()
     sources = {name: json.loads((out / "sources" / f"{name}.report.json").read_text()) for name in recipe.sources
                if name in used}
     outputs: dict[str, Any] = {}
-    turns: dict[str, list[int]] = {}
+    turns: dict[str, Counter[int]] = {}
     for name in recipe.outputs:
         info = json.loads((out / "native" / f"{name}.steps.json").read_text())
-        stats, extra = _scan(out / "native" / f"{name}.jsonl")
+        stats, extra = _scan(out, name)
         turns[name] = extra.pop("turns")
+        extra.pop("by_output")
         dropped: Counter[str] = Counter()
         for s in info["steps"]:
             for k, v in s["counts"].items():
@@ -97,36 +151,30 @@ def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True) -> dict[
     mix = None
     if recipe.mix is not None and (out / "native" / f"{recipe.mix.name}.mix.json").exists():
         mix = json.loads((out / "native" / f"{recipe.mix.name}.mix.json").read_text())
-        stats, extra = _scan(out / "native" / f"{recipe.mix.name}.jsonl")
+        stats, extra = _scan(out, recipe.mix.name)
         turns[recipe.mix.name] = extra.pop("turns")
+        by_output = extra.pop("by_output")
         mix.update(extra, stats=stats)
-        mix["general_share"] = _general_share(recipe, out / "native" / f"{recipe.mix.name}.jsonl")
+        mix["general_share"] = _general_share(recipe, by_output)
     result = {"recipe": recipe.name, "seed": recipe.seed, "sources": sources, "outputs": outputs, "mix": mix}
     (out / "stats.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    chart_files = _charts(result, turns, out / "charts") if charts else []
+    chart_files = _charts(result, turns, out / "charts", run) if charts else []
     (out / "report.md").write_text(_markdown(recipe, result, chart_files, out))
     return result
 
 
-def _general_share(recipe: DataRecipe, path: Path) -> dict[str, Any]:
-    """Share of the mix that is general chat: records, trained and processed approx tokens."""
+def _general_share(recipe: DataRecipe, by_output: dict[str, int]) -> dict[str, Any]:
+    """Share of the mix that is general chat: records, trained and processed approx tokens
+    (`by_output`: each of them per output, as `Scan` counts them)."""
     chat = recipe.chat_outputs()
     totals: Counter[str] = Counter()
-    for t in _read(path):
-        is_chat = t.metadata.get("output") in chat
-        for key, value in (("records", 1), ("trained", trained_approx_tokens(t)),
-                           ("processed", sum(approx_tokens(m.content) for m in t.messages))):
-            totals[key] += value
-            if is_chat:
-                totals[f"chat_{key}"] += value
+    for key, value in by_output.items():
+        what, output = key.split("\x1f", 1)
+        totals[what] += value
+        if output in chat:
+            totals[f"chat_{what}"] += value
     return {k: round(totals[f"chat_{k}"] / totals[k], 4) if totals[k] else 0.0
             for k in ("records", "trained", "processed")}
-
-
-def _read(path: Path) -> Any:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            yield Trajectory.model_validate_json(line)
 
 
 def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Path) -> str:
@@ -195,27 +243,41 @@ def _markdown(recipe: DataRecipe, r: dict[str, Any], charts: list[Path], out: Pa
     return "\n".join(lines) + "\n"
 
 
-def _charts(r: dict[str, Any], turns: dict[str, list[int]], folder: Path) -> list[Path]:
-    try:
-        import matplotlib
+CHARTS = ("records_per_output", "capability_balance", "trained_tokens", "turns")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+
+def _charts(r: dict[str, Any], turns: dict[str, Counter[int]], folder: Path,
+            run: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None) -> list[Path]:
+    """The report's PNG charts, each drawn by `run` (an executor's `map`: one chart per task)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
         log.warning("matplotlib is not installed: no charts (pip install 'agentflan[report]')")
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    names = list(r["outputs"])
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.barh(names, [r["outputs"][n]["records"] for n in names], color="#4c72b0")
-    ax.set_xlabel("records")
-    ax.set_title("Records per output")
-    files.append(_save(plt, fig, folder / "records_per_output.png"))
+    jobs = [(kind, r, turns, folder / f"{kind}.png") for kind in CHARTS]
+    drawn = run(_chart, jobs) if run is not None else [_chart(j) for j in jobs]
+    return [p for p in drawn if p is not None]
 
+
+def _chart(job: tuple[str, dict[str, Any], dict[str, Counter[int]], Path]) -> Path | None:
+    """One chart (a task); None when it has nothing to show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind, r, turns, path = job
+    names = list(r["outputs"])
     bal = [(n, cap, v) for n, o in r["outputs"].items() for cap, v in o["balance"].items()]
-    if bal:
-        fig, ax = plt.subplots(figsize=(9, 4))
+    if kind == "capability_balance" and not bal:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4))
+    if kind == "records_per_output":
+        ax.barh(names, [r["outputs"][n]["records"] for n in names], color="#4c72b0")
+        ax.set_xlabel("records")
+        ax.set_title("Records per output")
+    elif kind == "capability_balance":
         labels = [f"{n}\n{cap}" for n, cap, _ in bal]
         x = range(len(bal))
         ax.bar([i - 0.2 for i in x], [v["requested"] for *_, v in bal], 0.4, label="requested", color="#999999")
@@ -224,30 +286,26 @@ def _charts(r: dict[str, Any], turns: dict[str, list[int]], folder: Path) -> lis
         ax.set_ylabel("share of turns keeping loss")
         ax.set_title("Capability balance: requested vs realized")
         ax.legend()
-        files.append(_save(plt, fig, folder / "capability_balance.png"))
-
-    caps = ["reasoning", "retrieval", "understanding", "instruction_following", "unlabelled"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    left = [0] * len(names)
-    for cap in caps:
-        vals = [r["outputs"][n]["trained_approx_tokens"].get(cap, 0) for n in names]
-        ax.barh(names, vals, left=left, label=cap)
-        left = [a + b for a, b in zip(left, vals, strict=True)]
-    ax.set_xlabel("trained tokens (approx)")
-    ax.set_title("Trained tokens per capability")
-    ax.legend(fontsize=7)
-    files.append(_save(plt, fig, folder / "trained_tokens.png"))
-
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for n, values in turns.items():
-        if values:
-            ax.hist(values, bins=30, histtype="step", label=n)
-    ax.set_xlabel("messages per record")
-    ax.set_ylabel("records")
-    ax.set_title("Conversation length")
-    ax.legend(fontsize=7)
-    files.append(_save(plt, fig, folder / "turns.png"))
-    return files
+    elif kind == "trained_tokens":
+        caps = ["reasoning", "retrieval", "understanding", "instruction_following", "unlabelled"]
+        left = [0] * len(names)
+        for cap in caps:
+            vals = [r["outputs"][n]["trained_approx_tokens"].get(cap, 0) for n in names]
+            ax.barh(names, vals, left=left, label=cap)
+            left = [a + b for a, b in zip(left, vals, strict=True)]
+        ax.set_xlabel("trained tokens (approx)")
+        ax.set_title("Trained tokens per capability")
+        ax.legend(fontsize=7)
+    else:
+        for n, counts in turns.items():
+            if counts:
+                values = sorted(counts)
+                ax.hist(values, bins=30, weights=[counts[v] for v in values], histtype="step", label=n)
+        ax.set_xlabel("messages per record")
+        ax.set_ylabel("records")
+        ax.set_title("Conversation length")
+        ax.legend(fontsize=7)
+    return _save(plt, fig, path)
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:

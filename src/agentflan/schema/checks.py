@@ -10,13 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from agentflan.schema.trajectory import (
-    AssistantMessage,
-    SystemMessage,
-    ToolMessage,
-    Trajectory,
-    UserMessage,
-)
+from agentflan.schema.trajectory import AssistantMessage, ToolMessage, Trajectory
 
 
 @dataclass(frozen=True)
@@ -49,49 +43,58 @@ def check(traj: Trajectory, *, allow_parse_errors: bool = False, nesting: bool =
     """
     issues: list[Issue] = []
     msgs = traj.messages
-    if not any(not isinstance(m, SystemMessage) for m in msgs):
+    # roles, not isinstance chains: this runs on every record read, built and reported
+    roles = [m.role for m in msgs]
+    first_turn = next((i for i, r in enumerate(roles) if r != "system"), None)
+    if first_turn is None:
         issues.append(Issue("empty", "conversation has no user, assistant or tool message"))
         return issues
 
-    declared = traj.tool_names()
+    declared: set[str] | None = None
     pending: dict[str, str] = {}  # call id -> tool name, calls still waiting for a result
     seen_ids: set[str] = set()
-    first_turn = next(i for i, m in enumerate(msgs) if not isinstance(m, SystemMessage))
-    if not isinstance(msgs[first_turn], UserMessage):
+    if roles[first_turn] != "user":
         issues.append(
-            Issue("first_turn_not_user", f"first turn is {msgs[first_turn].role!r}, not 'user'",
+            Issue("first_turn_not_user", f"first turn is {roles[first_turn]!r}, not 'user'",
                   first_turn, "role", "warning")
         )
 
+    last = len(msgs) - 1
     for i, m in enumerate(msgs):
-        if isinstance(m, SystemMessage) and i != 0:
-            issues.append(Issue("system_not_first", "system message after the first position", i,
-                                "role", "warning"))
-        if m.loss and not isinstance(m, AssistantMessage):
-            issues.append(Issue("loss_on_non_assistant", f"loss=true on a {m.role} message", i,
-                                "loss", "warning"))
-        if isinstance(m, AssistantMessage):
-            if not m.content.strip() and not m.tool_calls and not (m.reasoning or "").strip():
+        role = roles[i]
+        if role == "assistant":
+            assert isinstance(m, AssistantMessage)
+            calls = m.tool_calls
+            if not calls and not m.content.strip() and not (m.reasoning or "").strip():
                 issues.append(Issue("empty_assistant", "assistant message has no text and no tool call",
                                     i, "content"))
-            for j, call in enumerate(m.tool_calls):
-                where = f"tool_calls[{j}]"
+            for j, call in enumerate(calls):
                 if call.id in seen_ids:
                     issues.append(Issue("duplicate_call_id", f"tool call id {call.id!r} used twice", i,
-                                        f"{where}.id"))
+                                        f"tool_calls[{j}].id"))
                 seen_ids.add(call.id)
                 pending[call.id] = call.name
                 if call.parse_error is not None:
                     issues.append(Issue("tool_call_parse_error",
                                         f"tool call could not be parsed: {call.parse_error}", i,
-                                        f"{where}.arguments",
+                                        f"tool_calls[{j}].arguments",
                                         "warning" if allow_parse_errors else "error"))
+                if declared is None:
+                    declared = traj.tool_names()
                 if call.name not in declared:
                     offered = ", ".join(sorted(declared)) or "no tools declared"
                     issues.append(Issue("undeclared_tool",
                                         f"call to tool {call.name!r}, which was not offered ({offered})",
-                                        i, f"{where}.name"))
-        elif isinstance(m, ToolMessage):
+                                        i, f"tool_calls[{j}].name"))
+            continue
+        if role == "system" and i != 0:
+            issues.append(Issue("system_not_first", "system message after the first position", i,
+                                "role", "warning"))
+        if m.loss:
+            issues.append(Issue("loss_on_non_assistant", f"loss=true on a {role} message", i,
+                                "loss", "warning"))
+        if role == "tool":
+            assert isinstance(m, ToolMessage)
             if m.tool_call_id is None:
                 if not pending:
                     issues.append(Issue("orphan_tool_result", "tool result without a preceding call",
@@ -104,17 +107,18 @@ def check(traj: Trajectory, *, allow_parse_errors: bool = False, nesting: bool =
                 issues.append(Issue("orphan_tool_result",
                                     f"tool result for unknown or already answered call {m.tool_call_id!r}",
                                     i, "tool_call_id"))
-        elif isinstance(m, UserMessage) and pending and i + 1 < len(msgs):
+        elif role == "user" and pending and i < last:
             # A user turn while calls are unanswered: the results never came back.
             issues.append(Issue("unanswered_call", f"{len(pending)} tool call(s) left without a result",
                                 i, None, "warning"))
             pending.clear()
 
-    final_tool = traj.tags.get("final_tool")
-    pending.pop(next((k for k, v in pending.items() if v == final_tool), ""), None)
-    if pending and not isinstance(msgs[-1], AssistantMessage):
-        issues.append(Issue("unanswered_call", f"{len(pending)} tool call(s) left without a result",
-                            None, None, "warning"))
+    if pending:
+        final_tool = traj.tags.get("final_tool")
+        pending.pop(next((k for k, v in pending.items() if v == final_tool), ""), None)
+        if pending and roles[-1] != "assistant":
+            issues.append(Issue("unanswered_call", f"{len(pending)} tool call(s) left without a result",
+                                None, None, "warning"))
     for name, value in traj.tags.items():
         if not name:
             issues.append(Issue("bad_tag", f"empty tag name (value {value!r})", None, "tags"))

@@ -133,7 +133,144 @@ class Trajectory(_Strict):
     def to_json_dict(self) -> dict[str, Any]:
         """A compact, deterministic JSON-ready dict (fields equal to their defaults left out,
         except `schema_version`, which identifies the format)."""
+        try:
+            return _fast_json_dict(self)
+        except _NotPlain:
+            return self._model_json_dict()
+
+    def _model_json_dict(self) -> dict[str, Any]:
+        """`to_json_dict` by pydantic's serializer: the reference the fast path must equal."""
         d = self.model_dump(mode="json", exclude_defaults=True)
         # the role is the union's discriminator: always written, first
         d["messages"] = [{"role": m.role, **md} for m, md in zip(self.messages, d["messages"], strict=True)]
         return {"schema_version": self.schema_version, **d}
+
+
+# ---- the fast path of `to_json_dict` ---------------------------------------------------------------
+# `model_dump(mode="json", exclude_defaults=True)` costs as much as parsing the record: every
+# converted, built and mixed record pays it. These functions give the same dict for the values
+# the schema holds in practice (JSON data), field by field. Anything else (a tuple, a datetime,
+# an infinite float, a subclass) raises `_NotPlain` and the record takes pydantic's path, so the
+# output never differs. tests/unit/test_schema.py checks both paths agree.
+
+
+class _NotPlain(Exception):
+    pass
+
+
+_SOURCE_FIELDS = tuple(Source.model_fields)
+_DEFAULT_PARAMETERS: dict[str, Any] = ToolSpec.model_fields["parameters"].get_default(call_default_factory=True)
+
+
+def _plain(v: Any) -> Any:
+    """A copy of `v` if it is JSON data that pydantic's JSON mode would return unchanged."""
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return v
+    if t is float:
+        if v - v == 0.0:  # finite (inf and nan give nan); JSON mode writes those as null
+            return v
+        raise _NotPlain
+    if t is dict:
+        out = {}
+        for k, x in v.items():
+            tx = type(x)
+            if type(k) is not str:
+                raise _NotPlain
+            # leaves inline: most values are strings, and a call per value doubles the cost
+            out[k] = x if tx is str or tx is int or tx is bool or x is None else _plain(x)
+        return out
+    if t is list:
+        return [x if type(x) is str else _plain(x) for x in v]
+    raise _NotPlain
+
+
+def _call_dict(c: ToolCall) -> dict[str, Any]:
+    if type(c) is not ToolCall:
+        raise _NotPlain
+    d = c.__dict__
+    out = {"id": d["id"], "name": d["name"]}
+    if d["arguments"]:
+        out["arguments"] = _plain(d["arguments"])
+    if d["raw"] is not None:
+        out["raw"] = d["raw"]
+    if d["parse_error"] is not None:
+        out["parse_error"] = d["parse_error"]
+    return out
+
+
+def _message_dict(m: Any) -> dict[str, Any]:
+    d = m.__dict__
+    t = type(m)
+    if t is AssistantMessage:
+        out: dict[str, Any] = {"role": "assistant"}
+        if d["content"] != "":
+            out["content"] = d["content"]
+        if d["reasoning"] is not None:
+            out["reasoning"] = d["reasoning"]
+        if d["tool_calls"]:
+            out["tool_calls"] = [_call_dict(c) for c in d["tool_calls"]]
+        if not d["loss"]:
+            out["loss"] = d["loss"]
+        if d["capability"] is not None:
+            out["capability"] = d["capability"]
+    elif t is ToolMessage:
+        out = {"role": "tool", "content": d["content"]}
+        if d["tool_call_id"] is not None:
+            out["tool_call_id"] = d["tool_call_id"]
+        if d["name"] is not None:
+            out["name"] = d["name"]
+        if d["loss"]:
+            out["loss"] = d["loss"]
+    elif t is UserMessage or t is SystemMessage:
+        out = {"role": d["role"], "content": d["content"]}
+        if d["loss"]:
+            out["loss"] = d["loss"]
+    else:
+        raise _NotPlain
+    if d["metadata"]:
+        out["metadata"] = _plain(d["metadata"])
+    return out
+
+
+def _tool_dict(t: ToolSpec) -> dict[str, Any]:
+    if type(t) is not ToolSpec:
+        raise _NotPlain
+    d = t.__dict__
+    out = {"name": d["name"]}
+    if d["description"] != "":
+        out["description"] = d["description"]
+    if d["parameters"] != _DEFAULT_PARAMETERS:
+        out["parameters"] = _plain(d["parameters"])
+    if d["metadata"]:
+        out["metadata"] = _plain(d["metadata"])
+    return out
+
+
+def _fast_json_dict(traj: Trajectory, tools: bool = True) -> dict[str, Any]:
+    if type(traj) is not Trajectory or type(traj.source) is not Source:
+        raise _NotPlain
+    d = traj.__dict__
+    out: dict[str, Any] = {"schema_version": d["schema_version"], "id": d["id"],
+                           "messages": [_message_dict(m) for m in d["messages"]]}
+    if d["tools"] and tools:
+        out["tools"] = [_tool_dict(t) for t in d["tools"]]
+    s = d["source"].__dict__
+    out["source"] = {k: s[k] for k in _SOURCE_FIELDS if s[k] is not None}
+    if d["lineage"]:
+        out["lineage"] = list(d["lineage"])
+    if d["tags"]:
+        out["tags"] = dict(d["tags"])
+    if d["metadata"]:
+        out["metadata"] = _plain(d["metadata"])
+    return out
+
+
+def json_dict_checked(traj: Trajectory) -> tuple[dict[str, Any], bool]:
+    """`traj.to_json_dict()`, and whether `traj` held JSON data only: then the dict validates back
+    into an equal trajectory; otherwise pydantic's JSON mode converted some value (a tuple, a
+    date) and a consumer that must see what a reader of the file sees should use the dict."""
+    try:
+        return _fast_json_dict(traj), True
+    except _NotPlain:
+        return traj._model_json_dict(), False

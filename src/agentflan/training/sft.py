@@ -47,6 +47,11 @@ class DataConfig(BaseModel):
     """Pass an explicit 4D block-diagonal mask instead of relying on packed position ids."""
     limit: int | None = None
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    num_proc: int | None = Field(None, ge=1)
+    """Processes that render and tokenize (default 1: see docs/training.md)."""
+    cache: bool = True
+    """Reuse the tokenized rows of an earlier run with the same data, tokenizer and code (and build
+    them once for all the ranks of a distributed run)."""
 
 
 class PeftSection(BaseModel):
@@ -144,52 +149,84 @@ def check_trl_section(trl: dict[str, Any]) -> None:
 
 
 def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
-    """Tokenizer, training rows and data statistics (steps 1-3)."""
-    from agentflan.formats.protocols import training_texts, training_view
+    """Tokenizer, training rows and data statistics (steps 1-3).
+
+    The rows are cached (`data.cache`) by a fingerprint of the data section, the batch size, the
+    loss per capability, the input files, the tokenizer and agentflan's code: a rerun, and every
+    rank of a distributed run but the first, load them instead of tokenizing again.
+    """
+    from itertools import islice
+
+    from agentflan.formats.protocols import training_texts
     from agentflan.formats.templates import get_template
     from agentflan.io import make_reader
-    from agentflan.training.capability_loss import NAMES as CAP_NAMES
-    from agentflan.training.capability_loss import token_capabilities
-    from agentflan.training.masking import NoTrainableTokens, encode
-    from agentflan.training.models import load_tokenizer
-    from agentflan.training.packing import pack, unpacked_stats
+    from agentflan.training.models import cache_dir, load_tokenizer
+    from agentflan.training.prepared import PreparedCache, cache_key, files_signature, tokenizer_fingerprint
 
-    reader = make_reader(recipe.data.paths, recipe.data.format, on_error="skip", limit=recipe.data.limit)
-    trajs = list(reader.read(recipe.data.paths))
-    if not trajs:
-        raise ConfigError(f"no training data in {recipe.data.paths}")
+    def reader() -> Any:
+        return make_reader(recipe.data.paths, recipe.data.format, on_error="skip", limit=recipe.data.limit)
+
     if tokenizer is None:
-        tokenizer = load_tokenizer(recipe.model, training_texts(trajs))
+        first = list(islice(reader().read(recipe.data.paths), 2000))  # what `training_texts` takes
+        if not first:
+            raise ConfigError(f"no training data in {recipe.data.paths}")
+        tokenizer = load_tokenizer(recipe.model, training_texts(first))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     template = get_template(recipe.data.template, tokenizer)
+    batch = int(recipe.trl.get("per_device_train_batch_size", 8))
+    if not recipe.data.cache:
+        rows, stats = _tokenize(recipe, reader(), template, tokenizer, batch)
+        return tokenizer, rows, stats | {"cache": "off"}
+    data = recipe.data.model_dump(mode="json", exclude={"num_proc", "cache", "block_mask", "eval_fraction"})
+    cache = PreparedCache(cache_dir() / "prepared", cache_key(
+        data, batch, recipe.capability_loss, files_signature(recipe.data.paths), tokenizer_fingerprint(tokenizer)))
+    with cache.locked():
+        loaded = cache.load()
+        if loaded is not None:
+            log.info("tokenized data from the cache: %s", cache.path)
+            rows, stats = loaded
+            return tokenizer, rows, stats | {"cache": "hit"}
+        rows, stats = _tokenize(recipe, reader(), template, tokenizer, batch)
+        cache.save(rows, stats)
+    return tokenizer, rows, stats | {"cache": "miss"}
+
+
+def _tokenize(recipe: TrainRecipe, reader: Any, template: Any, tokenizer: Any,
+              batch: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read, render, tokenize and pack (steps 1-3, without the cache)."""
+    from agentflan.training.capability_loss import NAMES as CAP_NAMES
+    from agentflan.training.packing import pack, unpacked_stats
+    from agentflan.training.prepared import encode_all
+
+    start = time.perf_counter()
+    trajs = list(reader.read(recipe.data.paths))
+    if not trajs:
+        raise ConfigError(f"no training data in {recipe.data.paths}")
     samples, dropped, truncated, unmatched = [], 0, 0, 0
     protocols: Counter[str] = Counter()
     trained_by_protocol: Counter[str] = Counter()
     trained_by_capability: Counter[str] = Counter()
-    for t in trajs:
-        try:
-            enc = encode(t, template, tokenizer, max_length=recipe.data.max_length)
-        except NoTrainableTokens:
+    # capabilities always: the trained-token shares per capability go into the stats
+    for p in encode_all(trajs, template, tokenizer, recipe.data.max_length, recipe.data.num_proc, capabilities=True):
+        if p is None:
             dropped += 1
             continue
+        enc = p.encoded
         truncated += enc.truncated
-        messages, _, protocol = training_view(t, template)
-        protocols[protocol] += 1
+        protocols[p.protocol] += 1
         samples.append({"input_ids": enc.input_ids, "labels": enc.labels})
-        trained_by_protocol[protocol] += sum(x != -100 for x in enc.labels)
-        # a parallel column: the capability of every token (training/capability_loss.py)
-        caps, ok = token_capabilities(enc.labels, messages)
+        trained_by_protocol[p.protocol] += sum(x != -100 for x in enc.labels)
+        caps = p.capabilities or []
         trained_by_capability.update(CAP_NAMES[c] for c in caps if c)
-        unmatched += not ok
-        if recipe.capability_loss:
+        unmatched += not p.matched
+        if recipe.capability_loss:  # a parallel column: the capability of every token (training/capability_loss.py)
             samples[-1]["capabilities"] = caps
     if not samples:
         raise ConfigError("no sample has a trained token: check the loss flags and max_length")
     if dropped > 0.1 * len(trajs):
         log.warning("%d of %d trajectories have no trained token within max_length=%d and are not trained on; "
                     "raise data.max_length", dropped, len(trajs), recipe.data.max_length)
-    batch = int(recipe.trl.get("per_device_train_batch_size", 8))
     if recipe.data.packing:
         rows, st = pack(samples, recipe.data.max_length)
     else:
@@ -203,8 +240,8 @@ def prepare(recipe: TrainRecipe, tokenizer: Any = None) -> tuple[Any, list[dict[
              "trained_tokens_by_protocol": dict(sorted(trained_by_protocol.items())),
              "trained_tokens_by_capability": dict(sorted(trained_by_capability.items())),
              "reading": reader.report.to_dict(),
-             "capabilities_unmatched": unmatched}
-    return tokenizer, rows, stats
+             "capabilities_unmatched": unmatched, "tokenize_seconds": round(time.perf_counter() - start, 2)}
+    return rows, stats
 
 
 def check_setup(recipe: TrainRecipe) -> None:

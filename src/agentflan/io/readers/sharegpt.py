@@ -115,20 +115,24 @@ class AlpacaReader(Reader):
 
     def parse(self, record: Any, ctx: RecordContext) -> Trajectory:
         instruction = as_text(require_key(record, "instruction", str), "instruction")
-        extra = as_text(record.get("input"), "input")
+        extra = record.get("input")
+        if type(extra) is not str:
+            extra = as_text(extra, "input")
         output = as_text(require_key(record, "output", str), "output")
-        messages: list[Message] = []
+        messages: list[dict[str, Any]] = []
         if record.get("system"):
-            messages.append(SystemMessage(content=as_text(record["system"], "system")))
+            messages.append({"role": "system", "content": as_text(record["system"], "system")})
         for j, turn in enumerate(optional_key(record, "history", list, default=[])):
             if not (isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
                 raise ParseError("history turns must be [user, assistant] string pairs",
                                  reason="wrong_type", field=f"history[{j}]")
-            messages += [UserMessage(content=turn[0]), AssistantMessage(content=turn[1])]
+            messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
         prompt = f"{instruction}\n\n{extra}" if extra else instruction
-        messages += [UserMessage(content=prompt), AssistantMessage(content=output)]
+        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
         meta = {"instruction": instruction, "input": extra} if extra else {}
         rid = record.get("id")
-        return Trajectory(id=str(rid) if rid is not None else ctx.default_id(), messages=messages,
-                          source=ctx.source(str(rid) if rid is not None else None),
-                          lineage=[f"read:{self.name}"], metadata=meta)
+        # one validation of the whole tree (see ReactReader.parse)
+        return Trajectory.model_validate({
+            "id": str(rid) if rid is not None else ctx.default_id(), "messages": messages,
+            "source": ctx.source_dict(str(rid) if rid is not None else None),
+            "lineage": [f"read:{self.name}"], "metadata": meta})

@@ -20,7 +20,8 @@ import io
 import json
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -62,28 +63,80 @@ class Writer(ABC):
         """A registration snippet for other tools (LLaMA-Factory's dataset_info), if any."""
         return None
 
+    def encode(self, traj: Trajectory) -> str:
+        """The output record of `traj`, encoded (`dumps(self.record(traj))`; a writer may do it faster)."""
+        return dumps(self.record(traj))
+
+    def encode_counted(self, traj: Trajectory) -> str | None:
+        """`encode`, counted in the report: None (counted by reason) when the format cannot express it.
+
+        A record whose strings are not text (lone surrogates) cannot be written as UTF-8: it is
+        counted as `invalid_unicode`. What an unwritten record lost does not count in `lossy`.
+        """
+        lossy = self.report.lossy.copy() if self.report.lossy else None  # most writers never lose anything
+        try:
+            text = self.encode(traj)
+            if not text.isascii():  # O(1); the check encodes only texts that can fail
+                text.encode("utf-8")
+        except (Unwritable, UnicodeEncodeError) as e:
+            self.report.lossy = lossy if lossy is not None else Counter()
+            self.report.unwritable[e.reason if isinstance(e, Unwritable) else "invalid_unicode"] += 1
+            return None
+        self.report.written += 1
+        return text
+
     def write(self, trajectories: Iterable[Trajectory], path: str | Path) -> WriteReport:
+        with self._sink(path) as sink:
+            for traj in trajectories:
+                text = self.encode_counted(traj)
+                if text is not None:
+                    sink.add_encoded(text)
+        return self.report
+
+    def write_encoded(self, records: Iterable[str], path: str | Path) -> None:
+        """Write records this writer's `record` made and `dumps` encoded elsewhere (worker
+        processes of a parallel convert, which count them in their reports)."""
+        with self._sink(path) as sink:
+            for text in records:
+                sink.add_encoded(text)
+
+    @contextmanager
+    def _sink(self, path: str | Path) -> Iterator[JsonSink]:
         path = Path(path)
         suffix = base_suffix(str(path))
         if suffix not in self.suffixes:
             raise ConfigError(f"the {self.name} writer writes {', '.join(self.suffixes)} files, "
                               f"not {suffix or 'no suffix'!r} ({path})")
         with atomic_output(path) as tmp, JsonSink(tmp) as sink:
-            for traj in trajectories:
-                lossy = dict(self.report.lossy)
-                try:
-                    sink.add(self.record(traj))
-                except (Unwritable, UnicodeEncodeError) as e:
-                    # nothing of it was written (the text is encoded whole), so what it lost does not count
-                    self.report.lossy = Counter(lossy)
-                    self.report.unwritable[e.reason if isinstance(e, Unwritable) else "invalid_unicode"] += 1
-                    continue
-                self.report.written += 1
-        return self.report
+            yield sink
 
 
-def dumps(rec: Any) -> str:
-    return one_line(json.dumps(rec, ensure_ascii=False, separators=(", ", ": ")))
+def _make_encoder() -> Callable[[Any], str]:
+    """`json.dumps(rec, ensure_ascii=False, separators=(", ", ": "))`, built once.
+
+    `json.dumps` with options builds an encoder per call and tracks every container to detect
+    cycles; records are trees (decoded JSON, `to_json_dict`), so the C encoder is made once
+    without the cycle check. Same bytes (with `one_line`'s escapes); about a fifth faster on agent
+    records.
+    """
+    enc = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "), check_circular=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - interpreters without the C accelerator
+        return lambda rec: one_line(enc.encode(rec))
+    try:
+        c_encode = make(None, enc.default, json.encoder.encode_basestring, None, ": ", ", ", False, False, True)
+    except TypeError:  # pragma: no cover - a future signature
+        return lambda rec: one_line(enc.encode(rec))
+
+    def encode(rec: Any) -> str:
+        if isinstance(rec, (dict, list)):
+            return one_line("".join(c_encode(rec, 0)))
+        return one_line(enc.encode(rec))
+    return encode
+
+
+dumps: Callable[[Any], str] = _make_encoder()
+"""One JSON record, as every agentflan JSON(L) file writes it."""
 
 
 class JsonSink:
@@ -101,10 +154,14 @@ class JsonSink:
         return self
 
     def add(self, rec: Any) -> None:
+        self.add_encoded(dumps(rec))
+
+    def add_encoded(self, text: str) -> None:
+        """A record already encoded by `dumps`."""
         if self.array:
-            self._f.write(("\n" if self._n == 0 else ",\n") + dumps(rec))
+            self._f.write(("\n" if self._n == 0 else ",\n") + text)
         else:
-            self._f.write(dumps(rec) + "\n")
+            self._f.write(text + "\n")
         self._n += 1
 
     def __exit__(self, *exc: object) -> None:

@@ -15,15 +15,67 @@ from typing import Any, ClassVar
 
 from agentflan.errors import ConfigError, require
 from agentflan.io.files import atomic_output, base_suffix
-from agentflan.io.writers.base import Writer, WriteReport
-from agentflan.schema import Trajectory
+from agentflan.io.writers.base import Writer, WriteReport, dumps
+from agentflan.schema import ToolSpec, Trajectory
+from agentflan.schema.trajectory import _fast_json_dict, _NotPlain, _plain, _tool_dict
 
 
 class NativeWriter(Writer):
     name: ClassVar[str] = "native"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._tools = _ToolCache()
+
     def record(self, traj: Trajectory) -> dict[str, Any]:
         return traj.to_json_dict()
+
+    def encode(self, traj: Trajectory) -> str:
+        """`dumps(self.record(traj))`, with the JSON of tool specs reused.
+
+        Readers of single-tool-set formats (FireAct's search/lookup/finish, AgentBench's SQL tool)
+        give every trajectory the same `ToolSpec` objects, and their JSON is a third of each
+        record: it is encoded once and spliced in, while the spec is unchanged.
+        """
+        tools = traj.tools
+        if not tools:
+            return dumps(traj.to_json_dict())
+        try:
+            d = _fast_json_dict(traj, tools=False)
+            parts = [self._tools.json(t) for t in tools]
+        except _NotPlain:
+            return dumps(traj.to_json_dict())
+        head = {"schema_version": d.pop("schema_version"), "id": d.pop("id"), "messages": d.pop("messages")}
+        # a JSON object is its members in order: '{head' + ', "tools": [...], ' + 'rest}'
+        return f'{dumps(head)[:-1]}, "tools": [{", ".join(parts)}], {dumps(d)[1:]}'
+
+
+class _ToolCache:
+    """The JSON of `ToolSpec` objects seen more than once, checked against a copy of their fields
+    at every use (a spec changed in place is encoded again). Bounded: it forgets everything when
+    full, so objects that are seen once (a spec per record) only pass through."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._seen: dict[int, ToolSpec] = {}
+        self._json: dict[int, tuple[ToolSpec, dict[str, Any], str]] = {}
+
+    def json(self, t: ToolSpec) -> str:
+        key = id(t)
+        hit = self._json.get(key)
+        if hit is not None and hit[0] is t and t.__dict__ == hit[1]:
+            return hit[2]
+        text = dumps(_tool_dict(t))
+        if self._seen.get(key) is t:
+            fields = {k: _plain(v) for k, v in t.__dict__.items()}
+            self._json[key] = (t, fields, text)
+        else:
+            if len(self._seen) >= self.LIMIT:
+                self._seen.clear()
+                self._json.clear()
+            self._seen[key] = t  # held, so that its id is not reused while it is here
+        return text
 
 
 def _js(value: Any) -> str:

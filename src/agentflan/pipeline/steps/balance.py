@@ -41,7 +41,7 @@ import math
 import tempfile
 from array import array
 from collections.abc import Iterable, Iterator
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -100,41 +100,85 @@ class BalanceStep(Step):
             yield from self._drop(data, ctx, cfg)
             return
         ratios = cfg.resolved()
-        for cap, p in ratios.items():
-            ctx.stats.inc(f"requested_permille:{cap}", round(p * 1000))
         draws: dict[str, array[float]] = {cap: array("d") for cap in ratios}
         with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
             for traj in data:  # pass 1: spool, and draw a number for every balanced turn
-                ctx.stats.inc("in")
-                for i, m in enumerate(traj.messages):
-                    if isinstance(m, AssistantMessage) and m.loss and m.capability in ratios:
-                        draws[m.capability].append(unit(ctx.seed, self.name, traj.id, i))
+                for cap, u in self.summary(traj, ctx):
+                    draws[cap].append(u)
                 spool.write(json.dumps(traj.to_json_dict(), ensure_ascii=False) + "\n")
-            thresholds = {cap: _threshold(values, ratios[cap]) for cap, values in draws.items()}
+            thresholds = self._thresholds(draws, ctx)
             del draws
             spool.seek(0)
-            for line in spool:  # pass 2: apply the thresholds
-                traj = Trajectory.model_validate_json(line)
-                trained = 0
-                for i, m in enumerate(traj.messages):
-                    if not isinstance(m, AssistantMessage) or not m.loss:
-                        continue
-                    cap = m.capability or ""
-                    if cap in thresholds:
-                        tokens = approx_tokens(m.content)
-                        ctx.stats.inc(f"turns_before:{cap}")
-                        ctx.stats.inc(f"approx_tokens_before:{cap}", tokens)
-                        if unit(ctx.seed, self.name, traj.id, i) < thresholds[cap]:
-                            ctx.stats.inc(f"turns_after:{cap}")
-                            ctx.stats.inc(f"approx_tokens_after:{cap}", tokens)
-                        else:
-                            m.loss = False
-                    trained += m.loss
-                if trained == 0 and cfg.drop_untrained:
-                    ctx.stats.inc("dropped:no_trained_turns")
+            # pass 2: apply the thresholds
+            yield from self.apply_planned((Trajectory.model_validate_json(line) for line in spool), thresholds, ctx)
+
+    # planned on shards: the summary of a trajectory is its balanced turns' draws, the plan the
+    # thresholds (the same for every shard)
+
+    def plannable(self) -> bool:
+        cfg = self.config
+        assert isinstance(cfg, BalanceConfig)
+        return cfg.mode == "mask"
+
+    def summary(self, traj: Trajectory, ctx: StepContext) -> list[tuple[str, float]]:
+        ctx.stats.inc("in")
+        ratios = self._ratios
+        return [(m.capability, unit(ctx.seed, self.name, traj.id, i)) for i, m in enumerate(traj.messages)
+                if isinstance(m, AssistantMessage) and m.loss and m.capability in ratios]
+
+    def pack_summaries(self, summaries: list[Any]) -> dict[str, array[float]]:
+        """A shard's draws per capability: 8 bytes a balanced turn, like `run`'s."""
+        draws: dict[str, array[float]] = {cap: array("d") for cap in self._ratios}
+        for turns in summaries:
+            for cap, u in turns:
+                draws[cap].append(u)
+        return draws
+
+    def plan(self, shards: list[Any], ctx: StepContext) -> list[Any]:
+        draws: dict[str, array[float]] = {cap: array("d") for cap in self._ratios}
+        for shard in shards:
+            for cap, values in shard.items():
+                draws[cap].extend(values)
+        thresholds = self._thresholds(draws, ctx)
+        return [thresholds] * len(shards)
+
+    def apply_planned(self, data: Iterable[Trajectory], plan: Any, ctx: StepContext) -> Iterator[Trajectory]:
+        cfg = self.config
+        assert isinstance(cfg, BalanceConfig)
+        thresholds: dict[str, float] = plan
+        for traj in data:  # trajectories read back from a spool or a shard file: ours to change
+            trained = 0
+            for i, m in enumerate(traj.messages):
+                if not isinstance(m, AssistantMessage) or not m.loss:
                     continue
-                ctx.stats.inc("out")
-                yield self.stamp(traj)
+                cap = m.capability or ""
+                if cap in thresholds:
+                    tokens = approx_tokens(m.content)
+                    ctx.stats.inc(f"turns_before:{cap}")
+                    ctx.stats.inc(f"approx_tokens_before:{cap}", tokens)
+                    if unit(ctx.seed, self.name, traj.id, i) < thresholds[cap]:
+                        ctx.stats.inc(f"turns_after:{cap}")
+                        ctx.stats.inc(f"approx_tokens_after:{cap}", tokens)
+                    else:
+                        m.loss = False
+                trained += m.loss
+            if trained == 0 and cfg.drop_untrained:
+                ctx.stats.inc("dropped:no_trained_turns")
+                continue
+            ctx.stats.inc("out")
+            yield self.stamp(traj)
+
+    @property
+    def _ratios(self) -> dict[str, float]:
+        cfg = self.config
+        assert isinstance(cfg, BalanceConfig)
+        return cfg.resolved()
+
+    def _thresholds(self, draws: dict[str, array[float]], ctx: StepContext) -> dict[str, float]:
+        ratios = self._ratios
+        for cap, p in ratios.items():
+            ctx.stats.inc(f"requested_permille:{cap}", round(p * 1000))
+        return {cap: _threshold(values, ratios[cap]) for cap, values in draws.items()}
 
     def _drop(self, data: Iterable[Trajectory], ctx: StepContext, cfg: BalanceConfig) -> Iterator[Trajectory]:
         ratios = {cap: p * cfg.scale for cap, p in cfg.resolved().items()}

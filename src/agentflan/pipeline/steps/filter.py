@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -31,6 +32,7 @@ class FilterConfig(StepConfig):
 class FilterStep(Step):
     name: ClassVar[str] = "filter"
     Config = FilterConfig
+    _count: Any = None
 
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         cfg = self.config
@@ -49,6 +51,20 @@ class FilterStep(Step):
 
     def _reason(self, traj: Trajectory, cfg: FilterConfig, count: object, seen: set[bytes],
                 lsh: _MinHashLSH | None) -> str | None:
+        reason = self._static_reason(traj, cfg, count)
+        if reason or cfg.dedup == "none":
+            return reason
+        text = _content(traj)
+        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        if key in seen:
+            return "duplicate"
+        seen.add(key)
+        if lsh is not None and lsh.seen_similar(text):
+            return "near_duplicate"
+        return None
+
+    def _static_reason(self, traj: Trajectory, cfg: FilterConfig, count: object) -> str | None:
+        """A reason to drop `traj` that does not depend on the other trajectories."""
         if cfg.valid:
             bad = errors(check(traj, allow_parse_errors=True))
             if bad:
@@ -60,15 +76,48 @@ class FilterStep(Step):
             total = sum(count(m.content) for m in traj.messages)  # type: ignore[operator]
             if total > cfg.max_tokens:
                 return "too_long"
-        if cfg.dedup != "none":
-            text = _content(traj)
-            key = hashlib.blake2b(text.encode(), digest_size=16).digest()
-            if key in seen:
-                return "duplicate"
-            seen.add(key)
-            if lsh is not None and lsh.seen_similar(text):
-                return "near_duplicate"
         return None
+
+    # planned on shards (exact or no deduplication): a trajectory's summary is its own drop reason
+    # or its content hash; the plan walks the hashes in stream order, as `run` does. Near
+    # duplicates need every earlier signature, so `dedup: near` runs in one process.
+
+    def plannable(self) -> bool:
+        cfg = self.config
+        assert isinstance(cfg, FilterConfig)
+        return cfg.dedup != "near"
+
+    def summary(self, traj: Trajectory, ctx: StepContext) -> tuple[str | None, bytes | None]:
+        cfg = self.config
+        assert isinstance(cfg, FilterConfig)
+        if self._count is None and cfg.max_tokens:
+            self._count = token_counter(cfg.tokenizer)
+        reason = self._static_reason(traj, cfg, self._count)
+        if reason or cfg.dedup == "none":
+            return reason, None
+        return None, hashlib.blake2b(_content(traj).encode(), digest_size=16).digest()
+
+    def plan(self, shards: list[Any], ctx: StepContext) -> list[Any]:
+        seen: set[bytes] = set()
+        plans = []
+        for summaries in shards:
+            decisions: list[str | None] = []
+            for reason, key in summaries:
+                if key is not None:
+                    reason = "duplicate" if key in seen else None
+                    seen.add(key)
+                decisions.append(reason)
+            plans.append(decisions)
+        return plans
+
+    def apply_planned(self, data: Iterable[Trajectory], plan: Any, ctx: StepContext) -> Iterator[Trajectory]:
+        for traj, reason in zip(data, plan, strict=True):
+            ctx.stats.inc("in")
+            if reason:
+                ctx.stats.inc(f"dropped:{reason}")
+                continue
+            ctx.stats.inc("out")
+            yield self.stamp(traj)
 
 
 def _content(traj: Trajectory) -> str:
@@ -127,15 +176,23 @@ class SampleStep(Step):
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         cfg = self.config
         assert isinstance(cfg, SampleConfig)
-        keep = SmallestN(cfg.n)
-        for traj in data:
-            ctx.stats.inc("in")
-            keep.offer(unit(ctx.seed, self.name, traj.id), traj.id, traj)
-        kept = keep.items()
-        ctx.stats.inc("dropped:over_n", ctx.stats.counts["in"] - len(kept))
-        for traj in kept:
-            ctx.stats.inc("out")
-            yield self.stamp(traj)
+        # the candidates wait in a spool file, the heap holds where they are: n agent trajectories
+        # with their tool lists can take hundreds of MB in memory
+        keep: SmallestN[tuple[int, int]] = SmallestN(cfg.n)
+        with tempfile.TemporaryFile("w+b") as spool:
+            for traj in data:
+                ctx.stats.inc("in")
+                key = unit(ctx.seed, self.name, traj.id)
+                if keep.admits(key, traj.id):
+                    line = json.dumps(traj.to_json_dict(), ensure_ascii=False).encode()
+                    keep.offer(key, traj.id, (spool.tell(), len(line)))
+                    spool.write(line)
+            kept = keep.items()
+            ctx.stats.inc("dropped:over_n", ctx.stats.counts["in"] - len(kept))
+            for offset, size in kept:
+                spool.seek(offset)
+                ctx.stats.inc("out")
+                yield self.stamp(Trajectory.model_validate_json(spool.read(size)))
 
     def label(self) -> str:
         cfg = self.config

@@ -1,0 +1,147 @@
+"""`convert` on several processes: this process reads the records, workers convert them.
+
+Reading (decoding a record) costs a fraction of converting it (parsing actions, building and
+checking the trajectory, writing the output record and encoding it), so one reader feeds
+several forked workers, in batches, and writes what they send back in input order: the output,
+the accounting report and the quarantine are the same as a one-process convert's, byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentflan.errors import ParseError
+from agentflan.io.base import Reader, ReadReport
+from agentflan.io.files import RawRecord, base_suffix, decode_jsonl_line, expand, iter_records, jsonl_lines
+from agentflan.io.writers.base import Writer, WriteReport
+
+BATCH = 256
+"""Records per task."""
+_WORKER: dict[str, Any] = {}
+"""The reader and writer, inherited by the forked workers (never pickled)."""
+
+Row = tuple[str, int, int, bytes] | RawRecord
+"""A JSONL line undecoded (path, line, index, bytes), or a `RawRecord` (JSON arrays, Parquet,
+lines that could not be read): what is cheapest to send to a worker."""
+
+
+def can_run_parallel(writer: Writer) -> bool:
+    """Whether `writer` writes record by record (every JSON writer; not Parquet) and this platform forks."""
+    from multiprocessing import get_all_start_methods
+
+    return type(writer).write is Writer.write and "fork" in get_all_start_methods()
+
+
+@dataclass
+class _Rejected:
+    """Stands in for the reader's quarantine in a worker: keeps what to quarantine, in order."""
+
+    items: list[tuple[RawRecord, ParseError]] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, raw: RawRecord, err: ParseError) -> None:
+        self.items.append((raw, err))
+        self.count += 1
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Result:
+    records: list[str]
+    read: ReadReport
+    write: WriteReport
+    rejected: list[tuple[RawRecord, ParseError]]
+    error: ParseError | None = None
+
+
+def _convert_batch(rows: list[Row]) -> _Result:
+    """Convert a batch in a worker: the reader and writer are this process's copies of the driver's."""
+    reader: Reader = _WORKER["reader"]
+    writer: Writer = _WORKER["writer"]
+    reader.report, writer.report = ReadReport(), WriteReport()
+    rejected = _Rejected()
+    if reader.quarantine is not None:
+        reader.quarantine = rejected  # type: ignore[assignment]
+    out = []
+    error = None
+    try:
+        for row in rows:
+            raw = row if isinstance(row, RawRecord) else decode_jsonl_line(*row)
+            traj = reader._convert(raw)
+            text = None if traj is None else writer.encode_counted(traj)
+            if text is not None:
+                out.append(text)
+    except ParseError as e:  # on_error="raise": the driver raises it after writing what came before
+        error = e
+    return _Result(out, reader.report, writer.report, rejected.items, error)
+
+
+def _batches(reader: Reader, paths: str | Sequence[str]) -> Iterator[tuple[int, list[Row]]]:
+    """The records `reader.read` would read (files counted, `limit` applied), in batches, each with
+    the position of the input (an item of `paths`) it comes from."""
+    items = [paths] if isinstance(paths, str) else list(paths)
+    n = 0
+    for k, files in enumerate([expand(item) for item in items]):  # every input is checked before reading
+        batch: list[Row] = []
+        for path in files:
+            reader.report.files += 1
+            rows: Iterator[Row]
+            if base_suffix(path) in (".jsonl", ".ndjson"):
+                rows = (line if isinstance(line, RawRecord) else (path, *line) for line in jsonl_lines(path))
+            else:
+                rows = iter_records(path)
+            for row in rows:
+                if reader.limit is not None and n >= reader.limit:
+                    if batch:
+                        yield k, batch
+                    return
+                batch.append(row)
+                n += 1
+                if len(batch) >= BATCH:
+                    yield k, batch
+                    batch = []
+        if batch:
+            yield k, batch
+
+
+def _convert_item(item: tuple[int, list[Row]]) -> tuple[int, _Result]:
+    return item[0], _convert_batch(item[1])
+
+
+def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str], output: Path, workers: int,
+                     progress: Callable[[Iterator[Any]], Iterator[Any]] | None = None) -> None:
+    """Convert `paths` into `output` with `workers` processes; `reader.report`, `writer.report` and
+    the reader's quarantine end as a one-process convert leaves them."""
+    from multiprocessing import get_context
+
+    items = [paths] if isinstance(paths, str) else list(paths)
+    per_item = [[0, 0] for _ in items]  # records, rejected: an input whose records were all rejected is named
+
+    def records(pool: Any) -> Iterator[str]:
+        for k, res in pool.imap(_convert_item, _batches(reader, paths)):
+            reader.report.merge(res.read)
+            per_item[k][0] += res.read.records
+            per_item[k][1] += res.read.quarantined + res.read.skipped
+            writer.report.written += res.write.written
+            writer.report.unwritable.update(res.write.unwritable)
+            writer.report.lossy.update(res.write.lossy)
+            for raw, err in res.rejected:
+                assert reader.quarantine is not None
+                reader.quarantine.add(raw, err)
+            yield from res.records
+            if res.error is not None:
+                raise res.error
+
+    _WORKER.update(reader=reader, writer=writer)
+    try:
+        with get_context("fork").Pool(workers) as pool:
+            stream = records(pool)
+            writer.write_encoded(progress(stream) if progress else stream, output)
+    finally:
+        _WORKER.clear()
+    reader.report.rejected_inputs += [item for item, (n, bad) in zip(items, per_item, strict=True) if n and bad == n]

@@ -1,0 +1,221 @@
+"""The fast paths give exactly what the straightforward paths give: serialization, JSON decoding,
+statistics merged from shards, and two-pass steps planned on shards."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import date
+
+import pytest
+
+import agentflan.io.files as files
+from agentflan.io import read
+from agentflan.io.files import one_line
+from agentflan.io.writers.base import dumps
+from agentflan.pipeline.base import StepContext, make_steps
+from agentflan.schema import AssistantMessage, Source, ToolCall, ToolSpec, Trajectory, UserMessage
+from agentflan.schema.trajectory import json_dict_checked
+from agentflan.stats import StatsAccumulator, compute_stats
+
+SOURCES = [("toolbench/answer/*/*.json", "toolbench"), ("fireact/hotpotqa_react.jsonl", "react"),
+           ("llamafactory/glaive_toolcall_en_demo.json", "sharegpt"),
+           ("llamafactory/reason_tool_use_demo_50.jsonl", "openai"),
+           ("llamafactory/alpaca_en_demo.json", "alpaca"), ("agentbench/dbbench/dev.jsonl", "dbbench")]
+
+
+@pytest.fixture(scope="module")
+def samples(shared_data):
+    return [t for rel, fmt in SOURCES for t in read(str(shared_data / rel), fmt)]
+
+
+def test_to_json_dict_equals_pydantic_on_every_sample(samples):
+    for t in samples:
+        fast = t.to_json_dict()
+        assert json.dumps(fast) == json.dumps(t._model_json_dict()), t.id
+        assert json_dict_checked(t) == (fast, True)
+
+
+def _traj(**kw):
+    return Trajectory(id="x", source=Source(format="f"), messages=[
+        UserMessage(content="q"), AssistantMessage(content="", tool_calls=[ToolCall(id="c", name="f", arguments={"a": 1})],
+                                                   loss=False, capability="reasoning", metadata=kw.pop("meta", {}))],
+        **kw)
+
+
+@pytest.mark.parametrize("case", [
+    {},  # defaults everywhere: left out
+    {"tools": [ToolSpec(name="f")]},  # default parameters: left out
+    {"tools": [ToolSpec(name="f", parameters={"type": "object"}, metadata={"x": [1, None]})], "tags": {"k": "v"}},
+    {"metadata": {"n": 1.5, "deep": {"list": [True, "é"]}}, "lineage": ["read:x"]},
+])
+def test_to_json_dict_fast_path_on_plain_data(case):
+    t = _traj(**case)
+    d, exact = json_dict_checked(t)
+    assert exact and json.dumps(d) == json.dumps(t._model_json_dict())
+    assert Trajectory.model_validate(d) == t
+
+
+@pytest.mark.parametrize("meta", [{"t": (1, 2)}, {"d": date(2024, 1, 2)}, {"inf": float("inf")}, {"k": {1: "int key"}}])
+def test_values_json_mode_converts_take_pydantics_path(meta):
+    t = _traj(meta=meta)
+    d, exact = json_dict_checked(t)
+    assert not exact
+    assert d == t._model_json_dict() == t.to_json_dict()
+
+
+def test_one_encoder_writes_what_json_dumps_writes():
+    for v in [{"a": [1, 2.5, None, True, "é\n\"\u2028", {"b": float("nan")}]}, [], "x", 3, {1: 2}, ({"t": (1,)})]:
+        assert dumps(v) == one_line(json.dumps(v, ensure_ascii=False, separators=(", ", ": ")))
+    with pytest.raises(TypeError):
+        dumps({"a": {1, 2}})
+
+
+def _write_cases(rng):
+    def value(depth=0):
+        r = rng.random()
+        if depth > 2 or r < 0.3:
+            return rng.choice([1, -2.5, 12345678901234567890, 1e-07, "x\ny", "é\u2028", True, None])
+        if r < 0.6:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {f"k{i}": value(depth + 1) for i in range(rng.randint(0, 3))}
+
+    for _ in range(300):
+        recs = [value() for _ in range(rng.randint(0, 5))]
+        sep = rng.choice(["", " ", "\n", "\n\n  "])
+        text = rng.choice([
+            sep + "[" + sep + ("," + sep).join(json.dumps(v, indent=rng.choice([None, 1])) for v in recs) + "]",
+            "".join(json.dumps(v) + rng.choice([" ", "\n"]) for v in recs)])
+        if rng.random() < 0.3 and text:
+            i = rng.randrange(len(text))
+            text = text[:i] + rng.choice(["oops", "}", ","]) + text[i:]
+        yield text
+
+
+def test_streamed_json_arrays_decode_like_the_whole_file(tmp_path, monkeypatch):
+    """Chunks of 1 to 16 characters cut records, strings and numbers anywhere; the records, their
+    lines and the malformed-record errors are those of decoding the whole file at once."""
+    rng = random.Random(3)
+    path = tmp_path / "a.json"
+    for text in _write_cases(rng):
+        path.write_text(text, encoding="utf-8")
+        monkeypatch.setattr(files, "JSON_CHUNK", 1 << 20)
+        whole = [(r.line, r.index, r.value, r.error, r.text) for r in files.iter_records(str(path))]
+        monkeypatch.setattr(files, "JSON_CHUNK", rng.choice([1, 2, 3, 7, 16]))
+        streamed = [(r.line, r.index, r.value, r.error, r.text) for r in files.iter_records(str(path))]
+        assert streamed == whole, text
+
+
+def test_stats_merged_from_shards_equal_stats_of_the_whole(samples):
+    whole = compute_stats(samples)
+    total = StatsAccumulator()
+    for i in range(0, len(samples), 97):
+        acc = StatsAccumulator()
+        for t in samples[i:i + 97]:
+            acc.add(t)
+        total.merge(StatsAccumulator.from_state(json.loads(json.dumps(acc.to_state()))))
+    assert json.dumps(total.result()) == json.dumps(whole)
+
+
+def _planned(step, data, n_shards, seed=17):
+    """The executor's protocol, in one process: summaries per shard, one plan, applied per shard."""
+    size = -(-len(data) // n_shards)
+    shards = [data[i:i + size] for i in range(0, len(data), size)]
+    ctx = StepContext(seed=seed)
+    summaries = [step.pack_summaries([step.summary(t, ctx) for t in shard]) for shard in shards]
+    plans = step.plan(summaries, ctx)
+    out = []
+    for shard, plan in zip(shards, plans, strict=True):
+        # the executor re-reads a shard from its file: the step may change what it applies the plan to
+        out += step.apply_planned((t.model_copy(deep=True) for t in shard), plan, ctx)
+    return out, ctx.stats.to_dict()
+
+
+@pytest.mark.parametrize("entry", [{"type": "balance", "ratios": "paper"}, {"type": "filter", "dedup": "exact"},
+                                   {"type": "filter", "dedup": "none", "min_trained_turns": 2}])
+def test_planned_steps_equal_their_sequential_run(samples, entry):
+    labelled = list(make_steps([{"type": "capabilities"}])[0].run(samples[::3], StepContext(seed=17)))
+    data = labelled + labelled[:100]  # duplicates, in other shards than their first copy
+    (step,) = make_steps([entry])
+    assert step.plannable()
+    ctx = StepContext(seed=17)
+    ref = [t.to_json_dict() for t in step.run([t.model_copy(deep=True) for t in data], ctx)]
+    for n in (1, 5):
+        out, counts = _planned(step, data, n)
+        assert [t.to_json_dict() for t in out] == ref
+        assert counts == ctx.stats.to_dict()
+
+
+def test_near_dedup_and_sample_are_not_planned():
+    assert not make_steps([{"type": "filter", "dedup": "near"}])[0].plannable()
+    assert not make_steps([{"type": "sample", "n": 3}])[0].plannable()
+    assert not make_steps([{"type": "balance", "mode": "sample", "sample_rate": 0.5}])[0].plannable()
+
+
+def test_distributions_from_counts_equal_the_statistics_module():
+    import statistics
+    from collections import Counter
+
+    from agentflan.stats import _dist
+
+    rng = random.Random(5)
+    for n in [0, 1, 2, 3, 10, 101]:
+        values = [rng.choice([0, 1, 7, 7, 40, 1000]) for _ in range(n)]
+        s = sorted(values)
+        expected = ({"min": s[0], "mean": round(statistics.fmean(s), 2), "median": float(statistics.median(s)),
+                     "p90": s[min(n - 1, int(0.9 * n))], "max": s[-1]} if s else
+                    {"min": 0, "mean": 0.0, "median": 0.0, "p90": 0, "max": 0})
+        assert _dist(Counter(values)) == expected
+
+
+@pytest.mark.parametrize(("rel", "fmt", "to", "suffix"), [
+    ("fireact/hotpotqa_react.jsonl", "react", "native", ".jsonl"),
+    ("llamafactory/glaive_toolcall_en_demo.json", "sharegpt", "agentflan", ".json.gz"),
+    ("toolbench/answer", "toolbench", "sharegpt", ".json"),  # quarantined, dropped and lossy records
+])
+def test_parallel_convert_writes_what_one_process_writes(shared_data, tmp_path, monkeypatch, rel, fmt, to, suffix):
+    import agentflan.io.parallel as parallel
+    from agentflan.io import convert
+
+    monkeypatch.setattr(parallel, "BATCH", 7)
+    results = []
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}{suffix}"
+        r = convert(str(shared_data / rel), out, fmt=fmt, to=to, workers=workers,
+                    quarantine=tmp_path / f"q{workers}.jsonl")
+        q = tmp_path / f"q{workers}.jsonl"
+        results.append((out.read_bytes(), json.dumps({**r.to_dict(), "quarantine": None}),
+                        q.read_bytes() if q.exists() else None))
+    assert results[0] == results[1]
+
+
+def test_parallel_convert_stops_where_one_process_stops(tmp_path):
+    from agentflan.errors import ParseError
+    from agentflan.io import convert
+
+    good = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join([good] * 600 + ['{"messages": 3}'] + [good] * 50) + "\n")
+    for workers in (1, 2):
+        with pytest.raises(ParseError, match=r"in.jsonl:601 field messages"):
+            convert(str(src), tmp_path / f"o{workers}.jsonl", fmt="react", on_error="raise", workers=workers)
+        assert list(tmp_path.glob("o*")) == list(tmp_path.glob(".partial-*")) == []  # no partial output
+    r = convert(str(src), tmp_path / "lim.jsonl", fmt="react", reader_options={"limit": 300}, workers=2)
+    assert r.read.records == 300 and r.write.written == 300
+
+
+def test_native_writer_reuses_tool_json_only_while_the_spec_is_unchanged(samples):
+    from agentflan.io.writers.native import NativeWriter
+
+    w = NativeWriter()
+    for t in samples:  # FireAct's trajectories share their ToolSpec objects: encoded once
+        assert w.encode(t) == dumps(t.to_json_dict()), t.id
+    shared = ToolSpec(name="search", parameters={"type": "object", "properties": {"q": {"type": "string"}}})
+    trajs = [_traj(tools=[shared]) for _ in range(3)]
+    for t in trajs:
+        assert w.encode(t) == dumps(t.to_json_dict())
+    shared.parameters["properties"]["q"]["type"] = "integer"  # changed in place after it was cached
+    shared.description = "now described"
+    assert '"integer"' in w.encode(trajs[0]) and w.encode(trajs[0]) == dumps(trajs[0].to_json_dict())
+    odd = _traj(tools=[ToolSpec(name="f", metadata={"t": (1, 2)})])  # JSON mode converts: pydantic's path
+    assert w.encode(odd) == dumps(odd.to_json_dict())
