@@ -192,9 +192,12 @@ def run_demo(d: Demo) -> tuple[Path, Path]:
     total = time.perf_counter()
     episodes, data = datasets(d)
     d.echo(f"== 3. training {d.model} for {d.steps} steps on each arm ({p.train_recipe})")
+    from agentflan.training.sft import load_train_recipe
+
+    recipe = load_train_recipe(p.train_recipe).model_dump(mode="json")  # an edited recipe trains again
     models = {}
     for arm in d.arms:
-        key = {"recipe": p.train_recipe, "steps": d.steps, "data": data[arm], "device": d.device, "seed": d.seed,
+        key = {"recipe": p.train_recipe, "config": recipe, "steps": d.steps, "data": data[arm], "device": d.device, "seed": d.seed,
                "overrides": list(p.overrides)}
         models[arm] = d.stage(f"train-{arm}", key, partial(_train, d, arm))["model"]
     arm_protocols = {arm: _protocols(models[arm]) for arm in d.arms}
