@@ -293,9 +293,16 @@ def long_input(big_input):
     return path
 
 
+def _default_sigint() -> None:
+    # a shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across
+    # exec (Python then installs no KeyboardInterrupt handler): give the CLI the terminal's default
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "agentflan.cli.main", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=_default_sigint)
 
 
 def _interrupted_run(args: list[str], out: Path, signum: int = signal.SIGINT, tries: int = 3) -> tuple[int, str]:
