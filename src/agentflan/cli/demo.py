@@ -157,9 +157,11 @@ def _evaluate(d: Demo, name: str, model: str, protocols: dict[str, list[str]]) -
     from agentflan.cli.evaluate import _run_eval
 
     code = _run_eval(
-        (*ENVS, "agent-h"), model, None, "hf", (), d.preset.batch_size, d.preset.max_new_tokens, d.device,
-        d.preset.dtype if d.device == "cpu" else "bfloat16", 1, 120.0, 0, "model", d.eval_tasks, "heldout", d.seed,
-        None, 8, d.out / "eval" / name, True, run_name=name, suite_protocols=dict(protocols),
+        suites=(*ENVS, "agent-h"), model=model, base_url=None, engine_name="hf", protocols=(),
+        batch_size=d.preset.batch_size, max_new_tokens=d.preset.max_new_tokens, device=d.device,
+        dtype=d.preset.dtype if d.device == "cpu" else "bfloat16", concurrency=1, timeout_s=120.0, retries=0,
+        policy="model", count=d.eval_tasks, split="heldout", seed=d.seed, tasks_file=None, max_steps=8,
+        output=d.out / "eval" / name, resume=True, run_name=name, suite_protocols=dict(protocols),
         suite_counts={"agent-h": d.agent_h_items})
     if code:
         raise click.ClickException(f"evaluation of {name} ended with errors (exit {code}); run the demo again")

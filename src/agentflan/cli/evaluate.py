@@ -4,7 +4,6 @@ logs without a model, compare runs)."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,10 +66,6 @@ def default_protocols(engine: Any, env: str, chosen: tuple[str, ...]) -> list[st
         return list(chosen)
     info = getattr(engine, "info", None)
     return info.episode_protocols(env) if info is not None else ["native"]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name).strip("_")[:60]
 
 
 @click.command("eval")
@@ -137,14 +132,14 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from agentflan.eval.envs import load_tasks, model_agent, run_env, scripted_agent
-    from agentflan.eval.suites import SUITES, chart, run_suite, table
+    from agentflan.eval.suites import SUITES, chart, run_suite, safe_name, table
     from agentflan.pipeline.build import versions
 
-    name = policy if policy != "model" else _safe(Path(model or "model").name if not base_url else f"{model}")
+    name = policy if policy != "model" else safe_name(Path(model or "model").name if not base_url else f"{model}")
     if policy == "model" and not base_url and model and Path(model).name in ("final", "merged"):
-        name = _safe(f"{Path(model).parent.name}-{Path(model).name}")
+        name = safe_name(f"{Path(model).parent.name}-{Path(model).name}")
     if predictions is not None:
-        name = _safe(predictions.stem)
+        name = safe_name(predictions.stem)
     if run_name is not None:
         name = run_name
     out = output or Path("out/eval") / name
@@ -187,7 +182,7 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
             else:
                 proto, agent_for = model_agent(proto_name, getattr(engine, "template", None))
                 pname = proto.name
-            run = run_env(env, tasks, agent_for, engine, out / f"{env}-{_safe(pname)}", protocol_name=pname,
+            run = run_env(env, tasks, agent_for, engine, out / f"{env}-{safe_name(pname)}", protocol_name=pname,
                           agent_name=name, config={**base_config, "n": len(tasks)}, max_steps=max_steps, resume=resume,
                           db_engine=db_engine if env == "db" else "sqlite",
                           progress=_advance(bar, task_bar))

@@ -25,6 +25,7 @@ from typing import Any
 
 from agentflan.eval.agent_h import _by_run, hscore
 from agentflan.eval.score import pct
+from agentflan.training.report import plot_curves, pyplot
 
 
 @dataclass
@@ -36,20 +37,9 @@ class Arm:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _plt() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
 def env_kinds_chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     """Success per environment and task kind (± s.e.), one bar per run and protocol."""
-    plt = _plt()
+    plt = pyplot()
     envs = sorted({str(s.get("env")) for s in summaries if s.get("suite", "env") == "env"})
     if plt is None or not envs:
         return None
@@ -75,24 +65,10 @@ def env_kinds_chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
 
 def loss_chart(arms: Sequence[Arm], path: Path) -> Path | None:
     """Training loss against the step, one line per arm."""
-    plt = _plt()
-    curves = [(a.name, [(h["step"], h["loss"]) for h in a.metrics.get("log_history", []) if "loss" in h])
-              for a in arms]
-    curves = [(n, c) for n, c in curves if c]
-    if plt is None or not curves:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    for name, c in curves:
-        ax.plot([x for x, _ in c], [y for _, y in c], marker=".", label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (trained tokens)")
-    ax.set_title("Training loss", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    curves = {a.name: [(h["step"], h["loss"]) for h in a.metrics.get("log_history", []) if "loss" in h]
+              for a in arms}
+    curves = {name: c for name, c in curves.items() if c}
+    return plot_curves(curves, path, "training loss (trained tokens)", "Training loss") if curves else None
 
 
 def token_shares(arm: Arm, key: str) -> dict[str, float]:
@@ -104,7 +80,7 @@ def token_shares(arm: Arm, key: str) -> dict[str, float]:
 
 def tokens_chart(arms: Sequence[Arm], path: Path) -> Path | None:
     """Stacked bars: each arm's trained tokens by protocol and by capability."""
-    plt = _plt()
+    plt = pyplot()
     if plt is None or not any(token_shares(a, "protocol") for a in arms):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))

@@ -83,12 +83,10 @@ def table(summaries: list[dict[str, Any]]) -> str:
 
 def chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     """Success (with standard errors) per run, grouped by environment, as a PNG."""
-    try:
-        import matplotlib
+    from agentflan.training.report import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     if not summaries:
         return None

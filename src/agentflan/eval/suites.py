@@ -48,7 +48,8 @@ class SuiteRun:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """`name` as a folder name (word characters, `.` and `-`; at most 60)."""
     return re.sub(r"[^\w.-]+", "_", name).strip("_")[:60]
 
 
@@ -152,7 +153,7 @@ def run_suite(suite: str, *, engine: Any, policy: str, protocols: list[str], n: 
         config = {**base_config, "suite": suite, "protocol": proto.name, "agent": agent_name, "n": len(items),
                   "seed": seed, "tasks_file": str(tasks_file) if tasks_file else None,
                   "items": [it.id for it in items], **extra}
-        runs.append(_run_protocol(suite, proto, items, engine, policy, out_root / f"{suite}-{_safe(proto.name)}",
+        runs.append(_run_protocol(suite, proto, items, engine, policy, out_root / f"{suite}-{safe_name(proto.name)}",
                                   config, agent_name, resume, progress(f"{suite} / {proto.name}", len(items))))
     return runs
 
@@ -303,12 +304,10 @@ def table(summaries: list[dict[str, Any]]) -> str:
 def chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     """One PNG: environment success, per-capability bars (steps, BFCL categories, Agent-H kinds) and
     HScore against over-refusal, one panel per suite present."""
-    try:
-        import matplotlib
+    from agentflan.training.report import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     panels = [p for p in (_env_panel(summaries), _steps_panel(summaries), _bfcl_panel(summaries),
                           _kinds_panel(summaries), _hscore_panel(summaries)) if p is not None]

@@ -72,7 +72,7 @@ def loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
     points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     series = {"train": points, **({"eval": evals} if evals else {})}
-    return _plot(series, path, "training loss (trained tokens only)", "Loss") if points else None
+    return plot_curves(series, path, "training loss (trained tokens only)", "Loss") if points else None
 
 
 def capability_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
@@ -82,18 +82,26 @@ def capability_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | N
         for k, v in h.items():
             if k.startswith("loss_") and "step" in h:
                 series.setdefault(k.removeprefix("loss_"), []).append((h["step"], v))
-    return _plot(dict(sorted(series.items())), path, "training loss (mean per token)", "Loss per capability") \
+    return plot_curves(dict(sorted(series.items())), path, "training loss (mean per token)", "Loss per capability") \
         if series else None
 
 
-def _plot(series: dict[str, list[tuple[int, float]]], path: Path, ylabel: str, title: str) -> Path | None:
-    """Curves against the step (a legend when there are several), or None without matplotlib."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path, ylabel: str, title: str) -> Path | None:
+    """Curves against the step (a legend when there are several), or None without matplotlib."""
+    plt = pyplot()
+    if plt is None:
         log.warning("matplotlib is not installed: no %s chart (pip install 'agentflan[report]')", title.lower())
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
