@@ -507,8 +507,15 @@ def table(summaries: list[dict[str, Any]]) -> str:
             pct(s["hallucination_free"]), pct(s["format_level"]), pct(s["action_level"]),
             *[pct(s["by_kind"][k]) if k in s["by_kind"] else "" for k in KINDS], pct(s["over_refusal"]),
             str(s["errors"])]) + " |")
-    rows += ["", "| run | H_ReAct % | H_General % | HScore % | over-refusal % (controls) | ReAct / General % | "
-             "correct call % |", "|---|---|---|---|---|---|---|"]
+    return "\n".join(rows) + "\n\n" + hscore_table(summaries)
+
+
+def hscore_table(summaries: list[dict[str, Any]]) -> str:
+    """Markdown: HScore, its two halves and over-refusal, one row per run."""
+    from agentflan.eval.score import pct
+
+    rows = ["| run | H_ReAct % | H_General % | HScore % | over-refusal % (controls) | ReAct / General % | "
+            "correct call % |", "|---|---|---|---|---|---|---|"]
     for run, group in _by_run(summaries).items():
         h = hscore(group)
         rows.append(f"| {run} | {_pct(h['h_react'])} | {_pct(h['h_general'])} | {_pct(h['hscore'])} | "

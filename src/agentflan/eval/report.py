@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentflan.eval.agent_h import _by_run, hscore
+from agentflan.eval import agent_h
 from agentflan.eval.score import pct
 from agentflan.training.report import plot_curves, pyplot
 
@@ -118,21 +118,9 @@ def env_table(summaries: list[dict[str, Any]]) -> str:
 
 
 def hscore_table(summaries: list[dict[str, Any]]) -> str:
-    """Markdown: Agent-H per model (H_ReAct, H_General, HScore, over-refusal, correct calls)."""
+    """Markdown: Agent-H per model (`agent_h.hscore_table` over the Agent-H runs), or nothing."""
     group = [s for s in summaries if s.get("suite") == "agent-h"]
-    if not group:
-        return ""
-
-    def p(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}"
-
-    rows = ["| model | H_ReAct % | H_General % | HScore % | over-refusal % (controls) | correct call % | items |",
-            "|---|---|---|---|---|---|---|"]
-    for run, runs in _by_run(group).items():
-        h = hscore(runs)
-        rows.append(f"| {run} | {p(h['h_react'])} | {p(h['h_general'])} | {p(h['hscore'])} | "
-                    f"{pct(h['over_refusal'])} | {pct(h['correct_call'])} | {sum(s['scored'] for s in runs)} |")
-    return "\n".join(rows) + "\n"
+    return agent_h.hscore_table(group) if group else ""
 
 
 def training_table(arms: Sequence[Arm]) -> str:
