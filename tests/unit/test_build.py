@@ -122,6 +122,42 @@ def test_same_inputs_same_bytes_with_more_workers(shared_data, built, tmp_path, 
     assert _files(tmp_path / "w2") == _files(built)
 
 
+@pytest.mark.parametrize("by", ["trained_tokens", "records"])
+def test_mix_amounts_counted_as_written_equal_a_second_read(shared_data, built, agentinstruct_dir, monkeypatch, by):
+    """The amounts the mix weighs come from counts kept where each file was written; reading
+    the files again (what a folder built without them falls back to) gives the same numbers."""
+    recipe, _ = load_recipe("agent-flan", [*_overrides(shared_data, agentinstruct_dir), f"mix.by={by}"])
+    kept = build_mod.mix_amounts(recipe, built)
+    assert (built / ".state" / "amounts" / "source.fireact.json").exists()
+    monkeypatch.setattr(build_mod, "_amounts_path", lambda out, name: out / ".state" / "none" / f"{name}.json")
+    read = build_mod.mix_amounts(recipe, built)
+    assert kept == read
+    assert kept[1] > 0 and kept[0]["general"] > 0
+
+
+def test_negatives_start_as_soon_as_the_agent_outputs_are_written(shared_data, tmp_path, agentinstruct_dir,
+                                                                     monkeypatch):
+    """With workers, the negatives task (one process) runs beside the general chat output, not after it."""
+    from agentflan.pipeline.executor import LocalExecutor
+
+    events: list[str] = []
+    real_submit, real_run = LocalExecutor.submit, build_mod._run_output
+
+    def submit(self, fn, item):
+        events.append(f"submit {fn.__name__}")
+        return real_submit(self, fn, item)
+
+    def run_output(recipe, name, *args, **kwargs):
+        events.append(f"run {name}")
+        return real_run(recipe, name, *args, **kwargs)
+
+    monkeypatch.setattr(LocalExecutor, "submit", submit)
+    monkeypatch.setattr(build_mod, "_run_output", run_output)
+    _build(shared_data, tmp_path / "w2", workers=2, agentinstruct=agentinstruct_dir)
+    assert events.index("submit _run_negatives") < events.index("run general")
+    assert events[-1] == "run toolbench_negative"
+
+
 def test_crashed_build_resumes_to_identical_bytes(shared_data, built, tmp_path, monkeypatch, agentinstruct_dir):
     out = tmp_path / "crash"
     real = build_mod._run_output

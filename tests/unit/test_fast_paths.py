@@ -178,6 +178,7 @@ def test_parallel_convert_writes_what_one_process_writes(shared_data, tmp_path, 
     from agentflan.io import convert
 
     monkeypatch.setattr(parallel, "BATCH", 7)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)  # these samples are small: workers anyway
     results = []
     for workers in (1, 3):
         out = tmp_path / f"w{workers}{suffix}"
@@ -189,9 +190,12 @@ def test_parallel_convert_writes_what_one_process_writes(shared_data, tmp_path, 
     assert results[0] == results[1]
 
 
-def test_parallel_convert_stops_where_one_process_stops(tmp_path):
+def test_parallel_convert_stops_where_one_process_stops(tmp_path, monkeypatch):
+    import agentflan.io.parallel as parallel
     from agentflan.errors import ParseError
     from agentflan.io import convert
+
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
 
     good = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
     src = tmp_path / "in.jsonl"
@@ -202,6 +206,26 @@ def test_parallel_convert_stops_where_one_process_stops(tmp_path):
         assert list(tmp_path.glob("o*")) == list(tmp_path.glob(".partial-*")) == []  # no partial output
     r = convert(str(src), tmp_path / "lim.jsonl", fmt="react", reader_options={"limit": 300}, workers=2)
     assert r.read.records == 300 and r.write.written == 300
+
+
+def test_workers_convert_only_inputs_large_enough_to_gain(tmp_path, monkeypatch):
+    """Starting workers costs more than they save on a small input: it is converted in this process."""
+    import agentflan.io as io_mod
+    import agentflan.io.parallel as parallel
+
+    used = []
+    real = io_mod.convert_parallel
+    monkeypatch.setattr(io_mod, "convert_parallel", lambda *a, **k: (used.append(a[2]), real(*a, **k)))
+    good = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
+    for name, n in (("small", 10), ("large", 15_000)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.jsonl").write_text("\n".join([good] * n) + "\n")
+        (tmp_path / name / "b.jsonl").write_text("\n".join([good] * n) + "\n")
+    assert (tmp_path / "large" / "a.jsonl").stat().st_size < parallel.PARALLEL_MIN_BYTES  # the sum counts
+    for name in ("small", "large"):
+        r = io_mod.convert(str(tmp_path / name), tmp_path / f"{name}.jsonl", fmt="react", workers=2)
+        assert r.write.written == r.read.records
+    assert used == [str(tmp_path / "large")]
 
 
 def test_native_writer_reuses_tool_json_only_while_the_spec_is_unchanged(samples):

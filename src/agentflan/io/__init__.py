@@ -9,7 +9,7 @@ from typing import Any
 
 from agentflan.io.base import OnError, Quarantine, Reader, ReadReport
 from agentflan.io.detect import detect
-from agentflan.io.parallel import can_run_parallel, convert_parallel
+from agentflan.io.parallel import can_run_parallel, convert_parallel, worth_parallel
 from agentflan.io.readers import READERS
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import Writer, WriteReport
@@ -87,7 +87,8 @@ def convert(paths: str | Sequence[str], output: str | Path, *, to: str = "native
         reader_options: Reader-specific options (e.g. `{"dfs_retries": "strip"}`).
         progress: Wraps the stream of records (e.g. a progress bar).
         workers: Processes that convert (this one reads); the output, report and quarantine are
-            the same with any number. Whole-file writers (Parquet) use one.
+            the same with any number. Whole-file writers (Parquet) and inputs under
+            `PARALLEL_MIN_BYTES` (2 MiB) use one.
     """
     output = Path(output)
     writer: Writer = WRITERS.get(to)()
@@ -97,7 +98,7 @@ def convert(paths: str | Sequence[str], output: str | Path, *, to: str = "native
     if qpath.exists() and on_error == "quarantine":
         qpath.unlink()  # a stale file from an earlier run would mislead
     try:
-        if workers > 1 and can_run_parallel(writer):
+        if workers > 1 and can_run_parallel(writer) and worth_parallel(paths):
             convert_parallel(reader, writer, paths, output, workers, progress)
         else:
             stream = reader.read(paths)

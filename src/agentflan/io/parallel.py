@@ -28,6 +28,27 @@ Row = tuple[str, int, int, bytes] | RawRecord
 lines that could not be read): what is cheapest to send to a worker."""
 
 
+PARALLEL_MIN_BYTES = 2 << 20
+"""Inputs smaller than this are converted in one process whatever `workers` says: starting the
+workers costs more than they save (measured: 1.3 MB of FireAct ReAct converts faster in one
+process, 2.7 MB faster with two; docs/benchmarks.md)."""
+
+
+def worth_parallel(paths: str | Sequence[str]) -> bool:
+    """Whether the inputs are large enough to gain from worker processes (remote inputs: assumed so)."""
+    from agentflan.io.files import is_url
+
+    total = 0
+    for item in [paths] if isinstance(paths, str) else paths:
+        for f in expand(item):
+            if is_url(f):
+                return True
+            total += Path(f).stat().st_size
+            if total >= PARALLEL_MIN_BYTES:
+                return True
+    return False
+
+
 def can_run_parallel(writer: Writer) -> bool:
     """Whether `writer` writes record by record (every JSON writer; not Parquet) and this platform forks."""
     from multiprocessing import get_all_start_methods

@@ -56,7 +56,7 @@ from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, un
 from agentflan.pipeline.executor import Executor, make_executor
 from agentflan.pipeline.negatives import build_negatives
 from agentflan.pipeline.recipe import DataRecipe, NegativesOutput, StepsOutput
-from agentflan.pipeline.report import Scan, scan_path
+from agentflan.pipeline.report import Scan, scan_path, trained_approx_tokens
 from agentflan.schema import Trajectory
 from agentflan.schema.trajectory import json_dict_checked
 
@@ -286,6 +286,21 @@ def _save_scan(out: Path, name: str, states: list[dict[str, Any]]) -> None:
     path = scan_path(out, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(scan.to_state(), ensure_ascii=False) + "\n")
+    _save_amounts(out, name, {"records": scan.stats.n, "trained_tokens": scan.trained})
+
+
+AMOUNTS = ("records", "trained_tokens")
+"""What a mix can count (`MixConfig.by`), kept for every output and source as it is written."""
+
+
+def _amounts_path(out: Path, name: str) -> Path:
+    return out / ".state" / "amounts" / f"{name}.json"
+
+
+def _save_amounts(out: Path, name: str, amounts: dict[str, int]) -> None:
+    path = _amounts_path(out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(amounts, sort_keys=True) + "\n")
 
 
 def _write_file_formats(args: tuple[str, str, list[str]]) -> None:
@@ -330,6 +345,9 @@ def _ingest(task: _IngestTask) -> dict[str, Any]:
                          dataset=name, **cfg["options"])
 
     rep = reader.report
+    agent = cfg["role"] == "agent"
+    trained = [0]
+    """Trained approx tokens of an agent source (the mix's `sources` basis), counted as written."""
     per_file: dict[str, tuple[int, int]] = {}
     """Records and rejected records of each file (a source read in parts: which inputs were rejected whole)."""
 
@@ -340,16 +358,19 @@ def _ingest(task: _IngestTask) -> dict[str, Any]:
             records, rejected = rep.records, rep.quarantined + rep.skipped
             for t in reader.read(group):
                 t.id = f"{name}:{t.id}"
+                if agent:
+                    trained[0] += trained_approx_tokens(t)
                 yield t
             if task.part is not None:
                 per_file[group[0]] = (rep.records - records, rep.quarantined + rep.skipped - rejected)
 
     try:
-        _write_native(renamed(), target)
+        written = _write_native(renamed(), target)
     finally:
         if reader.quarantine is not None:
             reader.quarantine.close()
-    return {"report": reader.report, "per_file": per_file}
+    return {"report": reader.report, "per_file": per_file,
+            "amounts": {"records": written, "trained_tokens": trained[0]}}
 
 
 def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> list[_IngestTask]:
@@ -391,6 +412,7 @@ def _finish_ingest(name: str, out: Path, tasks: list[_IngestTask], results: list
         if quarantines:
             _concat_files(quarantines, qpath)
         shutil.rmtree(parts)
+    _save_amounts(out, f"source.{name}", {k: sum(r["amounts"][k] for r in results) for k in AMOUNTS})
     info = report.to_dict()
     info["quarantine"] = str(qpath.relative_to(out)) if report.quarantined else None
     (out / "sources" / f"{name}.report.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -405,6 +427,7 @@ def _ingest_all(recipe: DataRecipe, todo: list[str], out: Path, executor: Execut
         cfg = recipe.sources[name].model_dump()
         if cfg["optional"] and not _input_signature(cfg["paths"], optional=True):
             _write_native([], out / "sources" / f"{name}.jsonl")
+            _save_amounts(out, f"source.{name}", dict.fromkeys(AMOUNTS, 0))
             qpath = out / "quarantine" / f"{name}.jsonl"
             if qpath.exists():
                 qpath.unlink()
@@ -721,27 +744,36 @@ def mix_plan(recipe: DataRecipe, amounts: dict[str, float], basis: float | None 
 
 def _amount(task: tuple[Shard, str]) -> int:
     """Records, or trained approx tokens, of a shard of a native file (a task)."""
-    from agentflan.pipeline.report import trained_approx_tokens
-
     shard, by = task
     return sum(1 if by == "records" else trained_approx_tokens(t) for t in _read_shards([shard]))
 
 
 def mix_amounts(recipe: DataRecipe, out_dir: Path, executor: Executor | None = None) -> tuple[dict[str, float], float]:
-    """Each output's amount in the mix's unit, and the agent sources' (the `sources` basis)."""
+    """Each output's amount in the mix's unit, and the agent sources' (the `sources` basis).
+
+    The amounts were counted where the records were written (`.state/amounts`); a file without
+    them (a folder built by an older version) is read again, in shards on the executor.
+    """
     assert recipe.mix is not None
     by = recipe.mix.by
     agent_sources = sorted({s for o in recipe.outputs.values() for s in (o.from_ if isinstance(o, StepsOutput) else [])
                             if recipe.sources[s].role == "agent"})
+    names = [*recipe.outputs, *(f"source.{s}" for s in agent_sources)]
     files = [out_dir / "native" / f"{o}.jsonl" for o in recipe.outputs] + \
         [out_dir / "sources" / f"{s}.jsonl" for s in agent_sources]
+    totals: list[float | None] = []
+    for name in names:
+        saved = _amounts_path(out_dir, name)
+        totals.append(float(json.loads(saved.read_text())[by]) if saved.exists() else None)
+    missing = [i for i, t in enumerate(totals) if t is None]
     n = executor.workers * SHARDS_PER_WORKER if executor is not None and executor.workers > 1 else 1
-    shards = [plan_shards([f], n) for f in files]
+    shards = [plan_shards([files[i]], n) for i in missing]
     flat = [(s, by) for ss in shards for s in ss]
     counts = iter(executor.map(_amount, flat) if executor is not None else [_amount(t) for t in flat])
-    totals = [float(sum(next(counts) for _ in ss)) for ss in shards]  # sums of ints: exact in any grouping
-    amounts = dict(zip(recipe.outputs, totals, strict=False))
-    return amounts, sum(totals[len(recipe.outputs):])
+    for i, ss in zip(missing, shards, strict=True):
+        totals[i] = float(sum(next(counts) for _ in ss))  # sums of ints: exact in any grouping
+    amounts = {o: t or 0.0 for o, t in zip(recipe.outputs, totals, strict=False)}
+    return amounts, sum(t or 0.0 for t in totals[len(recipe.outputs):])
 
 
 @dataclass(frozen=True)
@@ -924,18 +956,34 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
                 if single is not None:
                     started[name] = executor.submit(*single)
         negatives = [n for n, o in recipe.outputs.items() if isinstance(o, NegativesOutput)]
-        for name in [*todo, *negatives]:
-            spec = recipe.outputs[name]
-            agent_records = 0
-            if isinstance(spec, NegativesOutput):
-                agent_records = sum(_records(out, o) for o in recipe.agent_outputs())
+        agent_left = set(recipe.agent_outputs()) & set(todo)
+        neg_records: dict[str, int] = {}
+
+        def start_negatives() -> None:
+            """Submit the negatives outputs (a task each) once the agent outputs whose records they
+            take a share of are written: they run beside the outputs still to come."""
+            agent_records = sum(_records(out, o) for o in recipe.agent_outputs())
+            for name in negatives:
                 out_fp[name] = output_fp(name, agent_records)
-                if not stage(f"output.{name}", out_fp[name]):
-                    continue
-            info = _run_output(recipe, name, out, executor, started.get(name), agent_records)
+                if stage(f"output.{name}", out_fp[name]):
+                    neg_records[name] = agent_records
+                    single = _single_task(recipe, name, out, executor.workers, agent_records)
+                    assert single is not None
+                    started[name] = executor.submit(*single)
+
+        if not agent_left:
+            start_negatives()
+        for name in [*todo, *negatives]:
+            if name in negatives and name not in neg_records:
+                continue  # already built (resumed)
+            info = _run_output(recipe, name, out, executor, started.get(name), neg_records.get(name, 0))
             (out / "native" / f"{name}.steps.json").write_text(json.dumps(info, indent=2) + "\n")
             say(f"output {name}: {info['records']} records")
             _mark(out, f"output.{name}", out_fp[name])
+            if name in agent_left:
+                agent_left.discard(name)
+                if not agent_left:
+                    start_negatives()
 
         # 3. mix
         if recipe.mix is not None:
