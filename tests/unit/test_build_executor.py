@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,48 @@ def test_shards_cover_files_in_whole_lines(tmp_path, monkeypatch):
     assert all(a.read_text()[s.end - 1] == "\n" for s in shards)
     lines = [line for s in shards for line in build_mod._shard_lines(s)]
     assert lines == a.read_bytes().splitlines(keepends=True)
+
+
+def test_jsonl_spans_read_what_the_whole_file_reads(tmp_path, monkeypatch):
+    """Every line kind (BOM, blank, CRLF, malformed, oversized, no final newline) gets the same line
+    number, record index and value read in spans of any size as read whole."""
+    from agentflan.io import files as files_mod
+
+    monkeypatch.setattr(files_mod, "MAX_RECORD_BYTES", 200)
+    good = b'{"a": 1}'
+    lines = [b"\xef\xbb\xbf" + good + b"\r\n", b"\n", b"   \t\r\n", good + b"\n", b'{"bad": \n',
+             b'{"x": "' + b"y" * 500 + b'"}\n', b"\n", good + b"\n", b"\xff\xfe\n", good]
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(b"".join(lines))
+    whole = list(files_mod.iter_records(str(path)))
+    assert [r.line for r in whole] == [1, 4, 5, 6, 8, 9, 10] and [r.index for r in whole] == list(range(7))
+    for size in (1, 7, 30, 250, 10_000):
+        spans = files_mod.jsonl_spans(str(path), size)
+        assert spans[0].start == 0 and spans[-1].end == path.stat().st_size
+        assert all(a.end == b.start for a, b in pairwise(spans))
+        assert [r for sp in spans for r in files_mod.iter_records(str(path), sp)] == whole, size
+    assert files_mod.jsonl_spans(str(tmp_path / "h.jsonl"), 10_000) == [files_mod.Span(0, path.stat().st_size, 0, 0)]
+
+
+def test_a_large_jsonl_source_is_ingested_in_spans_to_the_same_bytes(shared_data, one_worker, tmp_path,
+                                                                      monkeypatch):
+    """FireAct's file read by several workers, each a span of its lines: the same ids, line numbers,
+    reports and files as one reader of the whole file."""
+    monkeypatch.setattr(build_mod, "SHARD_BYTES", 16 * 1024)
+    tasks = []
+    real = build_mod._ingest_tasks
+
+    def spy(*args):
+        made = real(*args)
+        tasks.extend(made)
+        return made
+
+    monkeypatch.setattr(build_mod, "_ingest_tasks", spy)
+    _build(shared_data, tmp_path, tmp_path / "out", 2)
+    spans = [t.span for t in tasks if t.span is not None]
+    assert len(spans) >= 8 and {t.files for t in tasks if t.span is not None} == {
+        (str(shared_data / "fireact" / "hotpotqa_react.jsonl"),)}
+    assert _files(tmp_path / "out") == _files(one_worker)
 
 
 def _square(x: int) -> int:

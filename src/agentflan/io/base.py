@@ -23,7 +23,7 @@ from typing import IO, Any, ClassVar, Literal
 from pydantic import ValidationError
 
 from agentflan.errors import Drop, ParseError
-from agentflan.io.files import RawRecord, expand, iter_records, one_line
+from agentflan.io.files import RawRecord, Span, expand, iter_records, one_line
 from agentflan.schema import Source, Trajectory, check, errors
 
 OnError = Literal["raise", "skip", "quarantine"]
@@ -189,15 +189,18 @@ class Reader(ABC):
     def parse(self, record: Any, ctx: RecordContext) -> Trajectory:
         """Map one raw record to a trajectory; raise `ParseError` (bad input) or `Drop` (filtered)."""
 
-    def read(self, paths: str | Sequence[str]) -> Iterator[Trajectory]:
-        """Stream the trajectories of every file matched by `paths`."""
+    def read(self, paths: str | Sequence[str], span: Span | None = None) -> Iterator[Trajectory]:
+        """Stream the trajectories of every file matched by `paths` (`span`: of that part of the
+        one JSONL file `paths` names; the file is counted by the span that starts it)."""
         rep = self.report
         items = [paths] if isinstance(paths, str) else list(paths)
         for item, files in [(item, expand(item)) for item in items]:  # every input is checked before reading
             records, rejected = rep.records, rep.quarantined + rep.skipped
+            if span is not None and len(files) != 1:
+                raise ValueError(f"a span is of one file, not of {item}")
             for path in files:
-                rep.files += 1
-                for raw in iter_records(path):
+                rep.files += span is None or span.start == 0
+                for raw in iter_records(path, span):
                     if self.limit is not None and rep.records >= self.limit:
                         return
                     traj = self._convert(raw)

@@ -154,15 +154,51 @@ def open_text(path: str) -> IO[str]:
     return io.TextIOWrapper(open_binary(path), encoding="utf-8")
 
 
-def iter_records(path: str) -> Iterator[RawRecord]:
-    """Yield the records of one file. Decoding errors become `RawRecord(error=...)`, never raise."""
+@dataclass(frozen=True)
+class Span:
+    """Whole lines of a JSONL file, from byte `start` to `end`, that a worker reads on its own:
+    `line` lines and `index` records come before it, so its records get the line numbers and
+    record indices (hence ids) that reading the whole file gives them."""
+
+    start: int
+    end: int
+    line: int
+    index: int
+
+
+def iter_records(path: str, span: Span | None = None) -> Iterator[RawRecord]:
+    """Yield the records of one file (of `span` of it: JSONL only). Decoding errors become
+    `RawRecord(error=...)`, never raise."""
     suffix = base_suffix(path)
+    if span is not None and suffix not in (".jsonl", ".ndjson"):
+        raise ValueError(f"only a JSONL file is read in spans, not {path}")
     if suffix == ".parquet":
         yield from _iter_parquet(path)
     elif suffix in (".jsonl", ".ndjson"):
-        yield from _iter_jsonl(path)
+        yield from _iter_jsonl(path, span)
     else:
         yield from _iter_json(path)
+
+
+def can_split(path: str) -> bool:
+    """Whether `path` can be read in spans: a local, uncompressed JSONL file (seekable, line by line)."""
+    return not is_url(path) and path.lower().endswith((".jsonl", ".ndjson"))
+
+
+def jsonl_spans(path: str, size: int) -> list[Span]:
+    """Spans of about `size` bytes that cover the JSONL file `path` in order (one pass over its
+    lines, counting them as `jsonl_lines` does)."""
+    spans = []
+    start = line = index = 0
+    with open_binary(path) as f:
+        for pos, line_after, index_after, _ in _line_items(path, f, 0, None, 0, 0):
+            if pos - start >= size:
+                spans.append(Span(start, pos, line, index))
+                start, line, index = pos, line_after, index_after
+        end = f.tell()
+    if end > start or not spans:
+        spans.append(Span(start, end, line, index))
+    return spans
 
 
 def _corrupt_errors() -> tuple[type[BaseException], ...]:
@@ -177,42 +213,61 @@ def _corrupt_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def _iter_jsonl(path: str) -> Iterator[RawRecord]:
+def _iter_jsonl(path: str, span: Span | None = None) -> Iterator[RawRecord]:
     """One record per line, read as bytes so that no line, however hostile, stops the file."""
-    for item in jsonl_lines(path):
+    for item in jsonl_lines(path, span):
         yield item if isinstance(item, RawRecord) else decode_jsonl_line(path, *item)
 
 
-def jsonl_lines(path: str) -> Iterator[tuple[int, int, bytes] | RawRecord]:
-    """(line number, record index, bytes) of each record line of a JSONL file, undecoded (a
-    parallel convert reads them here and decodes them in its workers with `decode_jsonl_line`);
-    a line that cannot be read (oversized, a damaged file) comes as its `RawRecord` with an error."""
-    index = 0
-    lineno = 0
+def jsonl_lines(path: str, span: Span | None = None) -> Iterator[tuple[int, int, bytes] | RawRecord]:
+    """(line number, record index, bytes) of each record line of a JSONL file (or of `span` of
+    it), undecoded (a parallel convert reads them here and decodes them in its workers with
+    `decode_jsonl_line`); a line that cannot be read (oversized, a damaged file) comes as its
+    `RawRecord` with an error."""
     with open_binary(path) as f:
-        try:
-            while True:
-                line = f.readline(MAX_RECORD_BYTES + 1)
-                if not line:
-                    break
-                lineno += 1
-                if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
-                    yield _too_large(path, lineno, index, line, f)
-                    index += 1
-                    continue
-                if lineno == 1 and line.startswith(_BOM):
-                    line = line[len(_BOM):]
-                if not line.strip():
-                    continue
-                yield lineno, index, line
+        if span is None:
+            items = _line_items(path, f, 0, None, 0, 0)
+        else:
+            f.seek(span.start)
+            items = _line_items(path, f, span.start, span.end, span.line, span.index)
+        for *_, item in items:
+            if item is not None:
+                yield item
+
+
+def _line_items(path: str, f: IO[bytes], pos: int, end: int | None, lineno: int,
+                index: int) -> Iterator[tuple[int, int, int, tuple[int, int, bytes] | RawRecord | None]]:
+    """Each line of `f` from byte `pos` (line `lineno`, record `index` before it) up to `end`:
+    (byte position, lines and records read, after it; the record, or None for a blank line)."""
+    try:
+        while end is None or pos < end:
+            line = f.readline(MAX_RECORD_BYTES + 1)
+            if not line:
+                break
+            pos += len(line)
+            lineno += 1
+            if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+                record, rest = _too_large(path, lineno, index, line, f)
+                pos += rest
                 index += 1
-        except _corrupt_errors() as e:
-            yield RawRecord(path, lineno + 1, index, error=f"the file is damaged after line {lineno}, the rest "
-                            f"cannot be read: {type(e).__name__}: {e}", reason="corrupt_file", text="")
+                yield pos, lineno, index, record
+                continue
+            if lineno == 1 and line.startswith(_BOM):
+                line = line[len(_BOM):]
+            if not line.strip():
+                yield pos, lineno, index, None
+                continue
+            index += 1
+            yield pos, lineno, index, (lineno, index - 1, line)
+    except _corrupt_errors() as e:
+        yield pos, lineno, index, RawRecord(path, lineno + 1, index, error=f"the file is damaged after line {lineno}, "
+                                            f"the rest cannot be read: {type(e).__name__}: {e}",
+                                            reason="corrupt_file", text="")
 
 
-def _too_large(path: str, lineno: int, index: int, head: bytes, f: IO[bytes]) -> RawRecord:
-    """Skip the rest of an oversized line in bounded chunks; keep its beginning for the quarantine."""
+def _too_large(path: str, lineno: int, index: int, head: bytes, f: IO[bytes]) -> tuple[RawRecord, int]:
+    """Skip the rest of an oversized line in bounded chunks; keep its beginning for the quarantine.
+    Returns the record and how many more bytes were read."""
     size = len(head)
     while True:
         more = f.readline(2**20)
@@ -220,7 +275,7 @@ def _too_large(path: str, lineno: int, index: int, head: bytes, f: IO[bytes]) ->
         if not more or more.endswith(b"\n"):
             break
     return RawRecord(path, lineno, index, error=f"a record of {size} bytes, over the limit of {MAX_RECORD_BYTES}",
-                     reason="too_large", text=head[:_KEEP_CHARS].decode("utf-8", "replace"))
+                     reason="too_large", text=head[:_KEEP_CHARS].decode("utf-8", "replace")), size - len(head)
 
 
 def decode_jsonl_line(path: str, lineno: int, index: int, line: bytes) -> RawRecord:

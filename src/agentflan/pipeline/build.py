@@ -49,7 +49,7 @@ from agentflan import __version__
 from agentflan.fingerprint import code_fingerprint
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
-from agentflan.io.files import atomic_output
+from agentflan.io.files import Span, atomic_output
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import Writer, dumps
 from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, unit
@@ -327,6 +327,8 @@ class _IngestTask:
     files: tuple[str, ...]
     part: int | None
     """None: the source is read by this one task, which writes the final files."""
+    span: Span | None = None
+    """The part of the one JSONL file in `files` this task reads (a large file is read in spans)."""
 
 
 def _ingest(task: _IngestTask) -> dict[str, Any]:
@@ -356,7 +358,7 @@ def _ingest(task: _IngestTask) -> dict[str, Any]:
         groups = [cfg["paths"]] if task.part is None else [[f] for f in task.files]
         for group in groups:
             records, rejected = rep.records, rep.quarantined + rep.skipped
-            for t in reader.read(group):
+            for t in reader.read(group, task.span):
                 t.id = f"{name}:{t.id}"
                 if agent:
                     trained[0] += trained_approx_tokens(t)
@@ -374,17 +376,36 @@ def _ingest(task: _IngestTask) -> dict[str, Any]:
 
 
 def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> list[_IngestTask]:
-    """One task per group of files: a source of many files (ToolBench's answer folders) is read
-    by several workers; a file is never split (record numbers and ids count from its start)."""
-    from agentflan.io.files import expand
+    """The tasks that read a source: a source of many files (ToolBench's answer folders) is read
+    in groups of files, a large JSONL file in spans of whole lines (`jsonl_spans`: each knows the
+    line and record numbers before it, so ids and line numbers are the whole file's)."""
+    from agentflan.io.files import can_split, expand, jsonl_spans
 
     files = expand(cfg["paths"])
-    if workers <= 1 or len(files) <= 1 or cfg["options"].get("limit") is not None:
+    if workers <= 1 or cfg["options"].get("limit") is not None:
         return [_IngestTask(name, cfg, str(out), tuple(files), None)]
-    n = min(len(files), workers * SHARDS_PER_WORKER)
-    size = math.ceil(len(files) / n)
-    groups = [tuple(files[i:i + size]) for i in range(0, len(files), size)]
-    return [_IngestTask(name, cfg, str(out), g, k) for k, g in enumerate(groups)]
+    n = workers * SHARDS_PER_WORKER
+    pieces: list[tuple[tuple[str, ...], Span | None]] = []
+    loose: list[str] = []  # files read whole, grouped as they come
+
+    def group_loose() -> None:
+        size = math.ceil(len(loose) / min(len(loose), n))
+        pieces.extend((tuple(loose[i:i + size]), None) for i in range(0, len(loose), size))
+        loose.clear()
+
+    for f in files:
+        size = os.path.getsize(f) if can_split(f) else 0
+        if size > 2 * SHARD_BYTES:
+            if loose:
+                group_loose()
+            pieces += [((f,), span) for span in jsonl_spans(f, max(SHARD_BYTES, math.ceil(size / n)))]
+        else:
+            loose.append(f)
+    if loose:
+        group_loose()
+    if len(pieces) <= 1:
+        return [_IngestTask(name, cfg, str(out), tuple(files), None)]
+    return [_IngestTask(name, cfg, str(out), g, k, span) for k, (g, span) in enumerate(pieces)]
 
 
 def _finish_ingest(name: str, out: Path, tasks: list[_IngestTask], results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -394,7 +415,11 @@ def _finish_ingest(name: str, out: Path, tasks: list[_IngestTask], results: list
     for r in results:
         report.merge(r["report"])
     if tasks[0].part is not None:  # an input is rejected when every record of its files was (as one reader says)
-        per_file = {f: n for r in results for f, n in r["per_file"].items()}
+        per_file: dict[str, tuple[int, int]] = {}  # summed over the spans of a file
+        for r in results:
+            for f, (records, rejected) in r["per_file"].items():
+                before = per_file.get(f, (0, 0))
+                per_file[f] = (before[0] + records, before[1] + rejected)
         report.rejected_inputs = []
         for item in tasks[0].cfg["paths"]:
             counts = [per_file.get(f, (0, 0)) for f in expand(item)]
@@ -445,6 +470,8 @@ def _ingest_all(recipe: DataRecipe, todo: list[str], out: Path, executor: Execut
 def _task_bytes(task: _IngestTask) -> int:
     from agentflan.io.files import is_url
 
+    if task.span is not None:
+        return task.span.end - task.span.start
     return sum(0 if is_url(f) else os.path.getsize(f) for f in task.files)
 
 
