@@ -178,6 +178,7 @@ def test_parallel_convert_writes_what_one_process_writes(shared_data, tmp_path, 
     from agentflan.io import convert
 
     monkeypatch.setattr(parallel, "BATCH", 7)
+    monkeypatch.setattr(parallel, "SPAN_BYTES", 4096)  # a JSONL file in many spans, each read by a worker
     monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)  # these samples are small: workers anyway
     results = []
     for workers in (1, 3):
@@ -196,6 +197,7 @@ def test_parallel_convert_stops_where_one_process_stops(tmp_path, monkeypatch):
     from agentflan.io import convert
 
     monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(parallel, "SPAN_BYTES", 4096)
 
     good = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
     src = tmp_path / "in.jsonl"

@@ -15,7 +15,17 @@ from typing import Any
 
 from agentflan.errors import ParseError
 from agentflan.io.base import Reader, ReadReport
-from agentflan.io.files import RawRecord, base_suffix, decode_jsonl_line, expand, iter_records, jsonl_lines
+from agentflan.io.files import (
+    RawRecord,
+    Span,
+    base_suffix,
+    can_split,
+    decode_jsonl_line,
+    expand,
+    iter_records,
+    jsonl_lines,
+    jsonl_spans,
+)
 from agentflan.io.writers.base import Writer, WriteReport
 
 BATCH = 256
@@ -23,9 +33,13 @@ BATCH = 256
 _WORKER: dict[str, Any] = {}
 """The reader and writer, inherited by the forked workers (never pickled)."""
 
-Row = tuple[str, int, int, bytes] | RawRecord
-"""A JSONL line undecoded (path, line, index, bytes), or a `RawRecord` (JSON arrays, Parquet,
-lines that could not be read): what is cheapest to send to a worker."""
+Row = tuple[str, int, int, bytes] | tuple[str, Span] | RawRecord
+"""What is cheapest to send to a worker: a span of a local JSONL file (path, span: the worker reads
+its lines), a JSONL line undecoded (path, line, index, bytes: compressed files), or a `RawRecord`
+(JSON arrays, Parquet, lines that could not be read)."""
+
+SPAN_BYTES = 256 << 10
+"""The part of a local JSONL file one task reads (whole lines)."""
 
 
 PARALLEL_MIN_BYTES = 2 << 20
@@ -91,8 +105,7 @@ def _convert_batch(rows: list[Row]) -> _Result:
     out = []
     error = None
     try:
-        for row in rows:
-            raw = row if isinstance(row, RawRecord) else decode_jsonl_line(*row)
+        for raw in _raw_records(rows):
             traj = reader._convert(raw)
             text = None if traj is None else writer.encode_counted(traj)
             if text is not None:
@@ -100,6 +113,18 @@ def _convert_batch(rows: list[Row]) -> _Result:
     except ParseError as e:  # on_error="raise": the driver raises it after writing what came before
         error = e
     return _Result(out, reader.report, writer.report, rejected.items, error)
+
+
+def _raw_records(rows: list[Row]) -> Iterator[RawRecord]:
+    for row in rows:
+        if isinstance(row, RawRecord):
+            yield row
+        elif len(row) == 2:
+            path, span = row
+            for line in jsonl_lines(path, span):
+                yield line if isinstance(line, RawRecord) else decode_jsonl_line(path, *line)
+        else:
+            yield decode_jsonl_line(*row)
 
 
 def _batches(reader: Reader, paths: str | Sequence[str]) -> Iterator[tuple[int, list[Row]]]:
@@ -112,6 +137,13 @@ def _batches(reader: Reader, paths: str | Sequence[str]) -> Iterator[tuple[int, 
         for path in files:
             reader.report.files += 1
             rows: Iterator[Row]
+            if reader.limit is None and can_split(path):  # the workers read the lines themselves
+                if batch:
+                    yield k, batch
+                    batch = []
+                for span in jsonl_spans(path, SPAN_BYTES):
+                    yield k, [(path, span)]
+                continue
             if base_suffix(path) in (".jsonl", ".ndjson"):
                 rows = (line if isinstance(line, RawRecord) else (path, *line) for line in jsonl_lines(path))
             else:
