@@ -290,7 +290,8 @@ def _save_scan(out: Path, name: str, states: list[dict[str, Any]]) -> None:
 
 
 AMOUNTS = ("records", "trained_tokens")
-"""What a mix can count (`MixConfig.by`), kept for every output and source as it is written."""
+"""What a mix can count (`MixConfig.by`), kept for every output and source as it is written
+(trained tokens of agent sources only: the mix weighs no other source)."""
 
 
 def _amounts_path(out: Path, name: str) -> Path:
@@ -371,8 +372,8 @@ def _ingest(task: _IngestTask) -> dict[str, Any]:
     finally:
         if reader.quarantine is not None:
             reader.quarantine.close()
-    return {"report": reader.report, "per_file": per_file,
-            "amounts": {"records": written, "trained_tokens": trained[0]}}
+    amounts = {"records": written, "trained_tokens": trained[0]} if agent else {"records": written}
+    return {"report": reader.report, "per_file": per_file, "amounts": amounts}
 
 
 def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> list[_IngestTask]:
@@ -437,7 +438,7 @@ def _finish_ingest(name: str, out: Path, tasks: list[_IngestTask], results: list
         if quarantines:
             _concat_files(quarantines, qpath)
         shutil.rmtree(parts)
-    _save_amounts(out, f"source.{name}", {k: sum(r["amounts"][k] for r in results) for k in AMOUNTS})
+    _save_amounts(out, f"source.{name}", {k: sum(r["amounts"][k] for r in results) for k in results[0]["amounts"]})
     info = report.to_dict()
     info["quarantine"] = str(qpath.relative_to(out)) if report.quarantined else None
     (out / "sources" / f"{name}.report.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -452,7 +453,7 @@ def _ingest_all(recipe: DataRecipe, todo: list[str], out: Path, executor: Execut
         cfg = recipe.sources[name].model_dump()
         if cfg["optional"] and not _input_signature(cfg["paths"], optional=True):
             _write_native([], out / "sources" / f"{name}.jsonl")
-            _save_amounts(out, f"source.{name}", dict.fromkeys(AMOUNTS, 0))
+            _save_amounts(out, f"source.{name}", dict.fromkeys(AMOUNTS, 0))  # nothing, in any unit
             qpath = out / "quarantine" / f"{name}.jsonl"
             if qpath.exists():
                 qpath.unlink()
@@ -791,7 +792,8 @@ def mix_amounts(recipe: DataRecipe, out_dir: Path, executor: Executor | None = N
     totals: list[float | None] = []
     for name in names:
         saved = _amounts_path(out_dir, name)
-        totals.append(float(json.loads(saved.read_text())[by]) if saved.exists() else None)
+        kept = json.loads(saved.read_text()) if saved.exists() else {}
+        totals.append(float(kept[by]) if by in kept else None)
     missing = [i for i, t in enumerate(totals) if t is None]
     n = executor.workers * SHARDS_PER_WORKER if executor is not None and executor.workers > 1 else 1
     shards = [plan_shards([files[i]], n) for i in missing]
