@@ -189,6 +189,7 @@ def test_parallel_convert_writes_what_one_process_writes(shared_data, tmp_path, 
         results.append((out.read_bytes(), json.dumps({**r.to_dict(), "quarantine": None}),
                         q.read_bytes() if q.exists() else None))
     assert results[0] == results[1]
+    assert list(tmp_path.glob(".*.parts-*")) == []  # the workers' batch files are removed
 
 
 def test_parallel_convert_stops_where_one_process_stops(tmp_path, monkeypatch):
@@ -206,6 +207,7 @@ def test_parallel_convert_stops_where_one_process_stops(tmp_path, monkeypatch):
         with pytest.raises(ParseError, match=r"in.jsonl:601 field messages"):
             convert(str(src), tmp_path / f"o{workers}.jsonl", fmt="react", on_error="raise", workers=workers)
         assert list(tmp_path.glob("o*")) == list(tmp_path.glob(".partial-*")) == []  # no partial output
+        assert list(tmp_path.glob(".*.parts-*")) == []  # nor the workers' batch files
     r = convert(str(src), tmp_path / "lim.jsonl", fmt="react", reader_options={"limit": 300}, workers=2)
     assert r.read.records == 300 and r.write.written == 300
 

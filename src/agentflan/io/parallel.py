@@ -2,12 +2,17 @@
 
 Reading (decoding a record) costs a fraction of converting it (parsing actions, building and
 checking the trajectory, writing the output record and encoding it), so one reader feeds
-several forked workers, in batches, and writes what they send back in input order: the output,
-the accounting report and the quarantine are the same as a one-process convert's, byte for byte.
+several forked workers in batches (a local JSONL file: spans of its lines, which the workers read
+themselves). Each worker writes a batch's encoded records to a file of its own, and this process
+copies the files into the output in input order: the output, the accounting report and the
+quarantine are the same as a one-process convert's, byte for byte.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +36,8 @@ from agentflan.io.writers.base import Writer, WriteReport
 BATCH = 256
 """Records per task."""
 _WORKER: dict[str, Any] = {}
-"""The reader and writer, inherited by the forked workers (never pickled)."""
+"""The reader, the writer and the folder of the batches' files, inherited by the forked workers
+(never pickled)."""
 
 Row = tuple[str, int, int, bytes] | tuple[str, Span] | RawRecord
 """What is cheapest to send to a worker: a span of a local JSONL file (path, span: the worker reads
@@ -87,32 +93,34 @@ class _Rejected:
 
 @dataclass
 class _Result:
-    records: list[str]
+    part: str
+    """The file of the batch's encoded records, one a line (the worker writes it; the driver copies it)."""
     read: ReadReport
     write: WriteReport
     rejected: list[tuple[RawRecord, ParseError]]
     error: ParseError | None = None
 
 
-def _convert_batch(rows: list[Row]) -> _Result:
-    """Convert a batch in a worker: the reader and writer are this process's copies of the driver's."""
+def _convert_batch(rows: list[Row], part: str) -> _Result:
+    """Convert a batch in a worker into the file `part`: the reader and writer are this process's
+    copies of the driver's."""
     reader: Reader = _WORKER["reader"]
     writer: Writer = _WORKER["writer"]
     reader.report, writer.report = ReadReport(), WriteReport()
     rejected = _Rejected()
     if reader.quarantine is not None:
         reader.quarantine = rejected  # type: ignore[assignment]
-    out = []
     error = None
-    try:
-        for raw in _raw_records(rows):
-            traj = reader._convert(raw)
-            text = None if traj is None else writer.encode_counted(traj)
-            if text is not None:
-                out.append(text)
-    except ParseError as e:  # on_error="raise": the driver raises it after writing what came before
-        error = e
-    return _Result(out, reader.report, writer.report, rejected.items, error)
+    with open(part, "w", encoding="utf-8", newline="") as out:
+        try:
+            for raw in _raw_records(rows):
+                traj = reader._convert(raw)
+                text = None if traj is None else writer.encode_counted(traj)
+                if text is not None:
+                    out.write(text + "\n")
+        except ParseError as e:  # on_error="raise": the driver raises it after writing what came before
+            error = e
+    return _Result(part, reader.report, writer.report, rejected.items, error)
 
 
 def _raw_records(rows: list[Row]) -> Iterator[RawRecord]:
@@ -162,8 +170,9 @@ def _batches(reader: Reader, paths: str | Sequence[str]) -> Iterator[tuple[int, 
             yield k, batch
 
 
-def _convert_item(item: tuple[int, list[Row]]) -> tuple[int, _Result]:
-    return item[0], _convert_batch(item[1])
+def _convert_item(item: tuple[int, int, list[Row]]) -> tuple[int, _Result]:
+    k, i, rows = item
+    return k, _convert_batch(rows, os.path.join(_WORKER["parts"], f"{i:06d}.jsonl"))
 
 
 def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str], output: Path, workers: int,
@@ -176,7 +185,8 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
     per_item = [[0, 0] for _ in items]  # records, rejected: an input whose records were all rejected is named
 
     def records(pool: Any) -> Iterator[str]:
-        for k, res in pool.imap(_convert_item, _batches(reader, paths)):
+        tasks = ((k, i, rows) for i, (k, rows) in enumerate(_batches(reader, paths)))
+        for k, res in pool.imap(_convert_item, tasks):
             reader.report.merge(res.read)
             per_item[k][0] += res.read.records
             per_item[k][1] += res.read.quarantined + res.read.skipped
@@ -186,15 +196,21 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
             for raw, err in res.rejected:
                 assert reader.quarantine is not None
                 reader.quarantine.add(raw, err)
-            yield from res.records
+            with open(res.part, encoding="utf-8", newline="\n") as f:  # records hold no raw newline
+                for line in f:
+                    yield line[:-1]
+            os.unlink(res.part)
             if res.error is not None:
                 raise res.error
 
-    _WORKER.update(reader=reader, writer=writer)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    parts = tempfile.mkdtemp(prefix=f".{output.name}.parts-", dir=output.parent)
+    _WORKER.update(reader=reader, writer=writer, parts=parts)
     try:
         with get_context("fork").Pool(workers) as pool:
             stream = records(pool)
             writer.write_encoded(progress(stream) if progress else stream, output)
     finally:
         _WORKER.clear()
+        shutil.rmtree(parts, ignore_errors=True)
     reader.report.rejected_inputs += [item for item, (n, bad) in zip(items, per_item, strict=True) if n and bad == n]
