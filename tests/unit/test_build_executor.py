@@ -158,6 +158,64 @@ def test_a_large_jsonl_source_is_ingested_in_spans_to_the_same_bytes(shared_data
     assert _files(tmp_path / "out") == _files(one_worker)
 
 
+def _source_build(tmp_path: Path, name: str, lines: list[str], workers: int, on_error: str = "quarantine"):
+    """A one-source recipe (OpenAI messages, one output, no mix) over a JSONL file of `lines`."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / name).write_text("\n".join(lines) + "\n")
+    path = tmp_path / "one.yaml"
+    path.write_text(f"kind: data\nname: one\nsources:\n  s: {{reader: openai, paths: ['{data}'], on_error: {on_error}}}\n"
+                    "outputs:\n  out: {from: [s], steps: [{type: capabilities}]}\nmix: null\nreport: false\n")
+    recipe, resolved = load_recipe(str(path), [])
+    return build(recipe, resolved, tmp_path / f"out{workers}", workers=workers)
+
+
+GOOD = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A" * 100}]})
+
+
+def test_on_error_raise_names_the_first_bad_record_whatever_span_ends_first(tmp_path, monkeypatch):
+    """Spans run largest first: a later, larger span's error must not win over the first bad line."""
+    from agentflan.errors import ParseError
+
+    monkeypatch.setattr(build_mod, "SHARD_BYTES", 16 * 1024)
+    lines = [GOOD] * 2000
+    lines[10] = lines[1500] = '{"messages": 3}'
+    long = json.dumps({"messages": [{"role": "user", "content": "Q" * 20_000}, {"role": "assistant", "content": "A"}]})
+    lines[1501:1510] = [long] * 9  # the span holding the later error is the largest: it is handed out first
+    for workers in (1, 2):
+        with pytest.raises(ParseError, match=r"in.jsonl:11 field messages"):
+            _source_build(tmp_path, "in.jsonl", lines, workers, on_error="raise")
+
+
+def test_a_file_named_with_glob_characters_is_read_in_spans(tmp_path, monkeypatch):
+    monkeypatch.setattr(build_mod, "SHARD_BYTES", 16 * 1024)
+    result = _source_build(tmp_path, "train[1].jsonl", [GOOD] * 2000, 2)
+    report = json.loads((result.out_dir / "sources" / "s.report.json").read_text())
+    assert report["records"] == report["converted"] == 2000 and report["files"] == 1
+
+
+def test_source_amounts_count_the_records_as_written(tmp_path):
+    """A value JSON cannot hold (Infinity in tool arguments) is written as null: the trained tokens
+    the mix weighs are those of the written record, as a second read of the file gives."""
+    from agentflan.pipeline.recipe import SourceConfig
+    from agentflan.pipeline.report import trained_approx_tokens
+
+    rec = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+           "messages": [{"role": "user", "content": "Q"},
+                        {"role": "assistant", "content": "", "tool_calls": [
+                            {"id": "c1", "type": "function",
+                             "function": {"name": "f", "arguments": '{"x": Infinity, "y": -Infinity}'}}]},
+                        {"role": "tool", "tool_call_id": "c1", "content": "r"}, {"role": "assistant", "content": "ok"}]}
+    src = tmp_path / "nan.jsonl"
+    src.write_text(json.dumps(rec) + "\n")
+    (tmp_path / "out" / "sources").mkdir(parents=True)
+    cfg = SourceConfig(reader="openai", paths=[str(src)]).model_dump()
+    res = build_mod._ingest(build_mod._IngestTask("s", cfg, str(tmp_path / "out"), (str(src),), None))
+    written = list(build_mod._read_native(tmp_path / "out" / "sources" / "s.jsonl"))
+    assert written[0].messages[1].tool_calls[0].arguments == {"x": None, "y": None}
+    assert res["amounts"]["trained_tokens"] == sum(trained_approx_tokens(t) for t in written)
+
+
 def _square(x: int) -> int:
     return x * x
 

@@ -81,14 +81,16 @@ def base_suffix(path: str) -> str:
 
 
 def expand(paths: str | Sequence[str]) -> list[str]:
-    """Expand globs and directories into a sorted list of data files; fail on no match."""
+    """Expand globs and directories into a sorted list of data files; fail on no match. A path
+    that exists is taken as it is, even with glob characters in its name (`train[1].jsonl`)."""
     items = [paths] if isinstance(paths, str) else list(paths)
     out: list[str] = []
     for item in items:
         if is_url(item):
             out.extend(_expand_url(item))
             continue
-        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        literal = not glob.has_magic(item) or os.path.exists(item)
+        matches = [item] if literal else sorted(glob.glob(item, recursive=True))
         found = []
         for m in matches:
             if os.path.isdir(m):

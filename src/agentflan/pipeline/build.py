@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from agentflan import __version__
+from agentflan.errors import ParseError
 from agentflan.fingerprint import code_fingerprint
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
@@ -107,11 +108,17 @@ def _read_native(path: Path) -> Iterator[Trajectory]:
             yield Trajectory.model_validate_json(line)
 
 
-def _write_native(trajs: Iterable[Trajectory], path: Path) -> int:
+def _write_native(trajs: Iterable[Trajectory], path: Path, seen: Callable[[Trajectory], None] | None = None) -> int:
+    """Write `trajs` as native records; `seen` gets each as a reader of the file will see it."""
     n = 0
     with atomic_output(path, _atomic_target(path)) as tmp, tmp.open("w", encoding="utf-8") as f:  # even on Ctrl-C
         for t in trajs:
-            f.write(dumps(t.to_json_dict()) + "\n")
+            if seen is None:
+                f.write(dumps(t.to_json_dict()) + "\n")
+            else:
+                d, exact = json_dict_checked(t)
+                f.write(dumps(d) + "\n")
+                seen(t if exact else Trajectory.model_validate(d))
             n += 1
     return n
 
@@ -348,9 +355,13 @@ def _ingest(task: _IngestTask) -> dict[str, Any]:
                          dataset=name, **cfg["options"])
 
     rep = reader.report
-    agent = cfg["role"] == "agent"
     trained = [0]
     """Trained approx tokens of an agent source (the mix's `sources` basis), counted as written."""
+
+    def count(t: Trajectory) -> None:
+        trained[0] += trained_approx_tokens(t)
+
+    agent = cfg["role"] == "agent"
     per_file: dict[str, tuple[int, int]] = {}
     """Records and rejected records of each file (a source read in parts: which inputs were rejected whole)."""
 
@@ -361,19 +372,20 @@ def _ingest(task: _IngestTask) -> dict[str, Any]:
             records, rejected = rep.records, rep.quarantined + rep.skipped
             for t in reader.read(group, task.span):
                 t.id = f"{name}:{t.id}"
-                if agent:
-                    trained[0] += trained_approx_tokens(t)
                 yield t
             if task.part is not None:
                 per_file[group[0]] = (rep.records - records, rep.quarantined + rep.skipped - rejected)
 
+    error = None
     try:
-        written = _write_native(renamed(), target)
+        written = _write_native(renamed(), target, count if agent else None)
+    except ParseError as e:  # on_error: raise. The driver raises the first in file order, whichever task ran first
+        error, written = e, 0
     finally:
         if reader.quarantine is not None:
             reader.quarantine.close()
     amounts = {"records": written, "trained_tokens": trained[0]} if agent else {"records": written}
-    return {"report": reader.report, "per_file": per_file, "amounts": amounts}
+    return {"report": reader.report, "per_file": per_file, "amounts": amounts, "error": error}
 
 
 def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> list[_IngestTask]:
@@ -412,6 +424,9 @@ def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> li
 def _finish_ingest(name: str, out: Path, tasks: list[_IngestTask], results: list[dict[str, Any]]) -> dict[str, Any]:
     from agentflan.io.files import expand
 
+    for r in results:  # in file order
+        if r["error"] is not None:
+            raise r["error"]
     report = ReadReport()
     for r in results:
         report.merge(r["report"])
