@@ -27,6 +27,7 @@ from agentflan.io.files import (
     can_split,
     decode_jsonl_line,
     expand,
+    is_url,
     iter_records,
     jsonl_lines,
     jsonl_spans,
@@ -56,8 +57,6 @@ process, 2.7 MB faster with two; docs/benchmarks.md)."""
 
 def worth_parallel(paths: str | Sequence[str]) -> bool:
     """Whether the inputs are large enough to gain from worker processes (remote inputs: assumed so)."""
-    from agentflan.io.files import is_url
-
     total = 0
     for item in [paths] if isinstance(paths, str) else paths:
         for f in expand(item):
@@ -127,7 +126,7 @@ def _raw_records(rows: list[Row]) -> Iterator[RawRecord]:
     for row in rows:
         if isinstance(row, RawRecord):
             yield row
-        elif len(row) == 2:
+        elif isinstance(row[1], Span):
             path, span = row
             for line in jsonl_lines(path, span):
                 yield line if isinstance(line, RawRecord) else decode_jsonl_line(path, *line)

@@ -50,7 +50,7 @@ from agentflan.errors import ParseError
 from agentflan.fingerprint import code_fingerprint
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
-from agentflan.io.files import Span, atomic_output
+from agentflan.io.files import Span, atomic_output, can_split, expand, is_url, jsonl_spans
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import Writer, dumps
 from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, unit
@@ -108,17 +108,22 @@ def _read_native(path: Path) -> Iterator[Trajectory]:
             yield Trajectory.model_validate_json(line)
 
 
+def _native_line(traj: Trajectory) -> tuple[str, Trajectory]:
+    """The native JSONL line of `traj`, and `traj` as a reader of that line sees it: the same object
+    unless pydantic's JSON mode converted a value (a tuple, a date, a non-finite float)."""
+    d, exact = json_dict_checked(traj)
+    return dumps(d) + "\n", traj if exact else Trajectory.model_validate(d)
+
+
 def _write_native(trajs: Iterable[Trajectory], path: Path, seen: Callable[[Trajectory], None] | None = None) -> int:
     """Write `trajs` as native records; `seen` gets each as a reader of the file will see it."""
     n = 0
     with atomic_output(path, _atomic_target(path)) as tmp, tmp.open("w", encoding="utf-8") as f:  # even on Ctrl-C
         for t in trajs:
-            if seen is None:
-                f.write(dumps(t.to_json_dict()) + "\n")
-            else:
-                d, exact = json_dict_checked(t)
-                f.write(dumps(d) + "\n")
-                seen(t if exact else Trajectory.model_validate(d))
+            line, written = _native_line(t)
+            f.write(line)
+            if seen is not None:
+                seen(written)
             n += 1
     return n
 
@@ -135,8 +140,6 @@ def _concat_files(parts: list[Path], target: Path) -> None:
 
 def _input_signature(paths: list[str], optional: bool = False) -> list[tuple[str, int, int]]:
     from agentflan.errors import ConfigError
-    from agentflan.io.files import expand, is_url
-
     try:
         files = expand(paths)
     except ConfigError:
@@ -251,12 +254,10 @@ class _Sink:
         self.n = 0
 
     def add(self, traj: Trajectory) -> None:
-        d, exact = json_dict_checked(traj)
-        self.files["native"].write(dumps(d) + "\n")
+        line, written = _native_line(traj)  # formats and counts see what a reader of the native file sees
+        self.files["native"].write(line)
         self.n += 1
-        if not exact:  # formats and counts see what a reader of the native file sees
-            traj = Trajectory.model_validate(d)
-        self._derived(traj)
+        self._derived(written)
 
     def add_line(self, line: str, traj: Trajectory) -> None:
         """A record whose native line is already encoded (the mix)."""
@@ -392,8 +393,6 @@ def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> li
     """The tasks that read a source: a source of many files (ToolBench's answer folders) is read
     in groups of files, a large JSONL file in spans of whole lines (`jsonl_spans`: each knows the
     line and record numbers before it, so ids and line numbers are the whole file's)."""
-    from agentflan.io.files import can_split, expand, jsonl_spans
-
     files = expand(cfg["paths"])
     if workers <= 1 or cfg["options"].get("limit") is not None:
         return [_IngestTask(name, cfg, str(out), tuple(files), None)]
@@ -422,8 +421,6 @@ def _ingest_tasks(name: str, cfg: dict[str, Any], out: Path, workers: int) -> li
 
 
 def _finish_ingest(name: str, out: Path, tasks: list[_IngestTask], results: list[dict[str, Any]]) -> dict[str, Any]:
-    from agentflan.io.files import expand
-
     for r in results:  # in file order
         if r["error"] is not None:
             raise r["error"]
@@ -484,8 +481,6 @@ def _ingest_all(recipe: DataRecipe, todo: list[str], out: Path, executor: Execut
 
 
 def _task_bytes(task: _IngestTask) -> int:
-    from agentflan.io.files import is_url
-
     if task.span is not None:
         return task.span.end - task.span.start
     return sum(0 if is_url(f) else os.path.getsize(f) for f in task.files)
