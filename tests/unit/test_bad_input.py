@@ -100,3 +100,43 @@ def test_tool_result_without_call_and_bad_order_are_all_reported(tmp_path):
     with pytest.raises(ParseError) as info:
         list(read(str(path), "openai", on_error="raise"))
     assert "and 2 more problem(s)" in str(info.value)
+
+
+@pytest.mark.parametrize(("record", "reason", "field"), [
+    (["instruction", "output"], "wrong_type", None),  # not an object
+    ({"output": "b"}, "missing_key", "instruction"),
+    ({"instruction": 3, "output": "b"}, "wrong_type", "instruction"),
+    ({"instruction": "a", "input": ["x"], "output": "b"}, "wrong_type", "input"),
+    ({"instruction": "a"}, "missing_key", "output"),
+    ({"instruction": "a", "output": None}, "wrong_type", "output"),
+    ({"instruction": "a", "output": "b", "system": 1}, "wrong_type", "system"),
+    ({"instruction": "a", "output": "b", "history": "q a"}, "wrong_type", "history"),
+    ({"instruction": "a", "output": "b", "history": 0}, "wrong_type", "history"),  # falsy, still not a list
+    ({"instruction": "a", "output": "b", "history": {}}, "wrong_type", "history"),
+    ({"instruction": "a", "output": "b", "history": [["q", "a"], ["q"]]}, "wrong_type", "history[1]"),
+])
+def test_alpaca_reader_names_the_bad_field(tmp_path, record, reason, field):
+    path = write_jsonl(tmp_path / "bad.jsonl", [record])
+    with pytest.raises(ParseError) as info:
+        list(read(str(path), "alpaca", on_error="raise"))
+    assert (info.value.reason, info.value.field) == (reason, field)
+
+
+def test_alpaca_reader_reads_history_system_and_input(tmp_path):
+    path = write_jsonl(tmp_path / "ok.jsonl", [
+        {"instruction": "a", "input": "x", "output": "b", "system": "s", "history": [["q", "r"]]},
+        {"instruction": "a", "input": None, "output": "b", "history": None}])
+    first, second = read(str(path), "alpaca", on_error="raise")
+    assert [(m.role, m.content) for m in first.messages] == [
+        ("system", "s"), ("user", "q"), ("assistant", "r"), ("user", "a\n\nx"), ("assistant", "b")]
+    assert first.metadata == {"instruction": "a", "input": "x"}
+    assert [(m.role, m.content) for m in second.messages] == [("user", "a"), ("assistant", "b")]
+    from collections import OrderedDict
+
+    from agentflan.io.base import RecordContext
+    from agentflan.io.files import RawRecord
+    from agentflan.io.readers.sharegpt import AlpacaReader
+
+    mapping = OrderedDict(instruction="a", input="x", output="b")  # an object that is not a plain dict
+    third = AlpacaReader().parse(mapping, RecordContext(RawRecord("m.json", 1, 0), "alpaca", None))
+    assert third.messages[0].content == "a\n\nx"

@@ -170,25 +170,36 @@ def test_distributions_from_counts_equal_the_statistics_module():
 
 @pytest.mark.parametrize(("rel", "fmt", "to", "suffix"), [
     ("fireact/hotpotqa_react.jsonl", "react", "native", ".jsonl"),
+    ("fireact/hotpotqa_react.jsonl", "react", "openai", ".json.zst"),
     ("llamafactory/glaive_toolcall_en_demo.json", "sharegpt", "agentflan", ".json.gz"),
     ("toolbench/answer", "toolbench", "sharegpt", ".json"),  # quarantined, dropped and lossy records
 ])
 def test_parallel_convert_writes_what_one_process_writes(shared_data, tmp_path, monkeypatch, rel, fmt, to, suffix):
+    """Byte for byte, whether the batches are copied whole (bytes) or record by record (a progress
+    bar counts them), into plain, array and compressed files."""
     import agentflan.io.parallel as parallel
     from agentflan.io import convert
 
     monkeypatch.setattr(parallel, "BATCH", 7)
     monkeypatch.setattr(parallel, "SPAN_BYTES", 4096)  # a JSONL file in many spans, each read by a worker
     monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)  # these samples are small: workers anyway
+    seen: list[str] = []
+
+    def progress(stream):
+        for text in stream:
+            seen.append(text)
+            yield text
+
     results = []
-    for workers in (1, 3):
-        out = tmp_path / f"w{workers}{suffix}"
-        r = convert(str(shared_data / rel), out, fmt=fmt, to=to, workers=workers,
+    for workers, bar in ((1, None), (3, None), (3, progress)):
+        out = tmp_path / f"w{workers}{bar is not None}{suffix}"
+        r = convert(str(shared_data / rel), out, fmt=fmt, to=to, workers=workers, progress=bar,
                     quarantine=tmp_path / f"q{workers}.jsonl")
         q = tmp_path / f"q{workers}.jsonl"
         results.append((out.read_bytes(), json.dumps({**r.to_dict(), "quarantine": None}),
                         q.read_bytes() if q.exists() else None))
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
+    assert len(seen) == r.write.written > 0 and all(json.loads(t) for t in seen)  # one record an item
     assert list(tmp_path.glob(".*.parts-*")) == []  # the workers' batch files are removed
 
 

@@ -124,9 +124,10 @@ class Quarantine:
             self._f = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RecordContext:
-    """Where a record is, for ids, `Source` and error messages."""
+    """Where a record is, for ids, `Source` and error messages (read-only by convention: every
+    record read makes one, and a `frozen` one costs three times as much to make)."""
 
     raw: RawRecord
     reader: str

@@ -40,12 +40,12 @@ _KEEP_CHARS = 2000
 """How much of an oversized or unreadable record the quarantine file keeps."""
 _BOM = b"\xef\xbb\xbf"
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
-_RAW_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RawRecord:
-    """One record of an input file, or why it could not be decoded."""
+    """One record of an input file, or why it could not be decoded (read-only by convention: not
+    `frozen`, whose `__init__` costs three times as much, and every record read makes one)."""
 
     path: str
     line: int | None
@@ -303,8 +303,9 @@ def decode_jsonl_line(path: str, lineno: int, index: int, line: bytes) -> RawRec
 
 def _checked(path: str, lineno: int | None, index: int, value: Any, text: str) -> RawRecord:
     """`value`, unless a string in it is not text (a lone surrogate escape, which no UTF-8 file can hold)."""
-    # substring tests first: a regex over every line costs more; pairs (emoji) decode to one character
-    if ("\\ud" in text or "\\uD" in text) and _ESCAPED_SURROGATE.search(text) and not _is_text(value):
+    # the regex alone: it finds its literal `\\u` at C speed, faster than substring tests before it
+    # (measured); pairs (emoji) decode to one character, which `_is_text` accepts
+    if _ESCAPED_SURROGATE.search(text) and not _is_text(value):
         return RawRecord(path, lineno, index, error="a string holds a lone UTF-16 surrogate escape "
                          "(\\ud800-\\udfff): not text, and not writable as UTF-8",
                          reason="lone_surrogate", text=text.rstrip("\r\n"))
@@ -345,7 +346,7 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
             buf = f.read(JSON_CHUNK)
             eof = not buf
             # invalid bytes read so far (as surrogates): only then are records searched for them
-            dirty = _RAW_SURROGATE.search(buf) is not None
+            dirty = _has_surrogates(buf)
 
             def more() -> bool:
                 """Read more text (as much as is buffered ahead, so big records are decoded O(n) times)."""
@@ -356,7 +357,7 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
                 if not chunk:
                     eof = True
                     return False
-                dirty = dirty or _RAW_SURROGATE.search(chunk) is not None
+                dirty = dirty or _has_surrogates(chunk)
                 buf += chunk
                 return True
 
@@ -402,7 +403,7 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
                     if not isinstance(value, (int, float)) or not _NUMBER_TAIL.fullmatch(buf, end) or not more():
                         break
                 chunk = buf[pos:end]
-                if dirty and _RAW_SURROGATE.search(chunk):
+                if dirty and _has_surrogates(chunk):
                     raw = chunk.encode("utf-8", "surrogateescape")
                     yield RawRecord(path, line, index, error="not valid UTF-8", reason="invalid_utf8",
                                     text=raw.decode("utf-8", "replace"), data=raw)
@@ -419,6 +420,19 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
         where = "cannot be read" if index == 0 else f"cannot be read after record {index}"
         yield RawRecord(path, line, index, error=f"the file is damaged and {where}: {type(e).__name__}: {e}",
                         reason="corrupt_file", text="")
+
+
+def _has_surrogates(text: str) -> bool:
+    """Whether `text` holds a surrogate (an undecodable byte, read with `surrogateescape`): then it
+    cannot be encoded as UTF-8. An ASCII string is known to have none without a look (`isascii` is
+    O(1) on `str`); encoding is a third of the cost of a regex search."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _readable(text: str) -> str:

@@ -183,7 +183,8 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
     items = [paths] if isinstance(paths, str) else list(paths)
     per_item = [[0, 0] for _ in items]  # records, rejected: an input whose records were all rejected is named
 
-    def records(pool: Any) -> Iterator[str]:
+    def blocks(pool: Any) -> Iterator[bytes]:
+        """The records of each batch, one a line (UTF-8), in input order."""
         tasks = ((k, i, rows) for i, (k, rows) in enumerate(_batches(reader, paths)))
         for k, res in pool.imap(_convert_item, tasks):
             reader.report.merge(res.read)
@@ -195,9 +196,8 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
             for raw, err in res.rejected:
                 assert reader.quarantine is not None
                 reader.quarantine.add(raw, err)
-            with open(res.part, encoding="utf-8", newline="\n") as f:  # records hold no raw newline
-                for line in f:
-                    yield line[:-1]
+            with open(res.part, "rb") as f:
+                yield f.read()
             os.unlink(res.part)
             if res.error is not None:
                 raise res.error
@@ -207,8 +207,11 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
     _WORKER.update(reader=reader, writer=writer, parts=parts)
     try:
         with get_context("fork").Pool(workers) as pool:
-            stream = records(pool)
-            writer.write_encoded(progress(stream) if progress else stream, output)
+            if progress is None:  # whole batches as bytes: a fraction of the cost of copying records
+                writer.write_lines(blocks(pool), output)
+            else:  # record by record, for a progress bar that counts them (records hold no raw newline)
+                records = (line for data in blocks(pool) for line in data.decode("utf-8").split("\n")[:-1])
+                writer.write_encoded(progress(records), output)
     finally:
         _WORKER.clear()
         shutil.rmtree(parts, ignore_errors=True)

@@ -45,7 +45,10 @@ def check(traj: Trajectory, *, allow_parse_errors: bool = False, nesting: bool =
     msgs = traj.messages
     # roles, not isinstance chains: this runs on every record read, built and reported
     roles = [m.role for m in msgs]
-    first_turn = next((i for i, r in enumerate(roles) if r != "system"), None)
+    if roles and roles[0] != "system":  # most conversations: no generator to make
+        first_turn: int | None = 0
+    else:
+        first_turn = next((i for i, r in enumerate(roles) if r != "system"), None)
     if first_turn is None:
         issues.append(Issue("empty", "conversation has no user, assistant or tool message"))
         return issues

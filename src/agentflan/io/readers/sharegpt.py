@@ -114,15 +114,22 @@ class AlpacaReader(Reader):
     name: ClassVar[str] = "alpaca"
 
     def parse(self, record: Any, ctx: RecordContext) -> Trajectory:
-        instruction = as_text(require_key(record, "instruction", str), "instruction")
+        # type checks inline, the shared helpers called only to raise their error (as ReactReader)
+        if type(record) is not dict:
+            require_key(record, "instruction", str)  # raises unless it is an object after all
+        instruction = record.get("instruction")
+        if type(instruction) is not str:
+            instruction = require_key(record, "instruction", str)
         extra = record.get("input")
         if type(extra) is not str:
             extra = as_text(extra, "input")
-        output = as_text(require_key(record, "output", str), "output")
+        output = record.get("output")
+        if type(output) is not str:
+            output = require_key(record, "output", str)
         messages: list[dict[str, Any]] = []
         if record.get("system"):
             messages.append({"role": "system", "content": as_text(record["system"], "system")})
-        for j, turn in enumerate(optional_key(record, "history", list, default=[])):
+        for j, turn in enumerate(optional_key(record, "history", list, default=())):
             if not (isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
                 raise ParseError("history turns must be [user, assistant] string pairs",
                                  reason="wrong_type", field=f"history[{j}]")

@@ -100,6 +100,13 @@ class Writer(ABC):
             for text in records:
                 sink.add_encoded(text)
 
+    def write_lines(self, blocks: Iterable[bytes], path: str | Path) -> None:
+        """`write_encoded` for records in blocks of UTF-8 lines, each record a line ending with a
+        newline: copied as they are into a JSONL file, without decoding them."""
+        with self._sink(path) as sink:
+            for data in blocks:
+                sink.add_lines(data)
+
     @contextmanager
     def _sink(self, path: str | Path) -> Iterator[JsonSink]:
         path = Path(path)
@@ -145,6 +152,7 @@ class JsonSink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.array = base_suffix(str(path)) == ".json"
+        self._compressed = path.name.lower().endswith((".gz", ".zst"))
         self._n = 0
         self._f, self._raw = _open_write(path)
 
@@ -163,6 +171,21 @@ class JsonSink:
         else:
             self._f.write(text + "\n")
         self._n += 1
+
+    def add_lines(self, data: bytes) -> None:
+        """Records already encoded by `dumps`, as UTF-8, one a line, each ending with a newline
+        (JSON text holds no raw newline)."""
+        n = data.count(b"\n")
+        if not n:
+            return
+        if self.array:
+            data = (b"\n" if self._n == 0 else b",\n") + data[:-1].replace(b"\n", b",\n")
+        if self._compressed:  # as text: a flush would end a compressed block and change the bytes
+            self._f.write(data.decode("utf-8"))
+        else:
+            self._f.flush()  # what was written as text goes first, to the file under it
+            self._raw.write(data)
+        self._n += n
 
     def __exit__(self, *exc: object) -> None:
         if self.array:
