@@ -150,8 +150,8 @@ def main() -> None:
                 f"Command: `python bench/convert_instructions.py`  \nMachine: {machine}; "
                 "millions of instructions per run (one process, valgrind's count, deterministic). Ratio: "
                 "baseline / agentflan, as in the throughput table. Floor: stdlib decode + pydantic validation "
-                "of the native records + their JSON encoding + the baseline's writing: what a convert through "
-                "the schema costs with no Python of ours.\n\n" + table + "\n")
+                "of what the reader builds + the JSON encoding of the native records + the baseline's writing: "
+                "what a convert through the schema costs with no Python of ours.\n\n" + table + "\n")
 
 
 if __name__ == "__main__":
