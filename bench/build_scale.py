@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _doc import append_section, machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,18 +174,16 @@ def main() -> None:
     print("load average (1 min) at the start and after each scale:", ", ".join(f"{x:.2f}" for x in loads))
     if args.no_write:
         return
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     cmd = "python bench/build_scale.py --scales " + " ".join(map(str, args.scales)) + " --workers " + " ".join(
         map(str, args.workers)) + f" --repeat {args.repeat}" + (" --kill-test" if args.kill_test else "")
-    with (REPO / "docs" / "benchmarks.md").open("a") as f:
-        f.write(f"\n## Build throughput and memory vs corpus size ({time.strftime('%Y-%m-%d')})\n\n"
-                f"Command: `{cmd}`  \nMachine: {machine}; load average (1 min) at the start and after each "
-                f"scale: {', '.join(f'{x:.2f}' for x in loads)}. Recipe `agent-flan` (FireAct as its react "
-                f"source: `vars.react_sources=[fireact]`) on the shared samples "
-                f"replicated k times with new ids; whole build (ingest, 8 outputs, mix, report with charts) in "
-                f"a fresh process, best of {args.repeat}. CPU seconds: user + system of the build and its "
-                f"workers (the work done, whatever else the machine runs).\n\n{text}\n"
-                + (f"\nResume: {kill}.\n" if kill else ""))
+    append_section("Build throughput and memory vs corpus size",
+                   f"Command: `{cmd}`  \nMachine: {machine()}; load average (1 min) at the start and after each "
+                   f"scale: {', '.join(f'{x:.2f}' for x in loads)}. Recipe `agent-flan` (FireAct as its react "
+                   f"source: `vars.react_sources=[fireact]`) on the shared samples "
+                   f"replicated k times with new ids; whole build (ingest, 8 outputs, mix, report with charts) in "
+                   f"a fresh process, best of {args.repeat}. CPU seconds: user + system of the build and its "
+                   f"workers (the work done, whatever else the machine runs).\n\n{text}\n"
+                   + (f"\nResume: {kill}.\n" if kill else ""))
 
 
 if __name__ == "__main__":

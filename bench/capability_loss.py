@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _doc import append_section, machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,16 +108,14 @@ def main() -> None:
     print(table)
     if args.no_write:
         return
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only"
-    with (REPO / "docs" / "benchmarks.md").open("a") as f:
-        f.write(f"\n## Training throughput with the loss per capability ({time.strftime('%Y-%m-%d')})\n\n"
-                f"Command: `python bench/capability_loss.py --steps {args.steps} --batch {args.batch} --max-length "
-                f"{args.max_length} --hidden {args.hidden} --layers {args.layers} --repeats {args.repeats}`  \n"
-                f"Machine: {machine}. Data: `train.jsonl` of `agentflan data build builtin` (300 + 300 expert "
-                f"episodes). A random Llama {args.hidden} wide, {args.layers} layers, fp32, batch {args.batch} x "
-                f"{args.max_length} tokens packed, {args.steps} steps; the arms alternate, each run in a fresh "
-                f"process on one thread (load average during the run: {os.getloadavg()[0]:.1f}). `on` logs `loss_<capability>` every step from the log-probabilities TRL's fused LM head "
-                f"computes for the loss (no extra forward); the training losses are identical.\n\n{table}")
+    append_section("Training throughput with the loss per capability",
+                   f"Command: `python bench/capability_loss.py --steps {args.steps} --batch {args.batch} --max-length "
+                   f"{args.max_length} --hidden {args.hidden} --layers {args.layers} --repeats {args.repeats}`  \n"
+                   f"Machine: {machine('CPU only')}. Data: `train.jsonl` of `agentflan data build builtin` (300 + 300 expert "
+                   f"episodes). A random Llama {args.hidden} wide, {args.layers} layers, fp32, batch {args.batch} x "
+                   f"{args.max_length} tokens packed, {args.steps} steps; the arms alternate, each run in a fresh "
+                   f"process on one thread (load average during the run: {os.getloadavg()[0]:.1f}). `on` logs `loss_<capability>` every step from the log-probabilities TRL's fused LM head "
+                   f"computes for the loss (no extra forward); the training losses are identical.\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _doc import append_section, machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,14 +144,12 @@ def main() -> None:
     print(table)
     if args.no_write:
         return
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    with (REPO / "docs" / "benchmarks.md").open("a") as f:
-        f.write(f"\n## Convert instructions (callgrind) ({time.strftime('%Y-%m-%d')})\n\n"
-                f"Command: `python bench/convert_instructions.py`  \nMachine: {machine}; "
-                "millions of instructions per run (one process, valgrind's count, deterministic). Ratio: "
-                "baseline / agentflan, as in the throughput table. Floor: stdlib decode + pydantic validation "
-                "of what the reader builds + the JSON encoding of the native records + the baseline's writing: "
-                "what a convert through the schema costs with no Python of ours.\n\n" + table + "\n")
+    append_section("Convert instructions (callgrind)",
+                   f"Command: `python bench/convert_instructions.py`  \nMachine: {machine()}; "
+                   "millions of instructions per run (one process, valgrind's count, deterministic). Ratio: "
+                   "baseline / agentflan, as in the throughput table. Floor: stdlib decode + pydantic validation "
+                   "of what the reader builds + the JSON encoding of the native records + the baseline's writing: "
+                   "what a convert through the schema costs with no Python of ours.\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _doc import append_section, machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,19 +113,13 @@ def main() -> None:
     print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}")
     if args.no_write:
         return
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    doc = REPO / "docs" / "benchmarks.md"
-    if not doc.exists():
-        doc.write_text("# Benchmarks\n\nEvery number here comes from a script in `bench/`; the command and the "
-                       "machine are given with each table.\n")
-    with doc.open("a") as f:
-        f.write(f"\n## Convert throughput ({time.strftime('%Y-%m-%d')})\n\n"
-                f"Command: `python bench/convert_throughput.py --repeat {args.repeat} --scale {args.scale} --workers "
-                f"{' '.join(map(str, args.workers))}`  \n"
-                f"Machine: {machine}; load average {load_before:.2f} before, {load_after:.2f} after. Best of "
-                f"{args.repeat} runs, each in a fresh process (peak RSS is the whole process, interpreter and "
-                f"imports included, and its workers'). Baseline: `json.loads` + `json.dumps` of the same records "
-                f"in one process, the least a converter must do.\n\n{table}\n")
+    append_section("Convert throughput",
+                   f"Command: `python bench/convert_throughput.py --repeat {args.repeat} --scale {args.scale} --workers "
+                   f"{' '.join(map(str, args.workers))}`  \n"
+                   f"Machine: {machine()}; load average {load_before:.2f} before, {load_after:.2f} after. Best of "
+                   f"{args.repeat} runs, each in a fresh process (peak RSS is the whole process, interpreter and "
+                   f"imports included, and its workers'). Baseline: `json.loads` + `json.dumps` of the same records "
+                   f"in one process, the least a converter must do.\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _doc import append_section, machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,14 +101,12 @@ def main() -> None:
     print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}")
     if args.no_write:
         return
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    with (REPO / "docs" / "benchmarks.md").open("a") as f:
-        f.write(f"\n## Tokenize + loss mask vs the raw fast tokenizer ({time.strftime('%Y-%m-%d')})\n\n"
-                f"Command: `python bench/tokenize_throughput.py --template {args.template} --repeat {args.repeat}`  \n"
-                f"Machine: {machine}; load average {load_before:.2f} before, {load_after:.2f} after. SmolLM2-135M's "
-                f"tokenizer; {len(texts):,} trajectories ({tokens:,} tokens) of the `train.jsonl` of `agentflan "
-                f"data build agent-flan vars.react_sources=[fireact]` on the shared samples, rendered once with the `{args.template}` template. "
-                f"Best of {args.repeat}, interleaved.\n\n{table}\n")
+    append_section("Tokenize + loss mask vs the raw fast tokenizer",
+                   f"Command: `python bench/tokenize_throughput.py --template {args.template} --repeat {args.repeat}`  \n"
+                   f"Machine: {machine()}; load average {load_before:.2f} before, {load_after:.2f} after. SmolLM2-135M's "
+                   f"tokenizer; {len(texts):,} trajectories ({tokens:,} tokens) of the `train.jsonl` of `agentflan "
+                   f"data build agent-flan vars.react_sources=[fireact]` on the shared samples, rendered once with the `{args.template}` template. "
+                   f"Best of {args.repeat}, interleaved.\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _doc import append_section, machine
 
 REPO = Path(__file__).resolve().parents[1]
 CHATML_TRAINING = (
@@ -140,24 +140,22 @@ def main() -> None:
     print(table)
     if args.no_write:
         return
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only"
     cmd = (f"python bench/train_throughput.py --model {args.model} --steps {args.steps} --batch {args.batch} "
            f"--max-length {args.max_length} --repeat {args.repeat}"
            + (f" --baseline-python {args.baseline_python}" if args.baseline_python else ""))
     what = ("SmolLM2-135M LoRA r=16 on all linear layers" if args.model == "smollm2"
             else "a random small Llama (`tiny`), full fine-tune")
     peers = " vs ".join(["agentflan", *[k for k in arms if k != "agentflan"]])
-    with (REPO / "docs" / "benchmarks.md").open("a") as f:
-        f.write(f"\n## Training throughput ({args.model}): {peers} ({time.strftime('%Y-%m-%d')})\n\n"
-                f"Command: `{cmd}`  \nMachine: {machine}; load average {load_before:.2f} before, {load_after:.2f} "
-                f"after. Data: `train.jsonl` of `agentflan data build agent-flan vars.react_sources=[fireact]` on the "
-                f"shared samples. {what[0].upper()}{what[1:]}, "
-                f"fp32, batch {args.batch} x {args.max_length} tokens, {args.steps} steps, each arm in a fresh "
-                f"process, the arms interleaved, the fastest of {args.repeat} kept. The baseline checkout is the "
-                f"same arm run by another checkout's interpreter (its own agentflan). TRL's path: conversational "
-                f"dataset, `assistant_only_loss=True` with a ChatML training template, `packing=True`. The losses "
-                f"differ from TRL's because the masks differ: agentflan trains only loss-bearing turns (balancing "
-                f"turns some off), TRL trains every assistant turn.\n\n{table}")
+    append_section(f"Training throughput ({args.model}): {peers}",
+                   f"Command: `{cmd}`  \nMachine: {machine('CPU only')}; load average {load_before:.2f} before, {load_after:.2f} "
+                   f"after. Data: `train.jsonl` of `agentflan data build agent-flan vars.react_sources=[fireact]` on the "
+                   f"shared samples. {what[0].upper()}{what[1:]}, "
+                   f"fp32, batch {args.batch} x {args.max_length} tokens, {args.steps} steps, each arm in a fresh "
+                   f"process, the arms interleaved, the fastest of {args.repeat} kept. The baseline checkout is the "
+                   f"same arm run by another checkout's interpreter (its own agentflan). TRL's path: conversational "
+                   f"dataset, `assistant_only_loss=True` with a ChatML training template, `packing=True`. The losses "
+                   f"differ from TRL's because the masks differ: agentflan trains only loss-bearing turns (balancing "
+                   f"turns some off), TRL trains every assistant turn.\n\n{table}")
 
 
 if __name__ == "__main__":
