@@ -318,15 +318,17 @@ def _interrupted_run(args: list[str], out: Path, signum: int = signal.SIGINT, tr
     return code, err
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_during_convert_removes_the_temporary_output(tmp_path, long_input, signum):
+@pytest.mark.parametrize(("signum", "workers"), [(signal.SIGINT, "1"), (signal.SIGTERM, "1"), (signal.SIGINT, "2")])
+def test_ctrl_c_during_convert_removes_the_temporary_output(tmp_path, long_input, signum, workers):
+    assert long_input.stat().st_size > 2 << 20  # large enough for the workers
     out_dir = tmp_path / "out"
     code, err = _interrupted_run(["data", "convert", str(long_input), "--from", "openai", "-o",
-                                  str(out_dir / "o.jsonl")], out_dir, signum)
+                                  str(out_dir / "o.jsonl"), "--workers", workers], out_dir, signum)
     assert code == 128 + signum and "Traceback" not in err, err
     name = signal.Signals(signum).name
     assert err.strip().splitlines()[-1].startswith(f"agentflan: error: interrupted ({name})"), err
     assert _temporaries(out_dir) == []
+    assert list(out_dir.glob(".*.parts-*")) == []  # nor the workers' batch files
     out = out_dir / "o.jsonl"  # absent, or complete if the signal came after the rename (a slow machine)
     assert not out.exists() or len(read_jsonl(out)) == 20_000
 

@@ -4,6 +4,7 @@ statistics merged from shards, and two-pass steps planned on shards."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from datetime import date
 
@@ -221,6 +222,35 @@ def test_parallel_convert_stops_where_one_process_stops(tmp_path, monkeypatch):
         assert list(tmp_path.glob(".*.parts-*")) == []  # nor the workers' batch files
     r = convert(str(src), tmp_path / "lim.jsonl", fmt="react", reader_options={"limit": 300}, workers=2)
     assert r.read.records == 300 and r.write.written == 300
+
+
+def test_a_bad_record_stops_the_workers_soon_after_it(tmp_path, monkeypatch):
+    """`on_error="raise"`: few batches are converted after the bad one, and the pool is closed, not
+    terminated while it still feeds tasks (which could hang)."""
+    import agentflan.io.parallel as parallel
+    from agentflan.errors import ParseError
+    from agentflan.io import convert
+
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(parallel, "SPAN_BYTES", 4096)
+    log = tmp_path / "batches.log"
+    real = parallel._convert_batch
+
+    def logged(rows, part):  # runs in the forked workers: each appends a line
+        with open(log, "a") as f:
+            f.write(f"{os.path.basename(part)}\n")
+        return real(rows, part)
+
+    monkeypatch.setattr(parallel, "_convert_batch", logged)
+    good = json.dumps({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]})
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join([good] * 10 + ['{"messages": 3}'] + [good] * 20_000) + "\n")
+    spans = len(parallel.jsonl_spans(str(src), parallel.SPAN_BYTES))
+    with pytest.raises(ParseError, match=r"in.jsonl:11 field messages"):
+        convert(str(src), tmp_path / "o.jsonl", fmt="react", on_error="raise", workers=2)
+    done = log.read_text().split()
+    assert len(done) <= 1 + parallel.AHEAD * 2 < spans  # the bad batch is the first
+    assert list(tmp_path.glob(".*.parts-*")) == [] and not (tmp_path / "o.jsonl").exists()
 
 
 def test_workers_convert_only_inputs_large_enough_to_gain(tmp_path, monkeypatch):

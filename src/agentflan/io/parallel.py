@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ from agentflan.io.writers.base import Writer, WriteReport
 
 BATCH = 256
 """Records per task."""
+AHEAD = 2
+"""Tasks submitted ahead of the one being copied, per worker."""
 _WORKER: dict[str, Any] = {}
 """The reader, the writer and the folder of the batches' files, inherited by the forked workers
 (never pickled)."""
@@ -183,10 +187,21 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
     items = [paths] if isinstance(paths, str) else list(paths)
     per_item = [[0, 0] for _ in items]  # records, rejected: an input whose records were all rejected is named
 
+    def results(pool: Any) -> Iterator[tuple[int, _Result]]:
+        """The batches' results in input order, at most `AHEAD` tasks a worker submitted at a time: a
+        bad record (`on_error="raise"`) stops the reading with little work started after it, and
+        the pool is never left feeding tasks while it is shut down (`Pool.terminate` can then
+        wait forever on its task thread: seen in 1 run in 150)."""
+        tasks = ((k, i, rows) for i, (k, rows) in enumerate(_batches(reader, paths)))
+        pending: deque[Any] = deque(pool.apply_async(_convert_item, (t,)) for t in islice(tasks, AHEAD * workers))
+        while pending:
+            result = pending.popleft().get()
+            pending.extend(pool.apply_async(_convert_item, (t,)) for t in islice(tasks, 1))
+            yield result
+
     def blocks(pool: Any) -> Iterator[bytes]:
         """The records of each batch, one a line (UTF-8), in input order."""
-        tasks = ((k, i, rows) for i, (k, rows) in enumerate(_batches(reader, paths)))
-        for k, res in pool.imap(_convert_item, tasks):
+        for k, res in results(pool):
             reader.report.merge(res.read)
             per_item[k][0] += res.read.records
             per_item[k][1] += res.read.quarantined + res.read.skipped
@@ -205,13 +220,24 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
     output.parent.mkdir(parents=True, exist_ok=True)
     parts = tempfile.mkdtemp(prefix=f".{output.name}.parts-", dir=output.parent)
     _WORKER.update(reader=reader, writer=writer, parts=parts)
+    pool = get_context("fork").Pool(workers)
     try:
-        with get_context("fork").Pool(workers) as pool:
-            if progress is None:  # whole batches as bytes: a fraction of the cost of copying records
-                writer.write_lines(blocks(pool), output)
-            else:  # record by record, for a progress bar that counts them (records hold no raw newline)
-                records = (line for data in blocks(pool) for line in data.decode("utf-8").split("\n")[:-1])
-                writer.write_encoded(progress(records), output)
+        if progress is None:  # whole batches as bytes: a fraction of the cost of copying records
+            writer.write_lines(blocks(pool), output)
+        else:  # record by record, for a progress bar that counts them (records hold no raw newline)
+            records = (line for data in blocks(pool) for line in data.decode("utf-8").split("\n")[:-1])
+            writer.write_encoded(progress(records), output)
+    except ParseError:  # a bad record: the tasks already started finish, then the workers exit
+        pool.close()
+        pool.join()
+        raise
+    except BaseException:  # Ctrl-C, a full disk: stop the workers now
+        pool.terminate()
+        pool.join()
+        raise
+    else:
+        pool.close()
+        pool.join()
     finally:
         _WORKER.clear()
         shutil.rmtree(parts, ignore_errors=True)
