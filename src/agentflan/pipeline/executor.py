@@ -95,9 +95,11 @@ class LocalExecutor(Executor):
         if self._pool is None:
             from multiprocessing import get_context
 
+            from agentflan.io.parallel import worker_init
+
             # fork: the workers inherit the imported modules (spawn would re-import them, ~0.5 s each)
             ctx = get_context("fork") if "fork" in _start_methods() else get_context()
-            self._pool = ctx.Pool(self.workers, initializer=_worker_init)
+            self._pool = ctx.Pool(self.workers, initializer=worker_init)
         return self._pool
 
     def close(self) -> None:
@@ -111,13 +113,6 @@ class LocalExecutor(Executor):
             self._pool.terminate()
             self._pool.join()
             self._pool = None
-
-
-def _worker_init() -> None:
-    """Workers ignore Ctrl-C: the driver receives it, stops them and cleans up (one message)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _start_methods() -> list[str]:

@@ -74,9 +74,9 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init() -> None:
-    import signal
+    from agentflan.io.parallel import worker_init
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent receives Ctrl-C and stops the pool
+    worker_init()  # the parent receives Ctrl-C and stops the pool
     # each worker tokenizes on one thread: the processes are the parallelism
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
