@@ -141,9 +141,7 @@ def _raw_records(rows: list[Row]) -> Iterator[RawRecord]:
         if isinstance(row, RawRecord):
             yield row
         elif isinstance(row[1], Span):
-            path, span = row
-            for line in jsonl_lines(path, span):
-                yield line if isinstance(line, RawRecord) else decode_jsonl_line(path, *line)
+            yield from iter_records(*row)
         else:
             yield decode_jsonl_line(*row)
 
@@ -203,10 +201,15 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
         the pool is never left feeding tasks while it is shut down (`Pool.terminate` can then
         wait forever on its task thread: seen in about 1 run in 200)."""
         tasks = ((k, i, rows) for i, (k, rows) in enumerate(_batches(reader, paths)))
-        pending: deque[Any] = deque(pool.apply_async(_convert_item, (t,)) for t in islice(tasks, AHEAD * workers))
+        pending: deque[Any] = deque()
+
+        def submit(n: int) -> None:
+            pending.extend(pool.apply_async(_convert_item, (t,)) for t in islice(tasks, n))
+
+        submit(AHEAD * workers)
         while pending:
             result = pending.popleft().get()
-            pending.extend(pool.apply_async(_convert_item, (t,)) for t in islice(tasks, 1))
+            submit(1)
             yield result
 
     def blocks(pool: Any) -> Iterator[bytes]:

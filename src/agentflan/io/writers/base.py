@@ -152,7 +152,6 @@ class JsonSink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.array = base_suffix(str(path)) == ".json"
-        self._compressed = path.name.lower().endswith((".gz", ".zst"))
         self._n = 0
         self._f, self._raw = _open_write(path)
 
@@ -180,11 +179,11 @@ class JsonSink:
             return
         if self.array:
             data = (b"\n" if self._n == 0 else b",\n") + data[:-1].replace(b"\n", b",\n")
-        if self._compressed:  # as text: a flush would end a compressed block and change the bytes
-            self._f.write(data.decode("utf-8"))
-        else:
-            self._f.flush()  # what was written as text goes first, to the file under it
+        if self._f.buffer is self._raw:  # a plain file: what was written as text goes first
+            self._f.flush()
             self._raw.write(data)
+        else:  # compressed: as text, since a flush would end a compressed block and change the bytes
+            self._f.write(data.decode("utf-8"))
         self._n += n
 
     def __exit__(self, *exc: object) -> None:
@@ -194,7 +193,7 @@ class JsonSink:
         self._raw.close()
 
 
-def _open_write(path: Path) -> tuple[IO[str], IO[bytes]]:
+def _open_write(path: Path) -> tuple[io.TextIOWrapper, IO[bytes]]:
     """A text stream and the raw file under it (closed separately: GzipFile leaves it open)."""
     raw = open(path, "wb")  # noqa: SIM115 - closed by JsonSink
     low = path.name.lower()
