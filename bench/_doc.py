@@ -24,3 +24,10 @@ def append_section(title: str, body: str) -> None:
                        "machine are given with each table.\n")
     with DOC.open("a") as f:
         f.write(f"\n## {title} ({time.strftime('%Y-%m-%d')})\n\n{body}")
+
+
+def publish(title: str, intro: str, table: str, write: bool = True) -> None:
+    """Print `table`; unless not `write`, append it after `intro` as a dated section of docs/benchmarks.md."""
+    print(table)
+    if write:
+        append_section(title, f"{intro}\n\n{table}\n")

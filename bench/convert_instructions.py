@@ -9,15 +9,15 @@ two runs is the instructions of one (imports and set-up cancel out). Parts:
 - `convert`: `agentflan.io.convert(..., to="native")`, one process;
 - `decode`: the reader's records read from the file (`iter_records`: line numbers, checks);
 - `parse`: the reader's `parse` of every record (pydantic validation included);
-- `validate`: pydantic's validation alone, of what the reader hands `Trajectory.model_validate`
+- `validate`: pydantic's validation alone, of what the reader hands pydantic's validator
   (of each native record for a reader that makes the models itself);
 - `check`: `agentflan.schema.check` of every trajectory;
-- `encode`: the native writer's `encode` (`to_json_dict` + JSON);
-- `dumps`: the JSON encoding alone of the native records;
+- `encode`: the native writer's `encode_counted` (`to_json_dict` + JSON, as UTF-8);
+- `json`: the JSON encoding alone of the native records (`encode_data`, the writer's engine);
 - `stdlib decode`, `stdlib dumps`: the baseline's decoding alone, its encoding alone.
 
 The floor is what any converter through the schema pays at least, with no Python of ours at all:
-`stdlib decode` + `validate` + `dumps` + the baseline's writing (`baseline` - `stdlib decode` -
+`stdlib decode` + `validate` + `json` + the baseline's writing (`baseline` - `stdlib decode` -
 `stdlib dumps`).
 
     python bench/convert_instructions.py [--shared ../shared/data] [--no-write]
@@ -37,7 +37,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _doc import append_section, machine
+from _doc import machine, publish
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,33 +67,37 @@ else:
     from agentflan.io import READERS, WRITERS, convert, make_reader
     from agentflan.io.base import RecordContext
     from agentflan.io.files import iter_records
-    from agentflan.io.writers.base import dumps
+    from agentflan.io.writers.base import encode_data
     from agentflan.schema import Trajectory, check
     READERS.get(fmt), WRITERS.get("native")
     reader = make_reader(src, fmt)
     writer = WRITERS.get("native")()
     raws = list(iter_records(src))
     given = []  # what the reader hands pydantic (its tool specs may be models already)
-    real = Trajectory.model_validate
-    Trajectory.model_validate = staticmethod(lambda d: given.append(d) or real(d))
+    validator = Trajectory.__pydantic_validator__
+    class Capture:
+        def validate_python(self, d, *args, **kwargs):
+            given.append(d)
+            return validator.validate_python(d, *args, **kwargs)
+    Trajectory.__pydantic_validator__ = Capture()
     trajs = [reader.parse(r.value, RecordContext(r, reader.name, None)) for r in raws]
-    del Trajectory.model_validate  # pydantic's again
+    Trajectory.__pydantic_validator__ = validator  # pydantic's again
     dicts = [t.to_json_dict() for t in trajs]
     given = given if len(given) == len(trajs) else dicts  # a reader that makes the models itself
     run = {
         "convert": lambda: convert(src, out, fmt=fmt, to="native"),
         "decode": lambda: list(iter_records(src)),
         "parse": lambda: [reader.parse(r.value, RecordContext(r, reader.name, None)) for r in raws],
-        "validate": lambda: [Trajectory.model_validate(d) for d in given],
+        "validate": lambda: [validator.validate_python(d) for d in given],
         "check": lambda: [check(t, nesting=r.may_nest_deep) for t, r in zip(trajs, raws)],
-        "encode": lambda: [writer.encode(t) for t in trajs],
-        "dumps": lambda: [dumps(d) for d in dicts],
+        "encode": lambda: [writer.encode_counted(t) for t in trajs],
+        "json": lambda: [encode_data(d) for d in dicts],
     }[part]
 for _ in range(reps):
     run()
 """
 
-PARTS = ["baseline", "convert", "decode", "parse", "validate", "check", "encode", "dumps", "stdlib decode",
+PARTS = ["baseline", "convert", "decode", "parse", "validate", "check", "encode", "json", "stdlib decode",
          "stdlib dumps"]
 
 
@@ -130,26 +134,22 @@ def main() -> None:
                               strict=True))
             rows.append((label, fmt, counts))
     header = ("| input | --from | baseline M | agentflan M | ratio | decode M | parse M (validate M) | check M "
-              "| encode M (dumps M) | floor M | floor ratio |\n|---|---|---|---|---|---|---|---|---|---|---|")
+              "| encode M (JSON M) | floor M | floor ratio |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [header]
     for label, fmt, c in rows:
         write = c["baseline"] - c["stdlib decode"] - c["stdlib dumps"]  # the baseline's writing
-        floor = c["stdlib decode"] + c["validate"] + c["dumps"] + write
+        floor = c["stdlib decode"] + c["validate"] + c["json"] + write
         m = 1e6
         lines.append(f"| {label} | {fmt} | {c['baseline'] / m:.0f} | {c['convert'] / m:.0f} | "
                      f"{c['baseline'] / c['convert']:.2f} | {c['decode'] / m:.0f} | {c['parse'] / m:.0f} "
-                     f"({c['validate'] / m:.0f}) | {c['check'] / m:.0f} | {c['encode'] / m:.0f} ({c['dumps'] / m:.0f}) "
+                     f"({c['validate'] / m:.0f}) | {c['check'] / m:.0f} | {c['encode'] / m:.0f} ({c['json'] / m:.0f}) "
                      f"| {floor / m:.0f} | {c['baseline'] / floor:.2f} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.no_write:
-        return
-    append_section("Convert instructions (callgrind)",
-                   f"Command: `python bench/convert_instructions.py`  \nMachine: {machine()}; "
-                   "millions of instructions per run (one process, valgrind's count, deterministic). Ratio: "
-                   "baseline / agentflan, as in the throughput table. Floor: stdlib decode + pydantic validation "
-                   "of what the reader builds + the JSON encoding of the native records + the baseline's writing: "
-                   "what a convert through the schema costs with no Python of ours.\n\n" + table + "\n")
+    publish("Convert instructions (callgrind)",
+            f"Command: `python bench/convert_instructions.py`  \nMachine: {machine()}; millions of instructions "
+            "per run (one process, valgrind's count, deterministic). Ratio: baseline / agentflan, as in the "
+            "throughput table. Floor: stdlib decode + pydantic validation of what the reader builds + the JSON "
+            "encoding of the native records + the baseline's writing: what a convert through the schema costs "
+            "with no Python of ours.", "\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ def check_kwargs(target: Callable[..., Any], options: dict[str, Any], *, what: s
     Raises:
         ConfigError: Every unknown or ill-typed option, each with the valid names.
     """
+    if not options:  # nothing to check: no signature to read (every `convert` and `read` asks)
+        return {}
     params = keyword_parameters(target)
     hints = _hints(target)
     reserved = reserved or {}

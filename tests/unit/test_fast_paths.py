@@ -72,11 +72,93 @@ def test_one_encoder_writes_what_json_dumps_writes():
         dumps({"a": {1, 2}})
 
 
+def _json_data(rng, depth=0):
+    """Random JSON data: every kind of value, strings with escapes, line separators, astral and
+    non-ASCII characters, text that looks like numbers, and floats of every magnitude."""
+    def text():
+        return "".join(rng.choice(['"', "\\", "\n", "\x00", "\x1f", "\x7f", "\u2028", "\u2029", "\x85", "é", "中",
+                                   "\U0001F600", "a", ",", ":", " ", "e-5", "0.0000", "1e-7,\n", "{", "]"])
+                       for _ in range(rng.randint(0, 12)))
+
+    r = rng.random()
+    if depth > 3 or r < 0.5:
+        kind = rng.randrange(6)
+        if kind == 0:
+            return text()
+        if kind == 1:
+            return rng.choice([0, -1, 7, 2**63, -(2**80), True, False, None])
+        if kind == 2:  # any magnitude, the small ones pydantic-core writes otherwise than Python included
+            return rng.choice([-1, 1]) * rng.random() * 10.0 ** rng.randint(-320, 308)
+        if kind == 3:
+            return rng.choice([1e-5, 5e-5, 1e-7, 2.5e-9, 1e-10, 1e16, 1e15, 0.1, -0.0, 5e-324, float("nan"),
+                               float("inf")])
+        return rng.choice([[], {}, ""])
+    if r < 0.75:
+        return [_json_data(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {text() if rng.random() < 0.3 else f"k{i}": _json_data(rng, depth + 1) for i in range(rng.randint(0, 4))}
+
+
+def test_the_data_encoder_writes_what_dumps_writes():
+    """pydantic-core's engine (`dumps_data`, `encode_data`) writes every byte as `dumps` does:
+    escapes, line separators, floats of every magnitude (those it writes otherwise are left to
+    `dumps`), values it refuses (lone surrogates) and anything that is not a dict or a list."""
+    from agentflan.io.writers.base import _engine, dumps_data, encode_data
+
+    assert _engine()._to_json is not None  # the check at first use kept it: this pydantic-core writes as Python
+    rng = random.Random(5)
+    engine_wrote = 0
+    for _ in range(3000):
+        rec = _json_data(rng)
+        text = dumps(rec)
+        assert dumps_data(rec) == text, rec
+        assert encode_data(rec) == text.encode("utf-8"), rec
+        engine_wrote += _engine().utf8(rec) is not None
+    assert engine_wrote > 1000  # most records took the fast engine, not the fallback
+    for rec in [{"a": "\ud800"}, "x", 3, 1e-7, None]:  # refused, or not a record: `dumps`
+        assert dumps_data(rec) == dumps(rec)
+    with pytest.raises(UnicodeEncodeError):
+        encode_data({"a": "\ud800"})
+    assert dumps_data({"f": 5e-05, "g": [1e-07]}) == '{"f": 5e-05, "g": [1e-07]}'  # Python's forms, not 0.00005
+
+
+def _has_float(v):
+    if isinstance(v, float):
+        return True
+    return any(_has_float(x) for x in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else []))
+
+
+def test_the_data_encoder_without_floats_is_used_only_without_floats():
+    from agentflan.io.writers.base import _engine, encode_data
+
+    rng = random.Random(6)
+    for _ in range(1000):
+        rec = _json_data(rng)
+        if _has_float(rec):
+            continue  # what floats=False skips is the look for them
+        assert encode_data(rec, floats=False) == dumps(rec).encode("utf-8")
+    assert _engine().utf8({"f": 1e-07}, floats=False) != dumps({"f": 1e-07}).encode()  # why the check exists
+
+
+def test_a_pydantic_core_that_writes_otherwise_is_not_used(monkeypatch):
+    import pydantic_core
+
+    from agentflan.io.writers import base
+
+    real = pydantic_core.to_json
+    monkeypatch.setattr(pydantic_core, "to_json", lambda v, **kw: real(v, **kw).replace(b"1e+16", b"1e16"))
+    assert base._DataEncoder()._to_json is None  # a release that writes 1e16 for Python's 1e+16
+    monkeypatch.setattr(pydantic_core, "to_json", lambda v, **kw: real(v, **kw).replace(b"e-7", b"E-7"))
+    assert base._DataEncoder()._to_json is None  # one whose small floats the check would miss
+    monkeypatch.setattr(pydantic_core, "to_json", real)
+    assert base._DataEncoder()._to_json is not None
+
+
 def _write_cases(rng):
     def value(depth=0):
         r = rng.random()
         if depth > 2 or r < 0.3:
-            return rng.choice([1, -2.5, 12345678901234567890, 1e-07, "x\ny", "é\u2028", True, None])
+            return rng.choice([1, -2.5, 12345678901234567890, 1e-07, "x\ny", "é\u2028", True, None, "\ud800",
+                               "a\U0001F600", "\\ud800"])
         if r < 0.6:
             return [value(depth + 1) for _ in range(rng.randint(0, 3))]
         return {f"k{i}": value(depth + 1) for i in range(rng.randint(0, 3))}
@@ -90,7 +172,11 @@ def _write_cases(rng):
         if rng.random() < 0.3 and text:
             i = rng.randrange(len(text))
             text = text[:i] + rng.choice(["oops", "}", ","]) + text[i:]
-        yield text
+        data = text.encode("utf-8")
+        if rng.random() < 0.2 and data:  # a byte that is not UTF-8, or a character cut short
+            i = rng.randrange(len(data))
+            data = data[:i] + rng.choice([b"\xff", b"\xe2\x82", b"\xc3"]) + data[i:]
+        yield data
 
 
 def test_streamed_json_arrays_decode_like_the_whole_file(tmp_path, monkeypatch):
@@ -98,13 +184,13 @@ def test_streamed_json_arrays_decode_like_the_whole_file(tmp_path, monkeypatch):
     lines and the malformed-record errors are those of decoding the whole file at once."""
     rng = random.Random(3)
     path = tmp_path / "a.json"
-    for text in _write_cases(rng):
-        path.write_text(text, encoding="utf-8")
+    for data in _write_cases(rng):
+        path.write_bytes(data)
         monkeypatch.setattr(files, "JSON_CHUNK", 1 << 20)
-        whole = [(r.line, r.index, r.value, r.error, r.text) for r in files.iter_records(str(path))]
+        whole = [(r.line, r.index, r.value, r.error, r.reason, r.text, r.data) for r in files.iter_records(str(path))]
         monkeypatch.setattr(files, "JSON_CHUNK", rng.choice([1, 2, 3, 7, 16]))
-        streamed = [(r.line, r.index, r.value, r.error, r.text) for r in files.iter_records(str(path))]
-        assert streamed == whole, text
+        streamed = [(r.line, r.index, r.value, r.error, r.reason, r.text, r.data) for r in files.iter_records(str(path))]
+        assert streamed == whole, data
 
 
 def test_stats_merged_from_shards_equal_stats_of_the_whole(samples):

@@ -49,6 +49,50 @@ def test_compressed_outputs_read_back(samples, tmp_path, suffix):
     assert len(list(read(str(out), "native", on_error="raise"))) == 4
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst"])
+def test_every_layout_holds_the_records_as_dumps_writes_them(samples, tmp_path, suffix):
+    """Records reach a plain file as bytes and a compressed one as text: the text is `dumps`'s in
+    every layout, and a compressed file's bytes are those of that text written through one
+    compressing text stream (as every earlier release wrote them)."""
+    import io
+
+    import zstandard
+
+    from agentflan.io.writers.base import dumps
+
+    src = str(samples["react.jsonl"])
+    trajs = list(read(src, "react", on_error="raise")) * 3
+    lines = [dumps(t.to_json_dict()) for t in trajs]
+    expected = "[\n" + ",\n".join(lines) + "\n]\n" if ".json." in suffix + "." else "".join(f"{x}\n" for x in lines)
+    out = tmp_path / f"o{suffix}"
+    WRITERS.get("native")().write(trajs, out)
+    ref = io.BytesIO()
+    if suffix.endswith(".gz"):
+        stream = io.TextIOWrapper(gzip.GzipFile(filename="", mode="wb", fileobj=ref, mtime=0), encoding="utf-8")
+    elif suffix.endswith(".zst"):
+        stream = io.TextIOWrapper(zstandard.ZstdCompressor().stream_writer(ref, closefd=False), encoding="utf-8")
+    else:
+        stream = io.TextIOWrapper(ref, encoding="utf-8")
+    if expected.startswith("["):
+        stream.write("[")
+        for i, x in enumerate(lines):
+            stream.write(("\n" if i == 0 else ",\n") + x)
+        stream.write("\n]\n")
+    else:
+        for x in lines:
+            stream.write(x + "\n")
+    stream.flush()
+    if not suffix.endswith((".jsonl", ".json")):
+        stream.close()
+    assert out.read_bytes() == ref.getvalue()
+    if suffix.endswith(".gz"):
+        assert gzip.decompress(out.read_bytes()).decode() == expected
+    elif suffix.endswith(".zst"):
+        assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(out.read_bytes())).read().decode() == expected
+    else:
+        assert out.read_text() == expected
+
+
 def test_gzip_input_and_glob_and_directory(samples, tmp_path):
     src = samples["react.jsonl"]
     gz = tmp_path / "in" / "r.jsonl.gz"

@@ -98,7 +98,8 @@ def convert(paths: str | Sequence[str], output: str | Path, *, to: str = "native
     if qpath.exists() and on_error == "quarantine":
         qpath.unlink()  # a stale file from an earlier run would mislead
     try:
-        if workers > 1 and can_run_parallel(writer) and worth_parallel(paths):
+        # the size first: `can_run_parallel` imports multiprocessing (3.6 ms), which a small input never needs
+        if workers > 1 and worth_parallel(paths) and can_run_parallel(writer):
             convert_parallel(reader, writer, paths, output, workers, progress)
         else:
             stream = reader.read(paths)

@@ -15,6 +15,7 @@ of duplicate keys in an object the last wins, as in Python, JavaScript and jq.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import glob
 import gzip
@@ -301,16 +302,20 @@ def decode_jsonl_line(path: str, lineno: int, index: int, line: bytes) -> RawRec
     return _checked(path, lineno, index, value, text)
 
 
-def _checked(path: str, lineno: int | None, index: int, value: Any, text: str) -> RawRecord:
-    """`value`, unless a string in it is not text (a lone surrogate escape, which no UTF-8 file can hold)."""
+def _checked(path: str, lineno: int | None, index: int, value: Any, text: str, start: int = 0,
+             end: int | None = None, escapes: bool = True) -> RawRecord:
+    """`value`, decoded from `text[start:end]`, unless a string in it is not text (a lone surrogate
+    escape, which no UTF-8 file can hold; `escapes=False`: the caller knows the text has none).
+    `text` is searched in place, not copied."""
+    stop = len(text) if end is None else end
     # the regex alone: it finds its literal `\\u` at C speed, faster than substring tests before it
     # (measured); pairs (emoji) decode to one character, which `_is_text` accepts
-    if _ESCAPED_SURROGATE.search(text) and not _is_text(value):
+    if escapes and _ESCAPED_SURROGATE.search(text, start, stop) and not _is_text(value):
         return RawRecord(path, lineno, index, error="a string holds a lone UTF-16 surrogate escape "
                          "(\\ud800-\\udfff): not text, and not writable as UTF-8",
-                         reason="lone_surrogate", text=text.rstrip("\r\n"))
+                         reason="lone_surrogate", text=text[start:stop].rstrip("\r\n"))
     # nesting N levels deep takes N opening brackets: most records cannot, and skip the depth walk
-    deep = text.count("[") + text.count("{") > MAX_DEPTH
+    deep = text.count("[", start, stop) + text.count("{", start, stop) > MAX_DEPTH
     return RawRecord(path, lineno, index, value=value, may_nest_deep=deep)
 
 
@@ -323,10 +328,41 @@ def _is_text(value: Any) -> bool:
 
 
 JSON_CHUNK = 1 << 20
-"""Characters read at a time from a JSON (not JSONL) file."""
+"""Bytes read at a time from a JSON (not JSONL) file."""
 _WS = re.compile(r"[ \t\r\n]*")
 _ARRAY_SEP = re.compile(r"[ \t\r\n]*(?:,[ \t\r\n]*)?")
 _NUMBER_TAIL = re.compile(r"[0-9eE.+-]*")
+
+
+class _Text:
+    """The text of a binary stream, read a chunk at a time: decoded strictly (fast) until the first
+    byte that is not UTF-8, from there with `surrogateescape`, which reads an invalid byte as a lone
+    surrogate (U+DC80-U+DCFF). `dirty`: such a byte was read, so records must be searched for them."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self.dirty = False
+
+    def read(self, size: int) -> str:
+        """About `size` more bytes, as text: "" only at the end of the stream (bytes that end inside
+        a character are read with the next ones)."""
+        while True:
+            data = self._f.read(size)
+            text = self._decode(data)
+            if text or not data:
+                return text
+
+    def _decode(self, data: bytes) -> str:
+        if not self.dirty:
+            state = self._decoder.getstate()  # a character cut by the last chunk's end
+            try:
+                return self._decoder.decode(data, not data)
+            except UnicodeDecodeError:
+                self.dirty = True
+                self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+                self._decoder.setstate(state)
+        return self._decoder.decode(data, not data)
 
 
 def _iter_json(path: str) -> Iterator[RawRecord]:
@@ -337,28 +373,31 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
     again with more text; only at the end of the file is a failure a malformed record
     (its reading then holds the rest of the file, which cannot be read anyway). Invalid bytes
     become lone surrogates (U+DC80-U+DCFF): the records holding them are rejected as `invalid_utf8`.
+    Each record is checked where it lies in the chunk, without a copy of its text.
     """
-    decoder = json.JSONDecoder()
+    scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
     pos = counted = index = 0
     line = 1
     try:
-        with io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="surrogateescape") as f:
+        with open_binary(path) as raw:
+            f = _Text(raw)
             buf = f.read(JSON_CHUNK)
             eof = not buf
-            # invalid bytes read so far (as surrogates): only then are records searched for them
-            dirty = _has_surrogates(buf)
+            # a surrogate escape in the text read (one search of each chunk, not one of each record)
+            escapes = _ESCAPED_SURROGATE.search(buf) is not None
 
             def more() -> bool:
                 """Read more text (as much as is buffered ahead, so big records are decoded O(n) times)."""
-                nonlocal buf, eof, dirty
+                nonlocal buf, eof, escapes
                 if eof:
                     return False
                 chunk = f.read(max(JSON_CHUNK, len(buf) - pos))
                 if not chunk:
                     eof = True
                     return False
-                dirty = dirty or _has_surrogates(chunk)
+                start = max(len(buf) - 5, 0)  # an escape may be cut by the end of the text before
                 buf += chunk
+                escapes = escapes or _ESCAPED_SURROGATE.search(buf, start) is not None
                 return True
 
             def skip(p: int, chars: str | None = None) -> int:
@@ -375,6 +414,7 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
             in_array = pos < len(buf) and buf[pos] == "["
             if in_array:
                 pos = skip(pos + 1)
+            separator = (_ARRAY_SEP if in_array else _WS).match
             while pos < len(buf):
                 if in_array and buf[pos] == "]":
                     return
@@ -385,7 +425,10 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
                 counted = pos
                 while True:
                     try:
-                        value, end = decoder.raw_decode(buf, pos)
+                        try:
+                            value, end = scan(buf, pos)  # JSONDecoder.raw_decode, without its Python frame
+                        except StopIteration as stop:
+                            raise json.JSONDecodeError("Expecting value", buf, stop.value) from None
                     except json.JSONDecodeError as e:
                         if more():
                             continue
@@ -400,18 +443,18 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
                                         text=_readable(buf[pos:pos + _KEEP_CHARS]))
                         return
                     # a number cut by the chunk's end decodes as its prefix: decode it again with more text
-                    if not isinstance(value, (int, float)) or not _NUMBER_TAIL.fullmatch(buf, end) or not more():
+                    t = type(value)
+                    if (t is not int and t is not float) or not _NUMBER_TAIL.fullmatch(buf, end) or not more():
                         break
-                chunk = buf[pos:end]
-                if dirty and _has_surrogates(chunk):
-                    raw = chunk.encode("utf-8", "surrogateescape")
+                if f.dirty and _has_surrogates(buf[pos:end]):
+                    data = buf[pos:end].encode("utf-8", "surrogateescape")
                     yield RawRecord(path, line, index, error="not valid UTF-8", reason="invalid_utf8",
-                                    text=raw.decode("utf-8", "replace"), data=raw)
+                                    text=data.decode("utf-8", "replace"), data=data)
                 else:
-                    yield _checked(path, line, index, value, chunk)
+                    yield _checked(path, line, index, value, buf, pos, end, escapes)
                 index += 1
                 # the separator in one match; near the chunk's end, character by character with more text
-                pos = (_ARRAY_SEP if in_array else _WS).match(buf, end).end()  # type: ignore[union-attr]
+                pos = separator(buf, end).end()  # type: ignore[union-attr]
                 if pos >= len(buf) - 1:
                     pos = skip(end)
                     if in_array and pos < len(buf) and buf[pos] == ",":

@@ -124,13 +124,13 @@ def _convert_batch(rows: list[Row], part: str) -> _Result:
     if reader.quarantine is not None:
         reader.quarantine = rejected  # type: ignore[assignment]
     error = None
-    with open(part, "w", encoding="utf-8", newline="") as out:
+    with open(part, "wb") as out:
         try:
             for raw in _raw_records(rows):
                 traj = reader._convert(raw)
-                text = None if traj is None else writer.encode_counted(traj)
-                if text is not None:
-                    out.write(text + "\n")
+                data = None if traj is None else writer.encode_counted(traj)
+                if data is not None:
+                    out.write(data + b"\n")
         except ParseError as e:  # on_error="raise": the driver raises it after writing what came before
             error = e
     return _Result(part, reader.report, writer.report, rejected.items, error)
@@ -239,7 +239,7 @@ def convert_parallel(reader: Reader, writer: Writer, paths: str | Sequence[str],
             if progress is None:  # whole batches as bytes: a fraction of the cost of copying records
                 writer.write_lines(blocks(pool), output)
             else:  # record by record, for a progress bar that counts them (records hold no raw newline)
-                records = (line for data in blocks(pool) for line in data.decode("utf-8").split("\n")[:-1])
+                records = (line for data in blocks(pool) for line in data.split(b"\n")[:-1])
                 writer.write_encoded(progress(records), output)
         except ParseError:  # a bad record: the tasks already started finish, then the workers exit
             pool.close()

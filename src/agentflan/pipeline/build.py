@@ -52,7 +52,7 @@ from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
 from agentflan.io.files import Span, atomic_output, can_split, expand, is_url, jsonl_spans
 from agentflan.io.writers import WRITERS
-from agentflan.io.writers.base import Writer, dumps
+from agentflan.io.writers.base import Writer, dumps_data, encode_data
 from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, unit
 from agentflan.pipeline.executor import Executor, make_executor
 from agentflan.pipeline.negatives import build_negatives
@@ -108,17 +108,17 @@ def _read_native(path: Path) -> Iterator[Trajectory]:
             yield Trajectory.model_validate_json(line)
 
 
-def _native_line(traj: Trajectory) -> tuple[str, Trajectory]:
-    """The native JSONL line of `traj`, and `traj` as a reader of that line sees it: the same object
-    unless pydantic's JSON mode converted a value (a tuple, a date, a non-finite float)."""
+def _native_line(traj: Trajectory) -> tuple[bytes, Trajectory]:
+    """The native JSONL line of `traj` (UTF-8), and `traj` as a reader of that line sees it: the
+    same object unless pydantic's JSON mode converted a value (a tuple, a date, a non-finite float)."""
     d, exact = json_dict_checked(traj)
-    return dumps(d) + "\n", traj if exact else Trajectory.model_validate(d)
+    return encode_data(d) + b"\n", traj if exact else Trajectory.model_validate(d)
 
 
 def _write_native(trajs: Iterable[Trajectory], path: Path, seen: Callable[[Trajectory], None] | None = None) -> int:
     """Write `trajs` as native records; `seen` gets each as a reader of the file will see it."""
     n = 0
-    with atomic_output(path, _atomic_target(path)) as tmp, tmp.open("w", encoding="utf-8") as f:  # even on Ctrl-C
+    with atomic_output(path, _atomic_target(path)) as tmp, tmp.open("wb") as f:  # even on Ctrl-C
         for t in trajs:
             line, written = _native_line(t)
             f.write(line)
@@ -249,7 +249,7 @@ class _Sink:
             else:
                 path = _part_dir(out, name) / f"{fmt}.{part:05d}.jsonl"
                 path.parent.mkdir(parents=True, exist_ok=True)
-            self.files[fmt] = path.open("w", encoding="utf-8")
+            self.files[fmt] = path.open("wb")
         self.scan = Scan()
         self.n = 0
 
@@ -261,15 +261,15 @@ class _Sink:
 
     def add_line(self, line: str, traj: Trajectory) -> None:
         """A record whose native line is already encoded (the mix)."""
-        self.files["native"].write(line)
+        self.files["native"].write(line.encode("utf-8"))
         self.n += 1
         self._derived(traj)
 
     def _derived(self, traj: Trajectory) -> None:
         for fmt, writer in self.writers.items():
-            text = writer.encode_counted(traj)
-            if text is not None:
-                self.files[fmt].write(text + "\n")
+            data = writer.encode_counted(traj)
+            if data is not None:
+                self.files[fmt].write(data + b"\n")
         self.scan.add(traj)
 
     def close(self) -> dict[str, Any]:
@@ -582,11 +582,11 @@ def _run_phase(task: _PhaseTask) -> dict[str, Any]:
         path = _part_dir(out, task.name) / f"p{task.phase}.{task.part:05d}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         summaries = []
-        with path.open("w", encoding="utf-8") as f:
+        with path.open("wb") as f:
             for t in stream:
                 if phase.summarize is not None:
                     summaries.append(steps[phase.summarize].summary(t, contexts[phase.summarize]))
-                f.write(dumps(t.to_json_dict()) + "\n")
+                f.write(encode_data(t.to_json_dict()) + b"\n")
         if phase.summarize is not None:
             result["summaries"] = steps[phase.summarize].pack_summaries(summaries)
         result["path"] = str(path)
@@ -842,7 +842,7 @@ def _mix_scatter(task: _ScatterTask) -> int:
                 tid = f"{task.output}/{tid0}" if k == 0 else f"{task.output}/{tid0}#{k}"
                 d["id"] = tid
                 d["metadata"] = {**d.get("metadata", {}), "output": task.output}  # which output, for the report
-                rec = dumps(d) + "\n"
+                rec = dumps_data(d) + "\n"
                 key = unit(task.seed, "shuffle", tid)
                 files[min(int(key * task.buckets), task.buckets - 1)].write(
                     f"{key!r}\t{json.dumps(tid, ensure_ascii=False)}\t{rec}")

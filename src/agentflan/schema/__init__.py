@@ -14,6 +14,7 @@ from agentflan.schema.trajectory import (
     ToolSpec,
     Trajectory,
     UserMessage,
+    trajectory_from_dict,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "UserMessage",
     "check",
     "errors",
+    "trajectory_from_dict",
 ]

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from agentflan.errors import ParseError
 from agentflan.io.base import Reader, RecordContext
 from agentflan.io.files import base_suffix
-from agentflan.schema import Trajectory
+from agentflan.schema import Trajectory, trajectory_from_dict
 
 JSON_STRING_FIELDS = ("messages", "tools", "source", "lineage", "tags", "metadata")
 
@@ -26,7 +26,7 @@ class NativeReader(Reader):
         if base_suffix(ctx.raw.path) == ".parquet":
             from agentflan.io.writers.native import from_row
 
-            return Trajectory.model_validate(from_row(record))
+            return trajectory_from_dict(from_row(record))
         record = dict(record)
         for key in JSON_STRING_FIELDS:
             if isinstance(record.get(key), str):
@@ -34,4 +34,4 @@ class NativeReader(Reader):
                     record[key] = json.loads(record[key])
                 except json.JSONDecodeError as e:
                     raise ParseError(f"not valid JSON: {e.msg}", reason="malformed_json", field=key) from e
-        return Trajectory.model_validate({k: v for k, v in record.items() if v is not None})
+        return trajectory_from_dict({k: v for k, v in record.items() if v is not None})

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from agentflan.errors import ParseError
 from agentflan.formats.react import DEFAULT_BRACKET_ARGS, OBSERVATION_PREFIX, split_bracket
 from agentflan.io.base import Reader, RecordContext, as_text, require_key
-from agentflan.schema import ToolSpec, Trajectory
+from agentflan.schema import ToolSpec, Trajectory, trajectory_from_dict
 
 _DESCRIPTIONS = {
     "search": "Search Wikipedia for an entity and return the first paragraph",
@@ -93,7 +93,7 @@ class ReactReader(Reader):
                 raise ParseError(f"unknown role {role!r} (expected system, user, assistant)",
                                  reason="unknown_role", field=f"messages[{i}].role")
         rid = record.get("id")
-        return Trajectory.model_validate({
+        return trajectory_from_dict({
             "id": str(rid) if rid is not None else ctx.default_id(), "messages": messages,
             "tools": list(self._specs), "source": ctx.source_dict(str(rid) if rid is not None else None),
             "lineage": [f"read:{self.name}"], "tags": {"final_tool": self.final_tool}})

@@ -20,6 +20,7 @@ from agentflan.schema import (
     ToolMessage,
     Trajectory,
     UserMessage,
+    trajectory_from_dict,
 )
 
 USER_ROLES = {"human", "user"}
@@ -129,7 +130,8 @@ class AlpacaReader(Reader):
         messages: list[dict[str, Any]] = []
         if record.get("system"):
             messages.append({"role": "system", "content": as_text(record["system"], "system")})
-        for j, turn in enumerate(optional_key(record, "history", list, default=())):
+        history = record.get("history")
+        for j, turn in enumerate(() if history is None else optional_key(record, "history", list)):
             if not (isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
                 raise ParseError("history turns must be [user, assistant] string pairs",
                                  reason="wrong_type", field=f"history[{j}]")
@@ -139,7 +141,7 @@ class AlpacaReader(Reader):
         meta = {"instruction": instruction, "input": extra} if extra else {}
         rid = record.get("id")
         # one validation of the whole tree (see ReactReader.parse)
-        return Trajectory.model_validate({
+        return trajectory_from_dict({
             "id": str(rid) if rid is not None else ctx.default_id(), "messages": messages,
             "source": ctx.source_dict(str(rid) if rid is not None else None),
             "lineage": [f"read:{self.name}"], "metadata": meta})

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from agentflan.errors import ConfigError, require
 from agentflan.io.files import atomic_output, base_suffix
-from agentflan.io.writers.base import Writer, WriteReport, dumps
+from agentflan.io.writers.base import Writer, WriteReport, dumps, encode_data
 from agentflan.schema import ToolSpec, Trajectory
 from agentflan.schema.trajectory import _fast_json_dict, _NotPlain, _plain, _tool_dict
 
@@ -31,51 +31,63 @@ class NativeWriter(Writer):
         return traj.to_json_dict()
 
     def encode(self, traj: Trajectory) -> str:
-        """`dumps(self.record(traj))`, with the JSON of tool specs reused.
+        try:
+            return self.encode_bytes(traj).decode("utf-8")
+        except UnicodeEncodeError:  # strings that are not text: the text as `dumps` writes it
+            return dumps(self.record(traj))
 
-        Readers of single-tool-set formats (FireAct's search/lookup/finish, AgentBench's SQL tool)
-        give every trajectory the same `ToolSpec` objects, and their JSON is a third of each
-        record: it is encoded once and spliced in, while the spec is unchanged.
+    def encode_bytes(self, traj: Trajectory) -> bytes:
+        """`dumps(self.record(traj))` as UTF-8, by `encode_data`, with the JSON of tool specs reused.
+
+        A trajectory without floats (most: they are JSON data with no number but counts) skips
+        `encode_data`'s look for floats it would write otherwise. Readers of single-tool-set formats
+        (FireAct's search/lookup/finish, AgentBench's SQL tool) give every trajectory the same
+        `ToolSpec` objects, and their JSON is a third of each record: it is encoded once and
+        spliced in, while the spec is unchanged.
         """
         tools = traj.tools
-        if not tools:
-            return dumps(traj.to_json_dict())
         try:
-            d = _fast_json_dict(traj, tools=False)
+            d = _fast_json_dict(traj, tools=False, floats=False)
+        except _NotPlain:  # a float, or a value pydantic's JSON mode converts
+            return encode_data(traj.to_json_dict())
+        if not tools:
+            return encode_data(d, floats=False)
+        try:
             parts = [self._tools.json(t) for t in tools]
         except _NotPlain:
-            return dumps(traj.to_json_dict())
+            return encode_data(traj.to_json_dict())
         head = {"schema_version": d.pop("schema_version"), "id": d.pop("id"), "messages": d.pop("messages")}
         # a JSON object is its members in order: '{head' + ', "tools": [...], ' + 'rest}'
-        return f'{dumps(head)[:-1]}, "tools": [{", ".join(parts)}], {dumps(d)[1:]}'
+        return b"".join((encode_data(head, floats=False)[:-1], b', "tools": [', b", ".join(parts), b"], ",
+                         encode_data(d, floats=False)[1:]))
 
 
 class _ToolCache:
-    """The JSON of `ToolSpec` objects seen more than once, checked against a copy of their fields
-    at every use (a spec changed in place is encoded again). Bounded: it forgets everything when
-    full, so objects that are seen once (a spec per record) only pass through."""
+    """The JSON (UTF-8) of `ToolSpec` objects seen more than once, checked against a copy of their
+    fields at every use (a spec changed in place is encoded again). Bounded: it forgets everything
+    when full, so objects that are seen once (a spec per record) only pass through."""
 
     LIMIT = 4096
 
     def __init__(self) -> None:
         self._seen: dict[int, ToolSpec] = {}
-        self._json: dict[int, tuple[ToolSpec, dict[str, Any], str]] = {}
+        self._json: dict[int, tuple[ToolSpec, dict[str, Any], bytes]] = {}
 
-    def json(self, t: ToolSpec) -> str:
+    def json(self, t: ToolSpec) -> bytes:
         key = id(t)
         hit = self._json.get(key)
         if hit is not None and hit[0] is t and t.__dict__ == hit[1]:
             return hit[2]
-        text = dumps(_tool_dict(t))
+        data = encode_data(_tool_dict(t))
         if self._seen.get(key) is t:
             fields = {k: _plain(v) for k, v in t.__dict__.items()}
-            self._json[key] = (t, fields, text)
+            self._json[key] = (t, fields, data)
         else:
             if len(self._seen) >= self.LIMIT:
                 self._seen.clear()
                 self._json.clear()
             self._seen[key] = t  # held, so that its id is not reused while it is here
-        return text
+        return data
 
 
 def _js(value: Any) -> str:
