@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _doc import append_section, machine
+from _doc import machine, publish
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,17 +105,15 @@ def main() -> None:
     table = (f"| capability_loss | input tokens per CPU second (median of {args.repeats}) | runs | input tokens "
              "per wall second (median) | train loss |\n|---|---|---|---|---|\n" + "".join(rows)
              + f"| ratio on / off | {cpu_ratio:.3f} | | {wall_ratio:.3f} | |\n")
-    print(table)
-    if args.no_write:
-        return
-    append_section("Training throughput with the loss per capability",
-                   f"Command: `python bench/capability_loss.py --steps {args.steps} --batch {args.batch} --max-length "
-                   f"{args.max_length} --hidden {args.hidden} --layers {args.layers} --repeats {args.repeats}`  \n"
-                   f"Machine: {machine('CPU only')}. Data: `train.jsonl` of `agentflan data build builtin` (300 + 300 expert "
-                   f"episodes). A random Llama {args.hidden} wide, {args.layers} layers, fp32, batch {args.batch} x "
-                   f"{args.max_length} tokens packed, {args.steps} steps; the arms alternate, each run in a fresh "
-                   f"process on one thread (load average during the run: {os.getloadavg()[0]:.1f}). `on` logs `loss_<capability>` every step from the log-probabilities TRL's fused LM head "
-                   f"computes for the loss (no extra forward); the training losses are identical.\n\n{table}")
+    publish("Training throughput with the loss per capability",
+            f"Command: `python bench/capability_loss.py --steps {args.steps} --batch {args.batch} --max-length "
+            f"{args.max_length} --hidden {args.hidden} --layers {args.layers} --repeats {args.repeats}`  \n"
+            f"Machine: {machine('CPU only')}. Data: `train.jsonl` of `agentflan data build builtin` (300 + 300 expert "
+            f"episodes). A random Llama {args.hidden} wide, {args.layers} layers, fp32, batch {args.batch} x "
+            f"{args.max_length} tokens packed, {args.steps} steps; the arms alternate, each run in a fresh "
+            f"process on one thread (load average during the run: {os.getloadavg()[0]:.1f}). `on` logs `loss_<capability>` every step from the log-probabilities TRL's fused LM head "
+            f"computes for the loss (no extra forward); the training losses are identical.", table,
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _doc import append_section, machine
+from _doc import machine, publish
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,18 +108,14 @@ def main() -> None:
               "| baseline peak RSS MB | speed ratio |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [header] + [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]} | {r[5]:,.0f} | {r[6]:.0f} | {r[7]:,.0f} "
                         f"| {r[8]:.0f} | {r[9]:.2f} |" for r in rows]
-    table = "\n".join(lines)
-    print(table)
+    publish("Convert throughput",
+            f"Command: `python bench/convert_throughput.py --repeat {args.repeat} --scale {args.scale} --workers "
+            f"{' '.join(map(str, args.workers))}`  \n"
+            f"Machine: {machine()}; load average {load_before:.2f} before, {load_after:.2f} after. Best of "
+            f"{args.repeat} runs, each in a fresh process (peak RSS is the whole process, interpreter and "
+            f"imports included, and its workers'). Baseline: `json.loads` + `json.dumps` of the same records "
+            f"in one process, the least a converter must do.", "\n".join(lines), write=not args.no_write)
     print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}")
-    if args.no_write:
-        return
-    append_section("Convert throughput",
-                   f"Command: `python bench/convert_throughput.py --repeat {args.repeat} --scale {args.scale} --workers "
-                   f"{' '.join(map(str, args.workers))}`  \n"
-                   f"Machine: {machine()}; load average {load_before:.2f} before, {load_after:.2f} after. Best of "
-                   f"{args.repeat} runs, each in a fresh process (peak RSS is the whole process, interpreter and "
-                   f"imports included, and its workers'). Baseline: `json.loads` + `json.dumps` of the same records "
-                   f"in one process, the least a converter must do.\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _doc import append_section, machine
+from _doc import machine, publish
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,16 +97,13 @@ def main() -> None:
     prep = [f"| prepare: {name} | {secs:.2f} | {len(texts) / secs:,.0f} |" for name, secs in p.items()]
     table = ("| path | seconds | tokens/s | vs raw tokenizer(texts) |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
              "| prepare (read, render, tokenize, pack) | seconds | trajectories/s |\n|---|---|---|\n" + "\n".join(prep))
-    print(table)
+    publish("Tokenize + loss mask vs the raw fast tokenizer",
+            f"Command: `python bench/tokenize_throughput.py --template {args.template} --repeat {args.repeat}`  \n"
+            f"Machine: {machine()}; load average {load_before:.2f} before, {load_after:.2f} after. SmolLM2-135M's "
+            f"tokenizer; {len(texts):,} trajectories ({tokens:,} tokens) of the `train.jsonl` of `agentflan "
+            f"data build agent-flan vars.react_sources=[fireact]` on the shared samples, rendered once with the "
+            f"`{args.template}` template. Best of {args.repeat}, interleaved.", table, write=not args.no_write)
     print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}")
-    if args.no_write:
-        return
-    append_section("Tokenize + loss mask vs the raw fast tokenizer",
-                   f"Command: `python bench/tokenize_throughput.py --template {args.template} --repeat {args.repeat}`  \n"
-                   f"Machine: {machine()}; load average {load_before:.2f} before, {load_after:.2f} after. SmolLM2-135M's "
-                   f"tokenizer; {len(texts):,} trajectories ({tokens:,} tokens) of the `train.jsonl` of `agentflan "
-                   f"data build agent-flan vars.react_sources=[fireact]` on the shared samples, rendered once with the `{args.template}` template. "
-                   f"Best of {args.repeat}, interleaved.\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _doc import append_section, machine
+from _doc import machine, publish
 
 REPO = Path(__file__).resolve().parents[1]
 CHATML_TRAINING = (
@@ -137,25 +137,22 @@ def main() -> None:
             t = results[peer]
             table += (f"| ratio agentflan / {peer} | {a['tokens_per_second'] / t['tokens_per_second']:.2f} | "
                       f"{a['peak_rss_mb'] / t['peak_rss_mb']:.2f} | | |\n")
-    print(table)
-    if args.no_write:
-        return
     cmd = (f"python bench/train_throughput.py --model {args.model} --steps {args.steps} --batch {args.batch} "
            f"--max-length {args.max_length} --repeat {args.repeat}"
            + (f" --baseline-python {args.baseline_python}" if args.baseline_python else ""))
     what = ("SmolLM2-135M LoRA r=16 on all linear layers" if args.model == "smollm2"
             else "a random small Llama (`tiny`), full fine-tune")
     peers = " vs ".join(["agentflan", *[k for k in arms if k != "agentflan"]])
-    append_section(f"Training throughput ({args.model}): {peers}",
-                   f"Command: `{cmd}`  \nMachine: {machine('CPU only')}; load average {load_before:.2f} before, {load_after:.2f} "
-                   f"after. Data: `train.jsonl` of `agentflan data build agent-flan vars.react_sources=[fireact]` on the "
-                   f"shared samples. {what[0].upper()}{what[1:]}, "
-                   f"fp32, batch {args.batch} x {args.max_length} tokens, {args.steps} steps, each arm in a fresh "
-                   f"process, the arms interleaved, the fastest of {args.repeat} kept. The baseline checkout is the "
-                   f"same arm run by another checkout's interpreter (its own agentflan). TRL's path: conversational "
-                   f"dataset, `assistant_only_loss=True` with a ChatML training template, `packing=True`. The losses "
-                   f"differ from TRL's because the masks differ: agentflan trains only loss-bearing turns (balancing "
-                   f"turns some off), TRL trains every assistant turn.\n\n{table}")
+    publish(f"Training throughput ({args.model}): {peers}",
+            f"Command: `{cmd}`  \nMachine: {machine('CPU only')}; load average {load_before:.2f} before, {load_after:.2f} "
+            f"after. Data: `train.jsonl` of `agentflan data build agent-flan vars.react_sources=[fireact]` on the "
+            f"shared samples. {what[0].upper()}{what[1:]}, "
+            f"fp32, batch {args.batch} x {args.max_length} tokens, {args.steps} steps, each arm in a fresh "
+            f"process, the arms interleaved, the fastest of {args.repeat} kept. The baseline checkout is the "
+            f"same arm run by another checkout's interpreter (its own agentflan). TRL's path: conversational "
+            f"dataset, `assistant_only_loss=True` with a ChatML training template, `packing=True`. The losses "
+            f"differ from TRL's because the masks differ: agentflan trains only loss-bearing turns (balancing "
+            f"turns some off), TRL trains every assistant turn.", table.rstrip("\n"), write=not args.no_write)
 
 
 if __name__ == "__main__":
