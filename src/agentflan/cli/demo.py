@@ -76,6 +76,8 @@ class Demo:
     agent_h_items: int
     device: str
     seed: int
+    train_tasks: int = 0  # 0: the preset's
+    with_base: bool = True
     echo: Callable[[str], None] = field(default=click.echo)
     times: dict[str, float] = field(default_factory=dict)
 
@@ -176,7 +178,7 @@ def _model_dir(spec: str) -> str:
 
 def datasets(d: Demo) -> tuple[dict[str, Any], dict[str, Any]]:
     """Stages 1 and 2: the verified episodes, and each arm's dataset built from them."""
-    n = d.preset.train_tasks
+    n = d.train_tasks or d.preset.train_tasks
     d.echo(f"== 1. expert episodes in the executable environments ({n} training tasks each, verified)")
     episodes = d.stage("episodes", {"n": n, "seed": d.seed}, lambda: _episodes(d, n))
     d.echo(f"== 2. the arms' datasets from the same episodes ({', '.join(f'{a}: {r}' for a, r in d.arms.items())})")
@@ -204,7 +206,7 @@ def run_demo(d: Demo) -> tuple[Path, Path]:
         models[arm] = d.stage(f"train-{arm}", key, partial(_train, d, arm))["model"]
     arm_protocols = {arm: _protocols(models[arm]) for arm in d.arms}
     evals = dict(models)
-    if p.base:
+    if p.base and d.with_base:
         evals = {"base": _model_dir(p.base), **models}
     d.echo(f"== 4. evaluation on held-out tasks ({d.eval_tasks} per environment and protocol) and Agent-H "
            f"({d.agent_h_items} items per style)")
@@ -234,7 +236,7 @@ def run_demo(d: Demo) -> tuple[Path, Path]:
 def _intro(d: Demo, data: dict[str, Any]) -> str:
     arms = "\n".join(f"- **{arm}** (recipe `{d.arms[arm]}`): {' '.join(str(info.get('description', '')).split())}"
                      for arm, info in data.items())
-    return (f"The same {d.preset.train_tasks} verified expert episodes per environment (`toolapi`: ToolBench-style "
+    return (f"The same {d.train_tasks or d.preset.train_tasks} verified expert episodes per environment (`toolapi`: ToolBench-style "
             "tool use; `db`: AgentBench-style SQL) were built into one training set per arm:\n\n"
             f"{arms}\n\n`{d.model}` was trained {d.steps} steps on each with the same settings and "
             f"evaluated{' beside the untrained model' if d.preset.base else ''} on held-out tasks the training never "
@@ -276,6 +278,9 @@ make demo DEMO_ARGS="--steps 200 --eval-tasks 100"   # longer training, tighter 
                    "tiny: a random two-layer model (a smoke test in seconds).")
 @click.option("--steps", type=int, help="Training steps of each arm (default: the preset's).")
 @click.option("--eval-tasks", type=int, help="Held-out tasks per environment and protocol (default: the preset's).")
+@click.option("--train-tasks", type=click.IntRange(min=1), help="Training tasks per environment (default: the preset's).")
+@click.option("--no-base", is_flag=True, help="Leave the untrained model out of the evaluation (the arms' paired "
+              "comparison needs only the arms).")
 @click.option("--agent-h-items", type=int, help="Agent-H items per style (default: the preset's).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda (bf16) where a GPU is present.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Task generation and training seed.")
@@ -283,8 +288,8 @@ make demo DEMO_ARGS="--steps 200 --eval-tasks 100"   # longer training, tighter 
               help="A data recipe to train and compare (repeatable; default: agent-flan=builtin and "
                    "agenttuning=builtin-agenttuning). The recipe's vars.env_dir is set to the demo's episodes.")
 @click.option("--no-train", is_flag=True, help="Stop after the two datasets (no torch needed).")
-def demo(output: Path, model: str, steps: int | None, eval_tasks: int | None, agent_h_items: int | None, device: str,
-         seed: int, arm_specs: tuple[str, ...], no_train: bool) -> None:
+def demo(output: Path, model: str, steps: int | None, eval_tasks: int | None, train_tasks: int | None, no_base: bool,
+         agent_h_items: int | None, device: str, seed: int, arm_specs: tuple[str, ...], no_train: bool) -> None:
     """Build Agent-FLAN and AgentTuning data from the same verified episodes, train a model on each,
     evaluate both and the untrained model, and write a report (OUTPUT/report.md and .html).
 
@@ -295,7 +300,7 @@ def demo(output: Path, model: str, steps: int | None, eval_tasks: int | None, ag
     if len(arms) != len(arm_specs or ARMS) or "base" in arms:
         raise click.UsageError("--arm names must be distinct and not `base`")
     d = Demo(output, preset, arms, model, steps or preset.steps, eval_tasks or preset.eval_tasks,
-             agent_h_items or preset.agent_h_items, device, seed)
+             agent_h_items or preset.agent_h_items, device, seed, train_tasks=train_tasks or 0, with_base=not no_base)
     if no_train:
         datasets(d)
         click.echo(f"datasets: {output / 'data'}")
