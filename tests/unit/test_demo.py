@@ -45,7 +45,7 @@ def test_report_numbers_are_what_score_derives_from_the_logs(demo):
     report = (out / "report.md").read_text()
     res = CliRunner().invoke(cli, ["score", str(out / "eval"), "--json"])
     assert res.exit_code == 0, res.output
-    summaries = json.loads(res.output[res.output.index("["):])
+    summaries = json.loads(res.output[res.output.index("{"):])["runs"]
     envs = [s for s in summaries if s["suite"] == "env"]
     assert len(envs) == 4  # each arm: toolapi in its protocol, db in AgentBench's dialect
     for s in envs:

@@ -239,28 +239,45 @@ def find_logs(paths: tuple[Path, ...]) -> list[Path]:
 @click.command("score")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the comparison as Markdown (+ PNG beside).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
-def score_cmd(paths: tuple[Path, ...], output: Path | None, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries and paired comparisons as JSON.")
+@click.option("--baseline", help="Compare every other run against this one (default: every pair of runs).")
+@click.option("--no-paired", is_flag=True, help="Leave out the paired comparisons.")
+@click.option("--strata/--no-strata", default=True, show_default=True,
+              help="Paired rows per task kind and category below each suite's overall row.")
+def score_cmd(paths: tuple[Path, ...], output: Path | None, as_json: bool, baseline: str | None, no_paired: bool,
+              strata: bool) -> None:
     """Re-score evaluation logs without a model and compare the runs.
 
     PATHS are episodes.jsonl files or folders holding them (an `agentflan eval` output). Every
     verdict is derived again by replaying the logged calls in a fresh environment; a verdict that
     differs from the logged one is reported (and the exit status is 1).
+
+    Runs scored on the same tasks (same seed, same task file) are compared item by item: the
+    difference with a 95% bootstrap interval, McNemar's exact p (a sign-flip test for graded
+    scores), Holm's adjustment, and the smallest difference the run could detect.
     """
-    from agentflan.eval.suites import chart, score_logs, table
+    from agentflan.eval import paired
+    from agentflan.eval.suites import chart, rescore_logs, table
+    from agentflan.eval.suites import paired as pair_runs
 
     try:
-        summaries, mismatches = score_logs(find_logs(paths), warn=lambda line: click.echo(line, err=True))
+        scored, mismatches = rescore_logs(find_logs(paths), warn=lambda line: click.echo(line, err=True))
+        rows = [] if no_paired else pair_runs(scored, baseline)
     except AgentflanError as e:
         raise click.ClickException(str(e)) from e
+    summaries = [s.summary for s in scored]
+    text = table(summaries)
+    if rows:
+        text += "\n**paired comparisons**\n\n" + paired.summary(rows) + "\n" + paired.table(rows, strata=strata) \
+            + "\n" + paired.notes()
     if as_json:
-        click.echo(json.dumps(summaries, indent=2))
+        click.echo(json.dumps({"runs": summaries, "paired": [r.to_json() for r in rows]}, indent=2))
     else:
-        click.echo(table(summaries))
+        click.echo(text)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         png = chart(summaries, output.with_suffix(".png"))
-        output.write_text("# agentflan score\n\n" + table(summaries) + (f"\n![success]({png.name})\n" if png else ""))
+        output.write_text("# agentflan score\n\n" + text + (f"\n![success]({png.name})\n" if png else ""))
         click.echo(f"report: {output}" + (f" and {png}" if png else ""))
     if mismatches:
         raise click.ClickException(f"{mismatches} logged verdict(s) differ from the re-scored ones (see above)")

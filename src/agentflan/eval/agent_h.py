@@ -439,6 +439,17 @@ def rescore(rec: dict[str, Any], proto: Protocol) -> dict[str, Any] | None:
     return judge(item, rec["style"], action, bool(rec.get("context_limit")))
 
 
+def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """A scored item's outcomes for paired comparisons: hallucination-free (negative items, overall
+    and per kind), or over-refusal and a correct call (controls)."""
+    v = rec["verdict"]
+    if v["kind"] == "control":
+        return {("over_refusal", "all"): float(bool(v["over_refusal"])),
+                ("correct_call", "all"): float(bool(v["correct_call"]))}
+    free = float(bool(v["hallucination_free"]))
+    return {("hallucination_free", "all"): free, ("hallucination_free", str(v["kind"])): free}
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One run's summary (one protocol): rates over the items that got a verdict."""
     scored = [r for r in records if r.get("error") is None and r.get("verdict") is not None]

@@ -501,6 +501,12 @@ def prediction_verdict(item: BFCLItem, result: Any, *, missing: bool = False,
 
 # ---- summaries -----------------------------------------------------------------------------------------
 
+def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """A scored reply's outcome for paired comparisons: valid, overall and in its category."""
+    ok = float(bool(rec["verdict"]["valid"]))
+    return {("accuracy", "all"): ok, ("accuracy", str(rec.get("category", "?"))): ok}
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy per category (BFCL's), the unparseable rate, outcomes; irrelevance also by BFCL's rule."""
     vs = [r["verdict"] for r in records if r.get("error") is None and r.get("verdict") is not None]

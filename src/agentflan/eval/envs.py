@@ -183,6 +183,12 @@ def rescore(rec: dict[str, Any]) -> dict[str, Any]:
     return {"success": verdict.success, "reason": verdict.reason, "observations_match": same}
 
 
+def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """A scored episode's outcomes for paired comparisons: success, overall and in its task kind."""
+    ok = float(bool(rec["verdict"]["success"]))
+    return {("success", "all"): ok, ("success", str(rec.get("kind", "?"))): ok}
+
+
 def model_agent(protocol_name: str, template: Any = None) -> tuple[Protocol, Callable[[Task], Agent]]:
     proto = get_protocol(protocol_name, template)
     if not proto.episodic:

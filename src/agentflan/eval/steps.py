@@ -248,6 +248,18 @@ def mean(values: list[float]) -> dict[str, float | int]:
     return {"n": n, "mean": round(m, 4), "se": round(math.sqrt(var / n), 4)}
 
 
+def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """A scored step's outcomes for paired comparisons: instruct and retrieve (0/1), understand
+    (argument F1, steps with a gold call) and reason (ROUGE-L, steps with a gold thought)."""
+    v = rec["verdict"]
+    out = {("instruct", "all"): float(bool(v["instruct"])), ("retrieve", "all"): float(bool(v["retrieve"]))}
+    if v.get("args_f1") is not None:
+        out[("understand", "all")] = float(v["args_f1"])
+    if v.get("reason") is not None:
+        out[("reason", "all")] = float(v["reason"])
+    return out
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One run's per-dimension scores (each over the steps it applies to)."""
     vs = [r["verdict"] for r in records if r.get("error") is None and r.get("verdict") is not None]

@@ -251,12 +251,22 @@ def same_verdict(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool
     return bool(json.loads(json.dumps(old)) == json.loads(json.dumps(new)))
 
 
-def score_logs(logs: list[Path], warn: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Re-score every log without a model: (one summary per log, named by its run; the number of
-    logged verdicts that differ from the re-derived ones, each reported through `warn`)."""
+@dataclass
+class ScoredLog:
+    """One log re-scored: its run's name, the summary, and the records with re-derived verdicts."""
+
+    run: str
+    log: Path
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+
+
+def rescore_logs(logs: list[Path], warn: Callable[[str], None] | None = None) -> tuple[list[ScoredLog], int]:
+    """Re-score every log without a model: (each log re-scored; the number of logged verdicts that
+    differ from the re-derived ones, each reported through `warn`)."""
     from agentflan.eval.envs import read_log
 
-    summaries, mismatches = [], 0
+    scored, mismatches = [], 0
     for log in logs:
         rescored = []
         for r in read_log(log):
@@ -282,8 +292,49 @@ def score_logs(logs: list[Path], warn: Callable[[str], None] | None = None) -> t
         s["run"] = (log.parent.parent.name if log.parent.name.startswith(s.get("env") or s.get("suite") or "?")
                     else log.parent.name)
         s["log"] = str(log)
-        summaries.append(s)
-    return summaries, mismatches
+        scored.append(ScoredLog(str(s["run"]), log, s, rescored))
+    return scored, mismatches
+
+
+def score_logs(logs: list[Path], warn: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Re-score every log without a model: (one summary per log, named by its run; the number of
+    logged verdicts that differ from the re-derived ones, each reported through `warn`)."""
+    scored, mismatches = rescore_logs(logs, warn)
+    return [s.summary for s in scored], mismatches
+
+
+def group_of(rec: dict[str, Any]) -> str:
+    """What a record is compared within: its environment, its Agent-H style (`agent-h/react`), or its suite."""
+    suite = str(rec.get("suite", "env"))
+    if suite == "env":
+        return str(rec.get("env"))
+    if suite == "agent-h":
+        return f"agent-h/{rec.get('style')}"
+    return suite
+
+
+def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """A scored record's per-item outcomes for paired comparisons ((metric, stratum) -> value)."""
+    suite = str(rec.get("suite", "env"))
+    if suite == "env":
+        from agentflan.eval.envs import outcomes as env_outcomes
+
+        return env_outcomes(rec)
+    return dict(_module(suite).outcomes(rec))
+
+
+def paired(scored: list[ScoredLog], baseline: str | None = None) -> list[Any]:
+    """The paired comparisons (`eval.paired`) of the re-scored logs' runs, in the order their logs came."""
+    from agentflan.eval import paired as pairing
+
+    runs: dict[str, list[pairing.RunOutcomes]] = {}
+    for s in scored:
+        got = pairing.outcomes_of(s.run, s.records)
+        if got is not None:
+            runs.setdefault(s.run, []).append(got)
+    if baseline is not None and baseline not in runs:
+        raise ConfigError(f"--baseline {baseline!r} is not a run here (runs: {', '.join(runs) or 'none'})")
+    return pairing.compare_runs(runs, baseline)
 
 
 def table(summaries: list[dict[str, Any]]) -> str:
