@@ -78,6 +78,7 @@ class Demo:
     seed: int
     train_tasks: int = 0  # 0: the preset's
     with_base: bool = True
+    suites: tuple[str, ...] = ()  # single-action suites played beside the environments and Agent-H: steps, bfcl
     echo: Callable[[str], None] = field(default=click.echo)
     times: dict[str, float] = field(default_factory=dict)
 
@@ -132,7 +133,7 @@ def _train(d: Demo, arm: str) -> dict[str, Any]:
                  "trl.save_total_limit=1", f"trl.logging_steps={max(1, min(5, d.steps // 8))}",
                  f"trl.seed={d.seed}", f"data_recipe={d.arms[arm]}", "resume=true", *d.preset.overrides]
     if d.device != "cpu":
-        overrides += ["trl.use_cpu=false", "trl.bf16=true"]
+        overrides += list(GPU_TRAIN_OVERRIDES)
     metrics = run(load_train_recipe(d.preset.train_recipe, overrides))
     losses = [h["loss"] for h in metrics["log_history"] if "loss" in h]
     data = metrics["data"]
@@ -155,12 +156,17 @@ def _protocols(model_dir: str) -> dict[str, list[str]]:
     return out
 
 
+GPU_EVAL_BATCH = 128  # prompts per generate call on a GPU: a held-out set of 100 tasks steps in lockstep
+GPU_TRAIN_OVERRIDES = ("trl.use_cpu=false", "trl.bf16=true", "trl.per_device_train_batch_size=16")
+
+
 def _evaluate(d: Demo, name: str, model: str, protocols: dict[str, list[str]]) -> dict[str, Any]:
     from agentflan.cli.evaluate import _run_eval
 
     code = _run_eval(
-        suites=(*ENVS, "agent-h"), model=model, base_url=None, engine_name="hf", protocols=(),
-        batch_size=d.preset.batch_size, max_new_tokens=d.preset.max_new_tokens, device=d.device,
+        suites=(*ENVS, "agent-h", *d.suites), model=model, base_url=None, engine_name="hf", protocols=(),
+        batch_size=d.preset.batch_size if d.device == "cpu" else GPU_EVAL_BATCH,
+        max_new_tokens=d.preset.max_new_tokens, device=d.device,
         dtype=d.preset.dtype if d.device == "cpu" else "bfloat16", concurrency=1, timeout_s=120.0, retries=0,
         policy="model", count=d.eval_tasks, split="heldout", seed=d.seed, tasks_file=None, max_steps=8,
         output=d.out / "eval" / name, resume=True, run_name=name, suite_protocols=dict(protocols),
@@ -190,7 +196,7 @@ def datasets(d: Demo) -> tuple[dict[str, Any], dict[str, Any]]:
 def run_demo(d: Demo) -> tuple[Path, Path]:
     """The whole demo (see the module doc); returns the report's Markdown and HTML paths."""
     from agentflan.eval.report import Arm, write_report
-    from agentflan.eval.suites import score_logs
+    from agentflan.eval.suites import paired, rescore_logs
 
     p = d.preset
     total = time.perf_counter()
@@ -214,6 +220,7 @@ def run_demo(d: Demo) -> tuple[Path, Path]:
         protos = arm_protocols.get(name) or {env: sorted({x for a in arm_protocols.values() for x in a[env]})
                                               for env in ENVS}
         key = {"model": model, "protocols": protos, "n": d.eval_tasks, "agent_h": d.agent_h_items, "seed": d.seed,
+               **({"suites": list(d.suites)} if d.suites else {}),
                "max_new_tokens": p.max_new_tokens, "device": d.device,
                "trained": d.out.joinpath(".stages", f"train-{name}.json").read_text() if name in models else None}
         d.echo(f"   {name}: " + "; ".join(f"{env} in {', '.join(ps)}" for env, ps in protos.items()))
@@ -221,7 +228,8 @@ def run_demo(d: Demo) -> tuple[Path, Path]:
     d.echo("== 5. report (re-scored from the logs)")
     from agentflan.cli.evaluate import find_logs
 
-    summaries, mismatches = score_logs(find_logs(tuple(d.out / "eval" / n for n in evals)), warn=d.echo)
+    scored, mismatches = rescore_logs(find_logs(tuple(d.out / "eval" / n for n in evals)), warn=d.echo)
+    summaries = [s.summary for s in scored]
     if mismatches:
         raise click.ClickException(f"{mismatches} logged verdict(s) differ from the re-scored ones (see above)")
     order = {n: i for i, n in enumerate(evals)}
@@ -229,8 +237,14 @@ def run_demo(d: Demo) -> tuple[Path, Path]:
                                   str(s.get("protocol"))))
     arms = [Arm(arm, json.loads((d.out / "runs" / arm / "metrics.json").read_text()), data[arm]) for arm in d.arms]
     d.times["this run, total"] = round(time.perf_counter() - total, 1)
+    names = list(d.arms)
+    heads = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+    pairs = [*heads, *((a, "base") for a in names if "base" in evals)]
+    rows = paired(scored, pairs=pairs)
+    (d.out / "paired.json").write_text(json.dumps([r.to_json() for r in rows], indent=1) + "\n")
     return write_report(d.out, title=f"agentflan demo: {' vs '.join(d.arms)} on {d.model}",
-                        intro=_intro(d, data), summaries=summaries, arms=arms, sections=_sections(d, episodes, data, evals))
+                        intro=_intro(d, data), summaries=summaries, arms=arms, sections=_sections(d, episodes, data, evals),
+                        paired_rows=rows, headline_pairs=heads)
 
 
 def _intro(d: Demo, data: dict[str, Any]) -> str:
@@ -242,8 +256,9 @@ def _intro(d: Demo, data: dict[str, Any]) -> str:
             f"evaluated{' beside the untrained model' if d.preset.base else ''} on held-out tasks the training never "
             "saw, each arm in the protocols it was trained with"
             f"{' (the untrained model in all of them)' if d.preset.base else ''}. Every number below is re-derived from the evaluation logs; "
-            f"`agentflan score {d.out / 'eval'}` prints the same. Success is ± one standard error: "
-            f"with {d.eval_tasks} tasks per run, differences under about two standard errors are noise.")
+            f"`agentflan score {d.out / 'eval'}` prints the same. Every model played the same {d.eval_tasks} held-out tasks "
+            "per environment and the same Agent-H items, so the models are compared item by item (paired, below); "
+            "rates in the other tables are ± one standard error.")
 
 
 def _sections(d: Demo, episodes: dict[str, Any], data: dict[str, Any], evals: dict[str, str]) -> list[tuple[str, str]]:
@@ -287,9 +302,13 @@ make demo DEMO_ARGS="--steps 200 --eval-tasks 100"   # longer training, tighter 
 @click.option("--arm", "arm_specs", multiple=True, metavar="[NAME=]RECIPE",
               help="A data recipe to train and compare (repeatable; default: agent-flan=builtin and "
                    "agenttuning=builtin-agenttuning). The recipe's vars.env_dir is set to the demo's episodes.")
+@click.option("--suite", "suites", multiple=True, type=click.Choice(["steps", "bfcl"]),
+              help="Also play this single-action suite (repeatable): steps (step-level, T-Eval style, on held-out "
+                   "expert trajectories), bfcl (BFCL's question files; bench/fetch_bfcl.py fetches them).")
 @click.option("--no-train", is_flag=True, help="Stop after the two datasets (no torch needed).")
 def demo(output: Path, model: str, steps: int | None, eval_tasks: int | None, train_tasks: int | None, no_base: bool,
-         agent_h_items: int | None, device: str, seed: int, arm_specs: tuple[str, ...], no_train: bool) -> None:
+         agent_h_items: int | None, device: str, seed: int, arm_specs: tuple[str, ...], suites: tuple[str, ...],
+         no_train: bool) -> None:
     """Build Agent-FLAN and AgentTuning data from the same verified episodes, train a model on each,
     evaluate both and the untrained model, and write a report (OUTPUT/report.md and .html).
 
@@ -300,7 +319,8 @@ def demo(output: Path, model: str, steps: int | None, eval_tasks: int | None, tr
     if len(arms) != len(arm_specs or ARMS) or "base" in arms:
         raise click.UsageError("--arm names must be distinct and not `base`")
     d = Demo(output, preset, arms, model, steps or preset.steps, eval_tasks or preset.eval_tasks,
-             agent_h_items or preset.agent_h_items, device, seed, train_tasks=train_tasks or 0, with_base=not no_base)
+             agent_h_items or preset.agent_h_items, device, seed, train_tasks=train_tasks or 0, with_base=not no_base,
+             suites=tuple(dict.fromkeys(suites)))
     if no_train:
         datasets(d)
         click.echo(f"datasets: {output / 'data'}")

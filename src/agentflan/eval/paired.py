@@ -268,15 +268,17 @@ def _group_order(g: str) -> tuple[int, str]:
     return (0 if "/" not in g and g not in ("agent-h", "steps", "bfcl") else 1, g)
 
 
-def compare_runs(runs: dict[str, list[RunOutcomes]], baseline: str | None = None) -> list[Comparison]:
-    """Paired comparisons of the runs (name -> its logs, in the order given): every pair (A before B),
-    or every run against `baseline`; pairs that share no item are left out."""
+def compare_runs(runs: dict[str, list[RunOutcomes]], baseline: str | None = None,
+                 pairs: Sequence[tuple[str, str]] | None = None) -> list[Comparison]:
+    """Paired comparisons of the runs (name -> its logs, in the order given): the `pairs` (A, B)
+    given, else every run against `baseline`, else every pair (A before B); runs that share no item
+    give no row."""
     names = list(runs)
-    if baseline is not None:
+    if pairs is None and baseline is not None:
         pairs = [(n, baseline) for n in names if n != baseline]
-    else:
+    elif pairs is None:
         pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
-    return [row for a, b in pairs for row in compare(runs[a], runs[b])]
+    return [row for a, b in pairs if a in runs and b in runs for row in compare(runs[a], runs[b])]
 
 
 # ---- reports --------------------------------------------------------------------------------------------------

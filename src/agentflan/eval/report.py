@@ -149,11 +149,25 @@ def shares_table(arms: Sequence[Arm], key: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+def paired_section(rows: Sequence[Any], headline_pairs: Sequence[tuple[str, str]]) -> str:
+    """Markdown: a headline sentence per pair, the overall rows, then the rows per task kind and category."""
+    from agentflan.eval import paired
+
+    heads = "\n".join(f"**{paired.headline(rows, a, b)}**\n" for a, b in headline_pairs)
+    overall = paired.table([r for r in rows if r.stratum == "all"])
+    strata = [r for r in rows if r.stratum != "all"]
+    return (heads + "\n" + paired.summary(rows) + "\n" + overall + "\n" + paired.notes()
+            + ("\n### Paired, per task kind and category\n\n" + paired.table(strata) if strata else ""))
+
+
 def write_report(out: Path, *, title: str, intro: str, summaries: list[dict[str, Any]], arms: Sequence[Arm],
-                 sections: Sequence[tuple[str, str]] = ()) -> tuple[Path, Path]:
+                 sections: Sequence[tuple[str, str]] = (), paired_rows: Sequence[Any] = (),
+                 headline_pairs: Sequence[tuple[str, str]] = ()) -> tuple[Path, Path]:
     """Write `report.md`, `report.html` and their charts into `out`; returns the two paths.
 
-    `sections` are extra (heading, Markdown) parts placed after the results (setup, commands).
+    `sections` are extra (heading, Markdown) parts placed after the results (setup, commands);
+    `paired_rows` (`eval.paired.Comparison`) are shown first, with one headline sentence for each
+    of `headline_pairs`.
     """
     from agentflan.eval.suites import chart
 
@@ -164,8 +178,10 @@ def write_report(out: Path, *, title: str, intro: str, summaries: list[dict[str,
     def img(name: str, alt: str) -> str:
         return f"![{alt}]({name}.png)\n" if images.get(name) else ""
 
-    parts = [f"# {title}\n", intro.strip() + "\n",
-             "## Held-out environments\n", env_table(summaries), img("env_kinds", "success per task kind")]
+    parts = [f"# {title}\n", intro.strip() + "\n"]
+    if paired_rows:
+        parts += ["## Paired comparison (same tasks, item by item)\n", paired_section(paired_rows, headline_pairs)]
+    parts += ["## Held-out environments\n", env_table(summaries), img("env_kinds", "success per task kind")]
     if any(s.get("suite") == "agent-h" for s in summaries):
         parts += ["## Agent-H: hallucination and over-refusal\n",
                   "HScore is the mean of the hallucination-free rates in the ReAct and the general (chat) style "

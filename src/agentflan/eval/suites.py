@@ -323,8 +323,10 @@ def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
     return dict(_module(suite).outcomes(rec))
 
 
-def paired(scored: list[ScoredLog], baseline: str | None = None) -> list[Any]:
-    """The paired comparisons (`eval.paired`) of the re-scored logs' runs, in the order their logs came."""
+def paired(scored: list[ScoredLog], baseline: str | None = None,
+           pairs: list[tuple[str, str]] | None = None) -> list[Any]:
+    """The paired comparisons (`eval.paired.compare_runs`) of the re-scored logs' runs, in the order
+    their logs came."""
     from agentflan.eval import paired as pairing
 
     runs: dict[str, list[pairing.RunOutcomes]] = {}
@@ -334,7 +336,7 @@ def paired(scored: list[ScoredLog], baseline: str | None = None) -> list[Any]:
             runs.setdefault(s.run, []).append(got)
     if baseline is not None and baseline not in runs:
         raise ConfigError(f"--baseline {baseline!r} is not a run here (runs: {', '.join(runs) or 'none'})")
-    return pairing.compare_runs(runs, baseline)
+    return pairing.compare_runs(runs, baseline, pairs)
 
 
 def table(summaries: list[dict[str, Any]]) -> str:
