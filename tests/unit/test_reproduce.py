@@ -1,0 +1,65 @@
+"""The verdict's study command (`bench/reproduce.py`) end to end on CPU with the tiny model, through
+the GPU kit's run path (`bench/gpu_kit.py stage --run`), as it runs on the GPU machine; and its
+dry run (the plan and its budget)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    src = str(BENCH.parent / "src")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+            "AGENTFLAN_KIT": str(tmp / "stage"), "OUT": str(tmp / "out"), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    (tmp / "kit" / "wheels").mkdir(parents=True)
+    res = subprocess.run([sys.executable, str(BENCH / "gpu_kit.py"), "stage", "--run", "--kit", str(tmp / "kit"),
+                          "--", "--preset", "tiny", "--seeds", "0", "1", "--study", "main", "--steps", "2",
+                          "--eval-tasks", "3", "--agent-h-items", "4"],
+                         env=_env(tmp), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return tmp
+
+
+def test_the_study_runs_through_the_kit_and_reports_paired_results(study):
+    out = study / "out"
+    md = (out / "results.md").read_text()
+    assert "### Paired, pooled over the seeds" in md and "### Paired, per seed" in md
+    assert "Paired, agent-flan - agenttuning: the difference is" in md
+    rows = json.loads((out / "paired.json").read_text())
+    env_rows = [r for r in rows if r["group"] in ("toolapi", "db") and r["stratum"] == "all"]
+    # pooled: each seed's 3 held-out tasks are their own items
+    assert {r["n"] for r in env_rows} == {6} and {(r["a"], r["b"]) for r in rows} == {("agent-flan", "agenttuning")}
+    assert any(r["metric"] == "hscore" for r in rows) and any(r["group"] == "steps" for r in rows)
+    assert "exit 0" in (out / "wall.txt").read_text()
+    for seed in ("seed-0", "seed-1"):
+        assert "## Paired comparison" in (out / seed / "report.md").read_text()
+
+
+def test_the_report_is_rebuilt_from_the_logs_alone(study):
+    res = subprocess.run([sys.executable, str(BENCH / "reproduce.py"), "--preset", "tiny", "--study", "main",
+                          "--report-only", "-o", str(study / "stage" / "study")],
+                         env=_env(study), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == (study / "out" / "results.md").read_text().strip()
+
+
+def test_the_dry_run_prints_the_plan_and_its_budget(tmp_path):
+    res = subprocess.run([sys.executable, str(BENCH / "reproduce.py"), "--preset", "tiny", "--study", "main",
+                          "--seeds", "0", "--dry-run", "-o", str(tmp_path / "s")],
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| agent-flan |" in res.stdout and "| agenttuning |" in res.stdout and "Per seed:" in res.stdout
+    assert not (tmp_path / "s" / "seed-0" / "runs").exists()  # nothing trained
