@@ -314,13 +314,17 @@ def group_of(rec: dict[str, Any]) -> str:
 
 
 def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """A scored record's per-item outcomes for paired comparisons ((metric, stratum) -> value)."""
+    """A scored record's per-item outcomes for paired comparisons ((metric, stratum) -> value); none
+    for a suite whose module defines no `outcomes`."""
     suite = str(rec.get("suite", "env"))
     if suite == "env":
         from agentflan.eval.envs import outcomes as env_outcomes
 
         return env_outcomes(rec)
-    return dict(_module(suite).outcomes(rec))
+    if suite not in SUITES:
+        return {}
+    of = getattr(_module(suite), "outcomes", None)
+    return dict(of(rec)) if of is not None else {}
 
 
 def paired(scored: list[ScoredLog], baseline: str | None = None,
