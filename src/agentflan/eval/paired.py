@@ -32,6 +32,7 @@ import math
 import random
 import statistics
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -325,7 +326,8 @@ def table(rows: Sequence[Comparison], *, strata: bool = True) -> str:
 def sentence(c: Comparison) -> str:
     """One sentence: the difference, its interval, p, whether it is significant at this n, and what
     this n could detect."""
-    what = f"{c.group} {c.metric}" + (f" ({c.stratum})" if c.stratum != "all" else "")
+    what = (f"{c.group} {c.metric}" + (f" ({c.stratum})" if c.stratum != "all" else "")
+            + (f" in `{c.protocol_a}`" if c.protocol_a == c.protocol_b else f" in `{c.protocol_a}` / `{c.protocol_b}`"))
     p = c.p_holm if c.p_holm is not None else c.p
     verdict = ("significant" if p < ALPHA else "not significant") + f" at alpha = {ALPHA}"
     adj = " (Holm-adjusted)" if c.p_holm is not None else ""
@@ -349,8 +351,11 @@ def headline(rows: Sequence[Comparison], a: str, b: str) -> str:
     if not mine:
         return f"{a} and {b} share no scored item: no paired comparison."
 
-    def name(c: Comparison) -> str:
-        return f"{c.group} {c.metric} ({_pts(c.diff)} points, n = {c.n})"
+    groups = Counter((c.group, c.metric) for c in mine)
+
+    def name(c: Comparison) -> str:  # the protocol named where a suite was played in several
+        where = f" in `{c.protocol_a}`" if groups[(c.group, c.metric)] > 1 and c.protocol_a == c.protocol_b else ""
+        return f"{c.group} {c.metric}{where} ({_pts(c.diff)} points, n = {c.n})"
 
     sig = [name(c) for c in mine if c.significant]
     not_sig = [name(c) for c in mine if not c.significant]
