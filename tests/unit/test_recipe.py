@@ -101,8 +101,7 @@ def test_builtin_ladder_recipes_each_remove_what_they_name(tmp_path):
     for env in ("toolapi", "db"):
         synth(env, 12, "train", tmp_path / "env")
     stats = {}
-    for name in ("builtin-agenttuning", "builtin-align", "builtin-no-negatives", "builtin", "builtin-balance-drop",
-                 "builtin-retrieval-full"):
+    for name in ("builtin-agenttuning", "builtin-align", "builtin-no-negatives", "builtin", "builtin-balance-drop"):
         recipe, resolved = load_recipe(name, [f"vars.env_dir={tmp_path / 'env'}"])
         stats[name] = build(recipe, resolved, tmp_path / name).stats["outputs"]
     protocols = {p for o in stats["builtin-agenttuning"].values() for p in o["protocols"]}
@@ -118,8 +117,3 @@ def test_builtin_ladder_recipes_each_remove_what_they_name(tmp_path):
                 if step["step"] == "balance"}
     assert modes("builtin") == {"db_tflan": "mask", "toolapi_tflan_60p": "mask"}
     assert modes("builtin-balance-drop") == {"db_tflan": "drop", "toolapi_tflan_60p": "drop"}
-
-    def ratios(name: str) -> list[object]:
-        return [step["config"]["ratios"] for o in stats[name].values() for step in o["steps"] if step["step"] == "balance"]
-    assert ratios("builtin-retrieval-full") == [{"reasoning": 1.0, "retrieval": 1.0, "understanding": 0.75}] * 2
-    assert set(stats["builtin-retrieval-full"]) == set(stats["builtin"])  # nothing else changes
