@@ -13,9 +13,7 @@ Studies (each a set of arms; a seed trains every arm of every chosen study once)
   (`builtin-no-negatives`) -> +negatives (`builtin`), each rung against the one below;
 * `balance`: balancing by masking turns (`builtin`) vs dropping them (`builtin-balance-drop`);
 * `negatives`: with (`builtin`) vs without (`builtin-no-negatives`) negatives, on HScore and
-  over-refusal;
-* `retrieval`: every retrieval turn trained (`builtin-retrieval-full`, 1 : 1 : 0.75) against the
-  release ratios (`builtin`, 1 : 0.5 : 0.75) and against AgentTuning.
+  over-refusal.
 
 Presets (any flag given overrides the preset's value):
 
@@ -58,15 +56,12 @@ STUDIES = {
                "agent-flan": "builtin"},
     "balance": {"agent-flan": "builtin", "balance-drop": "builtin-balance-drop"},
     "negatives": {"agent-flan": "builtin", "balance": "builtin-no-negatives"},
-    "retrieval": {"agent-flan": "builtin", "agent-flan-retrieval": "builtin-retrieval-full",
-                  "agenttuning": "builtin-agenttuning"},
 }
 PAIRS = {  # (A, B): the paired comparisons of a study, A - B
     "main": [("agent-flan", "agenttuning")],
     "ladder": [("align", "agenttuning"), ("balance", "align"), ("agent-flan", "balance")],
     "balance": [("agent-flan", "balance-drop")],
     "negatives": [("agent-flan", "balance")],
-    "retrieval": [("agent-flan-retrieval", "agent-flan"), ("agent-flan-retrieval", "agenttuning")],
 }
 
 
