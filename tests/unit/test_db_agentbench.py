@@ -23,7 +23,7 @@ from agentflan.envs.db import (
     clean_answer,
     task_from_agentbench,
 )
-from agentflan.schema import AssistantMessage, ToolCall
+from agentflan.schema import AssistantMessage, ToolCall, Trajectory
 
 # (answer, label, AgentBench's verdict)
 CASES = [
@@ -211,3 +211,56 @@ def test_mariadb_server_is_private_and_removed_when_stopped():
             networking_off, max_len, mode = cur.fetchone()
         assert networking_off == 1 and max_len == 1024 and "STRICT_TRANS_TABLES" in mode
     assert not server.running and not folder.exists()
+
+
+# ---- an agent that drops or renames the task's table: a 0, never a crash --------------------------
+
+VANDAL_SQL = ["DROP TABLE `{t}`", "ALTER TABLE `{t}` RENAME TO `gone`", "ALTER TABLE `{t}` RENAME COLUMN `{c}` TO `x`"]
+
+
+def _vandal(task: Task, sql: str):
+    """An agent that runs `sql` on the task's table, then answers."""
+    table = task.data["table"]
+    yield AssistantMessage(content="I break the table.", tool_calls=[ToolCall(
+        id="c0", name="operation", arguments={"sql": sql.format(t=table["name"], c=table["columns"][0]["name"])})])
+    yield AssistantMessage(content="Done.", tool_calls=[ToolCall(id="c1", name="answer", arguments={"answer": []})])
+
+
+def _modification_tasks() -> list[Task]:
+    tasks = [t for t in get_env("db").generate(10, "train", 0) if t.kind != "select"]
+    assert {t.kind for t in tasks} == {"insert", "update"}
+    return tasks
+
+
+@pytest.mark.parametrize("sql", VANDAL_SQL)
+def test_a_dropped_or_renamed_table_scores_zero(sql):
+    task = _modification_tasks()[0]
+    ep = run_episode(DBEnvironment(), task, ExpertPolicy(_vandal(task, sql)))
+    assert ep.error is None and ep.verdict is not None and not ep.verdict.success
+    assert "cannot be hashed" in ep.verdict.reason, ep.verdict.reason
+
+
+def test_a_dropped_table_scores_zero_in_eval_score_and_env_play(tmp_path):
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+    from agentflan.eval.envs import read_log, rescore, run_env
+
+    tasks = _modification_tasks()
+    run = run_env("db", tasks, lambda t: ExpertPolicy(_vandal(t, VANDAL_SQL[tasks.index(t) % 3])), None,
+                  tmp_path / "run", protocol_name="native", agent_name="vandal", config={})
+    records = read_log(tmp_path / "run" / "episodes.jsonl")
+    assert len(records) == len(tasks) and run.summary["scored"] == len(tasks)
+    assert all(r["verdict"] == {"success": False, "reason": r["verdict"]["reason"]} for r in records)
+    assert all("cannot be hashed" in r["verdict"]["reason"] for r in records)
+    assert all(rescore(r)["success"] is False and rescore(r)["observations_match"] for r in records)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["score", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    index = int(tasks[0].id.rsplit("-", 1)[1])  # env play takes task `index` and record `index` of the file
+    replay = tmp_path / "vandal.jsonl"
+    replay.write_text((json.dumps(Trajectory.model_validate(records[0]["transcript"]).to_json_dict()) + "\n")
+                      * (index + 1))
+    res = runner.invoke(cli, ["env", "play", "db", "--policy", "replay", "--replay", str(replay),
+                              "--index", str(index)])
+    assert res.exit_code == 0 and "== FAILURE" in res.output and "cannot be hashed" in res.output, res.output

@@ -255,6 +255,11 @@ class TableBuildError(Exception):
     """The engine refused the task's table; the episode fails with this reason."""
 
 
+class TableStateError(Exception):
+    """The task's table cannot be hashed any more (the agent dropped or renamed it, or a column):
+    the episode fails with this reason, as AgentBench scores it 0 (its hash query errors)."""
+
+
 class Engine(ABC):
     """One throw-away database holding one task's table."""
 
@@ -270,7 +275,7 @@ class Engine(ABC):
 
     @abstractmethod
     def table_hash(self, table: str, columns: list[str]) -> str:
-        """AgentBench's hash of the table's current state."""
+        """AgentBench's hash of the table's current state; `TableStateError` if it cannot be read."""
 
     @abstractmethod
     def close(self) -> None:
@@ -342,7 +347,10 @@ class SQLiteEngine(Engine):
 
     def table_hash(self, table: str, columns: list[str]) -> str:
         self._deadline = time.monotonic() + 60.0
-        return table_hash(self.conn, table, columns)
+        try:
+            return table_hash(self.conn, table, columns)
+        except (sqlite3.Error, sqlite3.Warning, OverflowError, MemoryError, ValueError) as e:
+            raise TableStateError(f"sqlite: {e}") from e
 
     def close(self) -> None:
         self.conn.close()
@@ -435,7 +443,10 @@ class DBEnvironment(Environment):
             return Verdict(False, f"the task's table could not be built: {self.build_error}")
         if task.kind in ("insert", "update", "delete"):
             cols = [c["name"] for c in task.data["table"]["columns"]]
-            got = self.engine.table_hash(task.data["table"]["name"], cols)
+            try:
+                got = self.engine.table_hash(task.data["table"]["name"], cols)
+            except TableStateError as e:  # dropped or renamed by the agent: a failure, never a crash
+                return Verdict(False, f"the task's table cannot be hashed: {e}")
             ok = got == task.expected["answer_md5"]
             return Verdict(ok, "table state matches" if ok else "table state differs", {"hash": got})
         given, answer = submitted_answer(transcript, self.final_tool)

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agentflan.envs.db import Engine, Result, TableBuildError, _check_widths, _q, table_rows
+from agentflan.envs.db import Engine, Result, TableBuildError, TableStateError, _check_widths, _q, table_rows
 from agentflan.errors import AgentflanError, MissingDependencyError, require
 
 MYSQL8_SQL_MODE = ("ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
@@ -250,13 +250,18 @@ class MySQLEngine(Engine):
     def table_hash(self, table: str, columns: list[str]) -> str:
         """AgentBench's own hash query, run on the server, printed as mysql-connector's
         `str(cursor.fetchall())` prints it (a list of tuples)."""
+        import pymysql
+
         cols = ",".join(_q(c) for c in columns)
-        with self.admin.cursor() as cur:
-            cur.execute("SET SESSION group_concat_max_len = 1024")
-            cur.execute(f"select md5(group_concat(rowhash order by rowhash)) as hash from( SELECT "
-                        f"substring(MD5(CONCAT_WS(',', {cols})), 1, 5) AS rowhash FROM {_q(table)}) "
-                        "as sub;")
-            return str(list(cur.fetchall()))
+        try:
+            with self.admin.cursor() as cur:
+                cur.execute("SET SESSION group_concat_max_len = 1024")
+                cur.execute(f"select md5(group_concat(rowhash order by rowhash)) as hash from( SELECT "
+                            f"substring(MD5(CONCAT_WS(',', {cols})), 1, 5) AS rowhash FROM {_q(table)}) "
+                            "as sub;")
+                return str(list(cur.fetchall()))
+        except pymysql.err.MySQLError as e:  # the agent dropped or renamed the table (or its database)
+            raise TableStateError(f"mysql: {_message(e)}") from e
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
