@@ -264,3 +264,58 @@ def test_a_dropped_table_scores_zero_in_eval_score_and_env_play(tmp_path):
     res = runner.invoke(cli, ["env", "play", "db", "--policy", "replay", "--replay", str(replay),
                               "--index", str(index)])
     assert res.exit_code == 0 and "== FAILURE" in res.output and "cannot be hashed" in res.output, res.output
+
+
+# ---- MySQL on the embedded engine: the four kinds of AgentBench task SQLite used to get wrong ----------
+
+def _engine(name: str, columns: list[str], rows: list[list[str]]) -> SQLiteEngine:
+    engine = SQLiteEngine()
+    engine.build({"name": name, "columns": [{"name": c} for c in columns], "rows": rows})
+    return engine
+
+
+def _run(engine, sql: str):
+    res = engine.execute(sql, 100, 2.0)
+    assert res.error is None, (sql, res.error)
+    return res.rows
+
+
+def test_sqlite_reads_mysql_backslash_escapes():  # standard.jsonl 164, 242
+    engine = _engine("Local Authorities", ["Name", "Former"], [["Formby", "x"]])
+    _run(engine, r"INSERT INTO `Local Authorities` (`Name`, `Former`) VALUES ('Formby Range', 'Formby\nUrban\'s')")
+    assert _run(engine, "SELECT `Former` FROM `Local Authorities` WHERE `Name` = 'Formby Range'") == [("Formby\nUrban's",)]
+    assert engine.table_hash("Local Authorities", ["Name", "Former"]) == agentbench_hash(
+        [("Formby", "x"), ("Formby Range", "Formby\nUrban's")])
+    assert _run(engine, 'SELECT "double-quoted string", `Name` FROM `Local Authorities` LIMIT 1') == [
+        ("double-quoted string", "Formby")]
+    unknown = engine.execute("SELECT `Nme` FROM `Local Authorities`", 10, 2.0)  # a name, never a string
+    assert unknown.error is not None and "no such column" in unknown.error
+
+
+def test_sqlite_reads_names_that_start_with_a_digit():  # standard.jsonl 180
+    engine = _engine("1952_British_Grand_Prix_0", ["Pos", "No", "Driver"], [["1", "15", "Alberto Ascari"]])
+    _run(engine, "INSERT INTO 1952_British_Grand_Prix_0 (Pos, No, Driver) VALUES (22, 2, 'Tony Gaze');")
+    assert _run(engine, "SELECT Driver FROM 1952_British_Grand_Prix_0 WHERE Pos = 22") == [("Tony Gaze",)]
+
+
+def test_sqlite_compares_text_as_mysql_does_case_and_accent_insensitively():  # standard.jsonl 206
+    engine = _engine("Airports", ["Rank", "Airport"], [["17", "Montréal-Pierre Elliott Trudeau"], ["3", "Zürich"],
+                                                       ["5", "straße"], ["9", "Bergen "]])
+    _run(engine, "UPDATE `Airports` SET `Rank` = '19' WHERE `Airport` = 'Montreal-Pierre Elliott Trudeau'")
+    assert _run(engine, "SELECT `Rank` FROM `Airports` WHERE `Airport` LIKE 'montreal%'") == [("19",)]
+    assert _run(engine, "SELECT `Rank` FROM `Airports` WHERE `Airport` IN ('ZURICH', 'STRASSE') ORDER BY `Rank`") == [
+        ("3",), ("5",)]
+    assert _run(engine, "SELECT `Rank` FROM `Airports` WHERE `Airport` = 'Bergen'") == []  # no padding, as 0900_ai_ci
+    assert _run(engine, r"SELECT COUNT(*) FROM `Airports` WHERE `Airport` LIKE '%\_%' OR `Airport` REGEXP '^ZÜR'") == [
+        (1,)]
+    assert _run(engine, "SELECT `Airport` FROM `Airports` ORDER BY `Airport` LIMIT 2") == [
+        ("Bergen ",), ("Montréal-Pierre Elliott Trudeau",)]
+
+
+def test_sqlite_compares_text_with_numbers_as_doubles_without_strict_mode():  # standard.jsonl 278, 295
+    engine = _engine("Grand Prix", ["No", "Driver"], [["?", "a"], ["16", "b"], ["16.0", "c"], ["7", "d"]])
+    _run(engine, "UPDATE `Grand Prix` SET `Driver` = 'Charles Leclerc' WHERE `No` = 16;")
+    assert _run(engine, "SELECT `No` FROM `Grand Prix` WHERE `Driver` = 'charles leclerc'") == [("16",), ("16.0",)]
+    assert _run(engine, "SELECT COUNT(*) FROM `Grand Prix` WHERE `No` > 10") == [(2,)]  # as text, '7' > '10'
+    assert _run(engine, "SELECT COUNT(*) FROM `Grand Prix` WHERE `No` IN (0, 7) OR `No` BETWEEN 15 AND 16") == [(4,)]
+    assert _run(engine, "SELECT 7 / 2, 7 DIV 2") == [(3.5, 3)]

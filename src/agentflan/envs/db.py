@@ -18,10 +18,11 @@ One deliberate difference: AgentBench `eval`s answer strings that look like list
 evaluate model output and parse Python literals only (`ast.literal_eval`), so an answer written as
 an expression (`[1+1]`) is read as text here.
 
-Engines: `sqlite` (the default, embedded, in memory) and `mysql` (a throw-away MariaDB server, see
-`envs/mysql.py`, for exact fidelity: SQLite cannot imitate MySQL's case- and accent-insensitive
-comparisons, backslash escapes, `INSERT ... SET`, integer vs decimal division or strict-mode
-errors). A table that cannot be built (the engine refuses a column name, a row of the wrong width)
+Engines: `sqlite` (the default, embedded, in memory; it runs the agent's MySQL translated by
+`sqlglot`, with MySQL's case- and accent-insensitive comparison and its comparison of text with
+numbers registered, see `envs/db_dialect.py` and what stays different there) and `mysql` (a
+throw-away MariaDB server, see `envs/mysql.py`, for exact fidelity, strict-mode errors included).
+A table that cannot be built (the engine refuses a column name, a row of the wrong width)
 is not an exception: every call says so and the verdict is a failure with the engine's reason.
 
 Safety (every episode, SQLite): one throw-away in-memory database; an authorizer that refuses
@@ -282,8 +283,9 @@ class Engine(ABC):
         """Drop the database."""
 
 
-def _create_sql(table: dict[str, Any]) -> str:
-    return f"CREATE TABLE {_q(table['name'])} (" + ", ".join(f"{_q(c['name'])} TEXT" for c in table["columns"]) + ")"
+def _create_sql(table: dict[str, Any], collate: str = "") -> str:
+    return f"CREATE TABLE {_q(table['name'])} (" + ", ".join(f"{_q(c['name'])} TEXT{collate}"
+                                                         for c in table["columns"]) + ")"
 
 
 def _check_widths(table: dict[str, Any]) -> None:
@@ -294,20 +296,28 @@ def _check_widths(table: dict[str, Any]) -> None:
 
 
 class SQLiteEngine(Engine):
-    """An in-memory SQLite database, sandboxed (see the module docstring)."""
+    """An in-memory SQLite database, sandboxed (see the module docstring), that runs MySQL
+    (`envs/db_dialect.py`: the agent's SQL translated, MySQL's comparisons registered)."""
 
     name: ClassVar[str] = "sqlite"
     heap_limit_bytes: ClassVar[int] = 64 * 2**20
 
     def __init__(self) -> None:
+        from agentflan.envs import db_dialect
+
+        db_dialect.check()
         self.conn = sqlite3.connect(":memory:", check_same_thread=False)
         self.conn.execute(f"PRAGMA hard_heap_limit={self.heap_limit_bytes}")
+        db_dialect.register(self.conn)
+        self._to_sqlite = db_dialect.to_sqlite
         self._deadline = 0.0
 
     def build(self, table: dict[str, Any]) -> None:
+        from agentflan.envs.db_dialect import COLLATION
+
         _check_widths(table)
         try:
-            self.conn.execute(_create_sql(table))
+            self.conn.execute(_create_sql(table, f" COLLATE {COLLATION}"))
             marks = ", ".join("?" for _ in table["columns"])
             self.conn.executemany(f"INSERT INTO {_q(table['name'])} VALUES ({marks})", table_rows(table))
             self.conn.commit()
@@ -329,7 +339,7 @@ class SQLiteEngine(Engine):
     def execute(self, sql: str, max_rows: int, time_limit_s: float) -> Result:
         self._deadline = time.monotonic() + time_limit_s
         try:
-            cur = self.conn.execute(sql)
+            cur = self.conn.execute(self._to_sqlite(sql))
             rows = cur.fetchmany(max_rows + 1)
             self.conn.commit()
         except sqlite3.OperationalError as e:
