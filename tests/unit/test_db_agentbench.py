@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 
 import pytest
 
@@ -23,6 +24,7 @@ from agentflan.envs.db import (
     clean_answer,
     task_from_agentbench,
 )
+from agentflan.envs.mysql import MySQLEngine
 from agentflan.schema import AssistantMessage, ToolCall, Trajectory
 
 # (answer, label, AgentBench's verdict)
@@ -319,3 +321,69 @@ def test_sqlite_compares_text_with_numbers_as_doubles_without_strict_mode():  # 
     assert _run(engine, "SELECT COUNT(*) FROM `Grand Prix` WHERE `No` > 10") == [(2,)]  # as text, '7' > '10'
     assert _run(engine, "SELECT COUNT(*) FROM `Grand Prix` WHERE `No` IN (0, 7) OR `No` BETWEEN 15 AND 16") == [(4,)]
     assert _run(engine, "SELECT 7 / 2, 7 DIV 2") == [(3.5, 3)]
+
+
+# ---- the MariaDB sandbox: each hole has a test (these start a server: about 2 s) -------------------
+
+def _mysql_env(rows=(("1", "2"),)) -> DBEnvironment:
+    _mariadb()
+    env = DBEnvironment("mysql")
+    env.reset(_task([list(r) for r in rows], label=["1"]))
+    return env
+
+
+def _sql(env: DBEnvironment, sql: str) -> str:
+    return env.step(ToolCall(id="s", name="operation", arguments={"sql": sql})).content
+
+
+@pytest.mark.parametrize("sql", ["SET STATEMENT max_statement_time=0 FOR SELECT SLEEP(6) FROM T",
+                                 "SET STATEMENT max_statement_time=0 FOR SELECT BENCHMARK(10000000000, MD5('x'))"])
+def test_mariadb_time_limit_cannot_be_lifted(sql):
+    env = _mysql_env()
+    t0 = time.monotonic()
+    out = _sql(env, sql)
+    assert time.monotonic() - t0 < env.time_limit_s + 3 and "time limit" in out, out
+    assert _sql(env, "SELECT COUNT(*) FROM T") == "[(1,)]"  # the kill reached that statement only
+    assert "max_statement_time" in _sql(env, "SET SESSION max_statement_time = 0") + _sql(env, "SELECT SLEEP(6)")
+    env.close()
+
+
+def test_mariadb_reconnects_after_a_lost_connection():
+    env = _mysql_env()
+    assert "connection lost" in _sql(env, "KILL CONNECTION_ID()")
+    for _ in range(2):
+        assert _sql(env, "SELECT COUNT(*) FROM T") == "[(1,)]"
+    assert "STRICT_TRANS_TABLES" in _sql(env, "SELECT @@sql_mode")
+    env.close()
+
+
+def test_mariadb_episode_cannot_create_databases_or_reach_other_episodes():
+    env, other = _mysql_env(), _mysql_env()
+    assert isinstance(env.engine, MySQLEngine) and isinstance(other.engine, MySQLEngine)
+    mine, theirs = env.engine.database, other.engine.database
+    for name in ("scratch", mine.replace("_", "X"), theirs + "x"):  # `_` would be a wildcard in a grant
+        assert "denied" in _sql(env, f"CREATE DATABASE `{name}`"), name
+    assert "denied" in _sql(env, f"SELECT * FROM `{theirs}`.T")
+    assert "denied" in _sql(env, f"DROP TABLE `{theirs}`.T")
+    assert sorted(_sql(env, "SHOW DATABASES").strip('[]').split(', ')) == [f"('{mine}',)", "('information_schema',)"]
+    assert _sql(other, "SELECT COUNT(*) FROM T") == "[(1,)]"
+    env.close()
+    other.close()
+
+
+def _database_dropper():
+    """An agent that asks which database it is in, then drops it."""
+    obs = yield AssistantMessage(tool_calls=[ToolCall(id="c0", name="operation", arguments={"sql": "SELECT DATABASE()"})])
+    name = obs.content.split("'")[1]
+    yield AssistantMessage(tool_calls=[ToolCall(id="c1", name="operation", arguments={"sql": f"DROP DATABASE `{name}`"})])
+    yield AssistantMessage(tool_calls=[ToolCall(id="c2", name="answer", arguments={"answer": []})])
+
+
+@pytest.mark.parametrize("sql", [*VANDAL_SQL, "DROP DATABASE"])
+def test_mariadb_a_dropped_or_renamed_table_scores_zero(sql):
+    _mariadb()
+    task = _modification_tasks()[0]
+    agent = _database_dropper() if sql == "DROP DATABASE" else _vandal(task, sql)
+    ep = run_episode(DBEnvironment("mysql"), task, ExpertPolicy(agent))
+    assert ep.error is None and ep.verdict is not None and not ep.verdict.success
+    assert "cannot be hashed" in ep.verdict.reason, ep.verdict.reason
