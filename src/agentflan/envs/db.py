@@ -501,13 +501,17 @@ def task_from_agentbench(record: dict[str, Any], index: int) -> Task:
 
 
 def repair_wikisql(query: str, columns: list[str], table: str) -> str:
-    """Make WikiSQL-style queries valid SQL: quote column and table names that contain spaces.
+    """Make WikiSQL-style queries valid MySQL: quote column and table names that contain spaces,
+    and a table name written as a string (`FROM 'T'`, which MySQL refuses).
 
     Examples:
         >>> repair_wikisql('SELECT Total Points FROM "T" WHERE Year = 2001', ["Total Points", "Year"], "T")
         'SELECT `Total Points` FROM `T` WHERE `Year` = 2001'
+        >>> repair_wikisql("SELECT A FROM 'My T' WHERE A = 'x'", ["A"], "My T")
+        "SELECT `A` FROM `My T` WHERE `A` = 'x'"
     """
     out = re.sub(r'"([^"]+)"', lambda m: _q(m.group(1)), query)
+    out = re.sub(r"(?i)\b(FROM|JOIN)\s+'([^']+)'", lambda m: f"{m.group(1)} {_q(m.group(2))}", out)
     for col in sorted(columns, key=len, reverse=True):
         out = re.sub(rf"(?<![`\w]){re.escape(col)}(?![`\w])", _q(col).replace("\\", "\\\\"), out)
     return out.rstrip().rstrip(";")
@@ -522,6 +526,16 @@ def expert_sql(task: Task) -> str | None:
     return repair_wikisql(gold, cols, task.data["table"]["name"])
 
 
+def mysql_string(value: str) -> str:
+    r"""`value` as a MySQL string literal (quote doubled, backslash escaped: MySQL reads `\n` as a newline).
+
+    Examples:
+        >>> print(mysql_string("O'Brien\\n"))
+        'O''Brien\\n'
+    """
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def run_select(engine: Engine, sql: str) -> list[Any] | None:
     """Values of a SELECT (flattened), or None if it fails."""
     res = engine.execute(sql, 1000, 2.0)
@@ -530,8 +544,10 @@ def run_select(engine: Engine, sql: str) -> list[Any] | None:
     return [v for row in res.rows for v in row]
 
 
-def derive_select_sql(task: Task) -> str | None:
-    """A query the expert can run for an AgentBench SELECT task, checked against the label.
+def derive_select_sql(task: Task, engine_name: str = "sqlite") -> str | None:
+    """A query the expert can run for an AgentBench SELECT task, checked against the label on the
+    engine the episode runs on (`engine_name`), in MySQL (what AgentBench's agent writes, and what
+    both engines read).
 
     First the task's gold query (WikiSQL-style, repaired by `repair_wikisql`); when that does not
     reproduce the label, a search over queries grounded in the question: conditions are the table
@@ -544,7 +560,7 @@ def derive_select_sql(task: Task) -> str | None:
     table = task.data["table"]
     cols = [c["name"] for c in table["columns"]]
     label = task.expected["label"]
-    engine = SQLiteEngine()
+    engine = make_engine(engine_name)
     try:
         try:
             engine.build(table)
@@ -572,12 +588,13 @@ def derive_select_sql(task: Task) -> str | None:
             targets = ["COUNT(*)"]
         elif kind.startswith("aggregation-"):
             func = kind.split("-", 1)[1]
-            targets = [f"{func}(CAST({_q(c)} AS REAL))" for c in cols_ranked]
+            # DOUBLE: a CAST type of MySQL 8 and MariaDB (REAL is not MariaDB's), SQLite's REAL once translated
+            targets = [f"{func}(CAST({_q(c)} AS DOUBLE))" for c in cols_ranked]
         else:  # other, comparison, ranking: a column of the matching rows
             targets = [_q(c) for c in cols_ranked]
         t = _q(table["name"])
         for cond in conds:
-            where = " AND ".join(f"{_q(c)} = '{v.replace(chr(39), chr(39) * 2)}'" for c, v in cond)
+            where = " AND ".join(f"{_q(c)} = {mysql_string(v)}" for c, v in cond)
             for target in targets:
                 sql = f"SELECT {target} FROM {t} WHERE {where}"
                 if matches(sql):
