@@ -256,7 +256,8 @@ class MySQLEngine(Engine):
             result = Result(error=_message(e))
         finally:
             killed = watchdog.stop()
-        if not self._alive():  # the agent lost its connection: a fresh one for the next call
+        if (result is None or result.error is not None) and not self._alive():
+            # the agent lost its connection (a lost connection is always an error): a fresh one for the next call
             with contextlib.suppress(Exception):
                 self.agent.close()
             self.agent = self._agent_connection()
