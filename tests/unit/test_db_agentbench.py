@@ -445,3 +445,14 @@ def test_mariadb_env_play_expert_runs_on_the_chosen_engine(shared_data):
     # dev 7's gold names its table as a string (`FROM 'Football Matches'`): repaired for MySQL
     res = CliRunner().invoke(cli, ["env", "play", "db", "--tasks", str(dev_file), "--index", "7", "--db-engine", "mysql"])
     assert res.exit_code == 0 and "== SUCCESS" in res.output and "FROM `Football Matches`" in res.output, res.output
+
+
+def test_sqlite_engine_without_sqlglot_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from agentflan.errors import MissingDependencyError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlglot" else real(name, *a))
+    with pytest.raises(MissingDependencyError, match=r"agentflan\[sql\]"):
+        SQLiteEngine()
