@@ -422,6 +422,7 @@ def test_expert_never_answers_with_an_error():
     assert "no such column" in ep.trajectory.messages[-2].content and answer == ["none"]
 
 
+@pytest.mark.slow
 def test_mariadb_expert_solves_every_derivable_dev_select(dev):
     _mariadb()
     from agentflan.envs.db import derive_select_sql
@@ -435,6 +436,7 @@ def test_mariadb_expert_solves_every_derivable_dev_select(dev):
                for t in derivable)
 
 
+@pytest.mark.slow
 def test_mariadb_env_play_expert_runs_on_the_chosen_engine(shared_data):
     _mariadb()
     from click.testing import CliRunner
