@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 
 import pytest
 
@@ -23,7 +24,8 @@ from agentflan.envs.db import (
     clean_answer,
     task_from_agentbench,
 )
-from agentflan.schema import AssistantMessage, ToolCall
+from agentflan.envs.mysql import MySQLEngine
+from agentflan.schema import AssistantMessage, ToolCall, Trajectory
 
 # (answer, label, AgentBench's verdict)
 CASES = [
@@ -211,3 +213,248 @@ def test_mariadb_server_is_private_and_removed_when_stopped():
             networking_off, max_len, mode = cur.fetchone()
         assert networking_off == 1 and max_len == 1024 and "STRICT_TRANS_TABLES" in mode
     assert not server.running and not folder.exists()
+
+
+# ---- an agent that drops or renames the task's table: a 0, never a crash --------------------------
+
+VANDAL_SQL = ["DROP TABLE `{t}`", "ALTER TABLE `{t}` RENAME TO `gone`", "ALTER TABLE `{t}` RENAME COLUMN `{c}` TO `x`"]
+
+
+def _vandal(task: Task, sql: str):
+    """An agent that runs `sql` on the task's table, then answers."""
+    table = task.data["table"]
+    yield AssistantMessage(content="I break the table.", tool_calls=[ToolCall(
+        id="c0", name="operation", arguments={"sql": sql.format(t=table["name"], c=table["columns"][0]["name"])})])
+    yield AssistantMessage(content="Done.", tool_calls=[ToolCall(id="c1", name="answer", arguments={"answer": []})])
+
+
+def _modification_tasks() -> list[Task]:
+    tasks = [t for t in get_env("db").generate(10, "train", 0) if t.kind != "select"]
+    assert {t.kind for t in tasks} == {"insert", "update"}
+    return tasks
+
+
+@pytest.mark.parametrize("sql", VANDAL_SQL)
+def test_a_dropped_or_renamed_table_scores_zero(sql):
+    task = _modification_tasks()[0]
+    ep = run_episode(DBEnvironment(), task, ExpertPolicy(_vandal(task, sql)))
+    assert ep.error is None and ep.verdict is not None and not ep.verdict.success
+    assert "cannot be hashed" in ep.verdict.reason, ep.verdict.reason
+
+
+def test_a_dropped_table_scores_zero_in_eval_score_and_env_play(tmp_path):
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+    from agentflan.eval.envs import read_log, rescore, run_env
+
+    tasks = _modification_tasks()
+    run = run_env("db", tasks, lambda t: ExpertPolicy(_vandal(t, VANDAL_SQL[tasks.index(t) % 3])), None,
+                  tmp_path / "run", protocol_name="native", agent_name="vandal", config={})
+    records = read_log(tmp_path / "run" / "episodes.jsonl")
+    assert len(records) == len(tasks) and run.summary["scored"] == len(tasks)
+    assert all(r["verdict"] == {"success": False, "reason": r["verdict"]["reason"]} for r in records)
+    assert all("cannot be hashed" in r["verdict"]["reason"] for r in records)
+    assert all(rescore(r)["success"] is False and rescore(r)["observations_match"] for r in records)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["score", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    index = int(tasks[0].id.rsplit("-", 1)[1])  # env play takes task `index` and record `index` of the file
+    replay = tmp_path / "vandal.jsonl"
+    replay.write_text((json.dumps(Trajectory.model_validate(records[0]["transcript"]).to_json_dict()) + "\n")
+                      * (index + 1))
+    res = runner.invoke(cli, ["env", "play", "db", "--policy", "replay", "--replay", str(replay),
+                              "--index", str(index)])
+    assert res.exit_code == 0 and "== FAILURE" in res.output and "cannot be hashed" in res.output, res.output
+
+
+# ---- MySQL on the embedded engine: the four kinds of AgentBench task SQLite used to get wrong ----------
+
+def _engine(name: str, columns: list[str], rows: list[list[str]]) -> SQLiteEngine:
+    engine = SQLiteEngine()
+    engine.build({"name": name, "columns": [{"name": c} for c in columns], "rows": rows})
+    return engine
+
+
+def _run(engine, sql: str):
+    res = engine.execute(sql, 100, 2.0)
+    assert res.error is None, (sql, res.error)
+    return res.rows
+
+
+def test_sqlite_reads_mysql_backslash_escapes():  # standard.jsonl 164, 242
+    engine = _engine("Local Authorities", ["Name", "Former"], [["Formby", "x"]])
+    _run(engine, r"INSERT INTO `Local Authorities` (`Name`, `Former`) VALUES ('Formby Range', 'Formby\nUrban\'s')")
+    assert _run(engine, "SELECT `Former` FROM `Local Authorities` WHERE `Name` = 'Formby Range'") == [("Formby\nUrban's",)]
+    assert engine.table_hash("Local Authorities", ["Name", "Former"]) == agentbench_hash(
+        [("Formby", "x"), ("Formby Range", "Formby\nUrban's")])
+    assert _run(engine, 'SELECT "double-quoted string", `Name` FROM `Local Authorities` LIMIT 1') == [
+        ("double-quoted string", "Formby")]
+    unknown = engine.execute("SELECT `Nme` FROM `Local Authorities`", 10, 2.0)  # a name, never a string
+    assert unknown.error is not None and "no such column" in unknown.error
+
+
+def test_sqlite_reads_names_that_start_with_a_digit():  # standard.jsonl 180
+    engine = _engine("1952_British_Grand_Prix_0", ["Pos", "No", "Driver"], [["1", "15", "Alberto Ascari"]])
+    _run(engine, "INSERT INTO 1952_British_Grand_Prix_0 (Pos, No, Driver) VALUES (22, 2, 'Tony Gaze');")
+    assert _run(engine, "SELECT Driver FROM 1952_British_Grand_Prix_0 WHERE Pos = 22") == [("Tony Gaze",)]
+
+
+def test_sqlite_compares_text_as_mysql_does_case_and_accent_insensitively():  # standard.jsonl 206
+    engine = _engine("Airports", ["Rank", "Airport"], [["17", "Montréal-Pierre Elliott Trudeau"], ["3", "Zürich"],
+                                                       ["5", "straße"], ["9", "Bergen "]])
+    _run(engine, "UPDATE `Airports` SET `Rank` = '19' WHERE `Airport` = 'Montreal-Pierre Elliott Trudeau'")
+    assert _run(engine, "SELECT `Rank` FROM `Airports` WHERE `Airport` LIKE 'montreal%'") == [("19",)]
+    assert _run(engine, "SELECT `Rank` FROM `Airports` WHERE `Airport` IN ('ZURICH', 'STRASSE') ORDER BY `Rank`") == [
+        ("3",), ("5",)]
+    assert _run(engine, "SELECT `Rank` FROM `Airports` WHERE `Airport` = 'Bergen'") == []  # no padding, as 0900_ai_ci
+    assert _run(engine, r"SELECT COUNT(*) FROM `Airports` WHERE `Airport` LIKE '%\_%' OR `Airport` REGEXP '^ZÜR'") == [
+        (1,)]
+    assert _run(engine, "SELECT `Airport` FROM `Airports` ORDER BY `Airport` LIMIT 2") == [
+        ("Bergen ",), ("Montréal-Pierre Elliott Trudeau",)]
+
+
+def test_sqlite_compares_text_with_numbers_as_doubles_without_strict_mode():  # standard.jsonl 278, 295
+    engine = _engine("Grand Prix", ["No", "Driver"], [["?", "a"], ["16", "b"], ["16.0", "c"], ["7", "d"]])
+    _run(engine, "UPDATE `Grand Prix` SET `Driver` = 'Charles Leclerc' WHERE `No` = 16;")
+    assert _run(engine, "SELECT `No` FROM `Grand Prix` WHERE `Driver` = 'charles leclerc'") == [("16",), ("16.0",)]
+    assert _run(engine, "SELECT COUNT(*) FROM `Grand Prix` WHERE `No` > 10") == [(2,)]  # as text, '7' > '10'
+    assert _run(engine, "SELECT COUNT(*) FROM `Grand Prix` WHERE `No` IN (0, 7) OR `No` BETWEEN 15 AND 16") == [(4,)]
+    assert _run(engine, "SELECT 7 / 2, 7 DIV 2") == [(3.5, 3)]
+
+
+# ---- the MariaDB sandbox: each hole has a test (these start a server: about 2 s) -------------------
+
+def _mysql_env(rows=(("1", "2"),)) -> DBEnvironment:
+    _mariadb()
+    env = DBEnvironment("mysql")
+    env.reset(_task([list(r) for r in rows], label=["1"]))
+    return env
+
+
+def _sql(env: DBEnvironment, sql: str) -> str:
+    return env.step(ToolCall(id="s", name="operation", arguments={"sql": sql})).content
+
+
+@pytest.mark.parametrize("sql", ["SET STATEMENT max_statement_time=0 FOR SELECT SLEEP(6) FROM T",
+                                 "SET STATEMENT max_statement_time=0 FOR SELECT BENCHMARK(10000000000, MD5('x'))"])
+def test_mariadb_time_limit_cannot_be_lifted(sql):
+    env = _mysql_env()
+    t0 = time.monotonic()
+    out = _sql(env, sql)
+    assert time.monotonic() - t0 < env.time_limit_s + 3 and "time limit" in out, out
+    assert _sql(env, "SELECT COUNT(*) FROM T") == "[(1,)]"  # the kill reached that statement only
+    assert "max_statement_time" in _sql(env, "SET SESSION max_statement_time = 0") + _sql(env, "SELECT SLEEP(6)")
+    env.close()
+
+
+def test_mariadb_reconnects_after_a_lost_connection():
+    env = _mysql_env()
+    assert "connection lost" in _sql(env, "KILL CONNECTION_ID()")
+    for _ in range(2):
+        assert _sql(env, "SELECT COUNT(*) FROM T") == "[(1,)]"
+    assert "STRICT_TRANS_TABLES" in _sql(env, "SELECT @@sql_mode")
+    env.close()
+
+
+def test_mariadb_episode_cannot_create_databases_or_reach_other_episodes():
+    env, other = _mysql_env(), _mysql_env()
+    assert isinstance(env.engine, MySQLEngine) and isinstance(other.engine, MySQLEngine)
+    mine, theirs = env.engine.database, other.engine.database
+    for name in ("scratch", mine.replace("_", "X"), theirs + "x"):  # `_` would be a wildcard in a grant
+        assert "denied" in _sql(env, f"CREATE DATABASE `{name}`"), name
+    assert "denied" in _sql(env, f"SELECT * FROM `{theirs}`.T")
+    assert "denied" in _sql(env, f"DROP TABLE `{theirs}`.T")
+    assert sorted(_sql(env, "SHOW DATABASES").strip('[]').split(', ')) == [f"('{mine}',)", "('information_schema',)"]
+    assert _sql(other, "SELECT COUNT(*) FROM T") == "[(1,)]"
+    env.close()
+    other.close()
+
+
+def _database_dropper():
+    """An agent that asks which database it is in, then drops it."""
+    obs = yield AssistantMessage(tool_calls=[ToolCall(id="c0", name="operation", arguments={"sql": "SELECT DATABASE()"})])
+    name = obs.content.split("'")[1]
+    yield AssistantMessage(tool_calls=[ToolCall(id="c1", name="operation", arguments={"sql": f"DROP DATABASE `{name}`"})])
+    yield AssistantMessage(tool_calls=[ToolCall(id="c2", name="answer", arguments={"answer": []})])
+
+
+@pytest.mark.parametrize("sql", [*VANDAL_SQL, "DROP DATABASE"])
+def test_mariadb_a_dropped_or_renamed_table_scores_zero(sql):
+    _mariadb()
+    task = _modification_tasks()[0]
+    agent = _database_dropper() if sql == "DROP DATABASE" else _vandal(task, sql)
+    ep = run_episode(DBEnvironment("mysql"), task, ExpertPolicy(agent))
+    assert ep.error is None and ep.verdict is not None and not ep.verdict.success
+    assert "cannot be hashed" in ep.verdict.reason, ep.verdict.reason
+
+
+# ---- the expert derives its queries on the episode's engine, in MySQL ------------------------------
+
+def _aggregation_task() -> Task:
+    rows = [["Lyon", "12.5"], ["Lyon", "7"], ["Porto", "3"], ["Graz", "1,5"]]
+    return Task(id="agg", env="db", split="dev", kind="select", query="What is the total of the Lyon sales?",
+                template="agentbench", expected={"label": ["19.5"], "select_type": "aggregation-SUM"},
+                data={"table": {"name": "Sales", "columns": [{"name": "City"}, {"name": "Total"}], "rows": rows}})
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "mysql"])
+def test_expert_derives_queries_in_mysql_on_the_episode_engine(engine):
+    if engine == "mysql":
+        _mariadb()
+    from agentflan.envs.db import derive_select_sql
+    from agentflan.envs.db_tasks import expert_for
+
+    task = _aggregation_task()
+    sql = derive_select_sql(task, engine)
+    assert sql == "SELECT SUM(CAST(`Total` AS DOUBLE)) FROM `Sales` WHERE `City` = 'Lyon'"
+    ep = run_episode(DBEnvironment(engine), task, ExpertPolicy(expert_for(task, engine)))
+    assert ep.verdict is not None and ep.verdict.success, ep.verdict
+
+
+def test_expert_never_answers_with_an_error():
+    from agentflan.envs.db_tasks import expert_for
+
+    task = get_env("db").generate(1, "heldout", 0)[0].model_copy(deep=True)
+    task.expected["gold_sql"] = ["SELECT `Nope` FROM `Student Records`"]
+    ep = run_episode(DBEnvironment(), task, ExpertPolicy(expert_for(task)))
+    answer = ep.trajectory.messages[-1].tool_calls[0].arguments["answer"]
+    assert "no such column" in ep.trajectory.messages[-2].content and answer == ["none"]
+
+
+@pytest.mark.slow
+def test_mariadb_expert_solves_every_derivable_dev_select(dev):
+    _mariadb()
+    from agentflan.envs.db import derive_select_sql
+    from agentflan.envs.db_tasks import expert_for
+
+    selects = [t for t in dev if t.kind == "select"]
+    derivable = [t for t in selects if derive_select_sql(t, "mysql") is not None]
+    # the 12 of sqlite but dev 5, whose empty column name MySQL refuses (AgentBench's data error)
+    assert len(derivable) == 11 and "dbbench-dev-5" not in {t.id for t in derivable}
+    assert all(run_episode(DBEnvironment("mysql"), t, ExpertPolicy(expert_for(t, "mysql"))).verdict.success
+               for t in derivable)
+
+
+@pytest.mark.slow
+def test_mariadb_env_play_expert_runs_on_the_chosen_engine(shared_data):
+    _mariadb()
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    dev_file = shared_data / "agentbench/dbbench/dev.jsonl"
+    # dev 7's gold names its table as a string (`FROM 'Football Matches'`): repaired for MySQL
+    res = CliRunner().invoke(cli, ["env", "play", "db", "--tasks", str(dev_file), "--index", "7", "--db-engine", "mysql"])
+    assert res.exit_code == 0 and "== SUCCESS" in res.output and "FROM `Football Matches`" in res.output, res.output
+
+
+def test_sqlite_engine_without_sqlglot_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from agentflan.errors import MissingDependencyError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlglot" else real(name, *a))
+    with pytest.raises(MissingDependencyError, match=r"agentflan\[sql\]"):
+        SQLiteEngine()

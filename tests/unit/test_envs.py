@@ -99,7 +99,7 @@ def test_agentbench_hash_reproduces_answer_md5_for_every_gold_modification(dev_t
 def test_expert_solves_every_derivable_select_task(dev_tasks):
     selects = [t for t in dev_tasks if t.kind == "select"]
     derivable = [t for t in selects if derive_select_sql(t) is not None]
-    assert len(selects) == 20 and len(derivable) == 10
+    assert len(selects) == 20 and len(derivable) == 12  # 7 and 10 need MySQL's numeric comparison of text
     expert = get_env("db").expert
     assert all(run_episode(DBEnvironment(), t, ExpertPolicy(expert(t))).verdict.success for t in derivable)
 

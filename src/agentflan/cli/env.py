@@ -80,7 +80,7 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
     import itertools
 
     from agentflan.envs import get_env
-    from agentflan.envs.base import Agent, Episode, ExpertPolicy, RandomPolicy, ReplayPolicy, play
+    from agentflan.envs.base import Agent, Episode, RandomPolicy, ReplayPolicy, play
     from agentflan.eval.envs import agentbench_task, make_env
     from agentflan.render import render_text
 
@@ -94,7 +94,9 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
     agent: Agent
     engine = None
     if policy == "expert":
-        agent = ExpertPolicy(info.expert(task))
+        from agentflan.eval.envs import scripted_agent
+
+        agent = scripted_agent("expert", name, seed, db_engine)(task)
     elif policy == "random":
         agent = RandomPolicy(seed)
     elif policy == "replay":

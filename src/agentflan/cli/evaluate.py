@@ -178,7 +178,7 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
                 continue
             task_bar = bar.add_task(f"{env} / {proto_name}", total=len(tasks))
             if engine is None:
-                agent_for, pname = scripted_agent(policy, env, seed), policy
+                agent_for, pname = scripted_agent(policy, env, seed, db_engine), policy
             else:
                 proto, agent_for = model_agent(proto_name, getattr(engine, "template", None))
                 pname = proto.name

@@ -18,10 +18,11 @@ One deliberate difference: AgentBench `eval`s answer strings that look like list
 evaluate model output and parse Python literals only (`ast.literal_eval`), so an answer written as
 an expression (`[1+1]`) is read as text here.
 
-Engines: `sqlite` (the default, embedded, in memory) and `mysql` (a throw-away MariaDB server, see
-`envs/mysql.py`, for exact fidelity: SQLite cannot imitate MySQL's case- and accent-insensitive
-comparisons, backslash escapes, `INSERT ... SET`, integer vs decimal division or strict-mode
-errors). A table that cannot be built (the engine refuses a column name, a row of the wrong width)
+Engines: `sqlite` (the default, embedded, in memory; it runs the agent's MySQL translated by
+`sqlglot`, with MySQL's case- and accent-insensitive comparison and its comparison of text with
+numbers registered, see `envs/db_dialect.py` and what stays different there) and `mysql` (a
+throw-away MariaDB server, see `envs/mysql.py`, for exact fidelity, strict-mode errors included).
+A table that cannot be built (the engine refuses a column name, a row of the wrong width)
 is not an exception: every call says so and the verdict is a failure with the engine's reason.
 
 Safety (every episode, SQLite): one throw-away in-memory database; an authorizer that refuses
@@ -255,6 +256,11 @@ class TableBuildError(Exception):
     """The engine refused the task's table; the episode fails with this reason."""
 
 
+class TableStateError(Exception):
+    """The task's table cannot be hashed any more (the agent dropped or renamed it, or a column):
+    the episode fails with this reason, as AgentBench scores it 0 (its hash query errors)."""
+
+
 class Engine(ABC):
     """One throw-away database holding one task's table."""
 
@@ -270,15 +276,16 @@ class Engine(ABC):
 
     @abstractmethod
     def table_hash(self, table: str, columns: list[str]) -> str:
-        """AgentBench's hash of the table's current state."""
+        """AgentBench's hash of the table's current state; `TableStateError` if it cannot be read."""
 
     @abstractmethod
     def close(self) -> None:
         """Drop the database."""
 
 
-def _create_sql(table: dict[str, Any]) -> str:
-    return f"CREATE TABLE {_q(table['name'])} (" + ", ".join(f"{_q(c['name'])} TEXT" for c in table["columns"]) + ")"
+def _create_sql(table: dict[str, Any], collate: str = "") -> str:
+    return f"CREATE TABLE {_q(table['name'])} (" + ", ".join(f"{_q(c['name'])} TEXT{collate}"
+                                                         for c in table["columns"]) + ")"
 
 
 def _check_widths(table: dict[str, Any]) -> None:
@@ -289,20 +296,28 @@ def _check_widths(table: dict[str, Any]) -> None:
 
 
 class SQLiteEngine(Engine):
-    """An in-memory SQLite database, sandboxed (see the module docstring)."""
+    """An in-memory SQLite database, sandboxed (see the module docstring), that runs MySQL
+    (`envs/db_dialect.py`: the agent's SQL translated, MySQL's comparisons registered)."""
 
     name: ClassVar[str] = "sqlite"
     heap_limit_bytes: ClassVar[int] = 64 * 2**20
 
     def __init__(self) -> None:
+        from agentflan.envs import db_dialect
+
+        db_dialect.check()
         self.conn = sqlite3.connect(":memory:", check_same_thread=False)
         self.conn.execute(f"PRAGMA hard_heap_limit={self.heap_limit_bytes}")
+        db_dialect.register(self.conn)
+        self._to_sqlite = db_dialect.to_sqlite
         self._deadline = 0.0
 
     def build(self, table: dict[str, Any]) -> None:
+        from agentflan.envs.db_dialect import COLLATION
+
         _check_widths(table)
         try:
-            self.conn.execute(_create_sql(table))
+            self.conn.execute(_create_sql(table, f" COLLATE {COLLATION}"))
             marks = ", ".join("?" for _ in table["columns"])
             self.conn.executemany(f"INSERT INTO {_q(table['name'])} VALUES ({marks})", table_rows(table))
             self.conn.commit()
@@ -324,7 +339,7 @@ class SQLiteEngine(Engine):
     def execute(self, sql: str, max_rows: int, time_limit_s: float) -> Result:
         self._deadline = time.monotonic() + time_limit_s
         try:
-            cur = self.conn.execute(sql)
+            cur = self.conn.execute(self._to_sqlite(sql))
             rows = cur.fetchmany(max_rows + 1)
             self.conn.commit()
         except sqlite3.OperationalError as e:
@@ -342,7 +357,10 @@ class SQLiteEngine(Engine):
 
     def table_hash(self, table: str, columns: list[str]) -> str:
         self._deadline = time.monotonic() + 60.0
-        return table_hash(self.conn, table, columns)
+        try:
+            return table_hash(self.conn, table, columns)
+        except (sqlite3.Error, sqlite3.Warning, OverflowError, MemoryError, ValueError) as e:
+            raise TableStateError(f"sqlite: {e}") from e
 
     def close(self) -> None:
         self.conn.close()
@@ -435,7 +453,10 @@ class DBEnvironment(Environment):
             return Verdict(False, f"the task's table could not be built: {self.build_error}")
         if task.kind in ("insert", "update", "delete"):
             cols = [c["name"] for c in task.data["table"]["columns"]]
-            got = self.engine.table_hash(task.data["table"]["name"], cols)
+            try:
+                got = self.engine.table_hash(task.data["table"]["name"], cols)
+            except TableStateError as e:  # dropped or renamed by the agent: a failure, never a crash
+                return Verdict(False, f"the task's table cannot be hashed: {e}")
             ok = got == task.expected["answer_md5"]
             return Verdict(ok, "table state matches" if ok else "table state differs", {"hash": got})
         given, answer = submitted_answer(transcript, self.final_tool)
@@ -480,13 +501,17 @@ def task_from_agentbench(record: dict[str, Any], index: int) -> Task:
 
 
 def repair_wikisql(query: str, columns: list[str], table: str) -> str:
-    """Make WikiSQL-style queries valid SQL: quote column and table names that contain spaces.
+    """Make WikiSQL-style queries valid MySQL: quote column and table names that contain spaces,
+    and a table name written as a string (`FROM 'T'`, which MySQL refuses).
 
     Examples:
         >>> repair_wikisql('SELECT Total Points FROM "T" WHERE Year = 2001', ["Total Points", "Year"], "T")
         'SELECT `Total Points` FROM `T` WHERE `Year` = 2001'
+        >>> repair_wikisql("SELECT A FROM 'My T' WHERE A = 'x'", ["A"], "My T")
+        "SELECT `A` FROM `My T` WHERE `A` = 'x'"
     """
     out = re.sub(r'"([^"]+)"', lambda m: _q(m.group(1)), query)
+    out = re.sub(r"(?i)\b(FROM|JOIN)\s+'([^']+)'", lambda m: f"{m.group(1)} {_q(m.group(2))}", out)
     for col in sorted(columns, key=len, reverse=True):
         out = re.sub(rf"(?<![`\w]){re.escape(col)}(?![`\w])", _q(col).replace("\\", "\\\\"), out)
     return out.rstrip().rstrip(";")
@@ -501,6 +526,16 @@ def expert_sql(task: Task) -> str | None:
     return repair_wikisql(gold, cols, task.data["table"]["name"])
 
 
+def mysql_string(value: str) -> str:
+    r"""`value` as a MySQL string literal (quote doubled, backslash escaped: MySQL reads `\n` as a newline).
+
+    Examples:
+        >>> print(mysql_string("O'Brien\\n"))
+        'O''Brien\\n'
+    """
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def run_select(engine: Engine, sql: str) -> list[Any] | None:
     """Values of a SELECT (flattened), or None if it fails."""
     res = engine.execute(sql, 1000, 2.0)
@@ -509,8 +544,10 @@ def run_select(engine: Engine, sql: str) -> list[Any] | None:
     return [v for row in res.rows for v in row]
 
 
-def derive_select_sql(task: Task) -> str | None:
-    """A query the expert can run for an AgentBench SELECT task, checked against the label.
+def derive_select_sql(task: Task, engine_name: str = "sqlite") -> str | None:
+    """A query the expert can run for an AgentBench SELECT task, checked against the label on the
+    engine the episode runs on (`engine_name`), in MySQL (what AgentBench's agent writes, and what
+    both engines read).
 
     First the task's gold query (WikiSQL-style, repaired by `repair_wikisql`); when that does not
     reproduce the label, a search over queries grounded in the question: conditions are the table
@@ -523,7 +560,7 @@ def derive_select_sql(task: Task) -> str | None:
     table = task.data["table"]
     cols = [c["name"] for c in table["columns"]]
     label = task.expected["label"]
-    engine = SQLiteEngine()
+    engine = make_engine(engine_name)
     try:
         try:
             engine.build(table)
@@ -551,12 +588,13 @@ def derive_select_sql(task: Task) -> str | None:
             targets = ["COUNT(*)"]
         elif kind.startswith("aggregation-"):
             func = kind.split("-", 1)[1]
-            targets = [f"{func}(CAST({_q(c)} AS REAL))" for c in cols_ranked]
+            # DOUBLE: a CAST type of MySQL 8 and MariaDB (REAL is not MariaDB's), SQLite's REAL once translated
+            targets = [f"{func}(CAST({_q(c)} AS DOUBLE))" for c in cols_ranked]
         else:  # other, comparison, ranking: a column of the matching rows
             targets = [_q(c) for c in cols_ranked]
         t = _q(table["name"])
         for cond in conds:
-            where = " AND ".join(f"{_q(c)} = '{v.replace(chr(39), chr(39) * 2)}'" for c, v in cond)
+            where = " AND ".join(f"{_q(c)} = {mysql_string(v)}" for c, v in cond)
             for target in targets:
                 sql = f"SELECT {target} FROM {t} WHERE {where}"
                 if matches(sql):

@@ -1,21 +1,23 @@
 """Seeded DB tasks in AgentBench's format, with a scripted SQL expert.
 
-Train and held-out tasks use different tables and templates. Every expected value is computed by
-running the gold SQL on the task's own table (SELECT kinds: the label; INSERT/UPDATE/DELETE: the
-AgentBench table hash of the resulting state), so tasks are correct by construction.
+Train and held-out tasks use different tables and templates. The gold SQL is MySQL (AgentBench's
+dialect: `CAST(... AS SIGNED / DOUBLE)`, which MySQL 8, MariaDB and, translated, SQLite all run).
+Every expected value is computed by running the gold SQL on the task's own table in the `sqlite`
+engine (SELECT kinds: the label; INSERT/UPDATE/DELETE: the AgentBench table hash of the resulting
+state), so tasks are correct by construction.
 """
 
 from __future__ import annotations
 
 import ast
 import random
-import sqlite3
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from agentflan.envs.base import Expert, Task
-from agentflan.envs.db import DB_TOOLS, _q, table_hash
+from agentflan.envs.db import DB_TOOLS, SQLiteEngine, _q
 from agentflan.formats.tflan import pick
 from agentflan.schema import AssistantMessage, ToolCall
 
@@ -104,7 +106,7 @@ TEMPLATES = [
          "{result} rows match Department = '{dept}', so {result} employees work there.")),
     DBTemplate("max_salary", "train", "select", "employees", lambda rng, rows, t: (
         (c := _col(rows, 3, rng)) and f"What is the highest salary among employees in {c}?",
-        f"SELECT MAX(CAST(`Salary` AS INTEGER)) FROM {t} WHERE `City` = '{c}'", {"city": c}),
+        f"SELECT MAX(CAST(`Salary` AS SIGNED)) FROM {t} WHERE `City` = '{c}'", {"city": c}),
         ("Salaries are stored as text in {table}, so I cast them to integers and take the maximum over the "
          "employees in {city}.",
          "I take the largest Salary among the rows with City = '{city}', cast to a number because the column "
@@ -144,12 +146,12 @@ TEMPLATES = [
          "The UPDATE changed {name}'s city to Tartu, which is all the request needs.")),
     DBTemplate("avg_score", "heldout", "select", "students", lambda rng, rows, t: (
         (c := _col(rows, 3, rng)) and f"What is the average score of the {c} club members?",
-        f"SELECT ROUND(AVG(CAST(`Score` AS REAL)), 2) FROM {t} WHERE `Club` = '{c}'", {"club": c}),
+        f"SELECT ROUND(AVG(CAST(`Score` AS DOUBLE)), 2) FROM {t} WHERE `Club` = '{c}'", {"club": c}),
         ("I average the scores of the {club} club members in {table}, cast to numbers.",),
         ("The {club} club's average score is {result}.",)),
     DBTemplate("shortest_flight", "heldout", "select", "flights", lambda rng, rows, t: (
         (o := _col(rows, 1, rng)) and f"What is the shortest flight duration in minutes from {o}?",
-        f"SELECT MIN(CAST(`Duration min` AS INTEGER)) FROM {t} WHERE `Origin` = '{o}'", {"origin": o}),
+        f"SELECT MIN(CAST(`Duration min` AS SIGNED)) FROM {t} WHERE `Origin` = '{o}'", {"origin": o}),
         ("I take the minimum duration among the flights from {origin} in {table}.",),
         ("The shortest flight from {origin} takes {result} minutes.",)),
     DBTemplate("student_club", "heldout", "select", "students", lambda rng, rows, t: (
@@ -172,11 +174,17 @@ BY_NAME = {t.name: t for t in TEMPLATES}
 SPLIT_SEED = {"train": 3_000_017, "heldout": 4_000_037}
 
 
-def _db(schema: Schema, rows: list[list[Any]]) -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:")
-    conn.execute(f"CREATE TABLE {_q(schema.name)} (" + ", ".join(f"{_q(c)} TEXT" for c in schema.columns) + ")")
-    conn.executemany(f"INSERT INTO {_q(schema.name)} VALUES ({', '.join('?' for _ in schema.columns)})", rows)
-    return conn
+def _db(schema: Schema, rows: list[list[Any]]) -> SQLiteEngine:
+    engine = SQLiteEngine()
+    engine.build({"name": schema.name, "columns": [{"name": c} for c in schema.columns], "rows": rows})
+    return engine
+
+
+def _run(engine: SQLiteEngine, sql: str) -> list[tuple[Any, ...]]:
+    res = engine.execute(sql, 10_000, 60.0)
+    if res.error is not None:  # a template's gold SQL: a bug here, never the agent's doing
+        raise RuntimeError(f"gold SQL failed: {sql}: {res.error}")
+    return res.rows or []
 
 
 def generate(n: int, split: str, seed: int = 0) -> list[Task]:
@@ -188,14 +196,14 @@ def generate(n: int, split: str, seed: int = 0) -> list[Task]:
         schema = SCHEMAS[tpl.schema]
         rows = [schema.row(rng, k) for k in range(rng.randint(8, 25))]
         question, sql, slots = tpl.make(rng, rows, _q(schema.name))
-        conn = _db(schema, rows)
+        engine = _db(schema, rows)
         expected: dict[str, Any] = {"gold_sql": [sql]}
         if tpl.kind == "select":
-            expected["label"] = [v for row in conn.execute(sql).fetchall() for v in row]
+            expected["label"] = [v for row in _run(engine, sql) for v in row]
         else:
-            conn.execute(sql)
-            expected["answer_md5"] = table_hash(conn, schema.name, list(schema.columns))
-        conn.close()
+            _run(engine, sql)
+            expected["answer_md5"] = engine.table_hash(schema.name, list(schema.columns))
+        engine.close()
         tasks.append(Task(id=f"db-{split}-{seed}-{i:05d}", env="db", split=split, kind=tpl.kind,
                           query=question, tools=list(DB_TOOLS), expected=expected, template=tpl.name,
                           data={"table": {"name": schema.name, "rows": rows,
@@ -204,15 +212,17 @@ def generate(n: int, split: str, seed: int = 0) -> list[Task]:
     return tasks
 
 
-def expert_for(task: Task) -> Expert:
-    """Run the task's SQL (the gold query, or a derived one for AgentBench tasks), then answer.
+def expert_for(task: Task, engine: str = "sqlite") -> Expert:
+    """Run the task's SQL (the gold query, or one derived on `engine`, the episode's, for AgentBench
+    tasks), then answer with what it returned (nothing when the query failed: an error is never
+    an answer).
 
     The thoughts say what the expert does with the task's own entities, and what it read: "The
     Finance department has 7 employees, so the answer is 7." (phrasings vary by task id)."""
     from agentflan.envs.db import derive_select_sql
 
     if task.kind == "select":
-        sql = task.expected["gold_sql"][0] if task.split != "dev" else derive_select_sql(task)
+        sql = task.expected["gold_sql"][0] if task.split != "dev" else derive_select_sql(task, engine)
         statements = [sql] if sql else []
     else:
         statements = list(task.expected["gold_sql"])
@@ -228,11 +238,7 @@ def expert_for(task: Task) -> Expert:
         obs = yield AssistantMessage(content=plan if k == 0 else "Next, the following statement.", tool_calls=[
             ToolCall(id=f"call_{k}", name="operation", arguments={"sql": sql})])
         if task.kind == "select" and obs is not None:
-            text = obs.content.split(" [only the first", 1)[0]
-            try:
-                values = [v for row in ast.literal_eval(text) for v in row]
-            except (ValueError, SyntaxError):
-                values = []
+            values = [] if obs.metadata.get("error") else _result_values(obs.content)
     answer = [] if task.kind != "select" else (values or ["none"])
     result = ", ".join(str(v) for v in answer) or "done"
     if tpl is not None and tpl.results:
@@ -243,3 +249,15 @@ def expert_for(task: Task) -> Expert:
         conclusion = f"The statement changed the {slots['table']} table as asked, so the change is done."
     yield AssistantMessage(content=conclusion, tool_calls=[
         ToolCall(id=f"call_{len(statements)}", name="answer", arguments={"answer": answer})])
+
+
+def _result_values(content: str) -> list[Any]:
+    """The values of a printed result (`[('a', 1)]`), flattened; [] for anything else."""
+    text = re.sub(r"Decimal\('([^']*)'\)", r"'\1'", content.split(" [only the first", 1)[0])  # MariaDB's exact numbers
+    try:
+        rows = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return []
+    if not isinstance(rows, list) or not all(isinstance(row, tuple) for row in rows):
+        return []
+    return [v for row in rows for v in row]

@@ -15,9 +15,13 @@ different table. This engine runs the same statements on a real server:
   (MariaDB's default is 1 MiB: AgentBench's hash of a large table would differ);
 * each episode gets its own database, built by an administrative connection exactly as AgentBench
   builds it (`CREATE TABLE IF NOT EXISTS` with TEXT columns, one `INSERT` of `str(v)` values); the
-  agent's SQL runs as a user with rights on episode databases only (no FILE, PROCESS or SUPER
-  privilege: no files, no other databases, no server settings), one statement per call, each
-  limited by `max_statement_time` and its result by `sql_select_limit`.
+  agent's SQL runs as the episode's own user, with rights on the episode's database only (no FILE,
+  PROCESS or SUPER privilege, no CREATE DATABASE: no files, no other episode's database, no server
+  settings), one statement per call, its result limited by `sql_select_limit` and its time by
+  `max_statement_time` and, since the agent can lift that (`SET STATEMENT max_statement_time=0
+  FOR ...`), by a watchdog that kills the statement from the administrative side (`KILL QUERY`);
+* a connection the agent loses (`KILL CONNECTION_ID()`, a server-side timeout) is reopened for
+  the next statement, with the episode's settings.
 
 The Python driver is PyMySQL (`pip install 'agentflan[mysql]'`).
 """
@@ -35,18 +39,20 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agentflan.envs.db import Engine, Result, TableBuildError, _check_widths, _q, table_rows
+from agentflan.envs.db import Engine, Result, TableBuildError, TableStateError, _check_widths, _q, table_rows
 from agentflan.errors import AgentflanError, MissingDependencyError, require
 
 MYSQL8_SQL_MODE = ("ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
                    "NO_ENGINE_SUBSTITUTION")
 COLLATIONS = ("utf8mb4_uca1400_ai_ci", "utf8mb4_unicode_520_ci", "utf8mb4_general_ci")
 """Closest to MySQL 8's `utf8mb4_0900_ai_ci` first (UCA-based, accent- and case-insensitive)."""
-AGENT_USER = "agentflan_agent"
+WATCHDOG_GRACE_S = 0.5
+"""How long past the time limit the watchdog waits before it kills a statement the server let run."""
 
 
 def _find(*names: str) -> str | None:
@@ -78,7 +84,6 @@ class MariaDBServer:
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.collation = COLLATIONS[-1]
-        self._agent_password = secrets.token_hex(16)
 
     @classmethod
     def shared(cls) -> MariaDBServer:
@@ -147,15 +152,12 @@ class MariaDBServer:
             cur.execute("SHOW COLLATION WHERE Charset = 'utf8mb4'")
             known = {row[0] for row in cur.fetchall()}
             self.collation = next(c for c in COLLATIONS if c in known)
-            cur.execute(f"CREATE USER '{AGENT_USER}'@'localhost' IDENTIFIED BY %s", (self._agent_password,))
-            # rights on episode databases only: no FILE, PROCESS, SUPER; nothing on mysql.*
-            cur.execute(f"GRANT ALL PRIVILEGES ON `dbbench\\_%`.* TO '{AGENT_USER}'@'localhost'")
         conn.close()
 
-    def connect(self, database: str | None = None, agent: bool = False) -> Any:
+    def connect(self, database: str | None = None, user: str = "root", password: str = "") -> Any:
+        """A connection (autocommit), as root unless `user` is given."""
         import pymysql
 
-        user, password = (AGENT_USER, self._agent_password) if agent else ("root", "")
         return pymysql.connect(unix_socket=self.socket, user=user, password=password, database=database,
                                charset="utf8mb4", autocommit=True, connect_timeout=10, read_timeout=60,
                                write_timeout=60)
@@ -196,16 +198,23 @@ class MySQLEngine(Engine):
         """
         self.server = server or MariaDBServer.shared()
         self.sql_mode = sql_mode
-        self.database = f"dbbench_{os.getpid()}_{next(self._ids)}"
+        n = next(self._ids)
+        self.database = f"dbbench_{os.getpid()}_{n}"
+        self.user, self._password = f"ep_{os.getpid()}_{n}", secrets.token_hex(16)
         admin = self.server.connect()
         with admin.cursor() as cur:
             cur.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4 COLLATE {self.server.collation}")
+            cur.execute(f"CREATE USER '{self.user}'@'localhost' IDENTIFIED BY %s", (self._password,))
+            # this database only (`_` is a wildcard in a grant: escaped, or `dbbenchX1Y2` would be
+            # the agent's to create); no FILE, PROCESS, SUPER, nothing on mysql.* or other episodes
+            pattern = self.database.replace("_", "\\_")
+            cur.execute(f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO '{self.user}'@'localhost'")
         admin.select_db(self.database)
         self.admin = admin
         self.agent = self._agent_connection()
 
     def _agent_connection(self) -> Any:
-        conn = self.server.connect(self.database, agent=True)
+        conn = self.server.connect(self.database, user=self.user, password=self._password)
         if self.sql_mode is not None:
             with conn.cursor() as cur:
                 cur.execute("SET SESSION sql_mode = %s", (self.sql_mode,))
@@ -230,33 +239,57 @@ class MySQLEngine(Engine):
     def execute(self, sql: str, max_rows: int, time_limit_s: float) -> Result:
         import pymysql
 
+        watchdog = _Watchdog(self.server, self.agent.thread_id(), time_limit_s + WATCHDOG_GRACE_S)
+        result: Result | None = None
         try:
             with self.agent.cursor() as cur:
                 # set before every statement: the agent may have changed its session's limits
                 cur.execute(f"SET SESSION max_statement_time = {time_limit_s:g}, sql_select_limit = {max_rows + 1}")
+                watchdog.start()
                 cur.execute(sql)
                 if cur.description is None:
-                    return Result(rowcount=max(cur.rowcount, 0))
-                rows = [tuple(r) for r in cur.fetchall()]
-        except pymysql.err.MySQLError as e:
-            return Result(error=_message(e))
-        except (pymysql.err.InterfaceError, OSError) as e:  # the connection broke: reconnect for the next call
+                    result = Result(rowcount=max(cur.rowcount, 0))
+                else:
+                    rows = [tuple(r) for r in cur.fetchall()]
+                    result = Result(rows=rows[:max_rows], more=len(rows) > max_rows)
+        except (pymysql.err.MySQLError, OSError) as e:
+            result = Result(error=_message(e))
+        finally:
+            killed = watchdog.stop()
+        if (result is None or result.error is not None) and not self._alive():
+            # the agent lost its connection (a lost connection is always an error): a fresh one for the next call
             with contextlib.suppress(Exception):
                 self.agent.close()
             self.agent = self._agent_connection()
-            return Result(error=f"connection lost: {e}")
-        return Result(rows=rows[:max_rows], more=len(rows) > max_rows)
+            return Result(error=f"connection lost ({result.error if result and result.error else 'closed'}); "
+                                "reconnected for the next statement")
+        if killed:  # the statement outlived the limit the agent tried to lift: stopped from outside
+            return Result(error=f"statement stopped after the {time_limit_s:g} s time limit")
+        assert result is not None  # set by the statement, or by its error
+        return result
+
+    def _alive(self) -> bool:
+        try:
+            self.agent.ping(reconnect=False)
+        except Exception:
+            return False
+        return True
 
     def table_hash(self, table: str, columns: list[str]) -> str:
         """AgentBench's own hash query, run on the server, printed as mysql-connector's
         `str(cursor.fetchall())` prints it (a list of tuples)."""
+        import pymysql
+
         cols = ",".join(_q(c) for c in columns)
-        with self.admin.cursor() as cur:
-            cur.execute("SET SESSION group_concat_max_len = 1024")
-            cur.execute(f"select md5(group_concat(rowhash order by rowhash)) as hash from( SELECT "
-                        f"substring(MD5(CONCAT_WS(',', {cols})), 1, 5) AS rowhash FROM {_q(table)}) "
-                        "as sub;")
-            return str(list(cur.fetchall()))
+        try:
+            with self.admin.cursor() as cur:
+                cur.execute("SET SESSION group_concat_max_len = 1024")
+                cur.execute(f"select md5(group_concat(rowhash order by rowhash)) as hash from( SELECT "
+                            f"substring(MD5(CONCAT_WS(',', {cols})), 1, 5) AS rowhash FROM {_q(table)}) "
+                            "as sub;")
+                return str(list(cur.fetchall()))
+        except pymysql.err.MySQLError as e:  # the agent dropped or renamed the table (or its database)
+            raise TableStateError(f"mysql: {_message(e)}") from e
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -264,7 +297,38 @@ class MySQLEngine(Engine):
         with contextlib.suppress(Exception):
             with self.admin.cursor() as cur:
                 cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
+                cur.execute(f"DROP USER IF EXISTS '{self.user}'@'localhost'")
             self.admin.close()
+
+
+class _Watchdog:
+    """Kills the agent's running statement (`KILL QUERY`, from a root connection of its own) once it
+    has run `after_s` seconds; `stop()` says whether it did. The lock orders a kill before the
+    statement's end is noted, so a kill never reaches the agent's next statement."""
+
+    def __init__(self, server: MariaDBServer, thread_id: int, after_s: float) -> None:
+        self.server, self.thread_id = server, thread_id
+        self.lock = threading.Lock()
+        self.done = self.killed = False
+        self.timer = threading.Timer(after_s, self._kill)
+        self.timer.daemon = True
+
+    def start(self) -> None:
+        self.timer.start()
+
+    def _kill(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            with contextlib.suppress(Exception), self.server.connect() as conn, conn.cursor() as cur:
+                cur.execute(f"KILL QUERY {int(self.thread_id)}")
+                self.killed = True
+
+    def stop(self) -> bool:
+        self.timer.cancel()
+        with self.lock:
+            self.done = True
+        return self.killed
 
 
 def _die_with_parent() -> None:

@@ -136,9 +136,14 @@ def run_env(env: str, tasks: list[Task], agent_for: Callable[[Task], Agent], eng
     return run
 
 
-def scripted_agent(policy: str, env: str, seed: int = 0) -> Callable[[Task], Agent]:
+def scripted_agent(policy: str, env: str, seed: int = 0, db_engine: str = "sqlite") -> Callable[[Task], Agent]:
+    """The scripted agent of `policy` (`expert`: the db expert derives its queries on `db_engine`)."""
     info = get_env(env)
     if policy == "expert":
+        if env == "db":
+            from agentflan.envs.db_tasks import expert_for
+
+            return lambda task: ExpertPolicy(expert_for(task, db_engine))
         return lambda task: ExpertPolicy(info.expert(task))
     if policy == "random":  # seeded per task: each episode draws differently, reproducibly
         return lambda task: RandomPolicy(zlib.crc32(f"{seed}:{task.id}".encode()))
