@@ -4,7 +4,7 @@ AgentBench's agent writes MySQL for a `mysql:8` server. The `sqlite` engine runs
 SQLite after four adaptations, so AgentBench's tasks come out as they do on MySQL:
 
 * **Dialect**: each statement is parsed as MySQL and written as SQLite by `sqlglot` (a
-  maintained SQL parser; `pip install 'agentflan[sql]'`): backslash escapes in string literals
+  maintained SQL parser, a core dependency): backslash escapes in string literals
   (`'Formby\\nUrban'` holds a newline), double-quoted strings, unquoted names that start with a
   digit (`1952_British_Grand_Prix_0`), `LIMIT a, b`, `INSERT ... SET`, `DIV`, decimal `/`,
   `IFNULL`, `CONCAT`, `CAST(... AS SIGNED / DOUBLE / CHAR)`, `<=>`. Names come out in backticks
@@ -38,7 +38,7 @@ import sqlite3
 import unicodedata
 from typing import Any
 
-from agentflan.errors import require
+from agentflan.errors import MissingDependencyError
 
 COLLATION = "MYSQL_AI_CI"
 _NO_DECOMPOSITION = str.maketrans({"ø": "o", "đ": "d", "ł": "l", "ı": "i", "ħ": "h", "ŧ": "t", "æ": "ae", "œ": "oe"})
@@ -110,8 +110,12 @@ def register(conn: sqlite3.Connection) -> None:
 
 
 def check() -> None:
-    """`MissingDependencyError` (with the install line) unless `sqlglot` is installed."""
-    require("sqlglot", "sql")
+    """`MissingDependencyError` (with the install line) unless `sqlglot` (a core dependency) is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("sqlglot") is None:
+        raise MissingDependencyError("the db environment's sqlite engine needs the 'sqlglot' package (a dependency "
+                                     "of agentflan): pip install 'sqlglot>=25'")
 
 
 @functools.lru_cache(maxsize=1)
