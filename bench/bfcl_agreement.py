@@ -79,14 +79,16 @@ def main() -> None:
     for (item_id, change, reply), v, off in zip(rows, ours, theirs, strict=True):
         c = per_cat[by_id[item_id].category]
         c["cases"] += 1
-        if off == "raises":
+        if off == "raises":  # BFCL's run would stop: agentflan should leave the verdict undetermined
             c["bfcl_raises"] += 1
+            c["agree_all"] += v["official_valid"] is None
             continue
         if v["official_valid"] is None:
             c["undetermined"] += 1
             continue
         c["compared"] += 1
         c["agree"] += v["official_valid"] == off
+        c["agree_all"] += v["official_valid"] == off
         if v["official_valid"] != off:
             wrong.append((item_id, change, reply, v["official_valid"], off))
         if bool(v["valid"]) == off:
@@ -97,18 +99,27 @@ def main() -> None:
             c["unexplained"] += 1
     total: Counter[str] = sum(per_cat.values(), Counter())
     diffs = sorted({k for c in per_cat.values() for k in c if k.startswith("deliberate:")})
-    head = ["category", "replies", "compared", "BFCL's rule: agree %", "undetermined", "BFCL raises",
-            "agentflan's verdict = BFCL's %", *[f"differ: {d.split(':', 1)[1]}" for d in diffs], "unexplained"]
+    head = ["category", "replies", "BFCL's rule: agree, all replies %", "BFCL gives a verdict",
+            "BFCL's rule: agree %", "agentflan undetermined", "BFCL raises", "agentflan's verdict = BFCL's %",
+            "= BFCL's, deliberate differences apart %", *[f"differ: {d.split(':', 1)[1]}" for d in diffs],
+            "unexplained"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cat, c in [*sorted(per_cat.items()), ("**all**", total)]:
-        lines.append("| " + " | ".join([cat, str(c["cases"]), str(c["compared"]), pct(c["agree"], c["compared"]),
-                                         str(c["undetermined"]), str(c["bfcl_raises"]),
-                                         pct(c["same_as_ours"], c["compared"]), *[str(c[d]) for d in diffs],
-                                         str(c["unexplained"])]) + " |")
+        deliberate = sum(c[d] for d in diffs)
+        lines.append("| " + " | ".join([
+            cat, str(c["cases"]), pct(c["agree_all"], c["cases"]), str(c["compared"] + c["undetermined"]),
+            pct(c["agree"], c["compared"] + c["undetermined"]), str(c["undetermined"]), str(c["bfcl_raises"]),
+            pct(c["same_as_ours"], c["compared"]), pct(c["same_as_ours"], c["compared"] - deliberate),
+            *[str(c[d]) for d in diffs], str(c["unexplained"])]) + " |")
     kinds = Counter(ch.split(":")[0] + ":" + ch.split(":")[1] for _, ch, _ in rows)
     report = (f"BFCL single-turn agreement: {len(rows)} replies over {len(items)} items of {len(files)} categories "
               f"({len(kinds)} kinds of change); BFCL's runner from bfcl-eval (unmodified, `bench/bfcl_official.py`).\n\n"
               + "\n".join(lines) + "\n\n"
+              "*Agree, all replies*: agentflan's `official_valid` equals BFCL's verdict, or is undetermined where "
+              "BFCL's runner raises (which stops its run). *Agree*: over the replies BFCL gives a verdict for, "
+              "agentflan's undetermined ones counted as disagreements. *agentflan's verdict* (`valid`) against "
+              "BFCL's: every difference is one of the deliberate rules of `eval.bfcl.DIFFERENCES` "
+              "(docs/eval.md) or *unexplained*.\n\n"
               f"Scoring CPU time: agentflan {our_s:.1f} s, BFCL's runner {their_s:.1f} s.\n")
     if wrong:
         report += "\nDisagreements of `official_valid` with BFCL (first 20):\n\n" + "\n".join(

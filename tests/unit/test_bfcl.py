@@ -325,7 +325,9 @@ def test_a_call_inside_an_argument_expression_has_both_verdicts(reply, ours, bfc
     ("f(a=b'x')", False),            # bytes: a call to BFCL
     ("f(a=1j)", False),
     ("You could try f(a=1).", True),
-    ("f(a=print(1) + 1)", None),     # BFCL would run print: undetermined here
+    ("f(a=print(1) + 1)", True),     # print gives None, None + 1 raises: BFCL's decoding fails
+    ("f(a=len + 1)", True),          # a builtin function in arithmetic: TypeError
+    ("f(a=json.dumps(1) + 'x')", None),  # BFCL would call into its own json module: undetermined here
     ("x[0](a=1j)", False),           # no call pattern, but BFCL's decoder reads a call (named "")
 ])
 def test_irrelevance_by_bfcls_rule_is_computed_as_bfcl_decodes(reply, official):

@@ -222,10 +222,12 @@ def type_check(param: str, value: Any, possible: Any, expected: type, nested: ty
                         break
             if passes:
                 return {**_ok(), "is_variable": is_variable}
-        return _bad("type_error:nested", f"nested type check failed for {param!r}")
+        # the value's repr in the message, as in BFCL's (which raises there on an integer past
+        # Python's string-conversion limit: its run stops, and official_verdict says undetermined)
+        return _bad("type_error:nested", f"nested type check failed for {param!r}: {value!r}")
     if answer_type is not None and type(value) is answer_type:
         return {**_ok(), "is_variable": True}
-    return _bad("type_error:simple", f"{param!r}: expected {expected.__name__}, got {type(value).__name__}")
+    return _bad("type_error:simple", f"{param!r}: expected {expected.__name__}, got {type(value).__name__}: {value!r}")
 
 
 def _std(v: Any) -> Any:

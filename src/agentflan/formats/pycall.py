@@ -88,6 +88,24 @@ _MAX_ITEMS = 1 << 20
 _UNKNOWN = object()
 
 
+class _Opaque:
+    """A function or module BFCL's `eval` finds by name: no arithmetic applies to it (TypeError)."""
+
+
+_OPAQUE = _Opaque()
+_FORMAT_RISK = re.compile(r"%[^a-zA-Z%]*(?:\*|\d{4,})")
+
+
+def _holds_opaque(v: Any) -> bool:
+    if v is _OPAQUE:
+        return True
+    if isinstance(v, (list, tuple, set)):
+        return any(_holds_opaque(x) for x in v)
+    if isinstance(v, dict):
+        return any(_holds_opaque(k) or _holds_opaque(x) for k, x in v.items())
+    return False
+
+
 class Undetermined(Exception):
     """BFCL's decoder would evaluate (`eval`) code whose result agentflan does not compute."""
 
@@ -181,7 +199,8 @@ class _Decoder:
                     _fail(f"an unhashable dict key ({type(key).__name__})")
             return out
         if isinstance(node, ast.BinOp):  # BFCL: eval(ast.unparse(node))
-            return self.literal(self.expr(node))
+            got = self.expr(node)
+            return self.unknown("a function in a value") if _holds_opaque(got) else self.literal(got)
         if isinstance(node, ast.Name):
             return node.id
         if isinstance(node, ast.Call):
@@ -269,29 +288,45 @@ class _Decoder:
         if isinstance(node, ast.Name):
             return self.name(node.id)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            return self.name(node.value.id)
+            self.name(node.value.id)  # NameError first
+            return self.unknown("an attribute in an expression")
         if isinstance(node, ast.Call):
             return self.builtin_call(node)
         return self.unknown(f"{type(node).__name__} in an expression")
 
     def name(self, name: str) -> Any:
-        """A name read by BFCL's `eval`: a NameError unless Python or BFCL's module defines it."""
-        if hasattr(builtins, name) or name in _BFCL_NAMES or name.isupper():
+        """A name read by BFCL's `eval`: a NameError unless Python or BFCL's module defines it; a
+        builtin function, or one of BFCL's modules and functions (lower case: the local `value`, an
+        AST node, too), is opaque; other names (types, constants) are not computed."""
+        found = getattr(builtins, name, None)
+        if found is not None and callable(found) and not isinstance(found, type):
+            return _OPAQUE
+        if name in _BFCL_NAMES and name[0].islower():
+            return _OPAQUE
+        if found is not None or name in _BFCL_NAMES or name.isupper():
             return self.unknown(f"the name {name!r} in an expression")
         _fail(f"name {name!r} is not defined")
 
     def builtin_call(self, node: ast.Call) -> Any:
         func = node.func
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
-            return self.name(func.value.id)
-        if not isinstance(func, ast.Name) or func.id not in _PURE:
-            return self.expr(func) if isinstance(func, ast.Name) else self.unknown("a call in an expression")
+            self.name(func.value.id)  # NameError first
+            return self.unknown("a method call in an expression")
+        if not isinstance(func, ast.Name):
+            return self.unknown("a call in an expression")
+        if func.id not in _PURE and func.id != "print":
+            self.name(func.id)  # NameError before the arguments, as Python evaluates
+            return self.unknown(f"a call of {func.id!r} in an expression")
         if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
             return self.unknown("unpacking in a call")
         args = [self.expr(a) for a in node.args]
         kwargs = {k.arg: self.expr(k.value) for k in node.keywords if k.arg is not None}
         if _UNKNOWN in args or _UNKNOWN in kwargs.values():
             return _UNKNOWN
+        if _holds_opaque(args) or _holds_opaque(list(kwargs.values())):
+            return self.unknown("a function passed to a builtin")
+        if func.id == "print":
+            return None  # what BFCL's eval gets back (the text goes to its output)
         if func.id == "pow" and len(args) == 2 and not kwargs:
             return self.arith(ast.Pow(), *args)
         try:
@@ -313,7 +348,9 @@ class _Decoder:
                 if isinstance(seq, (str, bytes, list, tuple)) and isinstance(k, int) and len(seq) * k > _MAX_ITEMS:
                     return self.unknown("a repetition too large to compute")
         if isinstance(op, ast.Mod) and isinstance(left, (str, bytes)):
-            return self.unknown("%-formatting")
+            text = left if isinstance(left, str) else left.decode("latin-1")
+            if _holds_opaque(right) or _FORMAT_RISK.search(text):
+                return self.unknown("%-formatting")
         try:
             return fn(left, right)
         except (TypeError, ValueError, ZeroDivisionError, OverflowError, MemoryError) as e:
