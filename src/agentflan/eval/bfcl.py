@@ -77,6 +77,12 @@ class BFCLItem(BaseModel):
     function: list[dict[str, Any]]
     ground_truth: list[dict[str, Any]] = Field(default_factory=list)
 
+    def as_json(self) -> dict[str, Any]:
+        """The item as its log record keeps it: `model_dump(mode="json")` without its cost (the
+        fields are JSON already, read from BFCL's files; shared, not copied)."""
+        return {"id": self.id, "category": self.category, "question": self.question, "function": self.function,
+                "ground_truth": self.ground_truth}
+
     def trajectory(self) -> Trajectory:
         """The question as a prompt-only conversation; BFCL's documents kept in each tool's metadata."""
         msgs: list[Message] = []
@@ -603,7 +609,7 @@ def score_predictions(predictions: str | Path, items: list[BFCLItem], *, agent: 
         result = preds.get(item.id, "")
         v = prediction_verdict(item, result, missing=item.id in missing, dots_as_underscores=dots_as_underscores)
         out.append({"suite": SUITE, "protocol": "predictions", "agent": agent, "task_id": item.id,
-                    "category": item.category, "item": item.model_dump(mode="json"), "result": result,
+                    "category": item.category, "item": item.as_json(), "result": result,
                     **({"missing": True} if item.id in missing else {}),
                     **({"dots_as_underscores": True} if dots_as_underscores else {}),
                     "action": None, "error": None, "verdict": v})

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import json
 import operator
 import re
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from agentflan.errors import ParseError
 from agentflan.formats.protocols import Action, TextProtocol
@@ -115,18 +116,21 @@ def _fail(message: str) -> NoReturn:
 
 
 class _Decoder:
-    """One walk of a reply's syntax tree, in BFCL's decoder's order. `strict` (agentflan's reading)
-    refuses what BFCL's would evaluate or what JSON cannot hold; otherwise (BFCL's reading) values
-    stay as Python makes them, and an expression agentflan does not compute makes the result
-    undetermined (unless the decoding fails elsewhere, which fails BFCL's decoder either way)."""
+    """One walk of a reply's syntax tree, in BFCL's decoder's order, giving both readings: BFCL's
+    (values as Python makes them; an expression agentflan does not compute makes the result
+    undetermined, unless the decoding fails elsewhere, which fails BFCL's decoder either way) and,
+    in `refusal`, the first thing agentflan's reading refuses (what BFCL would evaluate, what JSON
+    cannot hold): where there is none, both readings are the same calls."""
 
-    def __init__(self, strict: bool) -> None:
-        self.strict = strict
+    def __init__(self) -> None:
         self.undetermined = ""
+        self.refusal = ""
+
+    def refuse(self, why: str) -> None:
+        self.refusal = self.refusal or why
 
     def unknown(self, why: str) -> Any:
-        if self.strict:
-            _fail(why)
+        self.refuse(why)
         self.undetermined = self.undetermined or why
         return _UNKNOWN
 
@@ -169,8 +173,8 @@ class _Decoder:
             parts.append(func.id)
         args: dict[Any, Any] = {}
         for kw in node.keywords:  # positional arguments are dropped, as BFCL drops them
-            if kw.arg is None and self.strict:
-                _fail("**kwargs in a call")
+            if kw.arg is None:
+                self.refuse("**kwargs in a call")
             args[kw.arg] = self.value(kw.value)
         return {".".join(reversed(parts)): args}
 
@@ -190,8 +194,8 @@ class _Decoder:
                 if k is None:
                     _fail("** in a dict")
                 key = self.value(k)
-                if self.strict and key is not None and not isinstance(key, (str, int, float)):
-                    _fail(f"a dict key JSON cannot hold ({type(key).__name__})")
+                if key is not None and not isinstance(key, (str, int, float)):
+                    self.refuse(f"a dict key JSON cannot hold ({type(key).__name__})")
                 val = self.value(v)
                 try:
                     out[key] = val
@@ -214,27 +218,28 @@ class _Decoder:
     def literal(self, v: Any) -> Any:
         """A value as agentflan keeps it: JSON must hold it (no bytes, complex numbers, lone surrogates,
         integers past Python's string conversion limit)."""
-        if not self.strict or v is _UNKNOWN:
+        if v is _UNKNOWN:
             return v
         if isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                _fail("a string with a lone surrogate (not UTF-8)")
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    self.refuse("a string with a lone surrogate (not UTF-8)")
         elif isinstance(v, int):
             if v.bit_length() > 14000:  # past sys.get_int_max_str_digits()' 4300 digits
-                _fail("an integer too long to write")
+                self.refuse("an integer too long to write")
         elif isinstance(v, (list, tuple)):
             for x in v:
                 self.literal(x)
         elif isinstance(v, dict):
             for k, x in v.items():
                 if not isinstance(k, (str, int, float)) and k is not None:
-                    _fail(f"a dict key JSON cannot hold ({type(k).__name__})")
+                    self.refuse(f"a dict key JSON cannot hold ({type(k).__name__})")
                 self.literal(k)
                 self.literal(x)
         elif not isinstance(v, (float, bool)) and v is not None:
-            _fail(f"a {type(v).__name__} value JSON cannot hold")
+            self.refuse(f"a {type(v).__name__} value JSON cannot hold")
         return v
 
     def expr(self, node: ast.expr) -> Any:
@@ -283,8 +288,8 @@ class _Decoder:
                 return seq[index]
             except (TypeError, IndexError, KeyError) as e:
                 _fail(f"cannot evaluate: {e!r}")
-        if self.strict and isinstance(node, (ast.Name, ast.Call, ast.Attribute)):
-            _fail("a call or a name inside an expression (agentflan does not evaluate model output)")
+        if isinstance(node, (ast.Name, ast.Call, ast.Attribute)):
+            self.refuse("a call or a name inside an expression (agentflan does not evaluate model output)")
         if isinstance(node, ast.Name):
             return self.name(node.id)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
@@ -361,14 +366,35 @@ def decode_calls(text: str) -> list[dict[str, dict[str, Any]]]:
     """agentflan's decoding of a prompting reply, `[{name: {param: value}}, ...]`: BFCL's, except that
     it never evaluates model output (a call or a name inside an expression), reads no `**kwargs`,
     and keeps only values JSON can hold. Raises `ParseError`."""
-    return _Decoder(strict=True).decode(text)
+    result, refusal = _read(text)
+    if isinstance(result, (ParseError, Undetermined)) or refusal:
+        _fail(refusal or (result.message if isinstance(result, ParseError) else str(result)))
+    return cast(list[dict[str, dict[str, Any]]], result)
 
 
 def bfcl_decode(text: str) -> list[dict[Any, dict[Any, Any]]]:
     """BFCL's decoding of a prompting reply, values as Python makes them (tuples, bytes, complex
     numbers, a `None` parameter for `**kwargs`). Raises `ParseError` where BFCL's decoder raises,
     `Undetermined` where it would evaluate code agentflan does not compute."""
-    return _Decoder(strict=False).decode(text)
+    result, _ = _read(text)
+    if isinstance(result, ParseError):
+        _fail(result.message)
+    if isinstance(result, Undetermined):
+        raise Undetermined(str(result))
+    return cast(list[dict[Any, dict[Any, Any]]], result)
+
+
+@functools.lru_cache(maxsize=256)
+def _read(text: str) -> tuple[Any, str]:
+    """(BFCL's decoding of a reply, or the ParseError or Undetermined it ends in; agentflan's first
+    refusal): one walk serves `decode_calls`, `bfcl_decodes` and `bfcl_decode` of the same reply
+    (the calls are shared: callers do not change them)."""
+    d = _Decoder()
+    try:
+        result: Any = d.decode(text)
+    except (ParseError, Undetermined) as e:
+        result = e
+    return result, d.refusal
 
 
 def bfcl_decodes(text: str) -> bool:
