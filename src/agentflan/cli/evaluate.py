@@ -73,7 +73,8 @@ def default_protocols(engine: Any, env: str, chosen: tuple[str, ...]) -> list[st
 @engine_options
 @click.option("--policy", type=click.Choice(["model", "expert", "random"]), default="model", show_default=True,
               help="expert/random: the scripted baselines (no model), for calibration.")
-@click.option("-n", "--n", "count", type=int, default=100, show_default=True, help="Tasks per suite (model runs; --predictions scores every line).")
+@click.option("-n", "--n", "count", type=int, default=100, show_default=True,
+              help="Tasks per suite (model runs; --predictions scores every line).")
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Task generation seed.")
 @click.option("--tasks", "tasks_file", type=click.Path(path_type=Path),
