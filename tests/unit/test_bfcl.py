@@ -8,6 +8,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from agentflan.cli.main import cli
 from agentflan.errors import ParseError
@@ -396,3 +398,25 @@ def test_a_model_reply_is_judged_by_bfcls_rule_from_its_text():
     assert not rec["verdict"]["valid"] and rec["verdict"]["official_valid"] is True
     assert rec["verdict"]["difference"] == "irrelevance_unparseable"
     assert bfcl.rescore(json.loads(json.dumps(rec)), proto) == rec["verdict"]
+
+
+PIECES = ["f(", "g.h(", ")", "a=", "b=", "b'x'", "1j", "2 ** ", "[", "]", "'\\ud800'", "\ud800", "abs(", ", ", "**k",
+          "x", " + ", "-", "{", "}", ": ", "(", "1e999", "lambda: 1", "print(", "str(b'x', 'rot13')", "len", "json.",
+          "'%d' % ", "1", "2.5", "True", "None", "...", "\t", "\n", "`", "'", "\"", "[1][0]", "{1, 2}", "int('9' * 9)",
+          "9" * 30, "max()", "sorted([1, 'a'])", "(1,) * ", "chr(-1)", "<tool_call>", "#", "\\", "\x00"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(st.sampled_from(PIECES), max_size=14).map("".join),
+                 st.lists(st.sampled_from(PIECES), max_size=6).map(lambda p: "f(a=" + "".join(p) + " + 1)")))
+@example("f(a=str(b'x', 'rot13') + 'y')")
+def test_any_reply_gets_a_loggable_verdict(reply):
+    """Fuzzed replies built from the pieces that trouble decoders: every one gets a verdict of each
+    kind of item, and the record can be written."""
+    from agentflan.eval.runlog import json_line
+
+    for it in (item("simple_python", [F], [{"f": {"a": [1]}}]), item("irrelevance", [F], []),
+               item("live_relevance", [F], [])):
+        v = verdict(it, reply)
+        assert v["official_valid"] in (True, False, None) and isinstance(v["valid"], bool)
+        json.loads(json_line({"result": reply, "verdict": v}))

@@ -275,8 +275,8 @@ class _Decoder:
                 return v
             try:
                 return _UNARY[type(node.op)](v)
-            except TypeError as e:
-                _fail(f"cannot evaluate: {e}")
+            except Exception as e:  # whatever Python raises there, BFCL's eval raised too
+                _fail(f"cannot evaluate: {e!r}")
         if isinstance(node, ast.BinOp):
             left, right = self.expr(node.left), self.expr(node.right)
             return _UNKNOWN if _UNKNOWN in (left, right) else self.arith(node.op, left, right)
@@ -286,7 +286,7 @@ class _Decoder:
                 return _UNKNOWN
             try:
                 return seq[index]
-            except (TypeError, IndexError, KeyError) as e:
+            except Exception as e:  # as above
                 _fail(f"cannot evaluate: {e!r}")
         if isinstance(node, (ast.Name, ast.Call, ast.Attribute)):
             self.refuse("a call or a name inside an expression (agentflan does not evaluate model output)")
@@ -336,8 +336,8 @@ class _Decoder:
             return self.arith(ast.Pow(), *args)
         try:
             return _PURE[func.id](*args, **kwargs)
-        except (TypeError, ValueError, OverflowError, ZeroDivisionError) as e:
-            _fail(f"cannot evaluate: {e}")
+        except Exception as e:  # as above (str(b"x", "rot13") raises LookupError)
+            _fail(f"cannot evaluate: {e!r}")
 
     def arith(self, op: ast.operator, left: Any, right: Any) -> Any:
         fn = _BINOPS.get(type(op))
@@ -358,8 +358,8 @@ class _Decoder:
                 return self.unknown("%-formatting")
         try:
             return fn(left, right)
-        except (TypeError, ValueError, ZeroDivisionError, OverflowError, MemoryError) as e:
-            _fail(f"cannot evaluate: {e}")
+        except Exception as e:  # as above
+            _fail(f"cannot evaluate: {e!r}")
 
 
 def decode_calls(text: str) -> list[dict[str, dict[str, Any]]]:
