@@ -36,6 +36,7 @@ import functools
 import json
 import operator
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
@@ -142,7 +143,9 @@ class _Decoder:
             s = s + "]"
         s = s.strip().strip("'")
         try:
-            body = ast.parse(s, mode="eval").body
+            with warnings.catch_warnings():  # `1a`, `"\d"`: Python's SyntaxWarnings, one per reply otherwise
+                warnings.simplefilter("ignore")
+                body = ast.parse(s, mode="eval").body
         except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
             _fail(f"not Python call syntax: {e}")
         if isinstance(body, ast.Call):
