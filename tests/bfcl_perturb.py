@@ -13,6 +13,7 @@ irrelevance item is a failure here, an abstention there).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -225,7 +226,7 @@ def _distinct(expected: list[tuple[str, dict[str, list[Any]]]], docs: dict[str, 
 def irrelevance_cases(item: Any) -> list[Case]:
     """Replies to an irrelevance item. BFCL's runner passes anything that does not decode into a
     non-empty call list; agentflan passes only a readable reply without a call."""
-    f = item.function[0]
+    f = item.function[0] if item.function else {"name": "lookup", "parameters": {"properties": {"query": {}}}}
     params = list(f["parameters"].get("properties", {}))
     call = call_text(f["name"], {params[0]: 1} if params else {})
     prose = [Case(item.id, "call_in_prose", f"You could try {call}, but it will not answer this.", False, True)]
@@ -238,8 +239,159 @@ def irrelevance_cases(item: Any) -> list[Case]:
     ]
 
 
+def relevance_cases(item: Any) -> list[Case]:
+    """Replies to a relevance item: BFCL's runner passes any reply that decodes into a call."""
+    f = item.function[0]
+    call = call_text(f["name"], {})
+    return [Case(item.id, "call", f"[{call}]", True, True),
+            Case(item.id, "empty_list", "[]", False, False),
+            Case(item.id, "refusal", "None of the provided functions can be used.", False, False),
+            Case(item.id, "truncated_call", f"[{call}"[:-2], False, False)]
+
+
 def cases(items: list[Any]) -> list[Case]:
     out: list[Case] = []
     for it in items:
-        out += irrelevance_cases(it) if "irrelevance" in it.category else ast_cases(it)
+        if "irrelevance" in it.category:
+            out += irrelevance_cases(it)
+        elif "relevance" in it.category:
+            out += relevance_cases(it)
+        else:
+            out += ast_cases(it)
+    return out
+
+
+# ---- replies of every odd shape, for agreement with BFCL's own code (no derived verdict) ---------------
+
+DUMMY = {"string": "x", "any": "x", "integer": 1, "float": 1.5, "boolean": True, "array": [], "tuple": [],
+         "dict": {}}
+
+
+def base_calls(item: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Calls to mimic: the possible answer's first acceptable values (whether or not they pass), or
+    for (ir)relevance items a call of the first function with a plain value per required parameter."""
+    if item.ground_truth:
+        return [(n, {p: build(v) for p, v in a.items() if first(v) != ""})
+                for d in item.ground_truth for n, a in d.items()]
+    if not item.function:
+        return [("lookup", {"query": "x"})]
+    f = item.function[0]
+    props = f["parameters"].get("properties", {})
+    return [(f["name"], {p: DUMMY.get(props.get(p, {}).get("type", "string"), "x")
+                         for p in f["parameters"].get("required", [])})]
+
+
+def _args(args: dict[str, Any], override: dict[str, str] | None = None, extra: str = "") -> str:
+    parts = [f"{k}={(override or {}).get(k, repr(v))}" for k, v in args.items()]
+    return ", ".join([*([extra] if extra else []), *parts])
+
+
+def exotic_cases(items: list[Any], every: int = 4) -> list[tuple[str, str, str]]:
+    """(item id, kind of change, reply) for replies a model may give that BFCL's decoder and checker
+    treat in their own ways: odd whitespace and fences, parenthesized and dotted calls, exotic
+    literals (bytes, complex, lone surrogates, huge integers), expressions BFCL evaluates (calls
+    and names inside arithmetic), `**kwargs`, positional arguments, sets, lambdas, subscripts,
+    nested calls, prose and JSON. Their verdicts come from running BFCL's own code."""
+    out: list[tuple[str, str, str]] = []
+    for i, it in enumerate(items):
+        mine: list[tuple[str, str, str]] = []
+        calls = base_calls(it)
+        text = listing(calls)
+        inner = text[1:-1]
+        name, args = calls[0]
+        rest = ", ".join(call_text(n, a) for n, a in calls[1:])
+
+        def with_first(head: str, body: str, _rest: str = rest) -> str:
+            return "[" + f"{head}({body})" + (", " + _rest if _rest else "") + "]"
+
+        def add(change: str, reply: str, _id: str = it.id, _mine: list[tuple[str, str, str]] = mine) -> None:
+            _mine.append((_id, change, reply))
+
+        for ws in ("\t", " \t", "\n\t ", "\r\n", "\u00a0", "\u3000", "\t\n"):
+            add(f"lead_ws:{ws!r}", ws + text)
+            add(f"lead_ws_bare:{ws!r}", ws + inner)
+        add("trail_ws", text + " \t\n")
+        add("crlf_inside", text.replace(", ", ",\r\n"))
+        add("fence_python", "```python\n" + text + "\n```")
+        add("fence_json", "```json\n" + inner + "```")
+        add("quoted", "'" + text + "'")
+        add("tuple_of_calls", "(" + inner + ",)")
+        add("set_of_calls", "{" + inner + "}")
+        add("paren_call", with_first(f"({name})", _args(args)))
+        add("double_paren_call", with_first(f"(({name}))", _args(args)))
+        add("bare_paren_call", f"({name})({_args(args)})")
+        add("tab_paren_call", f"\t({name})({_args(args)})")
+        add("dotted_paren_call", with_first(f"(functions.{name})", _args(args)))
+        if "." in name:
+            head, tail = name.rsplit(".", 1)
+            add("dotted_inner_paren", with_first(f"({head}).{tail}", _args(args)))
+        add("call_of_call", with_first(f"{name}()", _args(args)))
+        add("subscript_head", with_first(f"tools[0].{name}", _args(args)))
+        add("positional_extra", with_first(name, _args(args, extra="1, 'x'")))
+        add("kwargs", with_first(name, _args(args, extra="**{'zz': 1}")))
+        add("kwargs_name", with_first(name, _args(args, extra="**opts")))
+        add("list_concat", "[" + call_text(name, args) + "] + [" + call_text(name, args) + "]")
+        add("two_lists", "[" + call_text(name, args) + "], [" + call_text(name, args) + "]")
+        add("prose_then_call", "Sure: " + text)
+        add("call_then_prose", text + " Let me know.")
+        add("json_call", json.dumps({"name": name, "arguments": {}}))
+        add("tool_call_tag", "<tool_call>" + text + "</tool_call>")
+        add("truncated_mid", text[: max(1, len(text) // 2)])
+        add("empty", "")
+        add("none", "None")
+        add("empty_list", "[]")
+        add("empty_call_list", "[[]]")
+        add("lone_surrogate_prose", "I cannot answer \ud800 this.")
+        add("nul_byte", text + "\x00")
+        exprs = {
+            "int_sum": "2 + 3", "float_expr": "1.5 * 2", "pos_unary": "+5", "not_unary": "not 1", "invert": "~3",
+            "neg_neg": "--4", "neg_float": "-2.5", "neg_bool": "-True", "big_pow": "2 ** 1200", "huge_pow": "2 ** 20000",
+            "neg_pow": "2 ** -2", "div_zero": "1 / 0", "abs_call": "abs(-3) + 1", "abs_plus0": "abs(120) + 0",
+            "round_call": "round(2.567, 2) * 1", "len_call": "len('abc') + 0", "max_call": "max(1, 7) - 0",
+            "name_plus": "x + 1", "const_name": "pi * 2", "builtin_name": "len + 1", "module_attr": "math.pi * 2",
+            "bfcl_global": "json + 1", "str_concat": "'ab' + 'cd'", "str_mul": "'ab' * 3", "list_mul": "[1] * 3",
+            "list_concat": "[1, 2] + [3]", "tuple_add": "(1,) + (2,)", "subscript_expr": "[1, 2][0] + 0",
+            "str_mod": "'%d' % 5", "complex_add": "1 + 2j", "bytes_add": "b'a' + b'b'", "set_or": "{1} | {2}",
+            "dict_or": "{'a': 1} | {'b': 2}", "int_str": "int('7') + 0", "str_int_add": "'a' + 1",
+            "call_kw_in_expr": "round(number=2.5) + 0", "nested_call_expr": "abs(abs(-2)) * 2",
+            "print_call": "print(1) + 1", "compare": "1 < 2", "boolop": "True and False", "ifexp": "1 if True else 2",
+            "fstring": "f'{1}'", "bytes": "b'abc'", "complex": "3j", "neg_complex": "-1j",
+            "surrogate": "'\\ud800x'", "surrogate_pair_ok": "'\\ud83d\\ude00'", "escape_nl": "'a\\nb'",
+            "set_value": "{1, 2}", "lambda": "lambda: 1", "tuple_value": "(1, 2)", "nested_tuple": "((1, 2), [3])",
+            "dict_tuple_key": "{(1, 2): 3}", "dict_int_key": "{1: 'a'}", "dict_none_key": "{None: 1}",
+            "dict_list_key": "{[1]: 2}", "dict_splat": "{**{'a': 1}}", "subscript": "x[0]", "slice": "x[1:2]",
+            "attr": "obj.attr", "nested_kw_call": "g(y=1)", "nested_pos_call": "g(1)", "ellipsis": "...",
+            "none_value": "None", "starred_list": "[*[1, 2]]", "walrus": "(y := 3)", "listcomp": "[i for i in [1]]",
+            "big_literal": "1" + "0" * 5000, "inf": "1e999", "neg_inf_expr": "-1e999 * 1", "nan_expr": "1e999 - 1e999",
+            "hex": "0x1F", "underscore_int": "1_000", "float_exp": "1e3", "bool_int_add": "True + 1",
+        }
+        if args:
+            p = next(iter(args))
+            for label, expr in exprs.items():
+                add(f"value:{label}", with_first(name, _args(args, override={p: expr})))
+        else:
+            for label in ("abs_plus0", "bytes", "complex", "surrogate", "name_plus", "big_pow"):
+                add(f"value_new:{label}", with_first(name, _args({"zz": 0}, override={"zz": exprs[label]})))
+        for p, v in args.items():
+            if isinstance(v, str):
+                add(f"str_variant:{p}", with_first(name, _args(args, override={p: repr(v.upper() + " ")})))
+                add(f"str_bytes:{p}", with_first(name, _args(args, override={p: "b" + repr(v.encode('ascii', 'replace').decode())})))
+            elif isinstance(v, bool):
+                add(f"bool_as_int:{p}", with_first(name, _args(args, override={p: str(int(v))})))
+            elif isinstance(v, int):
+                add(f"int_expr:{p}", with_first(name, _args(args, override={p: f"{v - 1} + 1"})))
+                add(f"int_abs:{p}", with_first(name, _args(args, override={p: f"abs({v})"})))
+                add(f"int_abs_expr:{p}", with_first(name, _args(args, override={p: f"abs({v}) + 0"})))
+                add(f"int_neg_unary:{p}", with_first(name, _args(args, override={p: f"+{v}"})))
+            elif isinstance(v, float):
+                add(f"float_expr:{p}", with_first(name, _args(args, override={p: f"{v!r} * 1"})))
+                add(f"float_as_int:{p}", with_first(name, _args(args, override={p: str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)})))
+            elif isinstance(v, list):
+                add(f"list_as_tuple:{p}", with_first(name, _args(args, override={p: repr(tuple(v))})))
+                add(f"list_expr:{p}", with_first(name, _args(args, override={p: f"{v!r} + []"})))
+            elif isinstance(v, dict):
+                add(f"dict_expr:{p}", with_first(name, _args(args, override={p: f"{v!r} | {{}}"})))
+        # every `every`-th change of each item, the window turning with the item: every change is
+        # made on many items of every category without the product of both
+        out += [c for j, c in enumerate(mine) if (i + j) % every == 0]
     return out

@@ -8,6 +8,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from agentflan.cli.main import cli
 from agentflan.errors import ParseError
@@ -41,7 +43,8 @@ def item(category: str, functions: list, truth: list) -> bfcl.BFCLItem:
 
 
 def verdict(it: bfcl.BFCLItem, result, **kw):
-    return bfcl.judge(it, bfcl.action_of_result(result), **kw)
+    """The verdict of a predictions-file result (a string: read by BFCL's decoder for BFCL's verdict too)."""
+    return bfcl.prediction_verdict(it, result, **kw)
 
 
 OK = "calc.area(base=10, height=5.0"
@@ -257,3 +260,163 @@ def test_bfcl_protocol_round_trip_and_expert_calibration(tmp_path):
                                    "-o", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "o" / "bfcl-bfcl" / "summary.json").read_text())["accuracy"]["rate"] == 1.0
+
+
+# ---- replies BFCL's decoder reads in its own way (issue: parity with the official checker) ---------------
+
+G = {"name": "get_closest_prime", "description": "g", "parameters": {"type": "dict", "properties": {
+    "b": {"type": "integer", "description": "b"}}, "required": []}}
+MATH = {"name": "math.sum", "description": "s", "parameters": {"type": "dict", "properties": {
+    "b": {"type": "integer", "description": "b"}}, "required": ["b"]}}
+
+
+@pytest.mark.parametrize("reply", [
+    "\tget_closest_prime()", " \t\nget_closest_prime()", "\r\nget_closest_prime()", "(get_closest_prime)()",
+    "((get_closest_prime))()", "\t(get_closest_prime)()"])
+def test_replies_bfcl_reads_as_calls_are_calls(reply):
+    """Leading tabs (BFCL strips only spaces, newlines and backticks, then Python skips the tab inside
+    its brackets) and a parenthesized callee are calls to BFCL's decoder: an AST item judges them,
+    irrelevance fails."""
+    simple = item("simple_python", [G], [{"get_closest_prime": {"b": [""]}}])
+    v = verdict(simple, reply)
+    assert v["valid"] and v["official_valid"] and v["decoded"] == [{"get_closest_prime": {}}], v
+    irr = verdict(item("irrelevance", [G], []), reply)
+    assert not irr["valid"] and irr["official_valid"] is False and irr["outcome"] == "call", irr
+
+
+@pytest.mark.parametrize("reply", ["\t[get_closest_prime()]", "\u00a0get_closest_prime()", "\u3000get_closest_prime()"])
+def test_replies_bfcls_decoder_rejects_are_unparseable_attempts(reply):
+    """`\t[...]` gains a second `[` and never closes; a no-break space is no Python whitespace: BFCL's
+    decoder fails on both (an abstention to its irrelevance rule), and here they are unparseable."""
+    v = verdict(item("simple_python", [G], [{"get_closest_prime": {"b": [""]}}]), reply)
+    assert not v["valid"] and v["official_valid"] is False and v["outcome"] == "unparseable", v
+    irr = verdict(item("irrelevance", [G], []), reply)
+    assert not irr["valid"] and irr["official_valid"] is True and irr["difference"] == "irrelevance_unparseable"
+
+
+@pytest.mark.parametrize("reply", ["(math.sum)(b=120)", "[(math.sum)(b=120)]", "(math).sum(b=120)", "\t(math.sum)(b=120)"])
+def test_dotted_calls_in_parentheses(reply):
+    v = verdict(item("simple_python", [MATH], [{"math.sum": {"b": [120]}}]), reply)
+    assert v["valid"] and v["official_valid"] and v["decoded"] == [{"math.sum": {"b": 120}}], v
+
+
+@pytest.mark.parametrize(("reply", "ours", "bfcls"), [
+    ("math.sum(b=abs(120) + 0)", False, True),    # BFCL evaluates the call: 120
+    ("math.sum(b=abs(-3) + 1)", False, False),    # ... 4, not acceptable
+    ("math.sum(b=max(100, 120) * 1)", False, True),
+    ("math.sum(b=x + 1)", False, False),           # eval raises NameError: the decoding fails
+    ("math.sum(b=119 + 1)", True, True),           # arithmetic on literals: both compute it
+    ("math.sum(b=+120 + 0)", True, True),          # inside eval a unary plus is a plus ...
+    ("math.sum(b=+120)", False, False),            # ... outside it, BFCL negates whatever the operator
+])
+def test_a_call_inside_an_argument_expression_has_both_verdicts(reply, ours, bfcls):
+    """agentflan never evaluates model output: a call or a name inside an expression is unparseable
+    here; BFCL's verdict is derived as its `eval` would compute it, and the difference is named."""
+    v = verdict(item("simple_python", [MATH], [{"math.sum": {"b": [120]}}]), reply)
+    assert (v["valid"], v["official_valid"]) == (ours, bfcls), v
+    assert v.get("difference") == ("evaluated_expression" if ours != bfcls else None)
+    if "abs" in reply or "max" in reply or "x +" in reply:
+        assert v["outcome"] == "unparseable" and "inside an expression" in v["error"]
+
+
+@pytest.mark.parametrize(("reply", "official"), [
+    ("f(**kwargs)", False),          # BFCL reads a parameter named None: a call
+    ("f(a=2 ** 1200)", False),       # BFCL computes the power: a call
+    ("f(a=abs(-3) + 1)", False),     # BFCL evaluates the call: a call
+    ("f(a=x + 1)", True),            # NameError: BFCL's decoding fails, an abstention
+    ("f(a=b'x')", False),            # bytes: a call to BFCL
+    ("f(a=1j)", False),
+    ("You could try f(a=1).", True),
+    ("f(a=print(1) + 1)", True),     # print gives None, None + 1 raises: BFCL's decoding fails
+    ("f(a=len + 1)", True),          # a builtin function in arithmetic: TypeError
+    ("f(a=json.dumps(1) + 'x')", None),  # BFCL would call into its own json module: undetermined here
+    ("x[0](a=1j)", False),           # no call pattern, but BFCL's decoder reads a call (named "")
+])
+def test_irrelevance_by_bfcls_rule_is_computed_as_bfcl_decodes(reply, official):
+    v = verdict(item("irrelevance", [F], []), reply)
+    assert v["official_valid"] is official and not v["valid"], v
+    assert v["outcome"] == ("call" if "1200" in reply else "unparseable"), v  # agentflan computes 2 ** 1200 too
+    s = bfcl.summarize([{"category": "irrelevance", "error": None, "verdict": v}])
+    assert s["official_undetermined"] == (official is None)
+    assert s["irrelevance_official"]["k"] == (official is True)
+
+
+@pytest.mark.parametrize("reply", [
+    "f(a=b'abc')", "f(a=3j)", "f(a=-1j)", "f(a='\\ud800')", "f(a=[b'x'])", "f(a={(1, 2): 3})", "f(a=2 ** 20000)",
+    "f(a='x\ud800')", "I cannot \ud800 answer.", "\ud800", "f(a=1)\x00", "f(a=1e999)", "f(a=10 ** 400 * 1.0)"])
+def test_no_reply_crashes_a_run(tmp_path, reply):
+    """Bytes, complex numbers, lone surrogates (escaped or raw), huge integers: the run completes, the
+    reply is an invalid prediction (unparseable where JSON cannot hold its value), logged, re-scored."""
+    q = tmp_path / "BFCL_v4_simple_python.json"
+    q.write_text(json.dumps({"id": "simple_python_0", "question": [[{"role": "user", "content": "q"}]],
+                             "function": [F]}) + "\n")
+    (tmp_path / "possible_answer").mkdir()
+    (tmp_path / "possible_answer" / q.name).write_text(json.dumps({"id": "simple_python_0",
+                                                                   "ground_truth": [{"f": {"a": [1]}}]}) + "\n")
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(json.dumps({"id": "simple_python_0", "result": reply}) + "\n")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["eval", "bfcl", "--predictions", str(preds), "--tasks", str(q), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, (res.output, res.exception)
+    log = tmp_path / "o" / "bfcl-predictions" / "episodes.jsonl"
+    (rec,) = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert rec["result"] == reply and not rec["verdict"]["valid"]
+    if any(s in reply for s in ("b'", "j)", "ud800", "\ud800(", "20000", "(1, 2)")):
+        assert rec["verdict"]["outcome"] in ("unparseable", "no_call"), rec["verdict"]
+    assert runner.invoke(cli, ["score", str(log)]).exit_code == 0
+
+
+def test_predictions_score_every_line_whatever_n(tmp_path):
+    """`-n` limits model runs only: a predictions file of more items than `-n` is scored whole."""
+    q = tmp_path / "BFCL_v4_simple_python.json"
+    rows = [{"id": f"simple_python_{i}", "question": [[{"role": "user", "content": "q"}]], "function": [F]}
+            for i in range(7)]
+    q.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "possible_answer").mkdir()
+    (tmp_path / "possible_answer" / q.name).write_text("".join(
+        json.dumps({"id": r["id"], "ground_truth": [{"f": {"a": [1]}}]}) + "\n" for r in rows))
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": r["id"], "result": "[f(a=1)]"}) + "\n" for r in rows)
+                     + json.dumps({"id": "simple_python_99", "result": "[f(a=1)]"}) + "\n")
+    res = CliRunner().invoke(cli, ["eval", "bfcl", "--predictions", str(preds), "--tasks", str(q), "-n", "2",
+                                   "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "o" / "bfcl-predictions"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored"] == 7 and summary["accuracy"]["k"] == 7 and summary["missing"] == 0
+    assert json.loads((out / "config.json").read_text())["unmatched_predictions"] == 1
+
+
+def test_a_model_reply_is_judged_by_bfcls_rule_from_its_text():
+    """Under the `bfcl` protocol the logged completion is what BFCL's decoder reads: a model's
+    `f(a=x + 1)` to an irrelevance item is an abstention by BFCL's rule, on the run and on re-scoring."""
+    it = item("irrelevance", [F], [])
+    proto = get_protocol("bfcl")
+    traj = it.trajectory()
+    (ex,) = drive([exchange(proto, traj, conversation_key(traj))], ScriptedEngine(texts=["f(a=x + 1)"]))
+    rec = bfcl.record(it, "bfcl", "m", ex)
+    assert not rec["verdict"]["valid"] and rec["verdict"]["official_valid"] is True
+    assert rec["verdict"]["difference"] == "irrelevance_unparseable"
+    assert bfcl.rescore(json.loads(json.dumps(rec)), proto) == rec["verdict"]
+
+
+PIECES = ["f(", "g.h(", ")", "a=", "b=", "b'x'", "1j", "2 ** ", "[", "]", "'\\ud800'", "\ud800", "abs(", ", ", "**k",
+          "x", " + ", "-", "{", "}", ": ", "(", "1e999", "lambda: 1", "print(", "str(b'x', 'rot13')", "len", "json.",
+          "'%d' % ", "1", "2.5", "True", "None", "...", "\t", "\n", "`", "'", "\"", "[1][0]", "{1, 2}", "int('9' * 9)",
+          "9" * 30, "max()", "sorted([1, 'a'])", "(1,) * ", "chr(-1)", "<tool_call>", "#", "\\", "\x00"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(st.sampled_from(PIECES), max_size=14).map("".join),
+                 st.lists(st.sampled_from(PIECES), max_size=6).map(lambda p: "f(a=" + "".join(p) + " + 1)")))
+@example("f(a=str(b'x', 'rot13') + 'y')")
+def test_any_reply_gets_a_loggable_verdict(reply):
+    """Fuzzed replies built from the pieces that trouble decoders: every one gets a verdict of each
+    kind of item, and the record can be written."""
+    from agentflan.eval.runlog import json_line
+
+    for it in (item("simple_python", [F], [{"f": {"a": [1]}}]), item("irrelevance", [F], []),
+               item("live_relevance", [F], [])):
+        v = verdict(it, reply)
+        assert v["official_valid"] in (True, False, None) and isinstance(v["valid"], bool)
+        json.loads(json_line({"result": reply, "verdict": v}))

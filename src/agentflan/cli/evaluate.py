@@ -73,7 +73,8 @@ def default_protocols(engine: Any, env: str, chosen: tuple[str, ...]) -> list[st
 @engine_options
 @click.option("--policy", type=click.Choice(["model", "expert", "random"]), default="model", show_default=True,
               help="expert/random: the scripted baselines (no model), for calibration.")
-@click.option("-n", "--n", "count", type=int, default=100, show_default=True, help="Tasks per suite.")
+@click.option("-n", "--n", "count", type=int, default=100, show_default=True,
+              help="Tasks per suite (model runs; --predictions scores every line).")
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Task generation seed.")
 @click.option("--tasks", "tasks_file", type=click.Path(path_type=Path),
@@ -81,7 +82,8 @@ def default_protocols(engine: Any, env: str, chosen: tuple[str, ...]) -> list[st
                    "ToolBench query file or an Agent-H items JSONL; steps: any trajectory file agentflan reads; bfcl: "
                    "a BFCL question file (possible answers in possible_answer/ beside it).")
 @click.option("--predictions", type=click.Path(path_type=Path),
-              help="bfcl: score a BFCL predictions file ({\"id\", \"result\"} lines) without a model.")
+              help="bfcl: score every line of a BFCL predictions file ({\"id\", \"result\"} lines) "
+                   "without a model.")
 @click.option("--max-steps", type=int, default=12, show_default=True, help="Assistant actions per episode.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder (default out/eval/<model>).")
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming episodes already logged.")

@@ -27,8 +27,16 @@ read, not copied (Python categories; Java and JavaScript are not supported):
     position; other values (numbers, booleans) must be `==` one of the acceptable values.
 * **irrelevance**: passes only when the reply makes no call *and* reads as a plain answer. BFCL's
   runner also passes a reply that fails to decode (a broken call is taken for an abstention); here
-  an unparseable reply fails (`verdict.official_valid` keeps what BFCL would say). **relevance**
-  passes with any call.
+  an unparseable reply fails. **relevance** passes with any call.
+
+Every verdict also carries `official_valid`, BFCL's verdict by its runner's rules: the reply read
+by BFCL's own decoding (`pycall.bfcl_decode`, which computes what BFCL's `eval` would, for
+literals and pure builtins) and checked by the same rules; None where it is undetermined (BFCL
+would evaluate other code, or its checker would raise). It differs from `valid` only by the
+deliberate differences of docs/eval.md: an unparseable irrelevance reply, a call or a name inside
+an argument expression (`b=abs(120) + 0`, never evaluated here), `**kwargs`, and values a JSON log
+cannot hold (bytes, complex numbers, lone surrogates: unparseable here, invalid there too but for
+a type error). A reply never stops a run.
 
 A reply from any protocol becomes BFCL's decoded form (`[{name: args}]`); under `bfcl` it is read
 with BFCL's own decoder (`formats/pycall.py`). A predictions file (`{"id", "result"}` lines, as
@@ -68,6 +76,12 @@ class BFCLItem(BaseModel):
     question: list[dict[str, Any]]
     function: list[dict[str, Any]]
     ground_truth: list[dict[str, Any]] = Field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The item as its log record keeps it: `model_dump(mode="json")` without its cost (the
+        fields are JSON already, read from BFCL's files; shared, not copied)."""
+        return {"id": self.id, "category": self.category, "question": self.question, "function": self.function,
+                "ground_truth": self.ground_truth}
 
     def trajectory(self) -> Trajectory:
         """The question as a prompt-only conversation; BFCL's documents kept in each tool's metadata."""
@@ -120,14 +134,19 @@ def checker_kind(category: str) -> str:
     return "multiple" if "multiple" in category else "simple"
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a BFCL JSON-lines file (questions, answers, predictions), each an object with a
+    string `id`; anything else is a `ConfigError` naming the file and line."""
     from agentflan.eval.runlog import json_lines
 
     out = []
-    for k, rec in json_lines(path):
-        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
-            raise ConfigError(f"{path}:{k}: a BFCL record is an object with a string 'id'")
-        out.append(rec)
+    try:
+        for k, rec in json_lines(path):
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+                raise ConfigError(f"{path}:{k}: a BFCL record is an object with a string 'id'")
+            out.append(rec)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} of a line after record {len(out)})") from None
     return out
 
 
@@ -141,7 +160,7 @@ def load_items(question_file: str | Path, n: int | None = None, answer_file: str
     qpath = Path(question_file)
     if not qpath.is_file():
         raise ConfigError(f"BFCL question file {qpath} does not exist (bench/fetch_bfcl.py fetches BFCL's data)")
-    recs = _read_jsonl(qpath)[:n]
+    recs = read_records(qpath)[:n]
     if not recs:
         raise ConfigError(f"{qpath}: no items")
     kinds = {checker_kind(category_of(r["id"])) for r in recs}
@@ -150,7 +169,7 @@ def load_items(question_file: str | Path, n: int | None = None, answer_file: str
         apath = Path(answer_file) if answer_file else answers_path(qpath)
         if not apath.is_file():
             raise ConfigError(f"{qpath}: its possible-answer file {apath} does not exist")
-        truth = {r["id"]: r.get("ground_truth") for r in _read_jsonl(apath)}
+        truth = {r["id"]: r.get("ground_truth") for r in read_records(apath)}
     items = []
     for k, r in enumerate(recs, 1):
         where = f"{qpath}:{k}"
@@ -177,9 +196,12 @@ def _bad(error_type: str, error: str) -> dict[str, Any]:
     return {"valid": False, "error_type": error_type, "error": error}
 
 
+_STANDARDIZE = re.compile(r"[ ,./\-_*^]")
+
+
 def standardize(s: str) -> str:
     """BFCL's string standardization: drop spaces and `,./-_*^`, lower-case, `'` -> `"`."""
-    return re.sub(r"[ ,./\-_*^]", "", s).lower().replace("'", '"')
+    return _STANDARDIZE.sub("", s).lower().replace("'", '"')
 
 
 def _answer_type(possible: Any) -> type | None:
@@ -206,10 +228,12 @@ def type_check(param: str, value: Any, possible: Any, expected: type, nested: ty
                         break
             if passes:
                 return {**_ok(), "is_variable": is_variable}
-        return _bad("type_error:nested", f"nested type check failed for {param!r}")
+        # the value's repr in the message, as in BFCL's (which raises there on an integer past
+        # Python's string-conversion limit: its run stops, and official_verdict says undetermined)
+        return _bad("type_error:nested", f"nested type check failed for {param!r}: {value!r}")
     if answer_type is not None and type(value) is answer_type:
         return {**_ok(), "is_variable": True}
-    return _bad("type_error:simple", f"{param!r}: expected {expected.__name__}, got {type(value).__name__}")
+    return _bad("type_error:simple", f"{param!r}: expected {expected.__name__}, got {type(value).__name__}: {value!r}")
 
 
 def _std(v: Any) -> Any:
@@ -269,8 +293,9 @@ def _list_dict_check(param: str, value: list[Any], possible: list[Any]) -> dict[
 
 
 def check_call(doc: dict[str, Any], call: dict[str, dict[str, Any]], expected: dict[str, dict[str, list[Any]]],
-               *, dots_as_underscores: bool = False) -> dict[str, Any]:
-    """BFCL's `simple_function_checker`: one decoded call against one expected call."""
+               *, dots_as_underscores: bool = False, official: bool = False) -> dict[str, Any]:
+    """BFCL's `simple_function_checker`: one decoded call against one expected call (`official`:
+    raise where BFCL's raises)."""
     answers = next(iter(expected.values()))
     name = doc["name"]
     if dots_as_underscores:
@@ -295,7 +320,12 @@ def check_call(doc: dict[str, Any], call: dict[str, dict[str, Any]], expected: d
         if declared == "tuple" and type(value) is tuple:
             value = list(value)
         if declared == "float" and type(value) is int:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                if official:
+                    raise  # BFCL's checker stops here
+                return _bad("type_error:simple", f"{p!r}: an integer too large for a float")
         checked = type_check(p, value, answers[p], expected_type, nested)
         if not checked["valid"]:
             return checked
@@ -330,14 +360,14 @@ def _doc(functions: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def check_ast(functions: list[dict[str, Any]], decoded: Decoded, truth: list[dict[str, Any]], kind: str, *,
-              dots_as_underscores: bool = False) -> dict[str, Any]:
+              dots_as_underscores: bool = False, official: bool = False) -> dict[str, Any]:
     """BFCL's `ast_checker` for the simple, multiple and parallel kinds."""
     if len(decoded) != len(truth):
         return _bad(f"{kind}:wrong_count", f"{len(decoded)} call(s), expected {len(truth)}")
     if kind != "parallel":
-        expected = truth[0]
-        return check_call(_doc(functions, next(iter(expected))), decoded[0], expected,
-                          dots_as_underscores=dots_as_underscores)
+        expected = truth[0]  # BFCL's simple checker takes the first document, the multiple one looks it up
+        doc = functions[0] if kind == "simple" and functions else _doc(functions, next(iter(expected)))
+        return check_call(doc, decoded[0], expected, dots_as_underscores=dots_as_underscores, official=official)
     matched: set[int] = set()
     for i, expected in enumerate(truth):
         doc = _doc(functions, next(iter(expected)))
@@ -345,7 +375,7 @@ def check_ast(functions: list[dict[str, Any]], decoded: Decoded, truth: list[dic
         for j, call in enumerate(decoded):
             if j in matched:
                 continue
-            if check_call(doc, call, expected, dots_as_underscores=dots_as_underscores)["valid"]:
+            if check_call(doc, call, expected, dots_as_underscores=dots_as_underscores, official=official)["valid"]:
                 matched.add(j)
                 found = True
                 break
@@ -363,33 +393,117 @@ def decoded_of(action: Action) -> Decoded | None:
     return [{c.name: dict(c.arguments)} for c in action.calls] if action.kind == "call" else []
 
 
+DIFFERENCES = {
+    "irrelevance_unparseable": "an irrelevance reply that attempts a call and does not decode fails here; BFCL "
+                               "takes it for an abstention",
+    "evaluated_expression": "a call or a name inside an argument expression (`b=abs(120) + 0`) is unparseable "
+                            "here; BFCL evaluates it",
+    "kwargs": "`**kwargs` in a call is unparseable here; BFCL reads a parameter named None",
+    "unserializable_value": "a value JSON cannot hold (bytes, complex, a lone surrogate, a huge integer) is "
+                            "unparseable here; BFCL keeps it (and fails its type check)",
+}
+"""The deliberate differences from BFCL's verdicts, by the `difference` key a verdict carries."""
+
+
 def judge(item: BFCLItem, action: Action | None, context_limit: bool = False, *,
-          dots_as_underscores: bool = False) -> dict[str, Any]:
-    """The verdict of one reply: `valid`, `error_type`, `error`, `outcome`, and for irrelevance
-    `official_valid` (BFCL's runner passes a reply that fails to decode)."""
+          dots_as_underscores: bool = False, text: str | None = None) -> dict[str, Any]:
+    """The verdict of one reply: `valid`, `error_type`, `error`, `outcome`, `decoded`, and
+    `official_valid`, BFCL's verdict by its runner's rules (`official_verdict`; `text`: the reply
+    in BFCL's format, read by BFCL's decoder); where they differ, `difference` names the
+    deliberate difference (`DIFFERENCES`, or `other`)."""
+    v = _judge(item, action, context_limit, dots_as_underscores=dots_as_underscores, text=text)
+    if action is not None and v["official_valid"] is not None and bool(v["valid"]) != v["official_valid"]:
+        v["difference"] = _difference(v, action)
+    return v
+
+
+def _difference(v: dict[str, Any], action: Action) -> str:
+    error = action.error or ""
+    if v["kind"] == "irrelevance" and v["outcome"] == "unparseable":
+        return "irrelevance_unparseable"
+    if "inside an expression" in error:
+        return "evaluated_expression"
+    if "**kwargs" in error:
+        return "kwargs"
+    if "JSON cannot hold" in error or "lone surrogate" in error or "too long to write" in error:
+        return "unserializable_value"
+    return "other"
+
+
+def _judge(item: BFCLItem, action: Action | None, context_limit: bool = False, *,
+           dots_as_underscores: bool = False, text: str | None = None) -> dict[str, Any]:
     kind = checker_kind(item.category)
     if action is None or context_limit:
         return {**_bad("context_limit", "the prompt does not fit the model"), "kind": kind, "outcome": "context_limit",
-                **({"official_valid": False} if kind == "irrelevance" else {})}
+                "official_valid": False}
     decoded = decoded_of(action)
+    if kind in ("irrelevance", "relevance") or decoded is None:
+        official = official_verdict(item, action, text, dots_as_underscores=dots_as_underscores)
     if kind in ("irrelevance", "relevance"):
         called = bool(decoded)
         if kind == "irrelevance":
             v = (_ok() if decoded == [] else
                  _bad("irrelevance_error:unparseable", f"the reply tried to call and cannot be read: {action.error}")
                  if decoded is None else _bad("irrelevance_error:decoder_success", "a call where none is due"))
-            v["official_valid"] = not called
         else:
             v = _ok() if called else _bad("relevance_error:no_call", "no call where one is due")
         outcome = ("unparseable" if decoded is None else "call" if called else
                    "refusal" if re.search(r"(?i)\b(?:can(?:'|no)?t|cannot|unable|none of|not able|sorry)", action.answer or "")
                    else "no_call")
-        return {**v, "kind": kind, "outcome": outcome, "decoded": decoded}
+        return {**v, "kind": kind, "outcome": outcome, "decoded": decoded, "official_valid": official}
     if decoded is None:
         v = _bad("ast_decoder:decoder_failed", f"the reply cannot be decoded: {action.error}")
-        return {**v, "kind": kind, "outcome": "unparseable", "decoded": None}
-    v = check_ast(item.function, decoded, item.ground_truth, kind, dots_as_underscores=dots_as_underscores)
-    return {**v, "kind": kind, "outcome": _outcome(v, decoded, item, action), "decoded": decoded}
+        return {**v, "kind": kind, "outcome": "unparseable", "decoded": None, "official_valid": official}
+    # the calls read are BFCL's too (official_verdict): one check gives both verdicts, unless BFCL's raises
+    try:
+        v = check_ast(item.function, decoded, item.ground_truth, kind, dots_as_underscores=dots_as_underscores,
+                      official=True)
+        official = bool(v["valid"])
+    except _CHECKER_RAISES:
+        v = check_ast(item.function, decoded, item.ground_truth, kind, dots_as_underscores=dots_as_underscores)
+        official = None
+    return {**v, "kind": kind, "outcome": _outcome(v, decoded, item, action), "decoded": decoded,
+            "official_valid": official}
+
+
+_CHECKER_RAISES = (TypeError, ValueError, KeyError, AttributeError, OverflowError)
+
+
+def official_verdict(item: BFCLItem, action: Action, text: str | None, *,
+                     dots_as_underscores: bool = False) -> bool | None:
+    """BFCL's verdict, by its runner's rules (`eval_runner._evaluate_single_ast_entry`,
+    `_evaluate_single_relevance_entry`): a reply in BFCL's format (`text`) is read by BFCL's decoder
+    (`pycall.bfcl_decode`: what it evaluates is computed, values stay as Python makes them) and
+    checked; an irrelevance item passes when that decoding fails or finds no call. Without `text`
+    (another protocol's reply) the action stands for the decoding, an unparseable one failing it.
+    None: undetermined (BFCL would evaluate code agentflan does not, or its checker would raise)."""
+    from agentflan.errors import ParseError
+    from agentflan.formats.pycall import Undetermined, bfcl_decode
+
+    kind = checker_kind(item.category)
+    decoded: Any
+    # a reply agentflan reads is read alike by BFCL's decoder (agentflan's reading is BFCL's made
+    # stricter; a plain answer decodes to nothing or fails there): only an unparseable one is read again
+    if text is None or action.kind != "unparseable":
+        decoded = decoded_of(action)
+    else:
+        try:
+            decoded = bfcl_decode(text)
+        except ParseError:
+            decoded = None
+        except Undetermined:
+            return None
+    if kind == "irrelevance":
+        return not decoded
+    if kind == "relevance":
+        return bool(decoded)
+    if decoded is None:
+        return False
+    try:
+        return bool(check_ast(item.function, decoded, item.ground_truth, kind, dots_as_underscores=dots_as_underscores,
+                              official=True)["valid"])
+    except _CHECKER_RAISES:
+        return None  # BFCL's checker raises on this value (a float parameter given 10 ** 400, ...)
 
 
 def _outcome(v: dict[str, Any], decoded: Decoded, item: BFCLItem, action: Action) -> str:
@@ -413,7 +527,8 @@ def _expected_names(item: BFCLItem) -> set[str]:
 
 
 def record(item: BFCLItem, protocol: str, agent: str, ex: Exchange) -> dict[str, Any]:
-    verdict = None if ex.error is not None else judge(item, ex.action, ex.context_limit)
+    verdict = None if ex.error is not None else judge(item, ex.action, ex.context_limit,
+                                                      text=_bfcl_text(protocol, ex.completions))
     return single_record(SUITE, protocol, agent, item.id, ex, category=item.category,
                          item=item.model_dump(mode="json"), verdict=verdict)
 
@@ -434,7 +549,19 @@ def rescore(rec: dict[str, Any], proto: Protocol | None) -> dict[str, Any] | Non
                                   dots_as_underscores=bool(rec.get("dots_as_underscores")))
     assert proto is not None
     traj = item.trajectory()
-    return judge(item, replay(proto, traj, conversation_key(traj), rec["completions"]))
+    return judge(item, replay(proto, traj, conversation_key(traj), rec["completions"]),
+                 text=_bfcl_text(proto.name, rec["completions"]))
+
+
+def _bfcl_text(protocol: str, completions: list[dict[str, Any]]) -> str | None:
+    """The reply BFCL's decoder would read: the last completion's text under the `bfcl` protocol."""
+    if protocol != "bfcl" or not completions:
+        return None
+    text = completions[-1].get("text")
+    return text if isinstance(text, str) else None
+
+
+_NO_TRAJECTORY = Trajectory(id="x", messages=[], source=Source(format="bfcl"))  # BFCL's parse reads none of it
 
 
 def action_of_result(result: Any) -> Action:
@@ -444,7 +571,7 @@ def action_of_result(result: Any) -> Action:
     from agentflan.formats.pycall import BFCLProtocol
 
     if isinstance(result, str):
-        return BFCLProtocol().parse(result, Trajectory(id="x", messages=[], source=Source(format="bfcl")))
+        return BFCLProtocol().parse(result, _NO_TRAJECTORY)
     if isinstance(result, list):
         calls = []
         for i, entry in enumerate(result):
@@ -471,7 +598,7 @@ def score_predictions(predictions: str | Path, items: list[BFCLItem], *, agent: 
     if not path.is_file():
         raise ConfigError(f"predictions file {path} does not exist")
     preds: dict[str, Any] = {}
-    for rec in _read_jsonl(path):
+    for rec in read_records(path):
         if "result" not in rec:
             raise ConfigError(f"{path}: record {rec['id']!r} has no 'result'")
         preds[rec["id"]] = rec["result"]
@@ -482,7 +609,7 @@ def score_predictions(predictions: str | Path, items: list[BFCLItem], *, agent: 
         result = preds.get(item.id, "")
         v = prediction_verdict(item, result, missing=item.id in missing, dots_as_underscores=dots_as_underscores)
         out.append({"suite": SUITE, "protocol": "predictions", "agent": agent, "task_id": item.id,
-                    "category": item.category, "item": item.model_dump(mode="json"), "result": result,
+                    "category": item.category, "item": item.as_json(), "result": result,
                     **({"missing": True} if item.id in missing else {}),
                     **({"dots_as_underscores": True} if dots_as_underscores else {}),
                     "action": None, "error": None, "verdict": v})
@@ -492,24 +619,38 @@ def score_predictions(predictions: str | Path, items: list[BFCLItem], *, agent: 
 def prediction_verdict(item: BFCLItem, result: Any, *, missing: bool = False,
                        dots_as_underscores: bool = False) -> dict[str, Any]:
     """The verdict of a predictions file's `result` (a missing prediction fails)."""
-    v = judge(item, action_of_result(result), dots_as_underscores=dots_as_underscores)
+    v = judge(item, action_of_result(result), dots_as_underscores=dots_as_underscores,
+              text=result if isinstance(result, str) else None)
     if missing:
         v = {**v, **_bad("missing_prediction", "no prediction for this item"), "outcome": "missing",
-             **({"official_valid": False} if v["kind"] == "irrelevance" else {})}
+             "official_valid": False}
     return v
 
 
 # ---- summaries -----------------------------------------------------------------------------------------
 
 def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """A scored reply's outcome for paired comparisons: valid, overall and in its category."""
+    """A scored reply's outcomes for paired comparisons: valid, overall and in its category, and
+    BFCL's own verdict where it is determined."""
     ok = float(bool(rec["verdict"]["valid"]))
-    return {("accuracy", "all"): ok, ("accuracy", str(rec.get("category", "?"))): ok}
+    out = {("accuracy", "all"): ok, ("accuracy", str(rec.get("category", "?"))): ok}
+    official = _official(rec["verdict"])
+    if official is not None:
+        out[("accuracy_official", "all")] = float(official)
+    return out
+
+
+def _official(v: dict[str, Any]) -> bool | None:
+    """A verdict's `official_valid` (logs written before it was kept for every kind: `valid`)."""
+    return v.get("official_valid", v["valid"])  # type: ignore[no-any-return]
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy per category (BFCL's), the unparseable rate, outcomes; irrelevance also by BFCL's rule."""
+    """Accuracy per category (BFCL's categories), the unparseable rate, outcomes; and BFCL's verdicts
+    beside them: accuracy by BFCL's rules over the replies whose BFCL verdict is determined, how many
+    are not, and how many verdicts differ from BFCL's (the deliberate differences, docs/eval.md)."""
     vs = [r["verdict"] for r in records if r.get("error") is None and r.get("verdict") is not None]
+    known = [v for v in vs if _official(v) is not None]
     by_cat: dict[str, list[bool]] = {}
     for r in records:
         if r.get("verdict") is not None and r.get("error") is None:
@@ -522,6 +663,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "by_category": {k: rate(sum(x), len(x)) for k, x in sorted(by_cat.items())},
             "unparseable": rate(sum(v["outcome"] == "unparseable" for v in vs), len(vs)),
             "irrelevance_official": rate(sum(bool(v.get("official_valid")) for v in irr), len(irr)),
+            "accuracy_official": rate(sum(bool(_official(v)) for v in known), len(known)),
+            "official_undetermined": len(vs) - len(known),
+            "differs_from_official": sum(bool(v["valid"]) != _official(v) for v in known),
+            "differences": dict(sorted(Counter(str(v.get("difference", "other")) for v in known
+                                               if bool(v["valid"]) != _official(v)).items())),
             "outcomes": dict(sorted(Counter(v["outcome"] for v in vs).items())),
             "error_types": dict(sorted(Counter(str(v["error_type"]) for v in vs if not v["valid"]).items())),
             "missing": sum(bool(r.get("missing")) for r in records),
@@ -532,11 +678,12 @@ def table(summaries: list[dict[str, Any]]) -> str:
     """Markdown: accuracy per run and category (BFCL's irrelevance rule beside ours)."""
     cats = sorted({c for s in summaries for c in s["by_category"]})
     head = ["run", "protocol", "items", "accuracy %", *[f"{c} %" for c in cats], "irrelevance (BFCL's rule) %",
-            "unparseable %", "errors"]
+            "accuracy (BFCL's rule) %", "verdicts unlike BFCL's", "unparseable %", "errors"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         rows.append("| " + " | ".join([
             str(s.get("run", "")), f"`{s.get('protocol')}`", str(s["scored"]), pct(s["accuracy"]),
             *[pct(s["by_category"][c]) if c in s["by_category"] else "" for c in cats],
-            pct(s["irrelevance_official"]), pct(s["unparseable"]), str(s["errors"])]) + " |")
+            pct(s["irrelevance_official"]), pct(s["accuracy_official"]) if "accuracy_official" in s else "",
+            str(s.get("differs_from_official", "")), pct(s["unparseable"]), str(s["errors"])]) + " |")
     return "\n".join(rows) + "\n"

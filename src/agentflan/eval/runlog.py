@@ -46,6 +46,17 @@ def json_lines(path: str | Path, hint: str = "") -> Iterator[tuple[int, Any]]:
                 raise ConfigError(f"{path}:{n}: not a JSON line ({e.msg}){hint}") from e
 
 
+def json_line(rec: Any) -> str:
+    """One JSONL line of a record: UTF-8 text as it is, or ASCII escapes where a reply holds what
+    UTF-8 cannot (a lone surrogate), so that no reply can stop a log from being written."""
+    line = json.dumps(rec, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(rec)
+    return line + "\n"
+
+
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The records of a log, the last one per task (a resumed run appends its replays)."""
     last: dict[str, dict[str, Any]] = {}
@@ -91,7 +102,7 @@ def run_logged(out: Path, config: dict[str, Any], ids: Sequence[str], start: Cal
         def on_done(j: int, result: Any) -> None:
             rec = record(todo[j], result)
             fresh[ids[todo[j]]] = rec
-            log.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            log.write(json_line(rec))
             log.flush()
             if progress is not None:
                 progress(1)

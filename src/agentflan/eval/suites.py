@@ -31,6 +31,11 @@ from agentflan.formats.protocols import Protocol, conversation_key, get_protocol
 SUITES = ("agent-h", "steps", "bfcl")
 BFCL_FILES = ("BFCL_v4_simple_python.json", "BFCL_v4_multiple.json", "BFCL_v4_parallel.json",
               "BFCL_v4_irrelevance.json")
+BFCL_ALL_FILES = (*BFCL_FILES, "BFCL_v4_parallel_multiple.json", "BFCL_v4_live_simple.json",
+                  "BFCL_v4_live_multiple.json", "BFCL_v4_live_parallel.json", "BFCL_v4_live_parallel_multiple.json",
+                  "BFCL_v4_live_irrelevance.json", "BFCL_v4_live_relevance.json")
+"""Every single-turn Python category agentflan scores (what `bench/fetch_bfcl.py` fetches): a
+predictions file is scored against those of them that are there."""
 
 
 def bfcl_data_dir() -> Path:
@@ -143,7 +148,7 @@ def run_suite(suite: str, *, engine: Any, policy: str, protocols: list[str], n: 
     if predictions is not None:
         if suite != "bfcl":
             raise ConfigError("--predictions scores a BFCL predictions file: it applies to the bfcl suite only")
-        return [_bfcl_predictions(predictions, n, tasks_file, out_root, agent_name, base_config, progress)]
+        return [_bfcl_predictions(predictions, tasks_file, out_root, agent_name, base_config, progress)]
     runs = []
     for name in protocols or default_protocols(suite, engine):
         proto = get_protocol(name, getattr(engine, "template", None))
@@ -175,44 +180,48 @@ def _run_protocol(suite: str, proto: Protocol, items: list[Any], engine: Any, po
     return run
 
 
-def _bfcl_predictions(predictions: Path, n: int, tasks_file: Path | None, out_root: Path, agent_name: str,
+def _bfcl_predictions(predictions: Path, tasks_file: Path | None, out_root: Path, agent_name: str,
                       base_config: dict[str, Any], progress: Callable[[str, int], Callable[[int], None]]) -> SuiteRun:
+    """Every line of a predictions file scored against the question files (`-n` limits model runs
+    only): the categories it has predictions for, every item of them (a missing one fails)."""
     from agentflan.eval import bfcl
+    from agentflan.eval.runlog import json_line
+    from agentflan.io.files import atomic_output
 
-    files = [tasks_file] if tasks_file else [bfcl_data_dir() / f for f in BFCL_FILES]
-    items = [it for f in files if f.is_file() for it in bfcl.load_items(f, n)]
+    files = [tasks_file] if tasks_file else [bfcl_data_dir() / f for f in BFCL_ALL_FILES]
+    items = [it for f in files if f.is_file() for it in bfcl.load_items(f)]
     if not items:
         raise ConfigError("--predictions needs the BFCL question files: --tasks QUESTION_FILE, or fetch them "
                           "(bench/fetch_bfcl.py)")
-    categories = {bfcl.category_of(i) for i in _read_prediction_ids(predictions)}
+    ids = _read_prediction_ids(predictions)
+    categories = {bfcl.category_of(i) for i in ids}
     items = [it for it in items if it.category in categories]  # a category without predictions is not scored
     if not items:
         raise ConfigError(f"{predictions}: no prediction id matches an item of the question files")
+    unmatched = sorted(ids - {it.id for it in items})
     records, _ = bfcl.score_predictions(predictions, items, agent=agent_name)
     out = out_root / "bfcl-predictions"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**base_config, "suite": "bfcl", "protocol": "predictions",
-                                                 "predictions": str(predictions), "items": len(items)}, indent=2,
-                                                sort_keys=True) + "\n", encoding="utf-8")
-    (out / "episodes.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
-                                        encoding="utf-8")
+    config = {**base_config, "suite": "bfcl", "protocol": "predictions", "predictions": str(predictions),
+              "items": len(items), "unmatched_predictions": len(unmatched), "unmatched_examples": unmatched[:5]}
+    with atomic_output(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with atomic_output(out / "episodes.jsonl") as tmp:
+        tmp.write_text("".join(json_line(r) for r in records), encoding="utf-8")
     tick = progress("bfcl / predictions", len(records))
     tick(len(records))
     run = SuiteRun("bfcl", "predictions", out, records, 0, bfcl.summarize(records))
-    (out / "summary.json").write_text(json.dumps(run.summary, indent=2) + "\n", encoding="utf-8")
+    with atomic_output(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(run.summary, indent=2) + "\n", encoding="utf-8")
     return run
 
 
 def _read_prediction_ids(path: Path) -> set[str]:
-    ids = set()
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    ids.add(str(json.loads(line).get("id")))
-                except (json.JSONDecodeError, AttributeError):
-                    continue
-    return ids
+    from agentflan.eval import bfcl
+
+    if not path.is_file():
+        raise ConfigError(f"predictions file {path} does not exist")
+    return {str(r["id"]) for r in bfcl.read_records(path)}
 
 
 # ---- score: summaries, re-scoring, reports for every suite -------------------------------------------------
