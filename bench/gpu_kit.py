@@ -152,15 +152,18 @@ def main() -> None:
     ap.add_argument("--kit", type=Path, default=Path("gpu-kit"))
     ap.add_argument("--run", action="store_true", help="stage: then assemble and run the study.")
     ap.add_argument("--deadline", type=float, default=520.0, help="Seconds the study may run in this call.")
-    ap.add_argument("rest", nargs=argparse.REMAINDER, help="-- and the arguments of bench/reproduce.py")
-    args = ap.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)  # after `--`: bench/reproduce.py's arguments
+    args = ap.parse_args(argv[:cut])
+    rest = argv[cut + 1:]
     if args.action == "prepare":
         prepare(args.kit)
         return
     stage(args.kit)
     if args.run:
-        rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
         sys.exit(run(rest, args.deadline, Path(os.environ.get("OUT", "gpu-out"))))
+    if rest:
+        ap.error("arguments after -- go to bench/reproduce.py: give --run")
 
 
 if __name__ == "__main__":
