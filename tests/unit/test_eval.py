@@ -181,8 +181,8 @@ def test_eval_cli_exits_nonzero_on_errors_and_names_them(tmp_path):
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     res = CliRunner().invoke(cli, ["eval", "toolapi", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m",
                                    "-n", "3", "--retries", "0", "-o", str(tmp_path)])
-    assert res.exit_code == 3, res.output
-    assert "3 episode(s) ended in errors" in res.output and "cannot connect" in res.output
+    assert res.exit_code == 1, res.output  # nothing was scored: a failed run, as `env play` says (README)
+    assert "every one of the 3 episode(s) ended in an error" in res.output and "cannot connect" in res.output
 
 
 def test_client_retries_caches_and_fails_honestly(tmp_path, faulty):

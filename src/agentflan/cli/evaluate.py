@@ -10,7 +10,10 @@ from typing import Any
 
 import click
 
-from agentflan.errors import EXIT_PARTIAL, AgentflanError, ConfigError
+from agentflan.errors import EXIT_PARTIAL, AgentflanError, ConfigError, RunFailed
+
+SEED = click.IntRange(0, 2**32 - 1)
+"""A seed: what numpy and torch accept (`agentflan train` seeds both with it)."""
 
 
 def engine_options(f: Any) -> Any:
@@ -23,13 +26,14 @@ def engine_options(f: Any) -> Any:
         click.option("--protocol", "protocols", multiple=True,
                      help="Protocol(s) to prompt in (default: those the model was trained with; `native` for a "
                           "model not trained by agentflan). See `agentflan eval --list-protocols`."),
-        click.option("--batch-size", type=int, default=16, show_default=True, help="Local engine: prompts per generate call."),
-        click.option("--max-new-tokens", type=int, default=256, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Local engine: prompts per generate call."),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True),
         click.option("--device", default="cpu", show_default=True),
         click.option("--dtype", default="float32", show_default=True),
-        click.option("--concurrency", type=int, default=8, show_default=True, help="Endpoint: requests in flight."),
-        click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Endpoint: seconds per request."),
-        click.option("--retries", type=int, default=3, show_default=True, help="Endpoint: retries on timeouts, 429 and 5xx."),
+        click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True, help="Endpoint: requests in flight."),
+        click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+                     help="Endpoint: seconds a whole request may take (connecting, waiting and reading)."),
+        click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Endpoint: retries on timeouts, 429 and 5xx."),
     ]):
         f = opt(f)
     return f
@@ -73,16 +77,16 @@ def default_protocols(engine: Any, env: str, chosen: tuple[str, ...]) -> list[st
 @engine_options
 @click.option("--policy", type=click.Choice(["model", "expert", "random"]), default="model", show_default=True,
               help="expert/random: the scripted baselines (no model), for calibration.")
-@click.option("-n", "--n", "count", type=int, default=100, show_default=True, help="Tasks per suite.")
+@click.option("-n", "--n", "count", type=click.IntRange(min=1), default=100, show_default=True, help="Tasks per suite.")
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Task generation seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Task generation seed.")
 @click.option("--tasks", "tasks_file", type=click.Path(path_type=Path),
               help="db: an AgentBench dbbench JSONL file (e.g. dev.jsonl) instead of generated tasks; agent-h: a "
                    "ToolBench query file or an Agent-H items JSONL; steps: any trajectory file agentflan reads; bfcl: "
                    "a BFCL question file (possible answers in possible_answer/ beside it).")
 @click.option("--predictions", type=click.Path(path_type=Path),
               help="bfcl: score a BFCL predictions file ({\"id\", \"result\"} lines) without a model.")
-@click.option("--max-steps", type=int, default=12, show_default=True, help="Assistant actions per episode.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=12, show_default=True, help="Assistant actions per episode.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder (default out/eval/<model>).")
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming episodes already logged.")
 @click.option("--list-protocols", is_flag=True, help="List the protocols and exit.")
@@ -205,6 +209,9 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
     errors = sum(r.summary["errors"] for r in runs)  # this command's runs decide its exit status
     if errors:
         example = next((e for r in runs for e in r.summary["error_examples"]), "")
+        if not sum(r.summary["scored"] for r in runs):  # an unreachable endpoint: no work done, not partial
+            raise RunFailed(f"every one of the {errors} episode(s) ended in an error (failed requests), none was "
+                            f"scored, e.g. {example}; the logs are in {out}/, run the same command again to resume")
         click.echo(f"{errors} episode(s) ended in errors (failed requests), not counted as answers, e.g. {example}\n"
                    "run the same command again to resume them", err=True)
         return EXIT_PARTIAL

@@ -28,6 +28,7 @@ from agentflan.errors import ConfigError
 from agentflan.eval.driver import drive
 from agentflan.eval.engines import Engine, ScriptedEngine
 from agentflan.formats.protocols import Action, Completion, Prompt, Protocol
+from agentflan.io.files import write_atomic
 from agentflan.schema import AssistantMessage, Message, Trajectory
 
 LOG = "episodes.jsonl"
@@ -81,7 +82,7 @@ def run_logged(out: Path, config: dict[str, Any], ids: Sequence[str], start: Cal
         done = {r["task_id"]: r for r in read_log(log_path) if r.get("error") is None}
     elif log_path.exists():
         log_path.unlink()
-    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomic(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     todo = [i for i, key in enumerate(ids) if key not in done]
     resumed = len(ids) - len(todo)
     if progress is not None and resumed:

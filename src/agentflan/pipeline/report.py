@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agentflan.io.files import write_atomic
 from agentflan.pipeline.recipe import DataRecipe
 from agentflan.schema import AssistantMessage, Trajectory
 from agentflan.stats import StatsAccumulator
@@ -169,9 +170,9 @@ def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True,
         mix.update(extra, stats=stats)
         mix["general_share"] = _general_share(recipe, by_output)
     result = {"recipe": recipe.name, "seed": recipe.seed, "sources": sources, "outputs": outputs, "mix": mix}
-    (out / "stats.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(out / "stats.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     chart_files = _charts(result, turns, out / "charts", run) if charts else []
-    (out / "report.md").write_text(_markdown(recipe, result, chart_files, out))
+    write_atomic(out / "report.md", _markdown(recipe, result, chart_files, out))
     return result
 
 
