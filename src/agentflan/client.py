@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentflan.errors import AgentflanError
+from agentflan.jsonlog import BadLine, read_records, repair_tail
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,13 +98,20 @@ class OpenAIClient:
         self.cache_hits = 0
         self.failures = 0
         if self.cache_path and self.cache_path.exists():
-            with self.cache_path.open(encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        entry = json.loads(line)
-                        self._cache[entry["key"]] = entry["response"]
-                    except (json.JSONDecodeError, KeyError, TypeError):  # a line cut by a kill: asked again
-                        continue
+            self._load_cache(self.cache_path)
+
+    def _load_cache(self, path: Path) -> None:
+        """The cached responses; a cut last line (a killed run) is dropped with a warning, so the
+        next append starts on a line of its own; a damaged entry elsewhere is asked again."""
+        repair_tail(path)
+        try:
+            for _, entry in read_records(path):
+                try:
+                    self._cache[entry["key"]] = entry["response"]
+                except (KeyError, TypeError):
+                    continue
+        except BadLine as e:  # a cache, not a result: what cannot be read is asked again
+            log.warning("%s; the entries from there on are asked again", e)
 
     def key(self, body: dict[str, Any]) -> str:
         """The cache key of a request: its URL and its whole body."""

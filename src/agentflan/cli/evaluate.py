@@ -137,6 +137,7 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
 
     from agentflan.eval.envs import load_tasks, model_agent, run_env, scripted_agent
     from agentflan.eval.suites import SUITES, chart, run_suite, safe_name, table
+    from agentflan.io.files import write_atomic
     from agentflan.pipeline.build import versions
 
     name = policy if policy != "model" else safe_name(Path(model or "model").name if not base_url else f"{model}")
@@ -200,11 +201,11 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
         this = {e["dir"] for e in entries}
         earlier = json.loads(index.read_text()).get("runs", [])
         entries = [e for e in earlier if e.get("dir") not in this and (Path(e["dir"]) / "episodes.jsonl").exists()] + entries
-    index.write_text(json.dumps({"runs": entries}, indent=2) + "\n")
+    write_atomic(index, json.dumps({"runs": entries}, indent=2) + "\n")
     summaries = [{k: v for k, v in e.items() if k != "dir"} for e in entries]
     md = table(summaries)
     png = chart(summaries, out / "summary.png")
-    (out / "summary.md").write_text(f"# agentflan eval: {name}\n\n{md}\n" + (f"![success]({png.name})\n" if png else ""))
+    write_atomic(out / "summary.md", f"# agentflan eval: {name}\n\n{md}\n" + (f"![success]({png.name})\n" if png else ""))
     click.echo(f"logs and summaries: {out}/ (summary.md" + (", summary.png" if png else "") + ")")
     errors = sum(r.summary["errors"] for r in runs)  # this command's runs decide its exit status
     if errors:

@@ -57,7 +57,7 @@ from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, un
 from agentflan.pipeline.executor import Executor, make_executor
 from agentflan.pipeline.negatives import build_negatives
 from agentflan.pipeline.recipe import DataRecipe, NegativesOutput, StepsOutput
-from agentflan.pipeline.report import Scan, scan_path, trained_approx_tokens
+from agentflan.pipeline.report import Scan, read_state, scan_path, trained_approx_tokens
 from agentflan.schema import Trajectory
 from agentflan.schema.trajectory import json_dict_checked
 
@@ -829,8 +829,8 @@ def mix_amounts(recipe: DataRecipe, out_dir: Path, executor: Executor | None = N
     totals: list[float | None] = []
     for name in names:
         saved = _amounts_path(out_dir, name)
-        kept = json.loads(saved.read_text()) if saved.exists() else {}
-        totals.append(float(kept[by]) if by in kept else None)
+        kept = read_state(saved)
+        totals.append(float(kept[by]) if isinstance(kept, dict) and by in kept else None)
     missing = [i for i, t in enumerate(totals) if t is None]
     n = executor.workers * SHARDS_PER_WORKER if executor is not None and executor.workers > 1 else 1
     shards = [plan_shards([files[i]], n) for i in missing]

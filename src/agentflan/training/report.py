@@ -9,7 +9,7 @@ from typing import Any
 
 from agentflan import __version__
 from agentflan.formats.jinja import jinja_for
-from agentflan.io.files import write_atomic
+from agentflan.io.files import atomic_output, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,11 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path, ylabel: 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
