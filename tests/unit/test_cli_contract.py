@@ -287,6 +287,16 @@ def test_row_4_every_record_rejected(tmp_path):
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_row_4_no_record_writable_writes_and_registers_nothing(tmp_path, shared_data):
+    info = tmp_path / "lf" / "dataset_info.json"
+    out = tmp_path / "lf" / "db.json"
+    res = CliRunner().invoke(cli, ["data", "convert", str(shared_data / "agentbench" / "dbbench" / "dev.jsonl"),
+                                   "--to", "sharegpt", "-o", str(out), "--dataset-info", str(info)])
+    _one_line(res, EXIT_INPUT, "none of the 60 converted records can be written as sharegpt (no_assistant_turn 60)",
+              "nothing was added to the dataset_info")
+    assert not out.exists() and not info.exists()
+
+
 @pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", EXIT_INTERRUPTED), ("SIGTERM", 143)])
 def test_row_130_interrupted(tmp_path, monkeypatch, signal_name, code):
     import signal

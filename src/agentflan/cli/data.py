@@ -112,6 +112,12 @@ def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path,
         output.unlink(missing_ok=True)  # an empty output would pass for a result
         raise InputRejected(f"every one of the {r.records} records was rejected as {result.reader} "
                             f"({_reasons(r)}), so no output was written{_where(result)}; is --from right?")
+    if r.converted and not w.written:  # an empty output (or dataset entry) would pass for a result
+        output.unlink(missing_ok=True)
+        reasons = ", ".join(f"{k} {v}" for k, v in w.unwritable.most_common(3))
+        raise InputRejected(f"none of the {r.converted} converted records can be written as {to} ({reasons}), so "
+                            "no output was written" + (" and nothing was added to the dataset_info" if dataset_info
+                                                       else "") + "; choose another --to")
     click.echo(f"wrote {w.written} records to {output} as {result.writer}")
     for reason, n in sorted(w.unwritable.items()):
         click.echo(f"  not writable as {to}, {n}: {reason}")
