@@ -265,3 +265,11 @@ def test_prefix_cached_decoding_equals_generate():
     again = greedy(model, longer, max_new_tokens=12, pad_id=2, stop_ids=set(), stopped=never, cache=cache)
     assert again == [reference(p) for p in longer]
     assert cache.hits >= 2 and cache.reused_tokens >= len(prompts[0]) + 40
+
+
+def test_a_folder_holding_another_configuration_is_refused(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["eval", "toolapi", "--policy", "expert", "-n", "3", "-o", str(tmp_path)]).exit_code == 0
+    res = runner.invoke(cli, ["eval", "toolapi", "--policy", "expert", "-n", "3", "--max-steps", "5", "-o",
+                              str(tmp_path)])
+    assert res.exit_code == 4 and "holds a run with another configuration" in res.output, res.output
