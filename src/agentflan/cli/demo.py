@@ -244,7 +244,7 @@ def run_demo(d: Demo) -> tuple[Path, Path]:
     heads = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
     pairs = [*heads, *((a, "base") for a in names if "base" in evals)]
     rows = paired(scored, pairs=pairs)
-    (d.out / "paired.json").write_text(json.dumps([r.to_json() for r in rows], indent=1) + "\n")
+    write_atomic(d.out / "paired.json", json.dumps([r.to_json() for r in rows], indent=1) + "\n")
     return write_report(d.out, title=f"agentflan demo: {' vs '.join(d.arms)} on {d.model}",
                         intro=_intro(d, data), summaries=summaries, arms=arms, sections=_sections(d, episodes, data, evals),
                         paired_rows=rows, headline_pairs=heads)
