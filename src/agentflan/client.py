@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentflan.errors import AgentflanError
+from agentflan.jsonlog import BadLine, read_records, repair_tail
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,6 +73,12 @@ class ContextLimitError(RequestError):
     """The conversation no longer fits the model's context: the episode cannot go on."""
 
 
+class EmptyReply(RequestError):
+    """The endpoint answered with a completion that holds nothing: `content` null and no tool
+    calls (a reasoning model that spent its tokens thinking, a filtered reply). It is not the
+    model's answer to score: the caller counts it as a failed request."""
+
+
 class _Retry(Exception):
     def __init__(self, reason: str, status: int | None = None, wait: float | None = None) -> None:
         super().__init__(reason)
@@ -97,13 +104,20 @@ class OpenAIClient:
         self.cache_hits = 0
         self.failures = 0
         if self.cache_path and self.cache_path.exists():
-            with self.cache_path.open(encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        entry = json.loads(line)
-                        self._cache[entry["key"]] = entry["response"]
-                    except (json.JSONDecodeError, KeyError, TypeError):  # a line cut by a kill: asked again
-                        continue
+            self._load_cache(self.cache_path)
+
+    def _load_cache(self, path: Path) -> None:
+        """The cached responses; a cut last line (a killed run) is dropped with a warning, so the
+        next append starts on a line of its own; a damaged entry elsewhere is asked again."""
+        repair_tail(path)
+        try:
+            for _, entry in read_records(path):
+                try:
+                    self._cache[entry["key"]] = entry["response"]
+                except (KeyError, TypeError):
+                    continue
+        except BadLine as e:  # a cache, not a result: what cannot be read is asked again
+            log.warning("%s; the entries from there on are asked again", e)
 
     def key(self, body: dict[str, Any]) -> str:
         """The cache key of a request: its URL and its whole body."""
@@ -185,9 +199,10 @@ class OpenAIClient:
 
     def _once(self, data: bytes) -> dict[str, Any]:
         req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
+        deadline = time.monotonic() + self.config.timeout_s  # the whole request, not each socket read
         try:
             with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
-                raw = resp.read()
+                raw = _read_by(resp, deadline, self.config.timeout_s)
         except urllib.error.HTTPError as e:
             detail = e.read()[:300].decode("utf-8", "replace")
             if e.code in RETRY_STATUS or e.code >= 500:
@@ -210,7 +225,29 @@ class OpenAIClient:
                                url=self.url) from None
         if not isinstance(message, dict):
             raise RequestError(f"{self.url}: the reply's message is not an object: {raw[:200]!r}", url=self.url)
+        if message.get("content") is None and not message.get("tool_calls") and not message.get("function_call"):
+            reason = response["choices"][0].get("finish_reason") if isinstance(response["choices"][0], dict) else None
+            refusal = f", refusal {str(message['refusal'])[:100]!r}" if message.get("refusal") else ""
+            raise EmptyReply(f"{self.url}: empty reply (content null, no tool calls; finish_reason {reason}"
+                             f"{refusal}): not an answer", url=self.url)
         return response  # type: ignore[no-any-return]
+
+
+def _read_by(resp: Any, deadline: float, timeout_s: float) -> bytes:
+    """The body of `resp`, read before `deadline` (`time.monotonic`): a server that trickles its
+    reply gets no more than the request's time, however often it sends a byte."""
+    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+    parts: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the whole request took longer than {timeout_s:g} s")
+        if sock is not None:  # each read waits at most for what is left of the request
+            sock.settimeout(left)
+        chunk = resp.read1(1 << 16)  # one read of the socket: read() would wait to fill its buffer
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -86,6 +86,20 @@ class InputRejected(AgentflanError):
     exit_code = EXIT_INPUT
 
 
+class RunFailed(AgentflanError):
+    """The work failed on the way and produced nothing usable (every request of an evaluation
+    failed, say): exit 1, as a failure, not as a partial result."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class WriteFailed(AgentflanError, OSError):
+    """An output could not be written (a full disk, a quota, a read-only folder): the message
+    names the file; nothing partial is left. Exit 1: the environment failed, not the input."""
+
+    exit_code = EXIT_RUNTIME
+
+
 class PartialResult(AgentflanError):
     """The output was written, but more of the input was rejected than the user allows."""
 

@@ -118,7 +118,7 @@ def validation_problems(e: ValidationError, model: type[BaseModel] | None = None
     for err in e.errors():
         loc = [str(p) for p in err["loc"]]
         path = ".".join([prefix, *loc] if prefix else loc)
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's own message
         if err["type"] == "extra_forbidden" and model is not None:
             fields = _fields_at(model, loc[:-1])
             if fields:

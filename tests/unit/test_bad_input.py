@@ -140,3 +140,16 @@ def test_alpaca_reader_reads_history_system_and_input(tmp_path):
     mapping = OrderedDict(instruction="a", input="x", output="b")  # an object that is not a plain dict
     third = AlpacaReader().parse(mapping, RecordContext(RawRecord("m.json", 1, 0), "alpaca", None))
     assert third.messages[0].content == "a\n\nx"
+
+
+def test_dropped_records_are_counted_and_balance(tmp_path):
+    """A record a reader rule drops (ToolBench: an invalid search, a give-up) is counted by reason."""
+    for i, ag in enumerate([{"valid_data": False}, {"valid_data": True, "finish_type": "give_up",
+                                                    "train_messages": [[]]}]):
+        (tmp_path / f"a{i}.json").write_text(json.dumps({"answer_generation": ag}))
+    result = convert(str(tmp_path / "*.json"), tmp_path / "out.jsonl", fmt="toolbench", to="native")
+    rep = result.read
+    assert (rep.records, rep.converted, dict(rep.dropped)) == (2, 0, {"toolbench_invalid": 1, "toolbench_give_up": 1})
+    assert rep.balanced()
+    rep.dropped["toolbench_give_up"] += 1  # the invariant notices a record counted twice
+    assert not rep.balanced()

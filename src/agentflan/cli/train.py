@@ -32,7 +32,7 @@ def accelerate_config_file(name: str) -> Path:
                                       "under `torchrun` (DDP; on CPU with the gloo backend).")
 @click.option("--accelerate-config", default="ddp", show_default=True,
               help=f"A shipped config ({', '.join(LAUNCH_CONFIGS)}) or a YAML file.")
-@click.option("--num-processes", type=int, help="Processes (accelerate: overrides the config; torchrun: default 2).")
+@click.option("--num-processes", type=click.IntRange(min=1), help="Processes (accelerate: overrides the config; torchrun: default 2).")
 @click.option("--dry-run", is_flag=True, help="Validate, tokenize and report the data; do not train.")
 def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_config: str,
           num_processes: int | None, dry_run: bool) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from agentflan.envs import get_env
 from agentflan.envs.base import ExpertPolicy, run_episode
+from agentflan.io.files import write_atomic
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import dumps
 from agentflan.schema import Trajectory
@@ -63,7 +64,7 @@ def synth(env_name: str, n: int, split: str, out: str | Path, seed: int = 0) -> 
         answers.mkdir(exist_ok=True)
         writer = WRITERS.get("toolbench_answer")()
         for t in trajs:
-            (answers / f"{t.id}.json").write_text(json.dumps(writer.record(t), ensure_ascii=False, indent=1))
+            write_atomic(answers / f"{t.id}.json", json.dumps(writer.record(t), ensure_ascii=False, indent=1))
         result.files["toolbench_answer"] = str(answers)
     if "agentinstruct" in info.formats:
         path = root / "agentinstruct.jsonl"

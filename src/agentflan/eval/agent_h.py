@@ -55,6 +55,7 @@ from agentflan.errors import ConfigError
 from agentflan.eval.runlog import Exchange, single_record
 from agentflan.eval.score import rate
 from agentflan.formats.protocols import Action, Protocol, parse_tool_call_text
+from agentflan.io.files import write_atomic
 from agentflan.pipeline.base import rng_for
 from agentflan.schema import AssistantMessage, Source, SystemMessage, ToolCall, ToolSpec, Trajectory, UserMessage
 
@@ -330,7 +331,7 @@ def write_items(items: list[HItem], path: str | Path) -> Path:
     """Items as JSONL (byte-identical for the same items)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text("".join(it.model_dump_json(exclude_defaults=True) + "\n" for it in items), encoding="utf-8")
+    write_atomic(p, "".join(it.model_dump_json(exclude_defaults=True) + "\n" for it in items), encoding="utf-8")
     return p
 
 

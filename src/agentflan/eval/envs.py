@@ -34,6 +34,7 @@ from agentflan.eval.engines import Engine
 from agentflan.eval.runlog import read_log, run_logged
 from agentflan.eval.score import summarize
 from agentflan.formats.protocols import Protocol, get_protocol
+from agentflan.io.files import write_atomic
 from agentflan.schema import AssistantMessage, ToolMessage, Trajectory
 
 ENV_SUITES = ("toolapi", "db")
@@ -132,7 +133,7 @@ def run_env(env: str, tasks: list[Task], agent_for: Callable[[Task], Agent], eng
         resume=resume, progress=progress)
     run = EnvRun(env, protocol_name, out, records=records, resumed=resumed)
     run.summary = summarize(run.records)
-    (out / "summary.json").write_text(json.dumps(run.summary, indent=2) + "\n", encoding="utf-8")
+    write_atomic(out / "summary.json", json.dumps(run.summary, indent=2) + "\n", encoding="utf-8")
     return run
 
 

@@ -28,14 +28,23 @@ from agentflan.errors import ConfigError
 from agentflan.eval.driver import drive
 from agentflan.eval.engines import Engine, ScriptedEngine
 from agentflan.formats.protocols import Action, Completion, Prompt, Protocol
+from agentflan.io.files import write_atomic
+from agentflan.jsonlog import BadLine, read_records, repair_tail
 from agentflan.schema import AssistantMessage, Message, Trajectory
 
 LOG = "episodes.jsonl"
 
 
-def json_lines(path: str | Path, hint: str = "") -> Iterator[tuple[int, Any]]:
+def json_lines(path: str | Path, hint: str = "", *, log: bool = False) -> Iterator[tuple[int, Any]]:
     """(line number, value) of each non-blank line of a JSONL file; a line that is not JSON raises
-    `ConfigError` naming the file and line (`hint` says what to do about it)."""
+    `ConfigError` naming the file and line (`hint` says what to do about it). `log`: the file is an
+    append-only log, whose cut last line (an interrupted write) is skipped with a warning."""
+    if log:
+        try:
+            yield from read_records(path)
+        except BadLine as e:
+            raise ConfigError(f"{e}{hint}") from e
+        return
     with Path(path).open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -58,9 +67,11 @@ def json_line(rec: Any) -> str:
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a log, the last one per task (a resumed run appends its replays)."""
+    """The records of a log, the last one per task (a resumed run appends its replays); a cut
+    last line (a run killed mid-write) is skipped with a warning, and played again on resume."""
     last: dict[str, dict[str, Any]] = {}
-    for n, rec in json_lines(path, "; a run killed mid-write leaves a cut last line: remove it and resume"):
+    for n, rec in json_lines(path, "; an interrupted write cuts only the last line, this log is damaged "
+                                   "before it (eval --no-resume starts over)", log=True):
         key = rec.get("task_id") or rec.get("id") or str(n)
         last.pop(key, None)
         last[key] = rec
@@ -92,12 +103,13 @@ def run_logged(out: Path, config: dict[str, Any], ids: Sequence[str], start: Cal
         done = {r["task_id"]: r for r in read_log(log_path) if r.get("error") is None}
     elif log_path.exists():
         log_path.unlink()
-    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomic(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     todo = [i for i, key in enumerate(ids) if key not in done]
     resumed = len(ids) - len(todo)
     if progress is not None and resumed:
         progress(resumed)
     fresh: dict[str, dict[str, Any]] = {}
+    repair_tail(log_path)  # a cut last line would glue itself to the next record
     with log_path.open("a", encoding="utf-8") as log:
         def on_done(j: int, result: Any) -> None:
             rec = record(todo[j], result)

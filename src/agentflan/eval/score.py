@@ -14,6 +14,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from agentflan.io.files import atomic_output
+
 
 def rate(k: int, n: int) -> dict[str, float | int]:
     """A proportion with its standard error (binomial, sqrt(p(1-p)/n))."""
@@ -102,6 +104,9 @@ def chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_ylim(0, 105)
     ax.set_title("Held-out success per run")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return path

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import glob
 import gzip
 import io
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from agentflan.errors import ConfigError, MissingDependencyError
+from agentflan.errors import ConfigError, MissingDependencyError, WriteFailed
 from agentflan.schema.checks import MAX_DEPTH
 
 _COMPRESSIONS = (".gz", ".zst")
@@ -519,6 +520,19 @@ def one_line(json_text: str) -> str:
     return json_text
 
 
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+"""What the disk says when it cannot take an output: full, over quota, too large, read-only, failing."""
+
+
+def write_failed(target: str | os.PathLike[str], e: OSError) -> OSError | WriteFailed:
+    """The error to raise for `e`, raised while writing `target`: a disk that cannot take the
+    output becomes `WriteFailed` naming `target` (the OS names no file for a failed `write`)."""
+    if e.errno not in _WRITE_ERRNOS or isinstance(e, WriteFailed):
+        return e
+    return WriteFailed(f"{target}: {os.strerror(e.errno or 0)} while writing it; nothing partial was kept "
+                       "(free space and run the same command again: finished outputs are kept)")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], tmp: Path | None = None) -> Iterator[Path]:
     """A temporary path beside `path`, renamed to `path` only if the block succeeds.
@@ -526,7 +540,8 @@ def atomic_output(path: str | os.PathLike[str], tmp: Path | None = None) -> Iter
     On any failure, Ctrl-C included, the temporary file is removed and `path` is left as it was:
     a failed or interrupted write never leaves a partial output behind. The default temporary
     name keeps the suffixes (`.partial-out.jsonl.gz`) and is the same on every run, so a run that
-    was killed outright (SIGKILL) leaves a file that the next run replaces.
+    was killed outright (SIGKILL) leaves a file that the next run replaces. A full disk (or one
+    that refuses the write otherwise) raises `WriteFailed` naming `path`.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -534,6 +549,24 @@ def atomic_output(path: str | os.PathLike[str], tmp: Path | None = None) -> Iter
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        err = write_failed(target, e)
+        if err is e:
+            raise
+        raise err from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes, encoding: str = "utf-8") -> Path:
+    """Write a whole small file (a report, a summary, a marker) through `atomic_output`: the file
+    is either complete or as it was, never empty or cut, whatever stops the write."""
+    target = Path(path)
+    with atomic_output(target) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding=encoding)
+    return target

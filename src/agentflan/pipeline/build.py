@@ -50,14 +50,14 @@ from agentflan.errors import ParseError
 from agentflan.fingerprint import code_fingerprint
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
-from agentflan.io.files import Span, atomic_output, can_split, expand, is_url, jsonl_spans
+from agentflan.io.files import Span, atomic_output, can_split, expand, is_url, jsonl_spans, write_atomic, write_failed
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import Writer, dumps_data, encode_data
 from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, unit
 from agentflan.pipeline.executor import Executor, make_executor
 from agentflan.pipeline.negatives import build_negatives
 from agentflan.pipeline.recipe import DataRecipe, NegativesOutput, StepsOutput
-from agentflan.pipeline.report import Scan, scan_path, trained_approx_tokens
+from agentflan.pipeline.report import Scan, read_state, scan_path, trained_approx_tokens
 from agentflan.schema import Trajectory
 from agentflan.schema.trajectory import json_dict_checked
 
@@ -94,7 +94,7 @@ def _done(out: Path, stage: str, fingerprint: str) -> bool:
 
 def _mark(out: Path, stage: str, fingerprint: str) -> None:
     (out / STATE).mkdir(parents=True, exist_ok=True)
-    (out / STATE / f"{stage}.done").write_text(fingerprint + "\n")
+    write_atomic(out / STATE / f"{stage}.done", fingerprint + "\n")
 
 
 def _atomic_target(path: Path) -> Path:
@@ -241,17 +241,43 @@ class _Sink:
         self.writers = _record_writers(formats)
         self.targets: dict[str, Path] = {}
         self.files: dict[str, Any] = {}
-        for fmt in ["native", *self.writers]:
-            if part is None:
-                final = out / fmt / f"{name}.jsonl"
-                self.targets[fmt] = final
-                path = _atomic_target(final)
-            else:
-                path = _part_dir(out, name) / f"{fmt}.{part:05d}.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-            self.files[fmt] = path.open("wb")
+        self.paths: dict[str, Path] = {}
         self.scan = Scan()
         self.n = 0
+        try:
+            for fmt in ["native", *self.writers]:
+                if part is None:
+                    final = out / fmt / f"{name}.jsonl"
+                    self.targets[fmt] = final
+                    path = _atomic_target(final)
+                else:
+                    path = _part_dir(out, name) / f"{fmt}.{part:05d}.jsonl"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                self.paths[fmt] = path
+                self.files[fmt] = path.open("wb")
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
+        if kind is None:
+            return
+        self.abort()  # a full disk, Ctrl-C, a failing step: no temporary file stays behind
+        if isinstance(e, OSError):  # the OS names no file for a failed write: name this output
+            where = next(iter(self.targets.values()), None) or next(iter(self.paths.values()), "an output")
+            err = write_failed(where, e)
+            if err is not e:
+                raise err from e
+
+    def abort(self) -> None:
+        """Close and remove every file this sink started (the finished ones are renamed already)."""
+        for f in self.files.values():
+            f.close()
+        for path in self.paths.values():
+            path.unlink(missing_ok=True)
 
     def add(self, traj: Trajectory) -> None:
         line, written = _native_line(traj)  # formats and counts see what a reader of the native file sees
@@ -275,8 +301,8 @@ class _Sink:
     def close(self) -> dict[str, Any]:
         for f in self.files.values():
             f.close()
-        for final in self.targets.values():
-            os.replace(_atomic_target(final), final)
+        for fmt, final in self.targets.items():
+            os.replace(self.paths.pop(fmt), final)
         return self.scan.to_state()
 
 
@@ -293,7 +319,7 @@ def _save_scan(out: Path, name: str, states: list[dict[str, Any]]) -> None:
         scan.merge(Scan.from_state(state))
     path = scan_path(out, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(scan.to_state(), ensure_ascii=False) + "\n")
+    write_atomic(path, json.dumps(scan.to_state(), ensure_ascii=False) + "\n")
     _save_amounts(out, name, {"records": scan.stats.n, "trained_tokens": scan.trained})
 
 
@@ -309,7 +335,7 @@ def _amounts_path(out: Path, name: str) -> Path:
 def _save_amounts(out: Path, name: str, amounts: dict[str, int]) -> None:
     path = _amounts_path(out, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(amounts, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(amounts, sort_keys=True) + "\n")
 
 
 def _write_file_formats(args: tuple[str, str, list[str]]) -> None:
@@ -321,9 +347,8 @@ def _write_file_formats(args: tuple[str, str, list[str]]) -> None:
         writer = WRITERS.get(fmt)()
         suffix = ".parquet" if fmt == "parquet" else ".jsonl"
         target = Path(out) / fmt / f"{name}{suffix}"
-        tmp = _atomic_target(target).with_suffix(suffix)
-        writer.write(_read_native(Path(out) / "native" / f"{name}.jsonl"), tmp)
-        os.replace(tmp, target)
+        with atomic_output(target, _atomic_target(target).with_suffix(suffix)) as tmp:
+            writer.write(_read_native(Path(out) / "native" / f"{name}.jsonl"), tmp)
 
 
 # ---- stage 1: ingest -----------------------------------------------------------------------------
@@ -453,7 +478,7 @@ def _finish_ingest(name: str, out: Path, tasks: list[_IngestTask], results: list
     _save_amounts(out, f"source.{name}", {k: sum(r["amounts"][k] for r in results) for k in results[0]["amounts"]})
     info = report.to_dict()
     info["quarantine"] = str(qpath.relative_to(out)) if report.quarantined else None
-    (out / "sources" / f"{name}.report.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(out / "sources" / f"{name}.report.json", json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -470,7 +495,7 @@ def _ingest_all(recipe: DataRecipe, todo: list[str], out: Path, executor: Execut
             if qpath.exists():
                 qpath.unlink()
             reports[name] = ReadReport().to_dict() | {"quarantine": None, "missing": True}
-            (out / "sources" / f"{name}.report.json").write_text(json.dumps(reports[name], indent=2) + "\n")
+            write_atomic(out / "sources" / f"{name}.report.json", json.dumps(reports[name], indent=2) + "\n")
             continue
         tasks[name] = _ingest_tasks(name, cfg, out, executor.workers)
     flat = [t for ts in tasks.values() for t in ts]
@@ -569,11 +594,11 @@ def _run_phase(task: _PhaseTask) -> dict[str, Any]:
     result: dict[str, Any] = {}
     out = Path(task.out)
     if task.final:
-        sink = _Sink(out, task.name, task.formats, task.part)
-        for t in stream:
-            sink.add(t)
-        result["scan"] = sink.close()
-        result["records"] = sink.n
+        with _Sink(out, task.name, task.formats, task.part) as sink:
+            for t in stream:
+                sink.add(t)
+            result["scan"] = sink.close()
+            result["records"] = sink.n
     elif _passes_through(phase):  # only summaries: the next phase reads this phase's input again
         assert phase.summarize is not None
         step = steps[phase.summarize]
@@ -615,10 +640,11 @@ def _run_stream(task: _StreamTask) -> dict[str, Any]:
     stream: Iterable[Trajectory] = _read_shards(task.shards)
     for i in range(task.first, len(steps)):
         stream = steps[i].run(stream, contexts[i])
-    sink = _Sink(Path(task.out), task.name, task.formats)
-    for t in stream:
-        sink.add(t)
-    return {"scan": sink.close(), "records": sink.n,
+    with _Sink(Path(task.out), task.name, task.formats) as sink:
+        for t in stream:
+            sink.add(t)
+        scan = sink.close()
+    return {"scan": scan, "records": sink.n,
             "counts": {i: dict(c.stats.counts) for i, c in contexts.items() if c.stats.counts}}
 
 
@@ -648,15 +674,16 @@ def _run_negatives(task: _NegativesTask) -> dict[str, Any]:
             stream = make_steps([{"type": "decontaminate", **task.decontaminate}])[0].run(stream, clean[-1])
         return stream
 
-    sink = _Sink(out, task.name, task.formats)
-    for t in build_negatives(inputs(spec.chat_from), inputs(spec.tools_from), inputs(spec.queries_from),
-                             spec.config, task.seed, stats, cache_dir=out / ".cache",
-                             agent_records=task.agent_records):
-        sink.add(t)
+    with _Sink(out, task.name, task.formats) as sink:
+        for t in build_negatives(inputs(spec.chat_from), inputs(spec.tools_from), inputs(spec.queries_from),
+                                 spec.config, task.seed, stats, cache_dir=out / ".cache",
+                                 agent_records=task.agent_records):
+            sink.add(t)
+        scan = sink.close()
     steps = [{"step": f"decontaminate:{role}", "counts": ctx.stats.to_dict()}
              for role, ctx in zip(("chat", "tools", "queries"), clean, strict=False)]
     steps.append({"step": "negatives", "config": {"agent_records": task.agent_records}, "counts": stats.to_dict()})
-    return {"scan": sink.close(), "records": sink.n, "steps": steps}
+    return {"scan": scan, "records": sink.n, "steps": steps}
 
 
 def _entries(recipe: DataRecipe, name: str) -> str:
@@ -802,8 +829,8 @@ def mix_amounts(recipe: DataRecipe, out_dir: Path, executor: Executor | None = N
     totals: list[float | None] = []
     for name in names:
         saved = _amounts_path(out_dir, name)
-        kept = json.loads(saved.read_text()) if saved.exists() else {}
-        totals.append(float(kept[by]) if by in kept else None)
+        kept = read_state(saved)
+        totals.append(float(kept[by]) if isinstance(kept, dict) and by in kept else None)
     missing = [i for i, t in enumerate(totals) if t is None]
     n = executor.workers * SHARDS_PER_WORKER if executor is not None and executor.workers > 1 else 1
     shards = [plan_shards([files[i]], n) for i in missing]
@@ -872,10 +899,11 @@ def _mix_gather(task: _GatherTask) -> dict[str, Any]:
                 key, tid, line = row.split("\t", 2)
                 rows.append((float(key), json.loads(tid), line))
     rows.sort(key=lambda r: (r[0], r[1]))
-    sink = _Sink(Path(task.out), task.name, task.formats, task.bucket)
-    for _, _, line in rows:
-        sink.add_line(line, Trajectory.model_validate_json(line))
-    return {"scan": sink.close(), "records": sink.n}
+    with _Sink(Path(task.out), task.name, task.formats, task.bucket) as sink:
+        for _, _, line in rows:
+            sink.add_line(line, Trajectory.model_validate_json(line))
+        scan = sink.close()
+    return {"scan": scan, "records": sink.n}
 
 
 def _mix(recipe: DataRecipe, out_dir: Path, executor: Executor) -> dict[str, Any]:
@@ -937,8 +965,8 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
         shutil.rmtree(out / PARTS)
     n_workers = workers or recipe.workers
     result = BuildResult(out)
-    (out / "resolved_recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-    (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+    write_atomic(out / "resolved_recipe.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    write_atomic(out / "versions.json", json.dumps(versions(), indent=2) + "\n")
 
     def stage(name: str, fingerprint: str) -> bool:
         if resume and _done(out, name, fingerprint):
@@ -1016,7 +1044,7 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
             if name in negatives and name not in neg_records:
                 continue  # already built (resumed)
             info = _run_output(recipe, name, out, executor, started.get(name), neg_records.get(name, 0))
-            (out / "native" / f"{name}.steps.json").write_text(json.dumps(info, indent=2) + "\n")
+            write_atomic(out / "native" / f"{name}.steps.json", json.dumps(info, indent=2) + "\n")
             say(f"output {name}: {info['records']} records")
             _mark(out, f"output.{name}", out_fp[name])
             if name in agent_left:
@@ -1030,7 +1058,7 @@ def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, 
                          [src_fp[s] for s in sorted(used)])
             if stage("mix", mix_fp):
                 info = _mix(recipe, out, executor)
-                (out / "native" / f"{recipe.mix.name}.mix.json").write_text(json.dumps(info, indent=2) + "\n")
+                write_atomic(out / "native" / f"{recipe.mix.name}.mix.json", json.dumps(info, indent=2) + "\n")
                 say(f"mix {recipe.mix.name}: {info['records']} records, factors {info['factors']}")
                 _mark(out, "mix", mix_fp)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,7 @@ from agentflan.errors import ConfigError
 from agentflan.io import check_reader_options
 from agentflan.io.readers import READERS
 from agentflan.io.writers import WRITERS
-from agentflan.options import validation_problems
+from agentflan.options import did_you_mean, validation_problems
 from agentflan.pipeline.base import STEPS, Step, make_steps
 from agentflan.pipeline.negatives import NegativesConfig, teacher_from_env
 from agentflan.pipeline.steps.decontaminate import DecontaminateConfig
@@ -168,16 +169,34 @@ def _resolve_path(ref: str, relative_to: Path | None) -> Path:
     packaged = packaged_recipes()
     if ref in packaged:
         return packaged[ref]
-    raise ConfigError(f"no recipe {ref!r}: not a file, not a packaged recipe ({', '.join(sorted(packaged))})")
+    raise ConfigError(f"no recipe {ref!r}: not a file, not a packaged recipe{did_you_mean(ref, packaged)} "
+                      f"(packaged: {', '.join(sorted(packaged))})")
+
+
+def load_yaml_file(path: Path) -> Any:
+    """The YAML document in `path`; a syntax error or a tag safe YAML refuses (`!!python/object`)
+    raises `ConfigError` naming the file, line and column."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{yaml_problem(e, str(path))}") from e
+
+
+def yaml_problem(e: yaml.YAMLError, where: str) -> str:
+    """One line for a YAML error: `where:line:column: not valid YAML: what`."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+    what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+    opened = getattr(e, "context_mark", None)
+    if opened is not None and mark is not None and opened.line != mark.line:
+        what += f" (the construct opened at line {opened.line + 1})"
+    return f"{at}: not valid YAML: {' '.join(what.split())}"
 
 
 def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"recipe include cycle: {' -> '.join(map(str, (*seen, path)))}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping, found {type(data).__name__}")
     base = data.pop("base", None)
@@ -214,7 +233,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             key, value = item[1:], None
         elif "=" in item:
             key, raw = item.split("=", 1)
-            value = yaml.safe_load(raw) if raw else ""
+            try:
+                value = yaml.safe_load(raw) if raw else ""
+            except yaml.YAMLError as e:
+                raise ConfigError(yaml_problem(e, f"override {item!r}").replace("YAML", "a YAML value")) from e
         else:
             raise ConfigError(f"override {item!r}: expected key=value or ~key")
         parts = key.split(".")
@@ -286,14 +308,16 @@ def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> tuple[Da
         ConfigError: With every problem found, each with its key path.
     """
     path = _resolve_path(str(ref), None)
-    data = apply_overrides(_load_yaml(path), overrides or [])
+    raw = _load_yaml(path)
+    data = apply_overrides(raw, overrides or [])
+    unknown_vars = check_var_overrides(raw, data, overrides or [])
     for src in (data.get("sources") or {}).values():
         if isinstance(src, dict) and isinstance(src.get("paths"), str):
             src["paths"] = [src["paths"]]
     for out in (data.get("outputs") or {}).values():
         if isinstance(out, dict):
             out.setdefault("kind", "steps")
-    errors: list[str] = []
+    errors: list[str] = list(unknown_vars)
     variables = dict(data.get("vars") or {})
     variables.setdefault("recipe_dir", str(path.parent))
     resolved = {k: (_interpolate(v, variables, k, errors) if k != "vars" else v) for k, v in data.items()}
@@ -315,6 +339,33 @@ def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> tuple[Da
             resolved["outputs"][name].setdefault("config", {})["teacher"] = (
                 out.config.teacher.model_dump(mode="json") if out.config.teacher else None)
     return recipe, resolved
+
+
+def check_var_overrides(before: dict[str, Any], after: dict[str, Any], overrides: list[str]) -> list[str]:
+    """Problems with `vars.NAME=...` overrides: a name the recipe declares no variable for and no
+    `${NAME}` uses is a typo (`vars.data_dri`), which would otherwise change nothing, silently."""
+    declared = set(before.get("vars") or {}) | {"recipe_dir"}
+    used = {m.group(1) for text in _strings({k: v for k, v in after.items() if k != "vars"}) for m in _VAR.finditer(text)}
+    problems = []
+    for item in overrides:
+        key = item.lstrip("~").split("=", 1)[0]
+        parts = key.split(".")
+        if parts[0] != "vars" or len(parts) < 2 or parts[1] in declared or parts[1] in used:
+            continue
+        problems.append(f"{key}: unknown variable {parts[1]!r} (the recipe declares "
+                        f"{', '.join(sorted(declared - {'recipe_dir'})) or 'none'}){did_you_mean(parts[1], declared)}")
+    return problems
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
 
 
 def _check_components(data: dict[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agentflan.io.files import atomic_output, write_atomic
 from agentflan.pipeline.recipe import DataRecipe
 from agentflan.schema import AssistantMessage, Trajectory
 from agentflan.stats import StatsAccumulator
@@ -91,6 +92,18 @@ class Scan:
         return self.stats.result(), extra
 
 
+def read_state(path: Path) -> Any:
+    """A build's saved state (JSON), or None when it is absent or unreadable: a file cut by a
+    build killed before the state files were written atomically is computed again, with a warning."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("%s: cut or damaged (an interrupted build); computed again", path)
+        return None
+
+
 def scan_path(out: Path, name: str) -> Path:
     """Where the build keeps an output's `Scan` (build state, beside the stage markers)."""
     return out / ".state" / "scan" / f"{name}.json"
@@ -98,9 +111,9 @@ def scan_path(out: Path, name: str) -> Path:
 
 def _scan(out: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The output's scan saved by the build, or (a folder built otherwise) a scan of its file."""
-    saved = scan_path(out, name)
-    if saved.exists():
-        return Scan.from_state(json.loads(saved.read_text())).result()
+    state = read_state(scan_path(out, name))
+    if state is not None:
+        return Scan.from_state(state).result()
     scan = Scan()
     with (out / "native" / f"{name}.jsonl").open(encoding="utf-8") as f:
         for line in f:
@@ -169,9 +182,9 @@ def write_report(recipe: DataRecipe, out: Path, *, charts: bool = True,
         mix.update(extra, stats=stats)
         mix["general_share"] = _general_share(recipe, by_output)
     result = {"recipe": recipe.name, "seed": recipe.seed, "sources": sources, "outputs": outputs, "mix": mix}
-    (out / "stats.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(out / "stats.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     chart_files = _charts(result, turns, out / "charts", run) if charts else []
-    (out / "report.md").write_text(_markdown(recipe, result, chart_files, out))
+    write_atomic(out / "report.md", _markdown(recipe, result, chart_files, out))
     return result
 
 
@@ -322,6 +335,9 @@ def _chart(job: tuple[str, dict[str, Any], dict[str, Counter[int]], Path]) -> Pa
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version stamp: same bytes every build
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:  # no version stamp: same bytes every build
+            fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    finally:
+        plt.close(fig)
     return path

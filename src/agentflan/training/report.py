@@ -9,6 +9,7 @@ from typing import Any
 
 from agentflan import __version__
 from agentflan.formats.jinja import jinja_for
+from agentflan.io.files import atomic_output, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ def save_outputs(recipe: Any, trainer: Any, tokenizer: Any, metrics: dict[str, A
     by_capability = capability_loss_curve(metrics["log_history"], out / "loss_by_capability.png")
     if by_capability:
         metrics["capability_loss_curve"] = str(by_capability)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    (final / "README.md").write_text(model_card(recipe, metrics))
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    write_atomic(final / "README.md", model_card(recipe, metrics))
 
 
 def model_info(recipe: Any, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def model_info(recipe: Any, metrics: dict[str, Any]) -> dict[str, Any]:
 def write_model_info(folder: Path, info: dict[str, Any]) -> None:
     from agentflan.training.models import INFO_FILE
 
-    (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(folder / INFO_FILE, json.dumps(info, indent=2) + "\n")
 
 
 def _merged_full_precision(recipe: Any, adapter: Path, tokenizer: Any) -> Any:
@@ -113,8 +114,11 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path, ylabel: 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentflan.errors import ConfigError, MissingDependencyError, require
+from agentflan.io.files import write_atomic
 from agentflan.options import did_you_mean, validation_problems
 from agentflan.training.models import ModelConfig, check_local_model
 
@@ -40,6 +41,13 @@ class DataConfig(BaseModel):
     paths: list[str]
     format: str | None = None
     """Reader name (detected when unset)."""
+
+    @field_validator("paths")
+    @classmethod
+    def _some_data(cls, paths: list[str]) -> list[str]:
+        if not paths:  # training on nothing would end deep in the trainer, not here
+            raise ValueError("no training data given: list at least one file, glob or folder")
+        return paths
     template: Literal["agentflan", "llama2", "hf"] = "hf"
     max_length: int = Field(2048, gt=8)
     packing: bool = True
@@ -89,15 +97,21 @@ class TrainRecipe(BaseModel):
 def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
     from importlib import resources
 
-    from agentflan.pipeline.recipe import apply_overrides
+    from agentflan.pipeline.recipe import apply_overrides, load_yaml_file
 
     path = Path(ref)
-    if not path.exists():
-        packaged = resources.files("agentflan") / "recipes" / "train" / f"{ref}.yaml"
-        if not packaged.is_file():
-            raise ConfigError(f"no training recipe {ref!r} (a file, or one of `agentflan recipes list`)")
-        path = Path(str(packaged))
-    data = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
+    if not path.is_file():
+        # a name is looked up among the packaged recipes, never joined to their folder (`../x` stays out)
+        root = resources.files("agentflan") / "recipes" / "train"
+        packaged = {p.name.removesuffix(".yaml"): p for p in root.iterdir() if p.name.endswith(".yaml")}
+        if str(ref) not in packaged:
+            raise ConfigError(f"no training recipe {str(ref)!r}: not a file, not a packaged recipe"
+                              f"{did_you_mean(str(ref), packaged)} (packaged: {', '.join(sorted(packaged))})")
+        path = Path(str(packaged[str(ref)]))
+    data = load_yaml_file(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a training recipe is a mapping, found {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
     from pydantic import ValidationError
 
     try:
@@ -299,7 +313,7 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
         tokenizer, rows, data_stats = prepare(recipe, tokenizer)
     else:
         data_stats = {"rows": len(rows)}
-    (out / "train_recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    write_atomic(out / "train_recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     model = load_model(recipe.model, tokenizer, load_in_4bit=bool(recipe.peft and recipe.peft.type == "qlora"))
     dataset = Dataset.from_list(rows)
     eval_dataset = None

@@ -3,8 +3,9 @@
 A record is ShareGPT-like: `conversations` with `from` system/human/gpt/tool (plus `id`,
 `category`, `subcategory`, `task`, kept in metadata). The tools, calls and results live in tags:
 
-* the system prompt lists the tools between `<tools>` and `</tools>` (JSON or a Python literal,
-  OpenAI `{"type": "function", "function": {...}}` entries or bare functions); the list becomes
+* the system prompt lists the tools between `<tools>` and `</tools>` (a JSON or Python-literal list,
+  or objects separated by whitespace as in the Hermes 2 Pro / Hermes 3 model-card prompt; OpenAI
+  `{"type": "function", "function": {...}}` entries or bare functions); the list becomes
   the trajectory's `tools` and its block is removed from the prompt text (the rest of the prompt,
   which explains the tags and names them in an empty `<tools> </tools>`, is kept);
 * a `gpt` turn's `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks (JSON or a Python
@@ -51,8 +52,7 @@ class HermesReader(Reader):
             if role == "system":
                 # the prompt's own prose mentions "<tools> </tools>": only blocks with content are lists
                 for match in reversed([m for m in TOOLS_RE.finditer(value) if m.group(1).strip()]):
-                    tools[:0] = parse_tools(json_or_literal(match.group(1).strip(), "the <tools> list", "bad_tools",
-                                                            f"{loc}.value"), f"{loc}.value")
+                    tools[:0] = parse_tools(_tool_list(match.group(1).strip(), f"{loc}.value"), f"{loc}.value")
                     value = (value[:match.start()] + value[match.end():]).strip()
                 messages.append(SystemMessage(content=value))
             elif role in USER:
@@ -82,6 +82,38 @@ class HermesReader(Reader):
         return Trajectory(id=str(rid) if rid is not None else ctx.default_id(), messages=messages, tools=tools,
                           source=ctx.source(str(rid) if rid is not None else None), lineage=[f"read:{self.name}"],
                           metadata=meta)
+
+
+def _tool_list(text: str, where: str) -> Any:
+    """What a `<tools>` block holds: a JSON (or Python literal) list, or, as the Hermes 2 Pro and
+    Hermes 3 model cards write the prompt, JSON objects one after the other, separated by
+    whitespace (`<tools> {...} {...} </tools>`)."""
+    try:
+        return json_or_literal(text, "the <tools> list", "bad_tools", where)
+    except ParseError:
+        objects = _json_objects(text)
+        if objects is None:
+            raise
+        return objects
+
+
+def _json_objects(text: str) -> list[Any] | None:
+    """JSON objects separated by whitespace, or None when `text` is not that."""
+    decoder = json.JSONDecoder()
+    out: list[Any] = []
+    i = 0
+    while i < len(text):
+        if text[i].isspace():
+            i += 1
+            continue
+        try:
+            value, i = decoder.raw_decode(text, i)
+        except (json.JSONDecodeError, RecursionError):
+            return None
+        if not isinstance(value, dict):
+            return None
+        out.append(value)
+    return out or None
 
 
 def _call(block: str, call_id: str, where: str) -> ToolCall:

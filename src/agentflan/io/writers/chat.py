@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agentflan.formats.openai import call_arguments, function_spec, openai_message, openai_tools, tool_call_dicts
-from agentflan.formats.protocols import training_view
+from agentflan.formats.protocols import rendered_protocol, training_view
 from agentflan.formats.templates import AgentFlanTemplate, hf_messages, hf_tools
 from agentflan.io.writers.base import Unwritable, Writer
 from agentflan.schema import AssistantMessage, SystemMessage, ToolMessage, Trajectory, UserMessage
@@ -185,6 +185,10 @@ def _runs(turns: list[tuple[str, Any]]) -> list[list[tuple[str, Any]]]:
 class HFChatWriter(Writer):
     """Hugging Face conversational records: `messages` and `tools` as `apply_chat_template` takes them.
 
+    A record whose text a protocol rendered already (`protocols.rendered_protocol`: T-FLAN, ReAct,
+    instruct turns) has no `tools` column: its system text states the tools, and training shows
+    it to the template without them (`protocols.training_view`), as `agentflan data tokenize` does.
+
     Tool-call `arguments` are objects (not JSON strings as in OpenAI's format), so chat templates
     render them once; this is the form TRL's `SFTTrainer` and axolotl's `chat_template` datasets
     load. Every message carries `train` (its loss flag): axolotl honours it with
@@ -213,7 +217,10 @@ class HFChatWriter(Writer):
                     raise Unwritable("unparsed_tool_call", "a tool call whose arguments never parsed has no object form")
         self.report.lossy.update(lossy)
         rec: dict[str, Any] = {"id": traj.id, "messages": msgs}
-        tools = hf_tools(traj.tools)
+        # text a protocol rendered (T-FLAN, ReAct, instruct) states its tools in its own system
+        # text: a `tools` column would make the chat template render them a second time
+        rendered = rendered_protocol(traj)
+        tools = hf_tools(traj.tools) if rendered in (None, "native") else []
         if tools:
             rec["tools"] = tools
         return rec
