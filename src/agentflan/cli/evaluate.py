@@ -287,7 +287,9 @@ def score_cmd(paths: tuple[Path, ...], output: Path | None, as_json: bool, basel
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         png = chart(summaries, output.with_suffix(".png"))
-        output.write_text("# agentflan score\n\n" + text + (f"\n![success]({png.name})\n" if png else ""))
+        from agentflan.io.files import write_atomic
+
+        write_atomic(output, "# agentflan score\n\n" + text + (f"\n![success]({png.name})\n" if png else ""))
         click.echo(f"report: {output}" + (f" and {png}" if png else ""))
     if mismatches:
         raise click.ClickException(f"{mismatches} logged verdict(s) differ from the re-scored ones (see above)")

@@ -25,6 +25,7 @@ from typing import Any
 
 from agentflan.eval import agent_h
 from agentflan.eval.score import pct
+from agentflan.io.files import atomic_output, write_atomic
 from agentflan.training.report import plot_curves, pyplot
 
 
@@ -35,6 +36,19 @@ class Arm:
     name: str
     metrics: dict[str, Any]
     data: dict[str, Any] = field(default_factory=dict)
+
+
+def _save(fig: Any, path: Path) -> None:
+    """A figure written as PNG through `atomic_output` (never a cut file), then closed."""
+    from agentflan.training.report import pyplot
+
+    plt = pyplot()
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        if plt is not None:
+            plt.close(fig)
 
 
 def env_kinds_chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
@@ -58,8 +72,7 @@ def env_kinds_chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_title(f"{env}: success per task kind (held-out)", fontsize=10)
         ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -97,8 +110,7 @@ def tokens_chart(arms: Sequence[Arm], path: Path) -> Path | None:
         ax.set_title(f"Trained tokens by {key}", fontsize=10)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -196,8 +208,8 @@ def write_report(out: Path, *, title: str, intro: str, summaries: list[dict[str,
         parts += [f"## {heading}\n", body.strip() + "\n"]
     md = "\n".join(p for p in parts if p)
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(md, encoding="utf-8")
-    html_path.write_text(markdown_to_html(md, out, title), encoding="utf-8")
+    write_atomic(md_path, md)
+    write_atomic(html_path, markdown_to_html(md, out, title))
     return md_path, html_path
 
 

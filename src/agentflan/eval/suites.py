@@ -27,6 +27,7 @@ from typing import Any
 from agentflan.errors import ConfigError
 from agentflan.eval.runlog import exchange, oracle_engine, run_logged
 from agentflan.formats.protocols import Protocol, conversation_key, get_protocol
+from agentflan.io.files import write_atomic
 
 SUITES = ("agent-h", "steps", "bfcl")
 BFCL_FILES = ("BFCL_v4_simple_python.json", "BFCL_v4_multiple.json", "BFCL_v4_parallel.json",
@@ -176,7 +177,7 @@ def _run_protocol(suite: str, proto: Protocol, items: list[Any], engine: Any, po
     if suite == "agent-h":
         mod.write_items(items, out / "items.jsonl")
     run = SuiteRun(suite, proto.name, out, records, resumed, mod.summarize(records))
-    (out / "summary.json").write_text(json.dumps(run.summary, indent=2) + "\n", encoding="utf-8")
+    write_atomic(out / "summary.json", json.dumps(run.summary, indent=2) + "\n")
     return run
 
 
@@ -383,8 +384,9 @@ def chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     for ax, draw in zip(axes[:, 0], panels, strict=True):
         draw(ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from agentflan.eval.report import _save
+
+    _save(fig, path)
     return path
 
 
