@@ -121,7 +121,7 @@ def test_agentflan_serve_loopback_matches_local_greedy(tmp_path):
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "agentflan.cli.main", "serve", str(folder), "--port", str(port),
-                             "--batch-size", "1", "--max-new-tokens", "24"], env=env,
+                             "--batch-size", "1", "--max-new-tokens", "24", "--model-name", "t"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -138,7 +138,7 @@ def test_agentflan_serve_loopback_matches_local_greedy(tmp_path):
                         protocol_name="react", agent_name="t", config={})
         _, native = model_agent("native")
         remote = run_env("toolapi", tasks, native, OpenAIEngine(ClientConfig(base_url=base + "/v1", model="t",
-                                                                             concurrency=1)),
+                                                                             concurrency=1), max_tokens=24),
                          tmp_path / "r", protocol_name="native", agent_name="t", config={})
         assert remote.summary["errors"] == 0
         assert [a["texts"] for r in local.records for a in r["actions"]] == \
@@ -160,7 +160,7 @@ def test_agentflan_serve_loopback_matches_local_greedy(tmp_path):
                                                            "stream": True})
         assert code == 200 and isinstance(text, str) and text.rstrip().endswith("data: [DONE]")
         chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
-        assert chunks[0]["object"] == "chat.completion.chunk" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        assert chunks[0]["object"] == "chat.completion.chunk" and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -193,7 +193,7 @@ def test_logs_keep_protocol_and_texts(tmp_path, served):
     respond = oracle("toolapi", tasks, "tflan")
     url = served(_OracleEngine(lambda p: respond(_prompt_pairs(p)), {"tflan": 1}))
     _, agent = model_agent("native")
-    run_env("toolapi", tasks, agent, OpenAIEngine(ClientConfig(base_url=url, model="o")), tmp_path,
+    run_env("toolapi", tasks, agent, OpenAIEngine(ClientConfig(base_url=url, model="oracle")), tmp_path,
             protocol_name="native", agent_name="o", config={})
     recs = read_log(tmp_path / "episodes.jsonl")
     assert all(r["verdict"]["success"] for r in recs)
