@@ -76,8 +76,10 @@ def served():
                 break
             time.sleep(0.05)
         started.append((uv, thread, server))
+        start.servers.append(server)  # type: ignore[attr-defined]
         return f"http://127.0.0.1:{port}/v1"
 
+    start.servers = []  # type: ignore[attr-defined]
     yield start
     for uv, thread, server in started:
         uv.should_exit = True

@@ -13,8 +13,9 @@ import pytest
 pytest.importorskip("fastapi", reason="serving extras not installed (pip install 'agentflan[serve]')")
 pytest.importorskip("torch", reason="training extras not installed")
 
-from agentflan.serve import Limits  # noqa: E402
-from tests.unit.test_serve import _OracleEngine, _post, served  # noqa: E402, F401
+from agentflan.serve import Limits
+from tests.unit.test_serve import _OracleEngine, _post
+from tests.unit.test_serve import served as served
 
 CALL = 'Thought: I should look it up.\nAction: get_weather\nAction Input: {"city": "Paris"}'
 FINAL = 'Thought: I know now.\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "sunny"}'
@@ -106,7 +107,7 @@ def test_every_error_in_openai_shape(weather):
 
 
 def test_models_health_and_accepted_neutral_parameters(weather):
-    engine, url = weather
+    _, url = weather
     with urllib.request.urlopen(url + "/models", timeout=10) as r:
         listed = json.loads(r.read())["data"]
     assert [m["id"] for m in listed] == ["oracle"] and isinstance(listed[0]["created"], int)
