@@ -27,6 +27,17 @@ WORDS = ["Thought: I need a tool", "Action: Finish", 'Action Input: {"final_answ
          "the weather in Paris is sunny"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a busy shared machine two spinning threads make a tiny model ~50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _engine(**kw) -> HFEngine:
     tok = tiny_tokenizer(WORDS * 3)
     return HFEngine("tiny", model=tiny_model(len(tok)), tokenizer=tok, template="agentflan",

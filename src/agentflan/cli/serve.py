@@ -65,11 +65,14 @@ def is_loopback(sock: socket.socket) -> bool:
               help="The largest request body (413 above, before it is read).")
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
               help="Seconds a request may take, queue included (504 after).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads on CPU (default: torch's; 1 or 2 on a machine other work keeps busy).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 def serve(model: Path, host: str, port: int, protocol: str | None, model_names: tuple[str, ...],
           api_keys: tuple[str, ...], batch_size: int, max_queue: int, max_new_tokens: int, max_tokens_limit: int,
-          max_prompt_tokens: int | None, max_body_mb: float, request_timeout: float, device: str, dtype: str) -> None:
+          max_prompt_tokens: int | None, max_body_mb: float, request_timeout: float, threads: int | None, device: str,
+          dtype: str) -> None:
     """Serve MODEL (a folder `agentflan train` wrote) at http://HOST:PORT/v1 (chat completions with
     tools and tool_calls, streaming or not, /v1/models, /health). See docs/serve.md."""
     if max_new_tokens > max_tokens_limit:
@@ -88,6 +91,10 @@ def serve(model: Path, host: str, port: int, protocol: str | None, model_names: 
         if not keys and not is_loopback(sock):
             click.echo(f"agentflan: warning: serving on {host} without --api-key: anyone who can reach port "
                        f"{port} can use the model", err=True)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         engine = HFEngine(str(model), batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
                           dtype=dtype, prefix_cache_gb=0)
         limits = Limits(max_tokens=max_new_tokens, max_tokens_limit=max_tokens_limit,
