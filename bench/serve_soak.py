@@ -16,6 +16,7 @@ The server's resident memory (VmRSS of its process) is read after a warm-up and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -53,10 +54,8 @@ def raw(port: int, head: bytes, body: bytes, hang_up_after: float | None = None)
     """Send a request over a socket; its status (0 when we hung up on purpose)."""
     with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
         s.sendall(head)
-        try:
+        with contextlib.suppress(OSError):  # the server answered (413) and closed while the body was still going
             s.sendall(body)
-        except OSError:  # the server answered (413) and closed while the body was still going
-            pass
         if hang_up_after is not None:
             time.sleep(hang_up_after)
             return 0
