@@ -5,134 +5,353 @@ A request with `tools` (or with tool calls and results in its history) is render
 model's trained protocol (`agentflan.json`, or `--protocol`, or the request's `protocol` field)
 and its trained chat template; the reply is parsed by the same protocol and returned as OpenAI
 `tool_calls` (T-FLAN's elicit turns are played inside the server: one request, one action). A
-request without tools is plain chat through the template. Generation is greedy.
+request without tools is plain chat through the template.
 
-Requests are batched: a scheduler thread advances every active request in lockstep (one batched
-`generate` per round, as `agentflan eval` does), at most `max_active` at once; up to
-`max_queue` more wait, and beyond that the server answers 503 with `Retry-After`. Malformed
-requests get a 400 with an OpenAI-style JSON error naming the field; nothing hangs.
+Scheduling: one thread runs the local engine's `ContinuousDecoder` (`eval.batching`): a request's
+generation joins the running batch at the next decoding step and leaves it when done, at most
+`max_active` requests at once; up to `max_queue` more wait, and beyond that the server answers
+503 with `Retry-After`. Every request is validated at the door (size, JSON depth, lone
+surrogates, every parameter) and tokenized alone: a request that fails, fails alone with a 4xx.
+A request whose client went away, or whose deadline passed, leaves the batch at the next step.
 
-Extensions (ignored by other servers): request fields `protocol` and `final_tool` (the tool whose
+OpenAI's surface: `max_tokens`/`max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`
+(with tools it cuts the raw reply before the protocol reads it, as vLLM does), `n` (1), `tools`, `tool_choice` (`auto`,
+`none`: tools not rendered, `required` and a named function: checked on the parsed reply, 422
+when the model did not comply), `parallel_tool_calls`, `stream` (chat: token by token; tools: the
+parsed calls as deltas once the reply is whole) with `stream_options.include_usage`. Any other
+parameter is rejected with 400 unless it asks for nothing (`logprobs: false`,
+`frequency_penalty: 0`, `user`, `metadata`, ...). Every error is `{"error": {"message", "type",
+"param", "code"}}`.
+
+Extensions (ignored by other clients): request fields `protocol` and `final_tool` (the tool whose
 call is the final answer; default: a tool named Finish, finish, final_answer or answer); response
 field `agentflan` with the protocol, the action kind (`call`, `answer`, `unparseable`), its error,
 and every generated text. A `stop_reason` names the stop string that ended a reply, as vLLM does.
-Streaming (`stream: true`) sends the finished reply as server-sent events (the reply must be whole
-to be parsed, so it is not streamed token by token).
 """
 
 # no `from __future__ import annotations`: FastAPI resolves the endpoints' annotations at runtime
+import asyncio
+import contextlib
+import hmac
 import json
 import logging
+import math
+import os
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentflan.client import ContextLimitError
+from agentflan.client import ContextLimitError, RequestError
 from agentflan.errors import ConfigError, ParseError
-from agentflan.eval.engines import HFEngine
+from agentflan.eval.batching import Row, Sampling
+from agentflan.eval.engines import Engine
 from agentflan.formats.openai import tool_call_dicts
 from agentflan.formats.protocols import Action, Completion, Prompt, Protocol, conversation_key, get_protocol
 from agentflan.schema import Trajectory
 
 log = logging.getLogger(__name__)
 FINAL_TOOL_NAMES = ("Finish", "finish", "final_answer", "answer")
+MAX_STOPS = 4
 
 
 class HTTPError(Exception):
+    """An answer other than 200, in OpenAI's error shape."""
+
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
         self.param = param
+        self.code = code
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class Cancelled(Exception):
+    """The client went away; nothing more is generated for its request."""
 
 
 @dataclass
+class Limits:
+    """What one request may ask (`agentflan serve --help` names each)."""
+
+    max_tokens: int = 512
+    """Generated tokens when a request names none."""
+    max_tokens_limit: int = 4096
+    """The most a request may ask for (400 above)."""
+    max_prompt_tokens: int | None = None
+    """The longest prompt (None: the model's context less one token)."""
+    max_body_bytes: int = 2 * 2**20
+    request_timeout: float = 600.0
+    """Seconds from arrival (queue included) until the request fails with 504."""
+    max_depth: int = 64
+    """JSON nesting."""
+
+
+@dataclass
+class Job:
+    """A validated request."""
+
+    traj: Trajectory
+    proto: Protocol | None
+    """None: plain chat (no tools rendered)."""
+    max_tokens: int
+    explicit_max_tokens: bool
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    include_usage: bool = False
+    tool_choice: str = "auto"
+    """`auto`, `none`, `required`, or `function:NAME`."""
+    parallel_tool_calls: bool = True
+
+
+@dataclass(eq=False)
 class Session:
+    """A request in the scheduler: its protocol generator and what its generations cost."""
+
+    job: Job
     gen: Generator[Prompt, Completion, Any]
+    deadline: float
+    on_text: Callable[[str], None] | None = None
     future: Future[Any] = field(default_factory=Future)
-    prompt: Prompt | None = None
+    row: Row | None = None
+    cancelled: bool = False
+    value: Any = None
     tokens: int = 0
     prompt_tokens: int = 0
+    generations: int = 0
+    cut: bool = False
+    """A generation stopped at its token limit."""
+    stop_reason: str | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class LockstepBackend:
+    """Any `Engine` behind the scheduler: the rows present at a step are generated together, to
+    their end, by one `generate` call (test engines; the continuous decoder is the real path)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.rows: list[Row] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+
+    def remove(self, row: Row) -> None:
+        if row in self.rows:
+            self.rows.remove(row)
+
+    def step(self) -> list[Row]:
+        rows, self.rows = self.rows, []
+        for row, out in zip(rows, self.engine.generate([r.prompt for r in rows]), strict=True):
+            if isinstance(out, RequestError):
+                raise out
+            row.text, row.stop, row.finish, row.tokens = out.text, out.stop, "stop", out.tokens
+            if row.on_text is not None and out.text:
+                row.on_text(out.text)
+        return rows
 
 
 class Scheduler:
-    """Advances sessions in lockstep on one engine, from a worker thread (bounded)."""
+    """Runs sessions on one engine from a worker thread: continuous batching when the engine has a
+    `decoder()` (`HFEngine`), lockstep rounds otherwise."""
 
-    def __init__(self, engine: HFEngine, max_active: int = 16, max_queue: int = 64) -> None:
+    def __init__(self, engine: Engine, limits: Limits, max_active: int = 16, max_queue: int = 64) -> None:
+        if max_active < 1:
+            raise ConfigError(f"max_active must be at least 1, not {max_active}")
         self.engine = engine
+        self.limits = limits
         self.max_active = max_active
-        self.waiting: queue.Queue[Session] = queue.Queue(maxsize=max_queue)
-        self.active: list[Session] = []
+        self.waiting: queue.Queue[Session] = queue.Queue(maxsize=max(0, max_queue) or 1)
+        self.queue_limit = max_queue
+        self.active: set[Session] = set()
+        self.backend: Any = self._backend()
+        self.context: int | None = getattr(engine, "context", None)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="agentflan-scheduler", daemon=True)
         self.thread.start()
 
-    def submit(self, gen: Generator[Prompt, Completion, Any]) -> Future[Any]:
-        session = Session(gen)
+    def _backend(self) -> Any:
+        make = getattr(self.engine, "decoder", None)
+        return make() if callable(make) else LockstepBackend(self.engine)
+
+    def submit(self, session: Session) -> None:
+        """Queue `session`; 503 with `Retry-After` when the queue is full (or the server stopping)."""
+        if self.stopped.is_set():
+            raise HTTPError(503, "the server is shutting down", "server_error", code="server_shutting_down")
+        if self.queue_limit == 0 and len(self.active) >= self.max_active:
+            raise self._busy()
         try:
             self.waiting.put_nowait(session)
         except queue.Full:
-            raise HTTPError(503, "the server is busy (request queue full); retry later", "server_busy",
-                            headers={"Retry-After": "1"}) from None
-        return session.future
+            raise self._busy() from None
+
+    @staticmethod
+    def _busy() -> HTTPError:
+        return HTTPError(503, "the server is busy (request queue full); retry later", "server_error",
+                         code="server_busy", headers={"Retry-After": "1"})
 
     def stop(self) -> None:
+        """Stop the worker; every request still queued or running fails with 503."""
         self.stopped.set()
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=30)
+        gone = HTTPError(503, "the server is shutting down", "server_error", code="server_shutting_down")
+        for s in list(self.active):
+            self._fail(s, gone)
+        while True:
+            try:
+                self._fail(self.waiting.get_nowait(), gone)
+            except queue.Empty:
+                break
+
+    # ---- the worker thread ----
+
+    def _loop(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # a bug here must not leave requests hanging: they fail, /health says so
+            log.exception("the scheduler stopped")
+            self.stopped.set()
+            error = HTTPError(500, f"the scheduler stopped: {type(e).__name__}: {e}"[:500], "server_error")
+            for s in list(self.active):
+                self._fail(s, error)
+            raise
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            self._admit()
+            self._reap()
+            if not len(self.backend):
+                if not self.active:  # idle: wait for work without spinning
+                    with contextlib.suppress(queue.Empty):
+                        self._start(self.waiting.get(timeout=0.05))
+                continue
+            try:
+                finished = self.backend.step()
+            except Exception as e:  # the model itself failed: the requests in this step fail, the server stays
+                log.exception("generation failed")
+                error = HTTPError(500, f"generation failed: {type(e).__name__}: {e}"[:500], "server_error")
+                for s in list(self.active):
+                    if s.row is not None:
+                        self._fail(s, error)
+                self.backend = self._backend()
+                continue
+            for row in finished:
+                session = row.owner
+                if session in self.active:
+                    self._finished(session, row)
 
     def _admit(self) -> None:
         while len(self.active) < self.max_active:
-            try:  # idle: wait a little for work; busy: take only what is already there
-                session = self.waiting.get(timeout=0.05) if not self.active else self.waiting.get_nowait()
+            try:
+                session = self.waiting.get_nowait()
             except queue.Empty:
                 return
-            self._advance(session, None, start=True)
-            if not session.future.done():
-                self.active.append(session)
+            self._start(session)
 
-    def _advance(self, session: Session, result: Completion | None, start: bool = False) -> None:
-        if result is not None:
-            session.tokens += result.tokens
-            session.prompt_tokens = max(session.prompt_tokens, result.prompt_tokens)
-        try:
-            session.prompt = next(session.gen) if start else session.gen.send(result)  # type: ignore[arg-type]
-        except StopIteration as stop:
-            session.future.set_result((stop.value, session.tokens, session.prompt_tokens))
-        except Exception as e:  # a bug in one request must not stop the others
-            log.exception("request failed")
-            session.future.set_exception(e)
+    def _start(self, session: Session) -> None:
+        if session.cancelled or time.monotonic() > session.deadline:
+            self._fail(session, Cancelled() if session.cancelled else self._late())
+            return
+        self.active.add(session)
+        self._next(session, None)
 
-    def _loop(self) -> None:
-        while not self.stopped.is_set():
-            self._admit()
-            if not self.active:
-                continue
-            batch = list(self.active)
+    @staticmethod
+    def _late() -> HTTPError:
+        return HTTPError(504, "the request ran past the server's deadline (--request-timeout)", "server_error",
+                         code="timeout")
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for s in list(self.active):
+            if s.cancelled or now > s.deadline:
+                if s.row is not None:
+                    self.backend.remove(s.row)
+                self._fail(s, Cancelled() if s.cancelled else self._late())
+
+    def _fail(self, session: Session, error: BaseException) -> None:
+        self.active.discard(session)
+        session.row = None
+        session.gen.close()
+        if not session.future.done():
+            session.future.set_exception(error)
+
+    def _finished(self, session: Session, row: Row) -> None:
+        session.row = None
+        session.generations += 1
+        session.tokens += row.tokens
+        session.prompt_tokens += len(row.ids)
+        session.cut = session.cut or row.finish == "length"
+        session.stop_reason = row.stop
+        stop = row.stop if row.stop in row.prompt.stop else None
+        self._next(session, Completion(text=row.text, stop=stop, tokens=row.tokens, prompt_tokens=len(row.ids)))
+
+    def _next(self, session: Session, completion: Completion | None) -> None:
+        """Advance the session's generator: its next generation joins the batch, or it is done."""
+        job = session.job
+        while True:
             try:
-                outs = self.engine.generate([s.prompt for s in batch if s.prompt is not None])
-            except Exception as e:
-                log.exception("generation failed")
-                for s in batch:
-                    s.future.set_exception(e)
-                self.active = []
-                continue
-            for s, out in zip(batch, outs, strict=True):
-                if isinstance(out, Completion):
-                    self._advance(s, out)
-                else:
-                    s.future.set_exception(out)
-            self.active = [s for s in self.active if not s.future.done()]
+                prompt = next(session.gen) if completion is None else session.gen.send(completion)
+            except StopIteration as stop:
+                self.active.discard(session)
+                session.value = stop.value
+                session.future.set_result(session)
+                return
+            except Exception as e:  # a bug in one request's protocol must not stop the others
+                log.exception("request failed")
+                self._fail(session, HTTPError(500, f"internal error: {type(e).__name__}: {e}"[:500], "server_error"))
+                return
+            budget = job.max_tokens - session.tokens
+            if budget > 0:
+                break
+            session.cut = True  # the protocol wants another generation but the request's tokens are spent
+            completion = Completion(text="")
+        row = Row(prompt, Sampling(budget, job.temperature, job.top_p, job.seed), stops=(*prompt.stop, *job.stop),
+                  on_text=session.on_text if job.proto is None else None, owner=session)
+        try:
+            self.backend.add(row)
+        except ContextLimitError as e:
+            self._fail(session, HTTPError(400, str(e), param="messages", code="context_length_exceeded"))
+            return
+        except Exception as e:  # tokenizing this request failed: it fails alone
+            self._fail(session, HTTPError(400, f"the request could not be tokenized: {type(e).__name__}: {e}"[:500],
+                                          param="messages"))
+            return
+        problem = self._too_long(row, job)
+        if problem is not None:
+            self.backend.remove(row)
+            self._fail(session, HTTPError(400, problem, param="messages", code="context_length_exceeded"))
+            return
+        session.row = row
+
+    def _too_long(self, row: Row, job: Job) -> str | None:
+        if not row.ids:
+            return None
+        n = len(row.ids)
+        limit = self.limits.max_prompt_tokens
+        if limit is not None and n > limit:
+            return f"the prompt has {n} tokens; this server accepts at most {limit} (--max-prompt-tokens)"
+        if job.explicit_max_tokens and self.context is not None and n + job.max_tokens > self.context:
+            return (f"the prompt has {n} tokens and max_tokens is {job.max_tokens}; the model's context is "
+                    f"{self.context} tokens")
+        return None
 
 
 def _chat(prompt: Prompt) -> Generator[Prompt, Completion, Completion]:
@@ -140,25 +359,123 @@ def _chat(prompt: Prompt) -> Generator[Prompt, Completion, Completion]:
     return completion
 
 
-class Server:
-    """The request logic, independent of the HTTP library (tested directly and over HTTP)."""
+# ---- request validation ----
 
-    def __init__(self, engine: HFEngine, *, protocol: str | None = None, model_name: str | None = None,
-                 max_active: int = 16, max_queue: int = 64) -> None:
+_IGNORABLE = {"user", "metadata", "service_tier", "prompt_cache_key", "safety_identifier"}
+"""Parameters about OpenAI's account, logs or caching: nothing to do here."""
+_NEUTRAL: dict[str, tuple[Any, ...]] = {  # parameters accepted only at the value that asks for nothing
+    "logprobs": (False,), "top_logprobs": (0,), "frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0),
+    "logit_bias": ({},), "response_format": ({"type": "text"},), "store": (False,), "modalities": (["text"],),
+    "reasoning_effort": (), "audio": (), "prediction": (), "web_search_options": (), "functions": (),
+    "function_call": (), "verbosity": (),
+}
+_KNOWN = {"model", "messages", "tools", "tool_choice", "parallel_tool_calls", "max_tokens", "max_completion_tokens",
+          "temperature", "top_p", "seed", "stop", "n", "stream", "stream_options", "protocol", "final_tool"}
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float, *, integer: bool = False,
+            lo_open: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or not math.isfinite(value):
+        raise HTTPError(400, f"`{name}` must be {'an integer' if integer else 'a number'}, not {value!r}"[:300],
+                        param=name, code="invalid_type")
+    if value < lo or value > hi or (lo_open and value == lo):
+        low = f"greater than {lo}" if lo_open else f"at least {lo}"
+        raise HTTPError(400, f"`{name}` must be {low} and at most {hi}, not {value}", param=name,
+                        code="invalid_value")
+    return value
+
+
+def check_tree(value: Any, max_depth: int) -> None:
+    """400 for JSON nested deeper than `max_depth` or holding a lone surrogate (text no tokenizer can
+    encode) anywhere, keys included."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while stack:
+        v, depth, path = stack.pop()
+        if depth > max_depth:
+            raise HTTPError(400, f"the request nests deeper than {max_depth} levels", param=path or None)
+        if isinstance(v, str):
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise HTTPError(400, f"`{path}` holds a lone surrogate (not valid Unicode text)",
+                                    param=path or None, code="invalid_text") from None
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                stack.append((k, depth + 1, path))
+                stack.append((item, depth + 1, f"{path}.{k}" if path else str(k)))
+        elif isinstance(v, list):
+            stack.extend((item, depth + 1, f"{path}[{i}]") for i, item in enumerate(v))
+
+
+def parse_body(raw: bytes, limits: Limits) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 saying why not."""
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        body = json.loads(raw, parse_constant=no_constant)
+    except RecursionError:
+        raise HTTPError(400, f"the request nests deeper than {limits.max_depth} levels") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HTTPError(400, f"the request body is not JSON: {e}"[:300], code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "the request body must be a JSON object", code="invalid_json")
+    check_tree(body, limits.max_depth)
+    return body
+
+
+class Server:
+    """The request logic, independent of the HTTP library (tested directly and over HTTP).
+
+    Args:
+        engine: `HFEngine` (continuous batching) or any `Engine` (lockstep rounds).
+        protocol: For requests with tools (default: the one the model was trained on most).
+        model_name: The name `/v1/models` reports; `aliases` are further names requests may use.
+        max_active: Requests generating at once; max_queue: requests waiting beyond them.
+        limits: Per-request bounds.
+        api_keys: Bearer keys (empty: no authentication).
+    """
+
+    def __init__(self, engine: Engine, *, protocol: str | None = None, model_name: str | None = None,
+                 aliases: tuple[str, ...] = (), max_active: int = 16, max_queue: int = 64,
+                 limits: Limits | None = None, api_keys: tuple[str, ...] = ()) -> None:
         self.engine = engine
-        self.model_name = model_name or engine.path
-        candidates = [p for p in engine.info.episode_protocols(None) if not p.startswith("agentinstruct:")]
+        path = str(getattr(engine, "path", engine.name))
+        self.model_name = model_name or path
+        self.names = (self.model_name, *[a for a in aliases if a != self.model_name])
+        self.limits = limits or Limits()
+        info = getattr(engine, "info", None)
+        candidates = [p for p in info.episode_protocols(None) if not p.startswith("agentinstruct:")] if info else []
         self.default_protocol = protocol or (candidates[0] if candidates else "native")
-        get_protocol(self.default_protocol, engine.template)  # fail at start on a bad name
-        self.scheduler = Scheduler(engine, max_active=max_active, max_queue=max_queue)
-        self.context = getattr(getattr(engine.model, "config", None), "max_position_embeddings", None)
+        self.template = getattr(engine, "template", None)
+        resolved = get_protocol(self.default_protocol, self.template)  # fail at start on a bad name
+        self.protocol_name = resolved.name
+        """The protocol replies actually use (`native` becomes `react` for a template without tools)."""
+        self.api_keys = tuple(k.encode() for k in api_keys if k)
+        self.created = int(os.stat(path).st_mtime) if os.path.exists(path) else int(time.time())
+        self.scheduler = Scheduler(engine, self.limits, max_active=max_active, max_queue=max_queue)
 
     def close(self) -> None:
         self.scheduler.stop()
 
     def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "agentflan",
-                                            "protocol": self.default_protocol, "template": self.engine.template.name}]}
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": self.created, "owned_by": "agentflan",
+             "protocol": self.protocol_name, "template": getattr(self.template, "name", None)}
+            for name in self.names]}
+
+    def health(self) -> dict[str, Any]:
+        s = self.scheduler
+        return {"status": "ok" if s.thread.is_alive() else "stopped", "model": self.model_name,
+                "active": len(s.active), "waiting": s.waiting.qsize(), "max_active": s.max_active,
+                "max_queue": s.queue_limit}
+
+    # ---- validation ----
 
     def conversation(self, body: dict[str, Any]) -> Trajectory:
         from agentflan.io.base import RecordContext
@@ -170,8 +487,6 @@ class Server:
             raise HTTPError(400, "`messages` must be a non-empty list", param="messages")
         if body.get("tools") is not None and not isinstance(body["tools"], list):
             raise HTTPError(400, "`tools` must be a list", param="tools")
-        if int(body.get("n") or 1) != 1:
-            raise HTTPError(400, "only n=1 is supported", param="n")
         record = {"messages": body["messages"], "tools": body.get("tools") or []}
         try:
             traj = OpenAIReader(on_error="raise").parse(record, RecordContext(RawRecord("request", None, 0), "openai", None))
@@ -183,87 +498,253 @@ class Server:
         if bad:
             raise HTTPError(400, str(bad[0]), param="messages")
         names = [t.name for t in traj.tools]
-        final = body.get("final_tool") or next((n for n in FINAL_TOOL_NAMES if n in names), None)
+        final = body.get("final_tool")
+        if final is not None and not isinstance(final, str):
+            raise HTTPError(400, "`final_tool` must be a tool name", param="final_tool")
+        final = final or next((n for n in FINAL_TOOL_NAMES if n in names), None)
         tags = {"final_tool": final} if final else {}
         return traj.model_copy(update={"tags": tags})
 
     def protocol(self, body: dict[str, Any], traj: Trajectory) -> Protocol:
         name = body.get("protocol") or self.default_protocol
+        if not isinstance(name, str):
+            raise HTTPError(400, "`protocol` must be a protocol name", param="protocol")
         try:
-            proto = get_protocol(str(name), self.engine.template)
+            proto = get_protocol(name, self.template)
         except ConfigError as e:
             raise HTTPError(400, str(e), param="protocol") from e
+        if not proto.episodic:
+            raise HTTPError(400, f"protocol {proto.name!r} answers single steps only", param="protocol")
         if name.startswith("agentinstruct:"):
             traj.tags["task"] = name.split(":", 1)[1]
         return proto
 
-    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One chat completion (blocking): the response body. Raises `HTTPError`."""
+    def prepare(self, body: dict[str, Any]) -> Job:
+        """Check every parameter of a chat request; the `Job` to run, or an `HTTPError` (4xx)."""
         from agentflan.formats.templates import is_structured
 
+        for key in body:
+            if key in _KNOWN or key in _IGNORABLE:
+                continue
+            if key in _NEUTRAL:
+                if body[key] is None or body[key] in _NEUTRAL[key]:
+                    continue
+                raise HTTPError(400, f"`{key}` is not supported by agentflan serve (value {body[key]!r})"[:300],
+                                param=key, code="unsupported_parameter")
+            raise HTTPError(400, f"Unrecognized request argument supplied: {key}"[:300], param=key,
+                            code="unrecognized_argument")
+        model = body.get("model")
+        if model is not None and model not in self.names:
+            shown = model if isinstance(model, str) else json.dumps(model)
+            raise HTTPError(404, f"The model `{shown[:200]}` does not exist; this server serves "
+                                 f"{', '.join(map(repr, self.names))}", param="model", code="model_not_found")
+        n = _number(body, "n", 1, 128, integer=True)
+        if n is not None and n != 1:
+            raise HTTPError(400, "only n=1 is supported", param="n", code="unsupported_value")
+        given = [k for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None]
+        if len(given) == 2 and body["max_tokens"] != body["max_completion_tokens"]:
+            raise HTTPError(400, "`max_tokens` and `max_completion_tokens` differ; give one", param="max_tokens")
+        limit = self.limits.max_tokens_limit
+        max_tokens = _number(body, given[0], 1, limit, integer=True) if given else None
+        temperature = _number(body, "temperature", 0, 2)
+        top_p = _number(body, "top_p", 0, 1, lo_open=True)
+        seed = _number(body, "seed", -(2**63), 2**64 - 1, integer=True)
+        stream = body.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            raise HTTPError(400, "`stream` must be true or false", param="stream", code="invalid_type")
+        options = body.get("stream_options")
+        include_usage = False
+        if options is not None:
+            if not stream:
+                raise HTTPError(400, "`stream_options` needs `stream: true`", param="stream_options")
+            if not isinstance(options, dict) or set(options) - {"include_usage", "include_obfuscation"} or \
+                    not isinstance(options.get("include_usage", False), bool):
+                raise HTTPError(400, "`stream_options` may hold only `include_usage` (true or false)",
+                                param="stream_options")
+            include_usage = bool(options.get("include_usage"))
+        stop = body.get("stop")
+        stops: tuple[str, ...] = ()
+        if stop is not None:
+            items = [stop] if isinstance(stop, str) else stop
+            if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items) or \
+                    len(items) > MAX_STOPS:
+                raise HTTPError(400, f"`stop` must be a non-empty string or a list of at most {MAX_STOPS}",
+                                param="stop", code="invalid_value")
+            stops = tuple(items)
+        parallel = body.get("parallel_tool_calls")
+        if parallel is not None and not isinstance(parallel, bool):
+            raise HTTPError(400, "`parallel_tool_calls` must be true or false", param="parallel_tool_calls")
+
         traj = self.conversation(body)
+        choice = self._tool_choice(body.get("tool_choice"), [t.name for t in traj.tools])
+        if choice == "none":
+            traj = traj.model_copy(update={"tools": []})
         agentic = bool(traj.tools) or is_structured(traj.messages)
         proto = self.protocol(body, traj) if agentic else None
-        if proto is not None:
-            if not proto.episodic:
-                raise HTTPError(400, f"protocol {proto.name!r} answers single steps only", param="protocol")
-            gen: Generator[Prompt, Completion, Any] = proto.act(traj, conversation_key(traj))
-        else:
-            gen = _chat(Prompt(traj.messages))
-        try:
-            value, tokens, prompt_tokens = self.scheduler.submit(gen).result()
-        except ContextLimitError as e:
-            raise HTTPError(400, str(e), param="messages", kind="context_length_exceeded") from e
-        created = int(time.time())
-        if proto is None:
+        return Job(traj=traj, proto=proto, max_tokens=max_tokens or min(self.limits.max_tokens, limit),
+                   explicit_max_tokens=max_tokens is not None, temperature=float(temperature or 0.0),
+                   top_p=float(1.0 if top_p is None else top_p), seed=seed, stop=stops, stream=bool(stream),
+                   include_usage=include_usage, tool_choice=choice,
+                   parallel_tool_calls=True if parallel is None else parallel)
+
+    @staticmethod
+    def _tool_choice(value: Any, names: list[str]) -> str:
+        if value is None:
+            return "auto"
+        if value in ("auto", "none", "required"):
+            if value == "required" and not names:
+                raise HTTPError(400, "`tool_choice: required` needs `tools`", param="tool_choice")
+            return str(value)
+        if isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("function"), dict):
+            name = value["function"].get("name")
+            if name in names:
+                return f"function:{name}"
+            raise HTTPError(400, f"`tool_choice` names {name!r}, which is not among the request's tools"[:300],
+                            param="tool_choice")
+        raise HTTPError(400, "`tool_choice` must be `auto`, `none`, `required` or "
+                             "{\"type\": \"function\", \"function\": {\"name\": ...}}", param="tool_choice")
+
+    # ---- running ----
+
+    def submit(self, job: Job, on_text: Callable[[str], None] | None = None) -> Session:
+        """Queue `job`; its session (whose `future` resolves to itself). 503 when the queue is full."""
+        gen: Generator[Prompt, Completion, Any]
+        gen = _chat(Prompt(job.traj.messages)) if job.proto is None else job.proto.act(job.traj, conversation_key(job.traj))
+        session = Session(job, gen, time.monotonic() + self.limits.request_timeout, on_text=on_text)
+        self.scheduler.submit(session)
+        return session
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One chat completion (blocking): the response body. Raises `HTTPError`."""
+        job = self.prepare(body)
+        session = self.submit(job)
+        return self.respond(session.future.result())
+
+    def respond(self, session: Session) -> dict[str, Any]:
+        """The `chat.completion` of a finished session."""
+        job, value = session.job, session.value
+        if job.proto is None:
             assert isinstance(value, Completion)
             message: dict[str, Any] = {"role": "assistant", "content": value.text}
-            finish, ext = "stop", {"protocol": None, "action": "answer", "texts": [value.text]}
-            stop_reason = value.stop
+            finish = "length" if session.cut else "stop"
+            ext: dict[str, Any] = {"protocol": None, "action": "answer", "texts": [value.text]}
+            stop_reason = session.stop_reason
         else:
             assert isinstance(value, Action)
-            message, finish = self.message(value, traj)
-            ext = {"protocol": proto.name, "action": value.kind, "error": value.error, "flags": value.flags,
+            message, dropped = self.message(value, job)
+            calls = bool(message.get("tool_calls"))
+            finish = "tool_calls" if calls else "length" if session.cut else "stop"
+            ext = {"protocol": job.proto.name, "action": value.kind, "error": value.error, "flags": value.flags,
                    "texts": value.texts}
+            if dropped:
+                ext["dropped_calls"] = dropped
             stop_reason = None
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": created,
+        ext["generations"] = session.generations
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.model_name,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish, "stop_reason": stop_reason}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
-                          "total_tokens": prompt_tokens + tokens},
+                "choices": [{"index": 0, "message": message, "finish_reason": finish, "stop_reason": stop_reason,
+                             "logprobs": None}],
+                "usage": {"prompt_tokens": session.prompt_tokens, "completion_tokens": session.tokens,
+                          "total_tokens": session.prompt_tokens + session.tokens},
                 "agentflan": ext}
 
     @staticmethod
-    def message(action: Action, traj: Trajectory) -> tuple[dict[str, Any], str]:
-        if action.kind == "call":
-            calls = [c.model_copy(update={"id": f"call_{uuid.uuid4().hex[:12]}"}) for c in action.calls]
+    def message(action: Action, job: Job) -> tuple[dict[str, Any], int]:
+        """The assistant message of `action` under the request's `tool_choice` and
+        `parallel_tool_calls` (and how many calls `parallel_tool_calls: false` dropped)."""
+        calls = list(action.calls) if action.kind == "call" and job.tool_choice != "none" else []
+        choice = job.tool_choice
+        if choice == "required" and not calls:
+            raise HTTPError(422, f"tool_choice is `required` but the model's reply calls no tool "
+                                 f"({action.kind}: {(action.error or action.answer or '')[:200]!r})",
+                            param="tool_choice", code="tool_choice_not_satisfied")
+        if choice.startswith("function:"):
+            name = choice.split(":", 1)[1]
+            if not calls or any(c.name != name for c in calls):
+                got = [c.name for c in calls] or action.kind
+                raise HTTPError(422, f"tool_choice names {name!r} but the model's reply is {got!r}"[:400],
+                                param="tool_choice", code="tool_choice_not_satisfied")
+        dropped = 0
+        if not job.parallel_tool_calls and len(calls) > 1:
+            dropped, calls = len(calls) - 1, calls[:1]
+        if calls:
+            with_ids = [c.model_copy(update={"id": f"call_{uuid.uuid4().hex[:24]}"}) for c in calls]
             return {"role": "assistant", "content": action.thought or None,
-                    "tool_calls": tool_call_dicts(calls)}, "tool_calls"
+                    "tool_calls": tool_call_dicts(with_ids)}, dropped
         if action.kind == "answer":
-            return {"role": "assistant", "content": action.answer or ""}, "stop"
-        return {"role": "assistant", "content": "\n".join(action.texts)}, "stop"
+            return {"role": "assistant", "content": action.answer or ""}, dropped
+        return {"role": "assistant", "content": "\n".join(action.texts)}, dropped
 
 
-def stream_chunks(response: dict[str, Any]) -> Iterator[str]:
-    """A finished completion as server-sent events (`chat.completion.chunk`s, then `[DONE]`)."""
-    base = {"id": response["id"], "object": "chat.completion.chunk", "created": response["created"],
-            "model": response["model"]}
-    choice = response["choices"][0]
-    msg = choice["message"]
+# ---- HTTP ----
 
-    def event(delta: dict[str, Any], finish: str | None = None) -> str:
-        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-    yield event({"role": "assistant", "content": ""})
-    if msg.get("content"):
-        yield event({"content": msg["content"]})
-    for k, call in enumerate(msg.get("tool_calls") or []):
-        yield event({"tool_calls": [{"index": k, **call}]})
-    final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}],
-             "usage": response["usage"], "agentflan": response["agentflan"]}
-    yield f"data: {json.dumps(final, ensure_ascii=False)}\n\n"
-    yield "data: [DONE]\n\n"
+
+async def stream_events(server: Server, session: Session, texts: "asyncio.Queue[str | None]") -> AsyncIterator[str]:
+    """Server-sent events of a running session: the role, every text piece as it is generated
+    (chat), then the tool calls as deltas (name, then arguments), the finish reason, the usage when
+    asked, `[DONE]`. An error after the stream began is an `error` event (as OpenAI sends)."""
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    base = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": server.model_name}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                     **extra})
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            piece = await texts.get()
+            if piece is None:
+                break
+            yield chunk({"content": piece})
+        try:
+            response = server.respond(await asyncio.wrap_future(session.future))
+        except HTTPError as e:
+            yield _sse(e.body())
+            yield "data: [DONE]\n\n"
+            return
+        choice = response["choices"][0]
+        msg = choice["message"]
+        if session.job.proto is not None and msg.get("content"):
+            yield chunk({"content": msg["content"]})
+        for k, call in enumerate(msg.get("tool_calls") or []):
+            fn = call["function"]
+            yield chunk({"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                         "function": {"name": fn["name"], "arguments": ""}}]})
+            yield chunk({"tool_calls": [{"index": k, "function": {"arguments": fn["arguments"]}}]})
+        yield chunk({}, choice["finish_reason"], agentflan=response["agentflan"])
+        if session.job.include_usage:
+            yield _sse({**base, "choices": [], "usage": response["usage"]})
+        yield "data: [DONE]\n\n"
+    finally:  # the client went away (or the stream ended): nothing more is generated for it
+        if not session.future.done():
+            session.cancel()
+
+
+class _Guard:
+    """ASGI middleware: `Authorization: Bearer KEY` on every path but /health (401 in OpenAI's shape)."""
+
+    def __init__(self, app: Any, keys: tuple[bytes, ...]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.keys and scope.get("path") != "/health":
+            header = next((v for k, v in scope.get("headers", []) if k == b"authorization"), b"")
+            token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
+            if not any(hmac.compare_digest(token, key) for key in self.keys):
+                from fastapi.responses import JSONResponse
+
+                error = HTTPError(401, "Incorrect API key provided" if token else
+                                  "You didn't provide an API key (Authorization: Bearer KEY)",
+                                  code="invalid_api_key")
+                await JSONResponse(error.body(), status_code=401,
+                                   headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(server: Server) -> Any:
@@ -272,44 +753,110 @@ def create_app(server: Server) -> Any:
 
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         yield
         server.close()
 
-    app = FastAPI(title="agentflan serve", version="1", lifespan=lifespan)
+    app = FastAPI(title="agentflan serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    if server.api_keys:
+        app.add_middleware(_Guard, keys=server.api_keys)
+
+    def error_response(e: HTTPError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message, code = f"Invalid URL ({request.method} {request.url.path})", "not_found"
+        elif exc.status_code == 405:
+            message, code = f"Method {request.method} is not allowed on {request.url.path}", "method_not_allowed"
+        else:
+            message, code = str(exc.detail), None
+        return error_response(HTTPError(exc.status_code, message, code=code, headers=dict(exc.headers or {})))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(HTTPError(400, str(exc)[:500]))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed", exc_info=exc)
+        return error_response(HTTPError(500, f"internal error: {type(exc).__name__}"[:300], "server_error"))
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return server.health()
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return server.models()
 
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict[str, Any]:
+        for m in server.models()["data"]:
+            if m["id"] == name:
+                return m  # type: ignore[no-any-return]
+        raise HTTPError(404, f"The model `{name[:200]}` does not exist", param="model", code="model_not_found")
+
+    async def read_body(request: Request) -> bytes:
+        limit = server.limits.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise HTTPError(400, "bad Content-Length header")
+            if int(length) > limit:
+                raise HTTPError(413, f"the request body has {int(length)} bytes; this server accepts at most "
+                                     f"{limit} (--max-body-mb)", code="request_too_large")
+        chunks, total = [], 0
+        async for piece in request.stream():  # counted as it arrives: a chunked body cannot slip past
+            total += len(piece)
+            if total > limit:
+                raise HTTPError(413, f"the request body exceeds {limit} bytes (--max-body-mb)",
+                                code="request_too_large")
+            chunks.append(piece)
+        return b"".join(chunks)
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
+        body = parse_body(await read_body(request), server.limits)
+        job = await run_in_threadpool(server.prepare, body)
+        if job.stream:
+            loop = asyncio.get_running_loop()
+            texts: asyncio.Queue[str | None] = asyncio.Queue()
+
+            def on_text(piece: str) -> None:
+                loop.call_soon_threadsafe(texts.put_nowait, piece)
+
+            session = server.submit(job, on_text=on_text if job.proto is None else None)
+            session.future.add_done_callback(lambda _: loop.call_soon_threadsafe(texts.put_nowait, None))
+            return StreamingResponse(stream_events(server, session, texts), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        session = server.submit(job)
+        waiting = asyncio.wrap_future(session.future)
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HTTPError(400, f"the request body is not JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise HTTPError(400, "the request body must be a JSON object")
+            while True:  # a client that hangs up stops its generation at the next decoding step
+                done, _ = await asyncio.wait({waiting}, timeout=0.25)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    session.cancel()
+                    return JSONResponse(HTTPError(499, "the client closed the request").body(), status_code=499)
+        finally:
+            if not session.future.done():
+                session.cancel()
         try:
-            response = await run_in_threadpool(server.complete, body)
-        except HTTPError:
-            raise
-        except Exception as e:  # never a hang, never an HTML error page
-            log.exception("request failed")
-            raise HTTPError(500, f"internal error: {type(e).__name__}: {e}"[:500], "server_error") from e
-        if body.get("stream"):
-            return StreamingResponse(stream_chunks(response), media_type="text/event-stream")
-        return response
+            return server.respond(waiting.result())
+        except Cancelled:
+            return JSONResponse(HTTPError(499, "the client closed the request").body(), status_code=499)
 
     return app

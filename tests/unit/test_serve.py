@@ -76,8 +76,10 @@ def served():
                 break
             time.sleep(0.05)
         started.append((uv, thread, server))
+        start.servers.append(server)  # type: ignore[attr-defined]
         return f"http://127.0.0.1:{port}/v1"
 
+    start.servers = []  # type: ignore[attr-defined]
     yield start
     for uv, thread, server in started:
         uv.should_exit = True
@@ -121,7 +123,7 @@ def test_agentflan_serve_loopback_matches_local_greedy(tmp_path):
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "agentflan.cli.main", "serve", str(folder), "--port", str(port),
-                             "--batch-size", "1", "--max-new-tokens", "24"], env=env,
+                             "--batch-size", "1", "--max-new-tokens", "24", "--model-name", "t"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -138,7 +140,7 @@ def test_agentflan_serve_loopback_matches_local_greedy(tmp_path):
                         protocol_name="react", agent_name="t", config={})
         _, native = model_agent("native")
         remote = run_env("toolapi", tasks, native, OpenAIEngine(ClientConfig(base_url=base + "/v1", model="t",
-                                                                             concurrency=1)),
+                                                                             concurrency=1), max_tokens=24),
                          tmp_path / "r", protocol_name="native", agent_name="t", config={})
         assert remote.summary["errors"] == 0
         assert [a["texts"] for r in local.records for a in r["actions"]] == \
@@ -160,10 +162,15 @@ def test_agentflan_serve_loopback_matches_local_greedy(tmp_path):
                                                            "stream": True})
         assert code == 200 and isinstance(text, str) and text.rstrip().endswith("data: [DONE]")
         chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
-        assert chunks[0]["object"] == "chat.completion.chunk" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        assert chunks[0]["object"] == "chat.completion.chunk" and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        proc.terminate()  # SIGTERM: a clean exit (143, the README's status for it), no traceback
+        out = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 143 and "Traceback" not in out, out
+        assert "protocol react" in out  # the banner names the protocol replies use (native falls back)
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=20)
 
 
 def test_busy_server_answers_503_not_a_hang(served):
@@ -193,7 +200,38 @@ def test_logs_keep_protocol_and_texts(tmp_path, served):
     respond = oracle("toolapi", tasks, "tflan")
     url = served(_OracleEngine(lambda p: respond(_prompt_pairs(p)), {"tflan": 1}))
     _, agent = model_agent("native")
-    run_env("toolapi", tasks, agent, OpenAIEngine(ClientConfig(base_url=url, model="o")), tmp_path,
+    run_env("toolapi", tasks, agent, OpenAIEngine(ClientConfig(base_url=url, model="oracle")), tmp_path,
             protocol_name="native", agent_name="o", config={})
     recs = read_log(tmp_path / "episodes.jsonl")
     assert all(r["verdict"]["success"] for r in recs)
+
+
+def test_cli_refuses_bad_options_and_a_port_in_use(tmp_path):
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    runner = CliRunner()
+    for args in (["--batch-size", "0"], ["--max-queue", "-1"], ["--port", "70000"], ["--max-body-mb", "0"],
+                 ["--max-new-tokens", "9000"]):
+        res = runner.invoke(cli, ["serve", str(tmp_path), *args])
+        assert res.exit_code == 2, (args, res.output)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "agentflan.cli.main", "serve", str(tmp_path), "--port", str(port)],
+                             capture_output=True, text=True, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith("agentflan: error: cannot listen on"), \
+        res.stderr
+
+
+def test_loopback_check():
+    from agentflan.cli.serve import is_loopback, listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)
+    try:
+        assert is_loopback(sock)
+    finally:
+        sock.close()

@@ -2,44 +2,115 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from pathlib import Path
+from typing import Any
 
 import click
 
 from agentflan.errors import AgentflanError, require
 
+API_KEY_ENV = "AGENTFLAN_API_KEY"
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound socket for `host:port` (bound before the model loads: a port in use fails at once)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise AgentflanError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise AgentflanError(f"cannot listen on {host}:{port}: {e.strerror or e} (is another server running "
+                             "there? choose another --port)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+    except ValueError:
+        return False
+
 
 @click.command("serve")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (a non-loopback address without --api-key serves anyone who can reach it).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--protocol", help="Protocol for requests with tools (default: the one the model was trained on most).")
-@click.option("--model-name", help="The name clients use (default: the folder path).")
-@click.option("--batch-size", type=int, default=16, show_default=True,
-              help="Requests generated together (the rest wait in the queue).")
-@click.option("--max-queue", type=int, default=64, show_default=True, help="Waiting requests before 503 busy.")
-@click.option("--max-new-tokens", type=int, default=512, show_default=True)
+@click.option("--model-name", "model_names", multiple=True,
+              help="The name clients use (repeat for aliases; default: the folder path). Other names get 404.")
+@click.option("--api-key", "api_keys", multiple=True, envvar=API_KEY_ENV,
+              help=f"Require `Authorization: Bearer KEY` (repeat for several keys; or ${API_KEY_ENV}, "
+                   "whitespace-separated, which keeps keys out of the process list).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests generating at once (continuous batching: each joins and leaves between steps).")
+@click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Requests waiting beyond --batch-size before 503 busy (with Retry-After).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Tokens generated when a request names no max_tokens.")
+@click.option("--max-tokens-limit", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="The most max_tokens a request may ask for (400 above).")
+@click.option("--max-prompt-tokens", type=click.IntRange(min=1), default=None,
+              help="The longest prompt in tokens (400 above; default: the model's context).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="The largest request body (413 above, before it is read).")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Seconds a request may take, queue included (504 after).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads on CPU (default: torch's; 1 or 2 on a machine other work keeps busy).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", default="float32", show_default=True)
-def serve(model: Path, host: str, port: int, protocol: str | None, model_name: str | None, batch_size: int,
-          max_queue: int, max_new_tokens: int, device: str, dtype: str) -> None:
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+def serve(model: Path, host: str, port: int, protocol: str | None, model_names: tuple[str, ...],
+          api_keys: tuple[str, ...], batch_size: int, max_queue: int, max_new_tokens: int, max_tokens_limit: int,
+          max_prompt_tokens: int | None, max_body_mb: float, request_timeout: float, threads: int | None, device: str,
+          dtype: str) -> None:
     """Serve MODEL (a folder `agentflan train` wrote) at http://HOST:PORT/v1 (chat completions with
-    tools and tool_calls, streaming or not, /v1/models, /health)."""
-    try:
-        require("fastapi", "serve")
-        require("uvicorn", "serve")
-        import uvicorn
+    tools and tool_calls, streaming or not, /v1/models, /health). See docs/serve.md."""
+    if max_new_tokens > max_tokens_limit:
+        raise click.BadParameter(f"{max_new_tokens} is above --max-tokens-limit {max_tokens_limit}",
+                                 param_hint="--max-new-tokens")
+    keys = tuple(k for value in api_keys for k in value.split())
+    require("fastapi", "serve")
+    require("uvicorn", "serve")
+    import uvicorn
 
-        from agentflan.eval.engines import HFEngine
-        from agentflan.serve import Server, create_app
+    from agentflan.eval.engines import HFEngine
+    from agentflan.serve import Limits, Server, create_app
 
-        engine = HFEngine(str(model), batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, dtype=dtype)
-        server = Server(engine, protocol=protocol, model_name=model_name, max_active=batch_size, max_queue=max_queue)
-    except AgentflanError as e:
-        raise click.ClickException(str(e)) from e
-    click.echo(f"serving {server.model_name} (template {engine.template.name}, protocol {server.default_protocol}) "
-               f"at http://{host}:{port}/v1", err=True)
+    sock = listen_socket(host, port)
     try:
-        uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+        if not keys and not is_loopback(sock):
+            click.echo(f"agentflan: warning: serving on {host} without --api-key: anyone who can reach port "
+                       f"{port} can use the model", err=True)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        engine = HFEngine(str(model), batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
+                          dtype=dtype, prefix_cache_gb=0)
+        limits = Limits(max_tokens=max_new_tokens, max_tokens_limit=max_tokens_limit,
+                        max_prompt_tokens=max_prompt_tokens, max_body_bytes=int(max_body_mb * 2**20),
+                        request_timeout=request_timeout)
+        server = Server(engine, protocol=protocol, model_name=model_names[0] if model_names else None,
+                        aliases=model_names[1:], max_active=batch_size, max_queue=max_queue, limits=limits,
+                        api_keys=keys)
+        bound = sock.getsockname()
+        click.echo(f"serving {server.model_name} (template {engine.template.name}, protocol {server.protocol_name}, "
+                   f"batch {batch_size}, queue {max_queue}, {'API key required' if keys else 'no API key'}) "
+                   f"at http://{host}:{bound[1]}/v1", err=True)
+        config: Any = uvicorn.Config(create_app(server), log_level="warning", timeout_graceful_shutdown=5)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            server.close()
     finally:
-        server.close()
+        sock.close()

@@ -117,6 +117,15 @@ class HFEngine(Engine):
 
         return prompt_ids(self.template, self.tokenizer, prompt.messages, prompt.tools)
 
+    def decoder(self) -> Any:
+        """A `batching.ContinuousDecoder` on this model: requests join and leave the running batch
+        between decoding steps, each with its own sampling, token limit and stop strings (`serve`)."""
+        from agentflan.eval.batching import ContinuousDecoder
+
+        return ContinuousDecoder(self.model, self.tokenizer, encode=self.prompt_ids, pad_id=self.pad_id,
+                                 stop_ids=self.stop_ids, end_stops=self.end_stops, device=self.device,
+                                 context=self.context)
+
     def _greedy(self, prompts: list[list[int]], stops: list[str]) -> list[list[int]]:
         """New tokens per prompt: the prefix-cached lockstep decoder (`eval.decode`), or
         `model.generate` when the cache is off."""

@@ -1,0 +1,201 @@
+"""Continuous batching on a real (tiny) model: rows join and leave between steps and compute what
+they compute alone; a poison request fails alone; streaming is token by token; a client that hangs
+up stops its generation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi", reason="serving extras not installed (pip install 'agentflan[serve]')")
+pytest.importorskip("torch", reason="training extras not installed")
+
+from agentflan.eval.batching import Row, Sampling
+from agentflan.eval.engines import HFEngine
+from agentflan.formats.protocols import Prompt
+from agentflan.schema import UserMessage
+from agentflan.serve import Limits
+from agentflan.training.models import tiny_model, tiny_tokenizer
+from tests.unit.test_serve import _post
+from tests.unit.test_serve import served as served
+
+WORDS = ["Thought: I need a tool", "Action: Finish", 'Action Input: {"final_answer": "x"}', "hello world",
+         "the weather in Paris is sunny"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a busy shared machine two spinning threads make a tiny model ~50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _engine(**kw) -> HFEngine:
+    tok = tiny_tokenizer(WORDS * 3)
+    return HFEngine("tiny", model=tiny_model(len(tok)), tokenizer=tok, template="agentflan",
+                    **{"prefix_cache_gb": 0, **kw})
+
+
+def _prompt(k: int) -> Prompt:
+    return Prompt([UserMessage(content="hello " * k + "world")])
+
+
+def test_rows_join_and_leave_between_steps_and_compute_what_they_compute_alone():
+    engine = _engine(batch_size=1, max_new_tokens=12, prefix_cache_gb=0.1)
+    prompts = [_prompt(k) for k in range(1, 7)]
+    alone = engine.generate(prompts)  # one at a time (eval's decoder, tested equal to model.generate)
+    dec = engine.decoder()
+    rows = [Row(p, Sampling(max_tokens=12)) for p in prompts]
+    short = Row(_prompt(3), Sampling(max_tokens=2))
+    todo = [*rows[:3], short, *rows[3:]]
+    dec.add(todo.pop(0))
+    left_at: dict[int, int] = {}
+    widths = []
+    while len(dec) or todo:
+        for r in dec.step():
+            left_at[id(r)] = dec.steps
+        widths.append(len(dec.rows))
+        if todo:  # one more joins after every step, while others are mid-generation
+            dec.add(todo.pop(0))
+    assert [r.text for r in rows] == [c.text for c in alone]
+    assert all(r.finish in ("stop", "length") for r in rows)
+    assert short.finish == "length" and short.tokens == 2
+    assert left_at[id(short)] == 5  # joined at step 4, left after its 2 tokens while the others ran on
+    assert max(widths) > 1 and dec.cache is None and dec.rows == []
+
+
+def test_per_row_stop_strings_and_seeded_sampling():
+    engine = _engine(max_new_tokens=16)
+    dec = engine.decoder()
+    free = Row(_prompt(2), Sampling(max_tokens=16))
+    dec.add(free)
+    while len(dec):
+        dec.step()
+    assert len(free.text) > 4
+    tok = engine.tokenizer
+    # a stop string across a token boundary: its first character is generated a step before the rest
+    ends = [len(tok.decode(free.new[:j])) for j in range(1, len(free.new))
+            if free.text.startswith(tok.decode(free.new[:j]))]
+    at = next(e for e in ends if 0 < e < len(free.text) and free.text[e - 1:e + 1] not in free.text[:e])
+    stop = free.text[at - 1:at + 1]
+    pieces: list[str] = []
+    cut = Row(_prompt(2), Sampling(max_tokens=16), stops=(stop,), on_text=pieces.append)
+    dec.add(cut)
+    while len(dec):
+        dec.step()
+    assert cut.text == free.text[:free.text.index(stop)] and cut.stop == stop and cut.finish == "stop"
+    assert "".join(pieces) == cut.text  # the stop string's start was held back, never sent
+
+    def sample(seed: int, others: int) -> str:
+        rows = [Row(_prompt(4), Sampling(max_tokens=10, temperature=1.5, top_p=0.9, seed=seed))]
+        rows += [Row(_prompt(k), Sampling(max_tokens=10, temperature=1.0)) for k in range(others)]
+        for r in rows:
+            dec.add(r)
+        while len(dec):
+            dec.step()
+        return rows[0].text
+
+    assert sample(7, 0) == sample(7, 3)  # a seeded row draws the same, whatever shares its batch
+    assert len({sample(s, 0) for s in range(5)}) > 1
+
+
+def _body(content: str, **kw) -> dict:
+    return {"messages": [{"role": "user", "content": content}], **kw}
+
+
+def test_a_poison_request_fails_alone(served):
+    engine = _engine(max_new_tokens=8)
+    real = engine.prompt_ids
+
+    def prompt_ids(prompt: Prompt) -> list[int]:
+        if "POISON" in str(prompt.messages[-1].content):
+            raise ValueError("the tokenizer choked")
+        return real(prompt)
+
+    engine.prompt_ids = prompt_ids  # type: ignore[method-assign]
+    engine.context = 96  # a long request overflows the context
+    url = served(engine, max_active=16)
+    solo = _post(url + "/chat/completions", _body("hello world 0"))[1]
+    results: dict[str, tuple[int, object]] = {}
+    bodies = {f"good{i}": _body(f"hello world {i % 3}") for i in range(8)}
+    bodies["poison"] = _body("POISON hello")
+    bodies["long"] = _body("hello world " * 80)
+    bodies["surrogate"] = _body("hello \ud800 world")
+    threads = [threading.Thread(target=lambda k=k, b=b: results.__setitem__(k, _post(url + "/chat/completions", b)))
+               for k, b in bodies.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert {k: results[k][0] for k in ("poison", "long", "surrogate")} == {"poison": 400, "long": 400,
+                                                                           "surrogate": 400}
+    assert "tokenized" in results["poison"][1]["error"]["message"]  # type: ignore[index]
+    assert results["long"][1]["error"]["code"] == "context_length_exceeded"  # type: ignore[index]
+    assert all(results[f"good{i}"][0] == 200 for i in range(8)), results
+    texts = [results[f"good{i}"][1]["choices"][0]["message"]["content"] for i in (0, 3, 6)]  # type: ignore[index]
+    assert texts == [solo["choices"][0]["message"]["content"]] * 3  # type: ignore[index]
+
+
+def test_streaming_is_token_by_token_and_length_is_reported(served):
+    engine = _engine()
+    engine.stop_ids, engine.end_stops = set(), ()  # the reply runs to max_tokens
+    url = served(engine)
+    whole = _post(url + "/chat/completions", _body("hello world", max_tokens=6))[1]
+    assert whole["choices"][0]["finish_reason"] == "length" and whole["usage"]["completion_tokens"] == 6
+    code, text = _post(url + "/chat/completions", _body("hello world", max_tokens=6, stream=True,
+                                                         stream_options={"include_usage": True}))
+    chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    pieces = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    assert code == 200 and len([p for p in pieces if p]) >= 3  # not one lump at the end
+    assert "".join(p for p in pieces if p) == whole["choices"][0]["message"]["content"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def _hang_up_after(port: int, body: dict, wait_for) -> None:
+    data = json.dumps(body).encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    deadline = time.monotonic() + 20
+    while not wait_for() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    s.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_hangs_up_stops_its_generation(served, stream):
+    engine = _engine()
+    engine.stop_ids, engine.end_stops = set(), ()
+    url = served(engine, limits=Limits(max_tokens_limit=100_000))
+    port = int(url.split(":")[2].split("/")[0])
+    decoder_of = lambda: served.servers[-1].scheduler.backend  # noqa: E731
+    scheduler = served.servers[-1].scheduler
+    _hang_up_after(port, _body("hello world", max_tokens=4000, stream=stream),
+                   lambda: decoder_of().tokens_generated > 20)
+    deadline = time.monotonic() + 5
+    while scheduler.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not scheduler.active and not len(decoder_of())
+    generated = decoder_of().tokens_generated
+    time.sleep(0.3)
+    assert decoder_of().tokens_generated == generated and 20 < generated < 1000
+    # the server is still up and serving
+    assert _post(url + "/chat/completions", _body("hello", max_tokens=3))[0] == 200
+
+
+def test_deadline_ends_a_request_with_504(served):
+    engine = _engine()
+    engine.stop_ids, engine.end_stops = set(), ()
+    url = served(engine, limits=Limits(max_tokens_limit=100_000, request_timeout=0.5))
+    start = time.monotonic()
+    code, err = _post(url + "/chat/completions", _body("hello", max_tokens=4000))
+    assert code == 504 and err["error"]["code"] == "timeout" and time.monotonic() - start < 5
