@@ -449,12 +449,12 @@ def test_mariadb_env_play_expert_runs_on_the_chosen_engine(shared_data):
     assert res.exit_code == 0 and "== SUCCESS" in res.output and "FROM `Football Matches`" in res.output, res.output
 
 
-def test_sqlite_engine_without_sqlglot_names_the_extra(monkeypatch):
+def test_sqlite_engine_without_sqlglot_names_the_install(monkeypatch):
     import importlib.util
 
     from agentflan.errors import MissingDependencyError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlglot" else real(name, *a))
-    with pytest.raises(MissingDependencyError, match=r"agentflan\[sql\]"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'sqlglot>=25'"):
         SQLiteEngine()
