@@ -197,6 +197,47 @@ def _rru_one(ev: Any, sample: Any) -> dict[str, Any]:
     return {k: float(np.asarray(v)) for k, v in ev._post_process([sample]).items() if k in keys}
 
 
+class SharedEncodings:
+    """`SentenceTransformer.encode` over a table of per-text embeddings, filled in large batches
+    before scoring (the machine this runs on is small: encoding each item's few texts apart, on
+    both sides, takes hours). Both scorers get the same vector for the same text, so what is
+    compared is everything between the texts and the numbers: parsing, which texts are embedded,
+    weights, thresholds, matching, the longest run. A text no prepass saw is encoded on demand."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.table: dict[str, Any] = {}
+
+    def fill(self, texts: list[str]) -> None:
+        for t in texts:  # as the tokenizer does (T-Eval's run stops there; agentflan embeds them as "?")
+            if any("\ud800" <= c <= "\udfff" for c in t):
+                raise TypeError("TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]")
+        todo = sorted({t for t in texts if t not in self.table}, key=len)
+        if todo:
+            embs = self.model.encode(todo, batch_size=64, convert_to_tensor=True, show_progress_bar=False)
+            self.table.update(zip(todo, embs, strict=True))
+
+    def encode(self, texts: Any, convert_to_tensor: bool = True, **_: Any) -> Any:
+        import torch
+
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        self.fill(batch)
+        out = torch.stack([self.table[t] for t in batch]) if batch else torch.zeros(0, 768)
+        return out[0] if single else out
+
+
+class Recorder:
+    """An embedder that only notes the texts asked for (the prepass), answering 0."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def similarity(self, a: Any, b: Any) -> list[list[float]]:
+        self.texts += [*a, *b]
+        return [[0.0] * len(b) for _ in a]
+
+
 def same(a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...]) -> tuple[bool, float]:
     worst = 0.0
     ok = True
@@ -216,7 +257,7 @@ def main() -> None:
     ap.add_argument("--teval-src", type=Path, required=True, help="a T-Eval checkout (its teval/ package is imported)")
     ap.add_argument("--data", type=Path, default=teval.data_dir())
     ap.add_argument("--model", type=Path, default=teval.model_dir())
-    ap.add_argument("--items", type=int, default=150, help="items per public file (gold + perturbations each)")
+    ap.add_argument("--items", type=int, default=150, help="items per public plan file (gold + perturbations each; review: all)")
     ap.add_argument("--synth", type=int, default=120, help="synthesized items per variant without public data")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default=",".join(teval.VARIANTS))
@@ -226,14 +267,16 @@ def main() -> None:
     import teval.evaluators as official_evaluators  # type: ignore[import-not-found]  # T-Eval's, unmodified
 
     emb = teval.SentenceEmbedder(args.model)
-    teval.set_embedder(emb)
+    shared = SharedEncodings(emb.model)
+    emb.model = shared
     rng = random.Random(args.seed)
     wanted = args.variants.split(",")
     jobs: dict[str, list[tuple[str, Any, list[Any]]]] = {}
     for var, name in FILES.items():
         if var in wanted and (args.data / name).is_file():
             _, items = teval.load_file(args.data / name, var)
-            picked = items if args.items <= 0 else rng.sample(items, min(args.items, len(items)))
+            n = args.items if var.startswith("plan_") else 0  # review needs no embedding: every item
+            picked = items if n <= 0 else rng.sample(items, min(n, len(items)))
             jobs[var] = [(k, d, review_predictions(d, rng) if var == "review_str" else plan_predictions(var, d, rng))
                          for k, d in picked]
     plan_file = args.data / FILES["plan_json"]
@@ -248,10 +291,17 @@ def main() -> None:
         cls = getattr(official_evaluators, EVALUATORS[var])
         keys = teval.METRICS[var]
         flat = {f"{k}#{i}": {**d, "prediction": p} for k, d, preds in rows for i, p in enumerate(preds)}
+        rec = Recorder()
+        for datum in flat.values():
+            teval.judge(var, datum, datum["prediction"], rec)
+        shared.fill(rec.texts)
+        teval.set_embedder(emb)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "predictions.json"
             path.write_text(json.dumps(flat), encoding="utf-8")
             ev = official(var, cls, path, args.model)
+            if hasattr(ev, "sentence_model"):
+                ev.sentence_model = shared  # the same embeddings for T-Eval's code (see SharedEncodings)
             agree = crashed = 0
             worst = 0.0
             examples = []
@@ -280,8 +330,10 @@ def main() -> None:
             kept = {k: v for k, v in flat.items() if k not in crashed_keys}
             path.write_text(json.dumps(kept), encoding="utf-8")
             try:
-                theirs_total = {k: float(v) for k, v in official(var, cls, path, args.model).evaluate().items()
-                                if k in keys and v == v}
+                whole = official(var, cls, path, args.model)
+                if hasattr(whole, "sentence_model"):
+                    whole.sentence_model = shared
+                theirs_total = {k: float(v) for k, v in whole.evaluate().items() if k in keys and v == v}
             except Exception as e:
                 theirs_total = {"raised": f"{type(e).__name__}: {e}"[:160]}
             ours_total = teval.summarize([r for r, k in zip(ours_all, flat, strict=True) if k not in crashed_keys])

@@ -332,9 +332,18 @@ def test_model_run_sends_the_released_prompt_and_cuts_the_reply(tmp_path):
     assert again[0].resumed == 2
 
 
-def test_missing_model_is_a_missing_dependency(tmp_path):
-    with pytest.raises(MissingDependencyError):
+def test_missing_model_or_library_is_a_missing_dependency(tmp_path, monkeypatch):
+    with pytest.raises(MissingDependencyError, match="bench/fetch_teval.py --model"):
         teval.SentenceEmbedder(tmp_path)
+    (tmp_path / "modules.json").write_text("[]")
+    monkeypatch.setitem(__import__("sys").modules, "sentence_transformers", None)
+    with pytest.raises(MissingDependencyError, match=r"agentflan\[teval\]"):
+        teval.SentenceEmbedder(tmp_path)
+    teval.set_embedder(None)
+    monkeypatch.setenv("AGENTFLAN_TEVAL_MODEL", str(tmp_path / "absent"))
+    res = CliRunner().invoke(cli, ["eval", "teval", "--policy", "expert", "-o", str(tmp_path / "o"),
+                                   "--tasks", str(_write(tmp_path, "plan_json_v1.json", {"p": plan_datum("json")}))])
+    assert res.exit_code == 4 and "fetch_teval.py --model" in res.output
 
 
 @pytest.mark.slow

