@@ -333,7 +333,7 @@ def test_model_run_sends_the_released_prompt_and_cuts_the_reply(tmp_path):
 
 
 def test_missing_model_or_library_is_a_missing_dependency(tmp_path, monkeypatch):
-    with pytest.raises(MissingDependencyError, match="bench/fetch_teval.py --model"):
+    with pytest.raises(MissingDependencyError, match=r"bench/fetch_teval\.py --model"):
         teval.SentenceEmbedder(tmp_path)
     (tmp_path / "modules.json").write_text("[]")
     monkeypatch.setitem(__import__("sys").modules, "sentence_transformers", None)
