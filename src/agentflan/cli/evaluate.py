@@ -84,10 +84,12 @@ def default_protocols(engine: Any, env: str, chosen: tuple[str, ...]) -> list[st
 @click.option("--tasks", "tasks_file", type=click.Path(path_type=Path),
               help="db: an AgentBench dbbench JSONL file (e.g. dev.jsonl) instead of generated tasks; agent-h: a "
                    "ToolBench query file or an Agent-H items JSONL; steps: any trajectory file agentflan reads; bfcl: "
-                   "a BFCL question file (possible answers in possible_answer/ beside it).")
+                   "a BFCL question file (possible answers in possible_answer/ beside it); teval: a T-Eval data file "
+                   "(e.g. plan_str_v1.json; --protocol VARIANT when its name does not say).")
 @click.option("--predictions", type=click.Path(path_type=Path),
-              help="bfcl: score every line of a BFCL predictions file ({\"id\", \"result\"} lines) "
-                   "without a model.")
+              help="bfcl: score every line of a BFCL predictions file ({\"id\", \"result\"} lines) without a model; "
+                   "teval: score a T-Eval predictions file (T-Eval's data with a 'prediction' per item, as its "
+                   "test.py writes).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=12, show_default=True, help="Assistant actions per episode.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder (default out/eval/<model>).")
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming episodes already logged.")
@@ -98,7 +100,7 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
              concurrency: int, timeout_s: float, retries: int, policy: str, count: int, split: str, seed: int,
              tasks_file: Path | None, predictions: Path | None, max_steps: int, output: Path | None, no_resume: bool,
              list_protocols: bool, db_engine: str) -> None:
-    """Play held-out tasks of SUITES (toolapi, db; default both; also agent-h, steps, bfcl) and score them.
+    """Play held-out tasks of SUITES (toolapi, db; default both; also agent-h, steps, bfcl, teval) and score them.
 
     Each (suite, protocol) run is logged to OUTPUT/<suite>-<protocol>/episodes.jsonl with every
     transcript, and summarized (success ± s.e., by task kind, parse failures, invalid actions,

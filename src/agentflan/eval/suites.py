@@ -6,6 +6,7 @@ lets `agentflan score` summarize and re-score any log by its records' `suite`.
 | `agent-h` (`eval.agent_h`) | built-in held-out tool items, or `--tasks` (ToolBench queries or items JSONL) | `react`, `tflan:inline` | H_ReAct, H_General, HScore, over-refusal |
 | `steps` (`eval.steps`) | held-out expert trajectories, or `--tasks` (any file agentflan reads) | `json`, `react` | instruct, retrieve, understand, reason |
 | `bfcl` (`eval.bfcl`) | BFCL question files (`--tasks`, or the fetched simple/multiple/parallel/irrelevance) | `bfcl` (+ the trained protocols) | BFCL's AST accuracy per category |
+| `teval` (`eval.teval`) | one T-Eval data file (`--tasks`), or a T-Eval predictions file (`--predictions`) | T-Eval's own prompts (`--protocol VARIANT` overrides the variant read from the file name) | T-Eval's metrics of the file's dimension |
 
 Each (suite, protocol) run lives in `OUTPUT/<suite>-<protocol>/` like an environment run. The
 `expert` policy answers with the gold replies rendered in the protocol (every score at 100%,
@@ -29,7 +30,7 @@ from agentflan.eval.runlog import exchange, oracle_engine, run_logged
 from agentflan.formats.protocols import Protocol, conversation_key, get_protocol
 from agentflan.io.files import write_atomic
 
-SUITES = ("agent-h", "steps", "bfcl")
+SUITES = ("agent-h", "steps", "bfcl", "teval")
 BFCL_FILES = ("BFCL_v4_simple_python.json", "BFCL_v4_multiple.json", "BFCL_v4_parallel.json",
               "BFCL_v4_irrelevance.json")
 BFCL_ALL_FILES = (*BFCL_FILES, "BFCL_v4_parallel_multiple.json", "BFCL_v4_live_simple.json",
@@ -95,9 +96,9 @@ def _items(suite: str, n: int, seed: int, tasks_file: Path | None, proto: Protoc
 
 
 def _module(suite: str) -> Any:
-    from agentflan.eval import agent_h, bfcl, steps
+    from agentflan.eval import agent_h, bfcl, steps, teval
 
-    return {"agent-h": agent_h, "steps": steps, "bfcl": bfcl}[suite]
+    return {"agent-h": agent_h, "steps": steps, "bfcl": bfcl, "teval": teval}[suite]
 
 
 def _prompt_of(suite: str, item: Any) -> Any:
@@ -144,6 +145,14 @@ def run_suite(suite: str, *, engine: Any, policy: str, protocols: list[str], n: 
               tasks_file: Path | None, out_root: Path, agent_name: str, base_config: dict[str, Any], resume: bool,
               progress: Callable[[str, int], Callable[[int], None]], predictions: Path | None = None) -> list[SuiteRun]:
     """Run one single-action suite under each protocol (see the module docstring)."""
+    if suite == "teval":  # T-Eval's prompts are its own: one variant, no agentflan protocol
+        from agentflan.eval import teval
+
+        if len(protocols) > 1:
+            raise ConfigError("teval scores one T-Eval file per run: give at most one --protocol VARIANT")
+        return teval.run(engine=engine, policy=policy, tasks_file=tasks_file, variant=protocols[0] if protocols else None,
+                         n=n, out_root=out_root, agent_name=agent_name, base_config=base_config, resume=resume,
+                         progress=progress, predictions=predictions)
     if policy == "random":
         raise ConfigError(f"--policy random is a baseline of the environments; {suite} has `expert` (calibration)")
     if predictions is not None:
@@ -252,7 +261,7 @@ def rescore(rec: dict[str, Any]) -> dict[str, Any] | None:
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r} in a log record")
     mod = _module(suite)
-    proto = get_protocol(rec["protocol"]) if rec.get("protocol") != "predictions" else None
+    proto = get_protocol(rec["protocol"]) if rec.get("protocol") != "predictions" and suite != "teval" else None
     return mod.rescore(rec, proto)  # type: ignore[no-any-return]
 
 
