@@ -146,3 +146,15 @@ def test_score_baseline_must_be_a_run(expert_and_random):
     res = CliRunner().invoke(cli, ["score", str(expert_and_random), "--baseline", "random", "--json"])
     rows = json.loads(res.output[res.output.index("{"):])["paired"]
     assert {(r["a"], r["b"]) for r in rows} == {("expert", "random")}
+
+
+def test_every_suite_gives_per_item_outcomes():
+    from agentflan.eval.suites import outcomes
+
+    teval = {"suite": "teval", "variant": "review_str", "protocol": "review_str",
+             "verdict": {"parse_rate": 1.0, "review_quality": 0.0}}
+    assert outcomes(teval) == {("parse_rate", "all"): 1.0, ("review_quality", "all"): 0.0}
+    bfcl = {"suite": "bfcl", "category": "simple_python", "verdict": {"valid": True, "official_valid": False}}
+    assert outcomes(bfcl) == {("accuracy", "all"): 1.0, ("accuracy", "simple_python"): 1.0,
+                              ("accuracy_official", "all"): 0.0}
+    assert outcomes({"suite": "nobody", "verdict": {}}) == {}

@@ -680,6 +680,13 @@ def gold_reply(variant: str, datum: dict[str, Any]) -> str:
 
 # ---- summaries ---------------------------------------------------------------------------------------------
 
+def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """A scored item's T-Eval metrics for paired comparisons, each as T-Eval computes it per item."""
+    v = rec["verdict"]
+    variant = str(rec.get("variant", rec.get("protocol", "")))
+    return {(m, "all"): float(v[m]) for m in METRICS.get(variant, ()) if v.get(m) is not None}
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """T-Eval's aggregate metrics of one run (each the mean over the items that have it, as its
     `_post_process`), and the dimension's headline score as `convert_results.py` takes it."""
