@@ -255,6 +255,7 @@ def report(out: Path, studies: Sequence[str], strata: bool = True) -> tuple[str,
     table), the per-seed paired headlines, and the per-seed means (min-max); and the pooled rows."""
     from agentflan.eval import paired
     from agentflan.eval.report import paired_section
+    from agentflan.eval.suites import paired as pair_runs
 
     seeds = {p.name: _rescored(p) for p in _seed_dirs(out)}
     if not seeds:
@@ -268,8 +269,6 @@ def report(out: Path, studies: Sequence[str], strata: bool = True) -> tuple[str,
     if len(seeds) > 1:
         lines += ["### Paired, per seed", ""]
         for name, scored in seeds.items():
-            from agentflan.eval.suites import paired as pair_runs
-
             per = pair_runs(scored, pairs=pairs)
             lines += [f"- {name}: " + " ".join(paired.headline(per, a, b) for a, b in pairs)]
         lines.append("")

@@ -266,7 +266,10 @@ def compare(a_runs: list[RunOutcomes], b_runs: list[RunOutcomes]) -> list[Compar
 
 
 def _group_order(g: str) -> tuple[int, str]:
-    return (0 if "/" not in g and g not in ("agent-h", "steps", "bfcl") else 1, g)
+    """Environments first, then the single-action suites (`agent-h/<style>`, `steps`, ...)."""
+    from agentflan.eval.suites import SUITES
+
+    return (0 if "/" not in g and g not in SUITES else 1, g)
 
 
 def compare_runs(runs: dict[str, list[RunOutcomes]], baseline: str | None = None,

@@ -25,7 +25,7 @@ from typing import Any
 
 from agentflan.eval import agent_h
 from agentflan.eval.score import pct
-from agentflan.io.files import atomic_output, write_atomic
+from agentflan.io.files import write_atomic, write_png
 from agentflan.training.report import plot_curves, pyplot
 
 
@@ -36,19 +36,6 @@ class Arm:
     name: str
     metrics: dict[str, Any]
     data: dict[str, Any] = field(default_factory=dict)
-
-
-def _save(fig: Any, path: Path) -> None:
-    """A figure written as PNG through `atomic_output` (never a cut file), then closed."""
-    from agentflan.training.report import pyplot
-
-    plt = pyplot()
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        if plt is not None:
-            plt.close(fig)
 
 
 def env_kinds_chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
@@ -72,7 +59,7 @@ def env_kinds_chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_title(f"{env}: success per task kind (held-out)", fontsize=10)
         ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
-    _save(fig, path)
+    write_png(fig, path, dpi=100)
     return path
 
 
@@ -110,7 +97,7 @@ def tokens_chart(arms: Sequence[Arm], path: Path) -> Path | None:
         ax.set_title(f"Trained tokens by {key}", fontsize=10)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    _save(fig, path)
+    write_png(fig, path, dpi=100)
     return path
 
 

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from agentflan.io.files import atomic_output
+from agentflan.io.files import write_png
 
 
 def rate(k: int, n: int) -> dict[str, float | int]:
@@ -104,9 +104,4 @@ def chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_ylim(0, 105)
     ax.set_title("Held-out success per run")
     fig.tight_layout()
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return write_png(fig, path)

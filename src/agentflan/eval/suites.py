@@ -28,7 +28,7 @@ from typing import Any
 from agentflan.errors import ConfigError
 from agentflan.eval.runlog import exchange, oracle_engine, run_logged
 from agentflan.formats.protocols import Protocol, conversation_key, get_protocol
-from agentflan.io.files import write_atomic
+from agentflan.io.files import write_atomic, write_png
 
 SUITES = ("agent-h", "steps", "bfcl", "teval")
 BFCL_FILES = ("BFCL_v4_simple_python.json", "BFCL_v4_multiple.json", "BFCL_v4_parallel.json",
@@ -393,9 +393,7 @@ def chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     for ax, draw in zip(axes[:, 0], panels, strict=True):
         draw(ax)
     fig.tight_layout()
-    from agentflan.eval.report import _save
-
-    _save(fig, path)
+    write_png(fig, path, dpi=100)
     return path
 
 

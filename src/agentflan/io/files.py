@@ -570,3 +570,17 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, encoding: str 
         else:
             tmp.write_text(data, encoding=encoding)
     return target
+
+
+def write_png(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110, metadata: dict[str, Any] | None = None) -> Path:
+    """A matplotlib figure written as PNG through `atomic_output` (never a cut file), then closed,
+    whatever happens. `metadata={"Software": None}` leaves out matplotlib's version stamp."""
+    import matplotlib.pyplot as plt
+
+    target = Path(path)
+    try:
+        with atomic_output(target) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, **({"metadata": metadata} if metadata is not None else {}))
+    finally:
+        plt.close(fig)
+    return target

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agentflan.io.files import atomic_output, write_atomic
+from agentflan.io.files import write_atomic, write_png
 from agentflan.pipeline.recipe import DataRecipe
 from agentflan.schema import AssistantMessage, Trajectory
 from agentflan.stats import StatsAccumulator
@@ -330,14 +330,9 @@ def _chart(job: tuple[str, dict[str, Any], dict[str, Counter[int]], Path]) -> Pa
         ax.set_ylabel("records")
         ax.set_title("Conversation length")
         ax.legend(fontsize=7)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
-def _save(plt: Any, fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    try:
-        with atomic_output(path) as tmp:  # no version stamp: same bytes every build
-            fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    finally:
-        plt.close(fig)
-    return path
+    return write_png(fig, path, metadata={"Software": None})  # no version stamp: same bytes every build

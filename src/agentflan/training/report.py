@@ -9,7 +9,7 @@ from typing import Any
 
 from agentflan import __version__
 from agentflan.formats.jinja import jinja_for
-from agentflan.io.files import atomic_output, write_atomic
+from agentflan.io.files import write_atomic, write_png
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +114,7 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path, ylabel: 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return write_png(fig, path)
 
 
 def model_card(recipe: Any, metrics: dict[str, Any]) -> str:
