@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agentflan.pipeline import build as build_mod
 from agentflan.pipeline.build import build
 from agentflan.pipeline.recipe import load_recipe
+from agentflan.pipeline.stages import mix as mix_mod
+from agentflan.pipeline.stages import steps as steps_mod
 from agentflan.schema import AssistantMessage, Trajectory, check, errors
 
 RELEASE_SPLITS = ["agent_instruct_react", "agent_instruct_tflan", "toolbench_instruct_j1s1_3k", "toolbench_negative",
@@ -127,10 +128,10 @@ def test_mix_amounts_counted_as_written_equal_a_second_read(shared_data, built, 
     """The amounts the mix weighs come from counts kept where each file was written; reading
     the files again (what a folder built without them falls back to) gives the same numbers."""
     recipe, _ = load_recipe("agent-flan", [*_overrides(shared_data, agentinstruct_dir), f"mix.by={by}"])
-    kept = build_mod.mix_amounts(recipe, built)
+    kept = mix_mod.mix_amounts(recipe, built)
     assert (built / ".state" / "amounts" / "source.fireact.json").exists()
-    monkeypatch.setattr(build_mod, "_amounts_path", lambda out, name: out / ".state" / "none" / f"{name}.json")
-    read = build_mod.mix_amounts(recipe, built)
+    monkeypatch.setattr(mix_mod, "amounts_path", lambda out, name: out / ".state" / "none" / f"{name}.json")
+    read = mix_mod.mix_amounts(recipe, built)
     assert kept == read
     assert kept[1] > 0 and kept[0]["general"] > 0
 
@@ -141,26 +142,31 @@ def test_negatives_start_as_soon_as_the_agent_outputs_are_written(shared_data, t
     from agentflan.pipeline.executor import LocalExecutor
 
     events: list[str] = []
-    real_submit, real_run = LocalExecutor.submit, build_mod._run_output
+    real_submit, real_run = LocalExecutor.submit, steps_mod._run_output
 
     def submit(self, fn, item):
         events.append(f"submit {fn.__name__}")
-        return real_submit(self, fn, item)
+        result = real_submit(self, fn, item)
+
+        def wait():
+            events.append(f"wait {fn.__name__}")
+            return result()
+        return wait
 
     def run_output(recipe, name, *args, **kwargs):
         events.append(f"run {name}")
         return real_run(recipe, name, *args, **kwargs)
 
     monkeypatch.setattr(LocalExecutor, "submit", submit)
-    monkeypatch.setattr(build_mod, "_run_output", run_output)
+    monkeypatch.setattr(steps_mod, "_run_output", run_output)
     _build(shared_data, tmp_path / "w2", workers=2, agentinstruct=agentinstruct_dir)
     assert events.index("submit _run_negatives") < events.index("run general")
-    assert events[-1] == "run toolbench_negative"
+    assert events[-1] == "wait _run_negatives"
 
 
 def test_crashed_build_resumes_to_identical_bytes(shared_data, built, tmp_path, monkeypatch, agentinstruct_dir):
     out = tmp_path / "crash"
-    real = build_mod._run_output
+    real = steps_mod._run_output
     calls = []
 
     def crash_on_third(recipe, name, *args, **kwargs):
@@ -170,10 +176,10 @@ def test_crashed_build_resumes_to_identical_bytes(shared_data, built, tmp_path, 
             raise KeyboardInterrupt
         return real(recipe, name, *args, **kwargs)
 
-    monkeypatch.setattr(build_mod, "_run_output", crash_on_third)
+    monkeypatch.setattr(steps_mod, "_run_output", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         _build(shared_data, out, agentinstruct=agentinstruct_dir)
-    monkeypatch.setattr(build_mod, "_run_output", real)
+    monkeypatch.setattr(steps_mod, "_run_output", real)
     result = _build(shared_data, out, agentinstruct=agentinstruct_dir)
     assert len([s for s in result.stages_skipped if s.startswith("output.")]) == 2
     assert _files(out) == _files(built)
@@ -241,8 +247,8 @@ def test_no_system_sentence_appears_only_in_negatives(built):
     # the sample's ToolBench share leaves the 10% randomized ReAct split empty: count the formats the
     # recipe renders there
     recipe, _ = load_recipe("agent-flan")
-    if any(s["type"] == "react" and s.get("style", "random") == "random" for o in recipe.outputs.values()
-           if o.kind == "steps" for s in o.steps):
+    if any(s.type == "react" and s.config.style == "random" for o in recipe.step_outputs().values()
+           for s in o.steps):
         positive_protocols |= {"react:random", "json:random"}
     assert negative_protocols <= positive_protocols and len(negative_protocols) >= 3
 

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from agentflan.errors import ConfigError
-from agentflan.pipeline import build as build_mod
-from agentflan.pipeline.build import build, plan_shards
+from agentflan.pipeline.build import build
 from agentflan.pipeline.executor import LocalExecutor
 from agentflan.pipeline.recipe import load_recipe
+from agentflan.pipeline.stages import files as stage_files
+from agentflan.pipeline.stages import ingest as ingest_mod
+from agentflan.pipeline.stages.files import plan_shards
 
 RECIPE = """
 kind: data
@@ -76,7 +78,7 @@ def one_worker(shared_data, tmp_path_factory):
 
 
 def test_phases_on_many_small_shards_write_the_same_bytes(shared_data, one_worker, tmp_path, monkeypatch):
-    monkeypatch.setattr(build_mod, "SHARD_BYTES", 8 * 1024)  # dozens of shards per output and phase
+    monkeypatch.setattr(stage_files, "SHARD_BYTES", 8 * 1024)  # dozens of shards per output and phase
     out = tmp_path / "out"
     (out / ".parts" / "two_plans").mkdir(parents=True)  # left by a killed build: removed
     (out / ".parts" / "two_plans" / "p0.00003.jsonl").write_text('{"partial": ')
@@ -96,7 +98,7 @@ def test_phases_on_many_small_shards_write_the_same_bytes(shared_data, one_worke
 def test_ray_tasks_on_many_small_shards_write_the_same_bytes(shared_data, one_worker, tmp_path, monkeypatch):
     """Ray workers read and write their shard files themselves (a local instance here)."""
     pytest.importorskip("ray", reason="pip install 'agentflan[ray]'")
-    monkeypatch.setattr(build_mod, "SHARD_BYTES", 8 * 1024)  # the plan is made here, in the driver
+    monkeypatch.setattr(stage_files, "SHARD_BYTES", 8 * 1024)  # the plan is made here, in the driver
     _build(shared_data, tmp_path, tmp_path / "out", 2, "ray")
     ours, ref = _files(tmp_path / "out"), _files(one_worker)
     assert ours.pop("resolved_recipe.yaml") != ref.pop("resolved_recipe.yaml")  # says executor: ray
@@ -104,7 +106,7 @@ def test_ray_tasks_on_many_small_shards_write_the_same_bytes(shared_data, one_wo
 
 
 def test_shards_cover_files_in_whole_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr(build_mod, "SHARD_BYTES", 10)
+    monkeypatch.setattr(stage_files, "SHARD_BYTES", 10)
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text("".join(f'{{"n": {i}}}\n' for i in range(50)))
     b.write_text("")
@@ -112,7 +114,7 @@ def test_shards_cover_files_in_whole_lines(tmp_path, monkeypatch):
     assert len(shards) == 7 and {s.path for s in shards} == {str(a)}
     assert "".join(a.read_text()[s.start:s.end] for s in shards) == a.read_text()
     assert all(a.read_text()[s.end - 1] == "\n" for s in shards)
-    lines = [line for s in shards for line in build_mod._shard_lines(s)]
+    lines = [line for s in shards for line in stage_files.shard_lines(s)]
     assert lines == a.read_bytes().splitlines(keepends=True)
 
 
@@ -141,16 +143,16 @@ def test_a_large_jsonl_source_is_ingested_in_spans_to_the_same_bytes(shared_data
                                                                       monkeypatch):
     """FireAct's file read by several workers, each a span of its lines: the same ids, line numbers,
     reports and files as one reader of the whole file."""
-    monkeypatch.setattr(build_mod, "SHARD_BYTES", 16 * 1024)
+    monkeypatch.setattr(stage_files, "SHARD_BYTES", 16 * 1024)
     tasks = []
-    real = build_mod._ingest_tasks
+    real = ingest_mod._ingest_tasks
 
     def spy(*args):
         made = real(*args)
         tasks.extend(made)
         return made
 
-    monkeypatch.setattr(build_mod, "_ingest_tasks", spy)
+    monkeypatch.setattr(ingest_mod, "_ingest_tasks", spy)
     _build(shared_data, tmp_path, tmp_path / "out", 2)
     spans = [t.span for t in tasks if t.span is not None]
     assert len(spans) >= 8 and {t.files for t in tasks if t.span is not None} == {
@@ -177,7 +179,7 @@ def test_on_error_raise_names_the_first_bad_record_whatever_span_ends_first(tmp_
     """Spans run largest first: a later, larger span's error must not win over the first bad line."""
     from agentflan.errors import ParseError
 
-    monkeypatch.setattr(build_mod, "SHARD_BYTES", 16 * 1024)
+    monkeypatch.setattr(stage_files, "SHARD_BYTES", 16 * 1024)
     lines = [GOOD] * 2000
     lines[10] = lines[1500] = '{"messages": 3}'
     long = json.dumps({"messages": [{"role": "user", "content": "Q" * 20_000}, {"role": "assistant", "content": "A"}]})
@@ -188,7 +190,7 @@ def test_on_error_raise_names_the_first_bad_record_whatever_span_ends_first(tmp_
 
 
 def test_a_file_named_with_glob_characters_is_read_in_spans(tmp_path, monkeypatch):
-    monkeypatch.setattr(build_mod, "SHARD_BYTES", 16 * 1024)
+    monkeypatch.setattr(stage_files, "SHARD_BYTES", 16 * 1024)
     result = _source_build(tmp_path, "train[1].jsonl", [GOOD] * 2000, 2)
     report = json.loads((result.out_dir / "sources" / "s.report.json").read_text())
     assert report["records"] == report["converted"] == 2000 and report["files"] == 1
@@ -209,9 +211,9 @@ def test_source_amounts_count_the_records_as_written(tmp_path):
     src = tmp_path / "nan.jsonl"
     src.write_text(json.dumps(rec) + "\n")
     (tmp_path / "out" / "sources").mkdir(parents=True)
-    cfg = SourceConfig(reader="openai", paths=[str(src)]).model_dump()
-    res = build_mod._ingest(build_mod._IngestTask("s", cfg, str(tmp_path / "out"), (str(src),), None))
-    written = list(build_mod._read_native(tmp_path / "out" / "sources" / "s.jsonl"))
+    cfg = SourceConfig(reader="openai", paths=[str(src)])
+    res = ingest_mod._ingest(ingest_mod._IngestTask("s", cfg, str(tmp_path / "out"), (str(src),), None))
+    written = list(stage_files.read_native(tmp_path / "out" / "sources" / "s.jsonl"))
     assert written[0].messages[1].tool_calls[0].arguments == {"x": None, "y": None}
     assert res["amounts"]["trained_tokens"] == sum(trained_approx_tokens(t) for t in written)
 
@@ -231,3 +233,82 @@ def test_local_executor_keeps_task_order():
     assert calls == [] and lazy() == 5 and lazy() == 5 and calls == [5]
     with pytest.raises(ConfigError):
         LocalExecutor(0)
+
+
+def test_stages_are_declared_in_an_order_their_inputs_allow(shared_data, tmp_path):
+    """Each stage reads only what the stages before it write, and each unit needs only units of
+    earlier stages (so the driver can fingerprint it when it comes to it)."""
+    from agentflan.pipeline import build as build_mod
+    from agentflan.pipeline.stages.base import BuildState
+
+    assert [s.name for s in build_mod.STAGES] == ["ingest", "steps", "negatives", "mix", "report"]
+    written = {"inputs"}
+    for stage in build_mod.STAGES:
+        assert set(stage.reads) <= written, stage.name
+        written |= set(stage.writes)
+    recipe, _ = load_recipe("agent-flan", [f"vars.data_dir={shared_data}"])
+    b = BuildState(recipe, tmp_path, LocalExecutor(1), lambda s: None)
+    earlier: set[str] = set()
+    for stage in build_mod.STAGES:
+        units = stage.units(b)
+        assert units, stage.name
+        for unit in units:
+            assert set(stage.needs(b, unit)) <= earlier, (stage.name, unit)
+        earlier |= set(units)
+    assert "output.toolbench_negative" in build_mod.STAGES[2].units(b)  # negatives: a stage like the others
+
+
+def test_a_build_task_carries_the_recipes_typed_step_configs(shared_data, tmp_path):
+    """No JSON round trip: the task holds the recipe's own config objects, and pickles as they are."""
+    import pickle
+
+    from agentflan.pipeline.stages import steps as steps_mod
+
+    recipe, _ = load_recipe("agent-flan", [f"vars.data_dir={shared_data}"])
+    spec = recipe.step_outputs()["toolbench_tflan_60p_r10r5u7"]
+    (tmp_path / "sources").mkdir()
+    (tmp_path / "sources" / "toolbench.jsonl").write_text("")
+    task = steps_mod._single_task(recipe, "toolbench_tflan_60p_r10r5u7", spec, tmp_path, 1)
+    assert task is not None
+    assert all(a.config is b.config for a, b in zip(task.steps, spec.steps, strict=True))
+    assert pickle.loads(pickle.dumps(task)).steps == task.steps
+
+
+def test_a_declared_stage_is_run_marked_and_resumed(shared_data, tmp_path, monkeypatch):
+    """Adding a stage is a `Stage` and an entry in `STAGES`: the driver fingerprints its units
+    after the units they need, builds them, marks them done and skips them on a resumed build."""
+    from agentflan.io.files import write_atomic
+    from agentflan.pipeline import build as build_mod
+    from agentflan.pipeline.stages.base import Stage, fingerprint
+
+    runs: list[list[str]] = []
+
+    class CountStage(Stage):
+        name = "count"
+        reads = ("outputs",)
+        writes = ("counts",)
+
+        def units(self, b):
+            return [f"count.{o}" for o in b.recipe.step_outputs()]
+
+        def needs(self, b, unit):
+            return [unit.replace("count.", "output.")]
+
+        def fingerprint(self, b, unit):
+            return fingerprint(b.fingerprints[unit.replace("count.", "output.")])
+
+        def run(self, b, todo, started):
+            runs.append(todo)
+            for unit in todo:
+                lines = (b.out / "native" / f"{unit.removeprefix('count.')}.jsonl").read_text().count("\n")
+                write_atomic(b.out / f"{unit}.txt", f"{lines}\n")
+                yield unit
+
+    stages = list(build_mod.STAGES)
+    monkeypatch.setattr(build_mod, "STAGES", (*stages[:2], CountStage(), *stages[2:]))
+    _build(shared_data, tmp_path, tmp_path / "out", 1)
+    counts = {p.name: int(p.read_text()) for p in (tmp_path / "out").glob("count.*.txt")}
+    assert counts["count.react.txt"] == 500 and len(counts) == 5 and len(runs) == 1
+    assert (tmp_path / "out" / ".state" / "count.react.done").exists()
+    result = build(*load_recipe(str(tmp_path / "phases.yaml")), tmp_path / "out")
+    assert runs[1:] == [[]] and "count.react" in result.stages_skipped

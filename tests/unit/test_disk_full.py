@@ -107,11 +107,11 @@ def test_a_build_on_a_full_disk_names_the_file_leaves_nothing_and_resumes_to_the
 
 
 def test_a_build_whose_disk_fills_mid_output_removes_its_temporaries(tmp_path, monkeypatch, recipe):
-    from agentflan.pipeline import build
+    from agentflan.pipeline.stages.files import Sink
 
     path, fresh = recipe
     out = tmp_path / "out"
-    real = build._Sink.add
+    real = Sink.add
     count = {"n": 0}
 
     def add(self, traj):
@@ -120,7 +120,7 @@ def test_a_build_whose_disk_fills_mid_output_removes_its_temporaries(tmp_path, m
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, traj)
 
-    monkeypatch.setattr(build._Sink, "add", add)
+    monkeypatch.setattr(Sink, "add", add)
     res = CliRunner().invoke(cli, ["data", "build", str(path), "-o", str(out)])
     assert res.exit_code == EXIT_RUNTIME, res.output
     assert f"{out / 'native' / 'all.jsonl'}: No space left on device while writing it" in res.stderr, res.stderr

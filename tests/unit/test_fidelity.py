@@ -108,11 +108,11 @@ def test_paper_ratios_by_step_index_override():
 
 def test_packaged_recipes_for_the_paper_and_the_ablation():
     paper, _ = load_recipe("agent-flan-paper")
-    assert all(s.get("ratios") == "paper" for o in paper.outputs.values() if o.kind == "steps"
-               for s in o.steps if s["type"] == "balance")
+    assert all(s.config.ratios == "paper" for o in paper.step_outputs().values() for s in o.steps
+               if s.type == "balance")
     assert "toolbench_tflan_60p_r10r25u75" in paper.outputs
     no_bal, _ = load_recipe("agent-flan-no-balance")
-    assert not any(s["type"] == "balance" for o in no_bal.outputs.values() if o.kind == "steps" for s in o.steps)
+    assert not any(s.type == "balance" for o in no_bal.step_outputs().values() for s in o.steps)
 
 
 # ---- formats ------------------------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def test_agentinstruct_in_both_formats_at_full_size(shared_data, tmp_path, agent
     assert all(t.tags["protocol"] == "agentinstruct:db" and AGENTBENCH_DB_PROMPT.strip()[:40] in t.messages[0].content
                for t in react)
     half, _ = load_recipe("agent-flan", ["vars.agentinstruct_dialect_share=0.5"])
-    assert half.outputs["agent_instruct_react"].steps[0]["end"] == "0.5"
+    assert half.outputs["agent_instruct_react"].steps[0].config.end == 0.5
     # HotpotQA is not read unless asked for
     assert "fireact" not in recipe.used_sources()
     assert stats["sources"].keys() == {"toolbench", "agentinstruct", "sharegpt", "glaive", "alpaca"}
@@ -283,8 +283,7 @@ def test_decontaminate_against_the_environments_held_out_tasks():
 def test_builtin_recipe_decontaminates_every_output(tmp_path):
     recipe, _ = load_recipe("builtin")
     assert recipe.decontaminate is not None and set(recipe.decontaminate.envs) == {"toolapi", "db"}
-    assert all(recipe.step_entries(o)[0]["type"] == "decontaminate" for o, spec in recipe.outputs.items()
-               if spec.kind == "steps")
+    assert all(recipe.step_entries(o)[0].type == "decontaminate" for o in recipe.step_outputs())
 
 
 # ---- the built-in corpus ------------------------------------------------------------------------------------

@@ -33,11 +33,10 @@ def test_ablations_differ_from_agent_flan_only_where_named():
     no_neg, _ = load_recipe("agent-flan-no-negatives")
     assert set(base.outputs) - set(no_neg.outputs) == {"toolbench_negative"}
     no_bal, _ = load_recipe("agent-flan-no-balance")
-    assert all(s["type"] != "balance" for s in no_bal.outputs["toolbench_tflan_60p_r10r5u7"].steps)
+    assert all(s.type != "balance" for s in no_bal.outputs["toolbench_tflan_60p_r10r5u7"].steps)
     assert no_bal.outputs["toolbench_tflan_60p_r10r5u7"].from_ == ["toolbench"]
     tuning, _ = load_recipe("agenttuning")
-    assert not any(s["type"] in ("align", "balance") for o in tuning.outputs.values() if o.kind == "steps"
-                   for s in o.steps)
+    assert not any(s.type in ("align", "balance") for o in tuning.step_outputs().values() for s in o.steps)
     assert not any(o.kind == "negatives" for o in tuning.outputs.values())
 
 
@@ -117,3 +116,23 @@ def test_builtin_ladder_recipes_each_remove_what_they_name(tmp_path):
                 if step["step"] == "balance"}
     assert modes("builtin") == {"db_tflan": "mask", "toolapi_tflan_60p": "mask"}
     assert modes("builtin-balance-drop") == {"db_tflan": "drop", "toolapi_tflan_60p": "drop"}
+
+
+def test_step_entries_are_typed_and_dump_as_written():
+    """A recipe holds each step as its validated `Config` (a `${var}` string becomes the float the
+    config declares) and dumps it back as the `{type, ...config}` entry it was written as."""
+    import pickle
+
+    from agentflan.pipeline.base import StepSpec
+    from agentflan.pipeline.steps.split import SplitConfig
+
+    recipe, _ = load_recipe("agent-flan", ["vars.agentinstruct_dialect_share=0.5", "decontaminate.envs=[db]"])
+    split = recipe.outputs["agent_instruct_react"].steps[0]
+    assert isinstance(split, StepSpec) and isinstance(split.config, SplitConfig) and split.config.end == 0.5
+    assert split.model_dump(mode="json") == {"type": "split", "start": 0.0, "end": 0.5, "salt": "agentinstruct_dialect"}
+    assert StepSpec.model_validate(split.model_dump(mode="json")) == split
+    entries = recipe.step_entries("agent_instruct_react")
+    assert [s.type for s in entries] == ["decontaminate", "split", "react"]
+    assert entries[0].config is recipe.decontaminate  # the recipe's own object, not a copy through JSON
+    assert pickle.loads(pickle.dumps(entries)) == entries  # what a build task carries to its worker
+    assert [s.name for s in recipe.steps_of("agent_instruct_react")] == ["decontaminate", "split", "react"]

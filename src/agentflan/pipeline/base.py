@@ -17,10 +17,11 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_serializer, model_validator
 
+from agentflan.errors import ConfigError
 from agentflan.registry import Registry
 from agentflan.schema import Trajectory
 
@@ -73,19 +74,23 @@ class StepContext:
     """Shared inputs prepared by the build (e.g. a tool pool for negatives)."""
 
 
-class Step(ABC):
-    """A pipeline step with a typed config. Subclasses set `name` and `Config`."""
+C = TypeVar("C", bound=StepConfig)
+
+
+class Step(ABC, Generic[C]):
+    """A pipeline step with a typed config. Subclasses set `name` and `Config` and name the
+    config type as the parameter (`class SplitStep(MapStep[SplitConfig])`), so `self.config`
+    is typed without a check."""
 
     name: ClassVar[str]
     Config: ClassVar[type[StepConfig]] = StepConfig
-    two_pass: ClassVar[bool] = False
-    """True when the step must see all its input before emitting (e.g. exact balancing)."""
     parallel_safe: ClassVar[bool] = False
     """True when each trajectory is processed on its own (no state across trajectories), so the
     executor may run the step on shards in several processes."""
 
-    def __init__(self, config: StepConfig | None = None) -> None:
-        self.config = config if config is not None else self.Config()
+    def __init__(self, config: C | None = None) -> None:
+        # `Config` is the class `C` names (a ClassVar cannot be generic, hence the cast)
+        self.config: C = config if config is not None else cast(C, self.Config())
 
     @abstractmethod
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
@@ -126,7 +131,7 @@ class Step(ABC):
         return traj.model_copy(update={"lineage": [*traj.lineage, self.label()]})
 
 
-class MapStep(Step):
+class MapStep(Step[C]):
     """One trajectory in, one (or none, with a reason) out."""
 
     parallel_safe: ClassVar[bool] = True
@@ -182,17 +187,58 @@ class SmallestN(Generic[T]):
         return [t for *_, t in sorted(self.heap, key=lambda x: (-x[0], x[1], -x[2]))]
 
 
-def make_steps(entries: list[dict[str, Any]]) -> list[Step]:
-    """Steps from recipe entries `{type: <name>, ...config}`."""
-    steps = []
-    for entry in entries:
+class StepSpec(BaseModel):
+    """One step of a recipe, typed: its registered name and its validated `Config`.
+
+    A recipe writes it `{type: <name>, ...config}` and it dumps the same way; it is what the
+    recipe holds and what a build task carries to its worker (pickled as is: no JSON, no second
+    validation), where `make` builds the step.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    config: SerializeAsAny[StepConfig]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _entry(cls, data: Any) -> Any:
+        """`{type: <name>, ...config}` (a recipe's entry) into `{type, config: <name>.Config}`."""
+        if isinstance(data, dict) and "type" in data and "config" not in data:
+            try:
+                spec = cls.of(data)
+            except ConfigError as e:  # an unknown step: pydantic reports a ValueError at the entry's path
+                raise ValueError(str(e)) from e
+            return {"type": spec.type, "config": spec.config}
+        return data
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> StepSpec:
+        """The spec of a recipe entry `{type: <name>, ...config}`.
+
+        Raises:
+            ConfigError: No step has that name.
+            ValidationError: The config does not validate against the step's `Config`.
+        """
         args = dict(entry)
-        cls = STEPS.get(args.pop("type"))
-        steps.append(cls(cls.Config.model_validate(args)))
-    return steps
+        name = str(args.pop("type"))
+        return cls(type=name, config=STEPS.get(name).Config.model_validate(args))
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: Any, info: Any) -> dict[str, Any]:
+        return {"type": self.type, **handler(self)["config"]}
+
+    def make(self) -> Step[Any]:
+        """The step this entry names, with its config."""
+        return STEPS.get(self.type)(self.config)
 
 
-STEPS: Registry[type[Step]] = Registry("step")
+def make_steps(entries: Iterable[StepSpec | dict[str, Any]]) -> list[Step[Any]]:
+    """Steps from typed specs, or from recipe entries `{type: <name>, ...config}` (validated here)."""
+    return [(e if isinstance(e, StepSpec) else StepSpec.of(e)).make() for e in entries]
+
+
+STEPS: Registry[type[Step[Any]]] = Registry("step")
 _S = "agentflan.pipeline.steps"
 for _name, _target, _doc in [
     ("split", f"{_S}.split:SplitStep", "keep a hash range of trajectories by id (e.g. 60/30/10)"),

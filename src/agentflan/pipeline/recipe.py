@@ -23,7 +23,7 @@ from agentflan.io import check_reader_options
 from agentflan.io.readers import READERS
 from agentflan.io.writers import WRITERS
 from agentflan.options import did_you_mean, validation_problems
-from agentflan.pipeline.base import STEPS, Step, make_steps
+from agentflan.pipeline.base import STEPS, Step, StepSpec
 from agentflan.pipeline.negatives import NegativesConfig, teacher_from_env
 from agentflan.pipeline.steps.decontaminate import DecontaminateConfig
 
@@ -47,8 +47,8 @@ class SourceConfig(_Model):
 class StepsOutput(_Model):
     kind: Literal["steps"] = "steps"
     from_: list[str] = Field(alias="from")
-    steps: list[dict[str, Any]] = Field(default_factory=list)
-    """Each `{type: <step name>, ...config}`; see `agentflan recipes steps`."""
+    steps: list[StepSpec] = Field(default_factory=list)
+    """Each written `{type: <step name>, ...config}` and held typed; see `agentflan recipes steps`."""
 
 
 class NegativesOutput(_Model):
@@ -128,15 +128,26 @@ class DataRecipe(_Model):
             raise ValueError("; ".join(problems))
         return self
 
-    def step_entries(self, output: str) -> list[dict[str, Any]]:
-        """The step entries the build runs for `output` (`decontaminate` first when configured)."""
+    def step_entries(self, output: str) -> list[StepSpec]:
+        """The steps the build runs for step output `output` (`decontaminate` first when configured)."""
         out = self.outputs[output]
-        assert isinstance(out, StepsOutput)
-        first = [{"type": "decontaminate", **self.decontaminate.model_dump(mode="json")}] if self.decontaminate else []
-        return [*first, *out.steps]
+        steps = out.steps if isinstance(out, StepsOutput) else []
+        return [*self.decontaminate_steps(), *steps]
 
-    def steps_of(self, output: str) -> list[Step]:
-        return make_steps(self.step_entries(output))
+    def decontaminate_steps(self) -> list[StepSpec]:
+        """The recipe's `decontaminate` as a step (none when not configured)."""
+        return [StepSpec(type="decontaminate", config=self.decontaminate)] if self.decontaminate else []
+
+    def steps_of(self, output: str) -> list[Step[Any]]:
+        return [spec.make() for spec in self.step_entries(output)]
+
+    def step_outputs(self) -> dict[str, StepsOutput]:
+        """The outputs built by steps, by name, in recipe order."""
+        return {name: out for name, out in self.outputs.items() if isinstance(out, StepsOutput)}
+
+    def negatives_outputs(self) -> dict[str, NegativesOutput]:
+        """The `negatives` outputs, by name, in recipe order."""
+        return {name: out for name, out in self.outputs.items() if isinstance(out, NegativesOutput)}
 
     def used_sources(self) -> set[str]:
         """The sources some output reads."""
@@ -275,6 +286,7 @@ def _index(node: list[Any], part: str, item: str, where: str) -> int:
     return i
 
 
+_STEP_ENTRY = re.compile(r"outputs\.[^:]+?\.steps\.\d+[.:]")
 _VAR = re.compile(r"\$\{([A-Za-z_][\w]*)\}")
 
 
@@ -325,7 +337,8 @@ def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> tuple[Da
     try:
         recipe = DataRecipe.model_validate(resolved)
     except ValidationError as e:
-        errors += validation_problems(e, DataRecipe)
+        # a step entry's problems are reported by `_check_components`, with the entry's type named
+        errors += [p for p in validation_problems(e, DataRecipe) if not _STEP_ENTRY.match(p)]
         recipe = None
     errors = list(dict.fromkeys(errors))  # the model's own reference check may repeat ours
     if len(errors) == 1:

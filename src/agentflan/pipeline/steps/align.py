@@ -22,13 +22,12 @@ class AlignConfig(StepConfig):
     """Drop trajectories without any tool call (`no_tool_calls`): there is nothing to align."""
 
 
-class AlignStep(MapStep):
+class AlignStep(MapStep[AlignConfig]):
     name: ClassVar[str] = "align"
     Config = AlignConfig
 
     def apply(self, traj: Trajectory, ctx: StepContext) -> Trajectory | str:
         cfg = self.config
-        assert isinstance(cfg, AlignConfig)
         if traj.tags.get("format") == "tflan":
             return "already_aligned"
         has_calls = any(isinstance(m, AssistantMessage) and m.tool_calls for m in traj.messages)
@@ -42,5 +41,4 @@ class AlignStep(MapStep):
 
     def label(self) -> str:
         cfg = self.config
-        assert isinstance(cfg, AlignConfig)
         return "align" + (":cot" if cfg.cot else "") + ("" if cfg.decompose else ":inline")

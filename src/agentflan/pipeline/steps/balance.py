@@ -85,14 +85,12 @@ class BalanceConfig(StepConfig):
         return {str(k): v for k, v in self.ratios.items()}
 
 
-class BalanceStep(Step):
+class BalanceStep(Step[BalanceConfig]):
     name: ClassVar[str] = "balance"
     Config = BalanceConfig
-    two_pass: ClassVar[bool] = True
 
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         cfg = self.config
-        assert isinstance(cfg, BalanceConfig)
         if cfg.mode == "sample":
             yield from self._sample(data, ctx, cfg)
             return
@@ -117,7 +115,6 @@ class BalanceStep(Step):
 
     def plannable(self) -> bool:
         cfg = self.config
-        assert isinstance(cfg, BalanceConfig)
         return cfg.mode == "mask"
 
     def summary(self, traj: Trajectory, ctx: StepContext) -> list[tuple[str, float]]:
@@ -144,7 +141,6 @@ class BalanceStep(Step):
 
     def apply_planned(self, data: Iterable[Trajectory], plan: Any, ctx: StepContext) -> Iterator[Trajectory]:
         cfg = self.config
-        assert isinstance(cfg, BalanceConfig)
         thresholds: dict[str, float] = plan
         for traj in data:  # trajectories read back from a spool or a shard file: ours to change
             trained = 0
@@ -171,7 +167,6 @@ class BalanceStep(Step):
     @property
     def _ratios(self) -> dict[str, float]:
         cfg = self.config
-        assert isinstance(cfg, BalanceConfig)
         return cfg.resolved()
 
     def _thresholds(self, draws: dict[str, array[float]], ctx: StepContext) -> dict[str, float]:
@@ -242,7 +237,6 @@ class BalanceStep(Step):
 
     def label(self) -> str:
         cfg = self.config
-        assert isinstance(cfg, BalanceConfig)
         if cfg.mode == "sample":
             return f"balance:sample={cfg.sample_rate:g}"
         ratios = cfg.ratios if isinstance(cfg.ratios, str) else ",".join(

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
-from agentflan.pipeline.base import Step, StepContext
+from agentflan.pipeline.base import Step, StepConfig, StepContext
 from agentflan.schema import AssistantMessage, Trajectory
 from agentflan.tokens import approx_tokens
 
 
-class CapabilitiesStep(Step):
+class CapabilitiesStep(Step[StepConfig]):
     name: ClassVar[str] = "capabilities"
     parallel_safe: ClassVar[bool] = True
 

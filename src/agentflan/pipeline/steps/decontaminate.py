@@ -132,14 +132,13 @@ def eval_index(cfg: DecontaminateConfig) -> EvalIndex:
     return index
 
 
-class DecontaminateStep(Step):
+class DecontaminateStep(Step[DecontaminateConfig]):
     name: ClassVar[str] = "decontaminate"
     Config = DecontaminateConfig
     parallel_safe: ClassVar[bool] = True
 
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         cfg = self.config
-        assert isinstance(cfg, DecontaminateConfig)
         index = eval_index(cfg)
         for traj in data:
             ctx.stats.inc("in")

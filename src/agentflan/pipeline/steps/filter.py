@@ -29,14 +29,13 @@ class FilterConfig(StepConfig):
     """Estimated Jaccard similarity of word 5-gram shingles above which a record is a near duplicate."""
 
 
-class FilterStep(Step):
+class FilterStep(Step[FilterConfig]):
     name: ClassVar[str] = "filter"
     Config = FilterConfig
     _count: Any = None
 
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         cfg = self.config
-        assert isinstance(cfg, FilterConfig)
         count = token_counter(cfg.tokenizer) if cfg.max_tokens else None
         seen: set[bytes] = set()
         lsh = _MinHashLSH(cfg.near_threshold) if cfg.dedup == "near" else None
@@ -84,12 +83,10 @@ class FilterStep(Step):
 
     def plannable(self) -> bool:
         cfg = self.config
-        assert isinstance(cfg, FilterConfig)
         return cfg.dedup != "near"
 
     def summary(self, traj: Trajectory, ctx: StepContext) -> tuple[str | None, bytes | None]:
         cfg = self.config
-        assert isinstance(cfg, FilterConfig)
         if self._count is None and cfg.max_tokens:
             self._count = token_counter(cfg.tokenizer)
         reason = self._static_reason(traj, cfg, self._count)
@@ -168,14 +165,12 @@ class SampleConfig(StepConfig):
     """Keep at most this many trajectories: those with the smallest hash of (seed, id)."""
 
 
-class SampleStep(Step):
+class SampleStep(Step[SampleConfig]):
     name: ClassVar[str] = "sample"
     Config = SampleConfig
-    two_pass: ClassVar[bool] = True
 
     def run(self, data: Iterable[Trajectory], ctx: StepContext) -> Iterator[Trajectory]:
         cfg = self.config
-        assert isinstance(cfg, SampleConfig)
         # the candidates wait in a spool file, the heap holds where they are: n agent trajectories
         # with their tool lists can take hundreds of MB in memory
         keep: SmallestN[tuple[int, int]] = SmallestN(cfg.n)
@@ -196,5 +191,4 @@ class SampleStep(Step):
 
     def label(self) -> str:
         cfg = self.config
-        assert isinstance(cfg, SampleConfig)
         return f"sample:{cfg.n}"

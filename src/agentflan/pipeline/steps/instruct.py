@@ -31,13 +31,12 @@ class InstructConfig(StepConfig):
     Action/Action Input)."""
 
 
-class InstructStep(MapStep):
+class InstructStep(MapStep[InstructConfig]):
     name: ClassVar[str] = "instruct"
     Config = InstructConfig
 
     def apply(self, traj: Trajectory, ctx: StepContext) -> Trajectory | str:
         cfg = self.config
-        assert isinstance(cfg, InstructConfig)
         final_tool = traj.tags.get("final_tool")
         # trained calls only: an AgentInstruct one-shot demonstration is context, not the task
         steps = [(i, c) for i, m in enumerate(traj.messages) if isinstance(m, AssistantMessage) and m.loss

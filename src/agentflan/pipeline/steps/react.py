@@ -30,13 +30,12 @@ class ReactConfig(StepConfig):
     require_tool_calls: bool = True
 
 
-class ReactFormatStep(MapStep):
+class ReactFormatStep(MapStep[ReactConfig]):
     name: ClassVar[str] = "react"
     Config = ReactConfig
 
     def protocol(self) -> Protocol:
         cfg = self.config
-        assert isinstance(cfg, ReactConfig)
         if cfg.style == "source":
             return SourceProtocol()
         if cfg.style == "toolllama":
@@ -45,7 +44,6 @@ class ReactFormatStep(MapStep):
 
     def apply(self, traj: Trajectory, ctx: StepContext) -> Trajectory | str:
         cfg = self.config
-        assert isinstance(cfg, ReactConfig)
         if cfg.require_tool_calls and not any(isinstance(m, AssistantMessage) and m.tool_calls for m in traj.messages):
             return "no_tool_calls"
         out = self.protocol().apply(traj, render_key(ctx.seed, traj.id))
@@ -59,5 +57,4 @@ class ReactFormatStep(MapStep):
 
     def label(self) -> str:
         cfg = self.config
-        assert isinstance(cfg, ReactConfig)
         return f"react:{cfg.style}"

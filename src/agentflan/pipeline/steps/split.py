@@ -28,17 +28,15 @@ class SplitConfig(StepConfig):
         return self
 
 
-class SplitStep(MapStep):
+class SplitStep(MapStep[SplitConfig]):
     name: ClassVar[str] = "split"
     Config = SplitConfig
 
     def apply(self, traj: Trajectory, ctx: StepContext) -> Trajectory | str:
         cfg = self.config
-        assert isinstance(cfg, SplitConfig)
         u = unit(ctx.seed, cfg.salt, traj.id)
         return traj if cfg.start <= u < cfg.end else "outside_split"
 
     def label(self) -> str:
         cfg = self.config
-        assert isinstance(cfg, SplitConfig)
         return f"split[{cfg.start:g},{cfg.end:g})"
