@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from agentflan.cli.main import cli
 from agentflan.errors import ParseError
 from agentflan.eval import bfcl
-from agentflan.eval.driver import drive
-from agentflan.eval.engines import ScriptedEngine
 from agentflan.eval.runlog import exchange
 from agentflan.formats.protocols import conversation_key, get_protocol
 from agentflan.formats.pycall import decode_calls
+from agentflan.models.driver import drive
+from agentflan.models.engines import ScriptedEngine
 
 AREA = {"name": "calc.area", "description": "Area of a shape.", "parameters": {"type": "dict", "properties": {
     "base": {"type": "integer", "description": "base"}, "height": {"type": "float", "description": "height"},

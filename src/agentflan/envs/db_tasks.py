@@ -20,6 +20,7 @@ from agentflan.envs.base import Expert, Task
 from agentflan.envs.db import DB_TOOLS, SQLiteEngine, _q
 from agentflan.formats.tflan import pick
 from agentflan.schema import AssistantMessage, ToolCall
+from agentflan.seeds import task_rng
 
 _FIRST = ["Ana", "Bilal", "Chen", "Dara", "Elif", "Femi", "Goran", "Hana", "Ivo", "Jun", "Kemal", "Lina", "Mato",
           "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sami", "Tove"]
@@ -188,7 +189,7 @@ def _run(engine: SQLiteEngine, sql: str) -> list[tuple[Any, ...]]:
 
 
 def generate(n: int, split: str, seed: int = 0) -> list[Task]:
-    rng = random.Random(seed * 7919 + SPLIT_SEED[split])
+    rng = task_rng(seed, SPLIT_SEED[split])
     templates = [t for t in TEMPLATES if t.split == split]
     tasks = []
     for i in range(n):

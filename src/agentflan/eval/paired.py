@@ -31,11 +31,12 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from agentflan.seeds import crc_seed
 
 Z_ALPHA = 1.959964  # two-sided alpha 0.05
 Z_POWER = 0.841621  # power 0.8
@@ -192,7 +193,7 @@ def _pairs_of_protocols(a: list[RunOutcomes], b: list[RunOutcomes]) -> list[tupl
 
 
 def _rng(*key: str) -> random.Random:
-    return random.Random(zlib.crc32("\x1f".join(key).encode()))
+    return random.Random(crc_seed("\x1f".join(key)))
 
 
 def compare_cell(a: RunOutcomes, b: RunOutcomes, metric: str, stratum: str, group: str | None = None) -> Comparison | None:

@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
@@ -95,6 +94,7 @@ from agentflan.schema import (
     Trajectory,
     UserMessage,
 )
+from agentflan.seeds import text_rng
 
 API_LIST_MARKER = "Specifically, you have access to the following APIs:"
 
@@ -163,6 +163,11 @@ class Protocol(ABC):
     """False for protocols that state one step and no final answer (`instruct:*`)."""
     stops: tuple[str, ...] = ()
     """Observation markers a reply must not write (see `Prompt.stop`)."""
+    task: str | None = None
+    """The one environment this protocol's prompts fit (an AgentInstruct dialect's task); None: any."""
+    plays_envs: ClassVar[bool] = True
+    """False when its actions fit none of our environments (FireAct's HotpotQA brackets) or it
+    resolves per trajectory (`source`): never chosen to play an episode."""
 
     @abstractmethod
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
@@ -367,7 +372,7 @@ class ReactProtocol(TextProtocol):
     def spec_for(self, key: str) -> FormatSpec:
         if self.spec is not None:
             return self.spec
-        return random_spec(random.Random(int(hashlib.sha256(key.encode()).hexdigest()[:12], 16)), self.styles)
+        return random_spec(text_rng(key), self.styles)
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
         return render_with_spec(neutral_view(traj), self.spec_for(key))
@@ -437,6 +442,7 @@ class FireActProtocol(TextProtocol):
     """HotpotQA ReAct as FireAct wrote it: `Action: search[...]`, `Observation: ...`."""
 
     name = "fireact"
+    plays_envs = False  # HotpotQA's one-argument actions fit no environment here
     stops = (f"\n{OBSERVATION_KEY}:",)
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
@@ -486,6 +492,8 @@ ACK = "Ok."
 class DialectProtocol(TextProtocol):
     """An AgentInstruct/AgentBench task's own conversation: its instruction as the first user turn,
     acknowledged ("Ok.", untrained), then actions in the task's dialect and raw results."""
+
+    task: str
 
     def __init__(self, task: str) -> None:
         if task not in DIALECTS:
@@ -545,6 +553,7 @@ class SourceProtocol(Protocol):
     dialect, FireAct's brackets, or ToolBench's ToolLLaMA. Resolves per trajectory (`for_traj`)."""
 
     name = "source"
+    plays_envs = False
 
     def for_traj(self, traj: Trajectory) -> TextProtocol:
         task = traj.tags.get("task")
@@ -677,7 +686,7 @@ INSTRUCT_FORMATS = {"json": InstructFormat("json", "name", "arguments"),
 
 def random_instruct_format(style: Literal["json", "string"], key: str) -> InstructFormat:
     """The format a `:random` instruct protocol draws for `key` (the release varies key names)."""
-    rng = random.Random(int(hashlib.sha256(f"instruct\x1f{key}".encode()).hexdigest()[:12], 16))
+    rng = text_rng(f"instruct\x1f{key}")
     if style == "json":
         return InstructFormat("json", rng.choice(JSON_NAME_KEYS), rng.choice(JSON_ARGS_KEYS))
     action = rng.choice(ACTION_KEYS)

@@ -53,13 +53,14 @@ from agentflan.io.base import ReadReport
 from agentflan.io.files import Span, atomic_output, can_split, expand, is_url, jsonl_spans, write_atomic, write_failed
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import Writer, dumps_data, encode_data
-from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps, unit
+from agentflan.pipeline.base import Step, StepContext, StepStats, make_steps
 from agentflan.pipeline.executor import Executor, make_executor
 from agentflan.pipeline.negatives import build_negatives
 from agentflan.pipeline.recipe import DataRecipe, NegativesOutput, StepsOutput
 from agentflan.pipeline.report import Scan, read_state, scan_path, trained_approx_tokens
 from agentflan.schema import Trajectory
 from agentflan.schema.trajectory import json_dict_checked
+from agentflan.seeds import unit
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
