@@ -121,7 +121,7 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
     from agentflan.eval.envs import load_tasks, model_agent, run_env, scripted_agent
     from agentflan.eval.suites import SUITES, chart, run_suite, safe_name, table
     from agentflan.io.files import write_atomic
-    from agentflan.pipeline.build import versions
+    from agentflan.versions import versions
 
     name = policy if policy != "model" else safe_name(Path(model or "model").name if not base_url else f"{model}")
     if policy == "model" and not base_url and model and Path(model).name in ("final", "merged"):

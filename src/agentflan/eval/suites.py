@@ -380,7 +380,7 @@ def table(summaries: list[dict[str, Any]]) -> str:
 def chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     """One PNG: environment success, per-capability bars (steps, BFCL categories, Agent-H kinds) and
     HScore against over-refusal, one panel per suite present."""
-    from agentflan.training.report import pyplot
+    from agentflan.io.charts import pyplot
 
     plt = pyplot()
     if plt is None:

@@ -34,18 +34,15 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from agentflan import __version__
 from agentflan.errors import ParseError
 from agentflan.fingerprint import code_fingerprint
 from agentflan.io import make_reader
@@ -61,6 +58,7 @@ from agentflan.pipeline.report import Scan, read_state, scan_path, trained_appro
 from agentflan.schema import Trajectory
 from agentflan.schema.trajectory import json_dict_checked
 from agentflan.seeds import unit
+from agentflan.versions import __version__, versions
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -945,16 +943,6 @@ def _mix(recipe: DataRecipe, out_dir: Path, executor: Executor) -> dict[str, Any
 
 
 # ---- driver --------------------------------------------------------------------------------------
-
-def versions() -> dict[str, str]:
-    out = {"agentflan": __version__, "python": platform.python_version()}
-    for pkg in ("pydantic", "pyyaml", "click", "fsspec", "transformers", "tokenizers", "matplotlib"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
 
 def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, workers: int | None = None,
           resume: bool = True, echo: Echo | None = None) -> BuildResult:
