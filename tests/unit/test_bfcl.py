@@ -245,7 +245,7 @@ def test_expert_calibration_on_real_bfcl_data_when_fetched(tmp_path, monkeypatch
 def test_bfcl_protocol_round_trip_and_expert_calibration(tmp_path):
     """What `render` writes for calls, `parse` reads back; the expert (gold replies rendered by the
     protocol) passes every item: prompts at evaluation equal the rendering of the gold conversation."""
-    from agentflan.formats.pycall import BFCLProtocol
+    from agentflan.formats.protocols import BFCLProtocol
     from agentflan.schema import AssistantMessage, ToolCall
 
     it = item("parallel", [F, AREA], [{"f": {"a": [1]}}, {"calc.area": {"base": [2], "height": [1.5]}}])

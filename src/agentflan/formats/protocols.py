@@ -62,6 +62,14 @@ from agentflan.formats.agent_text import (
 )
 from agentflan.formats.agentinstruct import DIALECTS
 from agentflan.formats.neutral import neutral_view, request_of
+from agentflan.formats.pycall import (
+    SYSTEM_PROMPT,
+    attempts_call,
+    bfcl_decodes,
+    decode_calls,
+    function_docs,
+    render_calls,
+)
 from agentflan.formats.react import (
     DEFAULT_BRACKET_ARGS,
     OBSERVATION_PREFIX,
@@ -768,13 +776,46 @@ def instruct_reply(style: str, name: str, arguments: dict[str, Any]) -> str:
     return INSTRUCT_FORMATS[style].reply(name, arguments)
 
 
+class BFCLProtocol(TextProtocol):
+    """BFCL's prompting format (see the module docstring): single-step, several calls per reply."""
+
+    name = "bfcl"
+    episodic = False
+
+    def render(self, traj: Trajectory, key: str = "") -> list[Message]:
+        system = SYSTEM_PROMPT.replace("{functions}", function_docs(traj.tools))
+        msgs = list(traj.messages)
+        if msgs and isinstance(msgs[0], SystemMessage):
+            system = f"{system}\n\n{msgs.pop(0).content}"
+        out: list[Message] = [SystemMessage(content=system)]
+        for m in msgs:
+            if isinstance(m, AssistantMessage):
+                calls = [c for c in m.tool_calls if c.name != traj.tags.get("final_tool")]
+                out.append(AssistantMessage(content=render_calls(calls) if calls else m.content, loss=m.loss))
+            elif isinstance(m, ToolMessage):
+                out.append(UserMessage(content=m.content))
+            else:
+                out.append(type(m)(content=m.content))
+        return out
+
+    def parse(self, text: str, traj: Trajectory, key: str = "") -> Action:
+        try:
+            decoded = decode_calls(text)
+        except ParseError as e:
+            # a reply BFCL's decoder reads (as a call) is unparseable here, never a plain answer
+            if attempts_call(text) or bfcl_decodes(text):
+                return Action("unparseable", error=e.message)
+            return Action("answer", answer=text.strip())
+        if not decoded:
+            return Action("answer", answer=text.strip())
+        calls = []
+        for i, d in enumerate(decoded):
+            (name, args), = d.items()
+            calls.append(ToolCall(id=f"call_{i}", name=name, arguments=args))
+        return Action("call", calls=calls)
+
+
 # ---- the registry ---------------------------------------------------------------------------------------
-
-def _bfcl() -> Protocol:
-    from agentflan.formats.pycall import BFCLProtocol  # it builds on this module: imported on first use
-
-    return BFCLProtocol()
-
 
 _FIXED: dict[str, Callable[[], Protocol]] = {
     "native": NativeProtocol,
@@ -792,7 +833,7 @@ _FIXED: dict[str, Callable[[], Protocol]] = {
     "instruct:json:random": lambda: InstructProtocol("json", randomized=True),
     "instruct:string:random": lambda: InstructProtocol("string", randomized=True),
     "source": SourceProtocol,
-    "bfcl": _bfcl,
+    "bfcl": BFCLProtocol,
     **{f"agentinstruct:{t}": (lambda t=t: DialectProtocol(t)) for t in DIALECTS},  # type: ignore[misc]
 }
 
