@@ -169,22 +169,6 @@ def holm(ps: Sequence[float]) -> list[float]:
 
 # ---- runs and pairs -------------------------------------------------------------------------------------------
 
-def outcomes_of(run: str, records: Sequence[dict[str, Any]]) -> RunOutcomes | None:
-    """A run's per-item outcomes from its re-scored records (None when no record has a verdict)."""
-    from agentflan.eval.suites import group_of, outcomes
-
-    scored = [r for r in records if r.get("error") is None and r.get("verdict") is not None]
-    if not scored:
-        return None
-    first = scored[0]
-    out = RunOutcomes(run=run, group=group_of(first), protocol=str(first.get("protocol")))
-    for r in scored:
-        values = outcomes(r)
-        if values:
-            out.items[str(r.get("task_id"))] = values
-    return out
-
-
 def _pairs_of_protocols(a: list[RunOutcomes], b: list[RunOutcomes]) -> list[tuple[RunOutcomes, RunOutcomes]]:
     common = {x.protocol for x in a} & {y.protocol for y in b}
     if common:
@@ -268,9 +252,9 @@ def compare(a_runs: list[RunOutcomes], b_runs: list[RunOutcomes]) -> list[Compar
 
 def _group_order(g: str) -> tuple[int, str]:
     """Environments first, then the single-action suites (`agent-h/<style>`, `steps`, ...)."""
-    from agentflan.eval.suites import SUITES
+    from agentflan.envs import env_names
 
-    return (0 if "/" not in g and g not in SUITES else 1, g)
+    return (0 if g in env_names() else 1, g)
 
 
 def compare_runs(runs: dict[str, list[RunOutcomes]], baseline: str | None = None,

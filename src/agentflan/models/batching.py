@@ -250,7 +250,7 @@ class ContinuousDecoder:
 
     def _accept(self, row: Row, token: int) -> bool:
         """Add `token` to `row`; True when the row is done."""
-        from agentflan.models.engines import cut_at_stops
+        from agentflan.models.decode import cut_at_stops
 
         if token in self.stop_ids:
             row.finish = "stop"

@@ -29,6 +29,7 @@ from agentflan.errors import ConfigError, MissingDependencyError, require
 from agentflan.formats.openai import openai_messages, openai_tools, reply_message
 from agentflan.formats.protocols import Completion, Prompt
 from agentflan.formats.templates import is_structured
+from agentflan.models.decode import cut_at_stops
 from agentflan.models.info import ModelInfo
 from agentflan.registry import Registry
 
@@ -130,23 +131,6 @@ def make_engine(options: EngineOptions) -> Engine:
     if problem is not None:
         raise ConfigError(problem)
     return ENGINES.get(options.kind).from_options(options)
-
-
-def cut_at_stops(text: str, protocol_stops: tuple[str, ...], end_stops: tuple[str, ...]) -> tuple[str, str | None]:
-    """`text` up to the first stop; the protocol stop that ended it, if one did.
-
-    Examples:
-        >>> cut_at_stops("Thought: x\\nObservation: made up<|im_end|>", ("\\nObservation:",), ("<|im_end|>",))
-        ('Thought: x', '\\nObservation:')
-    """
-    best, which = len(text), None
-    for stop in (*protocol_stops, *end_stops):
-        if not stop:
-            continue
-        at = text.find(stop)
-        if 0 <= at < best:
-            best, which = at, stop
-    return text[:best], which if which in protocol_stops else None
 
 
 class HFEngine(Engine):
