@@ -4,9 +4,9 @@ prefix cache. Same model, same tasks, same protocol, greedy decoding, one proces
 * **one by one**: each episode played to its end before the next, one prompt per `generate` call,
   no cache (what a per-episode policy loop does);
 * **lockstep**: every episode steps together, all pending prompts of a round in batches
-  (`agentflan.eval.driver.drive`), no cache;
+  (`agentflan.models.driver.drive`), no cache;
 * **lockstep + prefix cache**: the same, reusing the key/value states of each conversation's
-  earlier turns and of the shared system prompt (`agentflan.eval.decode`): the default.
+  earlier turns and of the shared system prompt (`agentflan.models.decode`): the default.
 
 Reported: seconds, episodes/s, `generate` calls, and how many episodes got the same actions as one
 by one (batching pads sequences, which can flip a near-tie of greedy decoding).
@@ -44,10 +44,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from agentflan.envs import get_env
     from agentflan.envs.base import play
-    from agentflan.eval.decode import PrefixCache
-    from agentflan.eval.driver import drive
-    from agentflan.eval.engines import HFEngine
     from agentflan.formats.protocols import get_protocol
+    from agentflan.models.decode import PrefixCache
+    from agentflan.models.driver import drive
+    from agentflan.models.engines import HFEngine
     from agentflan.training.models import ModelConfig, resolve
 
     model = args.model or resolve(ModelConfig(name_or_path="gguf:smollm2-135m-instruct"))

@@ -195,7 +195,8 @@ def _rescored(seed_dir: Path) -> list[Any]:
 def pooled_runs(seeds: dict[str, list[Any]]) -> dict[str, list[Any]]:
     """Each arm's outcomes over every seed, an item being (seed, task): runs of the same arm, suite
     group and protocol are merged."""
-    from agentflan.eval.paired import RunOutcomes, outcomes_of
+    from agentflan.eval.paired import RunOutcomes
+    from agentflan.eval.suites import outcomes_of
 
     merged: dict[tuple[str, str, str], RunOutcomes] = {}
     for seed, scored in seeds.items():

@@ -8,7 +8,7 @@ both arms generate the same tokens, only the scheduling differs):
 
 * **one at a time**: `--batch-size 1`: each request is generated alone, the others wait in the queue;
 * **continuous**: `--batch-size 32`: each request joins the running batch at the next decoding step
-  and leaves it when its reply is done (`agentflan.eval.batching`).
+  and leaves it when its reply is done (`agentflan.models.batching`).
 
     python bench/serve_load.py [--requests 64] [--no-write]
 """
@@ -53,7 +53,7 @@ def start(folder: Path, batch: int, queue: int, max_tokens_limit: int = 4096, **
     """An in-process server on a free loopback port: (uvicorn server, base url, agentflan Server)."""
     import uvicorn
 
-    from agentflan.eval.engines import HFEngine
+    from agentflan.models.engines import HFEngine
     from agentflan.serve import Limits, Server, create_app
 
     engine = HFEngine(folder, batch_size=batch, prefix_cache_gb=0)

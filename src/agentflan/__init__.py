@@ -15,8 +15,7 @@ from agentflan.schema import (
     UserMessage,
     check,
 )
-
-__version__ = "0.1.0"
+from agentflan.versions import __version__
 
 __all__ = [
     "AssistantMessage",

@@ -7,7 +7,7 @@ and its trained chat template; the reply is parsed by the same protocol and retu
 `tool_calls` (T-FLAN's elicit turns are played inside the server: one request, one action). A
 request without tools is plain chat through the template.
 
-Scheduling: one thread runs the local engine's `ContinuousDecoder` (`eval.batching`): a request's
+Scheduling: one thread runs the local engine's `ContinuousDecoder` (`models.batching`): a request's
 generation joins the running batch at the next decoding step and leaves it when done, at most
 `max_active` requests at once; up to `max_queue` more wait, and beyond that the server answers
 503 with `Retry-After`. Every request is validated at the door (size, JSON depth, lone
@@ -48,10 +48,10 @@ from typing import Any
 
 from agentflan.client import ContextLimitError, RequestError
 from agentflan.errors import ConfigError, ParseError
-from agentflan.eval.batching import Row, Sampling
-from agentflan.eval.engines import Engine
 from agentflan.formats.openai import tool_call_dicts
 from agentflan.formats.protocols import Action, Completion, Prompt, Protocol, conversation_key, get_protocol
+from agentflan.models.batching import Row, Sampling
+from agentflan.models.engines import Engine
 from agentflan.schema import Trajectory
 
 log = logging.getLogger(__name__)
@@ -450,7 +450,7 @@ class Server:
         self.names = (self.model_name, *[a for a in aliases if a != self.model_name])
         self.limits = limits or Limits()
         info = getattr(engine, "info", None)
-        candidates = [p for p in info.episode_protocols(None) if not p.startswith("agentinstruct:")] if info else []
+        candidates = [p for p in info.episode_protocols(None) if get_protocol(p).task is None] if info else []
         self.default_protocol = protocol or (candidates[0] if candidates else "native")
         self.template = getattr(engine, "template", None)
         resolved = get_protocol(self.default_protocol, self.template)  # fail at start on a bad name
@@ -515,8 +515,8 @@ class Server:
             raise HTTPError(400, str(e), param="protocol") from e
         if not proto.episodic:
             raise HTTPError(400, f"protocol {proto.name!r} answers single steps only", param="protocol")
-        if name.startswith("agentinstruct:"):
-            traj.tags["task"] = name.split(":", 1)[1]
+        if proto.task is not None:  # a dialect's conversation: its environment's prompt and parser
+            traj.tags["task"] = proto.task
         return proto
 
     def prepare(self, body: dict[str, Any]) -> Job:

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from agentflan.cli.main import cli
 from agentflan.envs.toolapi import HELDOUT_TOOLS, TRAIN_TOOLS
 from agentflan.eval import agent_h
-from agentflan.eval.driver import drive
-from agentflan.eval.engines import ScriptedEngine
 from agentflan.eval.runlog import exchange
 from agentflan.formats.protocols import Completion, conversation_key, get_protocol
+from agentflan.models.driver import drive
+from agentflan.models.engines import ScriptedEngine
 
 
 def _item(kind: str):

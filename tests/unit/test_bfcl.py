@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from agentflan.cli.main import cli
 from agentflan.errors import ParseError
 from agentflan.eval import bfcl
-from agentflan.eval.driver import drive
-from agentflan.eval.engines import ScriptedEngine
 from agentflan.eval.runlog import exchange
 from agentflan.formats.protocols import conversation_key, get_protocol
 from agentflan.formats.pycall import decode_calls
+from agentflan.models.driver import drive
+from agentflan.models.engines import ScriptedEngine
 
 AREA = {"name": "calc.area", "description": "Area of a shape.", "parameters": {"type": "dict", "properties": {
     "base": {"type": "integer", "description": "base"}, "height": {"type": "float", "description": "height"},
@@ -245,7 +245,7 @@ def test_expert_calibration_on_real_bfcl_data_when_fetched(tmp_path, monkeypatch
 def test_bfcl_protocol_round_trip_and_expert_calibration(tmp_path):
     """What `render` writes for calls, `parse` reads back; the expert (gold replies rendered by the
     protocol) passes every item: prompts at evaluation equal the rendering of the gold conversation."""
-    from agentflan.formats.pycall import BFCLProtocol
+    from agentflan.formats.protocols import BFCLProtocol
     from agentflan.schema import AssistantMessage, ToolCall
 
     it = item("parallel", [F, AREA], [{"f": {"a": [1]}}, {"calc.area": {"base": [2], "height": [1.5]}}])

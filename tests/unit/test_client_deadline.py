@@ -11,8 +11,8 @@ import pytest
 
 from agentflan.client import ClientConfig, EmptyReply, OpenAIClient, RequestError
 from agentflan.envs import get_env
-from agentflan.eval.engines import OpenAIEngine
 from agentflan.eval.envs import model_agent, run_env
+from agentflan.models.engines import OpenAIEngine
 
 REPLY = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Final Answer: 42"},
                                  "finish_reason": "stop"}]}).encode()

@@ -17,9 +17,9 @@ from agentflan.cli.main import cli
 from agentflan.client import ClientConfig, OpenAIClient, RequestError
 from agentflan.envs import get_env
 from agentflan.envs.base import ExpertPolicy, Task, run_episode
-from agentflan.eval.engines import OpenAIEngine, ScriptedEngine
 from agentflan.eval.envs import model_agent, read_log, rescore, run_env
 from agentflan.formats.protocols import Prompt, conversation_key, get_protocol
+from agentflan.models.engines import OpenAIEngine, ScriptedEngine
 from agentflan.schema import AssistantMessage, Trajectory
 
 
@@ -214,7 +214,7 @@ def test_dead_endpoint_in_env_play_is_an_error(tmp_path):
 def test_context_limit_ends_an_episode_as_a_failure():
     from agentflan.client import ContextLimitError
     from agentflan.envs.base import play
-    from agentflan.eval.driver import drive
+    from agentflan.models.driver import drive
 
     task = get_env("toolapi").generate(1, "heldout", 0)[0]
     engine = ScriptedEngine(respond=lambda p: ContextLimitError("too long", url="x", status=400))
@@ -239,7 +239,7 @@ def test_transcripts_keep_every_generated_text(tmp_path):
 def test_prefix_cached_decoding_equals_generate():
     """The lockstep decoder with a prefix cache generates exactly what `model.generate` does."""
     torch = pytest.importorskip("torch")
-    from agentflan.eval.decode import PrefixCache, greedy
+    from agentflan.models.decode import PrefixCache, greedy
     from agentflan.training.models import tiny_model
 
     torch.manual_seed(0)

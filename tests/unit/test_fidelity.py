@@ -17,8 +17,9 @@ from agentflan.formats.agent_text import FINAL_ACTIONS
 from agentflan.formats.neutral import TOOL_SYSTEM, neutral_view, request_of
 from agentflan.formats.protocols import AGENTBENCH_DB_PROMPT, ReactProtocol, get_protocol, parse_react_reply
 from agentflan.io import read
+from agentflan.overrides import apply_overrides
 from agentflan.pipeline.build import build
-from agentflan.pipeline.recipe import MixConfig, apply_overrides, load_recipe, packaged_recipes
+from agentflan.pipeline.recipe import MixConfig, load_recipe, packaged_recipes
 from agentflan.schema import AssistantMessage, SystemMessage, Trajectory, UserMessage
 from agentflan.tokens import approx_tokens
 from tests.helpers import agentinstruct_db_records, write_jsonl

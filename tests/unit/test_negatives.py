@@ -192,7 +192,7 @@ def test_tflan_negatives_choose_no_tool_as_the_positives_do(data):
 
 def test_negative_renderings_are_what_serving_plays(toolapi, monkeypatch):
     """Parity: a rendered negative is what the protocol's harness shows and reads at serving."""
-    from agentflan.eval.engines import ScriptedEngine
+    from agentflan.models.engines import ScriptedEngine
 
     pairs = []
     real = neg._Renderer.__call__

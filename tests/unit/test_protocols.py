@@ -14,8 +14,6 @@ torch = pytest.importorskip("torch", reason="training extras not installed (pip 
 
 from agentflan.envs import get_env  # noqa: E402
 from agentflan.envs.base import ExpertPolicy, Task, play, run_episode  # noqa: E402
-from agentflan.eval.driver import drive  # noqa: E402
-from agentflan.eval.engines import ScriptedEngine  # noqa: E402
 from agentflan.formats.agent_text import FormatSpec  # noqa: E402
 from agentflan.formats.protocols import (  # noqa: E402
     Completion,
@@ -27,6 +25,8 @@ from agentflan.formats.protocols import (  # noqa: E402
 from agentflan.formats.templates import AgentFlanTemplate, HFTemplate, get_template  # noqa: E402
 from agentflan.io.readers.toolbench import ToolBenchReader  # noqa: E402
 from agentflan.io.writers.agent import ToolBenchAnswerWriter  # noqa: E402
+from agentflan.models.driver import drive  # noqa: E402
+from agentflan.models.engines import ScriptedEngine  # noqa: E402
 from agentflan.schema import AssistantMessage, ToolMessage, Trajectory  # noqa: E402
 from agentflan.training.masking import encode, prompt_ids  # noqa: E402
 from agentflan.training.models import tiny_tokenizer  # noqa: E402

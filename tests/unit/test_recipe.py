@@ -6,7 +6,8 @@ from click.testing import CliRunner
 
 from agentflan.cli.main import cli
 from agentflan.errors import ConfigError
-from agentflan.pipeline.recipe import apply_overrides, load_recipe, packaged_recipes
+from agentflan.overrides import apply_overrides
+from agentflan.pipeline.recipe import load_recipe, packaged_recipes
 
 
 @pytest.mark.parametrize("name", sorted(packaged_recipes()))

@@ -20,11 +20,12 @@ torch = pytest.importorskip("torch", reason="training extras not installed")
 
 from agentflan.client import ClientConfig  # noqa: E402
 from agentflan.envs import get_env  # noqa: E402
-from agentflan.eval.engines import HFEngine, OpenAIEngine, ScriptedEngine  # noqa: E402
 from agentflan.eval.envs import model_agent, read_log, run_env  # noqa: E402
 from agentflan.formats.templates import get_template  # noqa: E402
+from agentflan.models.engines import HFEngine, OpenAIEngine, ScriptedEngine  # noqa: E402
+from agentflan.models.info import ModelInfo  # noqa: E402
 from agentflan.serve import Server, create_app  # noqa: E402
-from agentflan.training.models import INFO_FILE, ModelInfo, tiny_model, tiny_tokenizer  # noqa: E402
+from agentflan.training.models import INFO_FILE, tiny_model, tiny_tokenizer  # noqa: E402
 from tests.unit.test_eval import _prompt_pairs, oracle  # noqa: E402
 
 

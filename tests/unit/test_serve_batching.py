@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("fastapi", reason="serving extras not installed (pip install 'agentflan[serve]')")
 pytest.importorskip("torch", reason="training extras not installed")
 
-from agentflan.eval.batching import Row, Sampling
-from agentflan.eval.engines import HFEngine
 from agentflan.formats.protocols import Prompt
+from agentflan.models.batching import Row, Sampling
+from agentflan.models.engines import HFEngine
 from agentflan.schema import UserMessage
 from agentflan.serve import Limits
 from agentflan.training.models import tiny_model, tiny_tokenizer

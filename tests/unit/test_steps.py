@@ -8,10 +8,11 @@ import pytest
 
 from agentflan.formats.agent_text import FormatSpec, parse_step, random_spec, render_step
 from agentflan.io import read
-from agentflan.pipeline.base import STEPS, StepConfig, StepContext, unit
+from agentflan.pipeline.base import STEPS, StepConfig, StepContext
 from agentflan.pipeline.steps.balance import BalanceConfig, BalanceStep
 from agentflan.samples import episodes
 from agentflan.schema import AssistantMessage, Trajectory
+from agentflan.seeds import unit
 from tests.helpers import run_steps as _run
 
 

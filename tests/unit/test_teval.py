@@ -314,8 +314,8 @@ def test_expert_calibration_every_variant(tmp_path):
 
 
 def test_model_run_sends_the_released_prompt_and_cuts_the_reply(tmp_path):
-    from agentflan.eval.engines import ScriptedEngine
     from agentflan.eval.suites import run_suite
+    from agentflan.models.engines import ScriptedEngine
 
     path = _write(tmp_path, "review_str_v1.json", {"a": review_datum("B"), "b": review_datum("A")})
     engine = ScriptedEngine(texts=["Answer: B<|im_end|>junk", "Answer: C\nuser: more"])

@@ -149,7 +149,7 @@ def _protocols(model_dir: str) -> dict[str, list[str]]:
     """The protocol an arm is played in per environment: its most trained one, except that db is
     played in AgentBench's own dialect when the arm was trained on it (the held-in task's exact
     prompt, as the paper evaluates it)."""
-    from agentflan.training.models import ModelInfo
+    from agentflan.models.info import ModelInfo
 
     info = ModelInfo.load(model_dir)
     out = {}

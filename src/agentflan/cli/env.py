@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from agentflan.cli.evaluate import SEED, db_engine_option, engine_options
 from agentflan.errors import ConfigError, PartialResult
-
-if TYPE_CHECKING:
-    pass
 
 
 @click.group("env")
@@ -82,6 +78,7 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
     from agentflan.envs import get_env
     from agentflan.envs.base import Agent, Episode, RandomPolicy, ReplayPolicy, play
     from agentflan.eval.envs import agentbench_task, make_env
+    from agentflan.formats.protocols import Prompt
     from agentflan.render import render_text
 
     info = get_env(name)
@@ -109,29 +106,24 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
             raise ConfigError(f"--index {index}: {replay_file} has fewer than {index + 1} records")
         agent = ReplayPolicy(found)
     else:
-        from agentflan.cli.evaluate import default_protocols, make_engine
+        from agentflan.cli.evaluate import engine_from_options
         from agentflan.formats.protocols import get_protocol
+        from agentflan.models.engines import EngineOptions, episode_protocols
 
         if policy == "local" and not model:
             raise click.UsageError("--policy local needs --model FOLDER (e.g. runs/x/final or runs/x/merged)")
         if policy == "model" and (not base_url or not model):
             raise click.UsageError("--policy model needs --base-url and --model")
-        engine = make_engine(model, base_url if policy == "model" else None,
-                             engine_name if engine_name != "auto" else ("openai" if policy == "model" else "hf"),
-                             batch_size=1, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-                             concurrency=1, timeout_s=timeout_s, retries=retries)
-        agent = get_protocol(default_protocols(engine, name, protocols)[0], getattr(engine, "template", None))
-    gen = play(make_env(name, db_engine), task, agent)
-    last_prompt = None
-    try:
-        prompt = next(gen)
-        while True:
-            assert engine is not None
-            last_prompt = prompt
-            out = engine.generate([prompt])[0]
-            prompt = gen.throw(out) if isinstance(out, Exception) else gen.send(out)
-    except StopIteration as stop:
-        episode: Episode = stop.value
+        engine = engine_from_options(EngineOptions(
+            engine_name if engine_name != "auto" else ("openai" if policy == "model" else "hf"), model,
+            base_url if policy == "model" else None, batch_size=1, max_new_tokens=max_new_tokens, device=device,
+            dtype=dtype, concurrency=1, timeout_s=timeout_s, retries=retries))
+        agent = get_protocol(episode_protocols(engine, name, protocols)[0], getattr(engine, "template", None))
+    from agentflan.models.driver import drive
+
+    prompts: list[Prompt] = []  # the episode's prompts, one per round (--show-prompt shows the last)
+    episode: Episode = drive([play(make_env(name, db_engine), task, agent)], engine, on_prompts=prompts.extend)[0]
+    last_prompt = prompts[-1] if prompts else None
     click.echo(render_text(episode.trajectory, max_chars=1500))
     for k, a in enumerate(episode.actions):
         if a["kind"] == "unparseable" or a["flags"]:

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from agentflan.errors import EXIT_PARTIAL, AgentflanError, ConfigError, RunFailed
+from agentflan.errors import EXIT_PARTIAL, ConfigError, RunFailed
+from agentflan.models.engines import ENGINES, EngineOptions, episode_protocols, make_engine
 
 SEED = click.IntRange(0, 2**32 - 1)
 """A seed: what numpy and torch accept (`agentflan train` seeds both with it)."""
@@ -21,7 +22,7 @@ def engine_options(f: Any) -> Any:
     for opt in reversed([
         click.option("--model", "model", help="A model folder (local engine), or the model name at --base-url."),
         click.option("--base-url", help="An OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
-        click.option("--engine", "engine_name", type=click.Choice(["auto", "hf", "openai", "vllm"]), default="auto",
+        click.option("--engine", "engine_name", type=click.Choice(["auto", *ENGINES.names()]), default="auto",
                      show_default=True, help="auto: openai with --base-url, else hf."),
         click.option("--protocol", "protocols", multiple=True,
                      help="Protocol(s) to prompt in (default: those the model was trained with; `native` for a "
@@ -45,31 +46,12 @@ def db_engine_option(f: Any) -> Any:
                              "mariadb-server; pip install 'agentflan[mysql]'), as AgentBench runs on MySQL.")(f)
 
 
-def make_engine(model: str | None, base_url: str | None, engine_name: str, *, batch_size: int, max_new_tokens: int,
-                device: str, dtype: str, concurrency: int, timeout_s: float, retries: int,
-                cache: str | None = None) -> Any:
-    from agentflan.eval.engines import HFEngine, OpenAIEngine, VLLMEngine
-
-    kind = engine_name if engine_name != "auto" else ("openai" if base_url else "hf")
-    if kind == "openai":
-        if not base_url or not model:
-            raise click.UsageError("an endpoint needs --base-url and --model (the model name it serves)")
-        from agentflan.client import ClientConfig
-
-        return OpenAIEngine(ClientConfig(base_url=base_url, model=model, concurrency=concurrency, timeout_s=timeout_s,
-                                         retries=retries, cache=cache), max_tokens=max_new_tokens)
-    if not model:
-        raise click.UsageError("--model FOLDER is required (a folder `agentflan train` wrote, e.g. runs/x/merged)")
-    if kind == "vllm":
-        return VLLMEngine(model, max_new_tokens=max_new_tokens)
-    return HFEngine(model, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, dtype=dtype)
-
-
-def default_protocols(engine: Any, env: str, chosen: tuple[str, ...]) -> list[str]:
-    if chosen:
-        return list(chosen)
-    info = getattr(engine, "info", None)
-    return info.episode_protocols(env) if info is not None else ["native"]
+def engine_from_options(options: EngineOptions) -> Any:
+    """`models.make_engine`, with a missing option reported as a usage error (exit status 2)."""
+    problem = options.problem()
+    if problem is not None:
+        raise click.UsageError(problem)
+    return make_engine(options)
 
 
 @click.command("eval")
@@ -118,12 +100,9 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
     unknown = [s for s in suites if s not in (*ENV_SUITES, *SUITES)]
     if unknown:
         raise click.UsageError(f"unknown suite(s) {', '.join(unknown)} (known: {', '.join((*ENV_SUITES, *SUITES))})")
-    try:
-        code = _run_eval(suites, model, base_url, engine_name, protocols, batch_size, max_new_tokens, device, dtype,
-                         concurrency, timeout_s, retries, policy, count, split, seed, tasks_file, max_steps, output,
-                         not no_resume, db_engine, predictions)
-    except AgentflanError as e:
-        raise click.ClickException(str(e)) from e
+    code = _run_eval(suites, model, base_url, engine_name, protocols, batch_size, max_new_tokens, device, dtype,
+                     concurrency, timeout_s, retries, policy, count, split, seed, tasks_file, max_steps, output,
+                     not no_resume, db_engine, predictions)
     if code:
         sys.exit(code)
 
@@ -142,7 +121,7 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
     from agentflan.eval.envs import load_tasks, model_agent, run_env, scripted_agent
     from agentflan.eval.suites import SUITES, chart, run_suite, safe_name, table
     from agentflan.io.files import write_atomic
-    from agentflan.pipeline.build import versions
+    from agentflan.versions import versions
 
     name = policy if policy != "model" else safe_name(Path(model or "model").name if not base_url else f"{model}")
     if policy == "model" and not base_url and model and Path(model).name in ("final", "merged"):
@@ -154,9 +133,9 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
     out = output or Path("out/eval") / name
     engine = None
     if policy == "model" and predictions is None:  # an endpoint's answers are cached in the output folder
-        engine = make_engine(model, base_url, engine_name, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             device=device, dtype=dtype, concurrency=concurrency, timeout_s=timeout_s, retries=retries,
-                             cache=str(out / "requests.jsonl"))
+        engine = engine_from_options(EngineOptions(
+            engine_name, model, base_url, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
+            dtype=dtype, concurrency=concurrency, timeout_s=timeout_s, retries=retries, cache=str(out / "requests.jsonl")))
     plan: list[tuple[str, str, list[Any]]] = []
     for env in suites:
         if env in SUITES:
@@ -165,7 +144,7 @@ def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, 
         tasks = load_tasks(env, split=split, n=(suite_counts or {}).get(env, count), seed=seed,
                            tasks_file=tasks_file if env == "db" else None)
         chosen = tuple((suite_protocols or {}).get(env, protocols))
-        for proto_name in (default_protocols(engine, env, chosen) if engine is not None else [policy]):
+        for proto_name in (episode_protocols(engine, env, chosen) if engine is not None else [policy]):
             plan.append((env, proto_name, tasks))
     runs: list[Any] = []
     base_config = {"model": model, "base_url": base_url, "policy": policy, "split": split, "seed": seed,
@@ -272,11 +251,8 @@ def score_cmd(paths: tuple[Path, ...], output: Path | None, as_json: bool, basel
     from agentflan.eval.suites import chart, rescore_logs, table
     from agentflan.eval.suites import paired as pair_runs
 
-    try:
-        scored, mismatches = rescore_logs(find_logs(paths), warn=lambda line: click.echo(line, err=True))
-        rows = [] if no_paired else pair_runs(scored, baseline)
-    except AgentflanError as e:
-        raise click.ClickException(str(e)) from e
+    scored, mismatches = rescore_logs(find_logs(paths), warn=lambda line: click.echo(line, err=True))
+    rows = [] if no_paired else pair_runs(scored, baseline)
     summaries = [s.summary for s in scored]
     text = table(summaries)
     if rows:

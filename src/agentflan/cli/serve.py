@@ -83,7 +83,7 @@ def serve(model: Path, host: str, port: int, protocol: str | None, model_names: 
     require("uvicorn", "serve")
     import uvicorn
 
-    from agentflan.eval.engines import HFEngine
+    from agentflan.models.engines import HFEngine
     from agentflan.serve import Limits, Server, create_app
 
     sock = listen_socket(host, port)

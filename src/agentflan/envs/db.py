@@ -40,12 +40,19 @@ import json
 import re
 import sqlite3
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from agentflan.envs.base import Environment, Task, Verdict
+from agentflan.envs.db_engine import (
+    Engine,
+    Result,
+    TableBuildError,
+    TableStateError,
+    check_widths,
+    quote_name,
+    table_rows,
+)
 from agentflan.errors import ConfigError
 from agentflan.formats.agentinstruct import DIALECTS
 from agentflan.formats.neutral import TASK_STATEMENTS
@@ -62,15 +69,6 @@ GROUP_CONCAT_MAX_LEN = 1024
 at most ~170 rows; longer concatenations are cut there before the md5, silently, by MySQL."""
 
 
-def _q(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def table_rows(table: dict[str, Any]) -> list[list[str]]:
-    """The rows as AgentBench inserts them: every value as `str(v)`."""
-    return [[str(v) for v in row] for row in table["rows"]]
-
-
 def agentbench_hash(rows: Sequence[Sequence[Any]]) -> str:
     """AgentBench's table hash of `rows` (values as the database returns them), as
     `str(cursor.fetchall())` prints it: `[('<md5>',)]`, or `[(None,)]` for an empty table."""
@@ -85,7 +83,7 @@ def agentbench_hash(rows: Sequence[Sequence[Any]]) -> str:
 
 def table_hash(conn: sqlite3.Connection, table: str, columns: list[str]) -> str:
     """AgentBench's table hash of a SQLite table (see `agentbench_hash`)."""
-    return agentbench_hash(conn.execute(f"SELECT {', '.join(_q(c) for c in columns)} FROM {_q(table)}").fetchall())
+    return agentbench_hash(conn.execute(f"SELECT {', '.join(quote_name(c) for c in columns)} FROM {quote_name(table)}").fetchall())
 
 
 # ---- SELECT scoring, AgentBench's rules ----------------------------------------------------------
@@ -241,58 +239,9 @@ def submitted_answer(transcript: list[Message], final_tool: str = "answer") -> t
 
 # ---- engines -------------------------------------------------------------------------------------
 
-@dataclass
-class Result:
-    """What one statement did: rows (SELECT-like) or a row count, or an error message."""
-
-    rows: list[tuple[Any, ...]] | None = None
-    more: bool = False
-    """More rows than were fetched."""
-    rowcount: int = 0
-    error: str | None = None
-
-
-class TableBuildError(Exception):
-    """The engine refused the task's table; the episode fails with this reason."""
-
-
-class TableStateError(Exception):
-    """The task's table cannot be hashed any more (the agent dropped or renamed it, or a column):
-    the episode fails with this reason, as AgentBench scores it 0 (its hash query errors)."""
-
-
-class Engine(ABC):
-    """One throw-away database holding one task's table."""
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def build(self, table: dict[str, Any]) -> None:
-        """Create the table (all TEXT) and insert its rows as `str(v)`; `TableBuildError` if refused."""
-
-    @abstractmethod
-    def execute(self, sql: str, max_rows: int, time_limit_s: float) -> Result:
-        """Run one statement for the agent; errors come back in `Result.error`."""
-
-    @abstractmethod
-    def table_hash(self, table: str, columns: list[str]) -> str:
-        """AgentBench's hash of the table's current state; `TableStateError` if it cannot be read."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Drop the database."""
-
-
 def _create_sql(table: dict[str, Any], collate: str = "") -> str:
-    return f"CREATE TABLE {_q(table['name'])} (" + ", ".join(f"{_q(c['name'])} TEXT{collate}"
+    return f"CREATE TABLE {quote_name(table['name'])} (" + ", ".join(f"{quote_name(c['name'])} TEXT{collate}"
                                                          for c in table["columns"]) + ")"
-
-
-def _check_widths(table: dict[str, Any]) -> None:
-    width = len(table["columns"])
-    for i, row in enumerate(table["rows"]):
-        if len(row) != width:
-            raise TableBuildError(f"row {i} has {len(row)} values for {width} columns")
 
 
 class SQLiteEngine(Engine):
@@ -315,11 +264,11 @@ class SQLiteEngine(Engine):
     def build(self, table: dict[str, Any]) -> None:
         from agentflan.envs.db_dialect import COLLATION
 
-        _check_widths(table)
+        check_widths(table)
         try:
             self.conn.execute(_create_sql(table, f" COLLATE {COLLATION}"))
             marks = ", ".join("?" for _ in table["columns"])
-            self.conn.executemany(f"INSERT INTO {_q(table['name'])} VALUES ({marks})", table_rows(table))
+            self.conn.executemany(f"INSERT INTO {quote_name(table['name'])} VALUES ({marks})", table_rows(table))
             self.conn.commit()
         except sqlite3.Error as e:
             raise TableBuildError(f"sqlite: {e}") from e
@@ -510,10 +459,10 @@ def repair_wikisql(query: str, columns: list[str], table: str) -> str:
         >>> repair_wikisql("SELECT A FROM 'My T' WHERE A = 'x'", ["A"], "My T")
         "SELECT `A` FROM `My T` WHERE `A` = 'x'"
     """
-    out = re.sub(r'"([^"]+)"', lambda m: _q(m.group(1)), query)
-    out = re.sub(r"(?i)\b(FROM|JOIN)\s+'([^']+)'", lambda m: f"{m.group(1)} {_q(m.group(2))}", out)
+    out = re.sub(r'"([^"]+)"', lambda m: quote_name(m.group(1)), query)
+    out = re.sub(r"(?i)\b(FROM|JOIN)\s+'([^']+)'", lambda m: f"{m.group(1)} {quote_name(m.group(2))}", out)
     for col in sorted(columns, key=len, reverse=True):
-        out = re.sub(rf"(?<![`\w]){re.escape(col)}(?![`\w])", _q(col).replace("\\", "\\\\"), out)
+        out = re.sub(rf"(?<![`\w]){re.escape(col)}(?![`\w])", quote_name(col).replace("\\", "\\\\"), out)
     return out.rstrip().rstrip(";")
 
 
@@ -589,12 +538,12 @@ def derive_select_sql(task: Task, engine_name: str = "sqlite") -> str | None:
         elif kind.startswith("aggregation-"):
             func = kind.split("-", 1)[1]
             # DOUBLE: a CAST type of MySQL 8 and MariaDB (REAL is not MariaDB's), SQLite's REAL once translated
-            targets = [f"{func}(CAST({_q(c)} AS DOUBLE))" for c in cols_ranked]
+            targets = [f"{func}(CAST({quote_name(c)} AS DOUBLE))" for c in cols_ranked]
         else:  # other, comparison, ranking: a column of the matching rows
-            targets = [_q(c) for c in cols_ranked]
-        t = _q(table["name"])
+            targets = [quote_name(c) for c in cols_ranked]
+        t = quote_name(table["name"])
         for cond in conds:
-            where = " AND ".join(f"{_q(c)} = {mysql_string(v)}" for c, v in cond)
+            where = " AND ".join(f"{quote_name(c)} = {mysql_string(v)}" for c, v in cond)
             for target in targets:
                 sql = f"SELECT {target} FROM {t} WHERE {where}"
                 if matches(sql):

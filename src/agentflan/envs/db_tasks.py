@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentflan.envs.base import Expert, Task
-from agentflan.envs.db import DB_TOOLS, SQLiteEngine, _q
+from agentflan.envs.db import DB_TOOLS, SQLiteEngine
+from agentflan.envs.db_engine import quote_name
 from agentflan.formats.tflan import pick
 from agentflan.schema import AssistantMessage, ToolCall
+from agentflan.seeds import task_rng
 
 _FIRST = ["Ana", "Bilal", "Chen", "Dara", "Elif", "Femi", "Goran", "Hana", "Ivo", "Jun", "Kemal", "Lina", "Mato",
           "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sami", "Tove"]
@@ -89,7 +91,7 @@ def _pick(rows: list[list[Any]], i: int, rng: random.Random, changes: Callable[[
 
 
 def _t(schema: str) -> str:
-    return _q(SCHEMAS[schema].name)
+    return quote_name(SCHEMAS[schema].name)
 
 
 TEMPLATES = [
@@ -188,14 +190,14 @@ def _run(engine: SQLiteEngine, sql: str) -> list[tuple[Any, ...]]:
 
 
 def generate(n: int, split: str, seed: int = 0) -> list[Task]:
-    rng = random.Random(seed * 7919 + SPLIT_SEED[split])
+    rng = task_rng(seed, SPLIT_SEED[split])
     templates = [t for t in TEMPLATES if t.split == split]
     tasks = []
     for i in range(n):
         tpl = templates[i % len(templates)]
         schema = SCHEMAS[tpl.schema]
         rows = [schema.row(rng, k) for k in range(rng.randint(8, 25))]
-        question, sql, slots = tpl.make(rng, rows, _q(schema.name))
+        question, sql, slots = tpl.make(rng, rows, quote_name(schema.name))
         engine = _db(schema, rows)
         expected: dict[str, Any] = {"gold_sql": [sql]}
         if tpl.kind == "select":

@@ -44,7 +44,15 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agentflan.envs.db import Engine, Result, TableBuildError, TableStateError, _check_widths, _q, table_rows
+from agentflan.envs.db_engine import (
+    Engine,
+    Result,
+    TableBuildError,
+    TableStateError,
+    check_widths,
+    quote_name,
+    table_rows,
+)
 from agentflan.errors import AgentflanError, MissingDependencyError, require
 
 MYSQL8_SQL_MODE = ("ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
@@ -72,7 +80,7 @@ def server_binaries() -> tuple[str, str] | None:
 
 def _qp(name: str) -> str:
     """A quoted identifier for a statement with parameters: PyMySQL formats those with `%`, so it is doubled."""
-    return _q(name).replace("%", "%%")
+    return quote_name(name).replace("%", "%%")
 
 
 class MariaDBServer:
@@ -223,12 +231,12 @@ class MySQLEngine(Engine):
     def build(self, table: dict[str, Any]) -> None:
         import pymysql
 
-        _check_widths(table)
+        check_widths(table)
         name, cols = table["name"], [c["name"] for c in table["columns"]]
         rows = table_rows(table)
         try:
             with self.admin.cursor() as cur:
-                cur.execute(f"CREATE TABLE IF NOT EXISTS {_q(name)} ({','.join(f'{_q(c)} TEXT' for c in cols)})")
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {quote_name(name)} ({','.join(f'{quote_name(c)} TEXT' for c in cols)})")
                 if rows:
                     marks = ",".join("(" + ",".join(["%s"] * len(cols)) + ")" for _ in rows)
                     cur.execute(f"INSERT INTO {_qp(name)} ({','.join(_qp(c) for c in cols)}) VALUES {marks}",
@@ -280,12 +288,12 @@ class MySQLEngine(Engine):
         `str(cursor.fetchall())` prints it (a list of tuples)."""
         import pymysql
 
-        cols = ",".join(_q(c) for c in columns)
+        cols = ",".join(quote_name(c) for c in columns)
         try:
             with self.admin.cursor() as cur:
                 cur.execute("SET SESSION group_concat_max_len = 1024")
                 cur.execute(f"select md5(group_concat(rowhash order by rowhash)) as hash from( SELECT "
-                            f"substring(MD5(CONCAT_WS(',', {cols})), 1, 5) AS rowhash FROM {_q(table)}) "
+                            f"substring(MD5(CONCAT_WS(',', {cols})), 1, 5) AS rowhash FROM {quote_name(table)}) "
                             "as sub;")
                 return str(list(cur.fetchall()))
         except pymysql.err.MySQLError as e:  # the agent dropped or renamed the table (or its database)

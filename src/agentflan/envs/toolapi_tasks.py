@@ -31,6 +31,7 @@ from agentflan.envs.toolapi import (
     response,
 )
 from agentflan.formats.tflan import pick
+from agentflan.seeds import task_rng
 
 
 def _fmt(x: float) -> str:
@@ -423,7 +424,7 @@ def generate(n: int, split: str, seed: int = 0) -> list[Task]:
     kb = knowledge_base()
     groups = TRAIN_TOOLS if split == "train" else HELDOUT_TOOLS
     templates = [t for t in TEMPLATES if t.split == split]
-    rng = random.Random(seed * 7919 + SPLIT_SEED[split])
+    rng = task_rng(seed, SPLIT_SEED[split])
     apis = build_apis(kb, Inventory({}))
     tasks = []
     for i in range(n):

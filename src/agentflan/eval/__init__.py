@@ -1,4 +1,4 @@
-"""Evaluation: engines (local, endpoint, vLLM), lockstep driving, suites, logs and scores.
+"""Evaluation: suites, logs and scores, over the models layer (`agentflan.models`: engines, driving).
 
 `agentflan eval` plays held-out tasks of the executable environments with a model, under the
 protocol it was trained with, and the single-action suites (`agent_h`: hallucination, `steps`:

@@ -56,8 +56,8 @@ from agentflan.eval.runlog import Exchange, single_record
 from agentflan.eval.score import rate
 from agentflan.formats.protocols import Action, Protocol, parse_tool_call_text
 from agentflan.io.files import write_atomic
-from agentflan.pipeline.base import rng_for
 from agentflan.schema import AssistantMessage, Source, SystemMessage, ToolCall, ToolSpec, Trajectory, UserMessage
+from agentflan.seeds import rng_for
 
 SUITE = "agent-h"
 Kind = Literal["no_need", "no_tools", "insufficient", "control"]

@@ -568,7 +568,7 @@ def action_of_result(result: Any) -> Action:
     """The action a BFCL predictions `result` states: a string read as BFCL's Python syntax (an
     attempt that does not decode is unparseable, other text a plain answer), or a list of
     `{name: args}` (args an object or a JSON string), as function-calling handlers decode."""
-    from agentflan.formats.pycall import BFCLProtocol
+    from agentflan.formats.protocols import BFCLProtocol
 
     if isinstance(result, str):
         return BFCLProtocol().parse(result, _NO_TRAJECTORY)

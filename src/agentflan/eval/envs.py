@@ -11,7 +11,6 @@ by replaying the transcript's calls in a fresh environment (`rescore`), without 
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,13 @@ from agentflan.envs.base import (
     play,
 )
 from agentflan.errors import ConfigError
-from agentflan.eval.engines import Engine
 from agentflan.eval.runlog import read_log, run_logged
 from agentflan.eval.score import summarize
 from agentflan.formats.protocols import Protocol, get_protocol
 from agentflan.io.files import write_atomic
+from agentflan.models.engines import Engine
 from agentflan.schema import AssistantMessage, ToolMessage, Trajectory
+from agentflan.seeds import crc_seed
 
 ENV_SUITES = ("toolapi", "db")
 
@@ -147,7 +147,7 @@ def scripted_agent(policy: str, env: str, seed: int = 0, db_engine: str = "sqlit
             return lambda task: ExpertPolicy(expert_for(task, db_engine))
         return lambda task: ExpertPolicy(info.expert(task))
     if policy == "random":  # seeded per task: each episode draws differently, reproducibly
-        return lambda task: RandomPolicy(zlib.crc32(f"{seed}:{task.id}".encode()))
+        return lambda task: RandomPolicy(crc_seed(f"{seed}:{task.id}"))
     raise ConfigError(f"unknown policy {policy!r} (model, expert, random)")
 
 

@@ -31,11 +31,12 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from agentflan.seeds import crc_seed
 
 Z_ALPHA = 1.959964  # two-sided alpha 0.05
 Z_POWER = 0.841621  # power 0.8
@@ -168,22 +169,6 @@ def holm(ps: Sequence[float]) -> list[float]:
 
 # ---- runs and pairs -------------------------------------------------------------------------------------------
 
-def outcomes_of(run: str, records: Sequence[dict[str, Any]]) -> RunOutcomes | None:
-    """A run's per-item outcomes from its re-scored records (None when no record has a verdict)."""
-    from agentflan.eval.suites import group_of, outcomes
-
-    scored = [r for r in records if r.get("error") is None and r.get("verdict") is not None]
-    if not scored:
-        return None
-    first = scored[0]
-    out = RunOutcomes(run=run, group=group_of(first), protocol=str(first.get("protocol")))
-    for r in scored:
-        values = outcomes(r)
-        if values:
-            out.items[str(r.get("task_id"))] = values
-    return out
-
-
 def _pairs_of_protocols(a: list[RunOutcomes], b: list[RunOutcomes]) -> list[tuple[RunOutcomes, RunOutcomes]]:
     common = {x.protocol for x in a} & {y.protocol for y in b}
     if common:
@@ -192,7 +177,7 @@ def _pairs_of_protocols(a: list[RunOutcomes], b: list[RunOutcomes]) -> list[tupl
 
 
 def _rng(*key: str) -> random.Random:
-    return random.Random(zlib.crc32("\x1f".join(key).encode()))
+    return random.Random(crc_seed("\x1f".join(key)))
 
 
 def compare_cell(a: RunOutcomes, b: RunOutcomes, metric: str, stratum: str, group: str | None = None) -> Comparison | None:
@@ -267,9 +252,9 @@ def compare(a_runs: list[RunOutcomes], b_runs: list[RunOutcomes]) -> list[Compar
 
 def _group_order(g: str) -> tuple[int, str]:
     """Environments first, then the single-action suites (`agent-h/<style>`, `steps`, ...)."""
-    from agentflan.eval.suites import SUITES
+    from agentflan.envs import env_names
 
-    return (0 if "/" not in g and g not in SUITES else 1, g)
+    return (0 if g in env_names() else 1, g)
 
 
 def compare_runs(runs: dict[str, list[RunOutcomes]], baseline: str | None = None,

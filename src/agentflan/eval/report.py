@@ -25,8 +25,8 @@ from typing import Any
 
 from agentflan.eval import agent_h
 from agentflan.eval.score import pct
+from agentflan.io.charts import plot_curves, pyplot
 from agentflan.io.files import write_atomic, write_png
-from agentflan.training.report import plot_curves, pyplot
 
 
 @dataclass

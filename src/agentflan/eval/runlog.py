@@ -25,11 +25,11 @@ from typing import Any
 
 from agentflan.client import ContextLimitError, RequestError
 from agentflan.errors import ConfigError
-from agentflan.eval.driver import drive
-from agentflan.eval.engines import Engine, ScriptedEngine
 from agentflan.formats.protocols import Action, Completion, Prompt, Protocol
 from agentflan.io.files import write_atomic
 from agentflan.jsonlog import BadLine, read_records, repair_tail
+from agentflan.models.driver import drive
+from agentflan.models.engines import Engine, ScriptedEngine
 from agentflan.schema import AssistantMessage, Message, Trajectory
 
 LOG = "episodes.jsonl"
@@ -119,18 +119,21 @@ def run_logged(out: Path, config: dict[str, Any], ids: Sequence[str], start: Cal
             if progress is not None:
                 progress(1)
 
-        gens = (start(i) for i in todo)
-        if engine is None:  # scripted policies never prompt a model
-            for j, gen in enumerate(gens):
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    on_done(j, stop.value)
-                else:
-                    raise ConfigError("a model protocol needs an engine (--model or --base-url)")
-        else:
-            drive(gens, engine, on_done=on_done)
+        drive((start(i) for i in todo), engine, on_done=on_done)  # scripted policies: no engine
     return [done.get(key) or fresh[key] for key in ids], resumed
+
+
+@dataclass
+class SuiteRun:
+    """One logged run of a single-action suite (`eval.suites`): its records, how many were resumed
+    from the log, and its summary. Here, below the suites, so that each suite module can return it."""
+
+    suite: str
+    protocol: str
+    out: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+    resumed: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- one action per item ----------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def table(summaries: list[dict[str, Any]]) -> str:
 
 def chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     """Success (with standard errors) per run, grouped by environment, as a PNG."""
-    from agentflan.training.report import pyplot
+    from agentflan.io.charts import pyplot
 
     plt = pyplot()
     if plt is None:

@@ -20,15 +20,18 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentflan.errors import ConfigError
-from agentflan.eval.runlog import exchange, oracle_engine, run_logged
+from agentflan.eval.runlog import SuiteRun, exchange, oracle_engine, run_logged
 from agentflan.formats.protocols import Protocol, conversation_key, get_protocol
 from agentflan.io.files import write_atomic, write_png
+
+if TYPE_CHECKING:
+    from agentflan.eval.paired import RunOutcomes
 
 SUITES = ("agent-h", "steps", "bfcl", "teval")
 BFCL_FILES = ("BFCL_v4_simple_python.json", "BFCL_v4_multiple.json", "BFCL_v4_parallel.json",
@@ -43,16 +46,6 @@ predictions file is scored against those of them that are there."""
 def bfcl_data_dir() -> Path:
     """Where `bench/fetch_bfcl.py` puts BFCL's data (`AGENTFLAN_BFCL_DATA`, default ~/.cache/agentflan/bfcl)."""
     return Path(os.environ.get("AGENTFLAN_BFCL_DATA", Path.home() / ".cache" / "agentflan" / "bfcl"))
-
-
-@dataclass
-class SuiteRun:
-    suite: str
-    protocol: str
-    out: Path
-    records: list[dict[str, Any]] = field(default_factory=list)
-    resumed: int = 0
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def safe_name(name: str) -> str:
@@ -346,6 +339,22 @@ def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
     return dict(of(rec)) if of is not None else {}
 
 
+def outcomes_of(run: str, records: Sequence[dict[str, Any]]) -> RunOutcomes | None:
+    """A run's per-item outcomes from its re-scored records (None when no record has a verdict)."""
+    from agentflan.eval.paired import RunOutcomes
+
+    scored = [r for r in records if r.get("error") is None and r.get("verdict") is not None]
+    if not scored:
+        return None
+    first = scored[0]
+    out = RunOutcomes(run=run, group=group_of(first), protocol=str(first.get("protocol")))
+    for r in scored:
+        values = outcomes(r)
+        if values:
+            out.items[str(r.get("task_id"))] = values
+    return out
+
+
 def paired(scored: list[ScoredLog], baseline: str | None = None,
            pairs: list[tuple[str, str]] | None = None) -> list[Any]:
     """The paired comparisons (`eval.paired.compare_runs`) of the re-scored logs' runs, in the order
@@ -354,7 +363,7 @@ def paired(scored: list[ScoredLog], baseline: str | None = None,
 
     runs: dict[str, list[pairing.RunOutcomes]] = {}
     for s in scored:
-        got = pairing.outcomes_of(s.run, s.records)
+        got = outcomes_of(s.run, s.records)
         if got is not None:
             runs.setdefault(s.run, []).append(got)
     if baseline is not None and baseline not in runs:
@@ -380,7 +389,7 @@ def table(summaries: list[dict[str, Any]]) -> str:
 def chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     """One PNG: environment success, per-capability bars (steps, BFCL categories, Agent-H kinds) and
     HScore against over-refusal, one panel per suite present."""
-    from agentflan.training.report import pyplot
+    from agentflan.io.charts import pyplot
 
     plt = pyplot()
     if plt is None:

@@ -591,8 +591,7 @@ def run(*, engine: Any, policy: str, tasks_file: Path | None, variant: str | Non
         progress: Callable[[str, int], Callable[[int], None]], predictions: Path | None = None) -> list[Any]:
     """`agentflan eval teval`: a model (or the `expert` gold replies) on a T-Eval file, or a
     predictions file scored as it is; one logged run folder `OUTPUT/teval-<variant>/`."""
-    from agentflan.eval.runlog import run_logged
-    from agentflan.eval.suites import SuiteRun
+    from agentflan.eval.runlog import SuiteRun, run_logged
 
     if predictions is not None:
         var, items = load_file(predictions, variant, predictions=True)

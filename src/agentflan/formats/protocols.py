@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
@@ -63,6 +62,14 @@ from agentflan.formats.agent_text import (
 )
 from agentflan.formats.agentinstruct import DIALECTS
 from agentflan.formats.neutral import neutral_view, request_of
+from agentflan.formats.pycall import (
+    SYSTEM_PROMPT,
+    attempts_call,
+    bfcl_decodes,
+    decode_calls,
+    function_docs,
+    render_calls,
+)
 from agentflan.formats.react import (
     DEFAULT_BRACKET_ARGS,
     OBSERVATION_PREFIX,
@@ -95,6 +102,7 @@ from agentflan.schema import (
     Trajectory,
     UserMessage,
 )
+from agentflan.seeds import text_rng
 
 API_LIST_MARKER = "Specifically, you have access to the following APIs:"
 
@@ -163,6 +171,11 @@ class Protocol(ABC):
     """False for protocols that state one step and no final answer (`instruct:*`)."""
     stops: tuple[str, ...] = ()
     """Observation markers a reply must not write (see `Prompt.stop`)."""
+    task: str | None = None
+    """The one environment this protocol's prompts fit (an AgentInstruct dialect's task); None: any."""
+    plays_envs: ClassVar[bool] = True
+    """False when its actions fit none of our environments (FireAct's HotpotQA brackets) or it
+    resolves per trajectory (`source`): never chosen to play an episode."""
 
     @abstractmethod
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
@@ -367,7 +380,7 @@ class ReactProtocol(TextProtocol):
     def spec_for(self, key: str) -> FormatSpec:
         if self.spec is not None:
             return self.spec
-        return random_spec(random.Random(int(hashlib.sha256(key.encode()).hexdigest()[:12], 16)), self.styles)
+        return random_spec(text_rng(key), self.styles)
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
         return render_with_spec(neutral_view(traj), self.spec_for(key))
@@ -437,6 +450,7 @@ class FireActProtocol(TextProtocol):
     """HotpotQA ReAct as FireAct wrote it: `Action: search[...]`, `Observation: ...`."""
 
     name = "fireact"
+    plays_envs = False  # HotpotQA's one-argument actions fit no environment here
     stops = (f"\n{OBSERVATION_KEY}:",)
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
@@ -486,6 +500,8 @@ ACK = "Ok."
 class DialectProtocol(TextProtocol):
     """An AgentInstruct/AgentBench task's own conversation: its instruction as the first user turn,
     acknowledged ("Ok.", untrained), then actions in the task's dialect and raw results."""
+
+    task: str
 
     def __init__(self, task: str) -> None:
         if task not in DIALECTS:
@@ -545,6 +561,7 @@ class SourceProtocol(Protocol):
     dialect, FireAct's brackets, or ToolBench's ToolLLaMA. Resolves per trajectory (`for_traj`)."""
 
     name = "source"
+    plays_envs = False
 
     def for_traj(self, traj: Trajectory) -> TextProtocol:
         task = traj.tags.get("task")
@@ -677,7 +694,7 @@ INSTRUCT_FORMATS = {"json": InstructFormat("json", "name", "arguments"),
 
 def random_instruct_format(style: Literal["json", "string"], key: str) -> InstructFormat:
     """The format a `:random` instruct protocol draws for `key` (the release varies key names)."""
-    rng = random.Random(int(hashlib.sha256(f"instruct\x1f{key}".encode()).hexdigest()[:12], 16))
+    rng = text_rng(f"instruct\x1f{key}")
     if style == "json":
         return InstructFormat("json", rng.choice(JSON_NAME_KEYS), rng.choice(JSON_ARGS_KEYS))
     action = rng.choice(ACTION_KEYS)
@@ -759,13 +776,46 @@ def instruct_reply(style: str, name: str, arguments: dict[str, Any]) -> str:
     return INSTRUCT_FORMATS[style].reply(name, arguments)
 
 
+class BFCLProtocol(TextProtocol):
+    """BFCL's prompting format (see the module docstring): single-step, several calls per reply."""
+
+    name = "bfcl"
+    episodic = False
+
+    def render(self, traj: Trajectory, key: str = "") -> list[Message]:
+        system = SYSTEM_PROMPT.replace("{functions}", function_docs(traj.tools))
+        msgs = list(traj.messages)
+        if msgs and isinstance(msgs[0], SystemMessage):
+            system = f"{system}\n\n{msgs.pop(0).content}"
+        out: list[Message] = [SystemMessage(content=system)]
+        for m in msgs:
+            if isinstance(m, AssistantMessage):
+                calls = [c for c in m.tool_calls if c.name != traj.tags.get("final_tool")]
+                out.append(AssistantMessage(content=render_calls(calls) if calls else m.content, loss=m.loss))
+            elif isinstance(m, ToolMessage):
+                out.append(UserMessage(content=m.content))
+            else:
+                out.append(type(m)(content=m.content))
+        return out
+
+    def parse(self, text: str, traj: Trajectory, key: str = "") -> Action:
+        try:
+            decoded = decode_calls(text)
+        except ParseError as e:
+            # a reply BFCL's decoder reads (as a call) is unparseable here, never a plain answer
+            if attempts_call(text) or bfcl_decodes(text):
+                return Action("unparseable", error=e.message)
+            return Action("answer", answer=text.strip())
+        if not decoded:
+            return Action("answer", answer=text.strip())
+        calls = []
+        for i, d in enumerate(decoded):
+            (name, args), = d.items()
+            calls.append(ToolCall(id=f"call_{i}", name=name, arguments=args))
+        return Action("call", calls=calls)
+
+
 # ---- the registry ---------------------------------------------------------------------------------------
-
-def _bfcl() -> Protocol:
-    from agentflan.formats.pycall import BFCLProtocol  # it builds on this module: imported on first use
-
-    return BFCLProtocol()
-
 
 _FIXED: dict[str, Callable[[], Protocol]] = {
     "native": NativeProtocol,
@@ -783,7 +833,7 @@ _FIXED: dict[str, Callable[[], Protocol]] = {
     "instruct:json:random": lambda: InstructProtocol("json", randomized=True),
     "instruct:string:random": lambda: InstructProtocol("string", randomized=True),
     "source": SourceProtocol,
-    "bfcl": _bfcl,
+    "bfcl": BFCLProtocol,
     **{f"agentinstruct:{t}": (lambda t=t: DialectProtocol(t)) for t in DIALECTS},  # type: ignore[misc]
 }
 

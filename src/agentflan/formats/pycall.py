@@ -1,4 +1,4 @@
-"""BFCL's prompting format: function calls as a Python list, `[f(a=1), g(b='x')]`, and its protocol.
+"""BFCL's prompting format: function calls as a Python list, `[f(a=1), g(b='x')]`, read and rendered.
 
 The Berkeley Function Calling Leaderboard prompts models that have no native tool calling with a
 system prompt that lists the functions as JSON and asks for calls in Python syntax; its checker
@@ -20,8 +20,9 @@ output, so a call or a name inside an expression (`b=abs(120) + 0`) is refused, 
 and values a JSON log cannot hold (bytes, complex numbers, lone surrogates, integers past Python's
 string-conversion limit). `eval.bfcl` reports both verdicts.
 
-`BFCLProtocol` (`bfcl`) states BFCL's default prompt (classic style, plain text, Python calls, the
-functions as JSON with BFCL's "Python 3 syntax" hint) and reads replies: a reply that decodes is
+The `bfcl` protocol (`formats.protocols.BFCLProtocol`, built on this module) states BFCL's default
+prompt (classic style, plain text, Python calls, the functions as JSON with BFCL's "Python 3
+syntax" hint) and reads replies: a reply that decodes is
 its calls (`[]`: no call); one that does not is *unparseable* when it attempts a call (it starts
 with `[` or `name(`, holds a keyword call, a `<tool_call>` tag or a JSON object with a `name`) or
 BFCL's decoder reads it, else a plain answer. Unlike BFCL's runner, an unparseable reply is never
@@ -41,17 +42,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
 from agentflan.errors import ParseError
-from agentflan.formats.protocols import Action, TextProtocol
-from agentflan.schema import (
-    AssistantMessage,
-    Message,
-    SystemMessage,
-    ToolCall,
-    ToolMessage,
-    ToolSpec,
-    Trajectory,
-    UserMessage,
-)
+from agentflan.schema import ToolCall, ToolSpec
 
 SYSTEM_PROMPT = (
     "You are an expert in composing functions.You are given a question and a set of possible functions. Based on the "
@@ -432,42 +423,3 @@ def function_docs(tools: list[ToolSpec]) -> str:
             doc = {"name": t.name, "description": t.description, "parameters": t.parameters}
         docs.append({**doc, "description": str(doc.get("description", "")) + PYTHON_HINT})
     return json.dumps(docs, indent=4)
-
-
-class BFCLProtocol(TextProtocol):
-    """BFCL's prompting format (see the module docstring): single-step, several calls per reply."""
-
-    name = "bfcl"
-    episodic = False
-
-    def render(self, traj: Trajectory, key: str = "") -> list[Message]:
-        system = SYSTEM_PROMPT.replace("{functions}", function_docs(traj.tools))
-        msgs = list(traj.messages)
-        if msgs and isinstance(msgs[0], SystemMessage):
-            system = f"{system}\n\n{msgs.pop(0).content}"
-        out: list[Message] = [SystemMessage(content=system)]
-        for m in msgs:
-            if isinstance(m, AssistantMessage):
-                calls = [c for c in m.tool_calls if c.name != traj.tags.get("final_tool")]
-                out.append(AssistantMessage(content=render_calls(calls) if calls else m.content, loss=m.loss))
-            elif isinstance(m, ToolMessage):
-                out.append(UserMessage(content=m.content))
-            else:
-                out.append(type(m)(content=m.content))
-        return out
-
-    def parse(self, text: str, traj: Trajectory, key: str = "") -> Action:
-        try:
-            decoded = decode_calls(text)
-        except ParseError as e:
-            # a reply BFCL's decoder reads (as a call) is unparseable here, never a plain answer
-            if attempts_call(text) or bfcl_decodes(text):
-                return Action("unparseable", error=e.message)
-            return Action("answer", answer=text.strip())
-        if not decoded:
-            return Action("answer", answer=text.strip())
-        calls = []
-        for i, d in enumerate(decoded):
-            (name, args), = d.items()
-            calls.append(ToolCall(id=f"call_{i}", name=name, arguments=args))
-        return Action("call", calls=calls)

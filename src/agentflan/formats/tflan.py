@@ -35,7 +35,6 @@ same key and position.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -54,6 +53,7 @@ from agentflan.schema import (
     Trajectory,
     UserMessage,
 )
+from agentflan.seeds import phrase_index
 
 ELICIT_TOOL = (
     "Which tool fits this step?",
@@ -134,8 +134,7 @@ def pick(pool: Sequence[str], key: str, index: int) -> str:
         >>> pick(ELICIT_TOOL, "k", 3) == pick(ELICIT_TOOL, "k", 3)
         True
     """
-    h = hashlib.blake2b(f"{key}\x1f{index}\x1f{pool[0]}".encode(), digest_size=8).digest()
-    return pool[int.from_bytes(h, "big") % len(pool)]
+    return pool[phrase_index(len(pool), key, index, pool[0])]
 
 
 def tools_prompt(tools: list[ToolSpec]) -> str:

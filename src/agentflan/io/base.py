@@ -23,6 +23,9 @@ from typing import IO, Any, ClassVar, Literal
 from pydantic import ValidationError
 
 from agentflan.errors import Drop, ParseError
+from agentflan.fields import as_text as as_text  # readers' documented helpers, defined one layer down
+from agentflan.fields import optional_key as optional_key
+from agentflan.fields import require_key as require_key
 from agentflan.io.files import RawRecord, Span, expand, iter_records, one_line
 from agentflan.schema import Source, Trajectory, check, errors
 
@@ -261,35 +264,6 @@ def _from_validation(e: ValidationError) -> ParseError:
 
 # ---- helpers shared by readers ------------------------------------------------------------------
 
-def require_key(record: Any, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
-    """`record[key]`, checked for presence and type, with an error naming the field."""
-    path = f"{where}.{key}" if where else key
-    if not isinstance(record, dict):
-        raise ParseError(f"expected an object, found {type(record).__name__}", reason="wrong_type",
-                         field=where or None)
-    if key not in record:
-        keys = ", ".join(sorted(map(str, record))) or "none"
-        raise ParseError(f"missing key {key!r} (available keys: {keys})", reason="missing_key", field=path)
-    value = record[key]
-    if not isinstance(value, kind):
-        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ParseError(f"expected {want}, found {type(value).__name__}", reason="wrong_type", field=path)
-    return value
-
-
-def optional_key(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str = "",
-                 default: Any = None) -> Any:
-    """`record[key]` checked for type when present and not null, else `default`."""
-    value = record.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind):
-        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ParseError(f"expected {want}, found {type(value).__name__}", reason="wrong_type",
-                         field=f"{where}.{key}" if where else key)
-    return value
-
-
 def parse_tools(value: Any, where: str = "tools") -> list[Any]:
     """Tool specs from a list or a JSON string, unwrapping `{"type": "function", "function": ...}`."""
     from agentflan.schema import ToolSpec
@@ -327,12 +301,3 @@ def json_or_literal(text: str, what: str, reason: str, where: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
         raise ParseError(f"{what} is neither JSON nor a Python literal", reason=reason, field=where) from e
-
-
-def as_text(value: Any, where: str) -> str:
-    """A message content that must be a string (None becomes "")."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ParseError(f"expected a string, found {type(value).__name__}", reason="wrong_type", field=where)
-    return value

@@ -1,18 +1,16 @@
 """The step contract: a step maps a stream of trajectories to a stream of trajectories.
 
-Randomness never comes from global state or stream position: `unit(seed, *keys)` hashes the
-recipe seed with stable keys (step name, trajectory id, turn index) into [0, 1). Decisions
-therefore do not depend on how the data is sharded or ordered, which is what makes a
-multi-process build byte-identical to a single-process one.
+Randomness never comes from global state or stream position: steps draw with
+`agentflan.seeds.unit(seed, *keys)` and `rng_for`, which hash the recipe seed with stable keys
+(step name, trajectory id, turn index). Decisions therefore do not depend on how the data is
+sharded or ordered, which is what makes a multi-process build byte-identical to a single-process one.
 
 Each step counts what it keeps, changes and drops (`StepStats`); drops carry a reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import random
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -26,27 +24,9 @@ from agentflan.registry import Registry
 from agentflan.schema import Trajectory
 
 
-def unit(seed: int, *keys: object) -> float:
-    """A uniform number in [0, 1) determined by `seed` and `keys` alone.
-
-    Examples:
-        >>> unit(1, "split", "a") == unit(1, "split", "a")
-        True
-        >>> 0.0 <= unit(1, "x") < 1.0
-        True
-    """
-    h = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") / 2**64
-
-
 def render_key(seed: int, traj_id: str) -> str:
     """The protocol key (phrasing, drawn formats) of a record rendered by a data step."""
     return f"{seed}:{traj_id}"
-
-
-def rng_for(seed: int, *keys: object) -> random.Random:
-    """A `random.Random` seeded from `seed` and `keys` (stable across processes and runs)."""
-    return random.Random(int(unit(seed, *keys) * 2**53))
 
 
 class StepConfig(BaseModel):

@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import shutil
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from agentflan import __version__
 from agentflan.io.files import write_atomic
 from agentflan.pipeline.executor import make_executor
 from agentflan.pipeline.recipe import DataRecipe
@@ -49,6 +46,7 @@ from agentflan.pipeline.stages.mix import MixStage
 from agentflan.pipeline.stages.negatives import NegativesStage
 from agentflan.pipeline.stages.report import ReportStage
 from agentflan.pipeline.stages.steps import StepsStage
+from agentflan.versions import versions
 
 log = logging.getLogger(__name__)
 STATE = ".state"
@@ -73,16 +71,6 @@ def _done(out: Path, stage: str, fingerprint: str) -> bool:
 def _mark(out: Path, stage: str, fingerprint: str) -> None:
     (out / STATE).mkdir(parents=True, exist_ok=True)
     write_atomic(out / STATE / f"{stage}.done", fingerprint + "\n")
-
-
-def versions() -> dict[str, str]:
-    out = {"agentflan": __version__, "python": platform.python_version()}
-    for pkg in ("pydantic", "pyyaml", "click", "fsspec", "transformers", "tokenizers", "matplotlib"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def build(recipe: DataRecipe, resolved: dict[str, Any], out_dir: str | Path, *, workers: int | None = None,

@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agentflan.formats.neutral import neutral_system, request_of
 from agentflan.formats.protocols import get_protocol
 from agentflan.formats.tflan import pick
-from agentflan.pipeline.base import SmallestN, StepStats, rng_for, unit
+from agentflan.pipeline.base import SmallestN, StepStats
 from agentflan.pipeline.teacher import Teacher, TeacherConfig, TeacherError
 from agentflan.schema import (
     AssistantMessage,
@@ -64,6 +64,7 @@ from agentflan.schema import (
     Trajectory,
     UserMessage,
 )
+from agentflan.seeds import rng_for, unit
 
 NegativeKind = Literal["tools_not_needed", "no_tools_offered", "tools_insufficient"]
 KINDS: tuple[NegativeKind, ...] = ("tools_not_needed", "no_tools_offered", "tools_insufficient")
@@ -540,7 +541,7 @@ def build_negatives(chat: Iterable[Trajectory], tool_sources: Iterable[Trajector
     # no tools offered: the request, the source's system prompt, a reply that declines and helps
     picked = no_tools.items()
     requests = [action_request(t, config.query_tasks) or "" for t in picked]
-    replies = _replies(teacher, [[{"role": "system", "content": TEACHER_SYSTEM}, {"role": "user", "content": q}]
+    replies = _replies(teacher, [[SystemMessage(content=TEACHER_SYSTEM), UserMessage(content=q)]
                                  for q in requests], stats)
     for traj, query, got in zip(picked, requests, replies, strict=True):
         tid = f"neg-nto-{traj.id}"
@@ -571,7 +572,7 @@ def build_negatives(chat: Iterable[Trajectory], tool_sources: Iterable[Trajector
         cands.append((traj, action_request(traj, config.query_tasks) or "", related[:config.tools_per_prompt[1]]))
     listing = [TEACHER_INSUFFICIENT.format(tools="\n".join(f"- {t.name}: {t.description.strip()}" for t in offered))
                for _, _, offered in cands]
-    replies = _replies(teacher, [[{"role": "system", "content": s}, {"role": "user", "content": q}]
+    replies = _replies(teacher, [[SystemMessage(content=s), UserMessage(content=q)]
                                  for s, (_, q, _) in zip(listing, cands, strict=True)], stats)
     made_in = 0
     for (traj, query, offered), got in zip(cands, replies, strict=True):
@@ -601,7 +602,7 @@ def build_negatives(chat: Iterable[Trajectory], tool_sources: Iterable[Trajector
         stats.inc("teacher_cache_hits", teacher.cache_hits)
 
 
-def _replies(teacher: Teacher | None, batch: list[list[dict[str, str]]], stats: StepStats) -> list[str | TeacherError | None]:
+def _replies(teacher: Teacher | None, batch: list[list[Message]], stats: StepStats) -> list[str | TeacherError | None]:
     if teacher is None or not batch:
         return [None] * len(batch)
     return list(teacher.complete_many(batch))

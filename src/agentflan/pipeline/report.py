@@ -287,11 +287,9 @@ def _charts(r: dict[str, Any], turns: dict[str, Counter[int]], folder: Path,
 
 def _chart(job: tuple[str, dict[str, Any], dict[str, Counter[int]], Path]) -> Path | None:
     """One chart (a task); None when it has nothing to show."""
-    import matplotlib
+    from agentflan.io.charts import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     kind, r, turns, path = job
     names = list(r["outputs"])
     bal = [(n, cap, v) for n, o in r["outputs"].items() for cap, v in o["balance"].items()]

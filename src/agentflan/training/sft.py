@@ -97,7 +97,7 @@ class TrainRecipe(BaseModel):
 def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
     from importlib import resources
 
-    from agentflan.pipeline.recipe import apply_overrides, load_yaml_file
+    from agentflan.overrides import apply_overrides, load_yaml_file
 
     path = Path(ref)
     if not path.is_file():

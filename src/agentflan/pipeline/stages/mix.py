@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 from agentflan.io.files import write_atomic
 from agentflan.io.writers.base import dumps_data
-from agentflan.pipeline.base import unit
 from agentflan.pipeline.executor import Executor
 from agentflan.pipeline.recipe import DataRecipe, StepsOutput
 from agentflan.pipeline.report import read_state, trained_approx_tokens
@@ -42,6 +41,7 @@ from agentflan.pipeline.stages.files import (
     write_file_formats,
 )
 from agentflan.schema import Trajectory
+from agentflan.seeds import unit
 
 
 class MixStage(Stage):

@@ -46,8 +46,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from agentflan.formats.tflan import ELICIT_NEXT_TOOL, ELICIT_TOOL
-from agentflan.pipeline.base import Step, StepConfig, StepContext, unit
+from agentflan.pipeline.base import Step, StepConfig, StepContext
 from agentflan.schema import AssistantMessage, Capability, Message, Trajectory, UserMessage
+from agentflan.seeds import unit
 from agentflan.tokens import approx_tokens
 
 PRESETS: dict[str, dict[str, float]] = {

@@ -11,8 +11,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from agentflan.pipeline.base import SmallestN, Step, StepConfig, StepContext, unit
+from agentflan.pipeline.base import SmallestN, Step, StepConfig, StepContext
 from agentflan.schema import AssistantMessage, Trajectory, check, errors
+from agentflan.seeds import unit
 from agentflan.tokens import token_counter
 
 

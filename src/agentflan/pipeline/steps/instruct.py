@@ -18,8 +18,9 @@ from typing import ClassVar
 
 from agentflan.formats.neutral import request_of
 from agentflan.formats.protocols import InstructProtocol
-from agentflan.pipeline.base import MapStep, StepConfig, StepContext, render_key, rng_for, unit
+from agentflan.pipeline.base import MapStep, StepConfig, StepContext, render_key
 from agentflan.schema import AssistantMessage, Trajectory
+from agentflan.seeds import rng_for, unit
 
 
 class InstructConfig(StepConfig):

@@ -11,8 +11,9 @@ from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from agentflan.pipeline.base import MapStep, StepConfig, StepContext, unit
+from agentflan.pipeline.base import MapStep, StepConfig, StepContext
 from agentflan.schema import Trajectory
+from agentflan.seeds import unit
 
 
 class SplitConfig(StepConfig):

@@ -106,7 +106,7 @@ class ContinuousDecoder:
         self.mask: Any = None
         self.steps = 0
         self.tokens_generated = 0
-        from agentflan.eval.decode import _forward_kwargs
+        from agentflan.models.decode import _forward_kwargs
 
         self._cache_kw = _forward_kwargs(model)
 
@@ -250,7 +250,7 @@ class ContinuousDecoder:
 
     def _accept(self, row: Row, token: int) -> bool:
         """Add `token` to `row`; True when the row is done."""
-        from agentflan.eval.engines import cut_at_stops
+        from agentflan.models.decode import cut_at_stops
 
         if token in self.stop_ids:
             row.finish = "stop"

@@ -165,3 +165,20 @@ def _store(cache: PrefixCache, kv_cache: Any, ids: list[Any], reuse: list[int], 
         kv = [(layer.keys[i, :, sel].detach().clone(), layer.values[i, :, sel].detach().clone()) for layer in layers]
         tokens = torch.cat([t, torch.tensor(new[i][:fed_new], dtype=torch.long)])
         cache.add(tokens, kv)
+
+
+def cut_at_stops(text: str, protocol_stops: tuple[str, ...], end_stops: tuple[str, ...]) -> tuple[str, str | None]:
+    """`text` up to the first stop; the protocol stop that ended it, if one did.
+
+    Examples:
+        >>> cut_at_stops("Thought: x\\nObservation: made up<|im_end|>", ("\\nObservation:",), ("<|im_end|>",))
+        ('Thought: x', '\\nObservation:')
+    """
+    best, which = len(text), None
+    for stop in (*protocol_stops, *end_stops):
+        if not stop:
+            continue
+        at = text.find(stop)
+        if 0 <= at < best:
+            best, which = at, stop
+    return text[:best], which if which in protocol_stops else None

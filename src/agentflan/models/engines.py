@@ -11,29 +11,85 @@
 * `VLLMEngine`: vLLM's offline engine on a GPU, prompts rendered by our template (exact).
 
 Every engine returns one result per prompt, in order: a `Completion`, or a `RequestError`.
+Engines are registered by name in `ENGINES` (`hf`, `openai`, `vllm`); `make_engine(EngineOptions)`
+builds the one the options name (`auto`: `openai` with a base URL, else `hf`), for `agentflan eval`,
+`env play` and any library user alike.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from agentflan.client import ClientConfig, ContextLimitError, OpenAIClient, RequestError
-from agentflan.errors import MissingDependencyError, require
-from agentflan.formats.openai import openai_messages, openai_tools
+from agentflan.errors import ConfigError, MissingDependencyError, require
+from agentflan.formats.openai import openai_messages, openai_tools, reply_message
 from agentflan.formats.protocols import Completion, Prompt
 from agentflan.formats.templates import is_structured
-from agentflan.training.models import ModelInfo
+from agentflan.models.decode import cut_at_stops
+from agentflan.models.info import ModelInfo
+from agentflan.registry import Registry
 
 log = logging.getLogger(__name__)
 Result = Completion | RequestError
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """What a user says about the engine to use (the options of `agentflan eval` and `env play`).
+
+    Args:
+        engine: A registered engine name (`hf`, `openai`, `vllm`), or `auto`: `openai` with
+            `base_url`, else `hf`.
+        model: A model folder (local engines), or the model name the endpoint serves.
+        base_url: An OpenAI-compatible endpoint.
+        batch_size: Local engine: prompts per generate call.
+        max_new_tokens: Tokens per generation.
+        device: Local engine: `cpu`, `cuda`, ...
+        dtype: Local engine: `float32`, `bfloat16`, ...
+        concurrency: Endpoint: requests in flight.
+        timeout_s: Endpoint: seconds a whole request may take.
+        retries: Endpoint: retries on timeouts, 429 and 5xx.
+        cache: Endpoint: the request cache file (answers are reused on a rerun).
+    """
+
+    engine: str = "auto"
+    model: str | None = None
+    base_url: str | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    device: str = "cpu"
+    dtype: str = "float32"
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    retries: int = 3
+    cache: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """The engine name `auto` stands for."""
+        return self.engine if self.engine != "auto" else ("openai" if self.base_url else "hf")
+
+    def problem(self) -> str | None:
+        """What is missing for the chosen engine (None: nothing); the CLI reports it as a usage error."""
+        if self.kind == "openai":
+            if not self.base_url or not self.model:
+                return "an endpoint needs --base-url and --model (the model name it serves)"
+        elif not self.model:
+            return "--model FOLDER is required (a folder `agentflan train` wrote, e.g. runs/x/merged)"
+        return None
+
+
 class Engine(ABC):
+    """What turns `Prompt`s into results (see the module docstring)."""
+
     name: ClassVar[str]
     batch_size: int = 1
+    info: ModelInfo | None = None
+    """What training recorded beside a local model (None: an endpoint, nothing is known)."""
 
     @abstractmethod
     def generate(self, prompts: list[Prompt]) -> list[Result]:
@@ -42,22 +98,39 @@ class Engine(ABC):
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name}
 
+    @classmethod
+    def from_options(cls, options: EngineOptions) -> Engine:
+        """The engine the options describe (`make_engine` calls it on the registered class)."""
+        raise ConfigError(f"engine {cls.name!r} cannot be built from options")
 
-def cut_at_stops(text: str, protocol_stops: tuple[str, ...], end_stops: tuple[str, ...]) -> tuple[str, str | None]:
-    """`text` up to the first stop; the protocol stop that ended it, if one did.
 
-    Examples:
-        >>> cut_at_stops("Thought: x\\nObservation: made up<|im_end|>", ("\\nObservation:",), ("<|im_end|>",))
-        ('Thought: x', '\\nObservation:')
+ENGINES: Registry[type[Engine]] = Registry("engine")
+"""Engines by name; a third party registers its own engine class here."""
+ENGINES.register("hf", "agentflan.models.engines:HFEngine", "a local transformers model folder")
+ENGINES.register("openai", "agentflan.models.engines:OpenAIEngine", "any OpenAI-compatible endpoint (--base-url)")
+ENGINES.register("vllm", "agentflan.models.engines:VLLMEngine", "vLLM's offline engine on a CUDA GPU")
+
+
+def episode_protocols(engine: Engine | None, env: str, chosen: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The protocols to play `env` in: those `chosen`, else those the engine's model was trained
+    with (`ModelInfo.episode_protocols`), else `native`."""
+    if chosen:
+        return list(chosen)
+    info = engine.info if engine is not None else None
+    return info.episode_protocols(env) if info is not None else ["native"]
+
+
+def make_engine(options: EngineOptions) -> Engine:
+    """The registered engine `options` name, built from them.
+
+    Raises:
+        ConfigError: An unknown engine, or an option the engine needs is missing.
+        MissingDependencyError: The engine's packages (or GPU) are absent.
     """
-    best, which = len(text), None
-    for stop in (*protocol_stops, *end_stops):
-        if not stop:
-            continue
-        at = text.find(stop)
-        if 0 <= at < best:
-            best, which = at, stop
-    return text[:best], which if which in protocol_stops else None
+    problem = options.problem()
+    if problem is not None:
+        raise ConfigError(problem)
+    return ENGINES.get(options.kind).from_options(options)
 
 
 class HFEngine(Engine):
@@ -66,7 +139,7 @@ class HFEngine(Engine):
     Args:
         path: The model folder.
         template: Chat template name (default: the one the model was trained with).
-        batch_size: Prompts per `generate` call (all episodes step in lockstep; see `eval.driver`).
+        batch_size: Prompts per `generate` call (all episodes step in lockstep; see `models.driver`).
         max_new_tokens: Per generation.
         device: `cpu`, `cuda`, ...; dtype: `float32`, `bfloat16`, ...
     """
@@ -102,11 +175,16 @@ class HFEngine(Engine):
         self.tokens_generated = 0
         self.calls = 0
         self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
-        from agentflan.eval.decode import PrefixCache
+        from agentflan.models.decode import PrefixCache
 
         self.cache = PrefixCache(int(prefix_cache_gb * 2**30)) if prefix_cache_gb > 0 else None
         self.stop_ids = {i for s in self.end_stops for i in [tokenizer.convert_tokens_to_ids(s)]
                          if isinstance(i, int) and i != tokenizer.unk_token_id}
+
+    @classmethod
+    def from_options(cls, options: EngineOptions) -> HFEngine:
+        return cls(options.model or "", batch_size=options.batch_size, max_new_tokens=options.max_new_tokens,
+                   device=options.device, dtype=options.dtype)
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "model": self.path, "template": self.template.name,
@@ -120,14 +198,14 @@ class HFEngine(Engine):
     def decoder(self) -> Any:
         """A `batching.ContinuousDecoder` on this model: requests join and leave the running batch
         between decoding steps, each with its own sampling, token limit and stop strings (`serve`)."""
-        from agentflan.eval.batching import ContinuousDecoder
+        from agentflan.models.batching import ContinuousDecoder
 
         return ContinuousDecoder(self.model, self.tokenizer, encode=self.prompt_ids, pad_id=self.pad_id,
                                  stop_ids=self.stop_ids, end_stops=self.end_stops, device=self.device,
                                  context=self.context)
 
     def _greedy(self, prompts: list[list[int]], stops: list[str]) -> list[list[int]]:
-        """New tokens per prompt: the prefix-cached lockstep decoder (`eval.decode`), or
+        """New tokens per prompt: the prefix-cached lockstep decoder (`models.decode`), or
         `model.generate` when the cache is off."""
         import torch
 
@@ -138,7 +216,7 @@ class HFEngine(Engine):
             return any(s in tail for s in stops)
 
         if self.cache is not None:
-            from agentflan.eval.decode import greedy
+            from agentflan.models.decode import greedy
 
             return greedy(self.model, prompts, max_new_tokens=self.max_new_tokens, pad_id=self.pad_id,
                           stop_ids=self.stop_ids, stopped=stopped, cache=self.cache, device=self.device)
@@ -191,6 +269,13 @@ class OpenAIEngine(Engine):
         self.temperature = temperature
         self.final_tool_hint = final_tool_hint
 
+    @classmethod
+    def from_options(cls, options: EngineOptions) -> OpenAIEngine:
+        return cls(ClientConfig(base_url=options.base_url or "", model=options.model or "",
+                                concurrency=options.concurrency, timeout_s=options.timeout_s,
+                                retries=options.retries, cache=options.cache),
+                   max_tokens=options.max_new_tokens)
+
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "base_url": self.client.config.base_url, "model": self.client.config.model,
                 "concurrency": self.client.config.concurrency, "max_tokens": self.max_tokens}
@@ -204,18 +289,14 @@ class OpenAIEngine(Engine):
         return body
 
     def generate(self, prompts: list[Prompt]) -> list[Result]:
-        from agentflan.io.readers.openai import assistant_message
-
         def one(body: dict[str, Any]) -> Completion:
             response = self.client.chat(body)
-            choice = response["choices"][0]
-            msg = choice["message"]
             try:
-                parsed = assistant_message(msg, "choices[0].message")
+                parsed = reply_message(response)
             except Exception as e:  # a reply we cannot read is the server's fault: an error, not an answer
                 raise RequestError(f"{self.client.url}: unreadable message in the reply: {e}",
                                    url=self.client.url) from e
-            stop = choice.get("stop_reason")
+            stop = response["choices"][0].get("stop_reason")
             ext = response.get("agentflan") or {}
             completion = Completion(text=parsed.content, stop=stop if isinstance(stop, str) else None,
                                     tokens=int((response.get("usage") or {}).get("completion_tokens") or 0))
@@ -257,6 +338,10 @@ class VLLMEngine(Engine):
         self.max_new_tokens = max_new_tokens
         self.batch_size = 1024
         self.end_stops = tuple(s for s in (*self.template.stop, self.tokenizer.eos_token) if s)
+
+    @classmethod
+    def from_options(cls, options: EngineOptions) -> VLLMEngine:
+        return cls(options.model or "", max_new_tokens=options.max_new_tokens)
 
     def generate(self, prompts: list[Prompt]) -> list[Result]:
         from vllm import SamplingParams
