@@ -223,24 +223,6 @@ def compare_cell(a: RunOutcomes, b: RunOutcomes, metric: str, stratum: str, grou
                       only_b=len(ids_b - ids_a), discordant=disc)
 
 
-def _combined_hscore(runs: list[RunOutcomes]) -> RunOutcomes | None:
-    """One run's Agent-H items with HScore per item: the mean of its hallucination-free outcome in
-    the ReAct and the general style (several protocols of a style averaged), for items scored in both."""
-    per_style: dict[str, dict[str, list[float]]] = {}
-    for r in runs:
-        style = r.group.split("/", 1)[1] if "/" in r.group else ""
-        for i, v in r.items.items():
-            if ("hallucination_free", "all") in v:
-                per_style.setdefault(style, {}).setdefault(i, []).append(v[("hallucination_free", "all")])
-    if not {"react", "general"} <= set(per_style):
-        return None
-    react, general = per_style["react"], per_style["general"]
-    out = RunOutcomes(run=runs[0].run, group="agent-h", protocol="react + general")
-    for i in sorted(set(react) & set(general)):
-        out.items[i] = {("hscore", "all"): (sum(react[i]) / len(react[i]) + sum(general[i]) / len(general[i])) / 2}
-    return out
-
-
 def compare(a_runs: list[RunOutcomes], b_runs: list[RunOutcomes]) -> list[Comparison]:
     """Every paired comparison of run A against run B (their logs grouped by suite group), with
     Holm's adjustment over the `all` rows."""
@@ -253,23 +235,45 @@ def compare(a_runs: list[RunOutcomes], b_runs: list[RunOutcomes]) -> list[Compar
                 row = compare_cell(x, y, metric, stratum)
                 if row is not None:
                     rows.append(row)
-    ha = _combined_hscore([r for r in a_runs if r.group.startswith("agent-h/")])
-    hb = _combined_hscore([r for r in b_runs if r.group.startswith("agent-h/")])
-    if ha is not None and hb is not None:
-        row = compare_cell(ha, hb, "hscore", "all")
-        if row is not None:
-            rows.append(row)
+    rows += _combined_rows(a_runs, b_runs)
     primary = [i for i, r in enumerate(rows) if r.stratum == "all"]
     for i, p in zip(primary, holm([rows[i].p for i in primary]), strict=True):
         rows[i].p_holm = p
     return rows
 
 
-def _group_order(g: str) -> tuple[int, str]:
-    """Environments first, then the single-action suites (`agent-h/<style>`, `steps`, ...)."""
-    from agentflan.eval.suites import SUITES
+def _combined_rows(a_runs: list[RunOutcomes], b_runs: list[RunOutcomes]) -> list[Comparison]:
+    """Rows of what a suite pools over a model's runs (`Suite.combined`: Agent-H's HScore per item),
+    for each suite both sides played."""
+    from agentflan.eval.suite import Suite, suite_of_group
 
-    return (0 if "/" not in g and g not in SUITES else 1, g)
+    suites: dict[str, Suite] = {}
+    for r in (*a_runs, *b_runs):
+        suite = suite_of_group(r.group)
+        if suite is not None:
+            suites.setdefault(suite.name, suite)
+    rows = []
+    for name, suite in suites.items():
+        mine = [r for r in a_runs if r.group.split("/", 1)[0] == name]
+        theirs = [r for r in b_runs if r.group.split("/", 1)[0] == name]
+        ca = suite.combined(mine) if mine else None
+        cb = suite.combined(theirs) if theirs else None
+        if ca is None or cb is None:
+            continue
+        cells = {k for v in ca.items.values() for k in v} & {k for v in cb.items.values() for k in v}
+        for metric, stratum in sorted(cells):
+            row = compare_cell(ca, cb, metric, stratum)
+            if row is not None:
+                rows.append(row)
+    return rows
+
+
+def _group_order(g: str) -> tuple[int, str]:
+    """Environments first, then the other suites (`agent-h/<style>`, `steps`, ...)."""
+    from agentflan.eval.suite import suite_of_group
+
+    suite = suite_of_group(g)
+    return (0 if suite is not None and suite.environment else 1, g)
 
 
 def compare_runs(runs: dict[str, list[RunOutcomes]], baseline: str | None = None,
