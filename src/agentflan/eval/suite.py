@@ -272,8 +272,10 @@ def get_suite(name: str) -> Suite:
 def suite_of(rec: dict[str, Any]) -> Suite:
     """The suite a log record or a run summary belongs to (`suite: env` names its environment in `env`)."""
     family = str(rec.get("suite", "env"))
-    if family == "env":
-        return get_suite(str(rec.get("env")))
+    if family == "env":  # not checked here: an empty run has no env, and a replay names an unknown one
+        from agentflan.eval.envs import EnvSuite
+
+        return EnvSuite(str(rec.get("env")))
     return get_suite(family)
 
 
