@@ -290,3 +290,57 @@ def test_the_prepared_cache_removes_its_temporary_folder_when_saving_fails(tmp_p
     monkeypatch.setattr(np, "save", real_save)
     cache.save(rows, {"n": 1})
     assert cache.load() == (rows, {"n": 1})
+
+
+def test_a_module_written_to_the_earlier_contract_is_a_suite_by_one_line(monkeypatch, tmp_path):
+    """A suite module with module-level run/rescore/summarize/table/outcomes (the contract before
+    `Suite`, which BFCL multi-turn was written to) registers through `ModuleSuite` unchanged."""
+    import sys
+    import types
+
+    from agentflan.eval.suite import ModuleSuite
+
+    mod = types.ModuleType("agentflan_test_old_contract")
+    seen: dict[str, Any] = {}
+
+    def run(*, engine, policy, protocols, tasks_file, n, out_root, agent_name, base_config, resume, progress):
+        from agentflan.eval.runlog import Run, run_logged, write_summary
+
+        seen.update(protocols=protocols, n=n)
+        ids = [f"old-{i}" for i in range(n)]
+
+        def start(i):
+            yield from ()
+            return i
+
+        records, resumed = run_logged(out_root / "old-x", {"suite": "old"}, ids, start,
+                                      lambda i, got: {"suite": "old", "protocol": "x", "task_id": ids[i],
+                                                      "verdict": {"even": got % 2 == 0}, "error": None}, None,
+                                      resume=resume, progress=progress("old / x", n))
+        return [write_summary(Run("old", "x", out_root / "old-x", records, resumed, mod.summarize(records)))]
+
+    mod.run = run
+    mod.rescore = lambda rec, proto: {"even": int(rec["task_id"].split("-")[1]) % 2 == 0, "proto": proto}
+    mod.summarize = lambda records: {"suite": "old", "items": len(records), "scored": len(records), "errors": 0,
+                                     "even": sum(r["verdict"]["even"] for r in records), "error_examples": []}
+    mod.table = lambda summaries: "".join(f"| {s.get('run')} | {s['even']} |\n" for s in summaries)
+    mod.outcomes = lambda rec: {("even", "all"): float(rec["verdict"]["even"])}
+    mod.OLD = ModuleSuite("old", mod.__name__)
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setattr(SUITES, "_targets", dict(SUITES._targets))
+    monkeypatch.setattr(SUITES, "_docs", dict(SUITES._docs))
+    SUITES.register("old", f"{mod.__name__}:OLD")
+
+    res = CliRunner().invoke(cli, ["eval", "old", "--policy", "expert", "-n", "4", "--protocol", "p",
+                                   "-o", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    assert seen == {"protocols": ["p"], "n": 4} and "| expert | 2 |" in res.output
+    res = CliRunner().invoke(cli, ["eval", "old", "--policy", "expert", "--predictions", "x", "-o", str(tmp_path / "f")])
+    assert res.exit_code == 4 and "--predictions does not apply to the old suite" in res.output
+    # re-scored through the module: its verdict has no `proto` key, so each logged verdict differs
+    res = CliRunner().invoke(cli, ["score", str(tmp_path / "e")])
+    assert res.exit_code == 1 and "4 logged verdict(s) differ" in res.output and "'proto': None" in res.output
+    mod.rescore = lambda rec, proto: {"even": int(rec["task_id"].split("-")[1]) % 2 == 0}
+    res = CliRunner().invoke(cli, ["score", str(tmp_path / "e"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["runs"][0]["even"] == 2

@@ -15,7 +15,9 @@ step-level suite (`eval.steps`), BFCL (`eval.bfcl`) and T-Eval (`eval.teval`). E
   the record's **group**; **combined** adds per-item values across a run's groups (Agent-H's HScore).
 
 Single-action suites (one model action per item, replayed through the protocol to re-score) share
-`SingleActionSuite`: a new one gives its items, prompt, gold answer and record.
+`SingleActionSuite`: a new one gives its items, prompt, gold answer and record. A module written to
+the earlier contract (module-level `run`, `rescore`, `summarize`, `table`, `outcomes`) becomes a
+suite with `ModuleSuite(name, "its.module")`.
 
 Adding a suite is one module and one registration: a module defining a `Suite` instance, and
 `SUITES.register(name, "module:ATTR")` (here for the built-in ones, or from the module that defines
@@ -216,6 +218,60 @@ class SingleActionSuite(Suite):
             progress=req.progress(f"{self.name} / {proto.name}", len(items)))
         self.after(items, out)
         return write_summary(Run(self.name, proto.name, out, records, resumed, self.summarize(records)))
+
+
+class ModuleSuite(Suite):
+    """A suite module written to the contract before `Suite` (module-level `run`, `rescore(rec, proto)`,
+    `summarize`, `table`, `outcomes`), as a `Suite`: the module stays as it is, a line registers it
+    (`SUITES.register(name, "pkg.mod:SUITE_OBJ")` with `SUITE_OBJ = ModuleSuite(name, "pkg.mod")`).
+
+    `run` is called with keywords `engine`, `policy`, `protocols`, `tasks_file`, `n`, `out_root`,
+    `agent_name`, `base_config`, `resume`, `progress` (and `predictions` when one is given: a module
+    whose `run` takes none refuses it); `rescore` gets the record's protocol when one of that name
+    exists, else None.
+    """
+
+    def __init__(self, name: str, module: str) -> None:
+        self.name = name
+        self.module = module
+        super().__init__()
+
+    def _mod(self) -> Any:
+        import importlib
+
+        return importlib.import_module(self.module)
+
+    def run(self, req: SuiteRequest) -> list[Run]:
+        import inspect
+
+        run = self._mod().run
+        extra: dict[str, Any] = {}
+        if req.predictions is not None:
+            if "predictions" not in inspect.signature(run).parameters:
+                raise ConfigError(f"--predictions does not apply to the {self.name} suite")
+            extra["predictions"] = req.predictions
+        return list(run(engine=req.engine, policy=req.policy, protocols=list(req.protocols), tasks_file=req.tasks_file,
+                        n=req.n, out_root=req.out_root, agent_name=req.agent_name, base_config=req.base_config,
+                        resume=req.resume, progress=req.progress, **extra))
+
+    def rescore(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        from agentflan.formats.protocols import get_protocol
+
+        try:
+            proto = get_protocol(str(rec.get("protocol")))
+        except ConfigError:  # a T-Eval variant, `predictions`: the module reads the record itself
+            proto = None
+        return self._mod().rescore(rec, proto)  # type: ignore[no-any-return]
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return dict(self._mod().summarize(records))
+
+    def table(self, summaries: list[dict[str, Any]]) -> str:
+        return str(self._mod().table(summaries))
+
+    def outcomes(self, rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+        of = getattr(self._mod(), "outcomes", None)
+        return dict(of(rec)) if of is not None else {}
 
 
 def safe_name(name: str) -> str:
