@@ -199,7 +199,7 @@ def test_evaluate_checks_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="needs an engine"):
         evaluate(EvalConfig(suites=("toolapi",), model="m", output=tmp_path / "a"))
     # db's task file is missing: refused before toolapi, named first, plays
-    with pytest.raises(ConfigError, match="dev.jsonl does not exist"):
+    with pytest.raises(ConfigError, match=r"dev\.jsonl does not exist"):
         evaluate(EvalConfig(suites=("toolapi", "db"), policy="expert", count=2, tasks_file=tmp_path / "dev.jsonl",
                             output=tmp_path / "b"), echo=lambda s: None)
     assert not (tmp_path / "b").exists()
@@ -247,7 +247,7 @@ def test_a_whole_log_written_at_once_leaves_nothing_when_it_fails(tmp_path, monk
         return json.dumps(rec) + "\n"
 
     monkeypatch.setattr(runlog, "json_line", fail_third)
-    with pytest.raises(Exception, match="episodes.jsonl"):
+    with pytest.raises(Exception, match=r"episodes\.jsonl"):
         runlog.write_records(path, recs)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["episodes.jsonl"]
 
