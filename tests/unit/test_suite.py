@@ -344,3 +344,17 @@ def test_a_module_written_to_the_earlier_contract_is_a_suite_by_one_line(monkeyp
     res = CliRunner().invoke(cli, ["score", str(tmp_path / "e"), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output[res.output.index("{"):])["runs"][0]["even"] == 2
+
+
+def test_a_quarantine_file_appears_whole_when_the_read_ends(tmp_path):
+    from agentflan.io import make_reader
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"bad": 1}\n{"bad": 2}\n')
+    q = tmp_path / "q" / "rejected.jsonl"
+    reader = make_reader([str(src)], "react", quarantine=q)
+    it = reader.read([str(src)])
+    assert list(it) == [] and reader.quarantine is not None and reader.quarantine.count == 2
+    assert not q.exists() and [p.name for p in q.parent.iterdir()] == [".partial-rejected.jsonl"]  # killed here: no cut file
+    reader.quarantine.close()
+    assert [p.name for p in q.parent.iterdir()] == ["rejected.jsonl"] and len(q.read_text().splitlines()) == 2
