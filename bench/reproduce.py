@@ -205,7 +205,7 @@ def pooled_runs(seeds: dict[str, list[Any]]) -> dict[str, list[Any]]:
             if got is None:
                 continue
             key = (got.run, got.group, got.protocol)
-            into = merged.setdefault(key, RunOutcomes(got.run, got.group, got.protocol))
+            into = merged.setdefault(key, RunOutcomes(got.run, got.group, got.protocol, environment=got.environment))
             into.items.update({f"{seed}:{i}": v for i, v in got.items.items()})
     runs: dict[str, list[RunOutcomes]] = {}
     for (run, _, _), r in merged.items():
@@ -256,13 +256,14 @@ def report(out: Path, studies: Sequence[str], strata: bool = True) -> tuple[str,
     table), the per-seed paired headlines, and the per-seed means (min-max); and the pooled rows."""
     from agentflan.eval import paired
     from agentflan.eval.report import paired_section
+    from agentflan.eval.suites import combined_runs
     from agentflan.eval.suites import paired as pair_runs
 
     seeds = {p.name: _rescored(p) for p in _seed_dirs(out)}
     if not seeds:
         raise SystemExit(f"no evaluated seed under {out}")
     pairs = pairs_of(studies)
-    rows = paired.compare_runs(pooled_runs(seeds), pairs=pairs)
+    rows = paired.compare_runs(pooled_runs(seeds), pairs=pairs, combine=combined_runs)
     lines = [f"Seeds: {', '.join(seeds)}. Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}. Pooled over the seeds: an item is a (seed, task) pair.", "",
              "### Paired, pooled over the seeds", "",

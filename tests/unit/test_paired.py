@@ -90,12 +90,14 @@ def test_runs_sharing_a_protocol_are_compared_in_it():
 
 
 def test_hscore_is_paired_per_item_over_both_styles():
+    from agentflan.eval.suites import combined_runs
+
     def h(name: str, react: list[int], general: list[int]) -> list[RunOutcomes]:
         return [RunOutcomes(name, f"agent-h/{style}", proto, {f"i{k}": {("hallucination_free", "all"): float(x)}
                                                                for k, x in enumerate(xs)})
                 for style, proto, xs in (("react", "react", react), ("general", "tflan:inline", general))]
 
-    rows = paired.compare(h("A", [1] * 10, [1] * 10), h("B", [0] * 10, [1] * 10))
+    rows = paired.compare(h("A", [1] * 10, [1] * 10), h("B", [0] * 10, [1] * 10), combine=combined_runs)
     hs = next(r for r in rows if r.metric == "hscore")
     assert (hs.n, hs.mean_a, hs.mean_b, hs.diff, hs.test) == (10, 1.0, 0.5, 0.5, "sign-flip")
     assert hs.p == pytest.approx(2 / 1024)

@@ -10,8 +10,10 @@ from typing import Any
 
 import click
 
-from agentflan.errors import EXIT_PARTIAL, ConfigError, RunFailed
-from agentflan.models.engines import ENGINES, EngineOptions, episode_protocols, make_engine
+from agentflan.eval.runlog import find_logs
+from agentflan.models.engines import ENGINES, EngineOptions, make_engine
+
+__all__ = ["SEED", "db_engine_option", "engine_from_options", "engine_options", "eval_cmd", "find_logs", "score_cmd"]
 
 SEED = click.IntRange(0, 2**32 - 1)
 """A seed: what numpy and torch accept (`agentflan train` seeds both with it)."""
@@ -88,143 +90,31 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
     transcript, and summarized (success ± s.e., by task kind, parse failures, invalid actions,
     errors apart). Re-running the same command resumes; `agentflan score OUTPUT` re-scores.
     """
+    from agentflan.eval.evaluate import ENV_SUITES, EvalConfig, evaluate
+    from agentflan.eval.suite import suite_names
     from agentflan.formats.protocols import protocol_names
 
     if list_protocols:
         click.echo("\n".join(protocol_names()))
         return
-    from agentflan.eval.envs import ENV_SUITES
-    from agentflan.eval.suites import SUITES
-
     suites = suites or ENV_SUITES
-    unknown = [s for s in suites if s not in (*ENV_SUITES, *SUITES)]
+    known = suite_names()
+    unknown = [s for s in suites if s not in known]
     if unknown:
-        raise click.UsageError(f"unknown suite(s) {', '.join(unknown)} (known: {', '.join((*ENV_SUITES, *SUITES))})")
-    code = _run_eval(suites, model, base_url, engine_name, protocols, batch_size, max_new_tokens, device, dtype,
-                     concurrency, timeout_s, retries, policy, count, split, seed, tasks_file, max_steps, output,
-                     not no_resume, db_engine, predictions)
-    if code:
-        sys.exit(code)
-
-
-def _run_eval(suites: tuple[str, ...], model: str | None, base_url: str | None, engine_name: str,
-              protocols: tuple[str, ...], batch_size: int, max_new_tokens: int, device: str, dtype: str,
-              concurrency: int, timeout_s: float, retries: int, policy: str, count: int, split: str, seed: int,
-              tasks_file: Path | None, max_steps: int, output: Path | None, resume: bool, db_engine: str = "sqlite",
-              predictions: Path | None = None, *, run_name: str | None = None,
-              suite_protocols: dict[str, list[str]] | None = None, suite_counts: dict[str, int] | None = None) -> int:
-    """`agentflan eval` (see its help). `run_name` names the run (default: from the model);
-    `suite_protocols` and `suite_counts` give some suites protocols and sizes of their own (the
-    others take `protocols` and `count`)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from agentflan.eval.envs import load_tasks, model_agent, run_env, scripted_agent
-    from agentflan.eval.suites import SUITES, chart, run_suite, safe_name, table
-    from agentflan.io.files import write_atomic
-    from agentflan.versions import versions
-
-    name = policy if policy != "model" else safe_name(Path(model or "model").name if not base_url else f"{model}")
-    if policy == "model" and not base_url and model and Path(model).name in ("final", "merged"):
-        name = safe_name(f"{Path(model).parent.name}-{Path(model).name}")
-    if predictions is not None:
-        name = safe_name(predictions.stem)
-    if run_name is not None:
-        name = run_name
-    out = output or Path("out/eval") / name
+        raise click.UsageError(f"unknown suite(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    config = EvalConfig(suites=suites, model=model, base_url=base_url, policy=policy, protocols=protocols,
+                        count=count, split=split, seed=seed, tasks_file=tasks_file, predictions=predictions,
+                        max_steps=max_steps, output=output, resume=not no_resume, db_engine=db_engine,
+                        max_new_tokens=max_new_tokens)
     engine = None
-    if policy == "model" and predictions is None:  # an endpoint's answers are cached in the output folder
+    if config.needs_engine:  # an endpoint's answers are cached in the output folder
         engine = engine_from_options(EngineOptions(
             engine_name, model, base_url, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
-            dtype=dtype, concurrency=concurrency, timeout_s=timeout_s, retries=retries, cache=str(out / "requests.jsonl")))
-    plan: list[tuple[str, str, list[Any]]] = []
-    for env in suites:
-        if env in SUITES:
-            plan.append((env, "", []))
-            continue
-        tasks = load_tasks(env, split=split, n=(suite_counts or {}).get(env, count), seed=seed,
-                           tasks_file=tasks_file if env == "db" else None)
-        chosen = tuple((suite_protocols or {}).get(env, protocols))
-        for proto_name in (episode_protocols(engine, env, chosen) if engine is not None else [policy]):
-            plan.append((env, proto_name, tasks))
-    runs: list[Any] = []
-    base_config = {"model": model, "base_url": base_url, "policy": policy, "split": split, "seed": seed,
-                   "db_engine": db_engine,
-                   "tasks_file": str(tasks_file) if tasks_file else None, "max_new_tokens": max_new_tokens,
-                   "engine": engine.describe() if engine is not None else None, "versions": versions()}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_stderr_console(), transient=False) as bar:
-        for env, proto_name, tasks in plan:
-            if env in SUITES:  # the single-action suites: each runs its protocols itself
-                for srun in run_suite(env, engine=engine, policy=policy,
-                                      protocols=list((suite_protocols or {}).get(env, protocols)),
-                                      n=(suite_counts or {}).get(env, count),
-                                      seed=seed, tasks_file=tasks_file, out_root=out, agent_name=name,
-                                      base_config=base_config, resume=resume, predictions=predictions,
-                                      progress=lambda label, total: _advance(bar, bar.add_task(label, total=total))):
-                    srun.summary["run"] = name
-                    runs.append(srun)
-                continue
-            task_bar = bar.add_task(f"{env} / {proto_name}", total=len(tasks))
-            if engine is None:
-                agent_for, pname = scripted_agent(policy, env, seed, db_engine), policy
-            else:
-                proto, agent_for = model_agent(proto_name, getattr(engine, "template", None))
-                pname = proto.name
-            run = run_env(env, tasks, agent_for, engine, out / f"{env}-{safe_name(pname)}", protocol_name=pname,
-                          agent_name=name, config={**base_config, "n": len(tasks)}, max_steps=max_steps, resume=resume,
-                          db_engine=db_engine if env == "db" else "sqlite",
-                          progress=_advance(bar, task_bar))
-            run.summary["run"] = name
-            runs.append(run)
-    click.echo(table([r.summary for r in runs]))
-    # the folder's summary covers every run in it: runs of earlier commands into the same folder stay
-    index = out / "summary.json"
-    entries = [{"dir": str(r.out), **r.summary} for r in runs]
-    if index.exists():
-        this = {e["dir"] for e in entries}
-        earlier = json.loads(index.read_text()).get("runs", [])
-        entries = [e for e in earlier if e.get("dir") not in this and (Path(e["dir"]) / "episodes.jsonl").exists()] + entries
-    write_atomic(index, json.dumps({"runs": entries}, indent=2) + "\n")
-    summaries = [{k: v for k, v in e.items() if k != "dir"} for e in entries]
-    md = table(summaries)
-    png = chart(summaries, out / "summary.png")
-    write_atomic(out / "summary.md", f"# agentflan eval: {name}\n\n{md}\n" + (f"![success]({png.name})\n" if png else ""))
-    click.echo(f"logs and summaries: {out}/ (summary.md" + (", summary.png" if png else "") + ")")
-    errors = sum(r.summary["errors"] for r in runs)  # this command's runs decide its exit status
-    if errors:
-        example = next((e for r in runs for e in r.summary["error_examples"]), "")
-        if not sum(r.summary["scored"] for r in runs):  # an unreachable endpoint: no work done, not partial
-            raise RunFailed(f"every one of the {errors} episode(s) ended in an error (failed requests), none was "
-                            f"scored, e.g. {example}; the logs are in {out}/, run the same command again to resume")
-        click.echo(f"{errors} episode(s) ended in errors (failed requests), not counted as answers, e.g. {example}\n"
-                   "run the same command again to resume them", err=True)
-        return EXIT_PARTIAL
-    return 0
-
-
-def _advance(bar: Any, task: Any) -> Any:
-    return lambda k: bar.advance(task, k)
-
-
-def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def find_logs(paths: tuple[Path, ...]) -> list[Path]:
-    logs: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            found = sorted(p.rglob("episodes.jsonl"))
-            if not found:
-                raise ConfigError(f"{p}: no episodes.jsonl below it")
-            logs += found
-        elif p.is_file():
-            logs.append(p)
-        else:
-            raise ConfigError(f"{p} does not exist")
-    return logs
+            dtype=dtype, concurrency=concurrency, timeout_s=timeout_s, retries=retries,
+            cache=str(config.out / "requests.jsonl")))
+    done = evaluate(config, engine, echo=click.echo, warn=lambda line: click.echo(line, err=True))
+    if done.exit_code:
+        sys.exit(done.exit_code)
 
 
 @click.command("score")

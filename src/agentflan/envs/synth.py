@@ -16,7 +16,7 @@ from pathlib import Path
 
 from agentflan.envs import get_env
 from agentflan.envs.base import ExpertPolicy, run_episode
-from agentflan.io.files import write_atomic
+from agentflan.io.files import atomic_output, write_atomic
 from agentflan.io.writers import WRITERS
 from agentflan.io.writers.base import dumps
 from agentflan.schema import Trajectory
@@ -55,7 +55,7 @@ def synth(env_name: str, n: int, split: str, out: str | Path, seed: int = 0) -> 
     root = Path(out) / env_name / split
     root.mkdir(parents=True, exist_ok=True)
     native = root / "native.jsonl"
-    with native.open("w", encoding="utf-8") as f:
+    with atomic_output(native) as tmp, tmp.open("w", encoding="utf-8") as f:
         for t in trajs:
             f.write(dumps(t.to_json_dict()) + "\n")
     result.files["native"] = str(native)

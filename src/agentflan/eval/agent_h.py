@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,10 +55,14 @@ from agentflan.envs.base import FINISH, FINISH_SPEC, system_prompt
 from agentflan.errors import ConfigError
 from agentflan.eval.runlog import Exchange, single_record
 from agentflan.eval.score import rate
+from agentflan.eval.suite import SingleActionSuite, SuiteRequest
 from agentflan.formats.protocols import Action, Protocol, parse_tool_call_text
 from agentflan.io.files import write_atomic
 from agentflan.schema import AssistantMessage, Source, SystemMessage, ToolCall, ToolSpec, Trajectory, UserMessage
 from agentflan.seeds import rng_for
+
+if TYPE_CHECKING:
+    from agentflan.eval.paired import RunOutcomes
 
 SUITE = "agent-h"
 Kind = Literal["no_need", "no_tools", "insufficient", "control"]
@@ -541,3 +546,104 @@ def _by_run(summaries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for s in summaries:
         out.setdefault(str(s.get("run", "")), []).append(s)
     return out
+
+
+# ---- the suite ---------------------------------------------------------------------------------------------
+
+HSCORE_NOTE = ("HScore is the mean of the hallucination-free rates in the ReAct and the general (chat) style "
+               "(higher is better); over-refusal is the share of control items (a tool is needed and offered) "
+               "answered without calling it (lower is better).\n")
+
+
+class AgentHSuite(SingleActionSuite):
+    """Agent-H as a `Suite`: built-in held-out items (or `--tasks`), judged per style."""
+
+    name = SUITE
+    default = DEFAULT_PROTOCOLS
+
+    def check_protocol(self, proto: Protocol) -> None:
+        if not proto.episodic:
+            raise ConfigError(f"protocol {proto.name!r} states calls only: Agent-H needs a protocol that can answer")
+
+    def items(self, req: SuiteRequest, proto: Protocol) -> tuple[list[Any], dict[str, Any]]:
+        n, seed = req.n, req.seed
+        return (load_items(req.tasks_file, n, seed) if req.tasks_file else builtin_items(n, seed)), {}
+
+    def gold(self, item: HItem) -> Trajectory:
+        return item.gold()
+
+    def record(self, item: HItem, protocol: str, agent: str, ex: Exchange) -> dict[str, Any]:
+        return record(item, protocol, agent, ex)
+
+    def after(self, items: list[Any], out: Path) -> None:
+        write_items(items, out / "items.jsonl")
+
+    def rescore(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        from agentflan.formats.protocols import get_protocol
+
+        return rescore(rec, get_protocol(rec["protocol"]))
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return summarize(records)
+
+    def table(self, summaries: list[dict[str, Any]]) -> str:
+        return table(summaries)
+
+    def outcomes(self, rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+        return outcomes(rec)
+
+    def group(self, rec: dict[str, Any]) -> str:
+        """Each style apart (`agent-h/react`, `agent-h/general`): HScore pools them (`combined`)."""
+        return f"{SUITE}/{rec.get('style')}"
+
+    def combined(self, runs: list[RunOutcomes]) -> RunOutcomes | None:
+        """One model's items with HScore per item: the mean of its hallucination-free outcome in the
+        ReAct and the general style (several protocols of a style averaged), for items scored in both."""
+        from agentflan.eval.paired import RunOutcomes
+
+        per_style: dict[str, dict[str, list[float]]] = {}
+        for r in runs:
+            style = r.group.split("/", 1)[1] if "/" in r.group else ""
+            for i, v in r.items.items():
+                if ("hallucination_free", "all") in v:
+                    per_style.setdefault(style, {}).setdefault(i, []).append(v[("hallucination_free", "all")])
+        if not {"react", "general"} <= set(per_style):
+            return None
+        react, general = per_style["react"], per_style["general"]
+        out = RunOutcomes(run=runs[0].run, group=SUITE, protocol="react + general")
+        for i in sorted(set(react) & set(general)):
+            out.items[i] = {("hscore", "all"): (sum(react[i]) / len(react[i]) + sum(general[i]) / len(general[i])) / 2}
+        return out
+
+    def panels(self, summaries: list[dict[str, Any]]) -> list[Callable[[Any], None]]:
+        from agentflan.eval.score import bars, label
+
+        labels = [*(f"{k} (halluc.-free)" for k in KINDS[:3]), "control (correct call)"]
+        points = [(run, hscore(g)) for run, g in _by_run(summaries).items()]
+
+        def kinds(ax: Any) -> None:
+            bars(ax, labels, [
+                (label(s), [100 * s["by_kind"].get(k, {"rate": 0})["rate"] for k in KINDS],
+                 [100 * s["by_kind"].get(k, {"se": 0})["se"] for k in KINDS]) for s in summaries],
+                 "Agent-H: per item kind")
+
+        def against(ax: Any) -> None:
+            for run, h in points:
+                y = h["hscore"] if h["hscore"] is not None else (h["h_react"] or h["h_general"] or 0.0)
+                ax.scatter([100 * h["over_refusal"]["rate"]], [100 * y], s=40)
+                ax.annotate(run, (100 * h["over_refusal"]["rate"], 100 * y), fontsize=8, xytext=(4, 4),
+                            textcoords="offset points")
+            ax.set_xlim(-5, 105)
+            ax.set_ylim(-5, 105)
+            ax.set_xlabel("over-refusal % on controls (lower is better)")
+            ax.set_ylabel("HScore %")
+            ax.set_title("Agent-H: HScore against over-refusal (top left is best)", fontsize=10)
+            ax.grid(alpha=0.3)
+
+        return [kinds, against]
+
+    def report_sections(self, summaries: list[dict[str, Any]], out: Path) -> list[tuple[str, str]]:
+        return [("Agent-H: hallucination and over-refusal", HSCORE_NOTE + "\n" + hscore_table(summaries))]
+
+
+AGENT_H = AgentHSuite()

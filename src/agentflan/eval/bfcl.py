@@ -47,8 +47,11 @@ without a model (`score_predictions`).
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentflan.errors import ConfigError
 from agentflan.eval.runlog import Exchange, single_record
 from agentflan.eval.score import pct, rate
+from agentflan.eval.suite import SingleActionSuite, SuiteRequest
 from agentflan.formats.protocols import Action, Protocol
 from agentflan.schema import Message, Source, SystemMessage, ToolCall, ToolSpec, Trajectory, UserMessage
 
@@ -687,3 +691,135 @@ def table(summaries: list[dict[str, Any]]) -> str:
             pct(s["irrelevance_official"]), pct(s["accuracy_official"]) if "accuracy_official" in s else "",
             str(s.get("differs_from_official", "")), pct(s["unparseable"]), str(s["errors"])]) + " |")
     return "\n".join(rows) + "\n"
+
+
+# ---- the suite ---------------------------------------------------------------------------------------------
+
+BFCL_FILES = ("BFCL_v4_simple_python.json", "BFCL_v4_multiple.json", "BFCL_v4_parallel.json",
+              "BFCL_v4_irrelevance.json")
+BFCL_ALL_FILES = (*BFCL_FILES, "BFCL_v4_parallel_multiple.json", "BFCL_v4_live_simple.json",
+                  "BFCL_v4_live_multiple.json", "BFCL_v4_live_parallel.json", "BFCL_v4_live_parallel_multiple.json",
+                  "BFCL_v4_live_irrelevance.json", "BFCL_v4_live_relevance.json")
+"""Every single-turn Python category agentflan scores (what `bench/fetch_bfcl.py` fetches): a
+predictions file is scored against those of them that are there."""
+
+
+def bfcl_data_dir() -> Path:
+    """Where `bench/fetch_bfcl.py` puts BFCL's data (`AGENTFLAN_BFCL_DATA`, default ~/.cache/agentflan/bfcl)."""
+    return Path(os.environ.get("AGENTFLAN_BFCL_DATA", Path.home() / ".cache" / "agentflan" / "bfcl"))
+
+
+def gold_args(answers: dict[str, list[Any]], item: BFCLItem, name: str) -> dict[str, Any]:
+    """A BFCL call from the first acceptable value of each parameter (optional ones left out, unless
+    the function requires them)."""
+    doc: dict[str, Any] = next((f for f in item.function if f["name"] == name), {})
+    required = set(doc.get("parameters", {}).get("required", []))
+
+    def first(vals: list[Any]) -> Any:
+        return next(v for v in vals if v != "")
+
+    def build(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: build(first(x)) for k, x in v.items() if "" not in x}
+        if isinstance(v, list) and v and all(isinstance(d, dict) for d in v):
+            return [build(d) for d in v]
+        return v
+
+    return {p: build(first(vals)) for p, vals in answers.items()
+            if ("" not in vals or p in required) and any(v != "" for v in vals)}
+
+
+class BFCLSuite(SingleActionSuite):
+    """BFCL as a `Suite`: its question files played in a protocol, or a predictions file scored."""
+
+    name = SUITE
+
+    def default_protocols(self, engine: Any) -> list[str]:
+        """`bfcl`, then the protocols the model was trained with."""
+        info = getattr(engine, "info", None)
+        trained = info.episode_protocols() if info is not None and info.trained else []
+        return ["bfcl", *[p for p in trained if p != "bfcl"]]
+
+    def items(self, req: SuiteRequest, proto: Protocol) -> tuple[list[Any], dict[str, Any]]:
+        tasks_file, n = req.tasks_file, req.n
+        files = [tasks_file] if tasks_file else [bfcl_data_dir() / f for f in BFCL_FILES]
+        if not tasks_file and not all(f.is_file() for f in files):
+            raise ConfigError(f"BFCL data not found in {bfcl_data_dir()}: run `python bench/fetch_bfcl.py` (it fetches "
+                              "BFCL's files from the bfcl-eval package on PyPI) or give --tasks QUESTION_FILE")
+        per = n if tasks_file else math.ceil(n / len(files))
+        return [it for f in files for it in load_items(f, per)][:n], {}
+
+    def gold(self, item: BFCLItem) -> Trajectory:
+        from agentflan.schema import AssistantMessage
+
+        traj = item.trajectory()
+        calls = [ToolCall(id=f"call_{i}", name=name, arguments=gold_args(args, item, name))
+                 for i, d in enumerate(item.ground_truth) for name, args in d.items()]
+        reply = (AssistantMessage(content="", tool_calls=calls) if calls else AssistantMessage(content="", tool_calls=[
+            ToolCall(id="call_0", name="Finish", arguments={"return_type": "give_answer",
+                                                             "final_answer": "None of the functions can answer this."})]))
+        return traj.model_copy(update={"messages": [*traj.messages, reply]})
+
+    def record(self, item: BFCLItem, protocol: str, agent: str, ex: Exchange) -> dict[str, Any]:
+        return record(item, protocol, agent, ex)
+
+    def run(self, req: SuiteRequest) -> list[Any]:
+        if req.predictions is not None and req.policy != "random":
+            return [self.score_file(req)]
+        return super().run(req)
+
+    def score_file(self, req: SuiteRequest) -> Any:
+        """Every line of a predictions file scored against the question files (`-n` limits model runs
+        only): the categories it has predictions for, every item of them (a missing one fails)."""
+        from agentflan.eval.runlog import Run, write_config, write_records, write_summary
+
+        predictions = cast(Path, req.predictions)
+        files = [req.tasks_file] if req.tasks_file else [bfcl_data_dir() / f for f in BFCL_ALL_FILES]
+        items = [it for f in files if f.is_file() for it in load_items(f)]
+        if not items:
+            raise ConfigError("--predictions needs the BFCL question files: --tasks QUESTION_FILE, or fetch them "
+                              "(bench/fetch_bfcl.py)")
+        if not predictions.is_file():
+            raise ConfigError(f"predictions file {predictions} does not exist")
+        ids = {str(r["id"]) for r in read_records(predictions)}
+        categories = {category_of(i) for i in ids}
+        items = [it for it in items if it.category in categories]  # a category without predictions is not scored
+        if not items:
+            raise ConfigError(f"{predictions}: no prediction id matches an item of the question files")
+        unmatched = sorted(ids - {it.id for it in items})
+        records, _ = score_predictions(predictions, items, agent=req.agent_name)
+        out = req.out_root / "bfcl-predictions"
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, {**req.base_config, "suite": SUITE, "protocol": "predictions",
+                           "predictions": str(predictions), "items": len(items),
+                           "unmatched_predictions": len(unmatched), "unmatched_examples": unmatched[:5]})
+        records = write_records(out / "episodes.jsonl", records)
+        tick = req.progress("bfcl / predictions", len(records))
+        tick(len(records))
+        return write_summary(Run(SUITE, "predictions", out, records, 0, summarize(records)))
+
+    def rescore(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        from agentflan.formats.protocols import get_protocol
+
+        return rescore(rec, get_protocol(rec["protocol"]) if rec.get("protocol") != "predictions" else None)
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return summarize(records)
+
+    def table(self, summaries: list[dict[str, Any]]) -> str:
+        return table(summaries)
+
+    def outcomes(self, rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+        return outcomes(rec)
+
+    def panels(self, summaries: list[dict[str, Any]]) -> list[Callable[[Any], None]]:
+        from agentflan.eval.score import bars, label
+
+        cats = sorted({c for s in summaries for c in s["by_category"]})
+        return [lambda ax: bars(ax, cats, [
+            (label(s), [100 * s["by_category"].get(c, {"rate": 0})["rate"] for c in cats],
+             [100 * s["by_category"].get(c, {"se": 0})["se"] for c in cats]) for s in summaries],
+            "BFCL: accuracy per category")]
+
+
+BFCL = BFCLSuite()

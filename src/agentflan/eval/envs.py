@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,11 @@ from agentflan.envs.base import (
     play,
 )
 from agentflan.errors import ConfigError
-from agentflan.eval.runlog import read_log, run_logged
+from agentflan.eval.runlog import Run, read_log, run_logged, write_summary
 from agentflan.eval.score import summarize
+from agentflan.eval.suite import Suite, SuiteRequest, safe_name
 from agentflan.formats.protocols import Protocol, get_protocol
-from agentflan.io.files import write_atomic
-from agentflan.models.engines import Engine
+from agentflan.models.engines import Engine, episode_protocols
 from agentflan.schema import AssistantMessage, ToolMessage, Trajectory
 from agentflan.seeds import crc_seed
 
@@ -108,21 +107,9 @@ def record(env: str, protocol: str, agent: str, task: Task, ep: Episode, db_engi
             "transcript": ep.trajectory.to_json_dict()}
 
 
-@dataclass
-class EnvRun:
-    """One (environment, protocol) run: where it is logged and what it found."""
-
-    env: str
-    protocol: str
-    out: Path
-    records: list[dict[str, Any]] = field(default_factory=list)
-    resumed: int = 0
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
 def run_env(env: str, tasks: list[Task], agent_for: Callable[[Task], Agent], engine: Engine | None, out: Path, *,
             protocol_name: str, agent_name: str, config: dict[str, Any], max_steps: int = 12,
-            resume: bool = True, progress: Callable[[int], None] | None = None, db_engine: str = "sqlite") -> EnvRun:
+            resume: bool = True, progress: Callable[[int], None] | None = None, db_engine: str = "sqlite") -> Run:
     """Play every task, append each finished episode to `out/episodes.jsonl`, summarize."""
     config = {**config, "env": env, "protocol": protocol_name, "agent": agent_name, "max_steps": max_steps,
               "tasks": [t.id for t in tasks]}
@@ -131,10 +118,7 @@ def run_env(env: str, tasks: list[Task], agent_for: Callable[[Task], Agent], eng
         lambda i: play(make_env(env, db_engine), tasks[i], agent_for(tasks[i]), max_steps=max_steps),
         lambda i, ep: record(env, protocol_name, agent_name, tasks[i], ep, db_engine), engine,
         resume=resume, progress=progress)
-    run = EnvRun(env, protocol_name, out, records=records, resumed=resumed)
-    run.summary = summarize(run.records)
-    write_atomic(out / "summary.json", json.dumps(run.summary, indent=2) + "\n", encoding="utf-8")
-    return run
+    return write_summary(Run(env, protocol_name, out, records=records, resumed=resumed, summary=summarize(records)))
 
 
 def scripted_agent(policy: str, env: str, seed: int = 0, db_engine: str = "sqlite") -> Callable[[Task], Agent]:
@@ -202,4 +186,83 @@ def model_agent(protocol_name: str, template: Any = None) -> tuple[Protocol, Cal
     return proto, protocol_agent(proto)
 
 
-__all__ = ["ENV_SUITES", "EnvRun", "Policy", "load_tasks", "read_log", "rescore", "run_env"]
+class EnvSuite(Suite):
+    """An executable environment as a suite: held-out tasks played as episodes (by a model in its
+    protocols, or by a scripted policy), re-scored by replaying the transcript's calls."""
+
+    family = "env"
+    environment = True
+
+    def __init__(self, env: str) -> None:
+        self.name = env
+        super().__init__()
+
+    def plan(self, req: SuiteRequest) -> Callable[[], list[Run]]:
+        """The tasks are loaded (and a task file checked) before any episode is played."""
+        tasks = load_tasks(self.name, split=req.split, n=req.n, seed=req.seed,
+                           tasks_file=req.tasks_file if self.name == "db" else None)
+        names = episode_protocols(req.engine, self.name, req.protocols) if req.engine is not None else [req.policy]
+        return lambda: [self._play(req, tasks, name) for name in names]
+
+    def run(self, req: SuiteRequest) -> list[Run]:
+        return self.plan(req)()
+
+    def _play(self, req: SuiteRequest, tasks: list[Task], proto_name: str) -> Run:
+        tick = req.progress(f"{self.name} / {proto_name}", len(tasks))
+        db_engine = req.db_engine if self.name == "db" else "sqlite"
+        if req.engine is None:
+            agent_for, pname = scripted_agent(req.policy, self.name, req.seed, db_engine), req.policy
+        else:
+            proto, agent_for = model_agent(proto_name, getattr(req.engine, "template", None))
+            pname = proto.name
+        return run_env(self.name, tasks, agent_for, req.engine, req.out_root / f"{self.name}-{safe_name(pname)}",
+                       protocol_name=pname, agent_name=req.agent_name, config={**req.base_config, "n": len(tasks)},
+                       max_steps=req.max_steps, resume=req.resume, db_engine=db_engine, progress=tick)
+
+    def rescore(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        return rescore(rec)
+
+    def check(self, rec: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """An episode differs when its success differs or a replayed call observes something else."""
+        got = rescore(rec)
+        if got["success"] is None:
+            return rec, None
+        old = (rec.get("verdict") or {}).get("success")
+        differs = old != got["success"] or not got["observations_match"]
+        line = (f"logged {old}, re-scored {got['success']} ({got['reason']}; observations match: "
+                f"{got['observations_match']})")
+        return {**rec, "verdict": {"success": got["success"], "reason": got["reason"]}}, line if differs else None
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"suite": "env", **summarize(records)}
+
+    def table(self, summaries: list[dict[str, Any]]) -> str:
+        from agentflan.eval.score import table
+
+        return table(summaries)
+
+    def section(self, summaries: list[dict[str, Any]]) -> str:
+        return self.table(summaries)
+
+    def outcomes(self, rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+        return outcomes(rec)
+
+    def group(self, rec: dict[str, Any]) -> str:
+        return str(rec.get("env"))
+
+    def panels(self, summaries: list[dict[str, Any]]) -> list[Callable[[Any], None]]:
+        from agentflan.eval.score import bars, label
+
+        return [lambda ax: bars(ax, ["success"], [(f"{label(s)} ({s.get('env')})", [100 * s["success"]["rate"]],
+                                                   [100 * s["success"]["se"]]) for s in summaries],
+                                "Held-out environments")]
+
+    def report_sections(self, summaries: list[dict[str, Any]], out: Path) -> list[tuple[str, str]]:
+        from agentflan.eval.score import env_kinds_chart, env_table
+
+        png = env_kinds_chart(summaries, out / "env_kinds.png")
+        return [("Held-out environments", env_table(summaries)
+                 + ("\n![success per task kind](env_kinds.png)\n" if png else ""))]
+
+
+__all__ = ["ENV_SUITES", "EnvSuite", "Policy", "load_tasks", "read_log", "rescore", "run_env"]

@@ -32,7 +32,7 @@ import math
 import random
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,6 +54,7 @@ class RunOutcomes:
     group: str
     protocol: str
     items: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
+    environment: bool = False  # an environment's episodes: listed before the single-action suites
 
 
 @dataclass
@@ -208,29 +209,12 @@ def compare_cell(a: RunOutcomes, b: RunOutcomes, metric: str, stratum: str, grou
                       only_b=len(ids_b - ids_a), discordant=disc)
 
 
-def _combined_hscore(runs: list[RunOutcomes]) -> RunOutcomes | None:
-    """One run's Agent-H items with HScore per item: the mean of its hallucination-free outcome in
-    the ReAct and the general style (several protocols of a style averaged), for items scored in both."""
-    per_style: dict[str, dict[str, list[float]]] = {}
-    for r in runs:
-        style = r.group.split("/", 1)[1] if "/" in r.group else ""
-        for i, v in r.items.items():
-            if ("hallucination_free", "all") in v:
-                per_style.setdefault(style, {}).setdefault(i, []).append(v[("hallucination_free", "all")])
-    if not {"react", "general"} <= set(per_style):
-        return None
-    react, general = per_style["react"], per_style["general"]
-    out = RunOutcomes(run=runs[0].run, group="agent-h", protocol="react + general")
-    for i in sorted(set(react) & set(general)):
-        out.items[i] = {("hscore", "all"): (sum(react[i]) / len(react[i]) + sum(general[i]) / len(general[i])) / 2}
-    return out
-
-
-def compare(a_runs: list[RunOutcomes], b_runs: list[RunOutcomes]) -> list[Comparison]:
-    """Every paired comparison of run A against run B (their logs grouped by suite group), with
-    Holm's adjustment over the `all` rows."""
+def compare(a_runs: list[RunOutcomes], b_runs: list[RunOutcomes], combine: Combine | None = None) -> list[Comparison]:
+    """Every paired comparison of run A against run B (their logs grouped by suite group), and of
+    what `combine` pools over each side's runs, with Holm's adjustment over the `all` rows."""
     rows: list[Comparison] = []
-    groups = sorted({r.group for r in a_runs} & {r.group for r in b_runs}, key=_group_order)
+    first = {r.group for r in [*a_runs, *b_runs] if r.environment}  # environments, then the other suites
+    groups = sorted({r.group for r in a_runs} & {r.group for r in b_runs}, key=lambda g: (g not in first, g))
     for g in groups:
         for x, y in _pairs_of_protocols([r for r in a_runs if r.group == g], [r for r in b_runs if r.group == g]):
             cells = {k for v in x.items.values() for k in v} & {k for v in y.items.values() for k in v}
@@ -238,27 +222,37 @@ def compare(a_runs: list[RunOutcomes], b_runs: list[RunOutcomes]) -> list[Compar
                 row = compare_cell(x, y, metric, stratum)
                 if row is not None:
                     rows.append(row)
-    ha = _combined_hscore([r for r in a_runs if r.group.startswith("agent-h/")])
-    hb = _combined_hscore([r for r in b_runs if r.group.startswith("agent-h/")])
-    if ha is not None and hb is not None:
-        row = compare_cell(ha, hb, "hscore", "all")
-        if row is not None:
-            rows.append(row)
+    rows += _combined_rows(a_runs, b_runs, combine)
     primary = [i for i, r in enumerate(rows) if r.stratum == "all"]
     for i, p in zip(primary, holm([rows[i].p for i in primary]), strict=True):
         rows[i].p_holm = p
     return rows
 
 
-def _group_order(g: str) -> tuple[int, str]:
-    """Environments first, then the single-action suites (`agent-h/<style>`, `steps`, ...)."""
-    from agentflan.envs import env_names
+Combine = Callable[[list[RunOutcomes]], list[RunOutcomes]]
+"""What the suites pool over one model's runs (`eval.suites.combined_runs`: Agent-H's HScore per item)."""
 
-    return (0 if g in env_names() else 1, g)
+
+def _combined_rows(a_runs: list[RunOutcomes], b_runs: list[RunOutcomes], combine: Combine | None) -> list[Comparison]:
+    """Rows of what `combine` pools over each side's runs, for each pooled group both sides have."""
+    if combine is None:
+        return []
+    theirs = {r.group: r for r in combine(b_runs)}
+    rows = []
+    for ca in combine(a_runs):
+        cb = theirs.get(ca.group)
+        if cb is None:
+            continue
+        cells = {k for v in ca.items.values() for k in v} & {k for v in cb.items.values() for k in v}
+        for metric, stratum in sorted(cells):
+            row = compare_cell(ca, cb, metric, stratum)
+            if row is not None:
+                rows.append(row)
+    return rows
 
 
 def compare_runs(runs: dict[str, list[RunOutcomes]], baseline: str | None = None,
-                 pairs: Sequence[tuple[str, str]] | None = None) -> list[Comparison]:
+                 pairs: Sequence[tuple[str, str]] | None = None, combine: Combine | None = None) -> list[Comparison]:
     """Paired comparisons of the runs (name -> its logs, in the order given): the `pairs` (A, B)
     given, else every run against `baseline`, else every pair (A before B); runs that share no item
     give no row."""
@@ -267,7 +261,7 @@ def compare_runs(runs: dict[str, list[RunOutcomes]], baseline: str | None = None
         pairs = [(n, baseline) for n in names if n != baseline]
     elif pairs is None:
         pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
-    return [row for a, b in pairs if a in runs and b in runs for row in compare(runs[a], runs[b])]
+    return [row for a, b in pairs if a in runs and b in runs for row in compare(runs[a], runs[b], combine)]
 
 
 # ---- reports --------------------------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentflan.eval import agent_h
-from agentflan.eval.score import pct
 from agentflan.io.charts import plot_curves, pyplot
 from agentflan.io.files import write_atomic, write_png
 
@@ -36,31 +34,6 @@ class Arm:
     name: str
     metrics: dict[str, Any]
     data: dict[str, Any] = field(default_factory=dict)
-
-
-def env_kinds_chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
-    """Success per environment and task kind (± s.e.), one bar per run and protocol."""
-    plt = pyplot()
-    envs = sorted({str(s.get("env")) for s in summaries if s.get("suite", "env") == "env"})
-    if plt is None or not envs:
-        return None
-    fig, axes = plt.subplots(len(envs), 1, figsize=(10, 3.8 * len(envs)), squeeze=False)
-    for ax, env in zip(axes[:, 0], envs, strict=True):
-        runs = [s for s in summaries if s.get("suite", "env") == "env" and s.get("env") == env]
-        kinds = ["all", *sorted({k for s in runs for k in s["by_kind"]})]
-        width = 0.8 / max(1, len(runs))
-        for j, s in enumerate(runs):
-            vals = [s["success"] if k == "all" else s["by_kind"].get(k, {"rate": 0.0, "se": 0.0}) for k in kinds]
-            ax.bar([i + j * width for i in range(len(kinds))], [100 * v["rate"] for v in vals], width,
-                   yerr=[100 * v["se"] for v in vals], capsize=2, label=f"{s.get('run')} / {s.get('protocol')}")
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(kinds))], kinds, fontsize=8)
-        ax.set_ylim(0, 105)
-        ax.set_ylabel("success %")
-        ax.set_title(f"{env}: success per task kind (held-out)", fontsize=10)
-        ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    write_png(fig, path, dpi=100)
-    return path
 
 
 def loss_chart(arms: Sequence[Arm], path: Path) -> Path | None:
@@ -99,27 +72,6 @@ def tokens_chart(arms: Sequence[Arm], path: Path) -> Path | None:
     fig.tight_layout()
     write_png(fig, path, dpi=100)
     return path
-
-
-def env_table(summaries: list[dict[str, Any]]) -> str:
-    """Markdown: one row per model, environment and protocol; success overall and per task kind."""
-    runs = [s for s in summaries if s.get("suite", "env") == "env"]
-    kinds = sorted({k for s in runs for k in s["by_kind"]})
-    head = ["model", "env", "protocol", "episodes", "success %", *[f"{k} %" for k in kinds], "parse fail %",
-            "invalid action %", "mean steps", "errors"]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in sorted(runs, key=lambda s: str(s.get("env"))):  # stable: the models stay in the order given
-        rows.append("| " + " | ".join([
-            str(s.get("run")), str(s.get("env")), f"`{s.get('protocol')}`", str(s["scored"]), pct(s["success"]),
-            *[pct(s["by_kind"][k]) if k in s["by_kind"] else "" for k in kinds], pct(s["parse_failure"]),
-            pct(s["invalid_action"]), str(s["mean_steps"]), str(s["errors"])]) + " |")
-    return "\n".join(rows) + "\n"
-
-
-def hscore_table(summaries: list[dict[str, Any]]) -> str:
-    """Markdown: Agent-H per model (`agent_h.hscore_table` over the Agent-H runs), or nothing."""
-    group = [s for s in summaries if s.get("suite") == "agent-h"]
-    return agent_h.hscore_table(group) if group else ""
 
 
 def training_table(arms: Sequence[Arm]) -> str:
@@ -168,11 +120,13 @@ def write_report(out: Path, *, title: str, intro: str, summaries: list[dict[str,
     `paired_rows` (`eval.paired.Comparison`) are shown first, with one headline sentence for each
     of `headline_pairs`.
     """
+    from agentflan.eval.suite import by_suite
     from agentflan.eval.suites import chart
 
     out.mkdir(parents=True, exist_ok=True)
-    images = {"eval": chart(summaries, out / "eval.png"), "env_kinds": env_kinds_chart(summaries, out / "env_kinds.png"),
-              "loss": loss_chart(arms, out / "loss.png"), "tokens": tokens_chart(arms, out / "tokens.png")}
+    images = {"eval": chart(summaries, out / "eval.png")}
+    results = [part for suite, group in by_suite(summaries) for part in suite.report_sections(group, out)]
+    images.update({"loss": loss_chart(arms, out / "loss.png"), "tokens": tokens_chart(arms, out / "tokens.png")})
 
     def img(name: str, alt: str) -> str:
         return f"![{alt}]({name}.png)\n" if images.get(name) else ""
@@ -180,12 +134,8 @@ def write_report(out: Path, *, title: str, intro: str, summaries: list[dict[str,
     parts = [f"# {title}\n", intro.strip() + "\n"]
     if paired_rows:
         parts += ["## Paired comparison (same tasks, item by item)\n", paired_section(paired_rows, headline_pairs)]
-    parts += ["## Held-out environments\n", env_table(summaries), img("env_kinds", "success per task kind")]
-    if any(s.get("suite") == "agent-h" for s in summaries):
-        parts += ["## Agent-H: hallucination and over-refusal\n",
-                  "HScore is the mean of the hallucination-free rates in the ReAct and the general (chat) style "
-                  "(higher is better); over-refusal is the share of control items (a tool is needed and offered) "
-                  "answered without calling it (lower is better).\n", hscore_table(summaries)]
+    for heading, body in results:  # each suite's part: environments, then Agent-H, ...
+        parts += [f"## {heading}\n", body]
     parts += [img("eval", "success, Agent-H kinds, HScore against over-refusal")]
     if arms:
         parts += ["## Training\n", training_table(arms), img("loss", "training loss"),

@@ -7,6 +7,11 @@ records with a verdict are kept, errored ones are played again; another configur
 folder is refused. `run_logged` is that loop, shared by the environments (`eval.envs`) and the
 single-action suites (`eval.agent_h`, `eval.steps`, `eval.bfcl`).
 
+Every record is a `LogRecord` (the fields every suite shares, typed, plus the suite's own) with a
+`version` (`LOG_VERSION`); a log written before records carried one reads as version 0 and
+re-scores the same. A run of any suite is a `Run`; `write_summary` writes its `summary.json`,
+`write_records` a whole log at once (a predictions file scored without a model).
+
 A single-action suite asks a protocol for one action (`Protocol.act`) on a prompt-only
 conversation. `exchange` plays it and keeps every completion (text, stop string, structured
 message), so `replay` can play the same protocol again on the logged completions, without a
@@ -23,16 +28,101 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from agentflan.client import ContextLimitError, RequestError
 from agentflan.errors import ConfigError
 from agentflan.formats.protocols import Action, Completion, Prompt, Protocol
-from agentflan.io.files import write_atomic
+from agentflan.io.files import atomic_output, write_atomic
 from agentflan.jsonlog import BadLine, read_records, repair_tail
 from agentflan.models.driver import drive
 from agentflan.models.engines import Engine, ScriptedEngine
 from agentflan.schema import AssistantMessage, Message, Trajectory
 
 LOG = "episodes.jsonl"
+LOG_VERSION = 1
+"""The version of the log record written now (`LogRecord.version`); 0 is a log from before it."""
+
+
+class LogRecord(BaseModel):
+    """One line of an evaluation log: the fields every suite writes, typed; a suite's own fields
+    (the transcript, the item, the completions) ride along as extra fields, in the order written."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: int = 0
+    """`LOG_VERSION` of the writer; 0: written before records were versioned."""
+    suite: str = "env"
+    """The record's family: `env` for an environment episode (its `env` field names it), else the suite."""
+    task_id: str
+    protocol: str | None = None
+    agent: str | None = None
+    verdict: dict[str, Any] | None = None
+    """The suite's judgement; None for an errored item."""
+    error: str | None = None
+    """A failed request: no verdict."""
+
+    @classmethod
+    def new(cls, rec: dict[str, Any]) -> dict[str, Any]:
+        """`rec` stamped with this `LOG_VERSION` (first in its line) and checked against the model;
+        its fields stay as the suite wrote them, in its order."""
+        stamped = {"version": LOG_VERSION, **{k: v for k, v in rec.items() if k != "version"}}
+        cls.model_validate(stamped)
+        return stamped
+
+
+def check_record(rec: Any, where: str) -> dict[str, Any]:
+    """A logged record checked against `LogRecord` (any version); `ConfigError` naming `where` and
+    the field otherwise."""
+    if not isinstance(rec, dict):
+        raise ConfigError(f"{where}: not a log record (a JSON object), got {type(rec).__name__}")
+    try:
+        LogRecord.model_validate(rec)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field_ = ".".join(str(x) for x in err["loc"]) or "?"
+        raise ConfigError(f"{where}: field {field_!r}: {err['msg']} (not an agentflan eval log record)") from None
+    return rec
+
+
+@dataclass
+class Run:
+    """One run of a suite under one protocol: where it is logged, its records and summary.
+
+    `suite` is the registered name (`toolapi`, `agent-h`, ...), `protocol` the protocol's (or T-Eval
+    variant's) name."""
+
+    suite: str
+    protocol: str
+    out: Path
+    records: list[dict[str, Any]] = field(default_factory=list)
+    resumed: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def env(self) -> str:
+        """The environment of an environment run (its suite name)."""
+        return self.suite
+
+
+def write_summary(run: Run) -> Run:
+    """Write `run.out/summary.json` (the one writer of a run's summary); returns the run."""
+    write_atomic(run.out / "summary.json", json.dumps(run.summary, indent=2) + "\n")
+    return run
+
+
+def write_config(out: Path, config: dict[str, Any]) -> None:
+    """Write `out/config.json` (what defines a run; a resumed run must have the same)."""
+    write_atomic(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write a whole log at once (atomically), each record stamped with `LOG_VERSION`; returns the
+    records as written."""
+    stamped = [LogRecord.new(r) for r in records]
+    with atomic_output(path) as tmp:
+        tmp.write_text("".join(json_line(r) for r in stamped), encoding="utf-8")
+    return stamped
 
 
 def json_lines(path: str | Path, hint: str = "", *, log: bool = False) -> Iterator[tuple[int, Any]]:
@@ -72,10 +162,26 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     last: dict[str, dict[str, Any]] = {}
     for n, rec in json_lines(path, "; an interrupted write cuts only the last line, this log is damaged "
                                    "before it (eval --no-resume starts over)", log=True):
-        key = rec.get("task_id") or rec.get("id") or str(n)
+        key = check_record(rec, f"{path}:{n}")["task_id"]
         last.pop(key, None)
         last[key] = rec
     return list(last.values())
+
+
+def find_logs(paths: Sequence[Path]) -> list[Path]:
+    """The logs under `paths`: `episodes.jsonl` files, or folders holding them (searched recursively)."""
+    logs: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(p.rglob("episodes.jsonl"))
+            if not found:
+                raise ConfigError(f"{p}: no episodes.jsonl below it")
+            logs += found
+        elif p.is_file():
+            logs.append(p)
+        else:
+            raise ConfigError(f"{p} does not exist")
+    return logs
 
 
 def run_logged(out: Path, config: dict[str, Any], ids: Sequence[str], start: Callable[[int], Generator[Prompt, Completion, Any]],
@@ -103,7 +209,7 @@ def run_logged(out: Path, config: dict[str, Any], ids: Sequence[str], start: Cal
         done = {r["task_id"]: r for r in read_log(log_path) if r.get("error") is None}
     elif log_path.exists():
         log_path.unlink()
-    write_atomic(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_config(out, config)
     todo = [i for i, key in enumerate(ids) if key not in done]
     resumed = len(ids) - len(todo)
     if progress is not None and resumed:
@@ -112,7 +218,7 @@ def run_logged(out: Path, config: dict[str, Any], ids: Sequence[str], start: Cal
     repair_tail(log_path)  # a cut last line would glue itself to the next record
     with log_path.open("a", encoding="utf-8") as log:
         def on_done(j: int, result: Any) -> None:
-            rec = record(todo[j], result)
+            rec = LogRecord.new(record(todo[j], result))
             fresh[ids[todo[j]]] = rec
             log.write(json_line(rec))
             log.flush()

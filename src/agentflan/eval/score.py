@@ -105,3 +105,61 @@ def chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_title("Held-out success per run")
     fig.tight_layout()
     return write_png(fig, path)
+
+
+def env_table(summaries: list[dict[str, Any]]) -> str:
+    """Markdown: one row per model, environment and protocol; success overall and per task kind."""
+    runs = list(summaries)
+    kinds = sorted({k for s in runs for k in s["by_kind"]})
+    head = ["model", "env", "protocol", "episodes", "success %", *[f"{k} %" for k in kinds], "parse fail %",
+            "invalid action %", "mean steps", "errors"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in sorted(runs, key=lambda s: str(s.get("env"))):  # stable: the models stay in the order given
+        rows.append("| " + " | ".join([
+            str(s.get("run")), str(s.get("env")), f"`{s.get('protocol')}`", str(s["scored"]), pct(s["success"]),
+            *[pct(s["by_kind"][k]) if k in s["by_kind"] else "" for k in kinds], pct(s["parse_failure"]),
+            pct(s["invalid_action"]), str(s["mean_steps"]), str(s["errors"])]) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def env_kinds_chart(summaries: list[dict[str, Any]], path: Path) -> Path | None:
+    """Success per environment and task kind (± s.e.), one bar per run and protocol."""
+    from agentflan.io.charts import pyplot
+
+    plt = pyplot()
+    envs = sorted({str(s.get("env")) for s in summaries})
+    if plt is None or not envs:
+        return None
+    fig, axes = plt.subplots(len(envs), 1, figsize=(10, 3.8 * len(envs)), squeeze=False)
+    for ax, env in zip(axes[:, 0], envs, strict=True):
+        runs = [s for s in summaries if s.get("env") == env]
+        kinds = ["all", *sorted({k for s in runs for k in s["by_kind"]})]
+        width = 0.8 / max(1, len(runs))
+        for j, s in enumerate(runs):
+            vals = [s["success"] if k == "all" else s["by_kind"].get(k, {"rate": 0.0, "se": 0.0}) for k in kinds]
+            ax.bar([i + j * width for i in range(len(kinds))], [100 * v["rate"] for v in vals], width,
+                   yerr=[100 * v["se"] for v in vals], capsize=2, label=f"{s.get('run')} / {s.get('protocol')}")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(kinds))], kinds, fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("success %")
+        ax.set_title(f"{env}: success per task kind (held-out)", fontsize=10)
+        ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    write_png(fig, path, dpi=100)
+    return path
+
+
+def label(s: dict[str, Any]) -> str:
+    return f"{s.get('run', '')} / {s.get('protocol')}"
+
+
+def bars(ax: Any, groups: list[str], series: list[tuple[str, list[float], list[float]]], title: str) -> None:
+    width = 0.8 / max(1, len(series))
+    for k, (name, vals, errs) in enumerate(series):
+        xs = [i + k * width for i in range(len(groups))]
+        ax.bar(xs, vals, width, yerr=errs, capsize=2, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("%")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2)

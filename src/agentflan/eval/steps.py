@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from pydantic import BaseModel, ConfigDict
 from agentflan.errors import ConfigError
 from agentflan.eval.runlog import Exchange, single_record
 from agentflan.eval.score import pct, rate
+from agentflan.eval.suite import SingleActionSuite, SuiteRequest
 from agentflan.formats.protocols import Action, Protocol
 from agentflan.schema import AssistantMessage, Trajectory
 
@@ -301,3 +303,48 @@ def table(summaries: list[dict[str, Any]]) -> str:
             pct(s["instruct_strict"]), pct(s["retrieve"]), pct(s["understand_exact"]), _m(s["understand"]),
             _m(s["reason"]), f"{100 * s['overall']:.1f}", str(s["errors"])]) + " |")
     return "\n".join(rows) + "\n"
+
+
+class StepsSuite(SingleActionSuite):
+    """The step-level suite as a `Suite`: one step of a held-out expert trajectory per item."""
+
+    name = SUITE
+    default = DEFAULT_PROTOCOLS
+
+    def items(self, req: SuiteRequest, proto: Protocol) -> tuple[list[Any], dict[str, Any]]:
+        items, skipped = load_items(req.n, req.seed, req.tasks_file, calls_only=not proto.episodic)
+        return items, {"skipped": dict(skipped)}
+
+    def prompt(self, item: StepItem) -> Trajectory:
+        return item.history
+
+    def gold(self, item: StepItem) -> Trajectory:
+        return item.gold_trajectory()
+
+    def record(self, item: StepItem, protocol: str, agent: str, ex: Exchange) -> dict[str, Any]:
+        return record(item, protocol, agent, ex)
+
+    def rescore(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        from agentflan.formats.protocols import get_protocol
+
+        return rescore(rec, get_protocol(rec["protocol"]))
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return summarize(records)
+
+    def table(self, summaries: list[dict[str, Any]]) -> str:
+        return table(summaries)
+
+    def outcomes(self, rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+        return outcomes(rec)
+
+    def panels(self, summaries: list[dict[str, Any]]) -> list[Callable[[Any], None]]:
+        from agentflan.eval.score import bars, label
+
+        dims = [("instruct", "rate"), ("retrieve", "rate"), ("understand", "mean"), ("reason", "mean")]
+        return [lambda ax: bars(ax, [d for d, _ in dims], [
+            (label(s), [100 * s[d][k] for d, k in dims], [100 * s[d]["se"] for d, _ in dims]) for s in summaries],
+            "Step-level (T-Eval style): per capability")]
+
+
+STEPS = StepsSuite()

@@ -43,11 +43,15 @@ import ast
 import json
 import os
 import re
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentflan.errors import ConfigError, MissingDependencyError
+from agentflan.eval.suite import Suite, SuiteRequest
+
+if TYPE_CHECKING:
+    from agentflan.eval.runlog import Run
 
 SUITE = "teval"
 VARIANTS = ("instruct", "plan_json", "plan_str", "reason_str", "retrieve_str", "understand_str", "rru_json",
@@ -586,38 +590,38 @@ def play(datum: dict[str, Any]) -> Generator[Any, Any, tuple[str | None, list[di
     return split_special_tokens(completion.text), [completion_dict(completion)], None
 
 
-def run(*, engine: Any, policy: str, tasks_file: Path | None, variant: str | None, n: int, out_root: Path,
-        agent_name: str, base_config: dict[str, Any], resume: bool,
-        progress: Callable[[str, int], Callable[[int], None]], predictions: Path | None = None) -> list[Any]:
+def run(req: SuiteRequest) -> list[Run]:
     """`agentflan eval teval`: a model (or the `expert` gold replies) on a T-Eval file, or a
     predictions file scored as it is; one logged run folder `OUTPUT/teval-<variant>/`."""
-    from agentflan.eval.runlog import SuiteRun, run_logged
+    from agentflan.eval.runlog import Run, run_logged, write_config, write_records, write_summary
 
-    if predictions is not None:
-        var, items = load_file(predictions, variant, predictions=True)
-        out = out_root / f"{SUITE}-{var}-predictions"
+    if len(req.protocols) > 1:
+        raise ConfigError("teval scores one T-Eval file per run: give at most one --protocol VARIANT")
+    variant = req.protocols[0] if req.protocols else None
+    if req.predictions is not None:
+        var, items = load_file(req.predictions, variant, predictions=True)
+        out = req.out_root / f"{SUITE}-{var}-predictions"
         out.mkdir(parents=True, exist_ok=True)
-        tick = progress(f"teval / {var} predictions", len(items))
+        tick = req.progress(f"teval / {var} predictions", len(items))
         records = []
         for key, datum in items:
-            records.append(record(var, key, datum, datum["prediction"], agent=agent_name))
+            records.append(record(var, key, datum, datum["prediction"], agent=req.agent_name))
             tick(1)
-        (out / "config.json").write_text(json.dumps({**base_config, "suite": SUITE, "protocol": var,
-                                                     "predictions": str(predictions), "items": len(items)},
-                                                    indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _write_jsonl(out / "episodes.jsonl", records)
-        return [_finish(SuiteRun(SUITE, var, out, records, 0, summarize(records)))]
-    if tasks_file is None:
+        write_config(out, {**req.base_config, "suite": SUITE, "protocol": var, "predictions": str(req.predictions),
+                           "items": len(items)})
+        records = write_records(out / "episodes.jsonl", records)
+        return [write_summary(Run(SUITE, var, out, records, 0, summarize(records)))]
+    if req.tasks_file is None:
         raise ConfigError("teval needs --tasks T-EVAL_FILE (a file of T-Eval's data/, e.g. plan_str_v1.json; "
                           "bench/fetch_teval.py fetches them) or --predictions FILE")
-    if policy not in ("model", "expert"):
-        raise ConfigError(f"--policy {policy}: teval plays a model, or `expert` (its gold replies)")
-    var, items = load_file(tasks_file, variant)
-    items = items[:n]
-    out = out_root / f"{SUITE}-{var}"
-    config = {**base_config, "suite": SUITE, "protocol": var, "agent": agent_name, "n": len(items),
-              "tasks_file": str(tasks_file), "items": [k for k, _ in items]}
-    golds = [gold_reply(var, d) for _, d in items] if policy == "expert" else None
+    if req.policy not in ("model", "expert"):
+        raise ConfigError(f"--policy {req.policy}: teval plays a model, or `expert` (its gold replies)")
+    var, items = load_file(req.tasks_file, variant)
+    items = items[:req.n]
+    out = req.out_root / f"{SUITE}-{var}"
+    config = {**req.base_config, "suite": SUITE, "protocol": var, "agent": req.agent_name, "n": len(items),
+              "tasks_file": str(req.tasks_file), "items": [k for k, _ in items]}
+    golds = [gold_reply(var, d) for _, d in items] if req.policy == "expert" else None
 
     def scripted(i: int) -> Generator[Any, Any, Any]:
         yield from ()  # a generator that never prompts (run_logged's scripted path)
@@ -628,28 +632,13 @@ def run(*, engine: Any, policy: str, tasks_file: Path | None, variant: str | Non
 
     def rec(i: int, result: Any) -> dict[str, Any]:
         prediction, completions, error = result
-        return record(var, items[i][0], items[i][1], prediction, agent=agent_name, completions=completions,
+        return record(var, items[i][0], items[i][1], prediction, agent=req.agent_name, completions=completions,
                       error=error)
 
     records, resumed = run_logged(out, config, [k for k, _ in items], start, rec,
-                                  None if policy == "expert" else engine, resume=resume,
-                                  progress=progress(f"teval / {var}", len(items)))
-    return [_finish(SuiteRun(SUITE, var, out, records, resumed, summarize(records)))]
-
-
-def _finish(run: Any) -> Any:
-    from agentflan.io.files import atomic_output
-
-    with atomic_output(run.out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(run.summary, indent=2) + "\n", encoding="utf-8")
-    return run
-
-
-def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    from agentflan.io.files import atomic_output
-
-    with atomic_output(path) as tmp:
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+                                  None if req.policy == "expert" else req.engine, resume=req.resume,
+                                  progress=req.progress(f"teval / {var}", len(items)))
+    return [write_summary(Run(SUITE, var, out, records, resumed, summarize(records)))]
 
 
 def gold_reply(variant: str, datum: dict[str, Any]) -> str:
@@ -721,3 +710,27 @@ def table(summaries: list[dict[str, Any]]) -> str:
         rows.append("| " + " | ".join([str(s.get("run", "")), f"`{s.get('variant')}`", str(s["scored"]), score,
                                         ms, str(s["errors"])]) + " |")
     return "\n".join(rows) + "\n"
+
+
+class TEvalSuite(Suite):
+    """T-Eval as a `Suite`: its own prompts (one variant per run, `--protocol VARIANT`), its metrics."""
+
+    name = SUITE
+
+    def run(self, req: SuiteRequest) -> list[Run]:
+        return run(req)
+
+    def rescore(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        return rescore(rec)
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return summarize(records)
+
+    def table(self, summaries: list[dict[str, Any]]) -> str:
+        return table(summaries)
+
+    def outcomes(self, rec: dict[str, Any]) -> dict[tuple[str, str], float]:
+        return outcomes(rec)
+
+
+TEVAL = TEvalSuite()

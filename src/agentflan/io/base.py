@@ -98,13 +98,16 @@ class Quarantine:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._tmp = self.path.with_name(f".partial-{self.path.name}")
+        """Where the records go until `close` renames it to `path` (as `io.files.atomic_output`): a
+        process killed mid-read leaves no cut quarantine file, and the next run replaces the partial one."""
         self._f: IO[str] | None = None
         self.count = 0
 
     def add(self, raw: RawRecord, err: ParseError) -> None:
         if self._f is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self._f = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
         entry: dict[str, Any] = {"origin": raw.origin, "reason": err.reason, "field": err.field,
                                  "error": err.message, "record": raw.value if raw.error is None else raw.text}
         if raw.data is not None:
@@ -122,9 +125,21 @@ class Quarantine:
         self.count += 1
 
     def close(self) -> None:
+        """Finish the file: the records so far become `path` (also after a failed read: they are
+        the rejected records it saw)."""
         if self._f is not None:
-            self._f.close()
-            self._f = None
+            from agentflan.io.files import write_failed
+
+            f, self._f = self._f, None
+            try:
+                f.close()
+                os.replace(self._tmp, self.path)
+            except OSError as e:
+                self._tmp.unlink(missing_ok=True)
+                err = write_failed(self.path, e)
+                if err is e:
+                    raise
+                raise err from e
 
 
 @dataclass(slots=True)

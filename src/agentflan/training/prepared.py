@@ -198,13 +198,17 @@ class PreparedCache:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        for k in keys:
-            lengths = np.fromiter((len(r[k]) for r in rows), dtype=np.int64, count=len(rows))
-            np.save(tmp / f"{k}.offsets.npy", np.concatenate(([0], np.cumsum(lengths))))
-            flat = np.concatenate([np.asarray(r[k], dtype=np.int32) for r in rows])
-            np.save(tmp / f"{k}.npy", flat)
-        (tmp / "meta.json").write_text(json.dumps({"keys": keys, "rows": len(rows)}) + "\n")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")  # written last: marks it complete
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.replace(tmp, self.path)
+        try:  # the folder is written whole beside the cache entry, then renamed: it is the atomic unit
+            for k in keys:
+                lengths = np.fromiter((len(r[k]) for r in rows), dtype=np.int64, count=len(rows))
+                np.save(tmp / f"{k}.offsets.npy", np.concatenate(([0], np.cumsum(lengths))))
+                flat = np.concatenate([np.asarray(r[k], dtype=np.int32) for r in rows])
+                np.save(tmp / f"{k}.npy", flat)
+            (tmp / "meta.json").write_text(json.dumps({"keys": keys, "rows": len(rows)}) + "\n")
+            (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")  # written last: marks it complete
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            os.replace(tmp, self.path)
+        except BaseException:  # a full disk, Ctrl-C: no half-written folder stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
