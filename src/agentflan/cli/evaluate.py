@@ -111,13 +111,14 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
     if list_protocols:
         click.echo("\n".join(protocol_names()))
         return
-    from agentflan.eval.envs import ENV_SUITES
+    from agentflan.eval.envs import env_suites
     from agentflan.eval.suites import SUITES
 
-    suites = suites or ENV_SUITES
-    unknown = [s for s in suites if s not in (*ENV_SUITES, *SUITES)]
+    env_suite_names = env_suites()
+    suites = suites or env_suite_names
+    unknown = [s for s in suites if s not in (*env_suite_names, *SUITES)]
     if unknown:
-        raise click.UsageError(f"unknown suite(s) {', '.join(unknown)} (known: {', '.join((*ENV_SUITES, *SUITES))})")
+        raise click.UsageError(f"unknown suite(s) {', '.join(unknown)} (known: {', '.join((*env_suite_names, *SUITES))})")
     try:
         code = _run_eval(suites, model, base_url, engine_name, protocols, batch_size, max_new_tokens, device, dtype,
                          concurrency, timeout_s, retries, policy, count, split, seed, tasks_file, max_steps, output,

@@ -54,7 +54,7 @@ from agentflan.envs.base import FINISH, FINISH_SPEC, system_prompt
 from agentflan.errors import ConfigError
 from agentflan.eval.runlog import Exchange, single_record
 from agentflan.eval.score import rate
-from agentflan.formats.protocols import Action, Protocol, parse_tool_call_text
+from agentflan.formats.protocols import Action, Protocol, get_protocol, parse_tool_call_text
 from agentflan.io.files import write_atomic
 from agentflan.pipeline.base import rng_for
 from agentflan.schema import AssistantMessage, Source, SystemMessage, ToolCall, ToolSpec, Trajectory, UserMessage
@@ -337,7 +337,6 @@ def write_items(items: list[HItem], path: str | Path) -> Path:
 
 # ---- judging ----------------------------------------------------------------------------------------------
 
-REACT_STYLE = ("react", "json", "toolllama", "agentinstruct")
 REFUSAL = re.compile(r"(?i)\b(?:can(?:'|no)?t|cannot|unable|not able|no tools?\b|don't have|do not have|not possible|"
                      r"sorry|unfortunately)")
 _CALL_FORMATS = (
@@ -350,8 +349,9 @@ _CALL_FORMATS = (
 
 
 def style_of(protocol: str) -> Literal["react", "general"]:
-    """`react` for protocols that state an agent reply format, `general` for chat-style ones."""
-    return "react" if protocol.split(":")[0] in REACT_STYLE else "general"
+    """`react` for protocols that state an agent reply format, `general` for chat-style ones (the
+    protocol's `reply_style`)."""
+    return get_protocol(protocol).reply_style
 
 
 def call_format(text: str) -> str | None:

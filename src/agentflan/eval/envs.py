@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentflan.envs import get_env
+from agentflan.envs import env_names, get_env
 from agentflan.envs.base import (
     Agent,
     Environment,
@@ -37,7 +37,10 @@ from agentflan.formats.protocols import Protocol, get_protocol
 from agentflan.io.files import write_atomic
 from agentflan.schema import AssistantMessage, ToolMessage, Trajectory
 
-ENV_SUITES = ("toolapi", "db")
+
+def env_suites() -> tuple[str, ...]:
+    """The environment suites: every registered environment, built-ins first (`toolapi`, `db`)."""
+    return tuple(env_names(ordered=True))
 
 
 def load_tasks(env: str, *, split: str = "heldout", n: int = 100, seed: int = 0,
@@ -202,4 +205,4 @@ def model_agent(protocol_name: str, template: Any = None) -> tuple[Protocol, Cal
     return proto, protocol_agent(proto)
 
 
-__all__ = ["ENV_SUITES", "EnvRun", "Policy", "load_tasks", "read_log", "rescore", "run_env"]
+__all__ = ["EnvRun", "Policy", "env_suites", "load_tasks", "read_log", "rescore", "run_env"]

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from agentflan.registry import Registry
+from agentflan.registry import Registry, subclass_of
 from agentflan.schema import Trajectory
 
 
@@ -192,7 +192,7 @@ def make_steps(entries: list[dict[str, Any]]) -> list[Step]:
     return steps
 
 
-STEPS: Registry[type[Step]] = Registry("step")
+STEPS: Registry[type[Step]] = Registry("step", check=subclass_of("agentflan.pipeline.base:Step"))
 _S = "agentflan.pipeline.steps"
 for _name, _target, _doc in [
     ("split", f"{_S}.split:SplitStep", "keep a hash range of trajectories by id (e.g. 60/30/10)"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agentflan.errors import ConfigError
 from agentflan.io import check_reader_options
@@ -24,6 +24,7 @@ from agentflan.io.readers import READERS
 from agentflan.io.writers import WRITERS
 from agentflan.options import did_you_mean, validation_problems
 from agentflan.pipeline.base import STEPS, Step, make_steps
+from agentflan.pipeline.executor import EXECUTORS
 from agentflan.pipeline.negatives import NegativesConfig, teacher_from_env
 from agentflan.pipeline.steps.decontaminate import DecontaminateConfig
 
@@ -107,11 +108,17 @@ class DataRecipe(_Model):
     write: list[str] = Field(default_factory=lambda: ["native", "agentflan"])
     """Writers for every output and the mix (`native` is always written: the build reads it)."""
     workers: int = Field(1, ge=1)
-    executor: Literal["local", "ray"] = "local"
+    executor: str = "local"
+    """Where the build's tasks run (`agentflan.pipeline.executor.EXECUTORS`: local, ray)."""
     report: bool = True
     decontaminate: DecontaminateConfig | None = None
     """Drop, from every output (negatives' inputs included), the records whose request overlaps an
     evaluation set (`agentflan recipes steps`: `decontaminate`)."""
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, name: str) -> str:
+        return EXECUTORS.known(name)
 
     @model_validator(mode="after")
     def _references(self) -> DataRecipe:
