@@ -120,6 +120,19 @@ def test_registry_names_order_unknown_and_unregister() -> None:
     assert "zeta" not in reg and reg.names() == ["alpha"]
 
 
+def test_importing_the_cli_reads_no_entry_points() -> None:
+    """Entry points are read on a registry's first use: `agentflan --version` costs no scan."""
+    import subprocess
+
+    code = ("import agentflan.cli.main\n"
+            "from agentflan.envs import ENVIRONMENTS\nfrom agentflan.formats.protocols import PROTOCOLS\n"
+            "from agentflan.formats.templates import TEMPLATES\nfrom agentflan.io import READERS, WRITERS\n"
+            "from agentflan.pipeline.base import STEPS\nfrom agentflan.pipeline.executor import EXECUTORS\n"
+            "print([r._discovered for r in (READERS, WRITERS, STEPS, PROTOCOLS, TEMPLATES, ENVIRONMENTS, EXECUTORS)])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[0] == str([False] * 7)
+
+
 def test_entry_point_reader_converts_through_the_cli(plugin_root: Path, tmp_path: Path) -> None:
     assert "toy" not in READERS.names()
     install_plugin(plugin_root, "toyplug_reader", {"agentflan.readers": {"toy": "toyplug_reader_mod:ToyReader"}},
