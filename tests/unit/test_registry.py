@@ -251,12 +251,21 @@ def test_cli_choice_check_catches_a_hand_written_list() -> None:
     assert check_choices(g) == ["agentflan x template: lists template names by hand: ['agentflan', 'hf', 'llama2']"]
 
 
+class ToyTemplate(AgentFlanTemplate):
+    name: ClassVar[str] = "toytemplate"
+    jinja: ClassVar[str | None] = "{{ messages }}"
+
+
 def test_registered_names_reach_choices_and_listings() -> None:
-    TEMPLATES.register("toytemplate", AgentFlanTemplate)
+    from agentflan.formats.jinja import jinja_for
+
+    TEMPLATES.register("toytemplate", ToyTemplate)
     try:
         res = CliRunner().invoke(cli, ["data", "tokenize", "--help"])
         assert "[agentflan|llama2|hf|toytemplate]" in res.output  # built-ins in their order, then the new one
         assert check_choices(cli) == []
+        # what training saves with the tokenizer is the template's own attribute
+        assert jinja_for("toytemplate") == "{{ messages }}" and jinja_for("hf") is None
     finally:
         TEMPLATES.unregister("toytemplate")
     res = CliRunner().invoke(cli, ["eval", "--list-protocols"])

@@ -42,5 +42,8 @@ LLAMA2_JINJA = (
 
 
 def jinja_for(template: str) -> str | None:
-    """The Jinja template to save for `template` (None: the tokenizer keeps its own)."""
-    return {"agentflan": AGENTFLAN_JINJA, "llama2": LLAMA2_JINJA}.get(template)
+    """The Jinja template to save for the template named `template` (its `jinja` attribute; None:
+    the tokenizer keeps its own)."""
+    from agentflan.formats.templates import TEMPLATES  # it imports this module's texts
+
+    return TEMPLATES.get(template).jinja

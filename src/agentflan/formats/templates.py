@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from agentflan.errors import AgentflanError
+from agentflan.formats.jinja import AGENTFLAN_JINJA, LLAMA2_JINJA
 from agentflan.formats.openai import openai_messages, openai_tools
 from agentflan.registry import Registry, subclass_of
 from agentflan.schema import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, ToolSpec, UserMessage
@@ -54,6 +55,9 @@ class ChatTemplate(ABC):
     tool_aware: ClassVar[bool] = False
     """Whether the template may render tools and tool calls itself (then `renders_tools` probes
     whether it does); a template that is chat markup only receives text turns from a protocol."""
+    jinja: ClassVar[str | None] = None
+    """The same template in Jinja, saved with a trained tokenizer so that serving stacks render
+    prompts as training did (None: the tokenizer keeps its own chat template)."""
 
     @classmethod
     def create(cls, tokenizer: Any = None) -> ChatTemplate:
@@ -77,6 +81,7 @@ BOT_BEGIN, BOT_END, STOP = "<|Assistant|>\u0d46", "\n ", "\u0d3f"
 class AgentFlanTemplate(ChatTemplate):
     name: ClassVar[str] = "agentflan"
     stop: ClassVar[tuple[str, ...]] = (STOP,)
+    jinja: ClassVar[str | None] = AGENTFLAN_JINJA
 
     def render(self, messages: list[Message], tools: list[ToolSpec] | None = None, *,
                add_generation_prompt: bool = False) -> list[Segment]:
@@ -95,6 +100,7 @@ class AgentFlanTemplate(ChatTemplate):
 class Llama2Template(ChatTemplate):
     name: ClassVar[str] = "llama2"
     stop: ClassVar[tuple[str, ...]] = ("</s>",)
+    jinja: ClassVar[str | None] = LLAMA2_JINJA
     add_bos: ClassVar[bool] = False  # "<s>" is written in the text
 
     def render(self, messages: list[Message], tools: list[ToolSpec] | None = None, *,
