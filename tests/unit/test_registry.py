@@ -279,6 +279,11 @@ def test_config_names_are_checked_against_the_registries() -> None:
     assert DataConfig(paths=["x"], template="llama2").template == "llama2"
     with pytest.raises(ValueError, match=r"unknown template 'lama2' .*did you mean llama2"):
         DataConfig(paths=["x"], template="lama2")
+    from agentflan.pipeline.steps.decontaminate import DecontaminateConfig
+
+    assert DecontaminateConfig(envs=["db"]).envs == ["db"]
+    with pytest.raises(ValueError, match=r"unknown environment 'tollapi' .*did you mean toolapi"):
+        DecontaminateConfig(envs=["tollapi"])
     base = {"name": "r", "sources": {}, "outputs": {}}
     assert DataRecipe.model_validate({**base, "executor": "ray"}).executor == "ray"
     with pytest.raises(ValueError, match=r"unknown executor 'rey' .*did you mean ray"):
