@@ -62,7 +62,6 @@ class Registry(Generic[T]):
         self._targets: dict[str, Any] = {}
         self._docs: dict[str, str] = {}
         self._plugins: dict[str, Plugin] = {}
-        self._loaded: dict[str, Any] = {}
         self._discovered = False
 
     def register(self, name: str, target: str | T, doc: str = "") -> None:
@@ -76,7 +75,7 @@ class Registry(Generic[T]):
         """Remove `name` (a component registered at run time, e.g. by a test or a notebook)."""
         if name not in self._targets:
             raise ConfigError(f"{self.kind} {name!r} is not registered")
-        for table in (self._targets, self._docs, self._plugins, self._loaded):
+        for table in (self._targets, self._docs, self._plugins):
             table.pop(name, None)
 
     def names(self, *, ordered: bool = False) -> list[str]:
@@ -103,18 +102,13 @@ class Registry(Generic[T]):
         if name not in self._targets:
             raise ConfigError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names())})"
                               f"{did_you_mean(name, self._targets)}")
-        if name in self._loaded:
-            return self._loaded[name]  # type: ignore[no-any-return]
         target = self._targets[name]
         if name in self._plugins:
-            obj = self._load_plugin(name, self._plugins[name])
-        elif isinstance(target, str):
+            return self._load_plugin(name, self._plugins[name])  # type: ignore[no-any-return]
+        if isinstance(target, str):  # looked up on every call (imports are cached): monkeypatching works
             module, attr = target.split(":")
-            obj = getattr(importlib.import_module(module), attr)
-        else:
-            obj = target
-        self._loaded[name] = obj
-        return obj  # type: ignore[no-any-return]
+            return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        return target  # type: ignore[no-any-return]
 
     def known(self, name: str) -> str:
         """`name` when it is registered, else a `ValueError` listing the names with "did you mean"
@@ -132,7 +126,7 @@ class Registry(Generic[T]):
         """Forget the plugins found so far; the next lookup reads the entry points again (after
         installing a plugin into a running process, and in tests)."""
         for name in list(self._plugins):
-            for table in (self._targets, self._docs, self._loaded):
+            for table in (self._targets, self._docs):
                 table.pop(name, None)
         self._plugins.clear()
         self._discovered = False
