@@ -463,3 +463,27 @@ def test_toy_environment_through_the_cli(toy_components: None, tmp_path: Path) -
     assert [r["verdict"]["success"] for r in records] == [True, True] and records[0]["env"] == "toyadd"
     res = runner.invoke(cli, ["env", "play", "toyad"])
     assert res.exit_code == 4 and "did you mean toyadd" in res.output
+
+
+def test_entry_point_environment_and_protocol(plugin_root: Path) -> None:
+    """The third-party path for an environment and a protocol: one module, two entry points."""
+    install_plugin(plugin_root, "toyplug_env", {
+        "agentflan.environments": {"plugadd": "toyplug_env_mod:make_env"},
+        "agentflan.protocols": {"toy": "toyplug_env_mod:ToyProtocol"},
+    }, {"toyplug_env_mod": """
+        import dataclasses
+
+        from tests.unit.test_registry import TOY_ENV, ToyProtocol
+
+
+        def make_env():
+            return dataclasses.replace(TOY_ENV, name="plugadd", description="adds, from a plugin")
+        """})
+    ENVIRONMENTS.reload_plugins()
+    PROTOCOLS.reload_plugins()
+    runner = CliRunner()
+    assert "plugadd: adds, from a plugin" in runner.invoke(cli, ["env", "list"]).output
+    assert "toy" in runner.invoke(cli, ["eval", "--list-protocols"]).output.split()
+    res = runner.invoke(cli, ["env", "play", "plugadd"])
+    assert res.exit_code == 0 and "== SUCCESS: correct" in res.output, res.output
+    assert get_protocol("toy").name == "toy" and ENVIRONMENTS.origin("plugadd").distribution == "toyplug_env"  # type: ignore[union-attr]
