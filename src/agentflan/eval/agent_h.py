@@ -54,7 +54,7 @@ from agentflan.envs.base import FINISH, FINISH_SPEC, system_prompt
 from agentflan.errors import ConfigError
 from agentflan.eval.runlog import Exchange, single_record
 from agentflan.eval.score import rate
-from agentflan.formats.protocols import Action, Protocol, get_protocol, parse_tool_call_text
+from agentflan.formats.protocols import Action, Protocol, parse_tool_call_text
 from agentflan.io.files import write_atomic
 from agentflan.pipeline.base import rng_for
 from agentflan.schema import AssistantMessage, Source, SystemMessage, ToolCall, ToolSpec, Trajectory, UserMessage
@@ -351,6 +351,8 @@ _CALL_FORMATS = (
 def style_of(protocol: str) -> Literal["react", "general"]:
     """`react` for protocols that state an agent reply format, `general` for chat-style ones (the
     protocol's `reply_style`)."""
+    from agentflan.formats.protocols import get_protocol  # a line of its own: merges beside other import edits
+
     return get_protocol(protocol).reply_style
 
 
