@@ -450,7 +450,7 @@ class Server:
         self.names = (self.model_name, *[a for a in aliases if a != self.model_name])
         self.limits = limits or Limits()
         info = getattr(engine, "info", None)
-        candidates = [p for p in info.episode_protocols(None) if get_protocol(p).envs is None] if info else []
+        candidates = [p for p in info.episode_protocols(None) if not p.startswith("agentinstruct:")] if info else []
         self.default_protocol = protocol or (candidates[0] if candidates else "native")
         self.template = getattr(engine, "template", None)
         resolved = get_protocol(self.default_protocol, self.template)  # fail at start on a bad name

@@ -18,7 +18,6 @@ from agentflan.eval.driver import drive  # noqa: E402
 from agentflan.eval.engines import ScriptedEngine  # noqa: E402
 from agentflan.formats.agent_text import FormatSpec  # noqa: E402
 from agentflan.formats.protocols import (  # noqa: E402
-    PROTOCOLS,
     Completion,
     Prompt,
     get_protocol,
@@ -36,6 +35,8 @@ from agentflan.training.models import tiny_tokenizer  # noqa: E402
 def env_protocols(env: str) -> list[str]:
     """Every registered protocol an episode of `env` is played in (episodic, fitting `env`): a new
     protocol is under the parity tests once it is registered."""
+    from agentflan.formats.protocols import PROTOCOLS
+
     return [n for n in PROTOCOLS.names(ordered=True) if (p := get_protocol(n)).episodic and p.fits(env)]
 
 
@@ -43,6 +44,7 @@ def test_env_protocols_are_the_trained_ones():
     base = ["native", "react", "json", "react:random", "json:random", "toolllama", "tflan", "tflan:nocot",
             "tflan:inline"]
     assert env_protocols("toolapi") == base and env_protocols("db") == [*base, "agentinstruct:db"]
+
 
 # a compact Hermes/Qwen-style template that renders tools and tool calls itself (the `native` path)
 HERMES = (

@@ -310,7 +310,8 @@ def test_protocol_traits_are_attributes() -> None:
     assert not get_protocol("fireact").fits("toolapi") and not get_protocol("source").fits(None)
     db = get_protocol("agentinstruct:db")
     assert db.fits("db") and not db.fits("toolapi") and db.fits(None)
-    assert get_protocol("tflan").fits("db") and get_protocol("native").envs is None
+    assert get_protocol("tflan").fits("db") and get_protocol("native").task is None
+    assert not get_protocol("instruct:json").fits(None)  # single steps: no episode
     negatives = {n for n in protocol_names() if get_protocol(n).renders_negatives}
     assert not negatives & {"toolllama", "fireact", "source", "agentinstruct:db"} and "tflan" in negatives
 

@@ -165,22 +165,22 @@ class Protocol(ABC):
     """False for protocols that state one step and no final answer (`instruct:*`)."""
     stops: tuple[str, ...] = ()
     """Observation markers a reply must not write (see `Prompt.stop`)."""
+    task: str | None = None
+    """The one environment this protocol's prompts fit (an AgentInstruct dialect's task); None: any."""
+    plays_envs: ClassVar[bool] = True
+    """False when its actions fit none of our environments (FireAct's HotpotQA brackets) or it
+    resolves per trajectory (`source`): never chosen to play an episode."""
     reply_style: ClassVar[Literal["react", "general"]] = "general"
     """`react` when the protocol states an agent reply format (ReAct lines, a JSON object, a task's
     dialect), `general` for chat-style ones: Agent-H poses and judges its queries in that style."""
-    envs: tuple[str, ...] | None = None
-    """The environments an episode in this protocol fits: None, any; else only those named (a
-    task's own dialect fits that task's environment; `()`: none, e.g. HotpotQA's one-argument
-    actions or a per-source mixture)."""
     renders_negatives: ClassVar[bool] = True
     """Whether the negatives stage may render its samples (a request answered without a tool) in
     this protocol; the source formats reproduce a dataset's own conversations and have no such turn."""
 
     def fits(self, env: str | None) -> bool:
-        """Can an episode of `env` be played in this protocol? (`None`: some environment.)"""
-        if self.envs is None:
-            return True
-        return bool(self.envs) if env is None else env in self.envs
+        """Can an episode of `env` be played in this protocol (`episodic`, `plays_envs`, and `task`
+        unset or `env`)? `env=None`: some environment (a protocol tied to one task fits)."""
+        return self.episodic and self.plays_envs and (self.task is None or env is None or self.task == env)
 
     @abstractmethod
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
@@ -459,8 +459,8 @@ class FireActProtocol(TextProtocol):
     """HotpotQA ReAct as FireAct wrote it: `Action: search[...]`, `Observation: ...`."""
 
     name = "fireact"
+    plays_envs = False  # HotpotQA's one-argument actions fit no environment here
     stops = (f"\n{OBSERVATION_KEY}:",)
-    envs = ()  # HotpotQA's one-argument actions fit no environment here
     renders_negatives = False
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
@@ -511,6 +511,7 @@ class DialectProtocol(TextProtocol):
     """An AgentInstruct/AgentBench task's own conversation: its instruction as the first user turn,
     acknowledged ("Ok.", untrained), then actions in the task's dialect and raw results."""
 
+    task: str
     reply_style = "react"
     renders_negatives = False
 
@@ -518,7 +519,6 @@ class DialectProtocol(TextProtocol):
         if task not in DIALECTS:
             raise ConfigError(f"unknown AgentInstruct task {task!r} (known: {', '.join(DIALECTS)})")
         self.task = task
-        self.envs = (task,)  # the task's environment, when agentflan has one (db)
         self.dialect = DIALECTS[task]
         self.name = f"agentinstruct:{task}"
 
@@ -573,7 +573,7 @@ class SourceProtocol(Protocol):
     dialect, FireAct's brackets, or ToolBench's ToolLLaMA. Resolves per trajectory (`for_traj`)."""
 
     name = "source"
-    envs = ()  # a mixture of source formats: no environment is played in it
+    plays_envs = False
     renders_negatives = False
 
     def for_traj(self, traj: Trajectory) -> TextProtocol:

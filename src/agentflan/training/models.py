@@ -51,12 +51,18 @@ class ModelInfo:
 
         out = []
         for name, _ in sorted(self.protocols.items(), key=lambda kv: (-kv[1], kv[0])):
+            if name in ("chat", "source") or name.startswith("instruct"):
+                continue
             try:
                 proto = get_protocol(name)
-            except ConfigError:  # `chat` (no tools), or a protocol of a plugin not installed here
+            except ConfigError:
                 continue
-            if proto.episodic and proto.fits(env):
-                out.append(name)
+            if not proto.episodic or (name.startswith("agentinstruct:") and env is not None
+                                      and name != f"agentinstruct:{env}"):
+                continue
+            if name == "fireact":  # HotpotQA's one-argument actions fit no environment here
+                continue
+            out.append(name)
         return out or ["native"]
 
 
