@@ -100,7 +100,7 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
              concurrency: int, timeout_s: float, retries: int, policy: str, count: int, split: str, seed: int,
              tasks_file: Path | None, predictions: Path | None, max_steps: int, output: Path | None, no_resume: bool,
              list_protocols: bool, db_engine: str) -> None:
-    """Play held-out tasks of SUITES (the environments, toolapi and db by default; also agent-h, steps, bfcl, teval) and score them.
+    """Play held-out tasks of SUITES (toolapi, db; default both; also agent-h, steps, bfcl, teval) and score them.
 
     Each (suite, protocol) run is logged to OUTPUT/<suite>-<protocol>/episodes.jsonl with every
     transcript, and summarized (success ± s.e., by task kind, parse failures, invalid actions,
@@ -111,14 +111,13 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
     if list_protocols:
         click.echo("\n".join(protocol_names()))
         return
-    from agentflan.eval.envs import env_suites
+    from agentflan.eval.envs import ENV_SUITES
     from agentflan.eval.suites import SUITES
 
-    env_suite_names = env_suites()
-    suites = suites or env_suite_names
-    unknown = [s for s in suites if s not in (*env_suite_names, *SUITES)]
+    suites = suites or ENV_SUITES
+    unknown = [s for s in suites if s not in (*ENV_SUITES, *SUITES)]
     if unknown:
-        raise click.UsageError(f"unknown suite(s) {', '.join(unknown)} (known: {', '.join((*env_suite_names, *SUITES))})")
+        raise click.UsageError(f"unknown suite(s) {', '.join(unknown)} (known: {', '.join((*ENV_SUITES, *SUITES))})")
     try:
         code = _run_eval(suites, model, base_url, engine_name, protocols, batch_size, max_new_tokens, device, dtype,
                          concurrency, timeout_s, retries, policy, count, split, seed, tasks_file, max_steps, output,

@@ -38,9 +38,12 @@ from agentflan.io.files import write_atomic
 from agentflan.schema import AssistantMessage, ToolMessage, Trajectory
 
 
-def env_suites() -> tuple[str, ...]:
-    """The environment suites: every registered environment, built-ins first (`toolapi`, `db`)."""
-    return tuple(env_names(ordered=True))
+def __getattr__(name: str) -> Any:
+    """`ENV_SUITES`, the environment suites: every registered environment, built-ins first
+    (`toolapi`, `db`), read when asked for so that a plugin's environment is a suite too."""
+    if name == "ENV_SUITES":
+        return tuple(env_names(ordered=True))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_tasks(env: str, *, split: str = "heldout", n: int = 100, seed: int = 0,
@@ -205,4 +208,4 @@ def model_agent(protocol_name: str, template: Any = None) -> tuple[Protocol, Cal
     return proto, protocol_agent(proto)
 
 
-__all__ = ["EnvRun", "Policy", "env_suites", "load_tasks", "read_log", "rescore", "run_env"]
+__all__ = ["ENV_SUITES", "EnvRun", "Policy", "load_tasks", "read_log", "rescore", "run_env"]  # noqa: F822 - ENV_SUITES: __getattr__

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agentflan.errors import ConfigError
 from agentflan.io import check_reader_options
@@ -115,11 +115,6 @@ class DataRecipe(_Model):
     """Drop, from every output (negatives' inputs included), the records whose request overlaps an
     evaluation set (`agentflan recipes steps`: `decontaminate`)."""
 
-    @field_validator("executor")
-    @classmethod
-    def _known_executor(cls, name: str) -> str:
-        return EXECUTORS.known(name)
-
     @model_validator(mode="after")
     def _references(self) -> DataRecipe:
         problems = []
@@ -131,6 +126,9 @@ class DataRecipe(_Model):
             problems += [f"mix: unknown output {o!r}" for o in [*self.mix.weights, *self.mix.exclude,
                                                                   *self.mix.chat_outputs] if o not in known]
         problems += [f"write: unknown writer {w!r}" for w in self.write if w not in WRITERS]
+        if self.executor not in EXECUTORS:
+            problems.append(f"executor: unknown executor {self.executor!r} (known: {', '.join(EXECUTORS.names())})"
+                            f"{did_you_mean(self.executor, EXECUTORS.names())}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
