@@ -26,7 +26,6 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from agentflan.errors import AgentflanError
-from agentflan.formats.jinja import AGENTFLAN_JINJA, LLAMA2_JINJA
 from agentflan.formats.openai import openai_messages, openai_tools
 from agentflan.registry import Registry, subclass_of
 from agentflan.schema import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, ToolSpec, UserMessage
@@ -72,6 +71,44 @@ class ChatTemplate(ABC):
     def text(self, messages: list[Message], tools: list[ToolSpec] | None = None, *,
              add_generation_prompt: bool = False) -> str:
         return "".join(s for s, _ in self.render(messages, tools, add_generation_prompt=add_generation_prompt))
+
+
+# ---- the fixed templates in Jinja (saved with trained tokenizers: `ChatTemplate.jinja`) ----------------------
+# Literal text goes through expressions: transformers renders with trim_blocks and lstrip_blocks,
+# which would eat the newline + space that end every turn if they stood next to a block tag.
+AGENTFLAN_JINJA = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}{{ '<|Assistant|>\u0d46' + m['content'] + '\u0d3f\\n ' }}"
+    "{% else %}{{ '<|Human|>\u0d46' + m['content'] + '\\n ' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|Assistant|>\u0d46' }}{% endif %}"
+)
+
+LLAMA2_JINJA = (
+    "{% set ns = namespace(out='', sys='', side='', first=true, user='', bot=[]) %}"
+    "{% if messages and messages[0]['role'] == 'system' %}{% set ns.sys = messages[0]['content'] %}"
+    "{% set msgs = messages[1:] %}{% else %}{% set msgs = messages %}{% endif %}"
+    "{% for m in msgs %}"
+    "{% set side = 'assistant' if m['role'] == 'assistant' else 'user' %}"
+    "{% if side != ns.side and ns.side != '' %}"
+    "{% if ns.side == 'user' %}"
+    "{% set u = ns.user %}{% if ns.first and ns.sys %}{% set u = '<<SYS>>\n' + ns.sys + '\n<</SYS>>\n\n' + u %}{% endif %}"
+    "{% set ns.out = ns.out + '<s>[INST] ' + u | trim + ' [/INST]' %}{% set ns.first = false %}"
+    "{% else %}{% if not ns.out %}{% set ns.out = '<s>[INST]  [/INST]' %}{% endif %}"
+    "{% set ns.out = ns.out + ' ' + ns.bot | join('\n\n') + ' </s>' %}{% set ns.first = false %}{% endif %}"
+    "{% set ns.user = '' %}{% set ns.bot = [] %}{% endif %}"
+    "{% if side == 'user' %}{% set ns.user = ns.user + ('\n\n' if ns.user else '') + m['content'] %}"
+    "{% else %}{% set ns.bot = ns.bot + [m['content'] | trim] %}{% endif %}"
+    "{% set ns.side = side %}"
+    "{% endfor %}"
+    "{% if ns.side == 'user' %}"
+    "{% set u = ns.user %}{% if ns.first and ns.sys %}{% set u = '<<SYS>>\n' + ns.sys + '\n<</SYS>>\n\n' + u %}{% endif %}"
+    "{% set ns.out = ns.out + '<s>[INST] ' + u | trim + ' [/INST]' %}"
+    "{% elif ns.side == 'assistant' %}{% if not ns.out %}{% set ns.out = '<s>[INST]  [/INST]' %}{% endif %}"
+    "{% set ns.out = ns.out + ' ' + ns.bot | join('\n\n') + ' </s>' %}{% endif %}"
+    "{{ ns.out }}"
+    "{% if add_generation_prompt and ns.side == 'user' %}{{ ' ' }}{% endif %}"
+)
 
 
 HUMAN_BEGIN, HUMAN_END = "<|Human|>\u0d46", "\n "
