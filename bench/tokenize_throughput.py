@@ -46,7 +46,9 @@ def best_of(n: int, fns: dict[str, Any]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=REPO / "out" / "bench-data" / "native" / "train.jsonl")
-    ap.add_argument("--template", default="hf", choices=["hf", "agentflan", "llama2"])
+    from agentflan.formats.templates import TEMPLATES
+
+    ap.add_argument("--template", default="hf", choices=TEMPLATES.names(ordered=True))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()

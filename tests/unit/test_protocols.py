@@ -31,8 +31,21 @@ from agentflan.schema import AssistantMessage, ToolMessage, Trajectory  # noqa: 
 from agentflan.training.masking import encode, prompt_ids  # noqa: E402
 from agentflan.training.models import tiny_tokenizer  # noqa: E402
 
-ENV_PROTOCOLS = ["native", "react", "json", "react:random", "json:random", "toolllama", "tflan", "tflan:inline",
-                 "tflan:nocot"]
+
+def env_protocols(env: str) -> list[str]:
+    """Every registered protocol an episode of `env` is played in (episodic, fitting `env`): a new
+    protocol is under the parity tests once it is registered."""
+    from agentflan.formats.protocols import PROTOCOLS
+
+    return [n for n in PROTOCOLS.names(ordered=True) if (p := get_protocol(n)).episodic and p.fits(env)]
+
+
+def test_env_protocols_are_the_trained_ones():
+    base = ["native", "react", "json", "react:random", "json:random", "toolllama", "tflan", "tflan:nocot",
+            "tflan:inline"]
+    assert env_protocols("toolapi") == base and env_protocols("db") == [*base, "agentinstruct:db"]
+
+
 # a compact Hermes/Qwen-style template that renders tools and tool calls itself (the `native` path)
 HERMES = (
     "{%- if tools %}{{ '<|im_start|>system\\n' }}{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
@@ -80,7 +93,7 @@ def episodes():
 def tok(episodes):
     texts = []
     for env, eps in episodes.items():
-        for name in [*ENV_PROTOCOLS, "agentinstruct:db"] if env == "db" else ENV_PROTOCOLS:
+        for name in env_protocols(env):
             proto = get_protocol(name, AgentFlanTemplate())
             texts += [m.content for _, t in eps for m in proto.render(t, "k")]
     return tiny_tokenizer(texts)
@@ -119,7 +132,7 @@ def _calls(traj: Trajectory):
 def test_serving_prompts_equal_training_prompts(episodes, tok, template_name, env):
     template = _templates(tok)[template_name]
     tokenizer = getattr(template, "tokenizer", tok)
-    names = [*ENV_PROTOCOLS, "agentinstruct:db"] if env == "db" else ENV_PROTOCOLS
+    names = env_protocols(env)
     info = get_env(env)
     turns = 0
     for name in names:
@@ -283,7 +296,7 @@ def test_parity_with_smollm2s_real_tokenizer(episodes, template_name):
     template = get_template(template_name, tokenizer)
     for env in ("toolapi", "db"):
         info = get_env(env)
-        for name in [*ENV_PROTOCOLS, "agentinstruct:db"] if env == "db" else ENV_PROTOCOLS:
+        for name in env_protocols(env):
             proto = get_protocol(name, template)
             for task, traj in episodes[env][:4]:
                 trained = proto.apply(traj, "k")

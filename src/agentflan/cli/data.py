@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
+from agentflan.cli.choices import RegistryChoice
 from agentflan.errors import InputRejected, PartialResult
+from agentflan.formats.templates import TEMPLATES
 from agentflan.io import READERS, WRITERS, ConvertResult, ReadReport, convert, read
 from agentflan.io.base import rejection_problems
 from agentflan.io.files import write_atomic
@@ -68,8 +70,8 @@ def data() -> None:
 
 @data.command("convert")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--from", "fmt", type=click.Choice(READERS.names()), help="Input format (detected if omitted).")
-@click.option("--to", "to", type=click.Choice(WRITERS.names()), default="native", show_default=True)
+@click.option("--from", "fmt", type=RegistryChoice(READERS), help="Input format (detected if omitted).")
+@click.option("--to", "to", type=RegistryChoice(WRITERS), default="native", show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Output file: .jsonl or .json (+.gz/.zst), .parquet for --to parquet.")
 @click.option("--on-error", type=click.Choice(["raise", "skip", "quarantine"]), default="quarantine",
@@ -164,7 +166,7 @@ def _merge_dataset_info(path: Path, entry: dict[str, Any]) -> None:
 
 @data.command("stats")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--from", "fmt", type=click.Choice(READERS.names()), help="Input format (detected if omitted).")
+@click.option("--from", "fmt", type=RegistryChoice(READERS), help="Input format (detected if omitted).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option.")
 def stats_cmd(inputs: tuple[str, ...], fmt: str | None, as_json: bool, options: tuple[str, ...]) -> None:
@@ -221,7 +223,7 @@ def _print_stats(s: dict[str, Any], title: str) -> None:
 
 @data.command("inspect")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--from", "fmt", type=click.Choice(READERS.names()), help="Input format (detected if omitted).")
+@click.option("--from", "fmt", type=RegistryChoice(READERS), help="Input format (detected if omitted).")
 @click.option("-i", "--index", type=click.IntRange(min=0), default=0, show_default=True, help="Which record (0-based, after conversion).")
 @click.option("--id", "record_id", help="Pick the record with this id instead of --index.")
 @click.option("--plain", is_flag=True, help="Plain text with ⟦trained⟧ markers instead of colours.")
@@ -229,7 +231,7 @@ def _print_stats(s: dict[str, Any], title: str) -> None:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option.")
 @click.option("--tokenizer", help="Show the tokenized sample: trained tokens highlighted (a path, hub id, "
                                   "gguf:smollm2-135m-instruct, or tiny).")
-@click.option("--template", type=click.Choice(["agentflan", "llama2", "hf"]), default="hf", show_default=True,
+@click.option("--template", type=RegistryChoice(TEMPLATES, ordered=True), default="hf", show_default=True,
               help="Chat template for --tokenizer.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="With --tokenizer: also write an HTML view.")
 def inspect_cmd(inputs: tuple[str, ...], fmt: str | None, index: int, record_id: str | None, plain: bool,
@@ -259,10 +261,10 @@ def inspect_cmd(inputs: tuple[str, ...], fmt: str | None, index: int, record_id:
 
 @data.command("tokenize")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--from", "fmt", type=click.Choice(READERS.names()), help="Input format (detected if omitted).")
+@click.option("--from", "fmt", type=RegistryChoice(READERS), help="Input format (detected if omitted).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output .jsonl/.json (+.gz/.zst).")
 @click.option("--tokenizer", required=True, help="Tokenizer: a path, hub id, gguf:smollm2-135m-instruct, or tiny.")
-@click.option("--template", type=click.Choice(["agentflan", "llama2", "hf"]), default="hf", show_default=True)
+@click.option("--template", type=RegistryChoice(TEMPLATES, ordered=True), default="hf", show_default=True)
 @click.option("--max-length", type=click.IntRange(min=1), help="Truncate samples to this many tokens.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option.")
 def tokenize_cmd(inputs: tuple[str, ...], fmt: str | None, output: Path, tokenizer: str, template: str,

@@ -90,14 +90,14 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
     transcript, and summarized (success ± s.e., by task kind, parse failures, invalid actions,
     errors apart). Re-running the same command resumes; `agentflan score OUTPUT` re-scores.
     """
-    from agentflan.eval.evaluate import ENV_SUITES, EvalConfig, evaluate
+    from agentflan.eval.evaluate import EvalConfig, env_suites, evaluate
     from agentflan.eval.suite import suite_names
     from agentflan.formats.protocols import protocol_names
 
     if list_protocols:
         click.echo("\n".join(protocol_names()))
         return
-    suites = suites or ENV_SUITES
+    suites = suites or env_suites()
     known = suite_names()
     unknown = [s for s in suites if s not in known]
     if unknown:

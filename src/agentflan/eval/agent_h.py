@@ -342,7 +342,6 @@ def write_items(items: list[HItem], path: str | Path) -> Path:
 
 # ---- judging ----------------------------------------------------------------------------------------------
 
-REACT_STYLE = ("react", "json", "toolllama", "agentinstruct")
 REFUSAL = re.compile(r"(?i)\b(?:can(?:'|no)?t|cannot|unable|not able|no tools?\b|don't have|do not have|not possible|"
                      r"sorry|unfortunately)")
 _CALL_FORMATS = (
@@ -355,8 +354,11 @@ _CALL_FORMATS = (
 
 
 def style_of(protocol: str) -> Literal["react", "general"]:
-    """`react` for protocols that state an agent reply format, `general` for chat-style ones."""
-    return "react" if protocol.split(":")[0] in REACT_STYLE else "general"
+    """`react` for protocols that state an agent reply format, `general` for chat-style ones (the
+    protocol's `reply_style`)."""
+    from agentflan.formats.protocols import get_protocol  # a line of its own: merges beside other import edits
+
+    return get_protocol(protocol).reply_style
 
 
 def call_format(text: str) -> str | None:

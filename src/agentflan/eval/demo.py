@@ -35,7 +35,13 @@ from agentflan.errors import ConfigError, RunFailed
 from agentflan.io.files import write_atomic
 
 ARMS = {"agent-flan": "builtin", "agenttuning": "builtin-agenttuning"}
-ENVS = ("toolapi", "db")
+
+
+def demo_envs() -> tuple[str, ...]:
+    """The environments the demo synthesizes episodes of and evaluates on: every registered one."""
+    from agentflan.envs import env_names
+
+    return tuple(env_names(ordered=True))
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ def _episodes(d: Demo, n: int) -> dict[str, Any]:
     from agentflan.envs.synth import synth
 
     out = {}
-    for env in ENVS:
+    for env in demo_envs():
         r = synth(env, n, "train", d.out / "env", seed=d.seed)
         d.echo(f"   {env}: {r.written}/{r.tasks} verified ({', '.join(f'{k} {v}' for k, v in sorted(r.kinds.items()))})")
         out[env] = {"written": r.written, "tasks": r.tasks, "kinds": dict(r.kinds)}
@@ -153,7 +159,7 @@ def _protocols(model_dir: str) -> dict[str, list[str]]:
 
     info = ModelInfo.load(model_dir)
     out = {}
-    for env in ENVS:
+    for env in demo_envs():
         trained = info.episode_protocols(env)
         out[env] = ["agentinstruct:db"] if env == "db" and "agentinstruct:db" in trained else trained[:1]
     return out
@@ -167,7 +173,7 @@ def _evaluate(d: Demo, name: str, model: str, protocols: dict[str, list[str]]) -
     from agentflan.eval.evaluate import EvalConfig, evaluate
     from agentflan.models.engines import HFEngine
 
-    config = EvalConfig(suites=(*ENVS, "agent-h", *d.suites), model=model, policy="model", count=d.eval_tasks,
+    config = EvalConfig(suites=(*demo_envs(), "agent-h", *d.suites), model=model, policy="model", count=d.eval_tasks,
                         split="heldout", seed=d.seed, max_steps=8, output=d.out / "eval" / name, resume=True,
                         max_new_tokens=d.preset.max_new_tokens, run_name=name, suite_protocols=dict(protocols),
                         suite_counts={"agent-h": d.agent_h_items})
@@ -222,7 +228,7 @@ def run_demo(d: Demo) -> tuple[Path, Path]:
            f"({d.agent_h_items} items per style)")
     for name, model in evals.items():
         protos = arm_protocols.get(name) or {env: sorted({x for a in arm_protocols.values() for x in a[env]})
-                                              for env in ENVS}
+                                              for env in demo_envs()}
         key = {"model": model, "protocols": protos, "n": d.eval_tasks, "agent_h": d.agent_h_items, "seed": d.seed,
                **({"suites": list(d.suites)} if d.suites else {}),
                "max_new_tokens": p.max_new_tokens, "device": d.device,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agentflan.envs import get_env
+from agentflan.envs import env_names, get_env
 from agentflan.envs.base import (
     Agent,
     Environment,
@@ -36,7 +36,13 @@ from agentflan.models.engines import Engine, episode_protocols
 from agentflan.schema import AssistantMessage, ToolMessage, Trajectory
 from agentflan.seeds import crc_seed
 
-ENV_SUITES = ("toolapi", "db")
+
+def __getattr__(name: str) -> Any:
+    """`ENV_SUITES`, the environment suites: every registered environment, built-ins first
+    (`toolapi`, `db`), read when asked for so that a plugin's environment is a suite too."""
+    if name == "ENV_SUITES":
+        return tuple(env_names(ordered=True))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_tasks(env: str, *, split: str = "heldout", n: int = 100, seed: int = 0,
@@ -265,4 +271,4 @@ class EnvSuite(Suite):
                  + ("\n![success per task kind](env_kinds.png)\n" if png else ""))]
 
 
-__all__ = ["ENV_SUITES", "EnvSuite", "Policy", "load_tasks", "read_log", "rescore", "run_env"]
+__all__ = ["ENV_SUITES", "EnvSuite", "Policy", "load_tasks", "read_log", "rescore", "run_env"]  # noqa: F822 - ENV_SUITES: __getattr__

@@ -20,15 +20,20 @@ from agentflan.errors import EXIT_PARTIAL, ConfigError, RunFailed
 from agentflan.eval.runlog import Run
 from agentflan.eval.suite import Progress, SuiteRequest, get_suite, safe_name
 
-ENV_SUITES = ("toolapi", "db")
-"""What `agentflan eval` plays when no suite is named."""
+
+def env_suites() -> tuple[str, ...]:
+    """What `agentflan eval` plays when no suite is named: every registered environment, built-ins
+    first (`toolapi`, `db`)."""
+    from agentflan.envs import env_names
+
+    return tuple(env_names(ordered=True))
 
 
 @dataclass
 class EvalConfig:
     """One `agentflan eval` (see its help); the engine is built by the caller (`needs_engine`)."""
 
-    suites: tuple[str, ...] = ENV_SUITES
+    suites: tuple[str, ...] = field(default_factory=env_suites)
     model: str | None = None
     """A model folder, or the model name at `base_url` (recorded in every run's config)."""
     base_url: str | None = None

@@ -80,12 +80,12 @@ class StepItem(BaseModel):
 
 
 def expert_trajectories(n: int, seed: int = 0, split: str = "heldout") -> list[Trajectory]:
-    """Expert episodes of both environments' `split`, alternating (Tool-API, DB, ...)."""
-    from agentflan.envs import get_env
+    """Expert episodes of every environment's `split`, alternating (Tool-API, DB, ...)."""
+    from agentflan.envs import env_names, get_env
     from agentflan.envs.base import ExpertPolicy, run_episode
 
     per_env = []
-    for name in ("toolapi", "db"):
+    for name in env_names(ordered=True):
         info = get_env(name)
         eps = []
         for task in info.generate(n, split, seed):

@@ -48,6 +48,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 from agentflan.errors import ConfigError, ParseError
@@ -92,6 +93,7 @@ from agentflan.formats.tflan import (
     pick,
     tools_prompt,
 )
+from agentflan.registry import Registry
 from agentflan.schema import (
     AssistantMessage,
     Message,
@@ -176,6 +178,17 @@ class Protocol(ABC):
     plays_envs: ClassVar[bool] = True
     """False when its actions fit none of our environments (FireAct's HotpotQA brackets) or it
     resolves per trajectory (`source`): never chosen to play an episode."""
+    reply_style: ClassVar[Literal["react", "general"]] = "general"
+    """`react` when the protocol states an agent reply format (ReAct lines, a JSON object, a task's
+    dialect), `general` for chat-style ones: Agent-H poses and judges its queries in that style."""
+    renders_negatives: ClassVar[bool] = True
+    """Whether the negatives stage may render its samples (a request answered without a tool) in
+    this protocol; the source formats reproduce a dataset's own conversations and have no such turn."""
+
+    def fits(self, env: str | None) -> bool:
+        """Can an episode of `env` be played in this protocol (`episodic`, `plays_envs`, and `task`
+        unset or `env`)? `env=None`: some environment (a protocol tied to one task fits)."""
+        return self.episodic and self.plays_envs and (self.task is None or env is None or self.task == env)
 
     @abstractmethod
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
@@ -368,6 +381,8 @@ class ReactProtocol(TextProtocol):
     """ReAct lines or a JSON object in a stated format; `spec=None` draws the format from the key
     (Agent-FLAN's randomized format instructions)."""
 
+    reply_style = "react"
+
     def __init__(self, spec: FormatSpec | None = TOOLLLAMA_SPEC, styles: tuple[str, ...] = ("react",)) -> None:
         self.spec = spec
         self.styles = styles
@@ -428,6 +443,8 @@ class ToolLlamaProtocol(TextProtocol):
 
     name = "toolllama"
     stops = (f"\n{OBSERVATION_KEY}:",)
+    reply_style = "react"
+    renders_negatives = False
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
         out: list[Message] = []
@@ -452,6 +469,7 @@ class FireActProtocol(TextProtocol):
     name = "fireact"
     plays_envs = False  # HotpotQA's one-argument actions fit no environment here
     stops = (f"\n{OBSERVATION_KEY}:",)
+    renders_negatives = False
 
     def render(self, traj: Trajectory, key: str = "") -> list[Message]:
         return text_turns(traj.messages, lambda thought, c: render_bracket(thought, c.name if c else None,
@@ -502,6 +520,8 @@ class DialectProtocol(TextProtocol):
     acknowledged ("Ok.", untrained), then actions in the task's dialect and raw results."""
 
     task: str
+    reply_style = "react"
+    renders_negatives = False
 
     def __init__(self, task: str) -> None:
         if task not in DIALECTS:
@@ -562,6 +582,7 @@ class SourceProtocol(Protocol):
 
     name = "source"
     plays_envs = False
+    renders_negatives = False
 
     def for_traj(self, traj: Trajectory) -> TextProtocol:
         task = traj.tags.get("task")
@@ -817,42 +838,44 @@ class BFCLProtocol(TextProtocol):
 
 # ---- the registry ---------------------------------------------------------------------------------------
 
-_FIXED: dict[str, Callable[[], Protocol]] = {
-    "native": NativeProtocol,
-    "react": lambda: ReactProtocol(TOOLLLAMA_SPEC),
-    "json": lambda: ReactProtocol(JSON_SPEC),
-    "react:random": lambda: ReactProtocol(None, ("react",)),
-    "json:random": lambda: ReactProtocol(None, ("json",)),
-    "toolllama": ToolLlamaProtocol,
-    "fireact": FireActProtocol,
-    "tflan": lambda: TFlanProtocol(AlignOptions(cot=True, decompose=True)),
-    "tflan:nocot": lambda: TFlanProtocol(AlignOptions(cot=False, decompose=True)),
-    "tflan:inline": lambda: TFlanProtocol(AlignOptions(cot=True, decompose=False)),
-    "instruct:json": lambda: InstructProtocol("json"),
-    "instruct:string": lambda: InstructProtocol("string"),
-    "instruct:json:random": lambda: InstructProtocol("json", randomized=True),
-    "instruct:string:random": lambda: InstructProtocol("string", randomized=True),
-    "source": SourceProtocol,
-    "bfcl": BFCLProtocol,
-    **{f"agentinstruct:{t}": (lambda t=t: DialectProtocol(t)) for t in DIALECTS},  # type: ignore[misc]
-}
+def _is_protocol(obj: Any) -> str | None:
+    return None if callable(obj) else f"it names {obj!r}, neither a Protocol class nor a function that makes one"
+
+
+PROTOCOLS: Registry[Callable[[], Protocol]] = Registry("protocol", check=_is_protocol)
+"""Protocols by name: each entry makes the protocol (a `Protocol` subclass, or a function without
+arguments). Plugins register in the entry point group `agentflan.protocols`."""
+_BUILT_IN: list[tuple[str, Callable[[], Protocol], str]] = [
+    ("native", NativeProtocol, "the chat template's own tool calls (react for a template without them)"),
+    ("react", partial(ReactProtocol, TOOLLLAMA_SPEC), "ReAct lines in ToolLLaMA's format"),
+    ("json", partial(ReactProtocol, JSON_SPEC), "one JSON object per action"),
+    ("react:random", partial(ReactProtocol, None, ("react",)), "ReAct with the format drawn from the key"),
+    ("json:random", partial(ReactProtocol, None, ("json",)), "JSON with the key names drawn from the key"),
+    ("toolllama", ToolLlamaProtocol, "ToolBench's prompt and ToolLLaMA ReAct"),
+    ("fireact", FireActProtocol, "HotpotQA's Action: search[...]"),
+    ("tflan", partial(TFlanProtocol, AlignOptions(cot=True, decompose=True)), "T-FLAN chat, elicit turns"),
+    ("tflan:nocot", partial(TFlanProtocol, AlignOptions(cot=False, decompose=True)), "T-FLAN without thoughts"),
+    ("tflan:inline", partial(TFlanProtocol, AlignOptions(cot=True, decompose=False)), "T-FLAN, call inline"),
+    ("instruct:json", partial(InstructProtocol, "json"), "the next call only, as JSON"),
+    ("instruct:string", partial(InstructProtocol, "string"), "the next call only, as two lines"),
+    ("instruct:json:random", partial(InstructProtocol, "json", randomized=True), "instruct:json, drawn keys"),
+    ("instruct:string:random", partial(InstructProtocol, "string", randomized=True), "instruct:string, drawn keys"),
+    ("source", SourceProtocol, "each trajectory in its source's own format"),
+    *((f"agentinstruct:{_t}", partial(DialectProtocol, _t), f"AgentInstruct's {_t} dialect") for _t in DIALECTS),
+]
+for _name, _make, _doc in _BUILT_IN:
+    PROTOCOLS.register(_name, _make, _doc)
+PROTOCOLS.register("bfcl", BFCLProtocol, "BFCL's Python-call prompt (single step)")
 
 
 def protocol_names() -> list[str]:
-    return sorted(_FIXED)
+    return PROTOCOLS.names()
 
 
 def get_protocol(name: str, template: Any = None) -> Protocol:
     """A protocol by name (`react`, `json:random`, `tflan:inline`, `agentinstruct:db`, ...), or a
-    ReAct/JSON format given as `react:{"action_key": "Tool", ...}`. With `template`, `native`
-    resolves to `react` when the template cannot render tools."""
-    if name == "native" and template is not None:
-        from agentflan.formats.templates import renders_tools
-
-        if not renders_tools(template):
-            return ReactProtocol(TOOLLLAMA_SPEC)
-    if name in _FIXED:
-        return _FIXED[name]()
+    ReAct/JSON format given as `react:{"action_key": "Tool", ...}`. With `template`, a
+    `structured` protocol (`native`) resolves to `react` when the template cannot render tools."""
     style, _, rest = name.partition(":")
     if style in ("react", "json") and rest.startswith("{"):
         try:
@@ -860,11 +883,19 @@ def get_protocol(name: str, template: Any = None) -> Protocol:
         except (json.JSONDecodeError, TypeError) as e:
             raise ConfigError(f"protocol {name!r}: the format must be a JSON object of FormatSpec keys ({e})") from e
         return ReactProtocol(spec)
-    import difflib
+    proto = PROTOCOLS.get(name)()
+    if not isinstance(proto, Protocol):
+        raise ConfigError(f"protocol {name!r} ({PROTOCOLS.origin(name) or 'built in'}) made {proto!r}, "
+                          "not an agentflan.formats.protocols.Protocol")
+    if proto.name != name:  # data is tagged with `name`, and training and eval look the tag up again
+        raise ConfigError(f"protocol {name!r} ({PROTOCOLS.origin(name) or 'built in'}) calls itself "
+                          f"{proto.name!r}: its `name` must be the name it is registered under")
+    if proto.structured and template is not None:
+        from agentflan.formats.templates import renders_tools
 
-    close = difflib.get_close_matches(name, _FIXED, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"unknown protocol {name!r} (known: {', '.join(protocol_names())}){hint}")
+        if not renders_tools(template):
+            return ReactProtocol(TOOLLLAMA_SPEC)
+    return proto
 
 
 TEXT_FORMATS = frozenset({"tflan", "react", "json", "source", "instruct"})

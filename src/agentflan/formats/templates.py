@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from agentflan.errors import AgentflanError
 from agentflan.formats.openai import openai_messages, openai_tools
+from agentflan.registry import Registry, subclass_of
 from agentflan.schema import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, ToolSpec, UserMessage
 
 Segment = tuple[str, bool]
@@ -50,6 +51,17 @@ class ChatTemplate(ABC):
     stop: ClassVar[tuple[str, ...]] = ()
     """Text that ends an assistant turn (for generation)."""
     add_bos: ClassVar[bool] = True
+    tool_aware: ClassVar[bool] = False
+    """Whether the template may render tools and tool calls itself (then `renders_tools` probes
+    whether it does); a template that is chat markup only receives text turns from a protocol."""
+    jinja: ClassVar[str | None] = None
+    """The same template in Jinja, saved with a trained tokenizer so that serving stacks render
+    prompts as training did (None: the tokenizer keeps its own chat template)."""
+
+    @classmethod
+    def create(cls, tokenizer: Any = None) -> ChatTemplate:
+        """The template for a model's `tokenizer` (fixed templates need none)."""
+        return cls()
 
     @abstractmethod
     def render(self, messages: list[Message], tools: list[ToolSpec] | None = None, *,
@@ -61,6 +73,44 @@ class ChatTemplate(ABC):
         return "".join(s for s, _ in self.render(messages, tools, add_generation_prompt=add_generation_prompt))
 
 
+# ---- the fixed templates in Jinja (saved with trained tokenizers: `ChatTemplate.jinja`) ----------------------
+# Literal text goes through expressions: transformers renders with trim_blocks and lstrip_blocks,
+# which would eat the newline + space that end every turn if they stood next to a block tag.
+AGENTFLAN_JINJA = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}{{ '<|Assistant|>\u0d46' + m['content'] + '\u0d3f\\n ' }}"
+    "{% else %}{{ '<|Human|>\u0d46' + m['content'] + '\\n ' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|Assistant|>\u0d46' }}{% endif %}"
+)
+
+LLAMA2_JINJA = (
+    "{% set ns = namespace(out='', sys='', side='', first=true, user='', bot=[]) %}"
+    "{% if messages and messages[0]['role'] == 'system' %}{% set ns.sys = messages[0]['content'] %}"
+    "{% set msgs = messages[1:] %}{% else %}{% set msgs = messages %}{% endif %}"
+    "{% for m in msgs %}"
+    "{% set side = 'assistant' if m['role'] == 'assistant' else 'user' %}"
+    "{% if side != ns.side and ns.side != '' %}"
+    "{% if ns.side == 'user' %}"
+    "{% set u = ns.user %}{% if ns.first and ns.sys %}{% set u = '<<SYS>>\n' + ns.sys + '\n<</SYS>>\n\n' + u %}{% endif %}"
+    "{% set ns.out = ns.out + '<s>[INST] ' + u | trim + ' [/INST]' %}{% set ns.first = false %}"
+    "{% else %}{% if not ns.out %}{% set ns.out = '<s>[INST]  [/INST]' %}{% endif %}"
+    "{% set ns.out = ns.out + ' ' + ns.bot | join('\n\n') + ' </s>' %}{% set ns.first = false %}{% endif %}"
+    "{% set ns.user = '' %}{% set ns.bot = [] %}{% endif %}"
+    "{% if side == 'user' %}{% set ns.user = ns.user + ('\n\n' if ns.user else '') + m['content'] %}"
+    "{% else %}{% set ns.bot = ns.bot + [m['content'] | trim] %}{% endif %}"
+    "{% set ns.side = side %}"
+    "{% endfor %}"
+    "{% if ns.side == 'user' %}"
+    "{% set u = ns.user %}{% if ns.first and ns.sys %}{% set u = '<<SYS>>\n' + ns.sys + '\n<</SYS>>\n\n' + u %}{% endif %}"
+    "{% set ns.out = ns.out + '<s>[INST] ' + u | trim + ' [/INST]' %}"
+    "{% elif ns.side == 'assistant' %}{% if not ns.out %}{% set ns.out = '<s>[INST]  [/INST]' %}{% endif %}"
+    "{% set ns.out = ns.out + ' ' + ns.bot | join('\n\n') + ' </s>' %}{% endif %}"
+    "{{ ns.out }}"
+    "{% if add_generation_prompt and ns.side == 'user' %}{{ ' ' }}{% endif %}"
+)
+
+
 HUMAN_BEGIN, HUMAN_END = "<|Human|>\u0d46", "\n "
 BOT_BEGIN, BOT_END, STOP = "<|Assistant|>\u0d46", "\n ", "\u0d3f"
 
@@ -68,6 +118,7 @@ BOT_BEGIN, BOT_END, STOP = "<|Assistant|>\u0d46", "\n ", "\u0d3f"
 class AgentFlanTemplate(ChatTemplate):
     name: ClassVar[str] = "agentflan"
     stop: ClassVar[tuple[str, ...]] = (STOP,)
+    jinja: ClassVar[str | None] = AGENTFLAN_JINJA
 
     def render(self, messages: list[Message], tools: list[ToolSpec] | None = None, *,
                add_generation_prompt: bool = False) -> list[Segment]:
@@ -86,6 +137,7 @@ class AgentFlanTemplate(ChatTemplate):
 class Llama2Template(ChatTemplate):
     name: ClassVar[str] = "llama2"
     stop: ClassVar[tuple[str, ...]] = ("</s>",)
+    jinja: ClassVar[str | None] = LLAMA2_JINJA
     add_bos: ClassVar[bool] = False  # "<s>" is written in the text
 
     def render(self, messages: list[Message], tools: list[ToolSpec] | None = None, *,
@@ -140,6 +192,11 @@ class HFTemplate(ChatTemplate):
 
     name: ClassVar[str] = "hf"
     add_bos: ClassVar[bool] = False  # a template that wants BOS writes it
+    tool_aware: ClassVar[bool] = True
+
+    @classmethod
+    def create(cls, tokenizer: Any = None) -> ChatTemplate:
+        return cls(tokenizer)
 
     def __init__(self, tokenizer: Any, stop: tuple[str, ...] | None = None) -> None:
         if not getattr(tokenizer, "chat_template", None):
@@ -205,14 +262,17 @@ class HFTemplate(ChatTemplate):
                 "use template: agentflan or llama2, or a training template that preserves prefixes")
 
 
+TEMPLATES: Registry[type[ChatTemplate]] = Registry("template", check=subclass_of(
+    "agentflan.formats.templates:ChatTemplate"))
+"""Chat templates by name (plugins: the entry point group `agentflan.templates`)."""
+TEMPLATES.register("agentflan", AgentFlanTemplate, "the released Agent-FLAN model's Lagent meta-template")
+TEMPLATES.register("llama2", Llama2Template, "Llama-2-chat ([INST] ... [/INST] answer </s>)")
+TEMPLATES.register("hf", HFTemplate, "the model's own Hugging Face chat template (tools passed through)")
+
+
 def get_template(name: str, tokenizer: Any = None) -> ChatTemplate:
-    if name == "agentflan":
-        return AgentFlanTemplate()
-    if name == "llama2":
-        return Llama2Template()
-    if name == "hf":
-        return HFTemplate(tokenizer)
-    raise TemplateError(f"unknown template {name!r} (agentflan, llama2, hf)")
+    """The template `name` for a model's `tokenizer` (`ConfigError` for an unknown name)."""
+    return TEMPLATES.get(name).create(tokenizer)
 
 
 def is_structured(messages: list[Message]) -> bool:
@@ -226,7 +286,7 @@ _PROBE_TOOL, _PROBE_CALL = "agentflan_probe_tool", "agentflan_probe_call"
 def renders_tools(template: ChatTemplate) -> bool:
     """Does the template itself show the offered tools and the assistant's tool calls? (Probed once
     per template by rendering a conversation with a tool and a call: both names must appear.)"""
-    if not isinstance(template, HFTemplate):
+    if not template.tool_aware:
         return False
     cached: bool | None = getattr(template, "_renders_tools", None)
     if cached is None:
@@ -235,7 +295,9 @@ def renders_tools(template: ChatTemplate) -> bool:
             ToolMessage(content="r", tool_call_id="call_0", name=_PROBE_CALL)]
         tool = ToolSpec(name=_PROBE_TOOL, parameters={"type": "object", "properties": {"x": {"type": "integer"}}})
         try:
-            text = template._render(probe, [tool], add_generation_prompt=False)
+            # an HF template renders the whole conversation at once (its segments also check prefixes)
+            text = (template._render(probe, [tool], add_generation_prompt=False) if isinstance(template, HFTemplate)
+                    else template.text(probe, [tool]))
         except TemplateError:
             text = ""
         cached = _PROBE_TOOL in text and _PROBE_CALL in text

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_serializer, model_validator
 
 from agentflan.errors import ConfigError
-from agentflan.registry import Registry
+from agentflan.registry import Registry, subclass_of
 from agentflan.schema import Trajectory
 
 
@@ -218,7 +218,7 @@ def make_steps(entries: Iterable[StepSpec | dict[str, Any]]) -> list[Step[Any]]:
     return [(e if isinstance(e, StepSpec) else StepSpec.of(e)).make() for e in entries]
 
 
-STEPS: Registry[type[Step[Any]]] = Registry("step")
+STEPS: Registry[type[Step[Any]]] = Registry("step", check=subclass_of("agentflan.pipeline.base:Step"))
 _S = "agentflan.pipeline.steps"
 for _name, _target, _doc in [
     ("split", f"{_S}.split:SplitStep", "keep a hash range of trajectories by id (e.g. 60/30/10)"),

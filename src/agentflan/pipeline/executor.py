@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from agentflan.errors import ConfigError, require
+from agentflan.registry import Registry, subclass_of
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -149,10 +150,13 @@ class RayExecutor(Executor):
         return lambda: ray.get(ref)
 
 
+EXECUTORS: Registry[type[Executor]] = Registry("executor", check=subclass_of("agentflan.pipeline.executor:Executor"))
+"""Executors by the name a recipe's `executor:` gives (plugins: the entry point group
+`agentflan.executors`; an executor is constructed with the number of workers)."""
+EXECUTORS.register("local", LocalExecutor, "this process, or a pool of forked processes")
+EXECUTORS.register("ray", RayExecutor, "Ray tasks, local or on the cluster in RAY_ADDRESS")
+
+
 def make_executor(kind: str, workers: int) -> Executor:
     """The executor a recipe's `executor:` names."""
-    if kind == "local":
-        return LocalExecutor(workers)
-    if kind == "ray":
-        return RayExecutor(workers)
-    raise ConfigError(f"unknown executor {kind!r} (local, ray)")
+    return EXECUTORS.get(kind)(workers)

@@ -176,7 +176,7 @@ class NegativesConfig(BaseModel):
     def _protocols(cls, v: dict[str, float]) -> dict[str, float]:
         for name, w in v.items():
             proto = get_protocol(name)
-            if not proto.episodic or name.startswith(("agentinstruct", "source", "fireact", "toolllama")):
+            if not proto.episodic or not proto.renders_negatives:
                 raise ValueError(f"protocol {name!r} cannot render a negative sample (use tflan, tflan:inline, "
                                  "react[:random], json[:random] or native)")
             if w < 0:

@@ -24,6 +24,7 @@ from agentflan.io.writers import WRITERS
 from agentflan.options import did_you_mean, validation_problems
 from agentflan.overrides import apply_overrides, load_yaml_file
 from agentflan.pipeline.base import STEPS, Step, StepSpec
+from agentflan.pipeline.executor import EXECUTORS
 from agentflan.pipeline.negatives import NegativesConfig, teacher_from_env
 from agentflan.pipeline.steps.decontaminate import DecontaminateConfig
 
@@ -107,7 +108,8 @@ class DataRecipe(_Model):
     write: list[str] = Field(default_factory=lambda: ["native", "agentflan"])
     """Writers for every output and the mix (`native` is always written: the build reads it)."""
     workers: int = Field(1, ge=1)
-    executor: Literal["local", "ray"] = "local"
+    executor: str = "local"
+    """Where the build's tasks run (`agentflan.pipeline.executor.EXECUTORS`: local, ray)."""
     report: bool = True
     decontaminate: DecontaminateConfig | None = None
     """Drop, from every output (negatives' inputs included), the records whose request overlaps an
@@ -124,6 +126,9 @@ class DataRecipe(_Model):
             problems += [f"mix: unknown output {o!r}" for o in [*self.mix.weights, *self.mix.exclude,
                                                                   *self.mix.chat_outputs] if o not in known]
         problems += [f"write: unknown writer {w!r}" for w in self.write if w not in WRITERS]
+        if self.executor not in EXECUTORS:
+            problems.append(f"executor: unknown executor {self.executor!r} (known: {', '.join(EXECUTORS.names())})"
+                            f"{did_you_mean(self.executor, EXECUTORS.names())}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

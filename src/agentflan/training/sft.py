@@ -48,7 +48,15 @@ class DataConfig(BaseModel):
         if not paths:  # training on nothing would end deep in the trainer, not here
             raise ValueError("no training data given: list at least one file, glob or folder")
         return paths
-    template: Literal["agentflan", "llama2", "hf"] = "hf"
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, name: str) -> str:
+        from agentflan.formats.templates import TEMPLATES
+
+        return TEMPLATES.known(name)
+    template: str = "hf"
+    """A chat template (`agentflan.formats.templates.TEMPLATES`: agentflan, llama2, hf)."""
     max_length: int = Field(2048, gt=8)
     packing: bool = True
     block_mask: bool = False

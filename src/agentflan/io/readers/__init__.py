@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agentflan.registry import Registry
+from agentflan.registry import Registry, subclass_of
 
 if TYPE_CHECKING:
     from agentflan.io.base import Reader
 
-READERS: Registry[type[Reader]] = Registry("reader")
+READERS: Registry[type[Reader]] = Registry("reader", check=subclass_of("agentflan.io.base:Reader"))
 _R = "agentflan.io.readers"
 for _name, _target, _doc in [
     ("native", f"{_R}.native:NativeReader", "agentflan JSONL/Parquet (lossless)"),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agentflan.registry import Registry
+from agentflan.registry import Registry, subclass_of
 
 if TYPE_CHECKING:
     from agentflan.io.writers.base import Writer
 
-WRITERS: Registry[type[Writer]] = Registry("writer")
+WRITERS: Registry[type[Writer]] = Registry("writer", check=subclass_of("agentflan.io.writers.base:Writer"))
 _W = "agentflan.io.writers"
 for _name, _target, _doc in [
     ("native", f"{_W}.native:NativeWriter", "agentflan JSONL (lossless)"),

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from agentflan.formats.neutral import request_of
 from agentflan.pipeline.base import Step, StepConfig, StepContext
@@ -41,6 +41,13 @@ class DecontaminateConfig(StepConfig):
     env_seed: int = 0
     ngram: int = Field(13, ge=2)
     min_words: int = Field(4, ge=1)
+
+    @field_validator("envs")
+    @classmethod
+    def _known_envs(cls, names: list[str]) -> list[str]:
+        from agentflan.envs import ENVIRONMENTS
+
+        return [ENVIRONMENTS.known(name) for name in names]
 
 
 def words(text: str) -> tuple[str, ...]:
