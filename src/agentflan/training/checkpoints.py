@@ -112,6 +112,19 @@ def start_step(checkpoint: Path | None) -> int:
     return step or 0
 
 
+def finished(checkpoint: Path, max_steps: int, num_train_epochs: float) -> bool:
+    """Whether `checkpoint` already holds the end of the training the arguments ask for (a run
+    that stopped while saving its final model). Resuming from it would train one step more
+    (transformers 5 does), so the run loads it and saves instead."""
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        done = state["global_step"] >= state["max_steps"] > 0
+        same = state["max_steps"] == max_steps if max_steps > 0 else state["num_train_epochs"] == num_train_epochs
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(done and same)
+
+
 def _newest_file(folder: Path) -> Path:
     """The file of `folder` written last (the one a failed save was writing), or `folder`."""
     files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
@@ -123,7 +136,10 @@ def as_write_failure(e: BaseException, folder: Path) -> BaseException:
     becomes `WriteFailed` naming the file being written; anything else is `e` itself."""
     if isinstance(e, WriteFailed):
         return e
-    target = _newest_file(folder)
+    # a staged folder is named as the user knows it: final/model.safetensors, not .partial-final/...
+    shown = folder.with_name(folder.name.removeprefix(".partial-"))
+    newest = _newest_file(folder)
+    target = shown / newest.relative_to(folder) if newest != folder else shown
     if isinstance(e, OSError):
         failed = write_failed(target, e)
         return failed if isinstance(failed, WriteFailed) else e
@@ -136,7 +152,7 @@ def as_write_failure(e: BaseException, folder: Path) -> BaseException:
         what = f"could not be written (is the disk full? {type(e).__name__}: {text[:120].strip()})"
     else:
         return e
-    return WriteFailed(f"{target}: {what}; the incomplete {folder.name} was removed (free space and run the "
+    return WriteFailed(f"{target}: {what}; the incomplete {shown.name} was removed (free space and run the "
                        "same command again with resume=true)")
 
 
@@ -180,7 +196,12 @@ def with_safe_checkpoints(trainer_cls: type[Any]) -> type[Any]:
     class SafeCheckpointTrainer(trainer_cls):  # type: ignore[misc]
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            with removed_on_failure(folder, owner=self.args.should_save):
+            try:
                 super()._save_checkpoint(model, trial)
+            except BaseException:
+                if checkpoint_step(folder) is not None:  # complete: what failed came after it (rotating old ones)
+                    raise
+                with removed_on_failure(folder, owner=self.args.should_save):
+                    raise
 
     return SafeCheckpointTrainer

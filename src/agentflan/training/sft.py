@@ -302,7 +302,13 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
     from trl import SFTConfig, SFTTrainer
 
     from agentflan.training.capability_loss import with_capability_loss
-    from agentflan.training.checkpoints import last_checkpoint, resolve_resume, start_step, with_safe_checkpoints
+    from agentflan.training.checkpoints import (
+        finished,
+        last_checkpoint,
+        resolve_resume,
+        start_step,
+        with_safe_checkpoints,
+    )
     from agentflan.training.collator import BlockCausalCollator
     from agentflan.training.models import load_model
     from agentflan.training.report import save_outputs
@@ -341,7 +347,16 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
     first_step = start_step(checkpoint)
     start = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if checkpoint is not None and finished(checkpoint, trainer.args.max_steps, trainer.args.num_train_epochs):
+            # stopped while saving the final model: what it trained is in the checkpoint, nothing to train again
+            from transformers.trainer_callback import TrainerState
+
+            log.warning("%s ends the training: loading it and saving the outputs", checkpoint)
+            trainer._load_from_checkpoint(str(checkpoint))
+            trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+            loss = float("nan")
+        else:
+            loss = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).training_loss
     except KeyboardInterrupt:
         last = last_checkpoint(out)
         log.warning("training stopped at step %d: %s", trainer.state.global_step,
@@ -350,7 +365,7 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
         raise
     seconds = time.perf_counter() - start
     metrics = {
-        "train_loss": _run_loss(trainer.state.log_history, result.training_loss, first_step),
+        "train_loss": _run_loss(trainer.state.log_history, loss, first_step),
         "global_step": trainer.state.global_step, "seconds": round(seconds, 2),
         "resumed_from": checkpoint.name if checkpoint else None,
         "tokens_per_second": round(_tokens_seen(trainer, rows, first_step) / seconds, 1) if seconds else 0.0,
