@@ -310,3 +310,35 @@ def test_a_checkpoint_save_that_fails_is_removed_and_a_full_disk_named(tmp_path,
     assert shown.startswith(f"{tmp_path}/{raised}" if raised.startswith("checkpoint") else raised), shown
     assert (tmp_path / "checkpoint-4").exists() == kept
     assert kept == (checkpoint_step(tmp_path / "checkpoint-4") == 4)
+
+
+def test_a_resumed_run_reports_the_mean_loss_of_every_step():
+    """The trainer's `training_loss` after a resume from step k averages steps k+1.. only; the
+    run's figure weighs each logged loss by the steps it covers."""
+    from agentflan.training.sft import _run_loss
+
+    per_step = [6.5, 6.25, 6.0, 5.75, 5.5, 5.25]
+    every = [{"loss": v, "step": i + 1} for i, v in enumerate(per_step)]
+    assert _run_loss(every, 5.375, first_step=4) == pytest.approx(sum(per_step) / 6)
+    assert _run_loss(every, 1.0, first_step=0) == 1.0  # not resumed: the trainer's own figure
+    # logged every 3 steps, resumed from step 4: the step-6 log covers steps 5-6 only (5 and 6 here)
+    logged = [{"loss": sum(per_step[:3]) / 3, "step": 3}, {"learning_rate": 1e-3, "step": 3},
+              {"loss": sum(per_step[4:6]) / 2, "step": 6}]
+    assert _run_loss(logged, 0.0, first_step=4) == pytest.approx((sum(per_step[:3]) + sum(per_step[4:6])) / 5)
+
+
+def test_a_checkpoint_that_ends_the_training_is_recognised(tmp_path):
+    """Resuming from the last step's checkpoint would train a step more (transformers 5): `run`
+    loads it instead, when it ends the training the arguments ask for, and only then."""
+    from agentflan.training.checkpoints import finished
+
+    ckpt = tmp_path / "checkpoint-8"
+    ckpt.mkdir()
+    assert not finished(ckpt, 8, 1.0)  # no state: not a checkpoint to finish from
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 8, "max_steps": 8, "num_train_epochs": 1}))
+    assert finished(ckpt, 8, 1.0)
+    assert not finished(ckpt, 12, 1.0)  # more steps asked for: train on
+    assert finished(ckpt, -1, 1)  # epochs decide: the same epochs
+    assert not finished(ckpt, -1, 2)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 6, "max_steps": 8, "num_train_epochs": 1}))
+    assert not finished(ckpt, 8, 1.0)
