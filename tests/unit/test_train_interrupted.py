@@ -258,14 +258,17 @@ def test_the_tokenized_data_cache_after_a_full_disk_a_kill_and_damage(tmp_path, 
     assert "cannot be read" in caplog.text and "tokenizing again" in caplog.text
 
 
-@pytest.mark.parametrize(("fails", "raised", "kept"), [
+SAVE_FAILURES = [
     ("full-disk-torch", "checkpoint-4/optimizer.pt: could not be written (is the disk full?", False),
     ("full-disk-safetensors", "checkpoint-4/optimizer.pt: No space left on device while writing it", False),
     ("full-disk-oserror", "checkpoint-4/optimizer.pt: No space left on device while writing it", False),
     ("ctrl-c-while-saving", "KeyboardInterrupt", False),
     ("a-bug-while-saving", "ValueError: not a disk problem", False),
     ("ctrl-c-after-the-state", "KeyboardInterrupt", True),  # e.g. while rotating old checkpoints: this one is whole
-])
+]
+
+
+@pytest.mark.parametrize(("fails", "raised", "kept"), SAVE_FAILURES, ids=[c[0] for c in SAVE_FAILURES])
 def test_a_checkpoint_save_that_fails_is_removed_and_a_full_disk_named(tmp_path, fails, raised, kept):
     """The trainer's save, stopped at each point: the checkpoint being written is removed unless
     it was already complete; what the disk refused is `WriteFailed` naming the file, anything else
