@@ -22,15 +22,17 @@ import json
 import sys
 from pathlib import Path
 
-# ChatML that knows tools; prefix-preserving, so our HF template can mask it exactly
-# (the same template as tests/unit/test_peers.py, without TRL's generation markers)
+# ChatML that knows tools; prefix-preserving, so our HF template can mask it exactly (the template
+# of tests/unit/test_peers.py without TRL's generation markers, and `m['tool_calls']` where that
+# has `m.get('tool_calls')`: axolotl passes a message only the fields it finds the template
+# reading, and it does not see a `.get`)
 TOOL_CHATML = (
     "{%- if tools %}<|im_start|>system\n{% if messages and messages[0]['role'] == 'system' %}"
     "{{ messages[0]['content'] }}\n{% endif %}Tools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
     "{%- for m in messages %}"
     "{%- if m['role'] == 'system' and tools and loop.first %}"
     "{%- elif m['role'] == 'assistant' %}<|im_start|>assistant\n{{ m['content'] }}"
-    "{%- for c in m.get('tool_calls') or [] %}<tool_call>{{ {'name': c['function']['name'], "
+    "{%- for c in m['tool_calls'] or [] %}<tool_call>{{ {'name': c['function']['name'], "
     "'arguments': c['function']['arguments']} | tojson }}</tool_call>{% endfor %}<|im_end|>\n"
     "{%- else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
     "{%- endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -69,7 +71,7 @@ def load(out: Path) -> int:
         "datasets": [{"path": str(out / "train.hf.jsonl"), "ds_type": "json", "type": "chat_template",
                       "field_messages": "messages", "field_tools": "tools",
                       "message_field_training": "train", "chat_template": "tokenizer_default",
-                      "eot_tokens": ["<|im_end|>"]}],  # the template's turn terminator: trained, as ours
+                      "eot_tokens": ["<|im_end|>"], "train_on_eot": "turn"}],  # trained after a trained turn, as ours
         "chat_template": "tokenizer_default", "sequence_len": 1_000_000, "sample_packing": False,
         "dataset_prepared_path": str(out / "axolotl-prepared"), "output_dir": str(out / "axolotl-out"),
         "micro_batch_size": 1, "gradient_accumulation_steps": 1, "num_epochs": 1, "learning_rate": 1e-4,

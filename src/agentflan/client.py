@@ -6,6 +6,9 @@ serve`, `agentflan serve`): bounded concurrency, retries, a request cache, hones
   is not a chat completion fails at once.
 * A request that fails after its retries raises `RequestError`: it is an *error*, counted and
   logged by the caller, never turned into an answer.
+* `timeout_s` bounds each attempt as a whole (connecting, sending, the status line and headers,
+  the body), not each socket operation: a server that trickles its reply, headers included, is
+  cut off at the deadline (`_Deadline`).
 * Every successful response is appended to a JSONL cache keyed by the hash of the full request
   (URL and body), so a killed run resumes without paying twice and a re-run makes no request.
 
