@@ -6,6 +6,9 @@ serve`, `agentflan serve`): bounded concurrency, retries, a request cache, hones
   is not a chat completion fails at once.
 * A request that fails after its retries raises `RequestError`: it is an *error*, counted and
   logged by the caller, never turned into an answer.
+* `timeout_s` bounds each attempt as a whole (connecting, sending, the status line and headers,
+  the body), not each socket operation: a server that trickles its reply, headers included, is
+  cut off at the deadline (`_Deadline`).
 * Every successful response is appended to a JSONL cache keyed by the hash of the full request
   (URL and body), so a killed run resumes without paying twice and a re-run makes no request.
 
@@ -15,7 +18,9 @@ Only the standard library: no `openai` package needed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -199,24 +204,35 @@ class OpenAIClient:
 
     def _once(self, data: bytes) -> dict[str, Any]:
         req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
-        deadline = time.monotonic() + self.config.timeout_s  # the whole request, not each socket read
+        timeout = self.config.timeout_s
+        watchdog = _Deadline(time.monotonic() + timeout)  # the whole request, not each socket operation
         try:
-            with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
-                raw = _read_by(resp, deadline, self.config.timeout_s)
+            with watchdog.opener().open(req, timeout=timeout) as resp:
+                raw = _read_by(resp, watchdog.at, timeout)
         except urllib.error.HTTPError as e:
-            detail = e.read()[:300].decode("utf-8", "replace")
+            try:
+                detail = e.read()[:300].decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException):  # the deadline cut the error's body
+                detail = ""
             if e.code in RETRY_STATUS or e.code >= 500:
                 raise _Retry(f"HTTP {e.code}: {detail}", e.code, _retry_after(e.headers.get("Retry-After"))) from None
             raise RequestError(f"{self.url}: HTTP {e.code}: {detail}", url=self.url, status=e.code) from None
-        except TimeoutError as e:
-            raise _Retry(f"timed out after {self.config.timeout_s:g} s ({e})") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (TimeoutError, socket.timeout)):
-                raise _Retry(f"timed out after {self.config.timeout_s:g} s") from None
-            raise RequestError(f"{self.url}: cannot connect ({e.reason}); is the server running?",
-                               url=self.url) from None
-        except (ConnectionError, OSError) as e:  # reset or closed mid-response: a passing fault
-            raise _Retry(f"connection failed: {type(e).__name__}: {e}") from None
+        except (OSError, http.client.HTTPException) as e:
+            if watchdog.expired or isinstance(e, TimeoutError) or (
+                    isinstance(e, urllib.error.URLError) and isinstance(e.reason, TimeoutError)):
+                # the watchdog shut the socket: whatever the read that was waiting raised, it is the deadline
+                raise _Retry(f"timed out after {timeout:g} s (the whole request: connecting, sending, the "
+                             "response headers and body)") from None
+            if isinstance(e, urllib.error.URLError):
+                raise RequestError(f"{self.url}: cannot connect ({e.reason}); is the server running?",
+                                   url=self.url) from None
+            if isinstance(e, (OSError, http.client.IncompleteRead)):  # reset or closed mid-response: a passing fault
+                raise _Retry(f"connection failed: {type(e).__name__}: {e}") from None
+            # a status line or headers that are not HTTP: another kind of server on that port
+            raise RequestError(f"{self.url}: the reply is not HTTP ({type(e).__name__}: {str(e)[:100]}); is "
+                               "base_url the endpoint's address?", url=self.url) from None
+        finally:
+            watchdog.cancel()
         try:
             response = json.loads(raw)
             message = response["choices"][0]["message"]
@@ -231,6 +247,102 @@ class OpenAIClient:
             raise EmptyReply(f"{self.url}: empty reply (content null, no tool calls; finish_reason {reason}"
                              f"{refusal}): not an answer", url=self.url)
         return response  # type: ignore[no-any-return]
+
+
+class _Deadline:
+    """A whole-request deadline that no single socket operation can outlive.
+
+    A socket timeout bounds each operation: a server that trickles its status line and headers a
+    byte at a time (or a TLS peer that stalls between records) keeps every read inside it forever.
+    So each connection made for the request arms a timer that shuts its socket down at the deadline,
+    which wakes whatever read or write is waiting; `expired` then says the error was the deadline.
+    Connecting waits at most for what is left (`socket.create_connection`'s timeout).
+    """
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        """`time.monotonic()` at which the request is cut off."""
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._done = False
+
+    def left(self) -> float:
+        return max(0.001, self.at - time.monotonic())
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut `sock` down at the deadline (at once if it has passed)."""
+        with self._lock:
+            self._socks.append(sock)
+            if self._timer is None and not self._done:
+                self._timer = threading.Timer(self.at - time.monotonic(), self._expire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for sock in self._socks:
+                # shutdown, not close: the socket object stays valid for whoever still holds it
+                with contextlib.suppress(OSError):  # already closed, or never connected
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._done = True
+            self._socks.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def connect(self, address: tuple[str, int], timeout: Any = None, source_address: Any = None) -> socket.socket:
+        """`socket.create_connection` that waits at most for what is left, and watches the socket."""
+        sock = socket.create_connection(address, self.left(), source_address)
+        self.watch(sock)
+        return sock
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's opener (proxies, errors, as `urlopen`) whose connections keep this deadline."""
+        return urllib.request.build_opener(_DeadlineHTTPHandler(self), _DeadlineHTTPSHandler(self))
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = deadline.connect
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = deadline.connect
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()  # the TLS socket replaces (detaches) the plain one: watch it too
+        self._deadline.watch(self.sock)
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        # the deadline reaches the connection through do_open's keyword arguments
+        return self.do_open(_DeadlineHTTPConnection, req, deadline=self._deadline)  # type: ignore[arg-type]
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_DeadlineHTTPSConnection, req,  # type: ignore[arg-type]
+                            context=self._context, deadline=self._deadline)  # type: ignore[attr-defined]
 
 
 def _read_by(resp: Any, deadline: float, timeout_s: float) -> bytes:

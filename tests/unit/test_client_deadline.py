@@ -87,3 +87,96 @@ def test_a_null_reply_is_an_empty_reply_error_never_an_answer(server, tmp_path, 
                   tmp_path / "run", protocol_name=proto.name, agent_name="m", config={})
     assert run.summary["errors"] == 3 and run.summary["scored"] == 0, run.summary
     assert all("empty reply" in r["error"] and r["verdict"] is None for r in run.records)
+
+
+# ---- the response headers, against a raw socket server ---------------------------------------------
+
+HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"p" * 60 + b"\r\n"
+        b"Content-Length: " + str(len(REPLY)).encode() + b"\r\nConnection: close\r\n\r\n")
+
+
+@pytest.fixture
+def raw_server():
+    """A TCP server that answers each connection as `state["mode"]` says: `silent` reads the request
+    and never answers, `trickle-headers` sends the status line and headers a byte every 50 ms (about
+    8 s), `garbage` answers something that is not HTTP, `ok` answers at once."""
+    import socket
+
+    state = {"mode": "silent", "connections": 0}
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                if state["mode"] == "silent":
+                    stop.wait(30)
+                elif state["mode"] == "trickle-headers":
+                    for i in range(len(HEAD)):
+                        conn.sendall(HEAD[i:i + 1])
+                        if stop.wait(0.05):
+                            return
+                    conn.sendall(REPLY)
+                elif state["mode"] == "garbage":
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+                else:
+                    conn.sendall(HEAD + REPLY)
+            except OSError:  # the client hung up: as it should at its deadline
+                return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            state["connections"] += 1
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield state, f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    stop.set()
+    listener.close()
+
+
+def _timers() -> int:
+    return sum(isinstance(t, threading.Timer) and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("mode", ["silent", "trickle-headers"])
+def test_timeout_bounds_the_wait_for_the_response_headers(raw_server, mode):
+    state, url = raw_server
+    state["mode"] = mode
+    client = OpenAIClient(ClientConfig(base_url=url, model="m", timeout_s=1.0, retries=1, backoff_s=0))
+    start = time.monotonic()
+    with pytest.raises(RequestError, match=r"timed out after 1 s \(the whole request") as err:
+        client.chat(client.body([{"role": "user", "content": "hi"}]))
+    took = time.monotonic() - start
+    # two attempts of 1 s each; a per-read timeout lets the trickled headers (8 s) through
+    assert 2.0 <= took < 3.5, took
+    assert err.value.retryable and err.value.attempts == 2 and state["connections"] == 2
+    assert _timers() == 0  # every watchdog cancelled or spent
+
+
+def test_a_reply_within_the_deadline_is_untouched_by_its_watchdog(raw_server):
+    state, url = raw_server
+    state["mode"] = "ok"
+    client = OpenAIClient(ClientConfig(base_url=url, model="m", timeout_s=0.5, retries=0))
+    for i in range(3):  # each watchdog is cancelled: none fires into a later request
+        reply = client.chat(client.body([{"role": "user", "content": f"hi {i}"}]))
+        assert reply["choices"][0]["message"]["content"] == "Final Answer: 42"
+    time.sleep(0.6)
+    assert _timers() == 0 and client.failures == 0
+
+
+def test_a_reply_that_is_not_http_is_a_request_error(raw_server):
+    state, url = raw_server
+    state["mode"] = "garbage"
+    client = OpenAIClient(ClientConfig(base_url=url, model="m", timeout_s=5.0, retries=3, backoff_s=0))
+    with pytest.raises(RequestError, match="the reply is not HTTP") as err:
+        client.chat(client.body([{"role": "user", "content": "hi"}]))
+    assert not err.value.retryable and state["connections"] == 1  # another server on that port: not retried

@@ -10,8 +10,10 @@ trajectories (with surrogates sometimes): they never raise, count what they cann
 valid UTF-8 JSON or Parquet, and what they write their own format's reader reads back: exactly
 for `native` and `parquet`, as the same conversation for `openai`, without rejections for the rest.
 
-`make test` runs a small profile (`AGENTFLAN_FUZZ_EXAMPLES`, default 30 files per reader); the
-`slow` tests run 10,000 generated records per reader and report the counts.
+`make test` runs a small profile (30 files per reader, 30 lists of trajectories per writer,
+derandomized: the same inputs on every run). `AGENTFLAN_FUZZ_EXAMPLES=2000` runs the same tests
+large (still derandomized, so a failure reproduces with the same command) and prints what each
+test read and wrote; the `slow` tests run 10,000 new generated files per reader on every run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from agentflan.schema import AssistantMessage, Trajectory, check, errors
 from tests import strategies
 
 SMALL = int(os.environ.get("AGENTFLAN_FUZZ_EXAMPLES", "30"))
+LARGE = "AGENTFLAN_FUZZ_EXAMPLES" in os.environ
+"""A sized run (docs/reliability.md records one): print the counts of every test."""
 SLOW_RECORDS = 10_000
 FAST = settings(max_examples=SMALL, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
@@ -95,8 +99,12 @@ def _fuzz_reader(reader: str, examples: int, derandomize: bool = True) -> int:
 
 
 @pytest.mark.parametrize("reader", READER_NAMES)
-def test_readers_account_for_every_fuzzed_record(reader):
-    assert _fuzz_reader(reader, SMALL) >= SMALL
+def test_readers_account_for_every_fuzzed_record(reader, capsys):
+    records = _fuzz_reader(reader, SMALL)
+    if LARGE:
+        with capsys.disabled():
+            print(f"\nfuzz {reader}: {records} records read from {SMALL} generated files")
+    assert records >= SMALL
 
 
 @pytest.mark.slow
@@ -181,8 +189,12 @@ def _fuzz_writer(to: str, suffix: str, examples: int, derandomize: bool = True) 
 
 
 @pytest.mark.parametrize(("to", "suffix"), _writer_cases())
-def test_writers_write_what_their_reader_reads_back(to, suffix):
-    assert _fuzz_writer(to, suffix, SMALL) >= SMALL
+def test_writers_write_what_their_reader_reads_back(to, suffix, capsys):
+    n = _fuzz_writer(to, suffix, SMALL)
+    if LARGE:
+        with capsys.disabled():
+            print(f"\nfuzz writer {to}{suffix}: {n} trajectories in {SMALL} generated lists")
+    assert n >= SMALL
 
 
 @pytest.mark.slow

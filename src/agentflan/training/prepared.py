@@ -178,37 +178,63 @@ class PreparedCache:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def load(self) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        """The cached rows and statistics, or None: not built yet, or unreadable (built again)."""
         if not (self.path / "stats.json").exists():
             return None
         import numpy as np
 
-        meta = json.loads((self.path / "meta.json").read_text())
-        arrays = {k: np.load(self.path / f"{k}.npy", allow_pickle=False) for k in meta["keys"]}
-        offsets = {k: np.load(self.path / f"{k}.offsets.npy", allow_pickle=False) for k in meta["keys"]}
-        rows = []
-        for i in range(meta["rows"]):
-            rows.append({k: arrays[k][offsets[k][i]:offsets[k][i + 1]].tolist() for k in meta["keys"]})
-        return rows, json.loads((self.path / "stats.json").read_text())
+        try:
+            meta = json.loads((self.path / "meta.json").read_text())
+            arrays = {k: np.load(self.path / f"{k}.npy", allow_pickle=False) for k in meta["keys"]}
+            offsets = {k: np.load(self.path / f"{k}.offsets.npy", allow_pickle=False) for k in meta["keys"]}
+            rows = []
+            for i in range(meta["rows"]):
+                rows.append({k: arrays[k][offsets[k][i]:offsets[k][i + 1]].tolist() for k in meta["keys"]})
+            stats = json.loads((self.path / "stats.json").read_text())
+        except (OSError, ValueError, EOFError, KeyError, TypeError, IndexError) as e:
+            # a cache is only a shortcut: damaged by hand or by the disk, it is built again, never trusted
+            log.warning("the tokenized data in %s cannot be read (%s: %s): tokenizing again", self.path,
+                        type(e).__name__, e)
+            return None
+        return rows, stats
 
     def save(self, rows: list[dict[str, Any]], stats: dict[str, Any]) -> None:
+        """Write the rows into a temporary folder, renamed to the key's folder when complete (its
+        `stats.json` last). Called with the key's lock held, so any other temporary folder of the
+        key is a killed run's leftover: removed. A full disk is `WriteFailed` naming the file."""
         import numpy as np
 
+        from agentflan.io.files import write_failed
+
         keys = [k for k in _ROW_KEYS if rows and k in rows[0]]
+        for stale in self.root.glob(f"{self.key}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = self.root / f"{self.key}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        try:  # the folder is written whole beside the cache entry, then renamed: it is the atomic unit
+        target = tmp
+        try:
             for k in keys:
                 lengths = np.fromiter((len(r[k]) for r in rows), dtype=np.int64, count=len(rows))
-                np.save(tmp / f"{k}.offsets.npy", np.concatenate(([0], np.cumsum(lengths))))
+                target = tmp / f"{k}.offsets.npy"
+                np.save(target, np.concatenate(([0], np.cumsum(lengths))))
                 flat = np.concatenate([np.asarray(r[k], dtype=np.int32) for r in rows])
-                np.save(tmp / f"{k}.npy", flat)
-            (tmp / "meta.json").write_text(json.dumps({"keys": keys, "rows": len(rows)}) + "\n")
-            (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")  # written last: marks it complete
-            if self.path.exists():
-                shutil.rmtree(self.path)
+                target = tmp / f"{k}.npy"
+                np.save(target, flat)
+            target = tmp / "meta.json"
+            target.write_text(json.dumps({"keys": keys, "rows": len(rows)}) + "\n")
+            target = tmp / "stats.json"
+            target.write_text(json.dumps(stats, indent=2) + "\n")  # written last: marks it complete
+            if self.path.exists():  # a folder without stats.json (load found none): set aside, then removed
+                old = self.root / f"{self.key}.tmp-old-{os.getpid()}"
+                os.replace(self.path, old)
+                shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, self.path)
-        except BaseException:  # a full disk, Ctrl-C: no half-written folder stays behind
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            err = write_failed(self.path / target.relative_to(tmp) if target != tmp else self.path, e)
+            if err is e:
+                raise
+            raise err from e
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

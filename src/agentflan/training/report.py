@@ -16,24 +16,37 @@ log = logging.getLogger(__name__)
 
 
 def save_outputs(recipe: Any, trainer: Any, tokenizer: Any, metrics: dict[str, Any]) -> None:
-    """Write the outputs (on the main process only, when several processes trained)."""
+    """Write the outputs (on the main process only, when several processes trained).
+
+    `final/` and `merged/` are written into `.partial-final/` and `.partial-merged/` and renamed
+    when complete, and `metrics.json` comes last: a run stopped while saving (killed, Ctrl-C, a
+    full disk) leaves no model folder that looks finished.
+    """
+    from agentflan.training.checkpoints import publish, removed_on_failure, staging
+
     out = Path(recipe.output_dir)
     final = out / "final"
+    zero = trainer.is_world_process_zero()
     template = jinja_for(recipe.data.template)
     if template is not None:  # serve with exactly the template that was trained
         tokenizer.chat_template = template
-    trainer.save_model(str(final))  # collective under DeepSpeed/FSDP: every process calls it
-    if not trainer.is_world_process_zero():
+    final_tmp = staging(final) if zero else final.with_name(f".partial-{final.name}")
+    with removed_on_failure(final_tmp, owner=zero):
+        trainer.save_model(str(final_tmp))  # collective under DeepSpeed/FSDP: every process calls it
+    if not zero:
         return
-    tokenizer.save_pretrained(str(final))
     info = model_info(recipe, metrics)
-    write_model_info(final, info)
+    with removed_on_failure(final_tmp):
+        tokenizer.save_pretrained(str(final_tmp))
+        write_model_info(final_tmp, info)
     if recipe.peft and recipe.merge_lora:
-        merged = _merged_full_precision(recipe, final, tokenizer) if recipe.peft.type == "qlora" else \
-            trainer.model.merge_and_unload()
-        merged.save_pretrained(str(out / "merged"))
-        tokenizer.save_pretrained(str(out / "merged"))
-        write_model_info(out / "merged", info)
+        merged_tmp = staging(out / "merged")
+        with removed_on_failure(merged_tmp), removed_on_failure(final_tmp):
+            merged = _merged_full_precision(recipe, final_tmp, tokenizer) if recipe.peft.type == "qlora" else \
+                trainer.model.merge_and_unload()
+            merged.save_pretrained(str(merged_tmp))
+            tokenizer.save_pretrained(str(merged_tmp))
+            write_model_info(merged_tmp, info)
         metrics["merged"] = str(out / "merged")
     curve = loss_curve(metrics["log_history"], out / "loss.png")
     if curve:
@@ -41,8 +54,12 @@ def save_outputs(recipe: Any, trainer: Any, tokenizer: Any, metrics: dict[str, A
     by_capability = capability_loss_curve(metrics["log_history"], out / "loss_by_capability.png")
     if by_capability:
         metrics["capability_loss_curve"] = str(by_capability)
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
-    write_atomic(final / "README.md", model_card(recipe, metrics))
+    with removed_on_failure(final_tmp):
+        write_atomic(final_tmp / "README.md", model_card(recipe, metrics))
+    if recipe.peft and recipe.merge_lora:
+        publish(out / ".partial-merged", out / "merged")
+    publish(final_tmp, final)
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")  # last: the run is done
 
 
 def model_info(recipe: Any, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -93,7 +93,8 @@ class TrainRecipe(BaseModel):
     """Passed verbatim to `trl.SFTConfig` (TRL validates it)."""
     output_dir: str
     resume: bool | str = False
-    """True: the last checkpoint in output_dir; a path: that checkpoint."""
+    """True: the last complete checkpoint in output_dir (from step 0 when there is none); a path:
+    that checkpoint. Incomplete checkpoints (a run killed while saving) are removed, never resumed."""
     merge_lora: bool = True
     seed: int = 17
     data_recipe: str | None = None
@@ -309,6 +310,13 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
     from trl import SFTConfig, SFTTrainer
 
     from agentflan.training.capability_loss import with_capability_loss
+    from agentflan.training.checkpoints import (
+        finished,
+        last_checkpoint,
+        resolve_resume,
+        start_step,
+        with_safe_checkpoints,
+    )
     from agentflan.training.collator import BlockCausalCollator
     from agentflan.training.models import load_model
     from agentflan.training.report import save_outputs
@@ -340,18 +348,35 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
     collator = BlockCausalCollator(tokenizer.pad_token_id, recipe.data.block_mask,
                                    mask_dtype=model.dtype if recipe.data.block_mask and eager else None)
     trainer_cls = with_capability_loss(SFTTrainer) if recipe.capability_loss else SFTTrainer
-    trainer = trainer_cls(model=model, args=config, train_dataset=dataset, eval_dataset=eval_dataset,
-                          data_collator=collator, processing_class=tokenizer,
-                         peft_config=_peft_config(recipe.peft) if recipe.peft else None)
-    resume = recipe.resume
-    if resume is True:
-        resume = bool(list(out.glob("checkpoint-*")))
+    trainer = with_safe_checkpoints(trainer_cls)(
+        model=model, args=config, train_dataset=dataset, eval_dataset=eval_dataset, data_collator=collator,
+        processing_class=tokenizer, peft_config=_peft_config(recipe.peft) if recipe.peft else None)
+    checkpoint = resolve_resume(out, recipe.resume, tidy=trainer.args.should_save)
+    first_step = start_step(checkpoint)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    try:
+        if checkpoint is not None and finished(checkpoint, trainer.args.max_steps, trainer.args.num_train_epochs):
+            # stopped while saving the final model: what it trained is in the checkpoint, nothing to train again
+            from transformers.trainer_callback import TrainerState
+
+            log.warning("%s ends the training: loading it and saving the outputs", checkpoint)
+            trainer._load_from_checkpoint(str(checkpoint))
+            trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+            loss = float("nan")
+        else:
+            loss = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None).training_loss
+    except KeyboardInterrupt:
+        last = last_checkpoint(out)
+        log.warning("training stopped at step %d: %s", trainer.state.global_step,
+                    f"run again with resume=true to continue from {last.name}" if last else
+                    "no checkpoint was saved yet (trl.save_strategy/save_steps), a new run starts from step 0")
+        raise
     seconds = time.perf_counter() - start
     metrics = {
-        "train_loss": result.training_loss, "global_step": trainer.state.global_step, "seconds": round(seconds, 2),
-        "tokens_per_second": round(_tokens_seen(trainer, rows) / seconds, 1) if seconds else 0.0,
+        "train_loss": _run_loss(trainer.state.log_history, loss, first_step),
+        "global_step": trainer.state.global_step, "seconds": round(seconds, 2),
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "tokens_per_second": round(_tokens_seen(trainer, rows, first_step) / seconds, 1) if seconds else 0.0,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "world_size": trainer.args.world_size,
         "load_in_4bit": bool(getattr(model, "is_loaded_in_4bit", False)),
@@ -362,9 +387,29 @@ def run(recipe: TrainRecipe, *, rows: list[dict[str, Any]] | None = None, tokeni
     return metrics
 
 
-def _tokens_seen(trainer: Any, rows: list[dict[str, Any]]) -> float:
-    """Input tokens processed: rows seen (steps x batch x accumulation x processes) x mean row length."""
+def _tokens_seen(trainer: Any, rows: list[dict[str, Any]], first_step: int = 0) -> float:
+    """Input tokens processed by this process: rows seen (steps trained here, after `first_step`, x
+    batch x accumulation x processes) x mean row length."""
     args = trainer.args
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
     mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
-    return float(trainer.state.global_step * per_step * mean_len)
+    return float((trainer.state.global_step - first_step) * per_step * mean_len)
+
+
+def _run_loss(history: list[dict[str, Any]], trainer_loss: float, first_step: int) -> float:
+    """The mean training loss of the whole run. The trainer's own figure averages the steps this
+    process trained: after a resume from step k it leaves out steps 1..k. Each logged `loss` is the
+    mean over the steps since the previous log, so weighting them by those steps gives the mean of
+    every step, resumed or not."""
+    if not first_step:
+        return trainer_loss
+    total = weight = 0.0
+    previous = 0
+    for h in history:
+        if "loss" in h and "step" in h:
+            if previous < first_step < h["step"]:  # the resumed run's first log covers the steps since the checkpoint
+                previous = first_step
+            total += h["loss"] * (h["step"] - previous)
+            weight += h["step"] - previous
+            previous = h["step"]
+    return total / weight if weight else trainer_loss
