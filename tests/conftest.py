@@ -33,6 +33,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session", params=["fixtures", "shared"])
+def sample_data(request: pytest.FixtureRequest) -> Path:
+    """The sample files a test reads, laid out as ../shared/data is: first the synthetic fixtures
+    shipped in tests/fixtures/data (so a fresh clone runs every test), then, as an extra layer, the
+    real samples (`shared_data`: skipped in a user's clone, a failure under CI=true)."""
+    from tests.helpers import FIXTURE_DATA
+
+    if request.param == "fixtures":
+        return FIXTURE_DATA
+    path: Path = request.getfixturevalue("shared_data")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """Unit tests may only talk to loopback."""

@@ -6,6 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "data"
+"""Synthetic samples in each source's format, laid out as ../shared/data is (`fixtures/make_data.py`)."""
+
+
+def on_fixtures(data: Path) -> bool:
+    """Is `data` the shipped fixtures (rather than the real samples in ../shared/data)?"""
+    return Path(data) == FIXTURE_DATA
+
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))

@@ -14,8 +14,9 @@ from agentflan.envs.base import ExpertPolicy, run_episode
 from agentflan.envs.toolapi import answer_contains
 from agentflan.formats import tflan
 from agentflan.formats.agent_text import FINAL_ACTIONS
+from agentflan.formats.agentinstruct import AGENTBENCH_DB_PROMPT
 from agentflan.formats.neutral import TOOL_SYSTEM, neutral_view, request_of
-from agentflan.formats.protocols import AGENTBENCH_DB_PROMPT, ReactProtocol, get_protocol, parse_react_reply
+from agentflan.formats.protocols import ReactProtocol, get_protocol, parse_react_reply
 from agentflan.io import read
 from agentflan.pipeline.build import build
 from agentflan.pipeline.recipe import MixConfig, apply_overrides, load_recipe, packaged_recipes

@@ -12,8 +12,9 @@ import pytest
 
 from agentflan.envs import get_env
 from agentflan.envs.base import ExpertPolicy, run_episode
+from agentflan.formats.agentinstruct import AGENTBENCH_DB_PROMPT
 from agentflan.formats.neutral import request_of
-from agentflan.formats.protocols import AGENTBENCH_DB_PROMPT, get_protocol
+from agentflan.formats.protocols import get_protocol
 from agentflan.formats.tflan import NO_TOOL
 from agentflan.io import read
 from agentflan.pipeline import negatives as neg

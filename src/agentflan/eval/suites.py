@@ -110,14 +110,14 @@ def _gold_of(suite: str, item: Any) -> Any:
         return item.gold_trajectory()
     if suite == "agent-h":
         return item.gold()
+    from agentflan.formats.finish import give_answer
     from agentflan.schema import AssistantMessage, ToolCall
 
     traj = item.trajectory()
     calls = [ToolCall(id=f"call_{i}", name=name, arguments=_gold_args(args, item, name))
              for i, d in enumerate(item.ground_truth) for name, args in d.items()]
     reply = (AssistantMessage(content="", tool_calls=calls) if calls else AssistantMessage(content="", tool_calls=[
-        ToolCall(id="call_0", name="Finish", arguments={"return_type": "give_answer",
-                                                         "final_answer": "None of the functions can answer this."})]))
+        give_answer("None of the functions can answer this.")]))
     return traj.model_copy(update={"messages": [*traj.messages, reply]})
 
 

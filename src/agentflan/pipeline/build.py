@@ -29,7 +29,6 @@ Every random decision is a hash of (seed, step, id), never of the order or the p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -47,7 +46,7 @@ import yaml
 
 from agentflan import __version__
 from agentflan.errors import ParseError
-from agentflan.fingerprint import code_fingerprint
+from agentflan.fingerprint import fingerprint
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
 from agentflan.io.files import Span, atomic_output, can_split, expand, is_url, jsonl_spans, write_atomic, write_failed
@@ -84,7 +83,7 @@ class BuildResult:
 
 
 def _fp(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps([*parts, code_fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint(*parts)
 
 
 def _done(out: Path, stage: str, fingerprint: str) -> bool:
