@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +45,24 @@ def sample_data(request: pytest.FixtureRequest) -> Path:
         return FIXTURE_DATA
     path: Path = request.getfixturevalue("shared_data")
     return path
+
+
+@pytest.fixture(scope="session")
+def corpus(sample_data: Path) -> list[Any]:
+    """A mixed corpus of trajectories from every sample source (`tests.helpers.sample_corpus`)."""
+    from tests.helpers import sample_corpus
+
+    return sample_corpus(sample_data)
+
+
+@pytest.fixture(scope="session")
+def tok(corpus: list[Any]) -> Any:
+    """A tiny tokenizer trained on the corpus as training renders it."""
+    pytest.importorskip("transformers", reason="training extras not installed (pip install 'agentflan[train]')")
+    from agentflan.formats.protocols import training_texts
+    from agentflan.training.models import tiny_tokenizer
+
+    return tiny_tokenizer(training_texts(corpus, limit=len(corpus)))
 
 
 @pytest.fixture(autouse=True)
