@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,10 +28,56 @@ def shared_data() -> Path:
     """The real public samples; skipped in a user's clone, a failure in CI (CI=true)."""
     if not SHARED_DATA.is_dir():
         msg = f"real sample data not found at {SHARED_DATA} (the ../shared folder beside the repository)"
-        if os.environ.get("CI", "").lower() == "true":
+        if _in_ci():
             pytest.fail(msg + "; CI must run with ../shared present")
         pytest.skip(msg)
     return SHARED_DATA
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+SAMPLE_LAYERS = ["fixtures", "shared"] if SHARED_DATA.is_dir() or _in_ci() else ["fixtures"]
+"""The real-sample layer is collected where ../shared/data is (and under CI, where its absence is a
+failure); in a user's clone it is left out, so nothing skips, and the summary says so."""
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if "shared" not in SAMPLE_LAYERS:
+        terminalreporter.write_line(f"agentflan: tests read the fixtures only; the real-sample layer was not "
+                                    f"collected ({SHARED_DATA} not found)")
+
+
+@pytest.fixture(scope="session", params=SAMPLE_LAYERS)
+def sample_data(request: pytest.FixtureRequest) -> Path:
+    """The sample files a test reads, laid out as ../shared/data is: first the synthetic fixtures
+    shipped in tests/fixtures/data (so a fresh clone runs every test), then, as an extra layer where
+    ../shared/data is, the real samples (`shared_data`: a failure under CI=true if absent)."""
+    from tests.helpers import FIXTURE_DATA
+
+    if request.param == "fixtures":
+        return FIXTURE_DATA
+    path: Path = request.getfixturevalue("shared_data")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(sample_data: Path) -> list[Any]:
+    """A mixed corpus of trajectories from every sample source (`tests.helpers.sample_corpus`)."""
+    from tests.helpers import sample_corpus
+
+    return sample_corpus(sample_data)
+
+
+@pytest.fixture(scope="session")
+def tok(corpus: list[Any]) -> Any:
+    """A tiny tokenizer trained on the corpus as training renders it."""
+    pytest.importorskip("transformers", reason="training extras not installed (pip install 'agentflan[train]')")
+    from agentflan.formats.protocols import training_texts
+    from agentflan.training.models import tiny_tokenizer
+
+    return tiny_tokenizer(training_texts(corpus, limit=len(corpus)))
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,36 @@ import json
 from pathlib import Path
 from typing import Any
 
+FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "data"
+"""Synthetic samples in each source's format, laid out as ../shared/data is (`fixtures/make_data.py`)."""
+
+
+CORPUS_SOURCES = [("toolbench/answer/*/*.json", "toolbench"), ("fireact/hotpotqa_react.jsonl", "react"),
+                  ("llamafactory/glaive_toolcall_en_demo.json", "sharegpt"),
+                  ("llamafactory/reason_tool_use_demo_50.jsonl", "openai"),
+                  ("llamafactory/alpaca_en_demo.json", "alpaca")]
+
+
+def sample_corpus(data: Path, per_source: int = 25) -> list[Any]:
+    """A mixed training corpus from the samples under `data`: the first `per_source` trajectories of
+    each source, then the tool-calling ones among the first 40 aligned (Agent-FLAN's conversation
+    format)."""
+    from agentflan.formats.tflan import align
+    from agentflan.io import read
+    from agentflan.schema import AssistantMessage
+
+    trajs: list[Any] = []
+    for rel, fmt in CORPUS_SOURCES:
+        trajs += list(read(str(data / rel), fmt))[:per_source]
+    trajs += [align(t, "k") for t in trajs[:40] if any(
+        isinstance(m, AssistantMessage) and m.tool_calls for m in t.messages)]
+    return trajs
+
+
+def on_fixtures(data: Path) -> bool:
+    """Is `data` the shipped fixtures (rather than the real samples in ../shared/data)?"""
+    return Path(data) == FIXTURE_DATA
+
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agentflan.formats.finish import FINISH, give_answer
 from agentflan.schema import (
     AssistantMessage,
     Source,
@@ -35,8 +36,8 @@ _ADD = ToolSpec(
     name="add", description="Add two numbers",
     parameters={"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
                 "required": ["a", "b"]})
-_FINISH = ToolSpec(
-    name="Finish", description="Give the final answer",
+_FINISH = ToolSpec(  # shorter than `formats.finish.FINISH_SPEC`: the built-in samples' own bytes stay as they were
+    name=FINISH, description="Give the final answer",
     parameters={"type": "object", "properties": {"return_type": {"type": "string"},
                                                  "final_answer": {"type": "string"}},
                 "required": ["return_type"]})
@@ -50,7 +51,7 @@ def _src(i: int) -> Source:
 def episodes() -> list[Trajectory]:
     """The built-in episodes as trajectories."""
     tool_use = Trajectory(
-        id="sample-0", source=_src(0), tools=[_CONVERT, _DAYS, _ADD, _FINISH], tags={"final_tool": "Finish"},
+        id="sample-0", source=_src(0), tools=[_CONVERT, _DAYS, _ADD, _FINISH], tags={"final_tool": FINISH},
         messages=[
             SystemMessage(content=_SYSTEM),
             UserMessage(content="How many kilometres is a 26.2 mile marathon?"),
@@ -59,12 +60,10 @@ def episodes() -> list[Trajectory]:
                                                   arguments={"value": 26.2, "from_unit": "mile", "to_unit": "km"})]),
             ToolMessage(content='{"value": 42.1648, "unit": "km"}', name="convert_units", tool_call_id="call_0"),
             AssistantMessage(content="The converter says 42.1648 km, so I can answer.",
-                             tool_calls=[ToolCall(id="call_1", name="Finish", arguments={
-                                 "return_type": "give_answer",
-                                 "final_answer": "A 26.2 mile marathon is about 42.16 km."})]),
+                             tool_calls=[give_answer("A 26.2 mile marathon is about 42.16 km.", "call_1")]),
         ])
     chain = Trajectory(
-        id="sample-1", source=_src(1), tools=[_DAYS, _ADD, _FINISH], tags={"final_tool": "Finish"},
+        id="sample-1", source=_src(1), tools=[_DAYS, _ADD, _FINISH], tags={"final_tool": FINISH},
         messages=[
             SystemMessage(content=_SYSTEM),
             UserMessage(content="My trip runs from 2024-03-01 to 2024-03-15 and I add 3 extra days. "
@@ -77,8 +76,7 @@ def episodes() -> list[Trajectory]:
                              tool_calls=[ToolCall(id="call_1", name="add", arguments={"a": 14, "b": 3})]),
             ToolMessage(content='{"result": 17}', name="add", tool_call_id="call_1"),
             AssistantMessage(content="14 + 3 = 17, which answers the question.",
-                             tool_calls=[ToolCall(id="call_2", name="Finish", arguments={
-                                 "return_type": "give_answer", "final_answer": "The trip lasts 17 days in total."})]),
+                             tool_calls=[give_answer("The trip lasts 17 days in total.", "call_2")]),
         ])
     chat = Trajectory(
         id="sample-2", source=_src(2),

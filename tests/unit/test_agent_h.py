@@ -150,8 +150,8 @@ def test_items_from_a_user_catalogue(tmp_path):
         agent_h.load_items(bad, 10)
 
 
-def test_items_from_real_toolbench_queries(shared_data):
-    items = agent_h.catalogue_items(shared_data / "toolbench" / "instruction" / "G1_query.json", seed=0)
+def test_items_from_toolbench_queries(sample_data):
+    items = agent_h.catalogue_items(sample_data / "toolbench" / "instruction" / "G1_query.json", seed=0)
     assert {it.kind for it in items} == set(agent_h.KINDS)
     assert all(set(it.expected_tools) <= {t.name for t in it.tools} for it in items if it.kind == "control")
 

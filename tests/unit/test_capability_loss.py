@@ -18,24 +18,33 @@ from agentflan.training.capability_loss import NAMES, UNLABELLED, token_capabili
 from agentflan.training.masking import IGNORE, NoTrainableTokens, encode  # noqa: E402
 from agentflan.training.models import tiny_tokenizer  # noqa: E402
 from agentflan.training.packing import pack  # noqa: E402
+from tests.helpers import FIXTURE_DATA  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def corpus(shared_data):
-    react = list(read(str(shared_data / "fireact/hotpotqa_react.jsonl"), "react"))[:30]
-    tools = list(read(str(shared_data / "toolbench/answer/*/*.json"), "toolbench"))
-    chat = list(read(str(shared_data / "llamafactory/alpaca_en_demo.json"), "alpaca"))[:10]
+def _aligned_corpus(data):
+    """Agent trajectories aligned (every assistant turn labelled with its capability), a few raw
+    ReAct ones and some general chat."""
+    react = list(read(str(data / "fireact/hotpotqa_react.jsonl"), "react"))[:30]
+    tools = list(read(str(data / "toolbench/answer/*/*.json"), "toolbench"))
+    chat = list(read(str(data / "llamafactory/alpaca_en_demo.json"), "alpaca"))[:10]
     aligned = [align(t, f"k{i}") for i, t in enumerate([*react, *tools])]
     return [*aligned, *react[:5], *chat]
 
 
 @pytest.fixture(scope="module")
-def tok(corpus):
-    return tiny_tokenizer(training_texts(corpus, limit=len(corpus)))
+def aligned_corpus(sample_data):
+    return _aligned_corpus(sample_data)
+
+
+@pytest.fixture(scope="module")
+def aligned_tok(aligned_corpus):
+    """A tiny tokenizer trained on the aligned corpus as training renders it."""
+    return tiny_tokenizer(training_texts(aligned_corpus, limit=len(aligned_corpus)))
 
 
 @pytest.mark.parametrize("name", ["agentflan", "llama2", "hf"])
-def test_every_trained_token_carries_its_turns_capability(corpus, tok, name):
+def test_every_trained_token_carries_its_turns_capability(aligned_corpus, aligned_tok, name):
+    corpus, tok = aligned_corpus, aligned_tok
     template = get_template(name, tok)
     checked = 0
     for t in corpus:
@@ -91,9 +100,11 @@ def _recipe(tmp_path, data, **kw):
 
 
 @pytest.fixture(scope="module")
-def data_file(corpus, tmp_path_factory):
+def data_file(tmp_path_factory):
+    """The fixtures' aligned corpus as a file for the training runs (the fixtures only: the real
+    samples would double the minutes and add nothing to losses adding up)."""
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps(t.to_json_dict()) + "\n" for t in corpus))
+    path.write_text("".join(json.dumps(t.to_json_dict()) + "\n" for t in _aligned_corpus(FIXTURE_DATA)))
     return path
 
 

@@ -287,12 +287,14 @@ def test_row_4_every_record_rejected(tmp_path):
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_row_4_no_record_writable_writes_and_registers_nothing(tmp_path, shared_data):
+def test_row_4_no_record_writable_writes_and_registers_nothing(tmp_path, sample_data):
     info = tmp_path / "lf" / "dataset_info.json"
     out = tmp_path / "lf" / "db.json"
-    res = CliRunner().invoke(cli, ["data", "convert", str(shared_data / "agentbench" / "dbbench" / "dev.jsonl"),
+    tasks = sample_data / "agentbench" / "dbbench" / "dev.jsonl"
+    n = len(tasks.read_text().splitlines())
+    res = CliRunner().invoke(cli, ["data", "convert", str(tasks),
                                    "--to", "sharegpt", "-o", str(out), "--dataset-info", str(info)])
-    _one_line(res, EXIT_INPUT, "none of the 60 converted records can be written as sharegpt (no_assistant_turn 60)",
+    _one_line(res, EXIT_INPUT, f"none of the {n} converted records can be written as sharegpt (no_assistant_turn {n})",
               "nothing was added to the dataset_info")
     assert not out.exists() and not info.exists()
 

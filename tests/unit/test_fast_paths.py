@@ -26,8 +26,8 @@ SOURCES = [("toolbench/answer/*/*.json", "toolbench"), ("fireact/hotpotqa_react.
 
 
 @pytest.fixture(scope="module")
-def samples(shared_data):
-    return [t for rel, fmt in SOURCES for t in read(str(shared_data / rel), fmt)]
+def samples(sample_data):
+    return [t for rel, fmt in SOURCES for t in read(str(sample_data / rel), fmt)]
 
 
 def test_to_json_dict_equals_pydantic_on_every_sample(samples):
@@ -261,7 +261,7 @@ def test_distributions_from_counts_equal_the_statistics_module():
     ("llamafactory/glaive_toolcall_en_demo.json", "sharegpt", "agentflan", ".json.gz"),
     ("toolbench/answer", "toolbench", "sharegpt", ".json"),  # quarantined, dropped and lossy records
 ])
-def test_parallel_convert_writes_what_one_process_writes(shared_data, tmp_path, monkeypatch, rel, fmt, to, suffix):
+def test_parallel_convert_writes_what_one_process_writes(sample_data, tmp_path, monkeypatch, rel, fmt, to, suffix):
     """Byte for byte, whether the batches are copied whole (bytes) or record by record (a progress
     bar counts them), into plain, array and compressed files."""
     import agentflan.io.parallel as parallel
@@ -280,7 +280,7 @@ def test_parallel_convert_writes_what_one_process_writes(shared_data, tmp_path, 
     results = []
     for workers, bar in ((1, None), (3, None), (3, progress)):
         out = tmp_path / f"w{workers}{bar is not None}{suffix}"
-        r = convert(str(shared_data / rel), out, fmt=fmt, to=to, workers=workers, progress=bar,
+        r = convert(str(sample_data / rel), out, fmt=fmt, to=to, workers=workers, progress=bar,
                     quarantine=tmp_path / f"q{workers}.jsonl")
         q = tmp_path / f"q{workers}.jsonl"
         results.append((out.read_bytes(), json.dumps({**r.to_dict(), "quarantine": None}),

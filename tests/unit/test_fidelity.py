@@ -14,8 +14,9 @@ from agentflan.envs.base import ExpertPolicy, run_episode
 from agentflan.envs.toolapi import answer_contains
 from agentflan.formats import tflan
 from agentflan.formats.agent_text import FINAL_ACTIONS
+from agentflan.formats.agentinstruct import AGENTBENCH_DB_PROMPT
 from agentflan.formats.neutral import TOOL_SYSTEM, neutral_view, request_of
-from agentflan.formats.protocols import AGENTBENCH_DB_PROMPT, ReactProtocol, get_protocol, parse_react_reply
+from agentflan.formats.protocols import ReactProtocol, get_protocol, parse_react_reply
 from agentflan.io import read
 from agentflan.overrides import apply_overrides
 from agentflan.pipeline.build import build
@@ -27,13 +28,13 @@ from tests.helpers import run_steps as _run
 
 
 @pytest.fixture(scope="module")
-def fireact(shared_data):
-    return list(read(str(shared_data / "fireact/hotpotqa_react.jsonl"), "react"))
+def fireact(sample_data):
+    return list(read(str(sample_data / "fireact/hotpotqa_react.jsonl"), "react"))
 
 
 @pytest.fixture(scope="module")
-def toolbench(shared_data):
-    return list(read(str(shared_data / "toolbench/answer/*/*.json"), "toolbench"))
+def toolbench(sample_data):
+    return list(read(str(sample_data / "toolbench/answer/*/*.json"), "toolbench"))
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +61,17 @@ def test_drop_mode_meets_the_ratios_and_removes_data(fireact):
     c = ctxs[0].stats.counts
     for cap, p in {"reasoning": 0.5, "retrieval": 0.125, "understanding": 0.375}.items():
         assert abs(c[f"turns_after:{cap}"] / c[f"turns_before:{cap}"] - p) < 0.02, cap
-    assert c["dropped:no_trained_turns"] > 150 and len(dropped) == 500 - c["dropped:no_trained_turns"]
+    assert c["dropped:no_trained_turns"] > .3 * len(fireact) and len(dropped) == len(fireact) - c["dropped:no_trained_turns"]
     assert _tokens(dropped)[0] < 0.6 * _tokens(masked)[0] and _tokens(dropped)[1] < 0.6 * _tokens(masked)[1]
     assert c["approx_tokens_processed_after"] == _tokens(dropped)[0]
+    had = {t.id: {m.capability for m in t.messages if isinstance(m, AssistantMessage)} for t in aligned}
     for t in dropped:  # still whole T-FLAN conversations: they parse back, and end with a trained turn
         tflan.parse(t)
         assert isinstance(t.messages[-1], AssistantMessage) and t.messages[-1].loss
         caps = {m.capability for m in t.messages if isinstance(m, AssistantMessage) and m.loss}
         if "retrieval" in caps:  # capabilities nest: a sample trained on retrieval is trained on the rest
-            assert {"understanding", "reasoning"} <= caps
+            # (on those it has: an episode that answers at once has no understanding turn)
+            assert {"understanding", "reasoning"} & had[t.id] <= caps
 
 
 def test_drop_mode_removes_thoughts_it_does_not_train(fireact):
@@ -190,12 +193,12 @@ def test_instruct_varies_key_names_and_reads_them_back(toolbench, fireact):
     assert {t.tags["protocol"] for t in fixed} <= {"instruct:json", "instruct:string"}
 
 
-def test_agentinstruct_in_both_formats_at_full_size(shared_data, tmp_path, agentinstruct):
+def test_agentinstruct_in_both_formats_at_full_size(sample_data, tmp_path, agentinstruct):
     """Reproduces the finding (a 90/10 split) and checks the release's layout: both at full size."""
     folder = tmp_path / "ai"
     folder.mkdir()
     write_jsonl(folder / "db.jsonl", agentinstruct_db_records(12))
-    recipe, resolved = load_recipe("agent-flan", [f"vars.data_dir={shared_data}",
+    recipe, resolved = load_recipe("agent-flan", [f"vars.data_dir={sample_data}",
                                                   f"sources.agentinstruct.paths=[{folder}/*.jsonl]",
                                                   "outputs.toolbench_negative.config.teacher=null"])
     build(recipe, resolved, tmp_path / "out")
@@ -214,7 +217,7 @@ def test_agentinstruct_in_both_formats_at_full_size(shared_data, tmp_path, agent
 
 # ---- the mix ------------------------------------------------------------------------------------------------
 
-def test_recipe_header_examples_work(shared_data, tmp_path):
+def test_recipe_header_examples_work(sample_data, tmp_path):
     """Reproduces the finding: the header's own ShareGPT override failed with "unknown reader 'None'"."""
     sharegpt = tmp_path / "sharegpt.json"
     sharegpt.write_text(json.dumps([{"conversations": [{"from": "human", "value": f"Tell me a story about {w}."},
@@ -223,9 +226,9 @@ def test_recipe_header_examples_work(shared_data, tmp_path):
     text = packaged_recipes()["agent-flan"].read_text()
     overrides = re.findall(r"'([a-z_.]+=\[[^']*\])'", text.split("\nkind:")[0])
     assert any(o.startswith("sources.sharegpt.paths=") for o in overrides)
-    fixed = [o.replace("data/sharegpt.json", str(sharegpt)).replace("data/", f"{shared_data}/") for o in overrides
+    fixed = [o.replace("data/sharegpt.json", str(sharegpt)).replace("data/", f"{sample_data}/") for o in overrides
              if not o.startswith(("sources.toolbench", "sources.agentinstruct", "decontaminate.against"))]
-    recipe, resolved = load_recipe("agent-flan", [f"vars.data_dir={shared_data}", *fixed])
+    recipe, resolved = load_recipe("agent-flan", [f"vars.data_dir={sample_data}", *fixed])
     assert recipe.sources["sharegpt"].reader == "sharegpt"
     build(recipe, resolved, tmp_path / "out")
     general = (tmp_path / "out" / "native" / "general.jsonl").read_text()
@@ -236,10 +239,10 @@ def test_recipe_header_examples_work(shared_data, tmp_path):
         load_recipe("agent-flan", ["sources.general.paths=[x.json]"])
 
 
-def test_mix_by_trained_tokens_and_the_same_general_data_in_both_arms(shared_data, tmp_path):
+def test_mix_by_trained_tokens_and_the_same_general_data_in_both_arms(sample_data, tmp_path):
     """Reproduces the finding (1:1 by records made general chat the bulk of the trained text, and
     the AgentTuning arm got less of it) and checks the fix."""
-    common = [f"vars.data_dir={shared_data}", "vars.react_sources=[fireact]"]
+    common = [f"vars.data_dir={sample_data}", "vars.react_sources=[fireact]"]
     by_records, _ = load_recipe("agent-flan", [*common, "mix.by=records", "mix.basis=outputs"])
     build(by_records, {}, tmp_path / "records")
     r = json.loads((tmp_path / "records" / "stats.json").read_text())["mix"]
@@ -269,7 +272,7 @@ def test_decontaminate_drops_records_whose_request_is_evaluated(fireact, tmp_pat
     assert c["dropped:contaminated"] == c[f"contaminated:{eval_file}"] >= len(evaluated)
     kept = {t.id for t in out}
     assert not any(t.id in kept for t in evaluated)
-    assert len(out) == 500 - c["dropped:contaminated"] and len(out) > 450
+    assert len(out) == len(fireact) - c["dropped:contaminated"] and len(out) > .9 * len(fireact)
 
 
 def test_decontaminate_against_the_environments_held_out_tasks():

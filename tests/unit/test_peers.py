@@ -59,11 +59,13 @@ def _agentbench_style() -> Trajectory:
 
 
 @pytest.fixture(scope="module")
-def corpus(shared_data, tmp_path_factory):
+def peer_corpus(sample_data, tmp_path_factory):
+    """A dozen trajectories of each tool-calling source, synthesized DB episodes and an AgentBench-style
+    conversation with an untrained turn."""
     trajs = []
     for rel, fmt in [("llamafactory/glaive_toolcall_en_demo.json", "sharegpt"), ("fireact/hotpotqa_react.jsonl", "react"),
                      ("toolbench/answer", "toolbench"), ("llamafactory/reason_tool_use_demo_50.jsonl", "openai")]:
-        trajs += list(read(str(shared_data / rel), fmt))[:12]
+        trajs += list(read(str(sample_data / rel), fmt))[:12]
     out = tmp_path_factory.mktemp("synth")
     synth("db", 6, "train", out, seed=0)
     trajs += list(read(str(out / "db" / "train" / "agentinstruct.jsonl"), "agentinstruct"))
@@ -71,18 +73,19 @@ def corpus(shared_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tok(corpus):
-    tokenizer = tiny_tokenizer(training_texts(corpus, limit=len(corpus)))
+def chatml_tok(peer_corpus):
+    """A tiny tokenizer trained on the peer corpus, with a ChatML template for tools (TRL and LLaMA-Factory read it)."""
+    tokenizer = tiny_tokenizer(training_texts(peer_corpus, limit=len(peer_corpus)))
     tokenizer.chat_template = TOOL_CHATML
     return tokenizer
 
 
-def _trainer(dataset, tok, tmp_path, **config):
+def _trainer(dataset, chatml_tok, tmp_path, **config):
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(output_dir=str(tmp_path / "run"), max_length=None, max_steps=2, per_device_train_batch_size=2,
                      report_to="none", use_cpu=True, save_strategy="no", logging_steps=1, **config)
-    return SFTTrainer(model=tiny_model(len(tok)), args=args, train_dataset=dataset, processing_class=tok)
+    return SFTTrainer(model=tiny_model(len(chatml_tok)), args=args, train_dataset=dataset, processing_class=chatml_tok)
 
 
 def _load_json(path):
@@ -91,16 +94,16 @@ def _load_json(path):
     return load_dataset("json", data_files=str(path), split="train")
 
 
-def test_trl_trains_the_hf_export_with_our_mask_wherever_every_assistant_turn_is_trained(corpus, tok, tmp_path):
+def test_trl_trains_the_hf_export_with_our_mask_wherever_every_assistant_turn_is_trained(peer_corpus, chatml_tok, tmp_path):
     path = tmp_path / "hf.jsonl"
-    report = WRITERS.get("hf")().write(corpus, path)
-    assert report.written == len(corpus) and not report.unwritable
+    report = WRITERS.get("hf")().write(peer_corpus, path)
+    assert report.written == len(peer_corpus) and not report.unwritable
     assert report.lossy["untrained_assistant_turns"] == 1  # the "OK." turn, which TRL cannot leave untrained
-    trainer = _trainer(_load_json(path), tok, tmp_path, assistant_only_loss=True)
-    ours = HFTemplate(tok)
+    trainer = _trainer(_load_json(path), chatml_tok, tmp_path, assistant_only_loss=True)
+    ours = HFTemplate(chatml_tok)
     same = 0
-    for traj, row in zip(corpus, trainer.train_dataset, strict=True):
-        enc = encode(traj, ours, tok)
+    for traj, row in zip(peer_corpus, trainer.train_dataset, strict=True):
+        enc = encode(traj, ours, chatml_tok)
         assert row["input_ids"] == enc.input_ids, traj.id  # arguments as objects: one rendering, no double encoding
         if all(m.loss for m in traj.messages if isinstance(m, AssistantMessage)):
             assert row["labels"] == enc.labels, traj.id
@@ -108,31 +111,31 @@ def test_trl_trains_the_hf_export_with_our_mask_wherever_every_assistant_turn_is
         else:  # TRL trains every assistant turn: exactly the untrained "OK." more than ours
             extra = [i for i, (a, b) in enumerate(zip(row["labels"], enc.labels, strict=True)) if a != b]
             assert extra and all(enc.labels[i] == IGNORE for i in extra)
-            assert "OK." in tok.decode([row["input_ids"][i] for i in extra])
-    assert same == len(corpus) - 1
+            assert "OK." in chatml_tok.decode([row["input_ids"][i] for i in extra])
+    assert same == len(peer_corpus) - 1
     assert trainer.train().training_loss > 0
 
 
-def test_trl_uses_the_tokenized_export_labels_as_they_are(corpus, tok, tmp_path):
-    path = tmp_path / "tok.jsonl"
-    ours = HFTemplate(tok)
-    report = export_tokenized(corpus, path, ours, tok)
-    assert report.written == len(corpus)
-    trainer = _trainer(_load_json(path), tok, tmp_path)
-    for traj, row in zip(corpus, trainer.train_dataset, strict=True):
-        assert row["labels"] == encode(traj, ours, tok).labels, traj.id
+def test_trl_uses_the_tokenized_export_labels_as_they_are(peer_corpus, chatml_tok, tmp_path):
+    path = tmp_path / "chatml_tok.jsonl"
+    ours = HFTemplate(chatml_tok)
+    report = export_tokenized(peer_corpus, path, ours, chatml_tok)
+    assert report.written == len(peer_corpus)
+    trainer = _trainer(_load_json(path), chatml_tok, tmp_path)
+    for traj, row in zip(peer_corpus, trainer.train_dataset, strict=True):
+        assert row["labels"] == encode(traj, ours, chatml_tok).labels, traj.id
     # and the collator keeps them (padding with -100 only)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(corpus) - 2, len(corpus))])
-    for b, traj in zip(batch["labels"].tolist(), corpus[-2:], strict=True):
-        want = encode(traj, ours, tok).labels
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(peer_corpus) - 2, len(peer_corpus))])
+    for b, traj in zip(batch["labels"].tolist(), peer_corpus[-2:], strict=True):
+        want = encode(traj, ours, chatml_tok).labels
         assert b[: len(want)] == want and set(b[len(want):]) <= {IGNORE}
     assert trainer.train().training_loss > 0
 
 
-def test_tokenized_export_counts_what_it_cannot_train(tok, tmp_path):
+def test_tokenized_export_counts_what_it_cannot_train(chatml_tok, tmp_path):
     untrained = Trajectory(id="u", source=Source(format="native"), messages=[
         UserMessage(content="hi"), AssistantMessage(content="hello", loss=False)])
-    report = export_tokenized([untrained, _agentbench_style()], tmp_path / "t.jsonl", HFTemplate(tok), tok)
+    report = export_tokenized([untrained, _agentbench_style()], tmp_path / "t.jsonl", HFTemplate(chatml_tok), chatml_tok)
     assert (report.written, dict(report.unwritable)) == (1, {"no_trainable_tokens": 1})
     assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1
 
@@ -184,12 +187,12 @@ def _edge_cases() -> list[Trajectory]:
     ]
 
 
-def test_sharegpt_records_follow_llamafactory_rules_or_are_counted(corpus, tmp_path):
+def test_sharegpt_records_follow_llamafactory_rules_or_are_counted(peer_corpus, tmp_path):
     writer = WRITERS.get("sharegpt")()
-    report = writer.write([*corpus, *_edge_cases()], tmp_path / "lf.json")
+    report = writer.write([*peer_corpus, *_edge_cases()], tmp_path / "lf.json")
     recs = json.loads((tmp_path / "lf.json").read_text())
     assert [r["id"] for r in recs if _llamafactory_accepts(r)] == []
-    assert report.written == len(recs) == len(corpus) + 2
+    assert report.written == len(recs) == len(peer_corpus) + 2
     assert dict(report.unwritable) == {"assistant_first": 1, "call_without_result": 1, "no_assistant_turn": 1,
                                        "system_inside_conversation": 1, "unparsed_tool_call": 1}
     unwritten = WRITERS.get("sharegpt")()
@@ -210,7 +213,7 @@ def test_sharegpt_records_follow_llamafactory_rules_or_are_counted(corpus, tmp_p
 
 
 @pytest.mark.slow
-def test_llamafactory_loads_every_written_record(corpus, tok, tmp_path):
+def test_llamafactory_loads_every_written_record(peer_corpus, chatml_tok, tmp_path):
     """LLaMA-Factory's own `get_dataset` (0.9.5): every record we write survives its converter and
     its supervised preprocessing, mixed files (with and without system/tools) included."""
     import importlib.machinery
@@ -233,9 +236,9 @@ def test_llamafactory_loads_every_written_record(corpus, tok, tmp_path):
 
     from agentflan.cli.data import _merge_dataset_info
 
-    tok.save_pretrained(tmp_path / "tok")
+    chatml_tok.save_pretrained(tmp_path / "chatml_tok")
     info_file = tmp_path / "lf" / "dataset_info.json"
-    groups = {"mixed": corpus, "edge": _edge_cases()}
+    groups = {"mixed": peer_corpus, "edge": _edge_cases()}
     written = {}
     for name, trajs in groups.items():
         writer = WRITERS.get("sharegpt")()
@@ -246,10 +249,10 @@ def test_llamafactory_loads_every_written_record(corpus, tok, tmp_path):
         _merge_dataset_info(info_file, entry)
     for name in groups:
         model_args, data_args, training_args, *_ = get_train_args({
-            "stage": "sft", "model_name_or_path": str(tmp_path / "tok"), "dataset": name,
+            "stage": "sft", "model_name_or_path": str(tmp_path / "chatml_tok"), "dataset": name,
             "dataset_dir": str(info_file.parent), "template": "qwen", "output_dir": str(tmp_path / "out"),
             "do_train": True, "cutoff_len": 1_000_000, "overwrite_cache": True, "report_to": "none"})
-        lf_tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+        lf_tok = AutoTokenizer.from_pretrained(tmp_path / "chatml_tok")
         template = get_template_and_fix_tokenizer(lf_tok, data_args)
         ds = get_dataset(template, model_args, data_args, training_args, stage="sft", tokenizer=lf_tok)["train_dataset"]
         assert len(ds) == written[name], name
@@ -257,14 +260,14 @@ def test_llamafactory_loads_every_written_record(corpus, tok, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def agent_flan_build(shared_data, tmp_path_factory):
+def agent_flan_build(sample_data, tmp_path_factory):
     """An `agent-flan` build written in native and hf: T-FLAN, ReAct and instruct text that a
     protocol rendered (tools stated in the system text) beside structured chat with tools."""
     from agentflan.pipeline.build import build
     from agentflan.pipeline.recipe import load_recipe
 
     out = tmp_path_factory.mktemp("agent-flan-hf")
-    recipe, resolved = load_recipe("agent-flan", [f"vars.data_dir={shared_data}", "vars.react_sources=[]",
+    recipe, resolved = load_recipe("agent-flan", [f"vars.data_dir={sample_data}", "vars.react_sources=[]",
                                                   "write=[native,hf]", "report=false",
                                                   "sources.toolbench.options.limit=40"])
     build(recipe, resolved, out)

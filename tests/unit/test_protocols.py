@@ -90,7 +90,8 @@ def episodes():
 
 
 @pytest.fixture(scope="module")
-def tok(episodes):
+def episode_tok(episodes):
+    """A tiny tokenizer trained on every environment episode as each protocol renders it."""
     texts = []
     for env, eps in episodes.items():
         for name in env_protocols(env):
@@ -129,7 +130,8 @@ def _calls(traj: Trajectory):
 
 @pytest.mark.parametrize("template_name", ["agentflan", "llama2", "hf", "hf-tools"])
 @pytest.mark.parametrize("env", ["toolapi", "db"])
-def test_serving_prompts_equal_training_prompts(episodes, tok, template_name, env):
+def test_serving_prompts_equal_training_prompts(episodes, episode_tok, template_name, env):
+    tok = episode_tok
     template = _templates(tok)[template_name]
     tokenizer = getattr(template, "tokenizer", tok)
     names = env_protocols(env)
@@ -163,7 +165,8 @@ def test_serving_prompts_equal_training_prompts(episodes, tok, template_name, en
     assert turns > 100
 
 
-def test_a_broken_renderer_is_caught(episodes, tok, monkeypatch):
+def test_a_broken_renderer_is_caught(episodes, episode_tok, monkeypatch):
+    tok = episode_tok
     """The parity check bites: a serving-side rendering that differs by one character fails it."""
     import agentflan.formats.tflan as tflan
 
@@ -312,7 +315,8 @@ def test_parity_with_smollm2s_real_tokenizer(episodes, template_name):
 
 
 @pytest.mark.parametrize("template_name", ["agentflan", "llama2", "hf"])
-def test_instruct_prompts_equal_training_prompts(episodes, tok, template_name):
+def test_instruct_prompts_equal_training_prompts(episodes, episode_tok, template_name):
+    tok = episode_tok
     """The single-step protocols, fixed and with drawn key names: the prompt a step-level evaluation
     shows before the call is what training showed, and the trained reply parses back to the call."""
     template = _templates(tok)[template_name]

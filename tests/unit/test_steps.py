@@ -17,15 +17,16 @@ from tests.helpers import run_steps as _run
 
 
 @pytest.fixture(scope="module")
-def fireact(shared_data):
-    return list(read(str(shared_data / "fireact/hotpotqa_react.jsonl"), "react"))
+def fireact(sample_data):
+    return list(read(str(sample_data / "fireact/hotpotqa_react.jsonl"), "react"))
 
 
 def test_splits_partition_exactly(fireact):
     parts = [_run([{"type": "split", "start": a, "end": b}], fireact)[0] for a, b in [(0, .6), (.6, .9), (.9, 1)]]
     ids = [t.id for p in parts for t in p]
     assert sorted(ids) == sorted(t.id for t in fireact)
-    assert abs(len(parts[0]) - 300) < 40 and abs(len(parts[2]) - 50) < 25
+    n = len(fireact)
+    assert abs(len(parts[0]) - .6 * n) < .08 * n + 4 and abs(len(parts[2]) - .1 * n) < .05 * n + 2
 
 
 def test_splits_do_not_depend_on_order(fireact):
@@ -39,8 +40,7 @@ def test_balance_realizes_requested_ratios_exactly(fireact):
     c = ctxs[-1].stats.counts
     for cap, p in {"reasoning": 1.0, "retrieval": 0.25, "understanding": 0.75}.items():
         realized = c[f"turns_after:{cap}"] / c[f"turns_before:{cap}"]
-        assert abs(realized - p) < 0.02, (cap, realized)
-        assert abs(realized - p) <= 1 / c[f"turns_before:{cap}"]
+        assert abs(realized - p) <= 1 / c[f"turns_before:{cap}"], (cap, realized)  # exact up to one turn
     kept = sum(isinstance(m, AssistantMessage) and m.loss and m.capability == "retrieval" for t in out for m in t.messages)
     assert kept == c["turns_after:retrieval"]
 
@@ -59,8 +59,8 @@ def test_balance_is_order_independent_and_keeps_context(fireact):
 
 def test_balance_sample_mode(fireact):
     out, ctxs = _run([{"type": "balance", "mode": "sample", "sample_rate": 0.3}], fireact)
-    assert 100 < len(out) < 200
-    assert ctxs[0].stats.counts["dropped:subsampled"] == 500 - len(out)
+    assert .2 * len(fireact) < len(out) < .4 * len(fireact)
+    assert ctxs[0].stats.counts["dropped:subsampled"] == len(fireact) - len(out)
 
 
 def test_balance_config_errors():
@@ -94,11 +94,11 @@ def test_react_step_states_the_format_it_uses(fireact):
     assert ctxs[0].stats.counts["format:react"] + ctxs[0].stats.counts["format:json"] == 50
 
 
-def test_react_source_style_reproduces_fireact_text(fireact, shared_data):
+def test_react_source_style_reproduces_fireact_text(fireact, sample_data):
     import json
 
     out, _ = _run([{"type": "react", "style": "source"}], fireact[:20])
-    raw = [json.loads(line) for line in (shared_data / "fireact/hotpotqa_react.jsonl").read_text().splitlines()[:20]]
+    raw = [json.loads(line) for line in (sample_data / "fireact/hotpotqa_react.jsonl").read_text().splitlines()[:20]]
     for t, r in zip(out, raw, strict=True):
         assert [m.content for m in t.messages] == [m["content"] for m in r["messages"]]
 
@@ -106,9 +106,9 @@ def test_react_source_style_reproduces_fireact_text(fireact, shared_data):
 def test_instruct_one_to_one_and_labelled(fireact):
     out, ctxs = _run([{"type": "instruct"}], fireact)
     c = ctxs[0].stats.counts
-    assert c["output:json"] + c["output:string"] == len(out) == 500 - c["dropped:no_tool_calls"]
+    assert c["output:json"] + c["output:string"] == len(out) == len(fireact) - c["dropped:no_tool_calls"]
     assert c["dropped:no_tool_calls"] == 1  # one trajectory answers at once: no call to ask for
-    assert abs(c["output:json"] - c["output:string"]) < 60
+    assert abs(c["output:json"] - c["output:string"]) < .12 * len(fireact)
     for t in out[:20]:
         (a,) = [m for m in t.messages if isinstance(m, AssistantMessage)]
         assert a.capability == "instruction_following"

@@ -1,4 +1,4 @@
-"""T-FLAN alignment: labels, varied elicits, and the parse round trip on every real sample."""
+"""T-FLAN alignment: labels, varied elicits, and the parse round trip on every sample (fixtures, then real)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def _observations(t: Trajectory):
 
 @pytest.mark.parametrize(("rel", "fmt"), REAL)
 @pytest.mark.parametrize(("cot", "decompose"), [(True, True), (False, True), (True, False)])
-def test_round_trip_on_real_samples(shared_data, rel, fmt, cot, decompose):
+def test_round_trip_on_real_samples(sample_data, rel, fmt, cot, decompose):
     n = 0
-    for t in read(str(shared_data / rel), fmt, on_error="skip"):
+    for t in read(str(sample_data / rel), fmt, on_error="skip"):
         aligned = align(t, f"k{n}", AlignOptions(cot=cot, decompose=decompose))
         assert not any(isinstance(m, ToolMessage) or (isinstance(m, AssistantMessage) and m.tool_calls)
                        for m in aligned.messages), "aligned data is plain chat"
@@ -42,8 +42,8 @@ def test_round_trip_on_real_samples(shared_data, rel, fmt, cot, decompose):
     assert n > 0
 
 
-def test_final_answers_and_thoughts_survive(shared_data):
-    for t in read(str(shared_data / "fireact/hotpotqa_react.jsonl"), "react"):
+def test_final_answers_and_thoughts_survive(sample_data):
+    for t in read(str(sample_data / "fireact/hotpotqa_react.jsonl"), "react"):
         back = parse(align(t, "k0"))
         final = [c for m in back.messages if isinstance(m, AssistantMessage) for c in m.tool_calls
                  if c.name == "finish"]

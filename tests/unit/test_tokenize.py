@@ -34,51 +34,52 @@ def reference(segments, tok, max_length=None, add_bos=False):
 
 
 @pytest.fixture(scope="module")
-def data(shared_data):
-    trajs = list(read(str(shared_data / "fireact/hotpotqa_react.jsonl"), "react"))[:60]
-    trajs += list(read(str(shared_data / "llamafactory/glaive_toolcall_en_demo.json"), "sharegpt"))[:60]
+def data(sample_data):
+    trajs = list(read(str(sample_data / "fireact/hotpotqa_react.jsonl"), "react"))[:60]
+    trajs += list(read(str(sample_data / "llamafactory/glaive_toolcall_en_demo.json"), "sharegpt"))[:60]
     return trajs
 
 
 @pytest.fixture(scope="module")
-def tok(data):
+def data_tok(data):
+    """A tiny tokenizer trained on the raw message texts of `data` (not on their training rendering)."""
     return tiny_tokenizer([m.content for t in data for m in t.messages])
 
 
 @pytest.mark.parametrize("name", ["agentflan", "llama2", "hf"])
 @pytest.mark.parametrize("max_length", [None, 40])
-def test_batch_encoding_equals_each_segment_tokenized_on_its_own(data, tok, name, max_length):
-    template = get_template(name, tok)
+def test_batch_encoding_equals_each_segment_tokenized_on_its_own(data, data_tok, name, max_length):
+    template = get_template(name, data_tok)
     batch = [render(t, template)[0] for t in data]
-    for t, segments, got in zip(data, batch, encode_segments_batch(batch, tok, max_length=max_length,
+    for t, segments, got in zip(data, batch, encode_segments_batch(batch, data_tok, max_length=max_length,
                                                                    add_bos=template.add_bos), strict=True):
-        ref = reference(segments, tok, max_length, template.add_bos)
+        ref = reference(segments, data_tok, max_length, template.add_bos)
         if ref is None:
             assert isinstance(got, NoTrainableTokens)
             with pytest.raises(NoTrainableTokens):
-                encode(t, template, tok, max_length=max_length)
+                encode(t, template, data_tok, max_length=max_length)
         else:
             assert not isinstance(got, NoTrainableTokens) and (got.input_ids, got.labels) == ref
-            one = encode(t, template, tok, max_length=max_length)  # one sample: the same
+            one = encode(t, template, data_tok, max_length=max_length)  # one sample: the same
             assert (one.input_ids, one.labels, one.truncated) == (got.input_ids, got.labels, got.truncated)
 
 
-def test_segments_of_any_shape(tok):
+def test_segments_of_any_shape(data_tok):
     rng = random.Random(0)
     pieces = ["a", "", " ", "hello", "\u0d3f", "</s>", "wor", "ld", "\n", "ß", "🙂", "x y"]
     batch = [[("".join(rng.choice(pieces) for _ in range(rng.randint(0, 3))), rng.random() < 0.4)
               for _ in range(rng.randint(1, 8))] for _ in range(500)]
-    for segments, got in zip(batch, encode_segments_batch(batch, tok, add_bos=True), strict=True):
-        ref = reference(segments, tok, add_bos=True)
+    for segments, got in zip(batch, encode_segments_batch(batch, data_tok, add_bos=True), strict=True):
+        ref = reference(segments, data_tok, add_bos=True)
         assert (None if isinstance(got, NoTrainableTokens) else (got.input_ids, got.labels)) == ref, segments
 
 
-def test_a_tokenizer_configured_to_truncate_takes_its_own_call(data, tok):
+def test_a_tokenizer_configured_to_truncate_takes_its_own_call(data, data_tok):
     """The Rust core is used directly only when the tokenizer's own call would do the same."""
     from transformers import PreTrainedTokenizerFast
 
-    other = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer.__class__.from_str(
-        tok.backend_tokenizer.to_str()), bos_token="<s>", eos_token="</s>")
+    other = PreTrainedTokenizerFast(tokenizer_object=data_tok.backend_tokenizer.__class__.from_str(
+        data_tok.backend_tokenizer.to_str()), bos_token="<s>", eos_token="</s>")
     other.backend_tokenizer.enable_truncation(8)  # its own call turns that off
     template = get_template("agentflan")
     batch = [render(t, template)[0] for t in data[:10]]
@@ -97,39 +98,39 @@ def _recipe(path, tmp_path, **data):
 
 
 @pytest.fixture
-def corpus(data, tmp_path):
+def corpus_file(data, tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(t.to_json_dict()) + "\n" for t in data))
     return path
 
 
-def test_rows_are_cached_by_fingerprint(corpus, tmp_path):
+def test_rows_are_cached_by_fingerprint(corpus_file, data, tmp_path):
     from agentflan.training.sft import prepare
 
-    _, rows, stats = prepare(_recipe(corpus, tmp_path))
-    assert stats["cache"] == "miss" and stats["trajectories"] == 120 and rows
-    _, again, stats2 = prepare(_recipe(corpus, tmp_path))
+    _, rows, stats = prepare(_recipe(corpus_file, tmp_path))
+    assert stats["cache"] == "miss" and stats["trajectories"] == len(data) and rows
+    _, again, stats2 = prepare(_recipe(corpus_file, tmp_path))
     assert stats2["cache"] == "hit" and again == rows
     assert {k: v for k, v in stats2.items() if k != "cache"} == {k: v for k, v in stats.items() if k != "cache"}
-    assert prepare(_recipe(corpus, tmp_path, max_length=64))[2]["cache"] == "miss"  # other data section
-    assert prepare(_recipe(corpus, tmp_path, packing=False))[2]["cache"] == "miss"
-    _, unpacked, _ = prepare(_recipe(corpus, tmp_path, packing=False))
+    assert prepare(_recipe(corpus_file, tmp_path, max_length=64))[2]["cache"] == "miss"  # other data section
+    assert prepare(_recipe(corpus_file, tmp_path, packing=False))[2]["cache"] == "miss"
+    _, unpacked, _ = prepare(_recipe(corpus_file, tmp_path, packing=False))
     assert len(unpacked) == stats["samples"] and all("seq_lengths" not in r for r in unpacked)
-    corpus.write_text(corpus.read_text() + corpus.read_text().splitlines(keepends=True)[0])  # other data
-    assert prepare(_recipe(corpus, tmp_path))[2]["cache"] == "miss"
-    assert prepare(_recipe(corpus, tmp_path, cache=False))[2]["cache"] == "off"
+    corpus_file.write_text(corpus_file.read_text() + corpus_file.read_text().splitlines(keepends=True)[0])  # other data
+    assert prepare(_recipe(corpus_file, tmp_path))[2]["cache"] == "miss"
+    assert prepare(_recipe(corpus_file, tmp_path, cache=False))[2]["cache"] == "off"
 
 
-def test_worker_processes_give_the_same_rows(corpus, tmp_path, monkeypatch):
+def test_worker_processes_give_the_same_rows(corpus_file, tmp_path, monkeypatch):
     from agentflan.training.sft import prepare
 
     monkeypatch.setattr(prepared, "BATCH", 16)  # several tasks per worker
-    one = prepare(_recipe(corpus, tmp_path, num_proc=1, cache=False))[1]
-    two = prepare(_recipe(corpus, tmp_path, num_proc=2, cache=False))[1]
+    one = prepare(_recipe(corpus_file, tmp_path, num_proc=1, cache=False))[1]
+    two = prepare(_recipe(corpus_file, tmp_path, num_proc=2, cache=False))[1]
     assert one == two
 
 
-def test_concurrent_runs_tokenize_once(corpus, tmp_path):
+def test_concurrent_runs_tokenize_once(corpus_file, tmp_path):
     """Ranks of one run (here threads) wait on the key's lock: one tokenizes, the others load."""
     from agentflan.training.sft import prepare
 
@@ -137,7 +138,7 @@ def test_concurrent_runs_tokenize_once(corpus, tmp_path):
     results: list[str] = []
 
     def rank() -> None:
-        results.append(prepare(_recipe(corpus, tmp_path, max_length=100), tok)[2]["cache"])
+        results.append(prepare(_recipe(corpus_file, tmp_path, max_length=100), tok)[2]["cache"])
 
     threads = [threading.Thread(target=rank) for _ in range(3)]
     for t in threads:

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="training extras not installed (pip install 'agentflan[train]')")
 
 from agentflan.formats.jinja import jinja_for  # noqa: E402
-from agentflan.formats.protocols import training_texts, training_view  # noqa: E402
+from agentflan.formats.protocols import training_view  # noqa: E402
 from agentflan.formats.templates import (  # noqa: E402
     AgentFlanTemplate,
     HFTemplate,
@@ -18,34 +18,13 @@ from agentflan.formats.templates import (  # noqa: E402
     TemplateError,
     get_template,
 )
-from agentflan.formats.tflan import align  # noqa: E402
-from agentflan.io import read  # noqa: E402
 from agentflan.samples import episodes  # noqa: E402
 from agentflan.schema import AssistantMessage, SystemMessage, UserMessage  # noqa: E402
 from agentflan.training.collator import BlockCausalCollator  # noqa: E402
 from agentflan.training.masking import IGNORE, NoTrainableTokens, encode, encode_segments  # noqa: E402
-from agentflan.training.models import tiny_model, tiny_tokenizer  # noqa: E402
+from agentflan.training.models import tiny_model  # noqa: E402
 from agentflan.training.packing import pack  # noqa: E402
-
-SOURCES = [("toolbench/answer/*/*.json", "toolbench"), ("fireact/hotpotqa_react.jsonl", "react"),
-           ("llamafactory/glaive_toolcall_en_demo.json", "sharegpt"),
-           ("llamafactory/reason_tool_use_demo_50.jsonl", "openai"),
-           ("llamafactory/alpaca_en_demo.json", "alpaca")]
-
-
-@pytest.fixture(scope="module")
-def corpus(shared_data):
-    trajs = []
-    for rel, fmt in SOURCES:
-        trajs += list(read(str(shared_data / rel), fmt))[:25]
-    trajs += [align(t, "k") for t in trajs[:40] if any(
-        isinstance(m, AssistantMessage) and m.tool_calls for m in t.messages)]
-    return trajs
-
-
-@pytest.fixture(scope="module")
-def tok(corpus):
-    return tiny_tokenizer(training_texts(corpus, limit=len(corpus)))
+from tests.helpers import FIXTURE_DATA, sample_corpus  # noqa: E402
 
 
 def _trained_chars(template, traj):
@@ -245,9 +224,11 @@ def _recipe(tmp_path, corpus_path, **trl):
 
 
 @pytest.fixture(scope="module")
-def corpus_file(corpus, tmp_path_factory):
+def corpus_file(tmp_path_factory):
+    """The corpus of the fixtures as a JSONL file: the training runs read it (on the fixtures only:
+    the real samples would double their minutes and add nothing to a loss going down)."""
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps(t.to_json_dict()) + "\n" for t in corpus))
+    path.write_text("".join(json.dumps(t.to_json_dict()) + "\n" for t in sample_corpus(FIXTURE_DATA)))
     return path
 
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentflan.formats.finish import FINISH, FINISH_SPEC, give_answer
 from agentflan.formats.neutral import TOOL_SYSTEM
 from agentflan.formats.protocols import Action, Completion, Prompt, Protocol, conversation_key
 from agentflan.schema import (
@@ -36,14 +37,6 @@ from agentflan.schema import (
 
 TaskKind = Literal["single", "multi", "dependent", "stateful", "no_tool", "unserviceable", "select", "insert",
                    "update"]
-FINISH = "Finish"
-FINISH_SPEC = ToolSpec(
-    name=FINISH,
-    description="Give the final answer to the user. Call it at the end of the task with return_type "
-                "give_answer and the answer in final_answer.",
-    parameters={"type": "object", "properties": {
-        "return_type": {"type": "string", "enum": ["give_answer", "give_up_and_restart"]},
-        "final_answer": {"type": "string"}}, "required": ["return_type"]})
 
 
 class Task(BaseModel):
@@ -95,7 +88,7 @@ class Environment(ABC):
 
     def final_call(self, answer: str, call_id: str) -> ToolCall:
         """The terminal call that gives `answer` (how a protocol's plain answer enters the transcript)."""
-        return ToolCall(id=call_id, name=FINISH, arguments={"return_type": "give_answer", "final_answer": answer})
+        return give_answer(answer, call_id)
 
     def tags(self, task: Task) -> dict[str, str]:
         """Tags of this environment's conversations (protocols read `final_tool`, `task`)."""
@@ -177,8 +170,7 @@ class RandomPolicy(Policy):
             return AssistantMessage(content="Let me try this.", tool_calls=[
                 ToolCall(id=f"call_r{self.calls}", name=tool.name, arguments=args)])
         answer = self.rng.choice(["I don't know.", "42", "Done.", "Yes", "The answer is 7."])
-        return AssistantMessage(tool_calls=[ToolCall(id="call_rfinal", name=FINISH, arguments={
-            "return_type": "give_answer", "final_answer": answer})])
+        return AssistantMessage(tool_calls=[give_answer(answer, "call_rfinal")])
 
     def _value(self, schema: dict[str, Any]) -> Any:
         kind = schema.get("type")

@@ -61,7 +61,7 @@ from agentflan.schema import AssistantMessage, Message, SystemMessage, ToolCall,
 DB_TOOLS: list[ToolSpec] = list(DIALECTS["db"].tools)
 SYSTEM = TASK_STATEMENTS["db"]
 """The task, stated without a reply format: each protocol states its own (`agentinstruct:db` states
-AgentBench's, `formats.protocols.AGENTBENCH_DB_PROMPT`)."""
+AgentBench's, `formats.agentinstruct.AGENTBENCH_DB_PROMPT`)."""
 _DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "zipfile", "sqlar_compress",
                      "sqlar_uncompress"}
 GROUP_CONCAT_MAX_LEN = 1024

@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 from agentflan.envs.base import Environment, Task, Verdict, system_prompt, user
+from agentflan.formats.finish import give_answer
 from agentflan.schema import AssistantMessage, Message, ToolCall, ToolMessage, ToolSpec
 
 MAX_STRING = 1000
@@ -363,8 +364,7 @@ def call(name: str, n: int, thought: str, /, **args: Any) -> AssistantMessage:
 
 
 def finish(n: int, thought: str, answer: str) -> AssistantMessage:
-    return AssistantMessage(content=thought, tool_calls=[ToolCall(id=f"call_{n}", name="Finish", arguments={
-        "return_type": "give_answer", "final_answer": answer})])
+    return AssistantMessage(content=thought, tool_calls=[give_answer(answer, f"call_{n}")])
 
 
 def response(obs: ToolMessage | None) -> dict[str, Any]:

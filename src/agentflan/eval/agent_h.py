@@ -51,11 +51,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentflan.envs.base import FINISH, FINISH_SPEC, system_prompt
+from agentflan.envs.base import system_prompt
 from agentflan.errors import ConfigError
 from agentflan.eval.runlog import Exchange, single_record
 from agentflan.eval.score import rate
 from agentflan.eval.suite import SingleActionSuite, SuiteRequest
+from agentflan.formats.finish import FINISH, FINISH_SPEC, give_answer
 from agentflan.formats.protocols import Action, Protocol, parse_tool_call_text
 from agentflan.io.files import write_atomic
 from agentflan.schema import AssistantMessage, Source, SystemMessage, ToolCall, ToolSpec, Trajectory, UserMessage
@@ -103,8 +104,7 @@ class HItem(BaseModel):
             msg = AssistantMessage(content=self.gold_call.get("thought", ""), tool_calls=[ToolCall(
                 id="call_0", name=self.gold_call["name"], arguments=self.gold_call.get("arguments", {}))])
         else:
-            msg = AssistantMessage(content="", tool_calls=[ToolCall(id="call_0", name=FINISH, arguments={
-                "return_type": "give_answer", "final_answer": self.answer})])
+            msg = AssistantMessage(content="", tool_calls=[give_answer(self.answer)])
         return traj.model_copy(update={"messages": [*traj.messages, msg]})
 
 

@@ -750,14 +750,14 @@ class BFCLSuite(SingleActionSuite):
         return [it for f in files for it in load_items(f, per)][:n], {}
 
     def gold(self, item: BFCLItem) -> Trajectory:
+        from agentflan.formats.finish import give_answer
         from agentflan.schema import AssistantMessage
 
         traj = item.trajectory()
         calls = [ToolCall(id=f"call_{i}", name=name, arguments=gold_args(args, item, name))
                  for i, d in enumerate(item.ground_truth) for name, args in d.items()]
-        reply = (AssistantMessage(content="", tool_calls=calls) if calls else AssistantMessage(content="", tool_calls=[
-            ToolCall(id="call_0", name="Finish", arguments={"return_type": "give_answer",
-                                                             "final_answer": "None of the functions can answer this."})]))
+        reply = (AssistantMessage(content="", tool_calls=calls) if calls else AssistantMessage(
+            content="", tool_calls=[give_answer("None of the functions can answer this.")]))
         return traj.model_copy(update={"messages": [*traj.messages, reply]})
 
     def record(self, item: BFCLItem, protocol: str, agent: str, ex: Exchange) -> dict[str, Any]:

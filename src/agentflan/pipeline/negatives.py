@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agentflan.formats.finish import FINISH_SPEC, give_answer
 from agentflan.formats.neutral import neutral_system, request_of
 from agentflan.formats.protocols import get_protocol
 from agentflan.formats.tflan import pick
@@ -81,14 +82,6 @@ _CREATIVE = re.compile(r"^\W*(write|compose|create|generate|rewrite|paraphrase|r
                        re.IGNORECASE)
 CANNOT_JUDGE = "CAN_DO"
 """What the teacher answers when it finds that the offered tools can serve the request after all."""
-
-FINISH = ToolSpec(
-    name="Finish",
-    description="Give the final answer to the user. Call it at the end of the task with return_type "
-                "give_answer and the answer in final_answer.",
-    parameters={"type": "object", "properties": {
-        "return_type": {"type": "string", "enum": ["give_answer", "give_up_and_restart"]},
-        "final_answer": {"type": "string"}}, "required": ["return_type"]})
 
 # ---- phrases (ours; every one chosen by `pick(pool, key, index)`) ---------------------------------------------
 
@@ -436,11 +429,10 @@ class _Renderer:
 def _with_tools(traj_id: str, parent: Trajectory, kind: NegativeKind, system: str | None, query: str,
                 tools: list[ToolSpec], thought: str, answer: str, origin: str, meta: dict[str, Any]) -> Trajectory:
     msgs: list[Message] = [SystemMessage(content=system)] if system else []
-    msgs += [UserMessage(content=query), AssistantMessage(content=thought, tool_calls=[ToolCall(
-        id="call_0", name=FINISH.name, arguments={"return_type": "give_answer", "final_answer": answer})])]
-    return Trajectory(id=traj_id, tools=[*tools, FINISH], messages=msgs, source=_source(parent),
+    msgs += [UserMessage(content=query), AssistantMessage(content=thought, tool_calls=[give_answer(answer)])]
+    return Trajectory(id=traj_id, tools=[*tools, FINISH_SPEC], messages=msgs, source=_source(parent),
                       lineage=[*parent.lineage, f"negatives:{kind}"],
-                      tags={"negative_kind": kind, "response_origin": origin.split(":")[0], "final_tool": FINISH.name},
+                      tags={"negative_kind": kind, "response_origin": origin.split(":")[0], "final_tool": FINISH_SPEC.name},
                       metadata={"parent": parent.id, "response_origin": origin, **meta})
 
 

@@ -145,9 +145,9 @@ def files_signature(paths: list[str]) -> list[tuple[str, int, int]]:
 
 
 def cache_key(*parts: Any) -> str:
-    from agentflan.fingerprint import code_fingerprint
+    from agentflan.fingerprint import fingerprint
 
-    return hashlib.sha256(json.dumps([*parts, code_fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return fingerprint(*parts, length=20)
 
 
 _ROW_KEYS = ("input_ids", "labels", "position_ids", "seq_lengths", "capabilities")

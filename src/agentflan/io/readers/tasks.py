@@ -10,6 +10,7 @@ import re
 from typing import Any, ClassVar
 
 from agentflan.errors import ParseError
+from agentflan.formats.agentinstruct import AGENTBENCH_DB_PROMPT, DIALECTS
 from agentflan.io.base import Reader, RecordContext, as_text, optional_key, require_key
 from agentflan.schema import Message, SystemMessage, ToolSpec, Trajectory, UserMessage
 
@@ -63,16 +64,6 @@ class ToolBenchQueryReader(Reader):
                           lineage=[f"read:{self.name}"], tags={"kind": "prompt"}, metadata=meta)
 
 
-DB_SYSTEM = (
-    "I will ask you a question, then you should help me operate a MySQL database with SQL to answer "
-    "the question.\nYou have to explain the problem and your solution to me and write down your "
-    "thoughts.\nAfter thinking and explaining thoroughly, every round you can choose to operate or "
-    "to answer.\nyour operation should be like this:\nAction: Operation\n```sql\nSELECT * FROM table "
-    "WHERE condition;\n```\nIf you think you have got the answer, you should answer like this:\n"
-    "Action: Answer\nFinal Answer: [\"ANSWER1\", \"ANSWER2\", ...]"
-)
-
-
 class DBBenchReader(Reader):
     """AgentBench DB tasks (`description`, `label`, `table`, `type`, optional `add_description`)."""
 
@@ -88,9 +79,7 @@ class DBBenchReader(Reader):
         prompt = f"{description}\n{record.get('add_description') or ''}".rstrip()
         prompt += f"\nThe name of this table is {name}, and the headers of this table are " + ", ".join(
             str(c.get("name")) for c in columns if isinstance(c, dict)) + "."
-        messages: list[Message] = [SystemMessage(content=DB_SYSTEM), UserMessage(content=prompt)]
-        from agentflan.formats.agentinstruct import DIALECTS
-
+        messages: list[Message] = [SystemMessage(content=AGENTBENCH_DB_PROMPT.strip()), UserMessage(content=prompt)]
         return Trajectory(
             id=ctx.default_id(), messages=messages, tools=list(DIALECTS["db"].tools),
             source=ctx.source(), lineage=[f"read:{self.name}"],

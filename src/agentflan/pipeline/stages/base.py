@@ -11,26 +11,18 @@ worker beside the units still being built (the negatives beside the general chat
 
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agentflan.fingerprint import code_fingerprint
 from agentflan.pipeline.executor import Executor
 from agentflan.pipeline.recipe import DataRecipe
 
 Echo = Callable[[str], None]
 Started = Callable[[], dict[str, Any]]
 """A unit's task, submitted early: calling it waits for the task's result."""
-
-
-def fingerprint(*parts: Any) -> str:
-    """A hash of `parts` and of agentflan's code (a changed step rebuilds what it built)."""
-    return hashlib.sha256(json.dumps([*parts, code_fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
