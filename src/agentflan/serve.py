@@ -41,9 +41,10 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentflan.client import ContextLimitError, RequestError
@@ -135,6 +136,7 @@ class Session:
     cut: bool = False
     """A generation stopped at its token limit."""
     stop_reason: str | None = None
+    arrival: float = field(default_factory=time.monotonic)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -184,6 +186,13 @@ class Scheduler:
         self.active: set[Session] = set()
         self.backend: Any = self._backend()
         self.context: int | None = getattr(engine, "context", None)
+        self.suspects: deque[Session] = deque()
+        """After a fault: the step's requests, each to run alone (`_fault`)."""
+        self.solo: Session | None = None
+        """The suspect running alone now."""
+        self.held: list[Session] = []
+        """Requests whose next generation waits until the isolation is over."""
+        self.faults = 0
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="agentflan-scheduler", daemon=True)
         self.thread.start()
@@ -236,27 +245,55 @@ class Scheduler:
 
     def _run(self) -> None:
         while not self.stopped.is_set():
-            self._admit()
             self._reap()
+            if self.solo is None and self.suspects:  # isolating after a fault: the next suspect runs alone
+                session = self.suspects.popleft()
+                self.solo = session
+                if session.row is not None:
+                    self._join(session, _fresh(session.row))
+            if self.solo is None and not self.suspects:
+                held, self.held = self.held, []
+                for session in held:
+                    if session.row is not None:
+                        self._join(session, session.row)
+                self._admit()
             if not len(self.backend):
+                self.solo = None  # the suspect failed at the door or was cancelled
                 if not self.active:  # idle: wait for work without spinning
                     with contextlib.suppress(queue.Empty):
                         self._start(self.waiting.get(timeout=0.05))
                 continue
             try:
                 finished = self.backend.step()
-            except Exception as e:  # the model itself failed: the requests in this step fail, the server stays
-                log.exception("generation failed")
-                error = HTTPError(500, f"generation failed: {type(e).__name__}: {e}"[:500], "server_error")
-                for s in list(self.active):
-                    if s.row is not None:
-                        self._fail(s, error)
-                self.backend = self._backend()
+            except Exception as e:  # the model itself failed in this step
+                self._fault(e)
                 continue
             for row in finished:
                 session = row.owner
+                if session is self.solo:
+                    self.solo = None
                 if session in self.active:
                     self._finished(session, row)
+
+    def _fault(self, error: Exception) -> None:
+        """The model raised during a step: the step's rows start again, each alone, so the request
+        that makes it raise (a bad sequence, a numeric fault) fails by itself with 500 and the others
+        complete with what they would have generated (a row restarts with its own seed, and its
+        stream resumes where it was). A row that raised alone fails at once."""
+        log.exception("generation failed (%d rows in the step)", len(self.backend))
+        in_step = [s for s in self.active if self._in_backend(s)]
+        self.backend = self._backend()
+        if self.solo is not None or len(in_step) == 1:
+            failure = HTTPError(500, f"generation failed: {type(error).__name__}: {error}"[:500], "server_error")
+            for s in in_step:
+                self._fail(s, failure)
+        else:
+            self.faults += 1
+            self.suspects.extend(sorted(in_step, key=lambda s: s.arrival))
+        self.solo = None
+
+    def _in_backend(self, session: Session) -> bool:
+        return session.row is not None and session not in self.held and session not in self.suspects
 
     def _admit(self) -> None:
         while len(self.active) < self.max_active:
@@ -282,8 +319,14 @@ class Scheduler:
         now = time.monotonic()
         for s in list(self.active):
             if s.cancelled or now > s.deadline:
-                if s.row is not None:
+                if s in self.held:
+                    self.held.remove(s)
+                elif s in self.suspects:
+                    self.suspects.remove(s)
+                elif s.row is not None:
                     self.backend.remove(s.row)
+                if s is self.solo:
+                    self.solo = None
                 self._fail(s, Cancelled() if s.cancelled else self._late())
 
     def _fail(self, session: Session, error: BaseException) -> None:
@@ -325,6 +368,15 @@ class Scheduler:
             completion = Completion(text="")
         row = Row(prompt, Sampling(budget, job.temperature, job.top_p, job.seed), stops=(*prompt.stop, *job.stop),
                   on_text=session.on_text if job.proto is None else None, owner=session)
+        if self.solo is not None or self.suspects:  # isolating after a fault: it joins when that is over
+            session.row = row
+            self.held.append(session)
+            return
+        self._join(session, row)
+
+    def _join(self, session: Session, row: Row) -> None:
+        """Tokenize `row` into the batch; a request that cannot be tokenized or is too long fails alone."""
+        session.row = None
         try:
             self.backend.add(row)
         except ContextLimitError as e:
@@ -334,7 +386,7 @@ class Scheduler:
             self._fail(session, HTTPError(400, f"the request could not be tokenized: {type(e).__name__}: {e}"[:500],
                                           param="messages"))
             return
-        problem = self._too_long(row, job)
+        problem = self._too_long(row, session.job)
         if problem is not None:
             self.backend.remove(row)
             self._fail(session, HTTPError(400, problem, param="messages", code="context_length_exceeded"))
@@ -352,6 +404,13 @@ class Scheduler:
             return (f"the prompt has {n} tokens and max_tokens is {job.max_tokens}; the model's context is "
                     f"{self.context} tokens")
         return None
+
+
+def _fresh(row: Row) -> Row:
+    """`row` from its start again (same prompt, sampling and seed, so the same tokens); its stream
+    resumes after what was already sent."""
+    return Row(row.prompt, replace(row.sampling), stops=row.stops, on_text=row.on_text, owner=row.owner,
+               emitted=row.emitted)
 
 
 def _chat(prompt: Prompt) -> Generator[Prompt, Completion, Completion]:

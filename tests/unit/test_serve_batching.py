@@ -199,3 +199,91 @@ def test_deadline_ends_a_request_with_504(served):
     start = time.monotonic()
     code, err = _post(url + "/chat/completions", _body("hello", max_tokens=4000))
     assert code == 504 and err["error"]["code"] == "timeout" and time.monotonic() - start < 5
+
+
+class _Faulty:
+    """The decoder's model, raising (as a device-side assert or a NaN check would) in every step
+    where `bad(decoder)` holds."""
+
+    def __init__(self, decoder, bad) -> None:
+        self.model, self.decoder, self.bad = decoder.model, decoder, bad
+        self.config = decoder.model.config
+        self.raised = 0
+
+    def __call__(self, **kw):
+        if self.bad(self.decoder):
+            self.raised += 1
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return self.model(**kw)
+
+
+def _stream_text(url: str, body: dict) -> tuple[int, str]:
+    code, text = _post(url + "/chat/completions", {**body, "stream": True})
+    chunks = [json.loads(line[6:]) for line in str(text).splitlines() if line.startswith("data: {")]
+    if any("error" in c for c in chunks):
+        return 500, ""
+    return code, "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+
+
+@pytest.mark.parametrize("fault", ["poison", "transient"])
+def test_a_model_that_raises_mid_step_fails_only_the_request_that_makes_it(served, fault):
+    """The model raises in a decoding step while six requests are mid-generation: each of the
+    step's requests starts again alone; the one that makes the model raise ('poison': whenever it is
+    in the batch) fails with 500, the others (greedy, seeded sampling, streaming) get 200 with the
+    text they get without the fault."""
+    engine = _engine()
+    engine.stop_ids, engine.end_stops = set(), ()  # every reply runs to its max_tokens
+    armed = threading.Event()
+    models: list[_Faulty] = []
+    real = engine.decoder
+
+    def poisoned(dec) -> bool:
+        return any("POISON" in str(r.prompt.messages[-1].content) for r in dec.rows)
+
+    def transient(dec) -> bool:
+        if armed.is_set() and len(dec.rows) >= 3:
+            armed.clear()
+            return True
+        return False
+
+    def decoder():
+        dec = real()
+        dec.model = _Faulty(dec, poisoned if fault == "poison" else transient)
+        models.append(dec.model)
+        return dec
+
+    engine.decoder = decoder  # type: ignore[method-assign]
+    url = served(engine, max_active=16)
+    scheduler = served.servers[-1].scheduler
+    goods = {f"good{i}": _body(f"hello world {i}", max_tokens=24) for i in range(6)}
+    goods["good4"].update(temperature=1.0, seed=5)
+    alone = {k: _post(url + "/chat/completions", b)[1]["choices"][0]["message"]["content"]  # type: ignore[index]
+             for k, b in goods.items()}
+    results: dict[str, tuple[int, object]] = {}
+
+    def send(k: str, b: dict) -> None:
+        results[k] = _stream_text(url, b) if k == "good5" else _post(url + "/chat/completions", b)
+
+    threads = [threading.Thread(target=send, args=item) for item in goods.items()]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(scheduler.active) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(scheduler.active) == 6  # all six are mid-generation when the fault comes
+    if fault == "poison":
+        threads.append(threading.Thread(target=send, args=("poison", _body("POISON hello", max_tokens=24))))
+        threads[-1].start()
+    else:
+        armed.set()
+    for t in threads:
+        t.join(60)
+    assert scheduler.faults == 1 and sum(m.raised for m in models) == (2 if fault == "poison" else 1)
+    if fault == "poison":
+        code, err = results.pop("poison")
+        assert code == 500 and "device-side assert" in err["error"]["message"]  # type: ignore[index]
+    assert {k: r[0] for k, r in results.items()} == dict.fromkeys(goods, 200)
+    got = {k: r[1] if k == "good5" else r[1]["choices"][0]["message"]["content"]  # type: ignore[index]
+           for k, r in results.items()}
+    assert got == alone
+    assert _post(url + "/chat/completions", _body("hello", max_tokens=3))[0] == 200  # and the server goes on
