@@ -20,7 +20,7 @@ from agentflan.formats.protocols import Prompt
 from agentflan.schema import UserMessage
 from agentflan.serve import Limits
 from agentflan.training.models import tiny_model, tiny_tokenizer
-from tests.unit.test_serve import _post
+from tests.unit.test_serve import _OracleEngine, _post
 from tests.unit.test_serve import served as served
 
 WORDS = ["Thought: I need a tool", "Action: Finish", 'Action Input: {"final_answer": "x"}', "hello world",
@@ -287,3 +287,64 @@ def test_a_model_that_raises_mid_step_fails_only_the_request_that_makes_it(serve
            for k, r in results.items()}
     assert got == alone
     assert _post(url + "/chat/completions", _body("hello", max_tokens=3))[0] == 200  # and the server goes on
+
+
+def test_n_choices_sampled_independently_with_per_choice_seeds_and_streamed_by_index(served):
+    """`n`: independent choices in one request (each its own row in the batch), `index` on each,
+    usage summed; with `seed` the first choice is the `n=1` reply and every choice is the same on a
+    rerun; streamed, every chunk names its choice and the pieces assemble to the same texts."""
+    openai = pytest.importorskip("openai")
+    engine = _engine()
+    engine.stop_ids, engine.end_stops = set(), ()
+    url = served(engine)
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "hello world"}], "max_tokens": 8,
+           "temperature": 1.0, "seed": 11}
+    r = client.chat.completions.create(n=4, **ask)
+    texts = [c.message.content for c in r.choices]
+    assert [c.index for c in r.choices] == [0, 1, 2, 3] and len(set(texts)) > 1
+    assert r.usage.completion_tokens == 4 * 8 and all(c.finish_reason == "length" for c in r.choices)
+    one = client.chat.completions.create(**ask)
+    assert one.choices[0].message.content == texts[0] and r.usage.prompt_tokens == 4 * one.usage.prompt_tokens
+    assert [c.message.content for c in client.chat.completions.create(n=4, **ask).choices] == texts
+    pieces: dict[int, list[str]] = {}
+    finishes: dict[int, str] = {}
+    usage = None
+    for chunk in client.chat.completions.create(n=4, stream=True, stream_options={"include_usage": True}, **ask):
+        for c in chunk.choices:
+            pieces.setdefault(c.index, []).append(c.delta.content or "")
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+        usage = chunk.usage or usage
+    assert ["".join(pieces[i]) for i in range(4)] == texts and finishes == dict.fromkeys(range(4), "length")
+    assert all(len([p for p in pieces[i] if p]) > 1 for i in range(4))  # token by token, not one lump each
+    assert usage is not None and usage.completion_tokens == 4 * 8
+    greedy = client.chat.completions.create(n=2, **{**ask, "temperature": 0})
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+
+
+def test_n_beyond_what_the_server_runs_is_400_and_n_beyond_its_free_room_is_503(served):
+    """A request's choices are queued together or not at all."""
+    gate = threading.Event()
+
+    def slow(prompt):
+        gate.wait(20)
+        return "ok"
+
+    url = served(_OracleEngine(slow, {"chat": 1}), max_active=1, max_queue=2)
+    code, err = _post(url + "/chat/completions", _body("hello", n=4))
+    assert code == 400 and err["error"]["param"] == "n" and "at most 3" in err["error"]["message"]  # type: ignore[index]
+    scheduler = served.servers[-1].scheduler
+    first: list[tuple[int, object]] = []
+    held = threading.Thread(target=lambda: first.append(_post(url + "/chat/completions", _body("hello"))))
+    held.start()
+    deadline = time.monotonic() + 10
+    while not scheduler.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    code, err = _post(url + "/chat/completions", _body("hello", n=3))  # two places left, three choices
+    assert code == 503 and err["error"]["code"] == "server_busy"  # type: ignore[index]
+    assert scheduler.waiting.qsize() == 0  # none of its choices was queued
+    gate.set()
+    held.join(20)
+    code, reply = _post(url + "/chat/completions", _body("hello", n=3))
+    assert first[0][0] == 200 and code == 200 and [c["index"] for c in reply["choices"]] == [0, 1, 2]  # type: ignore[index]

@@ -60,7 +60,7 @@ def _raw(url: str, method: str, data: bytes | None = None, headers: dict | None 
 
 
 BAD = [  # (body change, status, param)
-    ({"n": "abc"}, 400, "n"), ({"n": [2]}, 400, "n"), ({"n": 2}, 400, "n"),
+    ({"n": "abc"}, 400, "n"), ({"n": [2]}, 400, "n"), ({"n": 0}, 400, "n"), ({"n": 129}, 400, "n"),
     ({"temperature": -1}, 400, "temperature"), ({"temperature": "hot"}, 400, "temperature"),
     ({"top_p": 0}, 400, "top_p"), ({"max_tokens": 0}, 400, "max_tokens"),
     ({"max_tokens": 10**6}, 400, "max_tokens"), ({"max_completion_tokens": 1.5}, 400, "max_completion_tokens"),
@@ -258,3 +258,23 @@ def test_parallel_tool_calls_false_keeps_one_call():
     job.tool_choice = "function:other"
     with pytest.raises(Exception, match="tool_choice names 'other'"):
         Server.message(action, job)
+
+
+def test_n_choices_with_tools_through_the_openai_client(weather):
+    """Each choice is parsed by the protocol on its own: `tool_calls` per choice (own ids), also
+    streamed, where the client's stream helper assembles the deltas per choice index."""
+    openai = pytest.importorskip("openai")
+    _, url = weather
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    r = client.chat.completions.create(model="oracle", messages=USER, tools=TOOLS, n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2] and {c.finish_reason for c in r.choices} == {"tool_calls"}
+    calls = [c.message.tool_calls[0] for c in r.choices]
+    assert {c.function.name for c in calls} == {"get_weather"} and len({c.id for c in calls}) == 3
+    with client.chat.completions.stream(model="oracle", messages=USER, tools=TOOLS, n=2) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    assert [json.loads(c.message.tool_calls[0].function.arguments) for c in final.choices] == [{"city": "Paris"}] * 2
+    with pytest.raises(openai.UnprocessableEntityError, match="choice 0"):
+        client.chat.completions.create(model="oracle", messages=[{"role": "user", "content": "hi"}], tools=TOOLS,
+                                       tool_choice="required", n=2)
