@@ -532,6 +532,8 @@ class Server:
         self.max_per_client = max_per_client
         self.in_flight: Counter[str] = Counter()
         """Choices queued or running per client (`--max-per-client`)."""
+        self.refused: Counter[int] = Counter()
+        """Requests refused for load, by status (429: a client over its limit; 503: the queue full)."""
         self.lock = threading.Lock()
         path = str(getattr(engine, "path", engine.name))
         self.model_name = model_name or path
@@ -561,7 +563,8 @@ class Server:
         s = self.scheduler
         return {"status": "ok" if s.thread.is_alive() else "stopped", "model": self.model_name,
                 "active": len(s.active), "waiting": s.waiting.qsize(), "max_active": s.max_active,
-                "max_queue": s.queue_limit}
+                "max_queue": s.queue_limit, "max_per_client": self.max_per_client,
+                "refused": {str(k): v for k, v in sorted(self.refused.items())}, "faults": s.faults}
 
     # ---- validation ----
 
@@ -716,11 +719,16 @@ class Server:
                 job.proto.act(job.traj, conversation_key(job.traj))
             sessions.append(Session(job, gen, deadline, index=index, seed=choice_seed(job.seed, index),
                                     on_text=None if on_text is None else partial(on_text, index)))
-        self._claim(client, len(sessions))
+        try:
+            self._claim(client, len(sessions))
+        except HTTPError:
+            self.refused[429] += 1
+            raise
         try:
             self.scheduler.submit(sessions)
-        except BaseException:
+        except HTTPError as e:
             self._release(client, len(sessions))
+            self.refused[e.status] += 1
             raise
         for session in sessions:
             session.future.add_done_callback(lambda _: self._release(client, 1))

@@ -55,6 +55,10 @@ def is_loopback(sock: socket.socket) -> bool:
               help="Requests generating at once (continuous batching: each joins and leaves between steps).")
 @click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
               help="Requests waiting beyond --batch-size before 503 busy (with Retry-After).")
+@click.option("--max-per-client", type=click.IntRange(min=1), default=None,
+              help="Requests (choices, for n > 1) one client may have queued or running at once; beyond that "
+                   "429 with Retry-After. A client is its API key (its address without --api-key). Default: "
+                   "no per-client limit.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True,
               help="Tokens generated when a request names no max_tokens.")
 @click.option("--max-tokens-limit", type=click.IntRange(min=1), default=4096, show_default=True,
@@ -70,8 +74,8 @@ def is_loopback(sock: socket.socket) -> bool:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 def serve(model: Path, host: str, port: int, protocol: str | None, model_names: tuple[str, ...],
-          api_keys: tuple[str, ...], batch_size: int, max_queue: int, max_new_tokens: int, max_tokens_limit: int,
-          max_prompt_tokens: int | None, max_body_mb: float, request_timeout: float, threads: int | None, device: str,
+          api_keys: tuple[str, ...], batch_size: int, max_queue: int, max_per_client: int | None, max_new_tokens: int,
+          max_tokens_limit: int, max_prompt_tokens: int | None, max_body_mb: float, request_timeout: float, threads: int | None, device: str,
           dtype: str) -> None:
     """Serve MODEL (a folder `agentflan train` wrote) at http://HOST:PORT/v1 (chat completions with
     tools and tool_calls, streaming or not, /v1/models, /health). See docs/serve.md."""
@@ -102,10 +106,12 @@ def serve(model: Path, host: str, port: int, protocol: str | None, model_names: 
                         request_timeout=request_timeout)
         server = Server(engine, protocol=protocol, model_name=model_names[0] if model_names else None,
                         aliases=model_names[1:], max_active=batch_size, max_queue=max_queue, limits=limits,
-                        api_keys=keys)
+                        api_keys=keys, max_per_client=max_per_client)
         bound = sock.getsockname()
         click.echo(f"serving {server.model_name} (template {engine.template.name}, protocol {server.protocol_name}, "
-                   f"batch {batch_size}, queue {max_queue}, {'API key required' if keys else 'no API key'}) "
+                   f"batch {batch_size}, queue {max_queue}, "
+                   f"{f'{max_per_client} per client, ' if max_per_client else ''}"
+                   f"{'API key required' if keys else 'no API key'}) "
                    f"at http://{host}:{bound[1]}/v1", err=True)
         config: Any = uvicorn.Config(create_app(server), log_level="warning", timeout_graceful_shutdown=5)
         try:
