@@ -568,7 +568,10 @@ class Server:
 
     # ---- validation ----
 
-    def conversation(self, body: dict[str, Any]) -> Trajectory:
+    @staticmethod
+    def conversation(body: dict[str, Any]) -> Trajectory:
+        """The request's `messages` and `tools` as a trajectory (read as the `openai` reader reads a
+        dataset record), its `final_tool` tagged; 400 when malformed."""
         from agentflan.io.base import RecordContext
         from agentflan.io.files import RawRecord
         from agentflan.io.readers.openai import OpenAIReader
