@@ -10,9 +10,12 @@ request without tools is plain chat through the template.
 Scheduling: one thread runs the local engine's `ContinuousDecoder` (`eval.batching`): a request's
 generation joins the running batch at the next decoding step and leaves it when done, at most
 `max_active` requests at once; up to `max_queue` more wait, and beyond that the server answers
-503 with `Retry-After`. Every request is validated at the door (size, JSON depth, lone
-surrogates, every parameter) and tokenized alone: a request that fails, fails alone with a 4xx.
-A request whose client went away, or whose deadline passed, leaves the batch at the next step.
+503 with `Retry-After`; a client (its key, or its address) over `max_per_client` gets 429 with
+`Retry-After`. Every request is validated at the door (size, JSON depth, lone surrogates, every
+parameter) and tokenized alone: a request that fails, fails alone with a 4xx. When the model
+itself raises in a step, the step's requests rerun one by one so only the one that makes it
+raise fails (500). A request whose client went away, or whose deadline passed, leaves the batch
+at the next step.
 
 OpenAI's surface: `max_tokens`/`max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`
 (with tools it cuts the raw reply before the protocol reads it, as vLLM does), `n` (independent
