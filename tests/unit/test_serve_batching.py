@@ -348,3 +348,29 @@ def test_n_beyond_what_the_server_runs_is_400_and_n_beyond_its_free_room_is_503(
     held.join(20)
     code, reply = _post(url + "/chat/completions", _body("hello", n=3))
     assert first[0][0] == 200 and code == 200 and [c["index"] for c in reply["choices"]] == [0, 1, 2]  # type: ignore[index]
+
+
+def test_an_unseeded_row_restarted_after_a_fault_draws_the_same_tokens():
+    """A sampled row without a seed keeps the seed it drew, so its rerun alone (`serve._fresh`)
+    generates what it was generating, and its stream does not send again what was sent."""
+    from agentflan.serve import _fresh
+
+    engine = _engine(max_new_tokens=10)
+    engine.stop_ids, engine.end_stops = set(), ()
+    pieces: list[str] = []
+    row = Row(_prompt(3), Sampling(max_tokens=10, temperature=1.0), on_text=pieces.append)
+    dec = engine.decoder()
+    dec.add(row)
+    for _ in range(4):  # partway: the fault comes here
+        dec.step()
+    assert row.sampling.seed is not None and 0 < row.emitted < 40
+    again = _fresh(row)
+    dec = engine.decoder()
+    dec.add(again)
+    while len(dec):
+        dec.step()
+    whole = Row(_prompt(3), Sampling(max_tokens=10, temperature=1.0, seed=row.sampling.seed))
+    dec.add(whole)
+    while len(dec):
+        dec.step()
+    assert again.text == whole.text and "".join(pieces) == whole.text
