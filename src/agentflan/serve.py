@@ -10,12 +10,16 @@ request without tools is plain chat through the template.
 Scheduling: one thread runs the local engine's `ContinuousDecoder` (`models.batching`): a request's
 generation joins the running batch at the next decoding step and leaves it when done, at most
 `max_active` requests at once; up to `max_queue` more wait, and beyond that the server answers
-503 with `Retry-After`. Every request is validated at the door (size, JSON depth, lone
-surrogates, every parameter) and tokenized alone: a request that fails, fails alone with a 4xx.
-A request whose client went away, or whose deadline passed, leaves the batch at the next step.
+503 with `Retry-After`; a client (its key, or its address) over `max_per_client` gets 429 with
+`Retry-After`. Every request is validated at the door (size, JSON depth, lone surrogates, every
+parameter) and tokenized alone: a request that fails, fails alone with a 4xx. When the model
+itself raises in a step, the step's requests rerun one by one so only the one that makes it
+raise fails (500). A request whose client went away, or whose deadline passed, leaves the batch
+at the next step.
 
 OpenAI's surface: `max_tokens`/`max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`
-(with tools it cuts the raw reply before the protocol reads it, as vLLM does), `n` (1), `tools`, `tool_choice` (`auto`,
+(with tools it cuts the raw reply before the protocol reads it, as vLLM does), `n` (independent
+choices, per-choice seeds), `tools`, `tool_choice` (`auto`,
 `none`: tools not rendered, `required` and a named function: checked on the parsed reply, 422
 when the model did not comply), `parallel_tool_calls`, `stream` (chat: token by token; tools: the
 parsed calls as deltas once the reply is whole) with `stream_options.include_usage`. Any other
@@ -32,6 +36,7 @@ and every generated text. A `stop_reason` names the stop string that ended a rep
 # no `from __future__ import annotations`: FastAPI resolves the endpoints' annotations at runtime
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -41,9 +46,11 @@ import queue
 import threading
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from agentflan.client import ContextLimitError, RequestError
@@ -57,6 +64,7 @@ from agentflan.schema import Trajectory
 log = logging.getLogger(__name__)
 FINAL_TOOL_NAMES = ("Finish", "finish", "final_answer", "answer")
 MAX_STOPS = 4
+MAX_N = 128
 
 
 class HTTPError(Exception):
@@ -115,6 +123,8 @@ class Job:
     tool_choice: str = "auto"
     """`auto`, `none`, `required`, or `function:NAME`."""
     parallel_tool_calls: bool = True
+    n: int = 1
+    """Choices, generated independently."""
 
 
 @dataclass(eq=False)
@@ -135,6 +145,11 @@ class Session:
     cut: bool = False
     """A generation stopped at its token limit."""
     stop_reason: str | None = None
+    arrival: float = field(default_factory=time.monotonic)
+    index: int = 0
+    """Which of the request's `n` choices."""
+    seed: int | None = None
+    """This choice's seed (`choice_seed`)."""
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -179,11 +194,19 @@ class Scheduler:
         self.engine = engine
         self.limits = limits
         self.max_active = max_active
-        self.waiting: queue.Queue[Session] = queue.Queue(maxsize=max(0, max_queue) or 1)
-        self.queue_limit = max_queue
+        self.waiting: queue.Queue[Session] = queue.Queue()  # bounded by `submit`
+        self.queue_limit = max(0, max_queue)
+        self.lock = threading.Lock()
         self.active: set[Session] = set()
         self.backend: Any = self._backend()
         self.context: int | None = getattr(engine, "context", None)
+        self.suspects: deque[Session] = deque()
+        """After a fault: the step's requests, each to run alone (`_fault`)."""
+        self.solo: Session | None = None
+        """The suspect running alone now."""
+        self.held: list[Session] = []
+        """Requests whose next generation waits until the isolation is over."""
+        self.faults = 0
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="agentflan-scheduler", daemon=True)
         self.thread.start()
@@ -192,16 +215,17 @@ class Scheduler:
         make = getattr(self.engine, "decoder", None)
         return make() if callable(make) else LockstepBackend(self.engine)
 
-    def submit(self, session: Session) -> None:
-        """Queue `session`; 503 with `Retry-After` when the queue is full (or the server stopping)."""
+    def submit(self, sessions: list[Session]) -> None:
+        """Queue `sessions` (a request's choices) together or not at all: 503 with `Retry-After`
+        when the queue has no room for them all (or the server is stopping)."""
         if self.stopped.is_set():
             raise HTTPError(503, "the server is shutting down", "server_error", code="server_shutting_down")
-        if self.queue_limit == 0 and len(self.active) >= self.max_active:
-            raise self._busy()
-        try:
-            self.waiting.put_nowait(session)
-        except queue.Full:
-            raise self._busy() from None
+        with self.lock:  # one submitter at a time: the room seen is still there when they are queued
+            room = self.queue_limit + max(0, self.max_active - len(self.active)) - self.waiting.qsize()
+            if len(sessions) > room:
+                raise self._busy()
+            for session in sessions:
+                self.waiting.put_nowait(session)
 
     @staticmethod
     def _busy() -> HTTPError:
@@ -236,27 +260,55 @@ class Scheduler:
 
     def _run(self) -> None:
         while not self.stopped.is_set():
-            self._admit()
             self._reap()
+            if self.solo is None and self.suspects:  # isolating after a fault: the next suspect runs alone
+                session = self.suspects.popleft()
+                self.solo = session
+                if session.row is not None:
+                    self._join(session, _fresh(session.row))
+            if self.solo is None and not self.suspects:
+                held, self.held = self.held, []
+                for session in held:
+                    if session.row is not None:
+                        self._join(session, session.row)
+                self._admit()
             if not len(self.backend):
+                self.solo = None  # the suspect failed at the door or was cancelled
                 if not self.active:  # idle: wait for work without spinning
                     with contextlib.suppress(queue.Empty):
                         self._start(self.waiting.get(timeout=0.05))
                 continue
             try:
                 finished = self.backend.step()
-            except Exception as e:  # the model itself failed: the requests in this step fail, the server stays
-                log.exception("generation failed")
-                error = HTTPError(500, f"generation failed: {type(e).__name__}: {e}"[:500], "server_error")
-                for s in list(self.active):
-                    if s.row is not None:
-                        self._fail(s, error)
-                self.backend = self._backend()
+            except Exception as e:  # the model itself failed in this step
+                self._fault(e)
                 continue
             for row in finished:
                 session = row.owner
+                if session is self.solo:
+                    self.solo = None
                 if session in self.active:
                     self._finished(session, row)
+
+    def _fault(self, error: Exception) -> None:
+        """The model raised during a step: the step's rows start again, each alone, so the request
+        that makes it raise (a bad sequence, a numeric fault) fails by itself with 500 and the others
+        complete with what they would have generated (a row restarts with its own seed, and its
+        stream resumes where it was). A row that raised alone fails at once."""
+        log.exception("generation failed (%d rows in the step)", len(self.backend))
+        in_step = [s for s in self.active if self._in_backend(s)]
+        self.backend = self._backend()
+        if self.solo is not None or len(in_step) == 1:
+            failure = HTTPError(500, f"generation failed: {type(error).__name__}: {error}"[:500], "server_error")
+            for s in in_step:
+                self._fail(s, failure)
+        else:
+            self.faults += 1
+            self.suspects.extend(sorted(in_step, key=lambda s: s.arrival))
+        self.solo = None
+
+    def _in_backend(self, session: Session) -> bool:
+        return session.row is not None and session not in self.held and session not in self.suspects
 
     def _admit(self) -> None:
         while len(self.active) < self.max_active:
@@ -282,8 +334,14 @@ class Scheduler:
         now = time.monotonic()
         for s in list(self.active):
             if s.cancelled or now > s.deadline:
-                if s.row is not None:
+                if s in self.held:
+                    self.held.remove(s)
+                elif s in self.suspects:
+                    self.suspects.remove(s)
+                elif s.row is not None:
                     self.backend.remove(s.row)
+                if s is self.solo:
+                    self.solo = None
                 self._fail(s, Cancelled() if s.cancelled else self._late())
 
     def _fail(self, session: Session, error: BaseException) -> None:
@@ -323,8 +381,17 @@ class Scheduler:
                 break
             session.cut = True  # the protocol wants another generation but the request's tokens are spent
             completion = Completion(text="")
-        row = Row(prompt, Sampling(budget, job.temperature, job.top_p, job.seed), stops=(*prompt.stop, *job.stop),
+        row = Row(prompt, Sampling(budget, job.temperature, job.top_p, session.seed), stops=(*prompt.stop, *job.stop),
                   on_text=session.on_text if job.proto is None else None, owner=session)
+        if self.solo is not None or self.suspects:  # isolating after a fault: it joins when that is over
+            session.row = row
+            self.held.append(session)
+            return
+        self._join(session, row)
+
+    def _join(self, session: Session, row: Row) -> None:
+        """Tokenize `row` into the batch; a request that cannot be tokenized or is too long fails alone."""
+        session.row = None
         try:
             self.backend.add(row)
         except ContextLimitError as e:
@@ -334,7 +401,7 @@ class Scheduler:
             self._fail(session, HTTPError(400, f"the request could not be tokenized: {type(e).__name__}: {e}"[:500],
                                           param="messages"))
             return
-        problem = self._too_long(row, job)
+        problem = self._too_long(row, session.job)
         if problem is not None:
             self.backend.remove(row)
             self._fail(session, HTTPError(400, problem, param="messages", code="context_length_exceeded"))
@@ -352,6 +419,21 @@ class Scheduler:
             return (f"the prompt has {n} tokens and max_tokens is {job.max_tokens}; the model's context is "
                     f"{self.context} tokens")
         return None
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """Choice `index`'s seed: `seed` itself for the first (so `n=1` and the first of `n` agree),
+    a hash of (seed, index) for the others (independent draws, the same on every run)."""
+    if seed is None or index == 0:
+        return seed
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest(), "little")
+
+
+def _fresh(row: Row) -> Row:
+    """`row` from its start again (same prompt, sampling and seed, so the same tokens); its stream
+    resumes after what was already sent."""
+    return Row(row.prompt, replace(row.sampling), stops=row.stops, on_text=row.on_text, owner=row.owner,
+               emitted=row.emitted)
 
 
 def _chat(prompt: Prompt) -> Generator[Prompt, Completion, Completion]:
@@ -439,12 +521,23 @@ class Server:
         max_active: Requests generating at once; max_queue: requests waiting beyond them.
         limits: Per-request bounds.
         api_keys: Bearer keys (empty: no authentication).
+        max_per_client: Choices one client (its key; its address without keys) may have queued or
+            running at once; beyond, 429 with `Retry-After` (None: no per-client limit).
     """
 
     def __init__(self, engine: Engine, *, protocol: str | None = None, model_name: str | None = None,
                  aliases: tuple[str, ...] = (), max_active: int = 16, max_queue: int = 64,
-                 limits: Limits | None = None, api_keys: tuple[str, ...] = ()) -> None:
+                 limits: Limits | None = None, api_keys: tuple[str, ...] = (),
+                 max_per_client: int | None = None) -> None:
+        if max_per_client is not None and max_per_client < 1:
+            raise ConfigError(f"max_per_client must be at least 1, not {max_per_client}")
         self.engine = engine
+        self.max_per_client = max_per_client
+        self.in_flight: Counter[str] = Counter()
+        """Choices queued or running per client (`--max-per-client`)."""
+        self.refused: Counter[int] = Counter()
+        """Requests refused for load, by status (429: a client over its limit; 503: the queue full)."""
+        self.lock = threading.Lock()
         path = str(getattr(engine, "path", engine.name))
         self.model_name = model_name or path
         self.names = (self.model_name, *[a for a in aliases if a != self.model_name])
@@ -473,11 +566,15 @@ class Server:
         s = self.scheduler
         return {"status": "ok" if s.thread.is_alive() else "stopped", "model": self.model_name,
                 "active": len(s.active), "waiting": s.waiting.qsize(), "max_active": s.max_active,
-                "max_queue": s.queue_limit}
+                "max_queue": s.queue_limit, "max_per_client": self.max_per_client,
+                "refused": {str(k): v for k, v in sorted(self.refused.items())}, "faults": s.faults}
 
     # ---- validation ----
 
-    def conversation(self, body: dict[str, Any]) -> Trajectory:
+    @staticmethod
+    def conversation(body: dict[str, Any]) -> Trajectory:
+        """The request's `messages` and `tools` as a trajectory (read as the `openai` reader reads a
+        dataset record), its `final_tool` tagged; 400 when malformed."""
         from agentflan.io.base import RecordContext
         from agentflan.io.files import RawRecord
         from agentflan.io.readers.openai import OpenAIReader
@@ -538,9 +635,13 @@ class Server:
             shown = model if isinstance(model, str) else json.dumps(model)
             raise HTTPError(404, f"The model `{shown[:200]}` does not exist; this server serves "
                                  f"{', '.join(map(repr, self.names))}", param="model", code="model_not_found")
-        n = _number(body, "n", 1, 128, integer=True)
-        if n is not None and n != 1:
-            raise HTTPError(400, "only n=1 is supported", param="n", code="unsupported_value")
+        n = _number(body, "n", 1, MAX_N, integer=True) or 1
+        capacity = self.scheduler.max_active + self.scheduler.queue_limit
+        if n > capacity or (self.max_per_client is not None and n > self.max_per_client):
+            most = min(capacity, self.max_per_client or capacity)
+            raise HTTPError(400, f"n={n} is more choices than this server runs for one request (at most {most}: "
+                                 "--batch-size plus --max-queue, and --max-per-client)", param="n",
+                            code="invalid_value")
         given = [k for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None]
         if len(given) == 2 and body["max_tokens"] != body["max_completion_tokens"]:
             raise HTTPError(400, "`max_tokens` and `max_completion_tokens` differ; give one", param="max_tokens")
@@ -585,7 +686,7 @@ class Server:
                    explicit_max_tokens=max_tokens is not None, temperature=float(temperature or 0.0),
                    top_p=float(1.0 if top_p is None else top_p), seed=seed, stop=stops, stream=bool(stream),
                    include_usage=include_usage, tool_choice=choice,
-                   parallel_tool_calls=True if parallel is None else parallel)
+                   parallel_tool_calls=True if parallel is None else parallel, n=n)
 
     @staticmethod
     def _tool_choice(value: Any, names: list[str]) -> str:
@@ -606,22 +707,66 @@ class Server:
 
     # ---- running ----
 
-    def submit(self, job: Job, on_text: Callable[[str], None] | None = None) -> Session:
-        """Queue `job`; its session (whose `future` resolves to itself). 503 when the queue is full."""
-        gen: Generator[Prompt, Completion, Any]
-        gen = _chat(Prompt(job.traj.messages)) if job.proto is None else job.proto.act(job.traj, conversation_key(job.traj))
-        session = Session(job, gen, time.monotonic() + self.limits.request_timeout, on_text=on_text)
-        self.scheduler.submit(session)
-        return session
+    def submit(self, job: Job, on_text: Callable[[int, str], None] | None = None,
+               client: str | None = None) -> list[Session]:
+        """Queue `job`'s `n` choices together; their sessions (each `future` resolves to its session).
+        429 when `client` already has `--max-per-client` choices queued or running, 503 when the
+        queue has no room for them all.
+
+        Args:
+            on_text: `(choice index, piece)` for each piece of streamed text.
+            client: Who asks (a key, or an address when the server has no keys).
+        """
+        deadline = time.monotonic() + self.limits.request_timeout
+        sessions = []
+        for index in range(job.n):
+            gen: Generator[Prompt, Completion, Any]
+            gen = _chat(Prompt(job.traj.messages)) if job.proto is None else \
+                job.proto.act(job.traj, conversation_key(job.traj))
+            sessions.append(Session(job, gen, deadline, index=index, seed=choice_seed(job.seed, index),
+                                    on_text=None if on_text is None else partial(on_text, index)))
+        try:
+            self._claim(client, len(sessions))
+        except HTTPError:
+            self.refused[429] += 1
+            raise
+        try:
+            self.scheduler.submit(sessions)
+        except HTTPError as e:
+            self._release(client, len(sessions))
+            self.refused[e.status] += 1
+            raise
+        for session in sessions:
+            session.future.add_done_callback(lambda _: self._release(client, 1))
+        return sessions
+
+    def _claim(self, client: str | None, k: int) -> None:
+        if client is None or self.max_per_client is None:
+            return
+        with self.lock:
+            if self.in_flight[client] + k > self.max_per_client:
+                raise HTTPError(429, f"Rate limit reached: this client has {self.in_flight[client]} requests queued "
+                                     f"or running, at most {self.max_per_client} (--max-per-client); retry after "
+                                     "one of them ends", "requests", code="rate_limit_exceeded",
+                                headers={"Retry-After": "1"})
+            self.in_flight[client] += k
+
+    def _release(self, client: str | None, k: int) -> None:
+        if client is None or self.max_per_client is None:
+            return
+        with self.lock:
+            self.in_flight[client] -= k
+            if self.in_flight[client] <= 0:
+                del self.in_flight[client]
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """One chat completion (blocking): the response body. Raises `HTTPError`."""
         job = self.prepare(body)
-        session = self.submit(job)
-        return self.respond(session.future.result())
+        return self.respond([s.future.result() for s in self.submit(job)])
 
-    def respond(self, session: Session) -> dict[str, Any]:
-        """The `chat.completion` of a finished session."""
+    def choice(self, session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A finished session's choice (`index`, `message`, `finish_reason`, ...) and its `agentflan`
+        extension. Raises `HTTPError` (422) when it breaks the request's `tool_choice`."""
         job, value = session.job, session.value
         if job.proto is None:
             assert isinstance(value, Completion)
@@ -631,7 +776,12 @@ class Server:
             stop_reason = session.stop_reason
         else:
             assert isinstance(value, Action)
-            message, dropped = self.message(value, job)
+            try:
+                message, dropped = self.message(value, job)
+            except HTTPError as e:
+                if job.n > 1:
+                    e.message = f"choice {session.index}: {e.message}"
+                raise
             calls = bool(message.get("tool_calls"))
             finish = "tool_calls" if calls else "length" if session.cut else "stop"
             ext = {"protocol": job.proto.name, "action": value.kind, "error": value.error, "flags": value.flags,
@@ -640,13 +790,28 @@ class Server:
                 ext["dropped_calls"] = dropped
             stop_reason = None
         ext["generations"] = session.generations
+        return ({"index": session.index, "message": message, "finish_reason": finish, "stop_reason": stop_reason,
+                 "logprobs": None}, ext)
+
+    @staticmethod
+    def usage(sessions: list[Session]) -> dict[str, int]:
+        """Token counts summed over the choices (the prompt counted once per generation, as each
+        choice prefills it)."""
+        prompt = sum(s.prompt_tokens for s in sessions)
+        completion = sum(s.tokens for s in sessions)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def respond(self, sessions: list[Session]) -> dict[str, Any]:
+        """The `chat.completion` of a request's finished sessions (its choices, in order)."""
+        choices, exts = [], []
+        for session in sessions:
+            choice, ext = self.choice(session)
+            if len(sessions) > 1:
+                choice["agentflan"] = ext
+            choices.append(choice)
+            exts.append(ext)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model_name,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish, "stop_reason": stop_reason,
-                             "logprobs": None}],
-                "usage": {"prompt_tokens": session.prompt_tokens, "completion_tokens": session.tokens,
-                          "total_tokens": session.prompt_tokens + session.tokens},
-                "agentflan": ext}
+                "model": self.model_name, "choices": choices, "usage": self.usage(sessions), "agentflan": exts[0]}
 
     @staticmethod
     def message(action: Action, job: Job) -> tuple[dict[str, Any], int]:
@@ -682,46 +847,71 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def stream_events(server: Server, session: Session, texts: "asyncio.Queue[str | None]") -> AsyncIterator[str]:
-    """Server-sent events of a running session: the role, every text piece as it is generated
-    (chat), then the tool calls as deltas (name, then arguments), the finish reason, the usage when
-    asked, `[DONE]`. An error after the stream began is an `error` event (as OpenAI sends)."""
+async def stream_events(server: Server, sessions: list[Session],
+                        texts: "asyncio.Queue[tuple[int, str | None]]") -> AsyncIterator[str]:
+    """Server-sent events of a request's running sessions: the role, every text piece as it is
+    generated (chat), then the tool calls as deltas (name, then arguments), the finish reason, the
+    usage when asked, `[DONE]`. With `n` > 1 every chunk names its choice's `index`, the choices'
+    pieces interleave as they are generated and each choice ends with its own `finish_reason` (as
+    OpenAI streams `n`). An error after the stream began is an `error` event (as OpenAI sends)."""
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     base = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": server.model_name}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-                     **extra})
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        return _sse({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish,
+                                          "logprobs": None}], **extra})
 
     try:
-        yield chunk({"role": "assistant", "content": ""})
-        while True:
-            piece = await texts.get()
-            if piece is None:
+        for session in sessions:
+            yield chunk(session.index, {"role": "assistant", "content": ""})
+        running = len(sessions)
+        while running:
+            index, piece = await texts.get()
+            if piece is not None:
+                yield chunk(index, {"content": piece})
+                continue
+            running -= 1
+            if sessions[index].future.exception() is not None:  # one choice failed: the request fails
                 break
-            yield chunk({"content": piece})
         try:
-            response = server.respond(await asyncio.wrap_future(session.future))
+            for session in sessions:
+                await asyncio.wrap_future(session.future)
+            choices = [server.choice(session) for session in sessions]
         except HTTPError as e:
             yield _sse(e.body())
             yield "data: [DONE]\n\n"
             return
-        choice = response["choices"][0]
-        msg = choice["message"]
-        if session.job.proto is not None and msg.get("content"):
-            yield chunk({"content": msg["content"]})
-        for k, call in enumerate(msg.get("tool_calls") or []):
-            fn = call["function"]
-            yield chunk({"tool_calls": [{"index": k, "id": call["id"], "type": "function",
-                                         "function": {"name": fn["name"], "arguments": ""}}]})
-            yield chunk({"tool_calls": [{"index": k, "function": {"arguments": fn["arguments"]}}]})
-        yield chunk({}, choice["finish_reason"], agentflan=response["agentflan"])
-        if session.job.include_usage:
-            yield _sse({**base, "choices": [], "usage": response["usage"]})
+        for session, (choice, ext) in zip(sessions, choices, strict=True):
+            msg, k = choice["message"], session.index
+            if session.job.proto is not None and msg.get("content"):
+                yield chunk(k, {"content": msg["content"]})
+            for j, call in enumerate(msg.get("tool_calls") or []):
+                fn = call["function"]
+                yield chunk(k, {"tool_calls": [{"index": j, "id": call["id"], "type": "function",
+                                                "function": {"name": fn["name"], "arguments": ""}}]})
+                yield chunk(k, {"tool_calls": [{"index": j, "function": {"arguments": fn["arguments"]}}]})
+            yield chunk(k, {}, choice["finish_reason"], agentflan=ext)
+        if sessions[0].job.include_usage:
+            yield _sse({**base, "choices": [], "usage": server.usage(sessions)})
         yield "data: [DONE]\n\n"
-    finally:  # the client went away (or the stream ended): nothing more is generated for it
-        if not session.future.done():
-            session.cancel()
+    finally:  # the client went away, or the stream ended (or failed): nothing more is generated for it
+        for session in sessions:
+            if not session.future.done():
+                session.cancel()
+
+
+def _retrieve(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def client_of(headers: Any, address: str | None, keyed: bool) -> str:
+    """Who sends a request, for `--max-per-client`: its key (hashed: keys are not kept in the
+    clear) when the server has keys, its address otherwise."""
+    if keyed:
+        token = str(headers.get("authorization", ""))[7:].strip()
+        return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    return f"address:{address}"
 
 
 class _Guard:
@@ -830,33 +1020,42 @@ def create_app(server: Server) -> Any:
     async def chat(request: Request) -> Any:
         body = parse_body(await read_body(request), server.limits)
         job = await run_in_threadpool(server.prepare, body)
+        client = client_of(request.headers, request.client.host if request.client else None, bool(server.api_keys))
         if job.stream:
             loop = asyncio.get_running_loop()
-            texts: asyncio.Queue[str | None] = asyncio.Queue()
+            texts: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue()
 
-            def on_text(piece: str) -> None:
-                loop.call_soon_threadsafe(texts.put_nowait, piece)
+            def on_text(index: int, piece: str) -> None:
+                loop.call_soon_threadsafe(texts.put_nowait, (index, piece))
 
-            session = server.submit(job, on_text=on_text if job.proto is None else None)
-            session.future.add_done_callback(lambda _: loop.call_soon_threadsafe(texts.put_nowait, None))
-            return StreamingResponse(stream_events(server, session, texts), media_type="text/event-stream",
+            def ended(index: int, _: Future[Any]) -> None:
+                loop.call_soon_threadsafe(texts.put_nowait, (index, None))
+
+            sessions = server.submit(job, on_text=on_text if job.proto is None else None, client=client)
+            for session in sessions:
+                session.future.add_done_callback(partial(ended, session.index))
+            return StreamingResponse(stream_events(server, sessions, texts), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        session = server.submit(job)
-        waiting = asyncio.wrap_future(session.future)
+        sessions = server.submit(job, client=client)
+        waiting = [asyncio.wrap_future(s.future) for s in sessions]
+        for w in waiting:  # a choice cancelled after another failed: its error is expected, not news
+            w.add_done_callback(_retrieve)
         try:
             while True:  # a client that hangs up stops its generation at the next decoding step
-                done, _ = await asyncio.wait({waiting}, timeout=0.25)
-                if done:
+                done, pending = await asyncio.wait(waiting, timeout=0.25, return_when=asyncio.FIRST_EXCEPTION)
+                if not pending or any(f.exception() is not None for f in done):
                     break
                 if await request.is_disconnected():
-                    session.cancel()
                     return JSONResponse(HTTPError(499, "the client closed the request").body(), status_code=499)
-        finally:
-            if not session.future.done():
-                session.cancel()
-        try:
-            return server.respond(waiting.result())
-        except Cancelled:
+        finally:  # gone, or one choice failed: the others stop too
+            for s in sessions:
+                if not s.future.done():
+                    s.cancel()
+        failed = next((f.exception() for f in waiting if f.done() and f.exception() is not None), None)
+        if isinstance(failed, Cancelled):
             return JSONResponse(HTTPError(499, "the client closed the request").body(), status_code=499)
+        if failed is not None:
+            raise failed
+        return server.respond([f.result() for f in waiting])
 
     return app

@@ -213,7 +213,7 @@ def test_cli_refuses_bad_options_and_a_port_in_use(tmp_path):
     from agentflan.cli.main import cli
 
     runner = CliRunner()
-    for args in (["--batch-size", "0"], ["--max-queue", "-1"], ["--port", "70000"], ["--max-body-mb", "0"],
+    for args in (["--batch-size", "0"], ["--max-queue", "-1"], ["--port", "70000"], ["--max-body-mb", "0"], ["--max-per-client", "0"],
                  ["--max-new-tokens", "9000"]):
         res = runner.invoke(cli, ["serve", str(tmp_path), *args])
         assert res.exit_code == 2, (args, res.output)

@@ -60,7 +60,7 @@ def _raw(url: str, method: str, data: bytes | None = None, headers: dict | None 
 
 
 BAD = [  # (body change, status, param)
-    ({"n": "abc"}, 400, "n"), ({"n": [2]}, 400, "n"), ({"n": 2}, 400, "n"),
+    ({"n": "abc"}, 400, "n"), ({"n": [2]}, 400, "n"), ({"n": 0}, 400, "n"), ({"n": 129}, 400, "n"),
     ({"temperature": -1}, 400, "temperature"), ({"temperature": "hot"}, 400, "temperature"),
     ({"top_p": 0}, 400, "top_p"), ({"max_tokens": 0}, 400, "max_tokens"),
     ({"max_tokens": 10**6}, 400, "max_tokens"), ({"max_completion_tokens": 1.5}, 400, "max_completion_tokens"),
@@ -258,3 +258,90 @@ def test_parallel_tool_calls_false_keeps_one_call():
     job.tool_choice = "function:other"
     with pytest.raises(Exception, match="tool_choice names 'other'"):
         Server.message(action, job)
+
+
+def test_n_choices_with_tools_through_the_openai_client(weather):
+    """Each choice is parsed by the protocol on its own: `tool_calls` per choice (own ids), also
+    streamed, where the client's stream helper assembles the deltas per choice index."""
+    openai = pytest.importorskip("openai")
+    _, url = weather
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    r = client.chat.completions.create(model="oracle", messages=USER, tools=TOOLS, n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2] and {c.finish_reason for c in r.choices} == {"tool_calls"}
+    calls = [c.message.tool_calls[0] for c in r.choices]
+    assert {c.function.name for c in calls} == {"get_weather"} and len({c.id for c in calls}) == 3
+    with client.chat.completions.stream(model="oracle", messages=USER, tools=TOOLS, n=2) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    assert [json.loads(c.message.tool_calls[0].function.arguments) for c in final.choices] == [{"city": "Paris"}] * 2
+    with pytest.raises(openai.UnprocessableEntityError, match="choice 0"):
+        client.chat.completions.create(model="oracle", messages=[{"role": "user", "content": "hi"}], tools=TOOLS,
+                                       tool_choice="required", n=2)
+
+
+def test_429_per_client_and_503_when_full_as_the_openai_client_retries_them(served):
+    """A client over `--max-per-client` gets 429 `rate_limit_exceeded` with `Retry-After` (other
+    clients go on); the `openai` client waits what Retry-After says and retries, and its retry is
+    served once the client's earlier request ended. A full queue is 503 with Retry-After, which the
+    client also retries (overload), and which, with retries off, it raises as a server error."""
+    openai = pytest.importorskip("openai")
+    import threading
+
+    gate = threading.Event()
+
+    def slow(prompt):
+        gate.wait(20)
+        return "ok"
+
+    url = served(_OracleEngine(slow, {"chat": 1}), api_keys=("key-a", "key-b"), max_per_client=1, max_active=4,
+                 max_queue=0)
+    server = served.servers[-1]
+    ask = {"model": "oracle", "messages": [{"role": "user", "content": "hi"}]}
+    a = openai.OpenAI(base_url=url, api_key="key-a", max_retries=0)
+    b = openai.OpenAI(base_url=url, api_key="key-b", max_retries=0)
+    done: list[str] = []
+    first = threading.Thread(target=lambda: done.append(a.chat.completions.create(**ask).choices[0].message.content))
+    first.start()
+    deadline = time.monotonic() + 10
+    while not server.scheduler.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(openai.RateLimitError) as limited:
+        a.chat.completions.create(**ask)
+    assert limited.value.status_code == 429 and limited.value.response.headers["retry-after"] == "1"
+    assert _shape(limited.value.body and {"error": limited.value.body})["code"] == "rate_limit_exceeded"
+    other = threading.Thread(target=lambda: done.append(b.chat.completions.create(**ask).choices[0].message.content))
+    other.start()  # another key is not limited by key-a's request
+
+    def open_gate_after_the_first_429() -> None:  # key-a's first request ends while its retry waits
+        while server.refused[429] < 2 and time.monotonic() < deadline + 20:
+            time.sleep(0.01)
+        gate.set()
+
+    threading.Thread(target=open_gate_after_the_first_429, daemon=True).start()
+    start = time.monotonic()
+    retried = openai.OpenAI(base_url=url, api_key="key-a", max_retries=2).chat.completions.create(**ask)
+    waited = time.monotonic() - start
+    first.join(20)
+    other.join(20)
+    assert retried.choices[0].message.content == "ok" and done == ["ok", "ok"]
+    assert server.refused[429] == 2 and waited >= 0.9  # one 429 on the retried call, then Retry-After's second
+    assert json.loads(urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=5).read())["refused"] == \
+        {"429": 2}
+    # the queue full (4 running, none may wait): 503 with Retry-After; the openai client retries it too
+    gate.clear()
+    clients = [openai.OpenAI(base_url=url, api_key="key-a" if i % 2 else "key-b", max_retries=0) for i in range(4)]
+    server.max_per_client = 4
+    running = [threading.Thread(target=lambda c=c: c.chat.completions.create(**ask)) for c in clients]
+    for t in running:
+        t.start()
+    while len(server.scheduler.active) + server.scheduler.waiting.qsize() < 4 and time.monotonic() < deadline + 40:
+        time.sleep(0.01)
+    with pytest.raises(openai.InternalServerError) as busy:
+        b.chat.completions.create(**ask)
+    assert busy.value.status_code == 503 and busy.value.response.headers["retry-after"] == "1"
+    threading.Timer(0.3, gate.set).start()
+    again = openai.OpenAI(base_url=url, api_key="key-b", max_retries=2).chat.completions.create(**ask)
+    for t in running:
+        t.join(20)
+    assert again.choices[0].message.content == "ok" and server.refused[503] == 2

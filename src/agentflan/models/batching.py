@@ -35,7 +35,7 @@ class Sampling:
     """0: greedy."""
     top_p: float = 1.0
     seed: int | None = None
-    """Seeds the row's own generator (None: a fresh random seed)."""
+    """Seeds the row's own generator (None: a fresh random seed, stored here when the row joins)."""
 
 
 @dataclass
@@ -130,8 +130,9 @@ class ContinuousDecoder:
             row.sampling.max_tokens = min(row.sampling.max_tokens, room)
         row.ids = ids
         if row.sampling.temperature > 0:
-            seed = row.sampling.seed if row.sampling.seed is not None else int.from_bytes(os.urandom(8), "little")
-            row.generator = torch.Generator().manual_seed(seed % 2**63)
+            if row.sampling.seed is None:  # drawn once and kept: the row restarted after a fault draws the same
+                row.sampling.seed = int.from_bytes(os.urandom(8), "little")
+            row.generator = torch.Generator().manual_seed(row.sampling.seed % 2**63)
         self.joining.append(row)
 
     def remove(self, row: Row) -> None:
