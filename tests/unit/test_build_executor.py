@@ -289,9 +289,10 @@ def test_a_build_task_carries_the_recipes_typed_step_configs(sample_data, tmp_pa
 def test_a_declared_stage_is_run_marked_and_resumed(sample_data, tmp_path, monkeypatch):
     """Adding a stage is a `Stage` and an entry in `STAGES`: the driver fingerprints its units
     after the units they need, builds them, marks them done and skips them on a resumed build."""
+    from agentflan.fingerprint import fingerprint
     from agentflan.io.files import write_atomic
     from agentflan.pipeline import build as build_mod
-    from agentflan.pipeline.stages.base import Stage, fingerprint
+    from agentflan.pipeline.stages.base import Stage
 
     runs: list[list[str]] = []
 

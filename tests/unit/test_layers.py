@@ -35,7 +35,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"pipeline": ("agentflan.pipeline",)},
     {"training": ("agentflan.training",)},
     {"models": ("agentflan.models",)},
-    {"eval": ("agentflan.eval",), "serve": ("agentflan.serve",)},
+    {"eval": ("agentflan.eval",), "serve": ("agentflan.serve", "agentflan.vllm_parser")},
     {"cli": ("agentflan.cli",)},
 ]
 

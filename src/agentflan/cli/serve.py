@@ -55,7 +55,8 @@ def vllm_command(model: Path, *, host: str, port: int, protocol: str | None, mod
     from agentflan.errors import ConfigError
     from agentflan.formats.protocols import get_protocol
     from agentflan.formats.templates import get_template
-    from agentflan.training.models import ModelConfig, ModelInfo, load_tokenizer
+    from agentflan.models.info import ModelInfo
+    from agentflan.training.models import ModelConfig, load_tokenizer
 
     info = ModelInfo.load(model)
     name = protocol or info.episode_protocols(None)[0]

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from agentflan import __version__
 from agentflan.errors import ParseError
+from agentflan.fingerprint import fingerprint
 from agentflan.io import make_reader
 from agentflan.io.base import ReadReport
 from agentflan.io.files import Span, can_split, expand, is_url, jsonl_spans, write_atomic
@@ -26,7 +27,7 @@ from agentflan.pipeline.executor import Executor
 from agentflan.pipeline.recipe import DataRecipe, SourceConfig
 from agentflan.pipeline.report import trained_approx_tokens
 from agentflan.pipeline.stages import files as stage_files
-from agentflan.pipeline.stages.base import BuildState, Stage, Started, fingerprint
+from agentflan.pipeline.stages.base import BuildState, Stage, Started
 from agentflan.pipeline.stages.files import (
     AMOUNTS,
     concat_files,

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from agentflan.fingerprint import fingerprint
 from agentflan.io.files import write_atomic
 from agentflan.io.writers.base import dumps_data
 from agentflan.pipeline.executor import Executor
 from agentflan.pipeline.recipe import DataRecipe, StepsOutput
 from agentflan.pipeline.report import read_state, trained_approx_tokens
 from agentflan.pipeline.stages import files as stage_files
-from agentflan.pipeline.stages.base import BuildState, Stage, Started, fingerprint
+from agentflan.pipeline.stages.base import BuildState, Stage, Started
 from agentflan.pipeline.stages.files import (
     BUCKET_BYTES,
     MAX_BUCKETS,

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agentflan import __version__
+from agentflan.fingerprint import fingerprint
 from agentflan.io.files import write_atomic
 from agentflan.io.writers.base import encode_data
 from agentflan.pipeline.base import Step, StepContext, StepSpec, make_steps
 from agentflan.pipeline.executor import Executor
 from agentflan.pipeline.recipe import DataRecipe, StepsOutput
-from agentflan.pipeline.stages.base import BuildState, Stage, Started, fingerprint
+from agentflan.pipeline.stages.base import BuildState, Stage, Started
 from agentflan.pipeline.stages.files import (
     SHARDS_PER_WORKER,
     Shard,
