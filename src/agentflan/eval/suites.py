@@ -6,6 +6,7 @@ lets `agentflan score` summarize and re-score any log by its records' `suite`.
 | `agent-h` (`eval.agent_h`) | built-in held-out tool items, or `--tasks` (ToolBench queries or items JSONL) | `react`, `tflan:inline` | H_ReAct, H_General, HScore, over-refusal |
 | `steps` (`eval.steps`) | held-out expert trajectories, or `--tasks` (any file agentflan reads) | `json`, `react` | instruct, retrieve, understand, reason |
 | `bfcl` (`eval.bfcl`) | BFCL question files (`--tasks`, or the fetched simple/multiple/parallel/irrelevance) | `bfcl` (+ the trained protocols) | BFCL's AST accuracy per category |
+| `bfcl-multi` (`eval.bfcl_multi`) | BFCL's multi-turn entries (`--tasks`, or base/miss_func/miss_param/long_context), on BFCL's backends | `bfcl` (+ the trained protocols) | BFCL's multi-turn accuracy (state and response checks per turn) |
 | `teval` (`eval.teval`) | one T-Eval data file (`--tasks`), or a T-Eval predictions file (`--predictions`) | T-Eval's own prompts (`--protocol VARIANT` overrides the variant read from the file name) | T-Eval's metrics of the file's dimension |
 
 Each (suite, protocol) run lives in `OUTPUT/<suite>-<protocol>/` like an environment run. The
@@ -30,7 +31,7 @@ from agentflan.eval.runlog import exchange, oracle_engine, run_logged
 from agentflan.formats.protocols import Protocol, conversation_key, get_protocol
 from agentflan.io.files import write_atomic, write_png
 
-SUITES = ("agent-h", "steps", "bfcl", "teval")
+SUITES = ("agent-h", "steps", "bfcl", "bfcl-multi", "teval")
 BFCL_FILES = ("BFCL_v4_simple_python.json", "BFCL_v4_multiple.json", "BFCL_v4_parallel.json",
               "BFCL_v4_irrelevance.json")
 BFCL_ALL_FILES = (*BFCL_FILES, "BFCL_v4_parallel_multiple.json", "BFCL_v4_live_simple.json",
@@ -96,9 +97,9 @@ def _items(suite: str, n: int, seed: int, tasks_file: Path | None, proto: Protoc
 
 
 def _module(suite: str) -> Any:
-    from agentflan.eval import agent_h, bfcl, steps, teval
+    from agentflan.eval import agent_h, bfcl, bfcl_multi, steps, teval
 
-    return {"agent-h": agent_h, "steps": steps, "bfcl": bfcl, "teval": teval}[suite]
+    return {"agent-h": agent_h, "steps": steps, "bfcl": bfcl, "bfcl-multi": bfcl_multi, "teval": teval}[suite]
 
 
 def _prompt_of(suite: str, item: Any) -> Any:
@@ -153,6 +154,14 @@ def run_suite(suite: str, *, engine: Any, policy: str, protocols: list[str], n: 
         return teval.run(engine=engine, policy=policy, tasks_file=tasks_file, variant=protocols[0] if protocols else None,
                          n=n, out_root=out_root, agent_name=agent_name, base_config=base_config, resume=resume,
                          progress=progress, predictions=predictions)
+    if suite == "bfcl-multi":  # episodes of several turns, on BFCL's backends
+        from agentflan.eval import bfcl_multi
+
+        if predictions is not None:
+            raise ConfigError("--predictions scores a BFCL single-turn predictions file: use it with the bfcl suite")
+        return bfcl_multi.run(engine=engine, policy=policy, protocols=protocols, tasks_file=tasks_file, n=n,
+                              out_root=out_root, agent_name=agent_name, base_config=base_config, resume=resume,
+                              progress=progress)
     if policy == "random":
         raise ConfigError(f"--policy random is a baseline of the environments; {suite} has `expert` (calibration)")
     if predictions is not None:
