@@ -17,7 +17,8 @@ Each is scored by agentflan (`eval.bfcl_multi.result_calls` + `check`) and by BF
 verdict and on the failing rule, per variant and per category, every disagreement listed.
 
     python bench/fetch_bfcl.py
-    python bench/bfcl_multi_agreement.py --bfcl-python /work/venv-bfcl/bin/python [--report bench/bfcl_multi_agreement.md]
+    python bench/bfcl_multi_agreement.py --bfcl-python /work/venv-bfcl/bin/python [--bfcl-pythonpath DIR] \\
+        [--report bench/bfcl_multi_agreement.md]
 """
 
 from __future__ import annotations
@@ -142,12 +143,16 @@ def variants(entry: bm.MultiEntry, turns: list[list[ToolCall]]) -> dict[str, lis
     return out
 
 
-def official_verdicts(python: str, data: Path, cases: list[dict[str, Any]]) -> tuple[list[Any], float]:
+def official_verdicts(python: str, data: Path, cases: list[dict[str, Any]],
+                      pythonpath: str | None = None) -> tuple[list[Any], float]:
+    import os
+
+    env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
     with tempfile.TemporaryDirectory() as tmp:
         path, out = Path(tmp) / "cases.jsonl", Path(tmp) / "verdicts.json"
         path.write_text("".join(json.dumps(c) + "\n" for c in cases), encoding="utf-8")
         subprocess.run([python, str(ROOT / "bench" / "bfcl_multi_official.py"), "--data", str(data), "--cases",
-                        str(path), "--out", str(out)], check=True)
+                        str(path), "--out", str(out)], check=True, env=env)
         got = json.loads(out.read_text(encoding="utf-8"))
     return got["verdicts"], got["seconds"]
 
@@ -155,6 +160,8 @@ def official_verdicts(python: str, data: Path, cases: list[dict[str, Any]]) -> t
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bfcl-python", required=True, help="a Python that imports bfcl_eval")
+    ap.add_argument("--bfcl-pythonpath", help="PYTHONPATH for that Python: bfcl-eval's `mpmath==1.3.0` (the MathAPI "
+                    "backend) where its venv lacks it, e.g. from `pip install --target DIR mpmath==1.3.0`")
     ap.add_argument("--data", type=Path, default=None, help="BFCL's data (default: where bench/fetch_bfcl.py puts it)")
     ap.add_argument("-n", type=int, default=None, help="entries per category (default: all)")
     ap.add_argument("--report", type=Path, help="write the report (markdown) here")
@@ -176,7 +183,7 @@ def main() -> None:
         v = bm.check(by_id[c["id"]], bm.result_calls(c["result"]), backends)
         ours.append({"valid": v["valid"], "error_type": v["error_type"]})
     our_s = time.process_time() - start
-    theirs, their_s = official_verdicts(args.bfcl_python, source.data, cases)
+    theirs, their_s = official_verdicts(args.bfcl_python, source.data, cases, args.bfcl_pythonpath)
 
     per_variant: dict[str, Counter[str]] = defaultdict(Counter)
     per_cat: dict[str, Counter[str]] = defaultdict(Counter)

@@ -140,9 +140,9 @@ def calls(*texts: str) -> list[dict[str, Any]]:
 def test_expert_scores_100_under_every_protocol_and_rescores(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["eval", "bfcl-multi", "--policy", "expert", "--protocol", "bfcl", "--protocol", "json",
-                                   "--protocol", "react", "--protocol", "native", "-o", str(out)])
+                                   "--protocol", "react", "--protocol", "native", "--protocol", "tflan", "-o", str(out)])
     assert res.exit_code == 0, res.output
-    for proto in ("bfcl", "json", "react", "native"):
+    for proto in ("bfcl", "json", "react", "native", "tflan"):
         summary = json.loads((out / f"bfcl-multi-{proto}" / "summary.json").read_text())
         assert summary["accuracy"]["rate"] == 1.0, (proto, summary)
         assert set(summary["by_category"]) == set(bm.CATEGORIES)

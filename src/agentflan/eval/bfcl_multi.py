@@ -543,6 +543,7 @@ def judge(entry: MultiEntry, played_turns: list[list[dict[str, Any]]], backends:
 # ---- the gold player ------------------------------------------------------------------------------------
 
 DONE = "Done."
+THOUGHT = "I call what this step needs."
 
 
 def gold_transcript(entry: MultiEntry, backends: Backends, one_call_per_step: bool) -> tuple[Trajectory, list[int]]:
@@ -567,7 +568,8 @@ def gold_transcript(entry: MultiEntry, backends: Backends, one_call_per_step: bo
             n += 1
         groups = [[c] for c in calls] if one_call_per_step else ([calls] if calls else [])
         for group in groups:
-            messages.append(AssistantMessage(content="", tool_calls=group))
+            # a thought, as protocols that elicit one before the call (`tflan`) read it back
+            messages.append(AssistantMessage(content=THOUGHT, tool_calls=group))
             for c in group:
                 messages.append(ToolMessage(content=execute(methods, c.name, dict(c.arguments)), tool_call_id=c.id,
                                             name=c.name))
