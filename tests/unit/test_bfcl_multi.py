@@ -5,6 +5,7 @@ code; and, when BFCL's multi-turn data was fetched (`bench/fetch_bfcl.py`), its 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,14 @@ def write_tree(root: Path) -> Path:
         (root / f"BFCL_v4_{cat}.json").write_text(json.dumps({"id": f"{cat}_0", **entry}) + "\n")
         (root / "possible_answer" / f"BFCL_v4_{cat}.json").write_text(json.dumps({"id": f"{cat}_0", "ground_truth": gt}) + "\n")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _forget_bfcl_eval():
+    """The backends are imported as the package `bfcl_eval`: other tests import BFCL's own."""
+    yield
+    for name in [m for m in sys.modules if m == "bfcl_eval" or m.startswith("bfcl_eval.")]:
+        del sys.modules[name]
 
 
 @pytest.fixture
