@@ -307,3 +307,12 @@ def test_real_ground_truth_passes_through_the_bfcl_protocol(real: tuple[list[bm.
             if not v["valid"]:
                 failed.append((e.id, v["error_type"], v["turn"]))
     assert not failed, failed
+
+
+def test_bad_question_names_file_line_and_turn(tree: Path) -> None:
+    path = tree / "BFCL_v4_multi_turn_base.json"
+    entry = json.loads(path.read_text())
+    entry["question"][1] = [{"role": "assistant", "content": "hi"}]
+    path.write_text(json.dumps(entry) + "\n")
+    res = CliRunner().invoke(cli, ["eval", "bfcl-multi", "--policy", "expert", "-o", str(tree / "o")])
+    assert res.exit_code == 4 and f"{path}:1" in res.output and "turn 1" in res.output, res.output

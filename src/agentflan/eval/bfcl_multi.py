@@ -301,6 +301,11 @@ def load_entries(source: BFCLSource, files: list[Path], n: int | None = None) ->
             entry = MultiEntry(id=r["id"], category=cat, question=question, initial_config=r.get("initial_config") or {},
                                involved_classes=classes, function=list(functions), missed_function=missed,
                                ground_truth=gt)
+            for t in range(len(question)):
+                try:
+                    turn_messages(entry, t)
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
             for t, calls in enumerate(gt):
                 for c in calls:
                     if not isinstance(c, str):
@@ -342,25 +347,24 @@ def tools_at(entry: MultiEntry, turn: int) -> list[ToolSpec]:
 
 
 def turn_messages(entry: MultiEntry, turn: int) -> list[Message]:
+    """The messages that open `turn`: its user (or system) messages, or BFCL's message for the
+    functions a `miss_func` turn adds."""
+    from agentflan.schema import SystemMessage
+
     if str(turn) in entry.missed_function:
         return [UserMessage(content=ADDED_FUNCTIONS)]
     out: list[Message] = []
     for m in entry.question[turn]:
-        if not isinstance(m.get("content"), str):
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(content, str):
             raise ConfigError(f"{entry.id}: turn {turn} has a message without text content")
-        out.append(UserMessage(content=m["content"]) if m.get("role") == "user" else
-                   _system(m["content"]) if m.get("role") == "system" else _bad_role(entry, turn, m.get("role")))
+        if role == "user":
+            out.append(UserMessage(content=content))
+        elif role == "system":
+            out.append(SystemMessage(content=content))
+        else:
+            raise ConfigError(f"{entry.id}: turn {turn} has a message of role {role!r} (user or system)")
     return out
-
-
-def _system(content: str) -> Message:
-    from agentflan.schema import SystemMessage
-
-    return SystemMessage(content=content)
-
-
-def _bad_role(entry: MultiEntry, turn: int, role: Any) -> Message:
-    raise ConfigError(f"{entry.id}: turn {turn} has a message of role {role!r} (user or system)")
 
 
 # ---- playing -------------------------------------------------------------------------------------------
