@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
 from agentflan.eval import bfcl_multi as bm  # noqa: E402
 from agentflan.formats.pycall import render_calls  # noqa: E402
@@ -165,6 +165,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="BFCL's data (default: where bench/fetch_bfcl.py puts it)")
     ap.add_argument("-n", type=int, default=None, help="entries per category (default: all)")
     ap.add_argument("--report", type=Path, help="write the report (markdown) here")
+    ap.add_argument("--publish", action="store_true", help="append the throughput table to docs/benchmarks.md")
     args = ap.parse_args()
 
     source = bm.locate(args.data / "BFCL_v4_multi_turn_base.json" if args.data else None)
@@ -231,6 +232,19 @@ def main() -> None:
     print(text)
     if args.report:
         args.report.write_text(text, encoding="utf-8")
+    if args.publish:
+        import _doc
+
+        _doc.publish(
+            "BFCL multi-turn scoring throughput: agentflan vs BFCL's runner",
+            f"`python bench/bfcl_multi_agreement.py --bfcl-python PY --publish` on {_doc.machine('bfcl-eval 2026.3.23 in its own venv')}. "
+            "Model-style results per CPU second over all 800 multi-turn entries (14 kinds of result per entry, "
+            "bench/bfcl_multi_agreement.md): each side decodes every step reply, executes the calls on fresh backend "
+            "instances beside the ground truth's and checks every turn. The machine is shared.",
+            "| results | agentflan results/s | BFCL's runner results/s | agentflan / BFCL | verdict and failing rule equal |\n"
+            "|---|---|---|---|---|\n"
+            f"| {len(cases)} | {len(cases) / max(our_s, 1e-9):,.0f} | {len(cases) / max(their_s, 1e-9):,.0f} | "
+            f"{their_s / max(our_s, 1e-9):.2f} | {sum(k['rule_agree'] for k in per_cat.values())}/{len(cases)} |\n")
 
 
 if __name__ == "__main__":
