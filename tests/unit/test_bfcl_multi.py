@@ -238,6 +238,10 @@ def test_step_limit_force_quits_the_entry(tree: Path) -> None:
     assert played.force_quit and len(played.turns) == 1 and len(played.turns[0]) == bm.STEP_LIMIT + 1
     v = bm.judge(entry, played.turns, be, force_quit=True)
     assert not v["valid"] and v["error_type"] == "multi_turn:force_terminated" and v["outcome"] == "step_limit"
+    summary = bm.summarize([bm.record(entry, "bfcl", "m", played, be)])
+    assert summary["outcomes"] == {"step_limit": 1} and summary["steps"] == bm.STEP_LIMIT + 1
+    row = bm.table([summary]).splitlines()[-1].split(" | ")
+    assert row[-3:] == ["1", "0", "0 |"]  # step limit, context limit, errors
 
 
 def test_failed_request_is_an_error_not_a_verdict(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

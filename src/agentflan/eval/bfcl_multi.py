@@ -712,14 +712,15 @@ def table(summaries: list[dict[str, Any]]) -> str:
     """Markdown: accuracy per run and category, turns passed, the failing rules."""
     cats = [c for c in CATEGORIES if any(c in s["by_category"] for s in summaries)]
     head = ["run", "protocol", "entries", "accuracy %", *[f"{c.removeprefix('multi_turn_')} %" for c in cats],
-            "turns passed %", "failures (first rule)", "errors"]
+            "turns passed %", "failures (first rule)", "step limit", "context limit", "errors"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         fails = ", ".join(f"{k.removeprefix('multi_turn:')} {v}" for k, v in s["failures"].items())
         rows.append("| " + " | ".join([
             str(s.get("run", "")), f"`{s.get('protocol')}`", str(s["scored"]), pct(s["accuracy"]),
             *[pct(s["by_category"][c]) if c in s["by_category"] else "" for c in cats],
-            pct(s["turns_passed"]), fails, str(s["errors"])]) + " |")
+            pct(s["turns_passed"]), fails, str(s["outcomes"].get("step_limit", 0)),
+            str(s["outcomes"].get("context_limit", 0)), str(s["errors"])]) + " |")
     return "\n".join(rows) + "\n"
 
 
