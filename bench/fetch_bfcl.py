@@ -7,6 +7,11 @@ nothing imported) and extracts:
 * the question files of the Python single-turn categories agentflan scores (simple, multiple,
   parallel, parallel_multiple, irrelevance, and their `live_` forms) and their `possible_answer/`
   files, into DEST (default: `$AGENTFLAN_BFCL_DATA`, else ~/.cache/agentflan/bfcl);
+* the multi-turn categories (`multi_turn_base`, `miss_func`, `miss_param`, `long_context`), their
+  `possible_answer/` files and the function documents `multi_turn_func_doc/` into DEST, and BFCL's
+  multi-turn backends (`bfcl_eval/eval_checker/multi_turn_eval/`, with the class table
+  `bfcl_eval/constants/executable_backend_config.py`) into DEST/official, which
+  `agentflan eval bfcl-multi` executes (nothing else of bfcl-eval is imported);
 * the checker's own source (`bfcl_eval/eval_checker/ast_eval/`, `bfcl_eval/constants/`,
   `bfcl_eval/model_handler/utils.py`, `bfcl_eval/utils.py`) into DEST/official, which `tests/unit/test_bfcl_agreement.py`
   runs, unmodified, beside agentflan's checker (`bench/bfcl_agreement.py` reports it).
@@ -15,6 +20,7 @@ The repository ships none of it. Then:
 
     agentflan eval bfcl --model runs/x/merged -n 200            # the four default categories
     agentflan eval bfcl --tasks DEST/BFCL_v4_live_simple.json --model ...
+    agentflan eval bfcl-multi --model runs/x/merged -n 20       # the four multi-turn categories
 
     python bench/fetch_bfcl.py [--dest DIR] [--version 2026.3.23]
 """
@@ -31,9 +37,11 @@ from pathlib import Path
 
 VERSION = "2026.3.23"
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple",
-              "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance", "live_relevance")
+              "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance", "live_relevance",
+              "multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
 OFFICIAL = ("bfcl_eval/eval_checker/ast_eval/", "bfcl_eval/constants/enums.py", "bfcl_eval/constants/type_mappings.py",
-            "bfcl_eval/model_handler/utils.py", "bfcl_eval/utils.py")
+            "bfcl_eval/model_handler/utils.py", "bfcl_eval/utils.py", "bfcl_eval/eval_checker/multi_turn_eval/",
+            "bfcl_eval/constants/executable_backend_config.py")
 
 
 def default_dest() -> Path:
@@ -53,6 +61,8 @@ def fetch(dest: Path, version: str = VERSION) -> list[Path]:
                 for cat in CATEGORIES:
                     if name in (f"bfcl_eval/data/BFCL_v4_{cat}.json", f"bfcl_eval/data/possible_answer/BFCL_v4_{cat}.json"):
                         rel = Path(name).relative_to("bfcl_eval/data")
+                if name.startswith("bfcl_eval/data/multi_turn_func_doc/") and name.endswith(".json"):
+                    rel = Path(name).relative_to("bfcl_eval/data")
                 if any(name.startswith(p) for p in OFFICIAL) and name.endswith(".py"):
                     rel = Path("official") / name
                 if rel is None:

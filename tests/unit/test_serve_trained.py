@@ -118,7 +118,7 @@ def _check(folder: Path, data: Path, served, tmp_path: Path, cities: list[str], 
     """Serve `folder`, ask it each city's two turns through the `openai` client, and check the prompt
     ids against `data tokenize` and the reply against the protocol's own parser; every action
     (kind, calls) in order."""
-    from agentflan.eval.engines import HFEngine
+    from agentflan.models.engines import HFEngine
 
     engine = HFEngine(folder, batch_size=4, max_new_tokens=max_tokens, prefix_cache_gb=0)
     prompts: list[list[int]] = []

@@ -84,7 +84,7 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
              concurrency: int, timeout_s: float, retries: int, policy: str, count: int, split: str, seed: int,
              tasks_file: Path | None, predictions: Path | None, max_steps: int, output: Path | None, no_resume: bool,
              list_protocols: bool, db_engine: str) -> None:
-    """Play held-out tasks of SUITES (toolapi, db; default both; also agent-h, steps, bfcl, teval) and score them.
+    """Play held-out tasks of SUITES (toolapi, db; default both; also agent-h, steps, bfcl, bfcl-multi, teval) and score them.
 
     Each (suite, protocol) run is logged to OUTPUT/<suite>-<protocol>/episodes.jsonl with every
     transcript, and summarized (success ± s.e., by task kind, parse failures, invalid actions,

@@ -293,9 +293,11 @@ SUITES: Registry[Suite] = Registry("suite")
 SUITES.register("agent-h", "agentflan.eval.agent_h:AGENT_H", "Agent-H: hallucination and over-refusal")
 SUITES.register("steps", "agentflan.eval.steps:STEPS", "step-level (T-Eval style) on held-out expert trajectories")
 SUITES.register("bfcl", "agentflan.eval.bfcl:BFCL", "BFCL's single-turn function calling (AST checker)")
+SUITES.register("bfcl-multi", "agentflan.eval.bfcl_multi:BFCL_MULTI",
+                "BFCL's multi-turn entries on BFCL's backends (state and response checks per turn)")
 SUITES.register("teval", "agentflan.eval.teval:TEVAL", "T-Eval's data and metrics")
 
-ORDER = ("agent-h", "steps", "bfcl", "teval")
+ORDER = ("agent-h", "steps", "bfcl", "bfcl-multi", "teval")
 """Where the built-in suites' tables come (after the environments); other suites follow by name."""
 
 

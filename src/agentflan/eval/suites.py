@@ -7,6 +7,7 @@ records by their suite (`eval.suite.suite_of`), summarize, table, chart, compare
 | `agent-h` (`eval.agent_h`) | built-in held-out tool items, or `--tasks` (ToolBench queries or items JSONL) | `react`, `tflan:inline` | H_ReAct, H_General, HScore, over-refusal |
 | `steps` (`eval.steps`) | held-out expert trajectories, or `--tasks` (any file agentflan reads) | `json`, `react` | instruct, retrieve, understand, reason |
 | `bfcl` (`eval.bfcl`) | BFCL question files (`--tasks`, or the fetched simple/multiple/parallel/irrelevance) | `bfcl` (+ the trained protocols) | BFCL's AST accuracy per category |
+| `bfcl-multi` (`eval.bfcl_multi`) | BFCL's multi-turn entries (`--tasks`, or base/miss_func/miss_param/long_context), on BFCL's backends | `bfcl` (+ the trained protocols) | BFCL's multi-turn accuracy (state and response checks per turn) |
 | `teval` (`eval.teval`) | one T-Eval data file (`--tasks`), or a T-Eval predictions file (`--predictions`) | T-Eval's own prompts (`--protocol VARIANT` overrides the variant read from the file name) | T-Eval's metrics of the file's dimension |
 
 Each (suite, protocol) run lives in `OUTPUT/<suite>-<protocol>/`. The `expert` policy answers with
