@@ -40,8 +40,14 @@ DEMO_ARGS ?=
 demo: $(STAMP) $(VENV)/.smollm2-installed
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(VENV)/bin/agentflan demo -o out/demo $(DEMO_ARGS)
 
-test: $(STAMP)
-	$(TEST_ENV) HF_HOME=$$(mktemp -d) $(PY) -m pytest -q
+# BFCL's data and checker, from the bfcl-eval wheel on PyPI (no dependencies installed): the BFCL
+# tests over the real categories run on it; without it (no network) they skip, saying how to fetch.
+BFCL_DATA ?= $(or $(AGENTFLAN_BFCL_DATA),$(HOME)/.cache/agentflan/bfcl)
+$(BFCL_DATA)/BFCL_v4_multi_turn_base.json: | $(STAMP)
+	-AGENTFLAN_BFCL_DATA=$(BFCL_DATA) $(PY) bench/fetch_bfcl.py
+
+test: $(STAMP) $(BFCL_DATA)/BFCL_v4_multi_turn_base.json
+	$(TEST_ENV) AGENTFLAN_BFCL_DATA=$(BFCL_DATA) HF_HOME=$$(mktemp -d) $(PY) -m pytest -q
 
 test-slow: $(STAMP) $(VENV)/.smollm2-installed $(VENV)/.peers-installed
 	$(TEST_ENV) HF_HOME=$$(mktemp -d) AGENTFLAN_CACHE=$(HOME)/.cache/agentflan $(PY) -m pytest -q -m slow

@@ -321,7 +321,8 @@ def test_a_declared_stage_is_run_marked_and_resumed(sample_data, tmp_path, monke
     monkeypatch.setattr(build_mod, "STAGES", (*stages[:2], CountStage(), *stages[2:]))
     _build(sample_data, tmp_path, tmp_path / "out", 1)
     counts = {p.name: int(p.read_text()) for p in (tmp_path / "out").glob("count.*.txt")}
-    assert counts["count.react.txt"] == 500 and len(counts) == 5 and len(runs) == 1
+    react = _lines(sample_data / "fireact/hotpotqa_react.jsonl")  # the react output: every FireAct episode
+    assert counts["count.react.txt"] == react and len(counts) == 5 and len(runs) == 1
     assert (tmp_path / "out" / ".state" / "count.react.done").exists()
     result = build(*load_recipe(str(tmp_path / "phases.yaml")), tmp_path / "out")
     assert runs[1:] == [[]] and "count.react" in result.stages_skipped

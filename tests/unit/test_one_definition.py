@@ -52,15 +52,16 @@ def test_give_answer_arguments_are_built_only_in_formats_finish():
 
 def test_build_markers_and_training_cache_keys_are_one_hash():
     from agentflan.fingerprint import fingerprint
-    from agentflan.pipeline.build import _fp
+    from agentflan.pipeline.stages import ingest, mix, steps
     from agentflan.training.prepared import cache_key
 
     parts = ({"b": 1, "a": [1, 2]}, "x", Path("/p"))
-    assert _fp(*parts) == fingerprint(*parts) == cache_key(*parts)[:16]
+    assert ingest.fingerprint is mix.fingerprint is steps.fingerprint is fingerprint  # the stage markers' hash
+    assert fingerprint(*parts) == cache_key(*parts)[:16]
     assert len(cache_key(*parts)) == 20
     assert fingerprint(*parts) != fingerprint({"b": 1, "a": [2, 1]}, "x", Path("/p"))
     # dict key order does not matter; sets of inputs written by different code paths agree
-    assert fingerprint(json.loads('{"a": [1, 2], "b": 1}'), "x", "/p") == _fp(*parts)
+    assert fingerprint(json.loads('{"a": [1, 2], "b": 1}'), "x", "/p") == fingerprint(*parts)
 
 
 def test_fixture_records_are_written_by_the_fixture_script(tmp_path):

@@ -133,7 +133,7 @@ def test_an_unknown_suite_is_refused_with_the_known_ones():
     with pytest.raises(ConfigError, match=r"unknown suite 'agent_h'.*agent-h.*did you mean agent-h"):
         get_suite("agent_h")
     res = CliRunner().invoke(cli, ["eval", "nope", "--policy", "expert"])
-    assert res.exit_code == 2 and "unknown suite(s) nope" in res.output and "db, toolapi, agent-h, steps, bfcl, teval" in res.output
+    assert res.exit_code == 2 and "unknown suite(s) nope" in res.output and "toolapi, db, agent-h, steps, bfcl, bfcl-multi, teval" in res.output
 
 
 # ---- one run type, one versioned record, one writer ------------------------------------------------------------

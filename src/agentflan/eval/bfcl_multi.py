@@ -64,6 +64,7 @@ from agentflan.errors import ConfigError, MissingDependencyError
 from agentflan.eval.runlog import Exchange, action_dict, exchange
 from agentflan.eval.score import pct, rate
 from agentflan.eval.suite import ModuleSuite
+from agentflan.formats.finish import FINISH, give_answer
 from agentflan.formats.protocols import Action, Completion, Prompt, Protocol, conversation_key
 from agentflan.schema import AssistantMessage, Message, Source, ToolCall, ToolMessage, ToolSpec, Trajectory, UserMessage
 
@@ -75,7 +76,7 @@ ADDED_FUNCTIONS = "I have updated some more functions you can choose from. What 
 """BFCL's user message of a `miss_func` turn that adds the held-out functions."""
 REFUSED = ("kill", "exit", "quit", "remove", "unlink", "popen", "Popen", "run")
 """Names BFCL's executor refuses to run."""
-FINAL_TOOL = "Finish"
+FINAL_TOOL = FINISH
 BACKEND_PACKAGE = "bfcl_eval.eval_checker.multi_turn_eval.func_source_code"
 FIX = ("python bench/fetch_bfcl.py (downloads the bfcl-eval wheel from PyPI, no dependencies, and extracts "
        "BFCL's data and backends into $AGENTFLAN_BFCL_DATA, default ~/.cache/agentflan/bfcl), or "
@@ -389,8 +390,7 @@ def _answer_message(action: Action, call_id: str) -> AssistantMessage:
     if action.kind == "unparseable":
         return AssistantMessage(content="\n".join(action.texts), metadata={**raw, "unparseable": action.error or "?"})
     answer = action.answer or ""
-    return AssistantMessage(content=action.thought or answer, metadata=raw, tool_calls=[
-        ToolCall(id=call_id, name=FINAL_TOOL, arguments={"return_type": "give_answer", "final_answer": answer})])
+    return AssistantMessage(content=action.thought or answer, metadata=raw, tool_calls=[give_answer(answer, call_id)])
 
 
 def play(entry: MultiEntry, proto: Protocol, backends: Backends) -> Generator[Prompt, Completion, Played]:
@@ -578,8 +578,7 @@ def gold_transcript(entry: MultiEntry, backends: Backends, one_call_per_step: bo
             for c in group:
                 messages.append(ToolMessage(content=execute(methods, c.name, dict(c.arguments)), tool_call_id=c.id,
                                             name=c.name))
-        messages.append(AssistantMessage(content=DONE, tool_calls=[
-            ToolCall(id=f"call_{n}", name=FINAL_TOOL, arguments={"return_type": "give_answer", "final_answer": DONE})]))
+        messages.append(AssistantMessage(content=DONE, tool_calls=[give_answer(DONE, f"call_{n}")]))
         n += 1
         ends.append(len(messages))
     return Trajectory(id=entry.id, messages=messages, tools=tools_at(entry, len(entry.question) - 1), tags=TAGS,

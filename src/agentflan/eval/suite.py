@@ -305,7 +305,7 @@ def suite_names() -> list[str]:
     """Every suite `agentflan eval` knows: the environments, then the registered suites."""
     from agentflan.envs import env_names
 
-    return [*env_names(), *sorted(SUITES.names(), key=_rank)]
+    return [*env_names(ordered=True), *sorted(SUITES.names(), key=_rank)]
 
 
 def _rank(name: str) -> tuple[int, str]:
