@@ -594,23 +594,10 @@ def gold_responder(entry: MultiEntry, proto: Protocol, backends: Backends) -> Ca
     first = Trajectory(id=entry.id, messages=turn_messages(entry, 0), tools=tools_at(entry, 0), tags=TAGS,
                        source=Source(format="bfcl"))
     key = conversation_key(first)  # the key `play` derives
-    rendered = []
-    for t, end in enumerate(ends):
-        msgs = proto.render(gold.model_copy(update={"messages": gold.messages[:end], "tools": tools_at(entry, t)}), key)
-        rendered.append(([(m.role, m.content) for m in msgs], msgs))
+    from agentflan.eval.runlog import gold_responder as responder
 
-    def respond(prompt: Prompt) -> Completion:
-        seen = [(m.role, m.content) for m in prompt.messages]
-        n = len(seen)
-        for flat, msgs in rendered:
-            if n < len(flat) and flat[n][0] == "assistant" and flat[:n] == seen:
-                nxt = msgs[n]
-                if isinstance(nxt, AssistantMessage) and nxt.tool_calls:  # a structured protocol (`native`)
-                    return Completion(text=nxt.content, message=nxt)
-                return Completion(text=nxt.content)
-        return Completion(text="")
-
-    return respond
+    return responder([proto.render(gold.model_copy(update={"messages": gold.messages[:end], "tools": tools_at(entry, t)}),
+                                   key) for t, end in enumerate(ends)])
 
 
 def expert_play(entry: MultiEntry, proto: Protocol, backends: Backends) -> Generator[Prompt, Completion, Played]:

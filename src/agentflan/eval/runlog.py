@@ -329,8 +329,12 @@ def oracle_engine(golds: Sequence[tuple[Trajectory, str]], proto: Protocol) -> S
     """An engine that answers each prompt with what the gold conversation (rendered by `proto`
     with its key) says next; anything else gets an empty reply. The `expert` policy of the
     single-action suites: it must score 100% on every metric."""
-    table: list[list[Message]] = [proto.render(traj, key) for traj, key in golds]
+    return ScriptedEngine(respond=gold_responder([proto.render(traj, key) for traj, key in golds]))
 
+
+def gold_responder(table: Sequence[Sequence[Message]]) -> Callable[[Prompt], Completion]:
+    """A reply function for rendered gold conversations: a prompt that is the start of one of them
+    (by role and text) gets the assistant message that comes next; any other prompt an empty reply."""
     def pairs(msgs: Sequence[Message]) -> list[tuple[str, str]]:
         return [(m.role, m.content) for m in msgs]
 
@@ -347,7 +351,7 @@ def oracle_engine(golds: Sequence[tuple[Trajectory, str]], proto: Protocol) -> S
                 return Completion(text=nxt.content)
         return Completion(text="")
 
-    return ScriptedEngine(respond=respond)
+    return respond
 
 
 def single_record(suite: str, protocol: str, agent: str, task_id: str, ex: Exchange, **extra: Any) -> dict[str, Any]:
