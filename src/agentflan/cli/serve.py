@@ -53,7 +53,7 @@ def vllm_command(model: Path, *, host: str, port: int, protocol: str | None, mod
     import sys
 
     from agentflan.errors import ConfigError
-    from agentflan.formats.protocols import get_protocol
+    from agentflan.formats.protocols import TFlanProtocol, get_protocol
     from agentflan.formats.templates import get_template
     from agentflan.models.info import ModelInfo
     from agentflan.training.models import ModelConfig, load_tokenizer
@@ -61,9 +61,10 @@ def vllm_command(model: Path, *, host: str, port: int, protocol: str | None, mod
     info = ModelInfo.load(model)
     name = protocol or info.episode_protocols(None)[0]
     template = get_template(info.template, load_tokenizer(ModelConfig(name_or_path=str(model))))
-    resolved = get_protocol(name, template).name
+    proto = get_protocol(name, template)
+    resolved = proto.name
     if resolved != "native":
-        why = ("its harness plays elicit turns, several generations per action" if resolved.startswith("tflan")
+        why = ("its harness plays elicit turns, several generations per action" if isinstance(proto, TFlanProtocol)
                else "vLLM renders the prompt with the chat template, which does not state the tools in this "
                     "protocol's words (the agentflan-* parser plugins read such replies when the client sends the "
                     "protocol's prompt: docs/serve.md)")
