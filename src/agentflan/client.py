@@ -237,6 +237,9 @@ class OpenAIClient:
             response = json.loads(raw)
             message = response["choices"][0]["message"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
+            if watchdog.expired:  # the watchdog's shutdown ended the body early: a cut reply, not a bad one
+                raise _Retry(f"timed out after {timeout:g} s (the whole request: connecting, sending, the "
+                             "response headers and body)") from None
             raise RequestError(f"{self.url}: the reply is not a chat completion: {raw[:200]!r}",
                                url=self.url) from None
         if not isinstance(message, dict):

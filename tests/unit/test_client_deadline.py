@@ -73,6 +73,25 @@ def test_timeout_bounds_the_whole_request_not_each_read(server):
     assert slow.chat(slow.body([{"role": "user", "content": "hi"}]))["choices"][0]["message"]["content"]
 
 
+def test_a_body_cut_by_the_deadline_is_a_timeout_not_a_bad_reply(server, monkeypatch):
+    """When the watchdog's shutdown (not a read's own timeout) ends a trickled body, the read sees an
+    early end: what arrived is cut JSON, and the error must be the deadline, retryable."""
+    import agentflan.client as client_mod
+
+    def read_without_timeouts(resp, deadline, timeout_s):  # only the watchdog can stop this read
+        parts = []
+        while chunk := resp.read1(1 << 16):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    monkeypatch.setattr(client_mod, "_read_by", read_without_timeouts)
+    _Server.mode = "trickle"
+    client = OpenAIClient(ClientConfig(base_url=server, model="m", timeout_s=1.0, retries=0))
+    with pytest.raises(RequestError, match="timed out") as err:
+        client.chat(client.body([{"role": "user", "content": "hi"}]))
+    assert err.value.retryable
+
+
 @pytest.mark.parametrize("mode", ["null", "null-refusal"])
 def test_a_null_reply_is_an_empty_reply_error_never_an_answer(server, tmp_path, mode):
     _Server.mode = mode
