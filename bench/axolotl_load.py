@@ -71,7 +71,11 @@ def load(out: Path) -> int:
         "datasets": [{"path": str(out / "train.hf.jsonl"), "ds_type": "json", "type": "chat_template",
                       "field_messages": "messages", "field_tools": "tools",
                       "message_field_training": "train", "chat_template": "tokenizer_default",
-                      "eot_tokens": ["<|im_end|>"], "train_on_eot": "turn"}],  # trained after a trained turn, as ours
+                      "train_on_eot": "turn",  # the turn's end trained after a trained turn, as ours
+                      # every field a message has: axolotl otherwise passes only those it sees the template read
+                      "message_property_mappings": {"role": "role", "content": "content", "tool_calls": "tool_calls",
+                                                    "tool_call_id": "tool_call_id", "name": "name"}}],
+        "eot_tokens": ["<|im_end|>"],  # axolotl reads this one from the top level, not the dataset's entry
         "chat_template": "tokenizer_default", "sequence_len": 1_000_000, "sample_packing": False,
         "dataset_prepared_path": str(out / "axolotl-prepared"), "output_dir": str(out / "axolotl-out"),
         "micro_batch_size": 1, "gradient_accumulation_steps": 1, "num_epochs": 1, "learning_rate": 1e-4,
