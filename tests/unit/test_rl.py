@@ -246,3 +246,31 @@ def test_checkpoints_resume(tmp_path, model_dir, letters):
     assert again["resumed_from"] == "checkpoint-2" and again["global_step"] == 4
     steps = [h["step"] for h in again["log_history"] if "reward" in h]
     assert steps[-2:] == [3, 4]
+
+
+@pytest.mark.parametrize("name", ["tiny-rl-smoke", "smollm2-135m-rl"])
+def test_packaged_rl_recipes_validate(name, model_dir):
+    from trl import GRPOConfig
+
+    from agentflan.training.rl import is_rl_data, load_rl_recipe
+    from agentflan.training.sft import read_train_recipe
+
+    path, data = read_train_recipe(name, [f"model={model_dir}"])
+    assert is_rl_data(data)
+    recipe = load_rl_recipe(path, data)
+    assert recipe.name == name and set(recipe.envs) == {"toolapi", "db"}
+    GRPOConfig(output_dir="/tmp/x", **recipe.rl)  # TRL's own checks of the values
+
+
+def test_packaged_tiny_rl_recipe_trains_through_the_cli(tmp_path, model_dir):
+    """`agentflan train tiny-rl-smoke` on toolapi and db from an agentflan model folder."""
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["train", "tiny-rl-smoke", f"model={model_dir}", f"output_dir={tmp_path}/run",
+                                   "rl.max_steps=1", "tasks=1", "max_turns=2", "max_new_tokens=8"])
+    assert res.exit_code == 0, res.output
+    assert "GRPO steps" in res.output and (tmp_path / "run" / "final" / "config.json").is_file()
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["protocols"] == {"toolapi": "react", "db": "react"} and m["global_step"] == 1
