@@ -274,3 +274,13 @@ def test_packaged_tiny_rl_recipe_trains_through_the_cli(tmp_path, model_dir):
     assert "GRPO steps" in res.output and (tmp_path / "run" / "final" / "config.json").is_file()
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["protocols"] == {"toolapi": "react", "db": "react"} and m["global_step"] == 1
+
+
+def test_format_term_is_logged_apart(tmp_path, model_dir, letters):
+    from agentflan.training.rl import RLRecipe, format_term, run
+
+    assert format_term(0.2)([], [], format_ok=[1.0, 0.0]) == [0.2, 0.0]
+    m = run(RLRecipe.model_validate({**_recipe(tmp_path, model_dir, max_steps=1), "format_reward": 0.2}))
+    [h] = [h for h in m["log_history"] if "reward" in h]
+    assert h["rewards/format_valid/mean"] == pytest.approx(0.2 * h["rl/format_ok"])
+    assert h["reward"] == pytest.approx(h["rewards/verdict/mean"] + h["rewards/format_valid/mean"])

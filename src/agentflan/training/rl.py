@@ -249,7 +249,7 @@ class EnvRollout:
         """Play every prompt's episode in lockstep (one batched sampling per round)."""
         from agentflan.envs import get_env
         from agentflan.envs.base import play
-        from agentflan.formats.protocols import get_protocol
+        from agentflan.formats.protocols import Completion, get_protocol
 
         gens: dict[int, Generator[Any, Any, Any]] = {}
         out: list[Rollout | None] = [None] * len(prompts)
@@ -269,14 +269,12 @@ class EnvRollout:
             contexts = [state[i].context() for i in order]
             stops = tuple(sorted({s for i in order for s in pending[i].stop}))
             sampled = sampler(contexts, stops, self.max_new_tokens)
-            for i, (ids, lps) in zip(order, sampled, strict=True):
+            for i, context, (ids, lps) in zip(order, contexts, sampled, strict=True):
                 st = state[i]
                 text, stop = self._cut(ids, pending[i].stop)
                 st.sampled(ids, lps)
-                from agentflan.formats.protocols import Completion
-
                 try:
-                    nxt = gens[i].send(Completion(text=text, stop=stop, tokens=len(ids), prompt_tokens=len(contexts[0])))
+                    nxt = gens[i].send(Completion(text=text, stop=stop, tokens=len(ids), prompt_tokens=len(context)))
                 except StopIteration as done:
                     out[i] = st.finish(done.value)
                     del pending[i]
