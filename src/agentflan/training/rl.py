@@ -387,8 +387,10 @@ def exact_rollout(rollout: Rollout, template: Any, tokenizer: Any, protocol: Any
 
 
 def hf_sampler(trainer: Any, tokenizer: Any, stop_ids: set[int]) -> Sampler:
-    """Sample from the trainer's model with `generate` (left padding, its temperature, top-p and
-    top-k); each row is cut after its first end token or protocol stop string."""
+    """Sample from the trainer's model with `generate` (left padding; the trainer's temperature,
+    top-p, top-k (0: off, as in TRL), min-p and repetition penalty); each row is cut after its first
+    end token or protocol stop string. The draws come from torch's generator, which the trainer
+    seeds (`seed`) and a checkpoint restores."""
     import torch
 
     args = trainer.args
@@ -408,7 +410,8 @@ def hf_sampler(trainer: Any, tokenizer: Any, stop_ids: set[int]) -> Sampler:
             with torch.no_grad():
                 out = model.generate(
                     input_ids=batch.to(model.device), attention_mask=mask.to(model.device), do_sample=True,
-                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None, max_new_tokens=max_new,
+                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                    repetition_penalty=args.repetition_penalty, max_new_tokens=max_new,
                     pad_token_id=pad, eos_token_id=sorted(stop_ids) or None, output_scores=True,
                     return_dict_in_generate=True, **({"stop_strings": list(stops), "tokenizer": tokenizer} if stops else {}))
         finally:
