@@ -17,10 +17,12 @@ from a token context that this module keeps itself, so **the ids trained are the
   is the re-render of the next prompt after its trained assistant segment: appended with
   `env_mask` 0, so TRL's loss (completion mask x tool mask) never trains environment text.
 
-A template that is not prefix-preserving (the next prompt does not begin with the previous one)
-raises `TemplateError`. Where the re-render of a model turn differs from the sampled ids (a reply
-the protocol normalizes), the turn is counted as *drift* (`rl/drift_turns` in the log): the policy
-still trains on what it sampled, but eval would show it the re-render. `exact_rollout` is the check
+A template that is not prefix-preserving (a later prompt does not begin with the episode's first
+prompt) raises `TemplateError`. Where the re-render of what the model wrote differs from the ids
+it sampled (a reply the protocol normalizes, a thought a multi-generation protocol such as `tflan`
+rewrites once the action is complete), the turn is counted as *drift* (`rl/drift_turns` in the
+log; a drift persists into the later turns of its episode): the policy still trains on what it
+sampled, in the context it sampled it in, but eval would show it the re-render. `exact_rollout` is the check
 the tests run: a rollout without drift equals the re-render of its whole episode, token for token.
 
 Reward = the environment's verdict (1 success, 0 otherwise: failure, error, a truncated episode),
@@ -305,9 +307,7 @@ class _Turns:
         from agentflan.training.masking import prompt_ids
 
         self.r = rollout
-        self.rendered = prompt_ids(rollout.template, rollout.tokenizer, first.messages, first.tools)
-        self.out = Rollout(prompt_ids=list(self.rendered))
-        self.last: list[int] = []
+        self.out = Rollout(prompt_ids=prompt_ids(rollout.template, rollout.tokenizer, first.messages, first.tools))
 
     def context(self) -> list[int]:
         return self.out.prompt_ids + self.out.completion_ids
@@ -320,10 +320,10 @@ class _Turns:
         self.out.env_mask += [1] * len(ids)
         self.out.logprobs += lps
         self.out.turns += 1
-        self.last = ids
 
     def observe(self, prompt: Any) -> None:
-        """Append what the environment adds before the next turn (masked), from the re-render."""
+        """Append what the environment adds before the next turn (masked): the re-render of the next
+        prompt after its last trained (assistant) segment."""
         from agentflan.formats.templates import TemplateError
         from agentflan.training.masking import tokenize_segments
 
@@ -331,22 +331,20 @@ class _Turns:
         ids, flags = tokenize_segments(template.render(prompt.messages, prompt.tools, add_generation_prompt=True), tok)
         if template.add_bos and tok.bos_token_id is not None:
             ids, flags = [tok.bos_token_id, *ids], [False, *flags]
-        prev = self.rendered
-        if ids[:len(prev)] != prev:
+        first = self.out.prompt_ids
+        end = max((i for i, f in enumerate(flags) if f), default=-1) + 1
+        if ids[:len(first)] != first or end <= len(first):
             raise TemplateError(f"template {template.name!r} is not prefix-preserving: the prompt of turn "
-                                f"{self.out.turns + 1} does not begin with the prompt of turn {self.out.turns}; "
+                                f"{self.out.turns + 1} does not begin with the episode's first prompt; "
                                 "token-exact rollouts need a template that appends turns")
-        k = len(prev)
-        end = k
-        while end < len(ids) and flags[end]:  # the re-rendered assistant turn (the template's trained segment)
-            end += 1
-        if ids[k:end] != self.last:
+        if ids[:end] != self.context():
+            # the re-render of what the model wrote (this turn or an earlier one) differs from the ids it
+            # sampled: it goes on from its own ids, eval would show it the re-render
             self.out.drift_turns += 1
         tail = ids[end:]
         self.out.completion_ids += tail
         self.out.env_mask += [0] * len(tail)
         self.out.logprobs += [0.0] * len(tail)
-        self.rendered = ids
 
     def finish(self, episode: Any) -> Rollout:
         self.out.success = bool(episode.verdict is not None and episode.verdict.success)
