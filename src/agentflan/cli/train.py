@@ -36,10 +36,26 @@ def accelerate_config_file(name: str) -> Path:
 @click.option("--dry-run", is_flag=True, help="Validate, tokenize and report the data; do not train.")
 def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_config: str,
           num_processes: int | None, dry_run: bool) -> None:
-    """Fine-tune a model as RECIPE says (a packaged name or a YAML file)."""
-    from agentflan.training.sft import load_train_recipe, prepare, run
+    """Fine-tune a model as RECIPE says (a packaged name or a YAML file); a recipe with an `rl:`
+    section trains an `agentflan train` model with GRPO on the environments (training/rl.py)."""
+    from agentflan.training import rl
+    from agentflan.training.sft import prepare, read_train_recipe, run, validate_train_recipe
 
-    rec = load_train_recipe(recipe, list(overrides))
+    path, data = read_train_recipe(recipe, list(overrides))
+    if rl.is_rl_data(data):
+        rl_recipe = rl.load_rl_recipe(path, data)
+        if dry_run:
+            click.echo(rl_recipe.model_dump_json(indent=2))
+            return
+        if launcher != "none":
+            raise click.UsageError("an RL recipe runs in this process (--launcher none); scale it with TRL's "
+                                   "vLLM settings in rl: (docs/training.md)")
+        m = rl.run(rl_recipe)
+        success = m["success"][-1] if m["success"] else float("nan")
+        click.echo(f"trained {m['global_step']} GRPO steps on {m['tasks']} tasks, last success {success:.3f} -> "
+                   f"{rl_recipe.output_dir}/final")
+        return
+    rec = validate_train_recipe(path, data)
     if dry_run:
         stats = prepare(rec)[2]
         click.echo(json.dumps(stats, indent=2))

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import sys
 
-from agentflan.training.sft import load_train_recipe, run
+from agentflan.training.sft import read_train_recipe, run, validate_train_recipe
 
 
 def main() -> None:
-    recipe = load_train_recipe(sys.argv[1], sys.argv[2:])
-    run(recipe)
+    path, data = read_train_recipe(sys.argv[1], sys.argv[2:])
+    from agentflan.training import rl
+
+    if rl.is_rl_data(data):
+        rl.run(rl.load_rl_recipe(path, data))
+        return
+    run(validate_train_recipe(path, data))
 
 
 if __name__ == "__main__":

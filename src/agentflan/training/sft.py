@@ -103,7 +103,12 @@ class TrainRecipe(BaseModel):
     """Log the training loss of each capability (`loss_reasoning`, ...; `loss_by_capability.png`)."""
 
 
-def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
+def read_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The recipe file `ref` names (a file, or a packaged recipe's name) and its mapping, overrides applied.
+
+    Raises:
+        ConfigError: No such file or packaged recipe; not a mapping.
+    """
     from importlib import resources
 
     from agentflan.overrides import apply_overrides, load_yaml_file
@@ -120,7 +125,16 @@ def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> Tr
     data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a training recipe is a mapping, found {type(data).__name__}")
-    data = apply_overrides(data, overrides or [])
+    return path, apply_overrides(data, overrides or [])
+
+
+def load_train_recipe(ref: str | Path, overrides: list[str] | None = None) -> TrainRecipe:
+    path, data = read_train_recipe(ref, overrides)
+    return validate_train_recipe(path, data)
+
+
+def validate_train_recipe(path: Path, data: dict[str, Any]) -> TrainRecipe:
+    """Validate an SFT recipe read from `path` (`ConfigError` naming the file and the key)."""
     from pydantic import ValidationError
 
     try:

@@ -1,0 +1,286 @@
+"""GRPO on the environments (training/rl.py): token-exact rollouts, masks, rewards, recipes, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+pytest.importorskip("trl", reason="training extras not installed (pip install 'agentflan[train]')")
+
+from agentflan.envs import ENVIRONMENTS, EnvInfo
+from agentflan.envs.base import Environment, Task, Verdict
+from agentflan.schema import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, UserMessage
+
+FIRST_HALF = set("abcdefghijklmABCDEFGHIJKLM")
+
+
+class Letters(Environment):
+    """A toy environment a random tiny model can learn: the reply wins when its first non-space
+    character is a letter a-m (about a third of random replies at the start)."""
+
+    name: ClassVar[str] = "letters"
+
+    def reset(self, task: Task) -> list[Message]:
+        return [SystemMessage(content="Reply."), UserMessage(content=task.query)]
+
+    def step(self, call: ToolCall) -> ToolMessage:
+        return ToolMessage(content='{"ok": true}', name=call.name, tool_call_id=call.id)
+
+    def verify(self, task: Task, final_answer: str | None, transcript: list[Message]) -> Verdict:
+        last = [m for m in transcript if isinstance(m, AssistantMessage)][-1:]
+        text = final_answer if final_answer is not None else (last[0].content if last else "")
+        first = text.strip()[:1]
+        return Verdict(first in FIRST_HALF, "first letter")
+
+
+def _letters_tasks(n: int, split: str, seed: int) -> list[Task]:
+    return [Task(id=f"letters-{split}-{i}", env="letters", split=split, kind="single",  # type: ignore[arg-type]
+                 query=f"Say something ({i}).") for i in range(n)]
+
+
+LETTERS = EnvInfo("letters", "toy", Letters, _letters_tasks, lambda task: iter(()), ("native",))
+
+
+@pytest.fixture
+def letters():
+    ENVIRONMENTS.register("letters", LETTERS, "toy")
+    yield
+    ENVIRONMENTS.unregister("letters")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The tiny tokenizer of the synthetic fixtures only (these tests need no real samples: one run)."""
+    from agentflan.formats.protocols import training_texts
+    from agentflan.training.models import tiny_tokenizer
+    from tests.helpers import FIXTURE_DATA, sample_corpus
+
+    corpus = sample_corpus(FIXTURE_DATA)
+    return tiny_tokenizer(training_texts(corpus, limit=len(corpus)))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tok):
+    """A tiny random model saved as `agentflan train` saves one (template agentflan, protocol react)."""
+    from agentflan.training.models import tiny_model
+
+    folder = tmp_path_factory.mktemp("model")
+    tiny_model(len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "agentflan.json").write_text(json.dumps({"template": "agentflan", "protocols": {"react": 10}}))
+    return folder
+
+
+def _rollout(tok, env: str = "toolapi", n: int = 2):
+    from agentflan.envs import get_env
+    from agentflan.formats.templates import get_template
+    from agentflan.training.rl import EnvRollout, EpisodeSpec
+
+    template = get_template("agentflan", tok)
+    specs = {f"{env}/{t.id}": EpisodeSpec(env, t, "react") for t in get_env(env).generate(n, "train", 0)}
+    return EnvRollout(specs, template, tok, max_turns=6, max_new_tokens=64, max_completion_length=4096), specs
+
+
+def _expert_replies(spec) -> list[str]:
+    """The expert's turns as the react protocol renders them (what a perfect policy would write)."""
+    from agentflan.envs import get_env
+    from agentflan.envs.base import ExpertPolicy, run_episode
+    from agentflan.formats.protocols import conversation_key, get_protocol
+
+    info = get_env(spec.env)
+    ep = run_episode(info.make(), spec.task, ExpertPolicy(info.expert(spec.task)))
+    proto = get_protocol("react")
+    return [m.content for m in proto.render(ep.trajectory, conversation_key(ep.trajectory))
+            if isinstance(m, AssistantMessage)]
+
+
+def _scripted(tok, replies: dict[int, list[str]], edit=lambda s: s):
+    """A sampler that 'samples' the given texts (tokenized, the stop token appended)."""
+    stop = tok.convert_tokens_to_ids("\u0d3f")
+    turn: dict[int, int] = {}
+
+    def sample(contexts, stops, max_new):
+        out = []
+        for r, _ in enumerate(contexts):
+            k = turn.get(r, 0)
+            turn[r] = k + 1
+            text = edit(replies[r][min(k, len(replies[r]) - 1)])
+            ids = [*tok(text, add_special_tokens=False)["input_ids"], stop]
+            out.append((ids, [-0.5] * len(ids)))
+        return out
+
+    return sample
+
+
+def test_rollout_ids_are_the_sampled_ids_and_equal_the_rerender(tok):
+    from agentflan.formats.protocols import get_protocol
+    from agentflan.training.rl import exact_rollout
+
+    roll, specs = _rollout(tok)
+    keys = list(specs)
+    replies = {i: _expert_replies(specs[k]) for i, k in enumerate(keys)}
+    got = roll.play(keys, _scripted(tok, replies))
+    stop = tok.convert_tokens_to_ids("\u0d3f")
+    for i, r in enumerate(got):
+        assert r.success and r.drift_turns == 0 and r.turns == len(replies[i])
+        assert exact_rollout(r, roll.template, tok, get_protocol("react"))
+        # the trained (mask 1) runs are exactly the sampled ids, in order
+        runs, cur = [], []
+        for t, m in zip(r.completion_ids, r.env_mask, strict=True):
+            if m:
+                cur.append(t)
+            elif cur:
+                runs.append(cur)
+                cur = []
+        runs += [cur] if cur else []
+        assert runs == [[*tok(x, add_special_tokens=False)["input_ids"], stop] for x in replies[i]]
+        assert len(r.logprobs) == len(r.completion_ids)
+
+
+def test_drift_is_caught(tok):
+    """Broken on purpose: replies the protocol normalizes (extra spaces) re-render differently; the
+    rollout counts the drift and the exactness check fails."""
+    from agentflan.formats.protocols import get_protocol
+    from agentflan.training.rl import exact_rollout
+
+    roll, specs = _rollout(tok, n=1)
+    keys = list(specs)
+    replies = {0: _expert_replies(specs[keys[0]])}
+    [r] = roll.play(keys, _scripted(tok, replies, edit=lambda s: s.replace("Action Input: ", "Action Input:   ")))
+    assert r.drift_turns >= 1
+    assert not exact_rollout(r, roll.template, tok, get_protocol("react"))
+
+
+def test_environment_text_is_masked(tok):
+    roll, specs = _rollout(tok, n=1)
+    keys = list(specs)
+    replies = {0: _expert_replies(specs[keys[0]])}
+    [r] = roll.play(keys, _scripted(tok, replies))
+    masked = tok.decode([t for t, m in zip(r.completion_ids, r.env_mask, strict=True) if not m])
+    trained = tok.decode([t for t, m in zip(r.completion_ids, r.env_mask, strict=True) if m])
+    assert "Observation" in masked or "<|Human|>" in masked  # tool results and turn markup are masked
+    assert "<|Human|>" not in trained and "<|Assistant|>" not in trained
+    assert all(lp == 0.0 for lp, m in zip(r.logprobs, r.env_mask, strict=True) if not m)
+
+
+def test_not_prefix_preserving_template_is_refused(tok):
+    from agentflan.formats.templates import TemplateError
+
+    roll, specs = _rollout(tok, n=1)
+    keys = list(specs)
+    replies = {0: _expert_replies(specs[keys[0]])}
+    real = roll.template.render
+
+    def shuffled(messages, tools=None, *, add_generation_prompt=False):
+        segs = real(messages, tools, add_generation_prompt=add_generation_prompt)
+        return [(f"[{len(messages)}]", False), *segs]  # the prompt's beginning changes with every turn
+
+    roll.template.render = shuffled
+    try:
+        with pytest.raises(TemplateError, match="prefix-preserving"):
+            roll.play(keys, _scripted(tok, replies))
+    finally:
+        del roll.template.render
+
+
+def _recipe(tmp_path: Path, model_dir: Path, **rl: Any) -> dict[str, Any]:
+    return {"name": "rl-test", "model": str(model_dir), "envs": ["letters"], "tasks": 4, "max_turns": 1,
+            "max_new_tokens": 6, "output_dir": str(tmp_path / "rl"), "seed": 3,
+            "rl": {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 16,
+                   "learning_rate": 3e-3, "use_cpu": True, "logging_steps": 1, "temperature": 1.0,
+                   "gradient_checkpointing": False, "max_steps": 4, **rl}}
+
+
+def test_bad_rl_recipe_exits_4_naming_file_and_key(tmp_path, model_dir, letters):
+    import yaml
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    bad = _recipe(tmp_path, model_dir, max_step=3)
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(bad))
+    res = CliRunner().invoke(cli, ["train", str(f)])
+    assert res.exit_code == 4, res.output
+    assert str(f) in res.output and "rl.max_step" in res.output and "max_steps" in res.output
+    f.write_text(yaml.safe_dump(_recipe(tmp_path, model_dir)))
+    res = CliRunner().invoke(cli, ["train", str(f), "envs=[letterz]"])
+    assert res.exit_code == 4 and str(f) in res.output and "letterz" in res.output
+    res = CliRunner().invoke(cli, ["train", str(f), f"model={tmp_path}"])
+    assert res.exit_code == 4 and "agentflan.json" in res.output
+    res = CliRunner().invoke(cli, ["train", str(f), "tasks=0"])
+    assert res.exit_code == 4 and "tasks" in res.output
+    res = CliRunner().invoke(cli, ["train", str(f), "--dry-run"])
+    assert res.exit_code == 0 and '"envs"' in res.output
+
+
+def test_reward_rises_on_a_learnable_toy_environment(tmp_path, model_dir, letters):
+    from agentflan.training.rl import RLRecipe, run
+
+    m = run(RLRecipe.model_validate(_recipe(tmp_path, model_dir, max_steps=14, learning_rate=0.05,
+                                            per_device_train_batch_size=16)))
+    success = m["success"]  # 4 tasks x 4 rollouts per step: about half win at first
+    assert len(success) == 14
+    first, last = sum(success[:4]) / 4, sum(success[-4:]) / 4
+    assert last > first + 0.25 and last >= 0.8, success
+    rewards = [h["rewards/verdict/mean"] for h in m["log_history"] if "rewards/verdict/mean" in h]
+    assert rewards == pytest.approx(success)  # the reward is the verdict (no format term here)
+    assert (tmp_path / "rl" / "final" / "agentflan.json").is_file()
+    info = json.loads((tmp_path / "rl" / "final" / "agentflan.json").read_text())
+    assert info["template"] == "agentflan" and info["rl_recipe"] == "rl-test"
+    logged = [h for h in m["log_history"] if "reward" in h]
+    assert all("rewards/verdict/mean" in h and "rl/drift_turns" in h for h in logged)
+
+
+def test_checkpoints_resume(tmp_path, model_dir, letters):
+    from agentflan.training.rl import RLRecipe, run
+
+    first = run(RLRecipe.model_validate(_recipe(tmp_path, model_dir, max_steps=2, save_strategy="steps",
+                                                save_steps=2)))
+    assert first["global_step"] == 2 and (tmp_path / "rl" / "checkpoint-2").is_dir()
+    again = run(RLRecipe.model_validate({**_recipe(tmp_path, model_dir, max_steps=4, save_strategy="steps",
+                                                   save_steps=2), "resume": True}))
+    assert again["resumed_from"] == "checkpoint-2" and again["global_step"] == 4
+    steps = [h["step"] for h in again["log_history"] if "reward" in h]
+    assert steps[-2:] == [3, 4]
+
+
+@pytest.mark.parametrize("name", ["tiny-rl-smoke", "smollm2-135m-rl"])
+def test_packaged_rl_recipes_validate(name, model_dir):
+    from trl import GRPOConfig
+
+    from agentflan.training.rl import is_rl_data, load_rl_recipe
+    from agentflan.training.sft import read_train_recipe
+
+    path, data = read_train_recipe(name, [f"model={model_dir}"])
+    assert is_rl_data(data)
+    recipe = load_rl_recipe(path, data)
+    assert recipe.name == name and set(recipe.envs) == {"toolapi", "db"}
+    GRPOConfig(output_dir="/tmp/x", **recipe.rl)  # TRL's own checks of the values
+
+
+def test_packaged_tiny_rl_recipe_trains_through_the_cli(tmp_path, model_dir):
+    """`agentflan train tiny-rl-smoke` on toolapi and db from an agentflan model folder."""
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["train", "tiny-rl-smoke", f"model={model_dir}", f"output_dir={tmp_path}/run",
+                                   "rl.max_steps=1", "tasks=1", "max_turns=2", "max_new_tokens=8"])
+    assert res.exit_code == 0, res.output
+    assert "GRPO steps" in res.output and (tmp_path / "run" / "final" / "config.json").is_file()
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["protocols"] == {"toolapi": "react", "db": "react"} and m["global_step"] == 1
+
+
+def test_format_term_is_logged_apart(tmp_path, model_dir, letters):
+    from agentflan.training.rl import RLRecipe, format_term, run
+
+    assert format_term(0.2)([], [], format_ok=[1.0, 0.0]) == [0.2, 0.0]
+    m = run(RLRecipe.model_validate({**_recipe(tmp_path, model_dir, max_steps=1), "format_reward": 0.2}))
+    [h] = [h for h in m["log_history"] if "reward" in h]
+    assert h["rewards/format_valid/mean"] == pytest.approx(0.2 * h["rl/format_ok"])
+    assert h["reward"] == pytest.approx(h["rewards/verdict/mean"] + h["rewards/format_valid/mean"])
