@@ -275,6 +275,17 @@ def get_template(name: str, tokenizer: Any = None) -> ChatTemplate:
     return TEMPLATES.get(name).create(tokenizer)
 
 
+def turn_ends(template: ChatTemplate, tokenizer: Any) -> tuple[tuple[str, ...], set[int]]:
+    """What ends a model's turn in `template`: the end strings (the template's own stops, the
+    tokenizer's eos and, when it differs, its pad token) and the ids of those that are one token.
+    Every generator (eval's engines, the server, RL rollouts) stops where the model was trained to."""
+    pad = tokenizer.pad_token if tokenizer.pad_token != tokenizer.eos_token else None
+    ends = tuple(dict.fromkeys(s for s in (*template.stop, tokenizer.eos_token, pad) if s))
+    ids = {i for s in ends for i in [tokenizer.convert_tokens_to_ids(s)]
+           if isinstance(i, int) and i != tokenizer.unk_token_id}
+    return ends, ids
+
+
 def is_structured(messages: list[Message]) -> bool:
     """Do the messages still hold structured tool calls or results (not yet rendered as text)?"""
     return any(isinstance(m, ToolMessage) or (isinstance(m, AssistantMessage) and m.tool_calls) for m in messages)

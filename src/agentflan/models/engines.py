@@ -28,7 +28,7 @@ from agentflan.client import ClientConfig, ContextLimitError, OpenAIClient, Requ
 from agentflan.errors import ConfigError, MissingDependencyError, require
 from agentflan.formats.openai import openai_messages, openai_tools, reply_message
 from agentflan.formats.protocols import Completion, Prompt
-from agentflan.formats.templates import is_structured
+from agentflan.formats.templates import is_structured, turn_ends
 from agentflan.models.decode import cut_at_stops
 from agentflan.models.info import ModelInfo
 from agentflan.registry import Registry
@@ -169,17 +169,13 @@ class HFEngine(Engine):
         self.batch_size = max(1, batch_size)
         self.max_new_tokens = max_new_tokens
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.end_stops = tuple(s for s in (*self.template.stop, tokenizer.eos_token,
-                                           tokenizer.pad_token if tokenizer.pad_token != tokenizer.eos_token else None)
-                               if s)
+        self.end_stops, self.stop_ids = turn_ends(self.template, tokenizer)
         self.tokens_generated = 0
         self.calls = 0
         self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
         from agentflan.models.decode import PrefixCache
 
         self.cache = PrefixCache(int(prefix_cache_gb * 2**30)) if prefix_cache_gb > 0 else None
-        self.stop_ids = {i for s in self.end_stops for i in [tokenizer.convert_tokens_to_ids(s)]
-                         if isinstance(i, int) and i != tokenizer.unk_token_id}
 
     @classmethod
     def from_options(cls, options: EngineOptions) -> HFEngine:
@@ -337,7 +333,7 @@ class VLLMEngine(Engine):
         self.llm = LLM(model=self.path, dtype=dtype, **kwargs)
         self.max_new_tokens = max_new_tokens
         self.batch_size = 1024
-        self.end_stops = tuple(s for s in (*self.template.stop, self.tokenizer.eos_token) if s)
+        self.end_stops, _ = turn_ends(self.template, self.tokenizer)
 
     @classmethod
     def from_options(cls, options: EngineOptions) -> VLLMEngine:

@@ -45,6 +45,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentflan.errors import ConfigError, require
+from agentflan.formats.templates import turn_ends
 from agentflan.io.files import write_atomic
 from agentflan.options import did_you_mean, validation_problems
 
@@ -233,10 +234,7 @@ class EnvRollout:
         self.max_new_tokens = max_new_tokens
         self.max_completion_length = max_completion_length
         self.sampler = sampler
-        eos = tokenizer.eos_token
-        self.end_stops = tuple(dict.fromkeys(s for s in (*template.stop, eos) if s))
-        self.stop_ids = {i for s in self.end_stops for i in [tokenizer.convert_tokens_to_ids(s)]
-                         if isinstance(i, int) and i != tokenizer.unk_token_id}
+        self.end_stops, self.stop_ids = turn_ends(template, tokenizer)  # where eval's engines stop
         self.pending_stats: list[Rollout] = []
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
