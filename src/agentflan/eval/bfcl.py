@@ -72,6 +72,19 @@ _OPENAPI = {"dict": "object", "float": "number", "tuple": "array", "any": "strin
 Decoded = list[dict[str, dict[str, Any]]]
 
 
+def question_message(m: dict[str, Any], where: str) -> Message:
+    """A message of a BFCL question (a user or system turn with text) as a schema message; anything
+    else is a `ConfigError` naming `where` (e.g. `simple_0: question turn 1`)."""
+    role, content = m.get("role"), m.get("content")
+    if not isinstance(content, str):
+        raise ConfigError(f"{where} has a message without text content")
+    if role == "user":
+        return UserMessage(content=content)
+    if role == "system":
+        return SystemMessage(content=content)
+    raise ConfigError(f"{where} has a message of role {role!r} (user or system)")
+
+
 class BFCLItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,17 +102,7 @@ class BFCLItem(BaseModel):
 
     def trajectory(self) -> Trajectory:
         """The question as a prompt-only conversation; BFCL's documents kept in each tool's metadata."""
-        msgs: list[Message] = []
-        for k, turn in enumerate(self.question):
-            role, content = turn.get("role"), turn.get("content")
-            if not isinstance(content, str):
-                raise ConfigError(f"{self.id}: question turn {k} has no text content")
-            if role == "system":
-                msgs.append(SystemMessage(content=content))
-            elif role == "user":
-                msgs.append(UserMessage(content=content))
-            else:
-                raise ConfigError(f"{self.id}: question turn {k} has role {role!r} (single-turn categories only)")
+        msgs = [question_message(turn, f"{self.id}: question turn {k}") for k, turn in enumerate(self.question)]
         tools = [ToolSpec(name=f["name"], description=str(f.get("description", "")),
                           parameters=openapi(f.get("parameters", {})), metadata={"bfcl": f}) for f in self.function]
         return Trajectory(id=self.id, messages=msgs, tools=tools, tags={"final_tool": "Finish", "suite": SUITE},

@@ -351,22 +351,12 @@ def tools_at(entry: MultiEntry, turn: int) -> list[ToolSpec]:
 def turn_messages(entry: MultiEntry, turn: int) -> list[Message]:
     """The messages that open `turn`: its user (or system) messages, or BFCL's message for the
     functions a `miss_func` turn adds."""
-    from agentflan.schema import SystemMessage
 
     if str(turn) in entry.missed_function:
         return [UserMessage(content=ADDED_FUNCTIONS)]
-    out: list[Message] = []
-    for m in entry.question[turn]:
-        role, content = m.get("role"), m.get("content")
-        if not isinstance(content, str):
-            raise ConfigError(f"{entry.id}: turn {turn} has a message without text content")
-        if role == "user":
-            out.append(UserMessage(content=content))
-        elif role == "system":
-            out.append(SystemMessage(content=content))
-        else:
-            raise ConfigError(f"{entry.id}: turn {turn} has a message of role {role!r} (user or system)")
-    return out
+    from agentflan.eval.bfcl import question_message
+
+    return [question_message(m, f"{entry.id}: turn {turn}") for m in entry.question[turn]]
 
 
 # ---- playing -------------------------------------------------------------------------------------------

@@ -229,19 +229,6 @@ def run_logged(out: Path, config: dict[str, Any], ids: Sequence[str], start: Cal
     return [done.get(key) or fresh[key] for key in ids], resumed
 
 
-@dataclass
-class SuiteRun:
-    """One logged run of a single-action suite (`eval.suites`): its records, how many were resumed
-    from the log, and its summary. Here, below the suites, so that each suite module can return it."""
-
-    suite: str
-    protocol: str
-    out: Path
-    records: list[dict[str, Any]] = field(default_factory=list)
-    resumed: int = 0
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
 # ---- one action per item ----------------------------------------------------------------------------------
 
 @dataclass
