@@ -97,7 +97,7 @@ def resolve_resume(out: Path, resume: bool | str, *, tidy: bool = True) -> Path 
     if resume is True:
         found = last_checkpoint(out)
         if found is None:
-            log.warning("resume is true but %s holds no complete checkpoint: training from step 0", out)
+            log.info("no complete checkpoint in %s: training from step 0", out)  # a first run: nothing to say
         return found
     path = Path(resume)
     if checkpoint_step(path) is None:
