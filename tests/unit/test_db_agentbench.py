@@ -458,3 +458,76 @@ def test_sqlite_engine_without_sqlglot_names_the_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlglot" else real(name, *a))
     with pytest.raises(MissingDependencyError, match=r"pip install 'sqlglot>=25'"):
         SQLiteEngine()
+
+
+# ---- --sql-mode: AgentBench's labels were made without strict mode (standard.jsonl 278, 295) -------
+
+def _grand_prix_file(tmp_path):
+    """One AgentBench UPDATE task that strict mode refuses (`WHERE No = 16` on a TEXT column holding
+    '?': error 1292) and whose label is the table after the update as non-strict MySQL makes it."""
+    rows = [["?", "a"], ["16", "b"], ["7", "d"]]
+    after = [["?", "a"], ["16", "Charles Leclerc"], ["7", "d"]]
+    record = {"description": "Set the driver of car 16 to Charles Leclerc.", "type": ["UPDATE"],
+              "label": ["UPDATE `Grand Prix` SET `Driver` = 'Charles Leclerc' WHERE `No` = 16"],
+              "answer_md5": agentbench_hash([tuple(r) for r in after]),
+              "table": {"table_name": "Grand Prix", "table_info": {
+                  "columns": [{"name": "No", "type": "TEXT"}, {"name": "Driver", "type": "TEXT"}], "rows": rows}}}
+    path = tmp_path / "update.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sql-mode", "NO_ENGINE_SUBSTITUTION"], "--sql-mode applies to --db-engine mysql only"),
+    (["--db-engine", "mysql", "--sql-mode", "ANSI'; DROP USER root; --"], "is not a comma-separated list"),
+])
+@pytest.mark.parametrize("command", [["eval", "db", "--policy", "expert", "-n", "1"],
+                                     ["env", "play", "db", "--policy", "expert"]])
+def test_sql_mode_is_checked_before_anything_runs(tmp_path, command, args, message):
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    res = CliRunner().invoke(cli, [*command, *args] + (["-o", str(tmp_path / "out")] if command[0] == "eval" else []))
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_mariadb_sql_mode_decides_agentbench_updates_and_is_logged(tmp_path):
+    _mariadb()
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+    from agentflan.eval.envs import read_log
+
+    tasks = _grand_prix_file(tmp_path)
+    runner = CliRunner()
+    verdicts = {}
+    for mode in (None, "no_engine_substitution"):
+        out = tmp_path / f"out-{mode}"
+        res = runner.invoke(cli, ["eval", "db", "--policy", "expert", "--tasks", str(tasks), "--db-engine", "mysql",
+                                  "-o", str(out), *(["--sql-mode", mode] if mode else [])])
+        assert res.exit_code == 0, res.output
+        (rec,) = read_log(out / "db-expert" / "episodes.jsonl")
+        verdicts[mode] = rec["verdict"]["success"]
+        assert rec.get("sql_mode") == (mode.upper() if mode else None)
+        config = json.loads((out / "db-expert" / "config.json").read_text())
+        assert config.get("sql_mode") == (mode.upper() if mode else None)
+        res = runner.invoke(cli, ["score", str(out)])  # the replay runs in the logged mode
+        assert res.exit_code == 0, res.output
+    assert verdicts == {None: False, "no_engine_substitution": True}  # strict refuses the UPDATE
+    res = runner.invoke(cli, ["env", "play", "db", "--policy", "expert", "--tasks", str(tasks), "--db-engine", "mysql",
+                              "--sql-mode", "NO_ENGINE_SUBSTITUTION"])
+    assert res.exit_code == 0 and "SUCCESS" in res.output, res.output
+
+
+def test_mariadb_refuses_an_unknown_sql_mode_in_one_line(tmp_path):
+    _mariadb()
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["env", "play", "db", "--policy", "expert", "--tasks", str(_grand_prix_file(tmp_path)),
+                                   "--db-engine", "mysql", "--sql-mode", "NO_SUCH_MODE"])
+    assert res.exit_code == 4, res.output
+    assert "sql_mode 'NO_SUCH_MODE': MariaDB refused it" in res.output and "Traceback" not in res.output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from agentflan.cli.evaluate import SEED, db_engine_option, engine_options
+from agentflan.cli.evaluate import SEED, db_engine_option, db_setup, engine_options
 from agentflan.errors import ConfigError, PartialResult
 
 
@@ -64,7 +64,8 @@ def synth_cmd(name: str, count: int, split: str, seed: int, output: Path) -> Non
 @db_engine_option
 @engine_options
 def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_file: Path | None,
-             replay_file: Path | None, show_prompt: bool, db_engine: str, model: str | None, base_url: str | None,
+             replay_file: Path | None, show_prompt: bool, db_engine: str, sql_mode: str | None, model: str | None,
+             base_url: str | None,
              engine_name: str,
              protocols: tuple[str, ...], batch_size: int, max_new_tokens: int, device: str, dtype: str,
              concurrency: int, timeout_s: float, retries: int) -> None:
@@ -81,6 +82,7 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
     from agentflan.formats.protocols import Prompt
     from agentflan.render import render_text
 
+    db_engine, sql_mode = db_setup(db_engine, sql_mode)
     info = get_env(name)
     if tasks_file is not None:
         if name != "db":
@@ -93,7 +95,7 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
     if policy == "expert":
         from agentflan.eval.envs import scripted_agent
 
-        agent = scripted_agent("expert", name, seed, db_engine)(task)
+        agent = scripted_agent("expert", name, seed, db_engine, sql_mode)(task)
     elif policy == "random":
         agent = RandomPolicy(seed)
     elif policy == "replay":
@@ -122,7 +124,7 @@ def play_cmd(name: str, policy: str, split: str, index: int, seed: int, tasks_fi
     from agentflan.models.driver import drive
 
     prompts: list[Prompt] = []  # the episode's prompts, one per round (--show-prompt shows the last)
-    episode: Episode = drive([play(make_env(name, db_engine), task, agent)], engine, on_prompts=prompts.extend)[0]
+    episode: Episode = drive([play(make_env(name, db_engine, sql_mode), task, agent)], engine, on_prompts=prompts.extend)[0]
     last_prompt = prompts[-1] if prompts else None
     click.echo(render_text(episode.trajectory, max_chars=1500))
     for k, a in enumerate(episode.actions):

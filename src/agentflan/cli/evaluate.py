@@ -4,6 +4,7 @@ logs without a model, compare runs)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import click
 from agentflan.eval.runlog import find_logs
 from agentflan.models.engines import ENGINES, EngineOptions, make_engine
 
-__all__ = ["SEED", "db_engine_option", "engine_from_options", "engine_options", "eval_cmd", "find_logs", "score_cmd"]
+__all__ = ["SEED", "db_engine_option", "db_setup", "engine_from_options", "engine_options", "eval_cmd", "find_logs", "score_cmd"]
 
 SEED = click.IntRange(0, 2**32 - 1)
 """A seed: what numpy and torch accept (`agentflan train` seeds both with it)."""
@@ -42,10 +43,33 @@ def engine_options(f: Any) -> Any:
     return f
 
 
+SQL_MODE = re.compile(r"[A-Za-z_]+(,[A-Za-z_]+)*")
+
+
 def db_engine_option(f: Any) -> Any:
+    """`--db-engine` and `--sql-mode` (checked together by `db_setup`)."""
+    f = click.option("--sql-mode", default=None, metavar="MODE",
+                     help="--db-engine mysql: the episodes' sql_mode (default: MySQL 8's strict mode, what "
+                          "AgentBench's evaluation server runs). AgentBench's dbbench labels were made without strict "
+                          "mode: NO_ENGINE_SUBSTITUTION reproduces them (docs/eval.md).")(f)
     return click.option("--db-engine", type=click.Choice(["sqlite", "mysql"]), default="sqlite", show_default=True,
                         help="db only: mysql plays each episode on a throw-away MariaDB server (apt-get install "
                              "mariadb-server; pip install 'agentflan[mysql]'), as AgentBench runs on MySQL.")(f)
+
+
+def db_setup(db_engine: str, sql_mode: str | None) -> tuple[str, str | None]:
+    """The checked (`--db-engine`, `--sql-mode`) pair: a mode needs mysql and reads as MariaDB's
+    comma-separated mode names (MariaDB itself refuses an unknown name, as a one-line error)."""
+    if sql_mode is None:
+        return db_engine, None
+    if db_engine != "mysql":
+        raise click.UsageError("--sql-mode applies to --db-engine mysql only")
+    mode = sql_mode.strip().replace(" ", "")
+    if mode and not SQL_MODE.fullmatch(mode):
+        raise click.BadParameter(f"{sql_mode!r} is not a comma-separated list of mode names "
+                                 "(e.g. NO_ENGINE_SUBSTITUTION or STRICT_TRANS_TABLES,NO_ZERO_DATE)",
+                                 param_hint="--sql-mode")
+    return db_engine, mode.upper()
 
 
 def engine_from_options(options: EngineOptions) -> Any:
@@ -83,7 +107,7 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
              protocols: tuple[str, ...], batch_size: int, max_new_tokens: int, device: str, dtype: str,
              concurrency: int, timeout_s: float, retries: int, policy: str, count: int, split: str, seed: int,
              tasks_file: Path | None, predictions: Path | None, max_steps: int, output: Path | None, no_resume: bool,
-             list_protocols: bool, db_engine: str) -> None:
+             list_protocols: bool, db_engine: str, sql_mode: str | None) -> None:
     """Play held-out tasks of SUITES (toolapi, db; default both; also agent-h, steps, bfcl, bfcl-multi, teval) and score them.
 
     Each (suite, protocol) run is logged to OUTPUT/<suite>-<protocol>/episodes.jsonl with every
@@ -97,6 +121,7 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
     if list_protocols:
         click.echo("\n".join(protocol_names()))
         return
+    db_engine, sql_mode = db_setup(db_engine, sql_mode)
     suites = suites or env_suites()
     known = suite_names()
     unknown = [s for s in suites if s not in known]
@@ -105,7 +130,7 @@ def eval_cmd(suites: tuple[str, ...], model: str | None, base_url: str | None, e
     config = EvalConfig(suites=suites, model=model, base_url=base_url, policy=policy, protocols=protocols,
                         count=count, split=split, seed=seed, tasks_file=tasks_file, predictions=predictions,
                         max_steps=max_steps, output=output, resume=not no_resume, db_engine=db_engine,
-                        max_new_tokens=max_new_tokens)
+                        sql_mode=sql_mode, max_new_tokens=max_new_tokens)
     engine = None
     if config.needs_engine:  # an endpoint's answers are cached in the output folder
         engine = engine_from_options(EngineOptions(

@@ -493,7 +493,7 @@ def run_select(engine: Engine, sql: str) -> list[Any] | None:
     return [v for row in res.rows for v in row]
 
 
-def derive_select_sql(task: Task, engine_name: str = "sqlite") -> str | None:
+def derive_select_sql(task: Task, engine_name: str = "sqlite", sql_mode: str | None = None) -> str | None:
     """A query the expert can run for an AgentBench SELECT task, checked against the label on the
     engine the episode runs on (`engine_name`), in MySQL (what AgentBench's agent writes, and what
     both engines read).
@@ -509,7 +509,7 @@ def derive_select_sql(task: Task, engine_name: str = "sqlite") -> str | None:
     table = task.data["table"]
     cols = [c["name"] for c in table["columns"]]
     label = task.expected["label"]
-    engine = make_engine(engine_name)
+    engine = make_engine(engine_name, sql_mode)
     try:
         try:
             engine.build(table)

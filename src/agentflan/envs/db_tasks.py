@@ -214,9 +214,9 @@ def generate(n: int, split: str, seed: int = 0) -> list[Task]:
     return tasks
 
 
-def expert_for(task: Task, engine: str = "sqlite") -> Expert:
-    """Run the task's SQL (the gold query, or one derived on `engine`, the episode's, for AgentBench
-    tasks), then answer with what it returned (nothing when the query failed: an error is never
+def expert_for(task: Task, engine: str = "sqlite", sql_mode: str | None = None) -> Expert:
+    """Run the task's SQL (the gold query, or one derived on `engine` in `sql_mode`, the episode's,
+    for AgentBench tasks), then answer with what it returned (nothing when the query failed: an error is never
     an answer).
 
     The thoughts say what the expert does with the task's own entities, and what it read: "The
@@ -224,7 +224,7 @@ def expert_for(task: Task, engine: str = "sqlite") -> Expert:
     from agentflan.envs.db import derive_select_sql
 
     if task.kind == "select":
-        sql = task.expected["gold_sql"][0] if task.split != "dev" else derive_select_sql(task, engine)
+        sql = task.expected["gold_sql"][0] if task.split != "dev" else derive_select_sql(task, engine, sql_mode)
         statements = [sql] if sql else []
     else:
         statements = list(task.expected["gold_sql"])

@@ -53,7 +53,7 @@ from agentflan.envs.db_engine import (
     quote_name,
     table_rows,
 )
-from agentflan.errors import AgentflanError, MissingDependencyError, require
+from agentflan.errors import AgentflanError, ConfigError, MissingDependencyError, require
 
 MYSQL8_SQL_MODE = ("ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
                    "NO_ENGINE_SUBSTITUTION")
@@ -222,10 +222,17 @@ class MySQLEngine(Engine):
         self.agent = self._agent_connection()
 
     def _agent_connection(self) -> Any:
+        import pymysql
+
         conn = self.server.connect(self.database, user=self.user, password=self._password)
         if self.sql_mode is not None:
-            with conn.cursor() as cur:
-                cur.execute("SET SESSION sql_mode = %s", (self.sql_mode,))
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SET SESSION sql_mode = %s", (self.sql_mode,))
+            except pymysql.err.MySQLError as e:
+                conn.close()
+                self.close()
+                raise ConfigError(f"sql_mode {self.sql_mode!r}: MariaDB refused it ({_message(e)})") from None
         return conn
 
     def build(self, table: dict[str, Any]) -> None:

@@ -92,21 +92,27 @@ def agentbench_task(path: str | Path, index: int) -> Task:
         raise ConfigError(f"{path}:{index + 1}: not an AgentBench dbbench task ({type(e).__name__}: {e})") from e
 
 
-def make_env(env: str, db_engine: str = "sqlite") -> Environment:
-    """A fresh environment (`db_engine` chooses the db environment's SQL engine)."""
+def make_env(env: str, db_engine: str = "sqlite", sql_mode: str | None = None) -> Environment:
+    """A fresh environment (`db_engine` chooses the db environment's SQL engine, `sql_mode` the
+    MariaDB session's mode: `envs.mysql.MySQLEngine`)."""
+    if sql_mode is not None and db_engine != "mysql":
+        raise ConfigError("--sql-mode applies to --db-engine mysql only")
     if env == "db" and db_engine != "sqlite":
         from agentflan.envs.db import DBEnvironment
 
-        return DBEnvironment(engine=db_engine)
+        return DBEnvironment(engine=db_engine, sql_mode=sql_mode)
     if db_engine != "sqlite":
         raise ConfigError("--db-engine applies to the db environment only")
     return get_env(env).make()
 
 
-def record(env: str, protocol: str, agent: str, task: Task, ep: Episode, db_engine: str = "sqlite") -> dict[str, Any]:
-    """The log record of one episode."""
+def record(env: str, protocol: str, agent: str, task: Task, ep: Episode, db_engine: str = "sqlite",
+           sql_mode: str | None = None) -> dict[str, Any]:
+    """The log record of one episode (the engine and `sql_mode` when not the defaults: `rescore`
+    replays on them)."""
     return {"suite": "env", "env": env, "protocol": protocol, "agent": agent, "task_id": task.id,
             **({"db_engine": db_engine} if db_engine != "sqlite" else {}),
+            **({"sql_mode": sql_mode} if sql_mode is not None else {}),
             "kind": task.kind, "task": task.model_dump(mode="json"),
             "verdict": {"success": ep.verdict.success, "reason": ep.verdict.reason} if ep.verdict else None,
             "error": ep.error, "steps": ep.steps, "actions": ep.actions,
@@ -115,26 +121,29 @@ def record(env: str, protocol: str, agent: str, task: Task, ep: Episode, db_engi
 
 def run_env(env: str, tasks: list[Task], agent_for: Callable[[Task], Agent], engine: Engine | None, out: Path, *,
             protocol_name: str, agent_name: str, config: dict[str, Any], max_steps: int = 12,
-            resume: bool = True, progress: Callable[[int], None] | None = None, db_engine: str = "sqlite") -> Run:
+            resume: bool = True, progress: Callable[[int], None] | None = None, db_engine: str = "sqlite",
+            sql_mode: str | None = None) -> Run:
     """Play every task, append each finished episode to `out/episodes.jsonl`, summarize."""
     config = {**config, "env": env, "protocol": protocol_name, "agent": agent_name, "max_steps": max_steps,
               "tasks": [t.id for t in tasks]}
     records, resumed = run_logged(
         out, config, [t.id for t in tasks],
-        lambda i: play(make_env(env, db_engine), tasks[i], agent_for(tasks[i]), max_steps=max_steps),
-        lambda i, ep: record(env, protocol_name, agent_name, tasks[i], ep, db_engine), engine,
+        lambda i: play(make_env(env, db_engine, sql_mode), tasks[i], agent_for(tasks[i]), max_steps=max_steps),
+        lambda i, ep: record(env, protocol_name, agent_name, tasks[i], ep, db_engine, sql_mode), engine,
         resume=resume, progress=progress)
     return write_summary(Run(env, protocol_name, out, records=records, resumed=resumed, summary=summarize(records)))
 
 
-def scripted_agent(policy: str, env: str, seed: int = 0, db_engine: str = "sqlite") -> Callable[[Task], Agent]:
-    """The scripted agent of `policy` (`expert`: the db expert derives its queries on `db_engine`)."""
+def scripted_agent(policy: str, env: str, seed: int = 0, db_engine: str = "sqlite",
+                   sql_mode: str | None = None) -> Callable[[Task], Agent]:
+    """The scripted agent of `policy` (`expert`: the db expert derives its queries on `db_engine`
+    in `sql_mode`)."""
     info = get_env(env)
     if policy == "expert":
         if env == "db":
             from agentflan.envs.db_tasks import expert_for
 
-            return lambda task: ExpertPolicy(expert_for(task, db_engine))
+            return lambda task: ExpertPolicy(expert_for(task, db_engine, sql_mode))
         return lambda task: ExpertPolicy(info.expert(task))
     if policy == "random":  # seeded per task: each episode draws differently, reproducibly
         return lambda task: RandomPolicy(crc_seed(f"{seed}:{task.id}"))
@@ -153,7 +162,7 @@ def rescore(rec: dict[str, Any]) -> dict[str, Any]:
         return {"success": None, "reason": "error", "observations_match": True}
     task = Task.model_validate(rec["task"])
     traj = Trajectory.model_validate(rec["transcript"])
-    env = make_env(rec["env"], rec.get("db_engine", "sqlite"))
+    env = make_env(rec["env"], rec.get("db_engine", "sqlite"), rec.get("sql_mode"))
     try:
         messages = env.reset(task)
         recorded = traj.messages[len(messages):]
@@ -216,14 +225,16 @@ class EnvSuite(Suite):
     def _play(self, req: SuiteRequest, tasks: list[Task], proto_name: str) -> Run:
         tick = req.progress(f"{self.name} / {proto_name}", len(tasks))
         db_engine = req.db_engine if self.name == "db" else "sqlite"
+        sql_mode = req.sql_mode if self.name == "db" else None
         if req.engine is None:
-            agent_for, pname = scripted_agent(req.policy, self.name, req.seed, db_engine), req.policy
+            agent_for, pname = scripted_agent(req.policy, self.name, req.seed, db_engine, sql_mode), req.policy
         else:
             proto, agent_for = model_agent(proto_name, getattr(req.engine, "template", None))
             pname = proto.name
         return run_env(self.name, tasks, agent_for, req.engine, req.out_root / f"{self.name}-{safe_name(pname)}",
                        protocol_name=pname, agent_name=req.agent_name, config={**req.base_config, "n": len(tasks)},
-                       max_steps=req.max_steps, resume=req.resume, db_engine=db_engine, progress=tick)
+                       max_steps=req.max_steps, resume=req.resume, db_engine=db_engine, sql_mode=sql_mode,
+                       progress=tick)
 
     def rescore(self, rec: dict[str, Any]) -> dict[str, Any] | None:
         return rescore(rec)

@@ -51,6 +51,7 @@ class EvalConfig:
     """The output folder (default `out/eval/<name>`)."""
     resume: bool = True
     db_engine: str = "sqlite"
+    sql_mode: str | None = None
     max_new_tokens: int = 256
     """Recorded in every run's config (the engine generates with it)."""
     run_name: str | None = None
@@ -136,6 +137,7 @@ def evaluate(config: EvalConfig, engine: Any = None, *, echo: Callable[[str], No
     engine = engine if config.needs_engine else None
     base_config = {"model": config.model, "base_url": config.base_url, "policy": config.policy, "split": config.split,
                    "seed": config.seed, "db_engine": config.db_engine,
+                   **({"sql_mode": config.sql_mode} if config.sql_mode is not None else {}),
                    "tasks_file": str(config.tasks_file) if config.tasks_file else None,
                    "max_new_tokens": config.max_new_tokens,
                    "engine": engine.describe() if engine is not None else None, "versions": versions()}
@@ -143,7 +145,8 @@ def evaluate(config: EvalConfig, engine: Any = None, *, echo: Callable[[str], No
         request = SuiteRequest(out_root=out, agent_name=name, engine=engine, policy=config.policy,
                                protocols=list(config.protocols), n=config.count, seed=config.seed, split=config.split,
                                tasks_file=config.tasks_file, predictions=config.predictions,
-                               max_steps=config.max_steps, db_engine=config.db_engine, base_config=base_config,
+                               max_steps=config.max_steps, db_engine=config.db_engine, sql_mode=config.sql_mode,
+                               base_config=base_config,
                                resume=config.resume, progress=tick)
         work = [get_suite(s).plan(replace(request, protocols=list(config.suite_protocols.get(s, config.protocols)),
                                           n=config.suite_counts.get(s, config.count)))

@@ -73,6 +73,8 @@ class SuiteRequest:
     """A predictions file scored without a model (BFCL, T-Eval)."""
     max_steps: int = 12
     db_engine: str = "sqlite"
+    sql_mode: str | None = None
+    """The MariaDB session's `sql_mode` (`db_engine` mysql; None: MySQL 8's strict default)."""
     base_config: dict[str, Any] = field(default_factory=dict)
     """What every run's config records (model, engine, versions, ...)."""
     resume: bool = True
