@@ -1,4 +1,4 @@
-"""GRPO on the environments (training/rl.py): token-exact rollouts, masks, rewards, recipes, resume."""
+"""GRPO on the environments (rl/grpo.py, rl/rollout.py): token-exact rollouts, masks, rewards, recipes, resume."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def model_dir(tmp_path_factory, tok):
 def _rollout(tok, env: str = "toolapi", n: int = 2):
     from agentflan.envs import get_env
     from agentflan.formats.templates import get_template
-    from agentflan.training.rl import EnvRollout, EpisodeSpec
+    from agentflan.rl.rollout import EnvRollout, EpisodeSpec
 
     template = get_template("agentflan", tok)
     specs = {f"{env}/{t.id}": EpisodeSpec(env, t, "react") for t in get_env(env).generate(n, "train", 0)}
@@ -117,7 +117,7 @@ def _scripted(tok, replies: dict[int, list[str]], edit=lambda s: s):
 
 def test_rollout_ids_are_the_sampled_ids_and_equal_the_rerender(tok):
     from agentflan.formats.protocols import get_protocol
-    from agentflan.training.rl import exact_rollout
+    from agentflan.rl.rollout import exact_rollout
 
     roll, specs = _rollout(tok)
     keys = list(specs)
@@ -144,7 +144,7 @@ def test_drift_is_caught(tok):
     """Broken on purpose: replies the protocol normalizes (extra spaces) re-render differently; the
     rollout counts the drift and the exactness check fails."""
     from agentflan.formats.protocols import get_protocol
-    from agentflan.training.rl import exact_rollout
+    from agentflan.rl.rollout import exact_rollout
 
     roll, specs = _rollout(tok, n=1)
     keys = list(specs)
@@ -218,7 +218,7 @@ def test_bad_rl_recipe_exits_4_naming_file_and_key(tmp_path, model_dir, letters)
 
 
 def test_reward_rises_on_a_learnable_toy_environment(tmp_path, model_dir, letters):
-    from agentflan.training.rl import RLRecipe, run
+    from agentflan.rl.grpo import RLRecipe, run
 
     m = run(RLRecipe.model_validate(_recipe(tmp_path, model_dir, max_steps=14, learning_rate=0.05,
                                             per_device_train_batch_size=16)))
@@ -236,7 +236,7 @@ def test_reward_rises_on_a_learnable_toy_environment(tmp_path, model_dir, letter
 
 
 def test_checkpoints_resume(tmp_path, model_dir, letters):
-    from agentflan.training.rl import RLRecipe, run
+    from agentflan.rl.grpo import RLRecipe, run
 
     first = run(RLRecipe.model_validate(_recipe(tmp_path, model_dir, max_steps=2, save_strategy="steps",
                                                 save_steps=2)))
@@ -252,7 +252,7 @@ def test_checkpoints_resume(tmp_path, model_dir, letters):
 def test_packaged_rl_recipes_validate(name, model_dir):
     from trl import GRPOConfig
 
-    from agentflan.training.rl import is_rl_data, load_rl_recipe
+    from agentflan.rl.grpo import is_rl_data, load_rl_recipe
     from agentflan.training.sft import read_train_recipe
 
     path, data = read_train_recipe(name, [f"model={model_dir}"])
@@ -277,7 +277,7 @@ def test_packaged_tiny_rl_recipe_trains_through_the_cli(tmp_path, model_dir):
 
 
 def test_format_term_is_logged_apart(tmp_path, model_dir, letters):
-    from agentflan.training.rl import RLRecipe, format_term, run
+    from agentflan.rl.grpo import RLRecipe, format_term, run
 
     assert format_term(0.2)([], [], format_ok=[1.0, 0.0]) == [0.2, 0.0]
     m = run(RLRecipe.model_validate({**_recipe(tmp_path, model_dir, max_steps=1), "format_reward": 0.2}))
