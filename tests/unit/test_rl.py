@@ -77,10 +77,11 @@ def model_dir(tmp_path_factory, tok):
 def _rollout(tok, env: str = "toolapi", n: int = 2):
     from agentflan.envs import get_env
     from agentflan.formats.templates import get_template
-    from agentflan.rl.rollout import EnvRollout, EpisodeSpec
+    from agentflan.rl.rollout import EnvRollout
+    from agentflan.rl.sources import EnvEpisode
 
     template = get_template("agentflan", tok)
-    specs = {f"{env}/{t.id}": EpisodeSpec(env, t, "react") for t in get_env(env).generate(n, "train", 0)}
+    specs = {f"{env}/{t.id}": EnvEpisode(env, t, "react") for t in get_env(env).generate(n, "train", 0)}
     return EnvRollout(specs, template, tok, max_turns=6, max_new_tokens=64, max_completion_length=4096), specs
 
 
@@ -307,3 +308,118 @@ def test_same_recipe_and_seed_train_the_same_model(tmp_path, model_dir, letters)
     assert first[1] == second[1]
     start, end = load_file(model_dir / "model.safetensors"), load_file(tmp_path / "a" / "final" / "model.safetensors")
     assert any(not torch.equal(start[k], end[k]) for k in start)  # the steps did update the weights
+
+
+# ---- BFCL multi-turn as an episode source (the BFCL-layout tree of tests/unit/test_bfcl_multi.py) ----------
+
+
+@pytest.fixture
+def bfcl_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """test_bfcl_multi's tree plus `multi_turn_base_100`, the first entry RL may train on (BFCL has
+    no train split: `_0` stands for the entries eval plays)."""
+    import sys
+
+    from tests.unit.test_bfcl_multi import write_tree
+
+    root = write_tree(tmp_path / "bfcl")
+    for f in (root / "BFCL_v4_multi_turn_base.json", root / "possible_answer" / "BFCL_v4_multi_turn_base.json"):
+        first = json.loads(f.read_text().splitlines()[0])
+        f.write_text(f.read_text() + json.dumps({**first, "id": "multi_turn_base_100"}) + "\n")
+    monkeypatch.setenv("AGENTFLAN_BFCL_DATA", str(root))
+    monkeypatch.delenv("AGENTFLAN_BFCL_EVAL", raising=False)
+    yield root
+    for name in [m for m in sys.modules if m == "bfcl_eval" or m.startswith("bfcl_eval.")]:
+        del sys.modules[name]  # the backends were imported as `bfcl_eval`: other tests import BFCL's own
+
+
+def _bfcl_gold_replies(episode) -> list[str]:
+    """BFCL's ground truth as the react protocol writes it, turn by turn (what a perfect policy samples)."""
+    from agentflan.eval import bfcl_multi as bm
+    from agentflan.formats.protocols import get_protocol
+    from agentflan.models.driver import drive
+    from agentflan.models.engines import ScriptedEngine
+
+    proto = get_protocol("react")
+    gold = bm.gold_responder(episode.entry, proto, episode.backends)
+    texts: list[str] = []
+
+    def respond(prompt):
+        c = gold(prompt)
+        texts.append(c.text)
+        return c
+
+    [played] = drive([bm.play(episode.entry, proto, episode.backends)], ScriptedEngine(respond=respond))
+    assert bm.judge(episode.entry, played.turns, episode.backends)["valid"]
+    return texts
+
+
+def test_bfcl_multi_trains_on_base_entries_from_100_only(bfcl_tree):
+    from agentflan.eval import bfcl_multi as bm
+    from agentflan.rl.sources import episode_source, source_names
+
+    assert "bfcl-multi" in source_names() and {"toolapi", "db"} <= set(source_names())
+    episodes = episode_source("bfcl-multi").episodes(10, 0, "react")
+    assert [e.key for e in episodes] == ["bfcl-multi/multi_turn_base_100"]  # not multi_turn_base_0: eval's
+    assert [bm.is_rl_train(i) for i in ("multi_turn_base_100", "multi_turn_base_99", "multi_turn_miss_func_150",
+                                        "multi_turn_base_0")] == [True, False, False, False]
+
+
+def test_bfcl_multi_rollouts_are_token_exact_and_rewarded_by_bfcl_verdict(bfcl_tree, tok):
+    """The gold replies pass BFCL's checker (reward 1), the rollout is the re-render of the episode,
+    BFCL's execution results are masked; answering at once fails BFCL's checker (reward 0)."""
+    from agentflan.formats.protocols import get_protocol
+    from agentflan.formats.templates import get_template
+    from agentflan.rl.rollout import EnvRollout, exact_rollout
+    from agentflan.rl.sources import episode_source
+
+    [episode] = episode_source("bfcl-multi").episodes(1, 0, "react")
+    replies = _bfcl_gold_replies(episode)
+    assert len(replies) > 4  # four user turns, several calls
+
+    def rollout():
+        return EnvRollout({episode.key: episode}, get_template("agentflan", tok), tok, max_turns=6, max_new_tokens=64,
+                          max_completion_length=4096)
+
+    roll = rollout()
+    [r] = roll.play([episode.key], _scripted(tok, {0: replies}))
+    assert r.success and r.format_ok and r.drift_turns == 0 and r.turns == len(replies)
+    assert exact_rollout(r, roll.template, tok, get_protocol("react"))
+    masked = tok.decode([t for t, m in zip(r.completion_ids, r.env_mask, strict=True) if not m])
+    trained = tok.decode([t for t, m in zip(r.completion_ids, r.env_mask, strict=True) if m])
+    assert '"created": "apples"' in masked and '"created"' not in trained  # BFCL's execution results: masked
+    assert "How many apples now?" in masked  # the next user turns too
+    roll = rollout()
+    roll.sampler = _scripted(tok, {0: replies})
+    assert roll([episode.key], trainer=None)["verdict"] == [1.0]  # what TRL's reward function receives
+    answer = replies[-1]  # the gold's answer at the end of each user turn
+    assert "Finish" in answer
+    [lazy] = rollout().play([episode.key], _scripted(tok, {0: [answer]}))
+    assert lazy.turns == 4 and lazy.format_ok and not lazy.success  # answers read fine; BFCL's checker wants calls
+
+
+def test_rl_recipe_on_bfcl_multi_trains_and_says_when_bfcl_is_missing(tmp_path, model_dir, bfcl_tree, monkeypatch):
+    from agentflan.rl.grpo import load_rl_recipe, run
+
+    data = {**_recipe(tmp_path, model_dir, max_steps=1, per_device_train_batch_size=4), "envs": ["bfcl-multi"],
+            "max_new_tokens": 8, "tasks": 1}
+    m = run(load_rl_recipe(tmp_path / "r.yaml", data))
+    assert m["global_step"] == 1 and m["tasks"] == 1 and m["protocols"] == {"bfcl-multi": "react"}
+    assert m["success"] == [0.0]  # a random tiny model makes no call BFCL accepts
+    from agentflan.errors import AgentflanError
+
+    monkeypatch.setenv("AGENTFLAN_BFCL_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(AgentflanError, match="fetch_bfcl") as e:
+        load_rl_recipe(tmp_path / "r.yaml", data)
+    assert e.value.exit_code == 4 and str(tmp_path / "r.yaml") in str(e.value)
+
+
+def test_eval_says_when_it_plays_entries_rl_trains_on(bfcl_tree, tmp_path, caplog):
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["eval", "bfcl-multi", "--policy", "expert", "--protocol", "bfcl", "--tasks",
+                                   str(bfcl_tree / "BFCL_v4_multi_turn_base.json"), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    said = [r.getMessage() for r in caplog.records if "RL trains on" in r.getMessage()]
+    assert said and "1 of 2 entries (multi_turn_base_100" in said[0]

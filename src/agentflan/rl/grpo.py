@@ -2,15 +2,16 @@
 
 A recipe with an `rl:` section (passed verbatim to `trl.GRPOConfig`, as `trl:` is to `SFTConfig`)
 starts from a model folder `agentflan train` wrote: its `agentflan.json` gives the chat template and
-the protocols it was trained on. Each GRPO prompt is one training task of an environment
-(`envs.get_env(name).generate(n, "train", seed)`); TRL repeats it `num_generations` times (a group).
+the protocols it was trained on. Each GRPO prompt is one training episode of a source (`rl.sources`:
+an environment's `train` tasks, or BFCL multi-turn entries); TRL repeats it `num_generations` times
+(a group).
 
 Rollouts go through TRL's `rollout_func` extension point (no fork of the trainer): `rl.rollout`
 plays every episode with the model's protocol through `models.driver.drive`, the loop `eval` plays
 episodes with, sampling token-exactly (the ids trained are the ids sampled; environment text is
 masked; see that module).
 
-Reward = the environment's verdict (1 success, 0 otherwise: failure, error, a truncated episode),
+Reward = the source's verdict (the environment's, or BFCL's checker) (1 success, 0 otherwise: failure, error, a truncated episode),
 plus `format_reward` x (every reply parsed by the protocol) when `format_reward` > 0 (logged apart as
 `rewards/format_valid/mean`: watch it against `rewards/verdict/mean` for format hacking).
 """
@@ -28,10 +29,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentflan.errors import ConfigError, require
+from agentflan.errors import ConfigError, MissingDependencyError, require
 from agentflan.io.files import write_atomic
 from agentflan.options import did_you_mean, validation_problems
-from agentflan.rl.rollout import EnvRollout, EpisodeSpec, Sampler
+from agentflan.rl.rollout import EnvRollout, Sampler
+from agentflan.rl.sources import Episode, episode_source
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,10 @@ class RLRecipe(BaseModel):
     model: str
     """A model folder `agentflan train` wrote (its `agentflan.json` gives template and protocols)."""
     envs: list[str] = Field(default_factory=lambda: ["toolapi", "db"])
-    """Environments whose training tasks are rolled out (`envs.ENVIRONMENTS`)."""
+    """Where episodes come from (`rl.sources`): environments (`envs.ENVIRONMENTS`), or registered
+    episode sources such as `bfcl-multi`."""
     tasks: int = Field(64, ge=1)
-    """Training tasks per environment (the first `tasks` of its `train` split)."""
+    """Training episodes per source (an environment's: the first `tasks` of its `train` split)."""
     protocol: str | None = None
     """The protocol the model plays (default: its most trained protocol that fits the environment)."""
     max_turns: int = Field(6, ge=1)
@@ -116,15 +119,13 @@ def load_rl_recipe(path: Path, data: dict[str, Any]) -> RLRecipe:
         raise ConfigError(f"{path}: {len(lines)} problems:\n  " + "\n  ".join(lines)) from e
     try:
         check_rl_section(recipe.rl)
-        from agentflan.envs import get_env
-
         for name in recipe.envs:
-            get_env(name)
+            episode_source(name).check()
         if not recipe.envs:
             raise ConfigError("envs: list at least one environment")
         model_info(recipe.model)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+    except (ConfigError, MissingDependencyError) as e:
+        raise type(e)(f"{path}: {e}") from e
     return recipe
 
 
@@ -212,7 +213,6 @@ def run(recipe: RLRecipe, *, sampler: Sampler | None = None) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    from agentflan.envs import get_env
     from agentflan.formats.templates import get_template
     from agentflan.training.checkpoints import (
         last_checkpoint,
@@ -233,11 +233,11 @@ def run(recipe: RLRecipe, *, sampler: Sampler | None = None) -> dict[str, Any]:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     template = get_template(info.get("template", "hf"), tokenizer)
-    specs: dict[str, EpisodeSpec] = {}
+    specs: dict[str, Episode] = {}
     for env in recipe.envs:
         protocol = pick_protocol(info, env, recipe.protocol)
-        for task in get_env(env).generate(recipe.tasks, "train", recipe.seed):
-            specs[f"{env}/{task.id}"] = EpisodeSpec(env, task, protocol)
+        for episode in episode_source(env).episodes(recipe.tasks, recipe.seed, protocol):
+            specs[episode.key] = episode
     args = {"output_dir": str(out), "report_to": "none", "logging_steps": 1, "save_strategy": "no",
             "seed": recipe.seed, **recipe.rl}
     try:

@@ -1,7 +1,7 @@
 """Token-exact rollouts: episodes driven by `models.driver.drive`, sampled from their own token contexts.
 
 Every episode is an episode generator (`envs.base.play` with the model's protocol, the loop `eval`
-plays) and all of a batch's episodes go through the one lockstep loop, `models.driver.drive`
+plays, or another source's: `rl.sources`) and all of a batch's episodes go through the one lockstep loop, `models.driver.drive`
 (batching, the end of each episode, errors thrown into a generator live there only). Two thin
 pieces make that loop token-exact:
 
@@ -44,6 +44,7 @@ from agentflan.formats.templates import turn_ends
 from agentflan.models.decode import cut_at_stops
 from agentflan.models.driver import drive
 from agentflan.models.engines import Engine, Result
+from agentflan.rl.sources import Episode, Outcome
 
 Sampler = Callable[[list[list[int]], tuple[str, ...], int], list[tuple[list[int], list[float]]]]
 """`sample(contexts, stop_strings, max_new_tokens)`: per context, the sampled ids (end token
@@ -66,23 +67,8 @@ class Rollout:
     truncated: bool = False
     trajectory: Any = None
     """The episode's transcript (`envs.base.Episode.trajectory`; for `exact_rollout`)."""
-
-
-@dataclass
-class EpisodeSpec:
-    """One training episode: a task of an environment, played in a protocol."""
-
-    env: str
-    task: Any
-    protocol: str
-
-    def play(self, template: Any, max_turns: int) -> Generator[Prompt, Completion, Any]:
-        """The episode generator (`envs.base.play`, as `eval` plays the environment)."""
-        from agentflan.envs import get_env
-        from agentflan.envs.base import play
-        from agentflan.formats.protocols import get_protocol
-
-        return play(get_env(self.env).make(), self.task, get_protocol(self.protocol, template), max_steps=max_turns)
+    key: str = ""
+    """The conversation key the protocol rendered it with ("": `conversation_key` of the transcript)."""
 
 
 @dataclass(frozen=True)
@@ -190,12 +176,11 @@ class _Turns:
         self.out.env_mask += [0] * len(tail)
         self.out.logprobs += [0.0] * len(tail)
 
-    def finish(self, episode: Any) -> Rollout:
-        verdict = getattr(episode, "verdict", None)
-        actions = getattr(episode, "actions", None) or []
-        self.out.success = bool(verdict is not None and verdict.success)
-        self.out.format_ok = bool(actions) and all(a["kind"] in ("call", "answer") for a in actions)
-        self.out.trajectory = getattr(episode, "trajectory", None)
+    def finish(self, outcome: Outcome) -> Rollout:
+        self.out.success = outcome.success
+        self.out.format_ok = outcome.format_ok
+        self.out.trajectory = outcome.trajectory
+        self.out.key = outcome.key
         return self._capped()
 
     def truncate(self) -> Rollout:
@@ -213,14 +198,16 @@ class _Turns:
         return self.out
 
 
-def tracked(gen: Generator[Prompt, Completion, Any], turns: _Turns) -> Generator[Prompt, Completion, Rollout]:
-    """`gen` as `drive` sees it, with its token context kept by `turns`: each prompt goes out as a
-    `TokenPrompt`, each `Sampled` reply is recorded before the episode reads its text, and the episode
-    ends early (truncated) once its completion reaches `max_completion_length`."""
+def tracked(episode: Episode, gen: Generator[Prompt, Completion, Any],
+            turns: _Turns) -> Generator[Prompt, Completion, Rollout]:
+    """The episode generator `gen` as `drive` sees it, with its token context kept by `turns`: each
+    prompt goes out as a `TokenPrompt`, each `Sampled` reply is recorded before the episode reads its
+    text, the episode ends early (truncated) once its completion reaches `max_completion_length`,
+    and its result is judged by `episode.outcome`."""
     try:
         prompt = next(gen)
     except StopIteration as done:  # an episode that never asks the model (nothing sampled, nothing trained)
-        return turns.finish(done.value)
+        return turns.finish(episode.outcome(done.value))
     turns.start(prompt)
     while True:
         reply = yield TokenPrompt(prompt.messages, prompt.tools, prompt.stop, context=turns.context())
@@ -230,7 +217,7 @@ def tracked(gen: Generator[Prompt, Completion, Any], turns: _Turns) -> Generator
         try:
             prompt = gen.send(reply)
         except StopIteration as done:
-            return turns.finish(done.value)
+            return turns.finish(episode.outcome(done.value))
         if turns.length() >= turns.max_completion_length:
             gen.close()
             return turns.truncate()
@@ -241,14 +228,13 @@ class EnvRollout:
     """TRL's `rollout_func`: plays one episode per prompt (see the module docstring).
 
     Args:
-        specs: The episode of each dataset prompt (its text is the key): anything with
-            `play(template, max_turns)` returning an episode generator (`EpisodeSpec`).
+        specs: The episode of each dataset prompt (its text is the key; `rl.sources.Episode`).
         template: The chat template; tokenizer: the model's.
         max_turns, max_new_tokens, max_completion_length: Episode limits.
         sampler: How ids are sampled (default: the trainer's model, `hf_sampler`); tests script it.
     """
 
-    def __init__(self, specs: dict[str, Any], template: Any, tokenizer: Any, *, max_turns: int,
+    def __init__(self, specs: dict[str, Episode], template: Any, tokenizer: Any, *, max_turns: int,
                  max_new_tokens: int, max_completion_length: int, sampler: Sampler | None = None) -> None:
         self.specs = specs
         self.template = template
@@ -277,7 +263,7 @@ class EnvRollout:
             if spec is None:
                 raise ConfigError(f"rollout: no task for the prompt {p[:80]!r}")
             turns = _Turns(self.template, self.tokenizer, self.max_completion_length)
-            gens.append(tracked(spec.play(self.template, self.max_turns), turns))
+            gens.append(tracked(spec, spec.play(self.template, self.max_turns), turns))
         engine = TokenEngine(sampler, self.tokenizer, self.end_stops, self.max_new_tokens, batch_size=len(gens))
         results = drive(gens, engine, max_active=max(len(gens), 1))
         for r in results:
@@ -295,7 +281,7 @@ def exact_rollout(rollout: Rollout, template: Any, tokenizer: Any, protocol: Any
     traj = rollout.trajectory
     if traj is None:  # a truncated episode has no transcript to compare
         return False
-    messages = protocol.render(traj, key or conversation_key(traj))
+    messages = protocol.render(traj, key or rollout.key or conversation_key(traj))
     ids, flags = tokenize_segments(template.render(messages, None), tokenizer)
     if template.add_bos and tokenizer.bos_token_id is not None:
         ids, flags = [tokenizer.bos_token_id, *ids], [False, *flags]
