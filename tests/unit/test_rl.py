@@ -167,6 +167,25 @@ def test_environment_text_is_masked(tok):
     assert all(lp == 0.0 for lp, m in zip(r.logprobs, r.env_mask, strict=True) if not m)
 
 
+def test_the_sampler_stops_where_eval_stops(tok):
+    """The rollout's sampler gets the protocol's stops and the template's end of turn (`turn_ends`),
+    the stops eval's engines use (a multi-token end of turn is only caught as a string)."""
+    from agentflan.formats.templates import turn_ends
+
+    roll, specs = _rollout(tok, n=1)
+    keys = list(specs)
+    inner = _scripted(tok, {0: _expert_replies(specs[keys[0]])})
+    seen: list[tuple[str, ...]] = []
+
+    def sample(contexts, stops, max_new):
+        seen.append(stops)
+        return inner(contexts, stops, max_new)
+
+    roll.play(keys, sample)
+    ends, _ = turn_ends(roll.template, tok)
+    assert seen and all(set(ends) <= set(s) and "\nObservation:" in s for s in seen), seen
+
+
 def test_not_prefix_preserving_template_is_refused(tok):
     from agentflan.formats.templates import TemplateError
 

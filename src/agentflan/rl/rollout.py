@@ -113,7 +113,9 @@ class TokenEngine(Engine):
             if not isinstance(p, TokenPrompt):  # a generator not wrapped by `tracked`: no token context
                 raise TypeError(f"{self.name} samples TokenPrompts only, got {type(p).__name__}")
             tokened.append(p)
-        stops = tuple(sorted({s for p in tokened for s in p.stop}))
+        # the template's end of turn as well as the protocols' stops, as eval's engines stop (a multi-token
+        # end of turn is a stop string, not an end id)
+        stops = tuple(sorted({s for p in tokened for s in p.stop} | set(self.end_stops)))
         sampled = self.sampler([p.context for p in tokened], stops, self.max_new_tokens)
         if len(sampled) != len(tokened):
             raise RuntimeError(f"the sampler returned {len(sampled)} results for {len(tokened)} contexts")
