@@ -442,3 +442,25 @@ def test_eval_says_when_it_plays_entries_rl_trains_on(bfcl_tree, tmp_path, caplo
     assert res.exit_code == 0, res.output
     said = [r.getMessage() for r in caplog.records if "RL trains on" in r.getMessage()]
     assert said and "1 of 2 entries (multi_turn_base_100" in said[0]
+
+
+def test_a_resumed_run_is_the_uninterrupted_run(tmp_path, model_dir, letters):
+    """Stopped after epoch 1 (2 steps) and resumed to 4 steps, a run gives the same rewards, losses
+    and model as 4 steps at once: the task order of epoch 2 does not depend on where the run started."""
+    from agentflan.rl.grpo import RLRecipe, run
+
+    def recipe(name: str, steps: int, resume: bool = False) -> RLRecipe:
+        r = _recipe(tmp_path, model_dir, max_steps=steps, learning_rate=0.05, lr_scheduler_type="constant",
+                    save_strategy="steps", save_steps=2)  # constant: the schedule does not depend on max_steps
+        return RLRecipe.model_validate({**r, "output_dir": str(tmp_path / name), "resume": resume})
+
+    def steps(m: dict[str, Any]) -> list[tuple[float, ...]]:
+        return [(h["step"], h["reward"], h["loss"], h["grad_norm"]) for h in m["log_history"] if "reward" in h]
+
+    straight = run(recipe("straight", 4))
+    run(recipe("split", 2))
+    resumed = run(recipe("split", 4, resume=True))
+    assert resumed["resumed_from"] == "checkpoint-2"
+    assert steps(resumed)[-2:] == steps(straight)[-2:]
+    final = [(tmp_path / d / "final" / "model.safetensors").read_bytes() for d in ("straight", "split")]
+    assert final[0] == final[1]

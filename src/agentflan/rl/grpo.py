@@ -254,7 +254,7 @@ def run(recipe: RLRecipe, *, sampler: Sampler | None = None) -> dict[str, Any]:
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    trainer = with_safe_checkpoints(GRPOTrainer)(
+    trainer = with_safe_checkpoints(epoch_seeded(GRPOTrainer))(
         model=model, reward_funcs=rewards, args=config, train_dataset=Dataset.from_list([{"prompt": k} for k in specs]),
         processing_class=tokenizer, rollout_func=rollout, callbacks=[_stats_callback(rollout)])
     checkpoint = resolve_resume(out, recipe.resume, tidy=trainer.args.should_save)
@@ -290,6 +290,33 @@ def run(recipe: RLRecipe, *, sampler: Sampler | None = None) -> dict[str, Any]:
             metrics["reward_curve"] = str(curve)
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
+
+
+def epoch_seeded(trainer_cls: type[Any]) -> type[Any]:
+    """A subclass of TRL's GRPO trainer whose task order in epoch e depends on (seed, e) only.
+
+    TRL's `RepeatSampler` shuffles every epoch from one generator seeded once, and transformers
+    resumes at the first unfinished epoch without replaying the earlier ones: a run resumed after
+    epoch 1 would see epoch 1's order again where the uninterrupted run sees epoch 2's, and train on
+    other contexts from there. The trainer calls `set_epoch(e)` on the sampler at the start of every
+    epoch (resumed or not); reseeding there makes a resumed run the uninterrupted one. Epoch 0 keeps
+    TRL's own order (`seed`)."""
+    from trl.trainer.utils import RepeatSampler
+
+    from agentflan.seeds import unit
+
+    class EpochSeededSampler(RepeatSampler):  # type: ignore[misc]
+        def set_epoch(self, epoch: int) -> None:
+            if self.shuffle and self.seed is not None:
+                self.generator.manual_seed(self.seed if epoch == 0 else int(unit(self.seed, "grpo-epoch", epoch) * 2**53))
+
+    class EpochSeededTrainer(trainer_cls):  # type: ignore[misc]
+        def _get_train_sampler(self, dataset: Any = None) -> Any:
+            s = super()._get_train_sampler(dataset)
+            return EpochSeededSampler(s.data_source, mini_repeat_count=s.mini_repeat_count, batch_size=s.batch_size,
+                                      repeat_count=s.repeat_count, shuffle=s.shuffle, seed=s.seed)
+
+    return EpochSeededTrainer
 
 
 def reward_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
