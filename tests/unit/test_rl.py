@@ -464,3 +464,17 @@ def test_a_resumed_run_is_the_uninterrupted_run(tmp_path, model_dir, letters):
     assert steps(resumed)[-2:] == steps(straight)[-2:]
     final = [(tmp_path / d / "final" / "model.safetensors").read_bytes() for d in ("straight", "split")]
     assert final[0] == final[1]
+
+
+def test_the_launch_entry_point_dispatches_an_rl_recipe(tmp_path, model_dir, letters, monkeypatch):
+    """`accelerate launch -m agentflan.cli.launch RECIPE key=value`: an `rl:` recipe trains with GRPO."""
+    import yaml
+
+    from agentflan.cli import launch
+
+    f = tmp_path / "rl.yaml"
+    f.write_text(yaml.safe_dump(_recipe(tmp_path, model_dir)))
+    monkeypatch.setattr("sys.argv", ["launch", str(f), "rl.max_steps=1"])
+    launch.main()
+    m = json.loads((tmp_path / "rl" / "metrics.json").read_text())
+    assert m["global_step"] == 1 and m["success"] and (tmp_path / "rl" / "final" / "agentflan.json").is_file()
