@@ -5,7 +5,7 @@ The plan (AGENTS.md, "Layering"), lowest first; a layer's parts are siblings tha
 each other:
 
     core -> schema -> formats -> io | client -> envs | samples -> pipeline -> training -> models
-    -> eval | serve -> cli
+    -> eval | serve -> rl -> cli
 
 Every module under src/agentflan is read with `ast` (never imported), so the test is fast and
 sees imports that only run inside a function.
@@ -36,6 +36,8 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"training": ("agentflan.training",)},
     {"models": ("agentflan.models",)},
     {"eval": ("agentflan.eval",), "serve": ("agentflan.serve", "agentflan.vllm_parser")},
+    # reinforcement learning: rollouts through models' lockstep driver, episodes from envs and eval's suites
+    {"rl": ("agentflan.rl",)},
     {"cli": ("agentflan.cli",)},
 ]
 
@@ -223,6 +225,7 @@ def test_the_checks_catch_what_they_must(tmp_path):
 @pytest.mark.parametrize(("module", "layer"), [
     ("agentflan.models.engines", "models"), ("agentflan.serve", "serve"), ("agentflan.io.charts", "io"),
     ("agentflan.seeds", "core"), ("agentflan", "schema"), ("agentflan.cli.main", "cli"),
+    ("agentflan.rl.rollout", "rl"), ("agentflan.cli.launch", "cli"),
 ])
 def test_layer_of(module, layer):
     assert layer_of(module)[1] == layer

@@ -1,4 +1,4 @@
-"""GRPO on the environments (training/rl.py): token-exact rollouts, masks, rewards, recipes, resume."""
+"""GRPO on the environments (rl/grpo.py, rl/rollout.py): token-exact rollouts, masks, rewards, recipes, resume."""
 
 from __future__ import annotations
 
@@ -77,10 +77,11 @@ def model_dir(tmp_path_factory, tok):
 def _rollout(tok, env: str = "toolapi", n: int = 2):
     from agentflan.envs import get_env
     from agentflan.formats.templates import get_template
-    from agentflan.training.rl import EnvRollout, EpisodeSpec
+    from agentflan.rl.rollout import EnvRollout
+    from agentflan.rl.sources import EnvEpisode
 
     template = get_template("agentflan", tok)
-    specs = {f"{env}/{t.id}": EpisodeSpec(env, t, "react") for t in get_env(env).generate(n, "train", 0)}
+    specs = {f"{env}/{t.id}": EnvEpisode(env, t, "react") for t in get_env(env).generate(n, "train", 0)}
     return EnvRollout(specs, template, tok, max_turns=6, max_new_tokens=64, max_completion_length=4096), specs
 
 
@@ -117,7 +118,7 @@ def _scripted(tok, replies: dict[int, list[str]], edit=lambda s: s):
 
 def test_rollout_ids_are_the_sampled_ids_and_equal_the_rerender(tok):
     from agentflan.formats.protocols import get_protocol
-    from agentflan.training.rl import exact_rollout
+    from agentflan.rl.rollout import exact_rollout
 
     roll, specs = _rollout(tok)
     keys = list(specs)
@@ -144,7 +145,7 @@ def test_drift_is_caught(tok):
     """Broken on purpose: replies the protocol normalizes (extra spaces) re-render differently; the
     rollout counts the drift and the exactness check fails."""
     from agentflan.formats.protocols import get_protocol
-    from agentflan.training.rl import exact_rollout
+    from agentflan.rl.rollout import exact_rollout
 
     roll, specs = _rollout(tok, n=1)
     keys = list(specs)
@@ -164,6 +165,25 @@ def test_environment_text_is_masked(tok):
     assert "Observation" in masked or "<|Human|>" in masked  # tool results and turn markup are masked
     assert "<|Human|>" not in trained and "<|Assistant|>" not in trained
     assert all(lp == 0.0 for lp, m in zip(r.logprobs, r.env_mask, strict=True) if not m)
+
+
+def test_the_sampler_stops_where_eval_stops(tok):
+    """The rollout's sampler gets the protocol's stops and the template's end of turn (`turn_ends`),
+    the stops eval's engines use (a multi-token end of turn is only caught as a string)."""
+    from agentflan.formats.templates import turn_ends
+
+    roll, specs = _rollout(tok, n=1)
+    keys = list(specs)
+    inner = _scripted(tok, {0: _expert_replies(specs[keys[0]])})
+    seen: list[tuple[str, ...]] = []
+
+    def sample(contexts, stops, max_new):
+        seen.append(stops)
+        return inner(contexts, stops, max_new)
+
+    roll.play(keys, sample)
+    ends, _ = turn_ends(roll.template, tok)
+    assert seen and all(set(ends) <= set(s) and "\nObservation:" in s for s in seen), seen
 
 
 def test_not_prefix_preserving_template_is_refused(tok):
@@ -218,7 +238,7 @@ def test_bad_rl_recipe_exits_4_naming_file_and_key(tmp_path, model_dir, letters)
 
 
 def test_reward_rises_on_a_learnable_toy_environment(tmp_path, model_dir, letters):
-    from agentflan.training.rl import RLRecipe, run
+    from agentflan.rl.grpo import RLRecipe, run
 
     m = run(RLRecipe.model_validate(_recipe(tmp_path, model_dir, max_steps=14, learning_rate=0.05,
                                             per_device_train_batch_size=16)))
@@ -236,7 +256,7 @@ def test_reward_rises_on_a_learnable_toy_environment(tmp_path, model_dir, letter
 
 
 def test_checkpoints_resume(tmp_path, model_dir, letters):
-    from agentflan.training.rl import RLRecipe, run
+    from agentflan.rl.grpo import RLRecipe, run
 
     first = run(RLRecipe.model_validate(_recipe(tmp_path, model_dir, max_steps=2, save_strategy="steps",
                                                 save_steps=2)))
@@ -252,7 +272,7 @@ def test_checkpoints_resume(tmp_path, model_dir, letters):
 def test_packaged_rl_recipes_validate(name, model_dir):
     from trl import GRPOConfig
 
-    from agentflan.training.rl import is_rl_data, load_rl_recipe
+    from agentflan.rl.grpo import is_rl_data, load_rl_recipe
     from agentflan.training.sft import read_train_recipe
 
     path, data = read_train_recipe(name, [f"model={model_dir}"])
@@ -277,10 +297,184 @@ def test_packaged_tiny_rl_recipe_trains_through_the_cli(tmp_path, model_dir):
 
 
 def test_format_term_is_logged_apart(tmp_path, model_dir, letters):
-    from agentflan.training.rl import RLRecipe, format_term, run
+    from agentflan.rl.grpo import RLRecipe, format_term, run
 
     assert format_term(0.2)([], [], format_ok=[1.0, 0.0]) == [0.2, 0.0]
     m = run(RLRecipe.model_validate({**_recipe(tmp_path, model_dir, max_steps=1), "format_reward": 0.2}))
     [h] = [h for h in m["log_history"] if "reward" in h]
     assert h["rewards/format_valid/mean"] == pytest.approx(0.2 * h["rl/format_ok"])
     assert h["reward"] == pytest.approx(h["rewards/verdict/mean"] + h["rewards/format_valid/mean"])
+
+
+def test_same_recipe_and_seed_train_the_same_model(tmp_path, model_dir, letters):
+    """Determinism: one RL recipe and seed run twice gives the same rewards and losses per step and
+    a byte-identical model (sampling, shuffling and the updates all follow the recipe's seed)."""
+    from agentflan.rl.grpo import RLRecipe, run
+
+    def once(name: str) -> tuple[list[tuple[float, ...]], bytes]:
+        recipe = {**_recipe(tmp_path, model_dir, max_steps=3, learning_rate=0.05), "output_dir": str(tmp_path / name)}
+        m = run(RLRecipe.model_validate(recipe))
+        steps = [(h["step"], h["reward"], h["loss"], h["rl/success"], h["completions/mean_length"])
+                 for h in m["log_history"] if "reward" in h]
+        return steps, (tmp_path / name / "final" / "model.safetensors").read_bytes()
+
+    import torch
+    from safetensors.torch import load_file
+
+    first, second = once("a"), once("b")
+    assert len(first[0]) == 3 and len({s[1] for s in first[0]}) > 1  # rewards vary: the sampling is random
+    assert first[0] == second[0]
+    assert first[1] == second[1]
+    start, end = load_file(model_dir / "model.safetensors"), load_file(tmp_path / "a" / "final" / "model.safetensors")
+    assert any(not torch.equal(start[k], end[k]) for k in start)  # the steps did update the weights
+
+
+# ---- BFCL multi-turn as an episode source (the BFCL-layout tree of tests/unit/test_bfcl_multi.py) ----------
+
+
+@pytest.fixture
+def bfcl_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """test_bfcl_multi's tree plus `multi_turn_base_100`, the first entry RL may train on (BFCL has
+    no train split: `_0` stands for the entries eval plays)."""
+    import sys
+
+    from tests.unit.test_bfcl_multi import write_tree
+
+    root = write_tree(tmp_path / "bfcl")
+    for f in (root / "BFCL_v4_multi_turn_base.json", root / "possible_answer" / "BFCL_v4_multi_turn_base.json"):
+        first = json.loads(f.read_text().splitlines()[0])
+        f.write_text(f.read_text() + json.dumps({**first, "id": "multi_turn_base_100"}) + "\n")
+    monkeypatch.setenv("AGENTFLAN_BFCL_DATA", str(root))
+    monkeypatch.delenv("AGENTFLAN_BFCL_EVAL", raising=False)
+    yield root
+    for name in [m for m in sys.modules if m == "bfcl_eval" or m.startswith("bfcl_eval.")]:
+        del sys.modules[name]  # the backends were imported as `bfcl_eval`: other tests import BFCL's own
+
+
+def _bfcl_gold_replies(episode) -> list[str]:
+    """BFCL's ground truth as the react protocol writes it, turn by turn (what a perfect policy samples)."""
+    from agentflan.eval import bfcl_multi as bm
+    from agentflan.formats.protocols import get_protocol
+    from agentflan.models.driver import drive
+    from agentflan.models.engines import ScriptedEngine
+
+    proto = get_protocol("react")
+    gold = bm.gold_responder(episode.entry, proto, episode.backends)
+    texts: list[str] = []
+
+    def respond(prompt):
+        c = gold(prompt)
+        texts.append(c.text)
+        return c
+
+    [played] = drive([bm.play(episode.entry, proto, episode.backends)], ScriptedEngine(respond=respond))
+    assert bm.judge(episode.entry, played.turns, episode.backends)["valid"]
+    return texts
+
+
+def test_bfcl_multi_trains_on_base_entries_from_100_only(bfcl_tree):
+    from agentflan.eval import bfcl_multi as bm
+    from agentflan.rl.sources import episode_source, source_names
+
+    assert "bfcl-multi" in source_names() and {"toolapi", "db"} <= set(source_names())
+    episodes = episode_source("bfcl-multi").episodes(10, 0, "react")
+    assert [e.key for e in episodes] == ["bfcl-multi/multi_turn_base_100"]  # not multi_turn_base_0: eval's
+    assert [bm.is_rl_train(i) for i in ("multi_turn_base_100", "multi_turn_base_99", "multi_turn_miss_func_150",
+                                        "multi_turn_base_0")] == [True, False, False, False]
+
+
+def test_bfcl_multi_rollouts_are_token_exact_and_rewarded_by_bfcl_verdict(bfcl_tree, tok):
+    """The gold replies pass BFCL's checker (reward 1), the rollout is the re-render of the episode,
+    BFCL's execution results are masked; answering at once fails BFCL's checker (reward 0)."""
+    from agentflan.formats.protocols import get_protocol
+    from agentflan.formats.templates import get_template
+    from agentflan.rl.rollout import EnvRollout, exact_rollout
+    from agentflan.rl.sources import episode_source
+
+    [episode] = episode_source("bfcl-multi").episodes(1, 0, "react")
+    replies = _bfcl_gold_replies(episode)
+    assert len(replies) > 4  # four user turns, several calls
+
+    def rollout():
+        return EnvRollout({episode.key: episode}, get_template("agentflan", tok), tok, max_turns=6, max_new_tokens=64,
+                          max_completion_length=4096)
+
+    roll = rollout()
+    [r] = roll.play([episode.key], _scripted(tok, {0: replies}))
+    assert r.success and r.format_ok and r.drift_turns == 0 and r.turns == len(replies)
+    assert exact_rollout(r, roll.template, tok, get_protocol("react"))
+    masked = tok.decode([t for t, m in zip(r.completion_ids, r.env_mask, strict=True) if not m])
+    trained = tok.decode([t for t, m in zip(r.completion_ids, r.env_mask, strict=True) if m])
+    assert '"created": "apples"' in masked and '"created"' not in trained  # BFCL's execution results: masked
+    assert "How many apples now?" in masked  # the next user turns too
+    roll = rollout()
+    roll.sampler = _scripted(tok, {0: replies})
+    assert roll([episode.key], trainer=None)["verdict"] == [1.0]  # what TRL's reward function receives
+    answer = replies[-1]  # the gold's answer at the end of each user turn
+    assert "Finish" in answer
+    [lazy] = rollout().play([episode.key], _scripted(tok, {0: [answer]}))
+    assert lazy.turns == 4 and lazy.format_ok and not lazy.success  # answers read fine; BFCL's checker wants calls
+
+
+def test_rl_recipe_on_bfcl_multi_trains_and_says_when_bfcl_is_missing(tmp_path, model_dir, bfcl_tree, monkeypatch):
+    from agentflan.rl.grpo import load_rl_recipe, run
+
+    data = {**_recipe(tmp_path, model_dir, max_steps=1, per_device_train_batch_size=4), "envs": ["bfcl-multi"],
+            "max_new_tokens": 8, "tasks": 1}
+    m = run(load_rl_recipe(tmp_path / "r.yaml", data))
+    assert m["global_step"] == 1 and m["tasks"] == 1 and m["protocols"] == {"bfcl-multi": "react"}
+    assert m["success"] == [0.0]  # a random tiny model makes no call BFCL accepts
+    from agentflan.errors import AgentflanError
+
+    monkeypatch.setenv("AGENTFLAN_BFCL_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(AgentflanError, match="fetch_bfcl") as e:
+        load_rl_recipe(tmp_path / "r.yaml", data)
+    assert e.value.exit_code == 4 and str(tmp_path / "r.yaml") in str(e.value)
+
+
+def test_eval_says_when_it_plays_entries_rl_trains_on(bfcl_tree, tmp_path, caplog):
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["eval", "bfcl-multi", "--policy", "expert", "--protocol", "bfcl", "--tasks",
+                                   str(bfcl_tree / "BFCL_v4_multi_turn_base.json"), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    said = [r.getMessage() for r in caplog.records if "RL trains on" in r.getMessage()]
+    assert said and "1 of 2 entries (multi_turn_base_100" in said[0]
+
+
+def test_a_resumed_run_is_the_uninterrupted_run(tmp_path, model_dir, letters):
+    """Stopped after epoch 1 (2 steps) and resumed to 4 steps, a run gives the same rewards, losses
+    and model as 4 steps at once: the task order of epoch 2 does not depend on where the run started."""
+    from agentflan.rl.grpo import RLRecipe, run
+
+    def recipe(name: str, steps: int, resume: bool = False) -> RLRecipe:
+        r = _recipe(tmp_path, model_dir, max_steps=steps, learning_rate=0.05, lr_scheduler_type="constant",
+                    save_strategy="steps", save_steps=2)  # constant: the schedule does not depend on max_steps
+        return RLRecipe.model_validate({**r, "output_dir": str(tmp_path / name), "resume": resume})
+
+    def steps(m: dict[str, Any]) -> list[tuple[float, ...]]:
+        return [(h["step"], h["reward"], h["loss"], h["grad_norm"]) for h in m["log_history"] if "reward" in h]
+
+    straight = run(recipe("straight", 4))
+    run(recipe("split", 2))
+    resumed = run(recipe("split", 4, resume=True))
+    assert resumed["resumed_from"] == "checkpoint-2"
+    assert steps(resumed)[-2:] == steps(straight)[-2:]
+    final = [(tmp_path / d / "final" / "model.safetensors").read_bytes() for d in ("straight", "split")]
+    assert final[0] == final[1]
+
+
+def test_the_launch_entry_point_dispatches_an_rl_recipe(tmp_path, model_dir, letters, monkeypatch):
+    """`accelerate launch -m agentflan.cli.launch RECIPE key=value`: an `rl:` recipe trains with GRPO."""
+    import yaml
+
+    from agentflan.cli import launch
+
+    f = tmp_path / "rl.yaml"
+    f.write_text(yaml.safe_dump(_recipe(tmp_path, model_dir)))
+    monkeypatch.setattr("sys.argv", ["launch", str(f), "rl.max_steps=1"])
+    launch.main()
+    m = json.loads((tmp_path / "rl" / "metrics.json").read_text())
+    assert m["global_step"] == 1 and m["success"] and (tmp_path / "rl" / "final" / "agentflan.json").is_file()

@@ -299,7 +299,7 @@ def test_packaged_training_recipes_validate():
     names = [p.name.removesuffix(".yaml") for p in (resources.files("agentflan") / "recipes" / "train").iterdir()]
     assert {"tiny-cpu-smoke", "smollm2-135m-lora", "llama2-7b-full", "llama2-7b-lora", "qwen2.5-7b-full",
             "qwen2.5-7b-lora"} <= set(names)
-    from agentflan.training.rl import is_rl_data
+    from agentflan.rl.grpo import is_rl_data
     from agentflan.training.sft import read_train_recipe
 
     for name in names:

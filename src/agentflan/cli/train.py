@@ -37,8 +37,8 @@ def accelerate_config_file(name: str) -> Path:
 def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_config: str,
           num_processes: int | None, dry_run: bool) -> None:
     """Fine-tune a model as RECIPE says (a packaged name or a YAML file); a recipe with an `rl:`
-    section trains an `agentflan train` model with GRPO on the environments (training/rl.py)."""
-    from agentflan.training import rl
+    section trains an `agentflan train` model with GRPO on the environments (rl/grpo.py)."""
+    from agentflan.rl import grpo as rl
     from agentflan.training.sft import prepare, read_train_recipe, run, validate_train_recipe
 
     path, data = read_train_recipe(recipe, list(overrides))
@@ -65,7 +65,7 @@ def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_con
         cmd = [exe, "launch", "--config_file", str(accelerate_config_file(accelerate_config))]
         if num_processes:
             cmd += ["--num_processes", str(num_processes)]
-        cmd += ["-m", "agentflan.training.launch", recipe, *overrides]
+        cmd += ["-m", "agentflan.cli.launch", recipe, *overrides]
         click.echo("$ " + " ".join(cmd), err=True)
         raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
     if launcher == "torchrun":
@@ -73,7 +73,7 @@ def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_con
 
         backend = [] if torch.cuda.is_available() else ["trl.ddp_backend=gloo"]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={num_processes or 2}", "-m", "agentflan.training.launch", recipe,
+               f"--nproc_per_node={num_processes or 2}", "-m", "agentflan.cli.launch", recipe,
                *overrides, *backend]
         click.echo("$ " + " ".join(cmd), err=True)
         raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))

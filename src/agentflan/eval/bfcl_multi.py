@@ -48,6 +48,7 @@ import copy
 import importlib
 import inspect
 import json
+import logging
 import math
 import os
 import sys
@@ -68,6 +69,7 @@ from agentflan.formats.finish import FINISH, give_answer
 from agentflan.formats.protocols import Action, Completion, Prompt, Protocol, conversation_key
 from agentflan.schema import AssistantMessage, Message, Source, ToolCall, ToolMessage, ToolSpec, Trajectory, UserMessage
 
+log = logging.getLogger(__name__)
 SUITE = "bfcl-multi"
 CATEGORIES = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
 STEP_LIMIT = 20
@@ -77,6 +79,11 @@ ADDED_FUNCTIONS = "I have updated some more functions you can choose from. What 
 REFUSED = ("kill", "exit", "quit", "remove", "unlink", "popen", "Popen", "run")
 """Names BFCL's executor refuses to run."""
 FINAL_TOOL = FINISH
+RL_TRAIN_CATEGORY = "multi_turn_base"
+RL_TRAIN_FROM = 100
+"""BFCL has no training split: RL (`agentflan train` with `envs: [bfcl-multi]`, `rl.sources`) trains on
+the `multi_turn_base` entries from this index on; `run` draws each category's first entries and warns
+when it plays one of those (`is_rl_train`)."""
 BACKEND_PACKAGE = "bfcl_eval.eval_checker.multi_turn_eval.func_source_code"
 FIX = ("python bench/fetch_bfcl.py (downloads the bfcl-eval wheel from PyPI, no dependencies, and extracts "
        "BFCL's data and backends into $AGENTFLAN_BFCL_DATA, default ~/.cache/agentflan/bfcl), or "
@@ -253,6 +260,12 @@ class MultiEntry(BaseModel):
 def category_of(entry_id: str) -> str:
     """`multi_turn_miss_func_12` -> `multi_turn_miss_func` (BFCL's `rsplit("_", 1)`)."""
     return entry_id.rsplit("_", 1)[0]
+
+
+def is_rl_train(entry_id: str) -> bool:
+    """Whether RL may train on the entry (`multi_turn_base_<i>`, i >= `RL_TRAIN_FROM`)."""
+    tail = entry_id.rsplit("_", 1)[-1]
+    return category_of(entry_id) == RL_TRAIN_CATEGORY and tail.isdigit() and int(tail) >= RL_TRAIN_FROM
 
 
 def load_entries(source: BFCLSource, files: list[Path], n: int | None = None) -> list[MultiEntry]:
@@ -720,6 +733,11 @@ def run(*, engine: Any, policy: str, protocols: list[str], tasks_file: Path | No
     files = [tasks_file] if tasks_file else [source.question_file(c) for c in CATEGORIES]
     per = n if tasks_file else math.ceil(n / len(files))
     entries = load_entries(source, files, per)[:n]
+    trained = [e.id for e in entries if is_rl_train(e.id)]
+    if trained:  # not held out: a model trained by RL on bfcl-multi has seen them
+        log.warning("bfcl-multi: %d of %d entries (%s, ...) are the ones RL trains on (%s from %d): a model "
+                    "trained with envs: [bfcl-multi] is not held out on them", len(trained), len(entries),
+                    trained[0], RL_TRAIN_CATEGORY, RL_TRAIN_FROM)
     runs = []
     for name in protocols or BFCL.default_protocols(engine):
         proto = get_protocol(name, getattr(engine, "template", None))

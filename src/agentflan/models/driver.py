@@ -7,7 +7,8 @@ engine for all of them at once (the engine batches them: 100 episodes cost a few
 is thrown into its generator as `RequestError`, which ends that episode with an error.
 
 It is the one loop between generators and engines: `agentflan eval` (`eval.runlog`), `env play`
-(one episode), and scripted policies (no engine: a generator that prompts is a configuration error).
+(one episode), RL rollouts (`rl.rollout`: a token-level engine samples each episode from its own
+token context), and scripted policies (no engine: a generator that prompts is a configuration error).
 `serve` schedules requests that arrive over time on the engine's `ContinuousDecoder` instead.
 """
 
