@@ -478,3 +478,109 @@ def test_the_launch_entry_point_dispatches_an_rl_recipe(tmp_path, model_dir, let
     launch.main()
     m = json.loads((tmp_path / "rl" / "metrics.json").read_text())
     assert m["global_step"] == 1 and m["success"] and (tmp_path / "rl" / "final" / "agentflan.json").is_file()
+
+
+PROBE = """
+import json, os
+from dataclasses import dataclass
+
+from agentflan.formats.protocols import Prompt
+from agentflan.rl.sources import Episode, EpisodeSource, Outcome
+from agentflan.schema import SystemMessage, UserMessage
+
+
+@dataclass
+class ProbeEpisode(Episode):
+    n: int
+
+    @property
+    def key(self):
+        return f"probe/{self.n}"
+
+    def play(self, template, max_turns):
+        yield Prompt([SystemMessage(content="Reply."), UserMessage(content=f"Say something ({self.n}).")])
+
+    def outcome(self, result):
+        # which process played which task, in order; the verdict is 1 on rank 0 and 0 on rank 1, so a
+        # group split across the ranks is the only kind whose rewards differ
+        rank = int(os.environ["RANK"])
+        with open(os.path.join(os.environ["PROBE_DIR"], f"rank-{rank}.jsonl"), "a") as f:
+            f.write(json.dumps(self.key) + "\\n")
+        return Outcome(success=rank == 0, format_ok=True)
+
+
+class ProbeSource(EpisodeSource):
+    name = "probe"
+
+    def check(self):
+        pass
+
+    def episodes(self, n, seed, protocol):
+        return [ProbeEpisode(i) for i in range(n)]
+"""
+
+
+def _probe_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for child processes where the episode source `probe` (above) is installed."""
+    import os
+
+    site = tmp_path / "site"
+    info = site / "rlprobe-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rlprobe\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[agentflan.rl_sources]\nprobe = rlprobe:ProbeSource\n")
+    (site / "rlprobe.py").write_text(PROBE)
+    (tmp_path / "probe").mkdir()
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), src, os.environ.get("PYTHONPATH", "")]),
+            "PROBE_DIR": str(tmp_path / "probe")}
+
+
+def test_grpo_on_cpu_with_two_processes(tmp_path, model_dir):
+    """`agentflan train RL-RECIPE --launcher torchrun`: two processes (gloo) each play their share of
+    every GRPO batch; TRL gathers the rewards before the group advantages; one set of outputs."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    # 3 tasks x 2 rollouts = one step per epoch, 3 rollouts per process: the middle group is split
+    # across the processes (TRL's RepeatSampler deals a group's rollouts in order, not per process)
+    recipe = {**_recipe(tmp_path, model_dir, max_steps=2, save_strategy="steps", save_steps=2,
+                        per_device_train_batch_size=3, num_generations=2, lr_scheduler_type="constant"),
+              "envs": ["probe"], "tasks": 3}
+    f = tmp_path / "rl.yaml"
+    f.write_text(yaml.safe_dump(recipe))
+    env = _probe_env(tmp_path)
+
+    def train(*extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "agentflan.cli.main", "train", str(f), *extra, "--launcher", "torchrun",
+               "--num-processes", "2"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    proc = train()
+    out = tmp_path / "rl"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["global_step"] == 2
+    assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "agentflan.json").is_file()
+    assert (out / "checkpoint-2").is_dir() and (out / "reward.png").is_file()
+    # each process played its own half of every step's batch: 3 rollouts each, every task twice per
+    # step (a whole group in all), epoch 2 reshuffled the same way on both processes
+    played = [[json.loads(x) for x in (tmp_path / "probe" / f"rank-{r}.jsonl").read_text().split()] for r in (0, 1)]
+    assert [len(p) for p in played] == [6, 6]
+    for step in (0, 1):
+        batch = played[0][3 * step:3 * step + 3] + played[1][3 * step:3 * step + 3]
+        assert sorted(batch) == sorted([f"probe/{i}" for i in range(3)] * 2), batch
+        assert batch[2] == batch[3]  # the group dealt across the two processes
+    # the logged stats cover both processes: success 1/2 (rank 0 wins, rank 1 loses); TRL gathered the
+    # rewards before grouping: exactly the split group has a nonzero spread (1 group of 3)
+    logged = [h for h in m["log_history"] if "reward" in h]
+    assert [h["rl/success"] for h in logged] == [0.5, 0.5]
+    assert [h["frac_reward_zero_std"] for h in logged] == pytest.approx([2 / 3, 2 / 3])
+    assert proc.stderr.count("Traceback") == 0
+    # a resumed run on two processes goes on from the checkpoint
+    train("rl.max_steps=3", "resume=true")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["resumed_from"] == "checkpoint-2" and m["global_step"] == 3 and m["world_size"] == 2

@@ -47,9 +47,8 @@ def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_con
         if dry_run:
             click.echo(rl_recipe.model_dump_json(indent=2))
             return
-        if launcher != "none":
-            raise click.UsageError("an RL recipe runs in this process (--launcher none); scale it with TRL's "
-                                   "vLLM settings in rl: (docs/training.md)")
+        if launcher != "none":  # each process plays its share of every GRPO batch (docs/training.md)
+            _launch(launcher, accelerate_config, num_processes, recipe, overrides, "rl")
         m = rl.run(rl_recipe)
         success = m["success"][-1] if m["success"] else float("nan")
         click.echo(f"trained {m['global_step']} GRPO steps on {m['tasks']} tasks, last success {success:.3f} -> "
@@ -60,25 +59,35 @@ def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_con
         stats = prepare(rec)[2]
         click.echo(json.dumps(stats, indent=2))
         return
+    if launcher != "none":
+        _launch(launcher, accelerate_config, num_processes, recipe, overrides, "trl")
+    metrics = run(rec)
+    click.echo(f"trained {metrics['global_step']} steps, loss {metrics['train_loss']:.4f}, "
+               f"{metrics['tokens_per_second']:.0f} tokens/s, peak RSS {metrics['peak_rss_mb']:.0f} MB -> "
+               f"{rec.output_dir}/final")
+
+
+
+def _launch(launcher: str, accelerate_config: str, num_processes: int | None, recipe: str,
+            overrides: tuple[str, ...], section: str) -> None:
+    """Run `agentflan.cli.launch RECIPE` under `accelerate launch` or `torchrun` and exit with its code.
+
+    Args:
+        section: The recipe section that goes to the trainer's config (`trl` for SFT, `rl` for GRPO):
+            torchrun on a machine without CUDA sets its `ddp_backend` to gloo.
+    """
     if launcher == "accelerate":
         exe = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
         cmd = [exe, "launch", "--config_file", str(accelerate_config_file(accelerate_config))]
         if num_processes:
             cmd += ["--num_processes", str(num_processes)]
         cmd += ["-m", "agentflan.cli.launch", recipe, *overrides]
-        click.echo("$ " + " ".join(cmd), err=True)
-        raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
-    if launcher == "torchrun":
+    else:
         import torch
 
-        backend = [] if torch.cuda.is_available() else ["trl.ddp_backend=gloo"]
+        backend = [] if torch.cuda.is_available() else [f"{section}.ddp_backend=gloo"]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={num_processes or 2}", "-m", "agentflan.cli.launch", recipe,
                *overrides, *backend]
-        click.echo("$ " + " ".join(cmd), err=True)
-        raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
-    metrics = run(rec)
-    click.echo(f"trained {metrics['global_step']} steps, loss {metrics['train_loss']:.4f}, "
-               f"{metrics['tokens_per_second']:.0f} tokens/s, peak RSS {metrics['peak_rss_mb']:.0f} MB -> "
-               f"{rec.output_dir}/final")
-
+    click.echo("$ " + " ".join(cmd), err=True)
+    raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))

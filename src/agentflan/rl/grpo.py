@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentflan.errors import ConfigError, MissingDependencyError, require
 from agentflan.io.files import write_atomic
 from agentflan.options import did_you_mean, validation_problems
-from agentflan.rl.rollout import EnvRollout, Sampler
+from agentflan.rl.rollout import STATS, EnvRollout, Sampler
 from agentflan.rl.sources import Episode, episode_source
 
 log = logging.getLogger(__name__)
@@ -187,20 +187,15 @@ def _stats_callback(rollout: EnvRollout) -> Any:
     from transformers import TrainerCallback
 
     class RolloutStats(TrainerCallback):  # type: ignore[misc]
-        """Adds the rollouts' success, drift, turns and truncation since the last log to the log."""
+        """Adds the rollouts' success, drift, turns and truncation since the last log to the log (the
+        means over every process's rollouts: each process's log holds the same numbers)."""
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            done = rollout.pending_stats
-            if not done or not state.log_history:
+            n, *sums = rollout.pending_stats
+            if not n or not state.log_history:
                 return
-            rollout.pending_stats = []
-            n = len(done)
-            state.log_history[-1].update({
-                "rl/success": sum(r.success for r in done) / n,
-                "rl/drift_turns": sum(r.drift_turns for r in done) / n,
-                "rl/turns": sum(r.turns for r in done) / n,
-                "rl/truncated": sum(r.truncated for r in done) / n,
-                "rl/format_ok": sum(r.format_ok for r in done) / n})
+            rollout.pending_stats = [0.0] * len(STATS)
+            state.log_history[-1].update({f"rl/{k}": v / n for k, v in zip(STATS[1:], sums, strict=True)})
 
     return RolloutStats()
 
@@ -244,7 +239,8 @@ def run(recipe: RLRecipe, *, sampler: Sampler | None = None) -> dict[str, Any]:
         config = GRPOConfig(**args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"the rl: section of {recipe.name!r}: {e}") from e
-    write_atomic(out / "train_recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    if config.process_index == 0:  # every process would write it through the same temporary file
+        write_atomic(out / "train_recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     model = AutoModelForCausalLM.from_pretrained(recipe.model, dtype=getattr(torch, recipe.dtype))
     rollout = EnvRollout(specs, template, tokenizer, max_turns=recipe.max_turns, max_new_tokens=recipe.max_new_tokens,
                          max_completion_length=config.max_completion_length or 1024, sampler=sampler)
@@ -274,12 +270,15 @@ def run(recipe: RLRecipe, *, sampler: Sampler | None = None) -> dict[str, Any]:
                "reward": [h["reward"] for h in history if "reward" in h],
                "success": [h["rl/success"] for h in history if "rl/success" in h],
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               "device": "cuda" if torch.cuda.is_available() else "cpu", "log_history": history}
-    if trainer.is_world_process_zero():
-        final = out / "final"
-        tmp = staging(final)
+               "device": "cuda" if torch.cuda.is_available() else "cpu", "world_size": trainer.args.world_size,
+               "log_history": history}
+    final = out / "final"
+    zero = trainer.is_world_process_zero()
+    tmp = staging(final) if zero else final.with_name(f".partial-{final.name}")
+    with removed_on_failure(tmp, owner=zero):
+        trainer.save_model(str(tmp))  # collective under DeepSpeed/FSDP: every process calls it (as SFT does)
+    if zero:  # one set of outputs, written by the main process
         with removed_on_failure(tmp):
-            trainer.save_model(str(tmp))
             tokenizer.save_pretrained(str(tmp))
             from agentflan.training.report import write_model_info
 

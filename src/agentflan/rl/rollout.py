@@ -51,6 +51,10 @@ Sampler = Callable[[list[list[int]], tuple[str, ...], int], list[tuple[list[int]
 included) and their log-probabilities."""
 
 
+STATS = ("n", "success", "drift_turns", "turns", "truncated", "format_ok")
+"""The rollout stats the trainer logs (`rl/<name>`: the mean per rollout over every process)."""
+
+
 @dataclass
 class Rollout:
     """One episode as the trainer sees it."""
@@ -246,15 +250,27 @@ class EnvRollout:
         self.max_completion_length = max_completion_length
         self.sampler = sampler
         self.end_stops, self.stop_ids = turn_ends(template, tokenizer)  # where eval's engines stop
-        self.pending_stats: list[Rollout] = []
+        self.pending_stats: list[float] = [0.0] * len(STATS)
+        """Sums over every process's rollouts since the last log, `STATS` order (the trainer logs their means)."""
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
         sampler = self.sampler or hf_sampler(trainer, self.tokenizer, self.stop_ids)
         rollouts = self.play([str(p) for p in prompts], sampler)
-        self.pending_stats += rollouts
+        self.count(rollouts, getattr(trainer, "accelerator", None))
         return {"prompt_ids": [r.prompt_ids for r in rollouts], "completion_ids": [r.completion_ids for r in rollouts],
                 "logprobs": [r.logprobs for r in rollouts], "env_mask": [r.env_mask for r in rollouts],
                 "verdict": [float(r.success) for r in rollouts], "format_ok": [float(r.format_ok) for r in rollouts]}
+
+    def count(self, rollouts: list[Rollout], accelerator: Any) -> None:
+        """Add this batch's stats, summed over every process (each plays its own share of the batch;
+        every process calls the rollout function at the same step, so the reduction cannot hang;
+        `accelerator` None: this process's only)."""
+        summed = [float(len(rollouts)), *(float(sum(getattr(r, k) for r in rollouts)) for k in STATS[1:])]
+        if accelerator is not None and accelerator.num_processes > 1:
+            import torch
+
+            summed = accelerator.reduce(torch.tensor(summed, device=accelerator.device), reduction="sum").tolist()
+        self.pending_stats = [a + b for a, b in zip(self.pending_stats, summed, strict=True)]
 
     def play(self, prompts: list[str], sampler: Sampler) -> list[Rollout]:
         """Play every prompt's episode in lockstep through `models.driver.drive` (one batched sampling
