@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -222,6 +223,10 @@ def run(recipe: RLRecipe, *, sampler: Sampler | None = None) -> dict[str, Any]:
     info = model_info(recipe.model)
     check_local_model(recipe.model)
     set_seed(recipe.seed)
+    if int(os.environ.get("RANK", "0")):  # under torchrun/accelerate: the main process shows the progress bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(recipe.model)
@@ -247,8 +252,6 @@ def run(recipe: RLRecipe, *, sampler: Sampler | None = None) -> dict[str, Any]:
     rewards: list[Callable[..., list[float]]] = [verdict]
     if recipe.format_reward > 0:
         rewards.append(format_term(recipe.format_reward))
-    import os
-
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     trainer = with_safe_checkpoints(epoch_seeded(GRPOTrainer))(
         model=model, reward_funcs=rewards, args=config, train_dataset=Dataset.from_list([{"prompt": k} for k in specs]),
