@@ -586,3 +586,96 @@ def test_grpo_on_cpu_with_two_processes(tmp_path, model_dir):
     train("rl.max_steps=3", "resume=true")
     m = json.loads((out / "metrics.json").read_text())
     assert m["resumed_from"] == "checkpoint-2" and m["global_step"] == 3 and m["world_size"] == 2
+
+
+# ---- rollouts through TRL's vLLM generation (tests/vllm_standin.py: vLLM cannot be installed here) -------
+
+
+class _OneProcess:
+    num_processes = 1
+    process_index = 0
+    is_main_process = True
+    device = "cpu"
+
+
+def test_vllm_sampler_samples_a_turn_and_cuts_at_the_stops():
+    """Per turn: vLLM's budget is the turn's `max_new_tokens` (restored after), the completion is cut
+    after its first end-of-turn id (ids and log-probabilities alike), `num_generations` 1."""
+    from agentflan.rl.rollout import VLLMSampler
+    from tests.vllm_standin import STOP, Tok, VLLMGenerationStandIn, completion
+
+    gen = VLLMGenerationStandIn(_OneProcess(), mode="colocate", max_completion_length=512)
+    sampler = VLLMSampler(gen, _OneProcess(), Tok(), {STOP}, max_new_tokens=8)
+    contexts = [[3, 4], [5, 6, 7, 8], [9]]
+    out = sampler(contexts, (), 8)
+    assert gen.budgets == [8] and gen.max_completion_length == 512 and not sampler.lockstep
+    for c, (ids, lps) in zip(contexts, out, strict=True):
+        full, full_lps = completion(c, 8)
+        k = full.index(STOP) + 1
+        assert k < 8 and ids == full[:k] and lps == [x[0] for x in full_lps[:k]]
+    sampler.finish()  # nothing to join in one process
+    assert gen.budgets == [8]
+
+
+def test_vllm_sampler_in_lockstep_across_processes(tmp_path):
+    """Server mode on 2 processes whose rounds differ in number (3 and 1) and size: every process
+    joins every round, padded to the largest, so TRL's gather and slicing give each process the
+    completions of its own contexts, and nobody waits forever."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.vllm_standin import PLANS, STOP, completion
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "src")])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "tests.vllm_standin", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank-{rank}.json").read_text())
+        assert got["lockstep"] and got["calls"] == 3 and got["budgets"] == [6] and got["restored"] == 99
+        assert [len(r["contexts"]) for r in got["rounds"]] == PLANS[rank]
+        for r in got["rounds"]:
+            for c, (ids, lps) in zip(r["contexts"], r["results"], strict=True):
+                full, full_lps = completion(c, 6)
+                k = full.index(STOP) + 1
+                assert ids == full[:k] and lps == [x[0] for x in full_lps[:k]]
+
+
+def test_rollouts_sample_with_vllm_when_the_recipe_says_so(tok, letters):
+    """`rl.use_vllm`: the rollout samples through `trainer.vllm_generation`, one turn's budget per call."""
+    from types import SimpleNamespace
+
+    from agentflan.envs import get_env
+    from agentflan.formats.templates import get_template
+    from agentflan.rl.rollout import EnvRollout
+    from agentflan.rl.sources import EnvEpisode
+    from tests.vllm_standin import VLLMGenerationStandIn, completion
+
+    specs = {f"letters/{t.id}": EnvEpisode("letters", t, "react") for t in get_env("letters").generate(2, "train", 0)}
+    roll = EnvRollout(specs, get_template("agentflan", tok), tok, max_turns=1, max_new_tokens=5,
+                      max_completion_length=64)
+    gen = VLLMGenerationStandIn(_OneProcess(), mode="colocate", max_completion_length=64)
+    trainer = SimpleNamespace(use_vllm=True, vllm_generation=gen, accelerator=_OneProcess())
+    out = roll(list(specs), trainer)
+    assert gen.budgets == [5]
+    for p, c in zip(out["prompt_ids"], out["completion_ids"], strict=True):  # one turn: all of it sampled
+        assert c and c == completion(p, 5)[0][:len(c)]
+
+
+def test_use_vllm_without_vllm_exits_4(tmp_path, model_dir, letters):
+    import importlib.util
+
+    import yaml
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed")
+    f = tmp_path / "rl.yaml"
+    f.write_text(yaml.safe_dump(_recipe(tmp_path, model_dir, use_vllm=True)))
+    res = CliRunner().invoke(cli, ["train", str(f)])
+    assert res.exit_code == 4 and "rl.use_vllm" in res.output and "vLLM is not installed" in res.output, res.output

@@ -120,6 +120,12 @@ def load_rl_recipe(path: Path, data: dict[str, Any]) -> RLRecipe:
         raise ConfigError(f"{path}: {len(lines)} problems:\n  " + "\n  ".join(lines)) from e
     try:
         check_rl_section(recipe.rl)
+        if recipe.rl.get("use_vllm"):
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise MissingDependencyError("rl.use_vllm: the rollouts would sample with TRL's vLLM generation, "
+                                             "and vLLM is not installed (a CUDA machine: pip install 'trl[vllm]')")
         for name in recipe.envs:
             episode_source(name).check()
         if not recipe.envs:

@@ -254,7 +254,11 @@ class EnvRollout:
         """Sums over every process's rollouts since the last log, `STATS` order (the trainer logs their means)."""
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
-        sampler = self.sampler or hf_sampler(trainer, self.tokenizer, self.stop_ids)
+        sampler = self.sampler
+        if sampler is None:
+            sampler = (VLLMSampler(trainer.vllm_generation, trainer.accelerator, self.tokenizer, self.stop_ids,
+                                   self.max_new_tokens)
+                       if getattr(trainer, "use_vllm", False) else hf_sampler(trainer, self.tokenizer, self.stop_ids))
         rollouts = self.play([str(p) for p in prompts], sampler)
         self.count(rollouts, getattr(trainer, "accelerator", None))
         return {"prompt_ids": [r.prompt_ids for r in rollouts], "completion_ids": [r.completion_ids for r in rollouts],
@@ -284,6 +288,9 @@ class EnvRollout:
             gens.append(tracked(spec, spec.play(self.template, self.max_turns), turns))
         engine = TokenEngine(sampler, self.tokenizer, self.end_stops, self.max_new_tokens, batch_size=len(gens))
         results = drive(gens, engine, max_active=max(len(gens), 1))
+        finish = getattr(sampler, "finish", None)
+        if finish is not None:  # a sampler in lockstep with the other processes (`VLLMSampler`)
+            finish()
         for r in results:
             if isinstance(r, RequestError):  # nothing here raises one; a sampler error propagates as itself
                 raise r
@@ -346,6 +353,89 @@ def hf_sampler(trainer: Any, tokenizer: Any, stop_ids: set[int]) -> Sampler:
         return results
 
     return sample
+
+
+class VLLMSampler:
+    """A `Sampler` on TRL's vLLM generation (`trainer.vllm_generation`, `rl.use_vllm: true`).
+
+    TRL 1.16's `VLLMGeneration.generate(prompts, images, num_generations)` takes token-id prompts and
+    returns, per prompt, the completion ids and per-token log-probabilities (a list per token: the
+    sampled token's first). Three things it does differently from what a rollout turn needs, and
+    how they are bridged without changing TRL:
+
+    * it generates up to its `max_completion_length` (the whole episode's budget): that attribute,
+      which `generate` reads on every call, is set to the turn's `max_new_tokens` for the call;
+    * it takes no stop strings (it stops at the model's end of sequence): each completion is cut
+      after its first end-of-turn id or protocol stop string, ids and log-probabilities alike (the
+      ids before a stop are distributed as if sampling had stopped there: later tokens do not
+      change earlier ones; what follows is sampled for nothing);
+    * in server mode (and colocated tensor parallelism) it is a collective: the prompts of every
+      process are gathered, generated on the main process and sliced back assuming every process
+      sent as many as this one. The rounds of a rollout differ in size and number per process (its
+      episodes end at different turns), so every round starts with a gather of each process's
+      count; each process pads its round to the largest with one-token dummy contexts (results
+      dropped), and a process whose episodes have ended keeps joining rounds with dummies (`finish`)
+      until every process's count is 0.
+
+    `num_generations` is 1: every context is its own episode's (TRL's sampler already repeated each
+    task `num_generations` times). The draws come from vLLM's engine (colocated: seeded by TRL with
+    the process index, not the recipe's `seed`; a server: its own), not torch's generator, so the
+    determinism and resume guarantees of the local sampler do not carry over.
+
+    Args:
+        generation: `trainer.vllm_generation`.
+        accelerator: `trainer.accelerator`.
+        tokenizer: Decodes ids to find stop strings.
+        stop_ids: The template's end-of-turn ids.
+        max_new_tokens: Tokens per model turn (also the dummies' budget).
+    """
+
+    def __init__(self, generation: Any, accelerator: Any, tokenizer: Any, stop_ids: set[int], max_new_tokens: int) -> None:
+        self.generation = generation
+        self.accelerator = accelerator
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids
+        self.max_new_tokens = max_new_tokens
+        self.dummy = [tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id]
+        self.lockstep = accelerator.num_processes > 1 and (
+            generation.mode == "server" or getattr(generation, "tensor_parallel_size", 1) > 1)
+
+    def __call__(self, contexts: list[list[int]], stops: tuple[str, ...], max_new: int) -> list[tuple[list[int], list[float]]]:
+        n = len(contexts)
+        width = self._round(n) if self.lockstep else n
+        completions, logprobs = self._generate([*contexts, *[self.dummy] * (width - n)], max_new)
+        results = []
+        for ids, lps in zip(completions[:n], logprobs[:n], strict=True):
+            ids = list(ids)
+            k = _cut_len(ids, self.stop_ids, stops, self.tokenizer)
+            results.append((ids[:k], [float("nan") if lp[0] is None else float(lp[0]) for lp in lps[:k]]))
+        return results
+
+    def finish(self) -> None:
+        """Join the other processes' rounds with dummy contexts until every process is done."""
+        if not self.lockstep:
+            return
+        while width := self._round(0):
+            self._generate([self.dummy] * width, self.max_new_tokens)
+
+    def _round(self, n: int) -> int:
+        """The largest count of contexts any process has in this round (0: every process is done)."""
+        import torch
+
+        counts = self.accelerator.gather(torch.tensor([n], device=self.accelerator.device))
+        return int(counts.max().item())
+
+    def _generate(self, prompts: list[list[int]], max_new: int) -> tuple[list[list[int]], list[list[list[float | None]]]]:
+        gen = self.generation
+        budget = gen.max_completion_length
+        gen.max_completion_length = max_new  # read by `generate` as vLLM's max_tokens
+        try:
+            _, completions, logprobs, _ = gen.generate(prompts=prompts, images=None, num_generations=1)
+        finally:
+            gen.max_completion_length = budget
+        if len(completions) != len(prompts):
+            raise RuntimeError(f"vLLM returned {len(completions)} completions for {len(prompts)} prompts")
+        return completions, logprobs
 
 
 def _cut_len(new: list[int], stop_ids: set[int], stops: tuple[str, ...], tokenizer: Any) -> int:
