@@ -679,3 +679,16 @@ def test_use_vllm_without_vllm_exits_4(tmp_path, model_dir, letters):
     f.write_text(yaml.safe_dump(_recipe(tmp_path, model_dir, use_vllm=True)))
     res = CliRunner().invoke(cli, ["train", str(f)])
     assert res.exit_code == 4 and "rl.use_vllm" in res.output and "vLLM is not installed" in res.output, res.output
+
+
+@pytest.mark.parametrize("config", ["zero3", "fsdp"])
+def test_rl_under_sharded_weights_is_refused(tmp_path, model_dir, letters, config):
+    import yaml
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+
+    f = tmp_path / "rl.yaml"
+    f.write_text(yaml.safe_dump(_recipe(tmp_path, model_dir)))
+    res = CliRunner().invoke(cli, ["train", str(f), "--launcher", "accelerate", "--accelerate-config", config])
+    assert res.exit_code == 4 and "ddp or zero2" in res.output, res.output

@@ -48,6 +48,8 @@ def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_con
             click.echo(rl_recipe.model_dump_json(indent=2))
             return
         if launcher != "none":  # each process plays its share of every GRPO batch (docs/training.md)
+            if launcher == "accelerate":
+                _refuse_sharded(accelerate_config_file(accelerate_config))
             _launch(launcher, accelerate_config, num_processes, recipe, overrides, "rl")
         m = rl.run(rl_recipe)
         success = m["success"][-1] if m["success"] else float("nan")
@@ -91,3 +93,20 @@ def _launch(launcher: str, accelerate_config: str, num_processes: int | None, re
                *overrides, *backend]
     click.echo("$ " + " ".join(cmd), err=True)
     raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+def _refuse_sharded(config: Path) -> None:
+    """An RL recipe samples its rollouts with `generate` on each process's own copy of the model, each
+    process as many forward passes as its episodes need: under ZeRO-3 or FSDP every forward pass
+    gathers the sharded parameters from all processes, which would then wait on each other forever."""
+    import yaml
+
+    from agentflan.errors import ConfigError
+
+    data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    kind = str(data.get("distributed_type", ""))
+    stage = (data.get("deepspeed_config") or {}).get("zero_stage")
+    if kind == "FSDP" or (kind == "DEEPSPEED" and stage == 3):
+        raise ConfigError(f"{config}: an RL recipe cannot train under {'FSDP' if kind == 'FSDP' else 'ZeRO-3'} "
+                          "(each process generates its own rollouts, a different number of forward passes, and every "
+                          "forward pass would gather the sharded weights from all processes): use ddp or zero2")
