@@ -25,6 +25,13 @@ Presets (any flag given overrides the preset's value):
   Agent-H 100 items per style, the step-level suite and BFCL, seeds in parallel processes;
 * `tiny`: the same pipeline as `gpu` on a random two-layer model, for testing the command on CPU.
 
+`--rl ARM` adds GRPO on top of an arm (issue 26): after a seed's demo, `agentflan train` with the
+model's RL recipe (`RL_RECIPES`) starts from that seed's ARM model and trains on the environments'
+training tasks in the protocols ARM was evaluated in; the result, `ARM-grpo`, plays the same held-out
+tasks with the same settings, and the report pairs `ARM-grpo - ARM`. `--rl-override KEY=VALUE`
+passes recipe overrides (e.g. `rl.max_steps=40`). The dry run's budget leaves RL out: its cost on a
+GPU has not been measured (on 2 CPU cores, about 45 s per step of 8 db rollouts: docs/results.md).
+
 Every stage is resumable (an interrupted study goes on where it stopped). `--dry-run` prints the
 plan and a time budget from the datasets' token counts and the throughputs in `THROUGHPUT`.
 
@@ -32,6 +39,7 @@ plan and a time budget from the datasets' token counts and the throughputs in `T
     python bench/reproduce.py --preset gpu -o out/study-gpu --dry-run      # the plan and its budget
     python bench/reproduce.py --preset gpu -o out/study-gpu                # on the GPU machine
     python bench/reproduce.py --report-only --study main -o out/study-cpu  # the report from what is there
+    python bench/reproduce.py --preset gpu --study main --seeds 0 --rl agenttuning -o out/study-gpu  # + GRPO
 """
 
 from __future__ import annotations
@@ -95,6 +103,9 @@ PRESETS = {
 THROUGHPUT = {"cpu": {"train_tokens_s": 155.0, "s_per_100_episodes": 350.0, "setup_s": 60.0},
               "cuda": {"train_tokens_s": 48000.0, "s_per_100_episodes": 60.0, "setup_s": 120.0}}
 TOKENS_PER_STEP = {"cpu": 2 * 1024, "cuda": 16 * 1024}
+RL_RECIPES = {"smollm2": "smollm2-135m-rl", "tiny": "tiny-rl-smoke"}
+"""The GRPO recipe `--rl` trains with, by demo model."""
+RL_GPU_OVERRIDES = ("rl.use_cpu=false", "rl.bf16=true")
 
 
 def arms_of(studies: Sequence[str]) -> dict[str, str]:
@@ -104,8 +115,9 @@ def arms_of(studies: Sequence[str]) -> dict[str, str]:
     return arms
 
 
-def pairs_of(studies: Sequence[str]) -> list[tuple[str, str]]:
-    return list(dict.fromkeys(p for s in studies for p in PAIRS[s]))
+def pairs_of(studies: Sequence[str], rl: str | None = None) -> list[tuple[str, str]]:
+    pairs = list(dict.fromkeys(p for s in studies for p in PAIRS[s]))
+    return [*pairs, (f"{rl}-grpo", rl)] if rl else pairs
 
 
 def demo_command(out: Path, seed: int, args: argparse.Namespace, *, no_train: bool = False) -> list[str]:
@@ -135,6 +147,58 @@ def run_seed(out: Path, seed: int, args: argparse.Namespace) -> float:
         raise SystemExit(f"seed {seed} failed (exit {proc.returncode}); see {log}; run the same command to resume")
     seconds = time.perf_counter() - start
     print(f"seed {seed}: done in {seconds:.0f} s ({log})", flush=True)
+    return seconds
+
+
+def _agentflan(args: Sequence[str], log: Path) -> None:
+    """`agentflan ARGS` in a child process, its output appended to `log`; a failure ends the study."""
+    cmd = [sys.executable, "-m", "agentflan.cli.main", *args]
+    print("$", " ".join(cmd), flush=True)
+    with log.open("a", encoding="utf-8") as f:
+        proc = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"},
+                              stdout=f, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode:
+        raise SystemExit(f"`agentflan {args[0]}` failed (exit {proc.returncode}); see {log}; run the same command "
+                         "to resume")
+
+
+def sft_runs(seed_dir: Path, arm: str) -> list[dict[str, Any]]:
+    """The environment runs of `arm`'s evaluation in a seed (their `config.json`: environment,
+    protocol, tasks, engine settings), in a fixed order."""
+    runs = [json.loads(p.read_text()) for p in sorted((seed_dir / "eval" / arm).glob("*/config.json"))]
+    return [c for c in runs if c.get("env") in ("toolapi", "db") and c.get("policy") == "model"]
+
+
+def run_rl(out: Path, seed: int, args: argparse.Namespace) -> float:
+    """GRPO from the seed's `args.rl` model, then the held-out evaluation of the result exactly as the
+    arm's was run (same environments, protocols, tasks, engine settings); resumable."""
+    from agentflan.eval.demo import PRESETS as DEMO_PRESETS
+
+    start = time.perf_counter()
+    seed_dir, arm = out / f"seed-{seed}", args.rl
+    runs = sft_runs(seed_dir, arm)
+    if not runs:
+        raise SystemExit(f"--rl {arm}: {seed_dir / 'eval' / arm} holds no environment run of {arm} (arms: "
+                         f"{', '.join(arms_of(args.studies))})")
+    protocols = {c["env"]: c["protocol"] for c in runs}
+    model, name = seed_dir / "runs" / arm / "final", f"{arm}-grpo"
+    log = out / f"seed-{seed}-rl.log"
+    if not (seed_dir / "runs" / name / "final" / "agentflan.json").exists():
+        gpu = RL_GPU_OVERRIDES if args.device.startswith("cuda") else ()
+        _agentflan(["train", RL_RECIPES.get(args.model, RL_RECIPES["smollm2"]), f"model={model}",
+                    f"output_dir={seed_dir / 'runs' / name}", f"envs={json.dumps(sorted(protocols))}",
+                    f"protocol={json.dumps(protocols, sort_keys=True)}", f"seed={seed}", "resume=true", *gpu,
+                    *args.rl_overrides], log)
+    dtype = DEMO_PRESETS[args.model].dtype if args.device == "cpu" else "bfloat16"  # as the demo evaluated
+    for c in runs:
+        engine = c["engine"]
+        _agentflan(["eval", c["env"], "--model", str(seed_dir / "runs" / name / "final"), "--protocol", c["protocol"],
+                    "-n", str(c["n"]), "--seed", str(c["seed"]), "--split", c["split"],
+                    "--max-steps", str(c["max_steps"]), "--max-new-tokens", str(engine["max_new_tokens"]),
+                    "--batch-size", str(engine["batch_size"]), "--device", engine["device"], "--dtype", dtype,
+                    "-o", str(seed_dir / "eval" / name)], log)
+    seconds = time.perf_counter() - start
+    print(f"seed {seed}: GRPO from {arm} and its evaluation in {seconds:.0f} s ({log})", flush=True)
     return seconds
 
 
@@ -251,7 +315,7 @@ def _agg(values: list[float | None]) -> str:
     return f"{mean:.1f} ({100 * min(vals):.0f}-{100 * max(vals):.0f})" if len(vals) > 1 else f"{mean:.1f}"
 
 
-def report(out: Path, studies: Sequence[str], strata: bool = True) -> tuple[str, list[Any]]:
+def report(out: Path, studies: Sequence[str], strata: bool = True, rl: str | None = None) -> tuple[str, list[Any]]:
     """Markdown: the pooled paired comparisons of every study's pairs (headline sentences, then the
     table), the per-seed paired headlines, and the per-seed means (min-max); and the pooled rows."""
     from agentflan.eval import paired
@@ -262,7 +326,7 @@ def report(out: Path, studies: Sequence[str], strata: bool = True) -> tuple[str,
     seeds = {p.name: _rescored(p) for p in _seed_dirs(out)}
     if not seeds:
         raise SystemExit(f"no evaluated seed under {out}")
-    pairs = pairs_of(studies)
+    pairs = pairs_of(studies, rl)
     rows = paired.compare_runs(pooled_runs(seeds), pairs=pairs, combine=combined_runs)
     lines = [f"Seeds: {', '.join(seeds)}. Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}. Pooled over the seeds: an item is a (seed, task) pair.", "",
@@ -280,7 +344,7 @@ def report(out: Path, studies: Sequence[str], strata: bool = True) -> tuple[str,
     lines += ["### Per-seed means (min-max over seeds)", ""]
     head = ["model", "protocols", *[label for _, label in keys]]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm in ["base", *arms_of(studies)]:
+    for arm in ["base", *arms_of(studies), *([f"{rl}-grpo"] if rl else [])]:
         got = [s[arm] for s in per_seed.values() if arm in s]
         if not got:
             continue
@@ -303,6 +367,9 @@ def main() -> None:
     ap.add_argument("--suite", dest="suites", action="append", choices=["steps", "bfcl"])
     ap.add_argument("--base", action="store_true", default=None, help="Evaluate the untrained model too.")
     ap.add_argument("--parallel", type=int, help="Seeds run at once (separate processes).")
+    ap.add_argument("--rl", metavar="ARM", help="Also train ARM further with GRPO and pair ARM-grpo with ARM.")
+    ap.add_argument("--rl-override", dest="rl_overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="An override of the RL recipe (repeatable), e.g. rl.max_steps=40.")
     ap.add_argument("-o", "--output", type=Path, default=Path("out/reproduce"))
     ap.add_argument("--dry-run", action="store_true", help="Build the seed-0 datasets, print the plan and its budget.")
     ap.add_argument("--report-only", action="store_true")
@@ -316,15 +383,22 @@ def main() -> None:
     for name in ("steps", "train_tasks", "eval_tasks", "agent_h_items", "parallel"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.rl and args.rl not in arms_of(args.studies):
+        ap.error(f"--rl {args.rl}: not an arm of the studies ({', '.join(arms_of(args.studies))})")
     if args.dry_run:
         print(budget(args.output, args))
+        if args.rl:
+            print(f"Plus GRPO from {args.rl} per seed ({RL_RECIPES.get(args.model, RL_RECIPES['smollm2'])}): not in "
+                  "the budget (its GPU cost is not measured yet).")
         return
     if not args.report_only:
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             list(pool.map(lambda seed: run_seed(args.output, seed, args), args.seeds))
+            if args.rl:
+                list(pool.map(lambda seed: run_rl(args.output, seed, args), args.seeds))
         print(f"study: {time.perf_counter() - start:.0f} s wall", flush=True)
-    md, rows = report(args.output, args.studies, strata=not args.no_strata)
+    md, rows = report(args.output, args.studies, strata=not args.no_strata, rl=args.rl)
     (args.output / "results.md").write_text(md)
     (args.output / "paired.json").write_text(json.dumps([r.to_json() for r in rows], indent=1) + "\n")
     print(md)

@@ -235,6 +235,18 @@ def test_bad_rl_recipe_exits_4_naming_file_and_key(tmp_path, model_dir, letters)
     assert res.exit_code == 4 and "tasks" in res.output
     res = CliRunner().invoke(cli, ["train", str(f), "--dry-run"])
     assert res.exit_code == 0 and '"envs"' in res.output
+    res = CliRunner().invoke(cli, ["train", str(f), 'protocol={"letterz": "native"}'])  # one per source: named ones
+    assert res.exit_code == 4 and "protocol: letterz is not in envs (letters)" in res.output, res.output
+
+
+def test_a_protocol_per_source():
+    from agentflan.rl.grpo import pick_protocol
+
+    info = {"protocols": {"tflan": 9, "agentinstruct:db": 5}}
+    chosen = {"db": "agentinstruct:db"}
+    assert pick_protocol(info, "db", chosen) == "agentinstruct:db"
+    assert pick_protocol(info, "toolapi", chosen) == pick_protocol(info, "toolapi", None) == "tflan"
+    assert pick_protocol(info, "toolapi", "react") == "react"
 
 
 def test_reward_rises_on_a_learnable_toy_environment(tmp_path, model_dir, letters):

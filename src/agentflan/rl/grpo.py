@@ -54,8 +54,10 @@ class RLRecipe(BaseModel):
     episode sources such as `bfcl-multi`."""
     tasks: int = Field(64, ge=1)
     """Training episodes per source (an environment's: the first `tasks` of its `train` split)."""
-    protocol: str | None = None
-    """The protocol the model plays (default: its most trained protocol that fits the environment)."""
+    protocol: str | dict[str, str] | None = None
+    """The protocol the model plays: one name, or one per source (`{db: "agentinstruct:db", toolapi:
+    tflan}`; a source not named plays the default), default: its most trained protocol that fits the
+    environment."""
     max_turns: int = Field(6, ge=1)
     """Model actions per episode."""
     max_new_tokens: int = Field(128, ge=1)
@@ -128,6 +130,11 @@ def load_rl_recipe(path: Path, data: dict[str, Any]) -> RLRecipe:
                                              "and vLLM is not installed (a CUDA machine: pip install 'trl[vllm]')")
         for name in recipe.envs:
             episode_source(name).check()
+        if isinstance(recipe.protocol, dict):
+            stray = sorted(set(recipe.protocol) - set(recipe.envs))
+            if stray:
+                raise ConfigError(f"protocol: {', '.join(stray)} is not in envs ({', '.join(recipe.envs)})"
+                                  f"{did_you_mean(stray[0], recipe.envs)}")
         if not recipe.envs:
             raise ConfigError("envs: list at least one environment")
         model_info(recipe.model)
@@ -157,10 +164,13 @@ def model_info(folder: str) -> dict[str, Any]:
     return data
 
 
-def pick_protocol(info: dict[str, Any], env: str, chosen: str | None) -> str:
-    """The protocol the model plays in `env`: `chosen`, else its most trained one that fits."""
+def pick_protocol(info: dict[str, Any], env: str, chosen: str | dict[str, str] | None) -> str:
+    """The protocol the model plays in `env`: `chosen` (its entry for `env` when it names one per
+    source), else its most trained one that fits."""
     from agentflan.formats.protocols import get_protocol
 
+    if isinstance(chosen, dict):
+        chosen = chosen.get(env)
     if chosen is not None:
         get_protocol(chosen)
         return chosen

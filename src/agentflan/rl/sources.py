@@ -15,7 +15,7 @@ BFCL has no training split: its entries are its test set. `bfcl-multi` trains on
 `multi_turn_base` from index `eval.bfcl_multi.RL_TRAIN_FROM` (100) on (`multi_turn_base_100` ...; BFCL v4 has
 200), and `agentflan eval bfcl-multi` draws the *first* entries of each category, so an eval of up
 to 400 entries (100 per category) plays none of them; a larger eval, or one of the base question
-file past entry 100, does and says so (`eval.bfcl_multi.rl_train_overlap`, a warning). Only
+file past entry 100, does and says so (a warning; `eval.bfcl_multi.is_rl_train`). Only
 `multi_turn_base` is used: `miss_func` adds tools mid-episode (the prompt of a text protocol
 changes before the point where it was sampled, so a rollout cannot be token-exact), `miss_param`
 and `long_context` are kept whole for eval.
