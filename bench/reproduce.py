@@ -27,7 +27,7 @@ Presets (any flag given overrides the preset's value):
 
 `--rl ARM` adds GRPO on top of an arm (issue 26): after a seed's demo, `agentflan train` with the
 model's RL recipe (`RL_RECIPES`) starts from that seed's ARM model and trains on the environments'
-training tasks in the protocols ARM was evaluated in; the result, `ARM-grpo`, plays the same held-out
+training tasks (`--rl-env` to pick) in the protocols ARM was evaluated in; the result, `ARM-grpo`, plays the same held-out
 tasks with the same settings, and the report pairs `ARM-grpo - ARM`. `--rl-override KEY=VALUE`
 passes recipe overrides (e.g. `rl.max_steps=40`). The dry run's budget leaves RL out: its cost on a
 GPU has not been measured (on 2 CPU cores, about 45 s per step of 8 db rollouts: docs/results.md).
@@ -180,7 +180,9 @@ def run_rl(out: Path, seed: int, args: argparse.Namespace) -> float:
     if not runs:
         raise SystemExit(f"--rl {arm}: {seed_dir / 'eval' / arm} holds no environment run of {arm} (arms: "
                          f"{', '.join(arms_of(args.studies))})")
-    protocols = {c["env"]: c["protocol"] for c in runs}
+    protocols = {c["env"]: c["protocol"] for c in runs if not args.rl_envs or c["env"] in args.rl_envs}
+    if not protocols:
+        raise SystemExit(f"--rl-env {' '.join(args.rl_envs)}: {arm} was evaluated in {', '.join(c['env'] for c in runs)}")
     model, name = seed_dir / "runs" / arm / "final", f"{arm}-grpo"
     log = out / f"seed-{seed}-rl.log"
     if not (seed_dir / "runs" / name / "final" / "agentflan.json").exists():
@@ -368,6 +370,9 @@ def main() -> None:
     ap.add_argument("--base", action="store_true", default=None, help="Evaluate the untrained model too.")
     ap.add_argument("--parallel", type=int, help="Seeds run at once (separate processes).")
     ap.add_argument("--rl", metavar="ARM", help="Also train ARM further with GRPO and pair ARM-grpo with ARM.")
+    ap.add_argument("--rl-env", dest="rl_envs", action="append", default=[], choices=["toolapi", "db"],
+                    help="Train GRPO on this environment only (repeatable; default: every environment the arm was "
+                         "evaluated in). The GRPO model is still played in all of them.")
     ap.add_argument("--rl-override", dest="rl_overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="An override of the RL recipe (repeatable), e.g. rl.max_steps=40.")
     ap.add_argument("-o", "--output", type=Path, default=Path("out/reproduce"))

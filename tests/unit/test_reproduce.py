@@ -72,7 +72,7 @@ def test_grpo_on_top_of_an_arm_plays_the_same_tasks_and_is_paired_with_it(study,
     shutil.copytree(study / "stage" / "study", out)  # the kit's study: seed 0 is trained and evaluated
     res = subprocess.run([sys.executable, str(BENCH / "reproduce.py"), "--preset", "tiny", "--study", "main",
                           "--seeds", "0", "--steps", "2", "--eval-tasks", "3", "--agent-h-items", "4",
-                          "--rl", "agenttuning", "--rl-override", "rl.max_steps=1", "-o", str(out)],
+                          "--rl", "agenttuning", "--rl-env", "db", "--rl-override", "rl.max_steps=1", "-o", str(out)],
                          env=_env(study), capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     metrics = json.loads((out / "seed-0" / "runs" / "agenttuning-grpo" / "metrics.json").read_text())
@@ -85,7 +85,8 @@ def test_grpo_on_top_of_an_arm_plays_the_same_tasks_and_is_paired_with_it(study,
     sft, rl = sft_runs(out / "seed-0", "agenttuning"), sft_runs(out / "seed-0", "agenttuning-grpo")
     assert [(c["env"], c["protocol"], c["tasks"], c["max_steps"], c["engine"]["max_new_tokens"]) for c in sft] == \
         [(c["env"], c["protocol"], c["tasks"], c["max_steps"], c["engine"]["max_new_tokens"]) for c in rl]
-    assert metrics["protocols"] == {c["env"]: c["protocol"] for c in sft}  # trained in the protocols it is played in
+    # trained on db only (--rl-env), in the protocol the arm is played in there; played in both environments
+    assert metrics["protocols"] == {c["env"]: c["protocol"] for c in sft if c["env"] == "db"}
     rows = [r for r in json.loads((out / "paired.json").read_text()) if r["stratum"] == "all"]
     grpo = {r["group"]: r["n"] for r in rows if (r["a"], r["b"]) == ("agenttuning-grpo", "agenttuning")}
     assert grpo == {"toolapi": 3, "db": 3}
