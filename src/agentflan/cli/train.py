@@ -69,7 +69,6 @@ def train(recipe: str, overrides: tuple[str, ...], launcher: str, accelerate_con
                f"{rec.output_dir}/final")
 
 
-
 def _launch(launcher: str, accelerate_config: str, num_processes: int | None, recipe: str,
             overrides: tuple[str, ...], section: str) -> None:
     """Run `agentflan.cli.launch RECIPE` under `accelerate launch` or `torchrun` and exit with its code.

@@ -166,23 +166,18 @@ def model_info(folder: str) -> dict[str, Any]:
 
 def pick_protocol(info: dict[str, Any], env: str, chosen: str | dict[str, str] | None) -> str:
     """The protocol the model plays in `env`: `chosen` (its entry for `env` when it names one per
-    source), else its most trained one that fits."""
+    source), else its most trained one that fits (`ModelInfo.episode_protocols`, as eval picks),
+    else `react`."""
     from agentflan.formats.protocols import get_protocol
+    from agentflan.models.info import ModelInfo
 
     if isinstance(chosen, dict):
         chosen = chosen.get(env)
     if chosen is not None:
         get_protocol(chosen)
         return chosen
-    counts = info.get("protocols") or {}
-    for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        try:
-            proto = get_protocol(name)
-        except ConfigError:
-            continue
-        if proto.episodic and proto.plays_envs and proto.fits(env):
-            return str(name)
-    return "react"
+    trained = ModelInfo(protocols=dict(info.get("protocols") or {})).episode_protocols(env)
+    return trained[0] if trained != ["native"] else "react"
 
 
 # ---- rewards, logs and the run -------------------------------------------------------------------------------
@@ -250,8 +245,8 @@ def run(recipe: RLRecipe, *, sampler: Sampler | None = None) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     template = get_template(info.get("template", "hf"), tokenizer)
     specs: dict[str, Episode] = {}
-    for env in recipe.envs:
-        protocol = pick_protocol(info, env, recipe.protocol)
+    protocols = {env: pick_protocol(info, env, recipe.protocol) for env in recipe.envs}
+    for env, protocol in protocols.items():
         for episode in episode_source(env).episodes(recipe.tasks, recipe.seed, protocol):
             specs[episode.key] = episode
     args = {"output_dir": str(out), "report_to": "none", "logging_steps": 1, "save_strategy": "no",
@@ -285,7 +280,7 @@ def run(recipe: RLRecipe, *, sampler: Sampler | None = None) -> dict[str, Any]:
     history = trainer.state.log_history
     metrics = {"global_step": trainer.state.global_step, "seconds": round(seconds, 2),
                "resumed_from": checkpoint.name if checkpoint else None, "tasks": len(specs),
-               "protocols": {env: pick_protocol(info, env, recipe.protocol) for env in recipe.envs},
+               "protocols": protocols,
                "reward": [h["reward"] for h in history if "reward" in h],
                "success": [h["rl/success"] for h in history if "rl/success" in h],
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
