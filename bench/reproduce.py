@@ -25,6 +25,10 @@ Presets (any flag given overrides the preset's value):
   Agent-H 100 items per style, the step-level suite and BFCL, seeds in parallel processes;
 * `tiny`: the same pipeline as `gpu` on a random two-layer model, for testing the command on CPU.
 
+`--field SUITE` (repeatable: `bfcl`, `bfcl-multi`, `teval`, `dbbench`) plays every model of each
+seed on the field's own benchmarks as well (`bench/field.py`, into `seed-N/field/`), and the report
+pairs the arms there too, pooled over the seeds.
+
 `--rl ARM` adds GRPO on top of an arm (issue 26): after a seed's demo, `agentflan train` with the
 model's RL recipe (`RL_RECIPES`) starts from that seed's ARM model and trains on the environments'
 training tasks (`--rl-env` to pick) in the protocols ARM was evaluated in; the result, `ARM-grpo`, plays the same held-out
@@ -40,6 +44,7 @@ plan and a time budget from the datasets' token counts and the throughputs in `T
     python bench/reproduce.py --preset gpu -o out/study-gpu                # on the GPU machine
     python bench/reproduce.py --report-only --study main -o out/study-cpu  # the report from what is there
     python bench/reproduce.py --preset gpu --study main --seeds 0 --rl agenttuning -o out/study-gpu  # + GRPO
+    python bench/reproduce.py --preset cpu --field bfcl --field teval --field dbbench -o out/study-cpu
 """
 
 from __future__ import annotations
@@ -202,6 +207,63 @@ def run_rl(out: Path, seed: int, args: argparse.Namespace) -> float:
     seconds = time.perf_counter() - start
     print(f"seed {seed}: GRPO from {arm} and its evaluation in {seconds:.0f} s ({log})", flush=True)
     return seconds
+
+
+def field_models(seed_dir: Path, args: argparse.Namespace) -> dict[str, str]:
+    """The models of a seed that `--field` plays: the arms, the untrained model (with `--base`) and
+    the GRPO model (with `--rl`)."""
+    from agentflan.eval.demo import PRESETS as DEMO_PRESETS
+    from agentflan.training.models import ModelConfig, resolve
+
+    models = {arm: str(seed_dir / "runs" / arm / "final") for arm in arms_of(args.studies)}
+    base = DEMO_PRESETS[args.model].base
+    if args.base and base:
+        models = {"base": resolve(ModelConfig(name_or_path=base)), **models}
+    if args.rl:
+        models[f"{args.rl}-grpo"] = str(seed_dir / "runs" / f"{args.rl}-grpo" / "final")
+    return models
+
+
+def run_field(out: Path, seed: int, args: argparse.Namespace) -> float:
+    """The seed's models on the field's benchmarks (`bench/field.py`), as the demo evaluated them
+    (device, dtype); resumable."""
+    import field
+
+    from agentflan.eval.demo import PRESETS as DEMO_PRESETS
+
+    start = time.perf_counter()
+    seed_dir = out / f"seed-{seed}"
+    cpu = args.device == "cpu"
+    settings = field.Settings(suites=tuple(args.field), explicit=True, device=args.device,
+                              dtype=DEMO_PRESETS[args.model].dtype if cpu else "bfloat16",
+                              batch_size=DEMO_PRESETS[args.model].batch_size if cpu else 128, seed=seed)
+    field.play(field_models(seed_dir, args), settings, seed_dir / "field")
+    seconds = time.perf_counter() - start
+    print(f"seed {seed}: the field's benchmarks in {seconds:.0f} s ({seed_dir / 'field' / 'field.log'})", flush=True)
+    return seconds
+
+
+def field_report(out: Path, pairs: list[tuple[str, str]], strata: bool = True) -> tuple[str, list[Any]]:
+    """Markdown: the field's benchmarks of every seed (`seed-N/field/`), paired and pooled over the
+    seeds, then each seed's scores; and the pooled rows. Empty where no seed has them."""
+    import field
+
+    from agentflan.eval import paired
+    from agentflan.eval.report import paired_section
+    from agentflan.eval.suites import combined_runs
+
+    seeds = {p.name: field.rescored(sorted(d for d in (p / "field").iterdir() if d.is_dir()))
+             for p in _seed_dirs(out) if (p / "field").is_dir()}
+    seeds = {name: scored for name, scored in seeds.items() if scored}
+    if not seeds:
+        return "", []
+    rows = paired.compare_runs(pooled_runs(seeds), pairs=pairs, combine=combined_runs)
+    lines = ["### The field's benchmarks, paired, pooled over the seeds", "",
+             paired_section(rows if strata else [r for r in rows if r.stratum == "all"], pairs),
+             "### The field's benchmarks per seed", ""]
+    for name, scored in seeds.items():
+        lines += [f"{name}:", "", *field.scores_table(scored), ""]
+    return "\n".join(lines) + "\n", rows
 
 
 # ---- the budget ------------------------------------------------------------------------------------------------
@@ -375,6 +437,9 @@ def main() -> None:
                          "evaluated in). The GRPO model is still played in all of them.")
     ap.add_argument("--rl-override", dest="rl_overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="An override of the RL recipe (repeatable), e.g. rl.max_steps=40.")
+    ap.add_argument("--field", action="append", default=[], choices=["bfcl", "bfcl-multi", "teval", "dbbench"],
+                    help="Also play every model on this benchmark of the field (repeatable; bench/field.py's data and "
+                         "defaults) and pair the arms there.")
     ap.add_argument("-o", "--output", type=Path, default=Path("out/reproduce"))
     ap.add_argument("--dry-run", action="store_true", help="Build the seed-0 datasets, print the plan and its budget.")
     ap.add_argument("--report-only", action="store_true")
@@ -402,10 +467,16 @@ def main() -> None:
             list(pool.map(lambda seed: run_seed(args.output, seed, args), args.seeds))
             if args.rl:
                 list(pool.map(lambda seed: run_rl(args.output, seed, args), args.seeds))
+            if args.field:
+                list(pool.map(lambda seed: run_field(args.output, seed, args), args.seeds))
         print(f"study: {time.perf_counter() - start:.0f} s wall", flush=True)
     md, rows = report(args.output, args.studies, strata=not args.no_strata, rl=args.rl)
+    field_md, field_rows = field_report(args.output, pairs_of(args.studies, args.rl), strata=not args.no_strata)
+    md += "\n" + field_md if field_md else ""
     (args.output / "results.md").write_text(md)
     (args.output / "paired.json").write_text(json.dumps([r.to_json() for r in rows], indent=1) + "\n")
+    if field_rows:
+        (args.output / "field_paired.json").write_text(json.dumps([r.to_json() for r in field_rows], indent=1) + "\n")
     print(md)
 
 

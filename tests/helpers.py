@@ -76,3 +76,15 @@ def run_steps(entries: list[dict[str, Any]], data: Any, seed: int = 17) -> tuple
         ctxs.append(ctx)
         stream = step.run(stream, ctx)
     return list(stream), ctxs
+
+
+def teval_review_file(folder: Path, n: int = 4) -> Path:
+    """A T-Eval `review_str` data file as T-Eval releases them ({id: item}), `n` items; scored
+    without the sentence model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    items = {str(i): {"origin_prompt": [{"role": "user", "content": f"Was the call {i} a success? Answer: X"}],
+                      "ground_truth": {"answer": "ABCDE"[i % 5]}, "meta_data": {"response_format": "str"}}
+             for i in range(n)}
+    path = folder / "review_str_v1.json"
+    path.write_text(json.dumps(items))
+    return path

@@ -155,7 +155,12 @@ def test_every_suite_gives_per_item_outcomes():
 
     teval = {"suite": "teval", "variant": "review_str", "protocol": "review_str",
              "verdict": {"parse_rate": 1.0, "review_quality": 0.0}}
-    assert outcomes(teval) == {("parse_rate", "all"): 1.0, ("review_quality", "all"): 0.0}
+    assert outcomes(teval) == {("parse_rate", "all"): 1.0, ("review_quality", "all"): 0.0, ("score", "all"): 0.0}
+    instruct = {"suite": "teval", "variant": "instruct", "verdict": {"json_format_metric": 1, "json_args_em_metric": 0.5}}
+    assert outcomes(instruct)[("score", "all")] == 0.75  # T-Eval's (format + args_em) / 2, for this item's format
+    rru = {"suite": "teval", "variant": "rru_json", "verdict": {"thought": 0.9, "name": 1.0, "args": 0.2,
+                                                                "parse_rate": 1.0}}
+    assert outcomes(rru)[("score", "all")] == pytest.approx(0.7)
     bfcl = {"suite": "bfcl", "category": "simple_python", "verdict": {"valid": True, "official_valid": False}}
     assert outcomes(bfcl) == {("accuracy", "all"): 1.0, ("accuracy", "simple_python"): 1.0,
                               ("accuracy_official", "all"): 0.0}

@@ -91,3 +91,28 @@ def test_grpo_on_top_of_an_arm_plays_the_same_tasks_and_is_paired_with_it(study,
     grpo = {r["group"]: r["n"] for r in rows if (r["a"], r["b"]) == ("agenttuning-grpo", "agenttuning")}
     assert grpo == {"toolapi": 3, "db": 3}
     assert "Paired, agenttuning-grpo - agenttuning" in (out / "results.md").read_text()
+
+
+def test_the_field_benchmarks_are_played_per_seed_and_paired_over_the_seeds(study, tmp_path):
+    import shutil
+
+    from tests.helpers import teval_review_file
+
+    out = tmp_path / "study"
+    shutil.copytree(study / "stage" / "study", out)  # the kit's study: seeds 0 and 1 trained and evaluated
+    teval_review_file(tmp_path / "teval", 4)
+    env = {**_env(study), "AGENTFLAN_TEVAL_DATA": str(tmp_path / "teval"), "AGENTFLAN_TEVAL_MODEL": str(tmp_path / "x")}
+    res = subprocess.run([sys.executable, str(BENCH / "reproduce.py"), "--preset", "tiny", "--study", "main",
+                          "--seeds", "0", "1", "--steps", "2", "--eval-tasks", "3", "--agent-h-items", "4",
+                          "--field", "teval", "-o", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for seed in ("seed-0", "seed-1"):
+        for arm in ("agent-flan", "agenttuning"):
+            assert (out / seed / "field" / arm / "teval-review_str" / "episodes.jsonl").is_file()
+    rows = [r for r in json.loads((out / "field_paired.json").read_text()) if r["stratum"] == "all"]
+    # pooled: each seed's 4 T-Eval items are their own items
+    assert {(r["a"], r["b"], r["group"], r["n"]) for r in rows} == {("agent-flan", "agenttuning", "teval", 8)}
+    md = (out / "results.md").read_text()
+    assert "### The field's benchmarks, paired, pooled over the seeds" in md and "| teval/review_str |" in md
+    main = json.loads((out / "paired.json").read_text())
+    assert not any(r["group"] == "teval" for r in main)  # the study's own rows stay apart

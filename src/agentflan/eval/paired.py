@@ -266,7 +266,7 @@ def compare_runs(runs: dict[str, list[RunOutcomes]], baseline: str | None = None
 
 # ---- reports --------------------------------------------------------------------------------------------------
 
-PRIMARY = ("success", "hscore", "accuracy", "retrieve")
+PRIMARY = ("success", "hscore", "accuracy", "retrieve", "score")
 """The metrics a verdict sentence is about (the tables show every metric)."""
 
 

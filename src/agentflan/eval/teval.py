@@ -669,10 +669,24 @@ def gold_reply(variant: str, datum: dict[str, Any]) -> str:
 # ---- summaries ---------------------------------------------------------------------------------------------
 
 def outcomes(rec: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """A scored item's T-Eval metrics for paired comparisons, each as T-Eval computes it per item."""
+    """A scored item's T-Eval metrics for paired comparisons, each as T-Eval computes it per item,
+    and `score`, the dimension's headline for this item: the `HEADLINE` metric; for `instruct` the
+    mean of format and args_em in the item's format; for `rru_json` the mean of thought, name and
+    args (T-Eval averages those over items first, so the mean of `score` can differ from the run's
+    score where items lack a metric or the formats differ in size)."""
     v = rec["verdict"]
     variant = str(rec.get("variant", rec.get("protocol", "")))
-    return {(m, "all"): float(v[m]) for m in METRICS.get(variant, ()) if v.get(m) is not None}
+    out = {(m, "all"): float(v[m]) for m in METRICS.get(variant, ()) if v.get(m) is not None}
+    if variant == "instruct":
+        parts = [out.get((f"{f}_{m}_metric", "all")) for f in ("json", "string") for m in ("format", "args_em")]
+    elif variant == "rru_json":
+        parts = [out.get((m, "all")) for m in ("thought", "name", "args")]
+    else:
+        parts = [out.get((HEADLINE.get(variant, ""), "all"))]
+    got = [x for x in parts if x is not None]
+    if got:
+        out[("score", "all")] = sum(got) / len(got)
+    return out
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
