@@ -25,6 +25,7 @@ from agentflan.envs.db import (
     task_from_agentbench,
 )
 from agentflan.envs.mysql import MySQLEngine
+from agentflan.errors import AgentflanError
 from agentflan.schema import AssistantMessage, ToolCall, Trajectory
 
 # (answer, label, AgentBench's verdict)
@@ -369,6 +370,37 @@ def test_mariadb_episode_cannot_create_databases_or_reach_other_episodes():
     assert _sql(other, "SELECT COUNT(*) FROM T") == "[(1,)]"
     env.close()
     other.close()
+
+
+def test_mariadb_plays_many_episodes_at_once_on_one_connection_each():
+    """A lockstep run keeps up to 4 x the batch size episodes live (64 at batch 16): each holds its
+    agent's connection only (the server allowed 64 connections and each episode held two: `eval db
+    --db-engine mysql -n 60` stopped with 'Too many connections')."""
+    envs = [_mysql_env(rows=((str(i), "2"),)) for i in range(100)]
+    server = envs[0].engine.server  # type: ignore[union-attr]
+    with server.connect() as conn, conn.cursor() as cur:
+        cur.execute("SHOW STATUS LIKE 'Threads_connected'")
+        connected = int(cur.fetchone()[1])
+    assert connected <= 100 + 1, connected  # the agents' and this one
+    assert [_sql(e, "SELECT A FROM T") for e in envs] == [f"[('{i}',)]" for i in range(100)]
+    for e in envs:
+        e.close()
+
+
+def test_mariadb_out_of_connections_is_a_clear_error(monkeypatch):
+    import agentflan.envs.mysql as mysql
+
+    server_cls = _mariadb()
+    monkeypatch.setattr(mysql, "MAX_CONNECTIONS", 10)  # MariaDB's least
+    with server_cls() as server:
+        engines = []
+        with pytest.raises(AgentflanError, match=r"refused a connection: 10 are open, one per episode in play; play "
+                                                 r"fewer episodes at once \(a smaller --batch-size\)"):
+            for _ in range(20):
+                engines.append(MySQLEngine(server=server))
+        assert 5 <= len(engines) <= 10
+        for e in engines:
+            e.close()
 
 
 def _database_dropper():

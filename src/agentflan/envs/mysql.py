@@ -13,7 +13,8 @@ different table. This engine runs the same statements on a real server:
 * it is configured like AgentBench's `mysql:8`: MySQL 8's default `sql_mode` (strict),
   `utf8mb4` with an accent- and case-insensitive Unicode collation, `group_concat_max_len` 1024
   (MariaDB's default is 1 MiB: AgentBench's hash of a large table would differ);
-* each episode gets its own database, built by an administrative connection exactly as AgentBench
+* each episode gets its own database, built by an administrative connection (opened for each
+  administrative step, so that a live episode holds one connection: the agent's) exactly as AgentBench
   builds it (`CREATE TABLE IF NOT EXISTS` with TEXT columns, one `INSERT` of `str(v)` values); the
   agent's SQL runs as the episode's own user, with rights on the episode's database only (no FILE,
   PROCESS or SUPER privilege, no CREATE DATABASE: no files, no other episode's database, no server
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,6 +62,10 @@ MYSQL8_SQL_MODE = ("ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZE
 COLLATIONS = ("utf8mb4_uca1400_ai_ci", "utf8mb4_unicode_520_ci", "utf8mb4_general_ci")
 """Closest to MySQL 8's `utf8mb4_0900_ai_ci` first (UCA-based, accent- and case-insensitive)."""
 WATCHDOG_GRACE_S = 0.5
+MAX_CONNECTIONS = 1024
+"""The server's connection limit: a live episode holds one (the agent's), administrative steps and
+watchdogs open one for a moment, and a lockstep run keeps up to 4 x the batch size live."""
+ER_CON_COUNT_ERROR = 1040  # "Too many connections"
 """How long past the time limit the watchdog waits before it kills a statement the server let run."""
 
 
@@ -141,7 +147,8 @@ class MariaDBServer:
             [mariadbd, "--no-defaults", f"--datadir={data}", f"--socket={self.socket}", "--skip-networking",
              f"--pid-file={self.dir / 'mysqld.pid'}", f"--user={user}", f"--log-error={self.dir / 'error.log'}",
              f"--tmpdir={self.dir}", f"--secure-file-priv={self.dir / 'files'}", "--local-infile=0",
-             "--skip-log-bin", "--skip-symbolic-links", "--innodb-buffer-pool-size=32M", "--max-connections=64",
+             "--skip-log-bin", "--skip-symbolic-links", "--innodb-buffer-pool-size=32M",
+             f"--max-connections={MAX_CONNECTIONS}",
              "--character-set-server=utf8mb4", f"--sql-mode={MYSQL8_SQL_MODE}", "--group-concat-max-len=1024"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout_s
@@ -163,12 +170,22 @@ class MariaDBServer:
         conn.close()
 
     def connect(self, database: str | None = None, user: str = "root", password: str = "") -> Any:
-        """A connection (autocommit), as root unless `user` is given."""
+        """A connection (autocommit), as root unless `user` is given.
+
+        Raises:
+            AgentflanError: The server has `MAX_CONNECTIONS` open (too many episodes at once).
+        """
         import pymysql
 
-        return pymysql.connect(unix_socket=self.socket, user=user, password=password, database=database,
-                               charset="utf8mb4", autocommit=True, connect_timeout=10, read_timeout=60,
-                               write_timeout=60)
+        try:
+            return pymysql.connect(unix_socket=self.socket, user=user, password=password, database=database,
+                                   charset="utf8mb4", autocommit=True, connect_timeout=10, read_timeout=60,
+                                   write_timeout=60)
+        except pymysql.err.OperationalError as e:
+            if e.args and e.args[0] == ER_CON_COUNT_ERROR:
+                raise AgentflanError(f"the MariaDB server refused a connection: {MAX_CONNECTIONS} are open, one "
+                                     "per episode in play; play fewer episodes at once (a smaller --batch-size)") from None
+            raise
 
     def stop(self) -> None:
         """Stop the server and remove its directory (idempotent)."""
@@ -209,17 +226,24 @@ class MySQLEngine(Engine):
         n = next(self._ids)
         self.database = f"dbbench_{os.getpid()}_{n}"
         self.user, self._password = f"ep_{os.getpid()}_{n}", secrets.token_hex(16)
-        admin = self.server.connect()
-        with admin.cursor() as cur:
+        with self._admin(database=False) as admin, admin.cursor() as cur:
             cur.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4 COLLATE {self.server.collation}")
             cur.execute(f"CREATE USER '{self.user}'@'localhost' IDENTIFIED BY %s", (self._password,))
             # this database only (`_` is a wildcard in a grant: escaped, or `dbbenchX1Y2` would be
             # the agent's to create); no FILE, PROCESS, SUPER, nothing on mysql.* or other episodes
             pattern = self.database.replace("_", "\\_")
             cur.execute(f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO '{self.user}'@'localhost'")
-        admin.select_db(self.database)
-        self.admin = admin
         self.agent = self._agent_connection()
+
+    @contextlib.contextmanager
+    def _admin(self, database: bool = True) -> Iterator[Any]:
+        """A root connection for one administrative step (in the episode's database), then closed."""
+        conn = self.server.connect(self.database if database else None)
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _agent_connection(self) -> Any:
         import pymysql
@@ -242,7 +266,7 @@ class MySQLEngine(Engine):
         name, cols = table["name"], [c["name"] for c in table["columns"]]
         rows = table_rows(table)
         try:
-            with self.admin.cursor() as cur:
+            with self._admin() as admin, admin.cursor() as cur:
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {quote_name(name)} ({','.join(f'{quote_name(c)} TEXT' for c in cols)})")
                 if rows:
                     marks = ",".join("(" + ",".join(["%s"] * len(cols)) + ")" for _ in rows)
@@ -297,7 +321,7 @@ class MySQLEngine(Engine):
 
         cols = ",".join(quote_name(c) for c in columns)
         try:
-            with self.admin.cursor() as cur:
+            with self._admin() as admin, admin.cursor() as cur:
                 cur.execute("SET SESSION group_concat_max_len = 1024")
                 cur.execute(f"select md5(group_concat(rowhash order by rowhash)) as hash from( SELECT "
                             f"substring(MD5(CONCAT_WS(',', {cols})), 1, 5) AS rowhash FROM {quote_name(table)}) "
@@ -309,11 +333,9 @@ class MySQLEngine(Engine):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.agent.close()
-        with contextlib.suppress(Exception):
-            with self.admin.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
-                cur.execute(f"DROP USER IF EXISTS '{self.user}'@'localhost'")
-            self.admin.close()
+        with contextlib.suppress(Exception), self._admin(database=False) as admin, admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
+            cur.execute(f"DROP USER IF EXISTS '{self.user}'@'localhost'")
 
 
 class _Watchdog:
