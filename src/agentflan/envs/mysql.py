@@ -62,11 +62,11 @@ MYSQL8_SQL_MODE = ("ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZE
 COLLATIONS = ("utf8mb4_uca1400_ai_ci", "utf8mb4_unicode_520_ci", "utf8mb4_general_ci")
 """Closest to MySQL 8's `utf8mb4_0900_ai_ci` first (UCA-based, accent- and case-insensitive)."""
 WATCHDOG_GRACE_S = 0.5
+"""How long past the time limit the watchdog waits before it kills a statement the server let run."""
 MAX_CONNECTIONS = 1024
 """The server's connection limit: a live episode holds one (the agent's), administrative steps and
 watchdogs open one for a moment, and a lockstep run keeps up to 4 x the batch size live."""
 ER_CON_COUNT_ERROR = 1040  # "Too many connections"
-"""How long past the time limit the watchdog waits before it kills a statement the server let run."""
 
 
 def _find(*names: str) -> str | None:
