@@ -23,7 +23,8 @@ SEED = click.IntRange(0, 2**32 - 1)
 def engine_options(f: Any) -> Any:
     """The options that choose and configure a model engine (shared by `eval` and `env play`)."""
     for opt in reversed([
-        click.option("--model", "model", help="A model folder (local engine), or the model name at --base-url."),
+        click.option("--model", "model", help="A model folder (local engine; gguf:smollm2-135m-instruct: SmolLM2 "
+                                              "from PyPI, converted once), or the model name at --base-url."),
         click.option("--base-url", help="An OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
         click.option("--engine", "engine_name", type=click.Choice(["auto", *ENGINES.names()]), default="auto",
                      show_default=True, help="auto: openai with --base-url, else hf."),

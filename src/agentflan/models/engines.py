@@ -151,8 +151,10 @@ class HFEngine(Engine):
                  model: Any = None, tokenizer: Any = None, prefix_cache_gb: float = 2.0) -> None:
         require("transformers", "train")
         from agentflan.formats.templates import get_template
-        from agentflan.training.models import check_local_model
+        from agentflan.training.models import ModelConfig, check_local_model, resolve
 
+        if model is None and str(path).startswith("gguf:"):  # as recipes name it: converted once, then cached
+            path = resolve(ModelConfig(name_or_path=str(path)))
         self.path = str(path)
         self.info = ModelInfo.load(path) if model is None else ModelInfo(template=template or "hf")
         if model is None or tokenizer is None:
