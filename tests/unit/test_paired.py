@@ -82,6 +82,14 @@ def test_strata_are_compared_and_holm_adjusts_only_the_overall_rows():
     assert rows[0].p_holm is not None and rows[1].p_holm is None
 
 
+def test_the_protocols_only_one_side_played_are_compared_across():
+    """BFCL played by each model under BFCL's prompt and under the protocol it was trained with."""
+    a = [_run("A", [1] * 20, protocol="bfcl"), _run("A", [1] * 20, protocol="tflan")]
+    b = [_run("B", [0] * 20, protocol="bfcl"), _run("B", [0] * 20, protocol="toolllama")]
+    rows = paired.compare(a, b)
+    assert {(r.protocol_a, r.protocol_b) for r in rows} == {("bfcl", "bfcl"), ("tflan", "toolllama")}
+
+
 def test_runs_sharing_a_protocol_are_compared_in_it():
     a = [_run("A", [1] * 20, protocol="tflan"), _run("A", [1] * 20, protocol="toolllama")]
     b = [_run("B", [0] * 20, protocol="toolllama")]

@@ -20,8 +20,9 @@ metric and stratum (all items, then each task kind or category), over the items 
   differs, sd is bounded by the rule of three: at most 3/n of the items discordant); beside it the
   same for two independent samples of that n, which shows what the pairing buys.
 
-Which runs pair: in a suite group, runs that share a protocol are compared in it; runs with no
-protocol in common (each arm in the protocol it was trained with) are compared across theirs.
+Which runs pair: in a suite group, runs that share a protocol are compared in it; the runs in
+protocols only one side played (each arm in the protocol it was trained with, beside BFCL's prompt
+that both played) are compared across theirs.
 Items are matched by `task_id`; an item only one run scored (an error, a shorter run) is left
 out and counted.
 """
@@ -171,10 +172,11 @@ def holm(ps: Sequence[float]) -> list[float]:
 # ---- runs and pairs -------------------------------------------------------------------------------------------
 
 def _pairs_of_protocols(a: list[RunOutcomes], b: list[RunOutcomes]) -> list[tuple[RunOutcomes, RunOutcomes]]:
+    """The runs of a group to compare: those in a protocol both sides played, in it; then the runs in
+    protocols only one side played (each model in the protocol it was trained with), across them."""
     common = {x.protocol for x in a} & {y.protocol for y in b}
-    if common:
-        return [(x, y) for x in a for y in b if x.protocol == y.protocol]
-    return [(x, y) for x in a for y in b]
+    same = [(x, y) for x in a for y in b if x.protocol == y.protocol]
+    return same + [(x, y) for x in a if x.protocol not in common for y in b if y.protocol not in common]
 
 
 def _rng(*key: str) -> random.Random:
