@@ -421,6 +421,41 @@ def test_mariadb_a_dropped_or_renamed_table_scores_zero(sql):
     assert "cannot be hashed" in ep.verdict.reason, ep.verdict.reason
 
 
+def _names_shower():
+    """An agent whose observations name its database and user: an error, then SELECT DATABASE()."""
+    yield AssistantMessage(tool_calls=[ToolCall(id="c0", name="operation", arguments={"sql": "SELECT * FROM nowhere"})])
+    yield AssistantMessage(tool_calls=[ToolCall(id="c1", name="operation", arguments={
+        "sql": "SELECT DATABASE(), CURRENT_USER()"})])
+    yield AssistantMessage(tool_calls=[ToolCall(id="c2", name="answer", arguments={"answer": ["x"]})])
+
+
+def test_mariadb_episodes_see_the_same_names_in_every_run_and_in_score(tmp_path):
+    """What the agent sees does not depend on the process: a task's database and user are named after
+    the task (`SELECT DATABASE()` and error messages are the same in `score`'s replay); episodes of
+    one task live at once get names of their own."""
+    from click.testing import CliRunner
+
+    from agentflan.cli.main import cli
+    from agentflan.eval.envs import read_log, run_env
+
+    _mariadb()
+    tasks = _modification_tasks()[:3]
+    for out in ("a", "b"):
+        run_env("db", tasks, lambda t: ExpertPolicy(_names_shower()), None, tmp_path / out, protocol_name="native",
+                agent_name="n", config={}, db_engine="mysql")
+    a, b = (read_log(tmp_path / out / "episodes.jsonl") for out in ("a", "b"))
+    seen = [m["content"] for r in a for m in r["transcript"]["messages"] if m["role"] == "tool"]
+    assert any("doesn't exist" in s and "dbbench_" in s for s in seen) and any("ep_" in s for s in seen), seen
+    assert [r["transcript"] for r in a] == [r["transcript"] for r in b]
+    res = CliRunner().invoke(cli, ["score", str(tmp_path / "a")])
+    assert res.exit_code == 0 and "differ" not in res.output, res.output
+    envs = [_mysql_env() for _ in range(3)]  # one task three times at once (a GRPO group)
+    names = [_sql(e, "SELECT DATABASE()") for e in envs]
+    assert len(set(names)) == 3 and names[0].endswith("_0',)]"), names
+    for e in envs:
+        e.close()
+
+
 # ---- the expert derives its queries on the episode's engine, in MySQL ------------------------------
 
 def _aggregation_task() -> Task:

@@ -318,14 +318,15 @@ class SQLiteEngine(Engine):
 ENGINES = ("sqlite", "mysql")
 
 
-def make_engine(name: str, sql_mode: str | None = None) -> Engine:
-    """An engine by name; `sql_mode` applies to `mysql` (see `MySQLEngine`)."""
+def make_engine(name: str, sql_mode: str | None = None, key: str = "") -> Engine:
+    """An engine by name; `sql_mode` and `key` (the task's id, which names its database and user so
+    that what the agent sees does not change from run to run) apply to `mysql` (see `MySQLEngine`)."""
     if name == "sqlite":
         return SQLiteEngine()
     if name == "mysql":
         from agentflan.envs.mysql import MySQLEngine
 
-        return MySQLEngine(sql_mode=sql_mode)
+        return MySQLEngine(sql_mode=sql_mode, key=key)
     raise ConfigError(f"unknown DB engine {name!r} (known: {', '.join(ENGINES)})")
 
 
@@ -361,7 +362,7 @@ class DBEnvironment(Environment):
     def reset(self, task: Task) -> list[Message]:
         self.close()
         table = task.data["table"]
-        self.engine = make_engine(self.engine_name, self.sql_mode)
+        self.engine = make_engine(self.engine_name, self.sql_mode, key=task.id)
         try:
             self.engine.build(table)
         except TableBuildError as e:
@@ -509,7 +510,7 @@ def derive_select_sql(task: Task, engine_name: str = "sqlite", sql_mode: str | N
     table = task.data["table"]
     cols = [c["name"] for c in table["columns"]]
     label = task.expected["label"]
-    engine = make_engine(engine_name, sql_mode)
+    engine = make_engine(engine_name, sql_mode, key=task.id)
     try:
         try:
             engine.build(table)

@@ -32,8 +32,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import getpass
+import hashlib
 import itertools
-import os
 import secrets
 import shutil
 import signal
@@ -98,6 +98,22 @@ class MariaDBServer:
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.collation = COLLATIONS[-1]
+        self.live: set[str] = set()  # the episodes' names in use
+        self.names_lock = threading.Lock()
+
+    def claim(self, key: str) -> str:
+        """An episode's name: `<digest of key>_<k>` with the least k no live episode has (a task
+        played alone is always `_0`, so its database and user names, which the agent sees in
+        `SELECT DATABASE()` and in error messages, are the same in every run and in `score`)."""
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        with self.names_lock:
+            k = next(k for k in itertools.count() if f"{digest}_{k}" not in self.live)
+            self.live.add(f"{digest}_{k}")
+        return f"{digest}_{k}"
+
+    def release(self, name: str) -> None:
+        with self.names_lock:
+            self.live.discard(name)
 
     @classmethod
     def shared(cls) -> MariaDBServer:
@@ -209,12 +225,13 @@ class MySQLEngine(Engine):
     """One episode database on the shared MariaDB server."""
 
     name: ClassVar[str] = "mysql"
-    _ids: ClassVar[itertools.count[int]] = itertools.count()
 
-    def __init__(self, server: MariaDBServer | None = None, sql_mode: str | None = None) -> None:
+    def __init__(self, server: MariaDBServer | None = None, sql_mode: str | None = None, key: str = "") -> None:
         """
         Args:
             server: The server (default: the process's shared one).
+            key: What names the episode's database and user (the task's id): the same key gives the
+                same names in every run (`MariaDBServer.claim`), as long as no live episode has them.
             sql_mode: The episode's `sql_mode` (default: MySQL 8's, strict, what AgentBench's
                 `mysql:8` server runs). AgentBench's `answer_md5` labels were evidently computed
                 without strict mode (two gold UPDATEs of `standard.jsonl` that compare a text
@@ -223,16 +240,23 @@ class MySQLEngine(Engine):
         """
         self.server = server or MariaDBServer.shared()
         self.sql_mode = sql_mode
-        n = next(self._ids)
-        self.database = f"dbbench_{os.getpid()}_{n}"
-        self.user, self._password = f"ep_{os.getpid()}_{n}", secrets.token_hex(16)
-        with self._admin(database=False) as admin, admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4 COLLATE {self.server.collation}")
-            cur.execute(f"CREATE USER '{self.user}'@'localhost' IDENTIFIED BY %s", (self._password,))
-            # this database only (`_` is a wildcard in a grant: escaped, or `dbbenchX1Y2` would be
-            # the agent's to create); no FILE, PROCESS, SUPER, nothing on mysql.* or other episodes
-            pattern = self.database.replace("_", "\\_")
-            cur.execute(f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO '{self.user}'@'localhost'")
+        self._name, self._closed = self.server.claim(key), False
+        self.database = f"dbbench_{self._name}"
+        self.user, self._password = f"ep_{self._name}", secrets.token_hex(16)
+        try:
+            with self._admin(database=False) as admin, admin.cursor() as cur:
+                # what an earlier episode of this name left behind if its close failed
+                cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
+                cur.execute(f"DROP USER IF EXISTS '{self.user}'@'localhost'")
+                cur.execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4 COLLATE {self.server.collation}")
+                cur.execute(f"CREATE USER '{self.user}'@'localhost' IDENTIFIED BY %s", (self._password,))
+                # this database only (`_` is a wildcard in a grant: escaped, or `dbbenchX1Y2` would be
+                # the agent's to create); no FILE, PROCESS, SUPER, nothing on mysql.* or other episodes
+                pattern = self.database.replace("_", "\\_")
+                cur.execute(f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO '{self.user}'@'localhost'")
+        except BaseException:
+            self.server.release(self._name)
+            raise
         self.agent = self._agent_connection()
 
     @contextlib.contextmanager
@@ -331,11 +355,15 @@ class MySQLEngine(Engine):
             raise TableStateError(f"mysql: {_message(e)}") from e
 
     def close(self) -> None:
+        if self._closed:  # once: the name may belong to a later episode by now
+            return
+        self._closed = True
         with contextlib.suppress(Exception):
             self.agent.close()
         with contextlib.suppress(Exception), self._admin(database=False) as admin, admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
             cur.execute(f"DROP USER IF EXISTS '{self.user}'@'localhost'")
+        self.server.release(self._name)
 
 
 class _Watchdog:
