@@ -179,9 +179,16 @@ def play(models: dict[str, str], s: Settings, out: Path) -> None:
 def rescored(roots: Sequence[Path]) -> list[Any]:
     """Every log under the model folders, re-scored; a verdict that differs from its log stops."""
     from agentflan.cli.evaluate import find_logs
+    from agentflan.errors import AgentflanError
     from agentflan.eval.suites import rescore_logs
 
-    scored, mismatches = rescore_logs(find_logs(tuple(roots)))
+    roots = [r for r in roots if any(r.rglob("episodes.jsonl"))]  # a model folder nothing was played into
+    if not roots:
+        return []
+    try:
+        scored, mismatches = rescore_logs(find_logs(tuple(roots)))
+    except AgentflanError as e:
+        raise SystemExit(f"field: {e}") from None
     if mismatches:
         raise SystemExit(f"{mismatches} logged verdicts differ from the re-scored ones (agentflan score shows them)")
     return scored

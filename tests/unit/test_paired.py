@@ -88,6 +88,8 @@ def test_the_protocols_only_one_side_played_are_compared_across():
     b = [_run("B", [0] * 20, protocol="bfcl"), _run("B", [0] * 20, protocol="toolllama")]
     rows = paired.compare(a, b)
     assert {(r.protocol_a, r.protocol_b) for r in rows} == {("bfcl", "bfcl"), ("tflan", "toolllama")}
+    said = paired.headline(rows, "A", "B")
+    assert "toolapi success in `bfcl` (" in said and "toolapi success in `tflan` / `toolllama` (" in said, said
 
 
 def test_runs_sharing_a_protocol_are_compared_in_it():

@@ -337,8 +337,9 @@ def headline(rows: Sequence[Comparison], a: str, b: str) -> str:
 
     groups = Counter((c.group, c.metric) for c in mine)
 
-    def name(c: Comparison) -> str:  # the protocol named where a suite was played in several
-        where = f" in `{c.protocol_a}`" if groups[(c.group, c.metric)] > 1 and c.protocol_a == c.protocol_b else ""
+    def name(c: Comparison) -> str:  # the protocols named where a suite was played in several
+        protocols = f"`{c.protocol_a}`" + ("" if c.protocol_a == c.protocol_b else f" / `{c.protocol_b}`")
+        where = f" in {protocols}" if groups[(c.group, c.metric)] > 1 else ""
         return f"{c.group} {c.metric}{where} ({_pts(c.diff)} points, n = {c.n})"
 
     sig = [name(c) for c in mine if c.significant]
