@@ -131,6 +131,8 @@ def plan(s: Settings) -> dict[str, list[tuple[str, list[str]]]]:
                                                   "--max-new-tokens", str(tokens), *common]))
             if runs:
                 out[suite] = runs
+            else:
+                reasons[suite] = f"none of the T-Eval files in {files[0].parent} can be scored here"
         elif suite == "dbbench":
             tasks = s.dbbench or default_dbbench()
             if not tasks.is_file():
@@ -142,7 +144,7 @@ def plan(s: Settings) -> dict[str, list[tuple[str, list[str]]]]:
                                        "--max-steps", "8", "--max-new-tokens", "96", "-n", str(max(n, 1)), *engine,
                                        *common])]
     if s.explicit:  # a suite named that cannot run at all is an error (a T-Eval file left out is a note)
-        named = [f"{k}: {v}" for k, v in reasons.items() if k in s.suites and k not in out]
+        named = [f"{k}: {v}" for k, v in reasons.items() if k.split(" ")[0] in s.suites and k.split(" ")[0] not in out]
         if named:
             raise SystemExit("field: " + "; ".join(named))
     s.skipped.update(reasons)
@@ -190,7 +192,8 @@ def rescored(roots: Sequence[Path]) -> list[Any]:
     except AgentflanError as e:
         raise SystemExit(f"field: {e}") from None
     if mismatches:
-        raise SystemExit(f"{mismatches} logged verdicts differ from the re-scored ones (agentflan score shows them)")
+        raise SystemExit(f"field: {mismatches} logged verdicts differ from the re-scored ones (agentflan score "
+                         "shows them)")
     return scored
 
 

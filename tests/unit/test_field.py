@@ -127,6 +127,10 @@ def test_missing_data_is_named_and_an_explicit_suite_without_data_fails(tmp_path
     assert "Left out: " in md and "no T-Eval data file" in md and "no AgentBench dbbench file" in md
     res = _field(tmp_path, "--model", "gold=policy:expert", "--suite", "bfcl-multi", "-o", str(tmp_path / "o2"))
     assert res.returncode != 0 and "multi-turn files are not in" in res.stderr
+    (tmp_path / "teval").mkdir()
+    (tmp_path / "teval" / "plan_json_v1.json").write_text("{}")  # scored with the sentence model only
+    res = _field(tmp_path, "--model", "gold=policy:expert", "--suite", "teval", "-o", str(tmp_path / "o4"))
+    assert res.returncode != 0 and "none of the T-Eval files" in res.stderr and "sentence model" in res.stderr
     res = _field(tmp_path, "--model", "gold", "-o", str(tmp_path / "o3"))
     assert res.returncode == 2 and "NAME=PATH" in res.stderr
     res = _field(tmp_path, "--report-only", "--pair", "gold:nobody", "-o", str(tmp_path / "out"))
