@@ -151,6 +151,20 @@ def plan(s: Settings) -> dict[str, list[tuple[str, list[str]]]]:
     return out
 
 
+def run_agentflan(args: Sequence[str], log: Path, what: str) -> None:
+    """`agentflan ARGS` in a child process, offline, as a user would run it: the command and its output
+    appended to `log`; a failure ends the run naming `what` (the same command resumes)."""
+    cmd = [sys.executable, "-m", "agentflan.cli.main", *args]
+    print("$", " ".join(cmd), flush=True)
+    with log.open("a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"},
+                              stdout=f, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode:
+        raise SystemExit(f"{what} failed (exit {proc.returncode}); see {log}; the same command resumes")
+
+
 def play(models: dict[str, str], s: Settings, out: Path) -> None:
     """Every model on every planned run, each into OUT/<model>/ (resumable; a failure stops with the
     command to rerun)."""
@@ -163,16 +177,8 @@ def play(models: dict[str, str], s: Settings, out: Path) -> None:
         for label, args in calls:
             for name, model in models.items():
                 who = ["--policy", model.split(":", 1)[1]] if model.startswith("policy:") else ["--model", model]
-                cmd = [sys.executable, "-m", "agentflan.cli.main", "eval", *args, *who, "-o", str(out / name)]
                 print(f"field: {name}: {label}", flush=True)
-                with log.open("a", encoding="utf-8") as f:
-                    f.write("$ " + " ".join(cmd) + "\n")
-                    f.flush()
-                    proc = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"},
-                                          stdout=f, stderr=subprocess.STDOUT, check=False)
-                if proc.returncode:
-                    raise SystemExit(f"field: {name}: {label} failed (exit {proc.returncode}); see {log}; the same "
-                                     "command resumes")
+                run_agentflan(["eval", *args, *who, "-o", str(out / name)], log, f"field: {name}: {label}")
     (out / "skipped.json").write_text(json.dumps(s.skipped, indent=1, sort_keys=True) + "\n")
 
 

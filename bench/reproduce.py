@@ -157,14 +157,9 @@ def run_seed(out: Path, seed: int, args: argparse.Namespace) -> float:
 
 def _agentflan(args: Sequence[str], log: Path) -> None:
     """`agentflan ARGS` in a child process, its output appended to `log`; a failure ends the study."""
-    cmd = [sys.executable, "-m", "agentflan.cli.main", *args]
-    print("$", " ".join(cmd), flush=True)
-    with log.open("a", encoding="utf-8") as f:
-        proc = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"},
-                              stdout=f, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode:
-        raise SystemExit(f"`agentflan {args[0]}` failed (exit {proc.returncode}); see {log}; run the same command "
-                         "to resume")
+    import field
+
+    field.run_agentflan(args, log, f"`agentflan {args[0]}`")
 
 
 def sft_runs(seed_dir: Path, arm: str) -> list[dict[str, Any]]:
